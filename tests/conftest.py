@@ -1,0 +1,125 @@
+"""Test harness: network isolation for everything, and real ROS 2 processes for the ROS tests.
+
+Before any test is collected, `pytest_configure` moves the pytest process into a new network
+namespace whose only interface is loopback (instseg_ros.isolation). Every process a test starts
+inherits it, so however pytest is invoked (`make test`, `.venv/bin/python -m pytest tests/x.py`),
+no DDS packet can reach a real interface. If isolation is impossible, the session stops with the
+reason instead of running anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from instseg_ros import isolation
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+PEERS = TESTS_DIR / "ros_peers.py"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        isolation.ensure_isolated()
+    except (isolation.IsolationError, OSError) as exc:
+        pytest.exit(f"cannot isolate the tests from the network, refusing to run: {exc}", returncode=3)
+
+
+_next_domain_id = random.randint(*isolation.DOMAIN_ID_RANGE)
+
+
+def allocate_domain_id() -> int:
+    """A ROS_DOMAIN_ID not used by an earlier test of this session (cycling through the valid range)."""
+    global _next_domain_id
+    low, high = isolation.DOMAIN_ID_RANGE
+    _next_domain_id = low + (_next_domain_id - low + 1) % (high - low + 1)
+    return _next_domain_id
+
+
+@dataclass
+class PeerResult:
+    """What one peer process printed: its JSON result line (last line starting with '{'), and logs."""
+
+    args: Sequence[str]
+    returncode: int
+    result: dict
+    stdout: str
+    stderr: str
+
+
+@dataclass
+class RosProcesses:
+    """Starts real ROS 2 processes for one test, all on the test's own ROS_DOMAIN_ID.
+
+    Every process is killed at the end of the test, whatever happened.
+    """
+
+    domain_id: int
+    env: dict[str, str]
+    running: list[subprocess.Popen] = field(default_factory=list)
+
+    def start(self, *args: str, script: Path = PEERS) -> subprocess.Popen:
+        """Start `python script args...` (default: tests/ros_peers.py) in the test's ROS environment."""
+        proc = subprocess.Popen(
+            [sys.executable, str(script), *args],
+            env=self.env,
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.running.append(proc)
+        return proc
+
+    def wait(self, proc: subprocess.Popen, timeout: float) -> PeerResult:
+        """Wait for a peer to exit and parse its JSON result; fail the test with its output if it hangs."""
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+            pytest.fail(
+                f"peer {proc.args[2:]} did not finish in {timeout} s\nstdout:\n{stdout}\nstderr:\n{stderr}"
+            )
+        lines = [line for line in stdout.splitlines() if line.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            pytest.fail(
+                f"peer {proc.args[2:]} exited {proc.returncode}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+            )
+        return PeerResult(proc.args[2:], proc.returncode, json.loads(lines[-1]), stdout, stderr)
+
+    def stop_all(self) -> None:
+        for proc in self.running:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 5
+        for proc in self.running:
+            try:
+                proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+
+
+@pytest.fixture
+def ros_processes() -> Iterator[RosProcesses]:
+    """Real ROS 2 peer processes on a ROS_DOMAIN_ID of this test's own, inside the isolated namespace."""
+    domain_id = allocate_domain_id()
+    env = isolation.ros_environment(domain_id)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    group = RosProcesses(domain_id, env)
+    try:
+        yield group
+    finally:
+        group.stop_all()

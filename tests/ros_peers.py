@@ -1,0 +1,266 @@
+"""Real rclpy peer processes for the cross-process tests (started by tests/conftest.py's ros_processes).
+
+Each role runs one ROS 2 node in its own process, does its job over real Fast DDS, and prints one JSON
+line with what it observed; the test asserts on that. Expected messages are built here by the same
+deterministic functions on both sides, so a subscriber can compare every field it receives.
+
+    python tests/ros_peers.py ROLE [options]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+import rclpy
+from instseg_interfaces.msg import Instance, InstanceArray
+from instseg_interfaces.srv import SegmentObject
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image, RegionOfInterest
+
+from instseg_ros import isolation
+from instseg_ros.image_codec import ImageCodecError, image_to_numpy, numpy_to_image
+
+RELIABLE = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=10,
+    reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
+)
+LATCHED = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=1,
+    reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
+IMAGE_CASES = 5
+
+
+def report(**result: object) -> None:
+    print(json.dumps(result), flush=True)
+
+
+def expected_image(index: int) -> tuple[Image, np.ndarray]:
+    """Frame `index` of the exchange and the array it was made from.
+
+    0..2: 2048x1024 rgb8 noise (6 MB) through numpy_to_image; 3: mono16, big-endian, rows padded to
+    step = 2*width + 64, built by hand; 4: 640x480 32FC1.
+    """
+    rng = np.random.default_rng(1000 + index)
+    if index < 3:
+        pixels = rng.integers(0, 256, size=(1024, 2048, 3), dtype=np.uint8)
+        msg = numpy_to_image(pixels, "rgb8")
+    elif index == 3:
+        height, width, step = 1024, 2048, 2 * 2048 + 64
+        pixels = rng.integers(0, 65536, size=(height, width), dtype=np.uint16)
+        padded = np.zeros((height, step), np.uint8)
+        padded[:, : 2 * width] = pixels.astype(">u2").view(np.uint8).reshape(height, 2 * width)
+        msg = Image(height=height, width=width, encoding="mono16", is_bigendian=1, step=step)
+        msg.data = padded.tobytes()
+    else:
+        pixels = rng.normal(size=(480, 640)).astype(np.float32)
+        msg = numpy_to_image(pixels, "32FC1")
+    msg.header.stamp.sec = 1_700_000_000 + index
+    msg.header.stamp.nanosec = 123_456_789
+    msg.header.frame_id = f"camera_optical_{index}"
+    return msg, pixels
+
+
+def expected_instances() -> InstanceArray:
+    """An InstanceArray with three instances that exercises every field."""
+    msg = InstanceArray(height=1024, width=2048, inference_ms=12.5, model_name="spatial_embeddings")
+    msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id = 42, 7, "camera"
+    for k, (name, class_id) in enumerate([("car", 26), ("person", 24), ("bicycle", 33)], start=1):
+        msg.instances.append(Instance(
+            id=k, class_name=name, class_id=class_id, score=0.5**k,  # exact in float32, so == holds after the round trip
+            bbox=RegionOfInterest(x_offset=10 * k, y_offset=20 * k, width=30 + k, height=40 + k),
+            polygon=[10 * k, 20 * k, 40 * k, 20 * k, 25 * k, 60 * k], area=1000 * k,
+        ))
+    return msg
+
+
+def spin_until(node: Node, done: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        rclpy.spin_once(node, timeout_sec=0.05)
+    return done()
+
+
+def wait_for_subscribers(node: Node, publisher, timeout: float) -> bool:
+    ok = spin_until(node, lambda: publisher.get_subscription_count() > 0, timeout)
+    time.sleep(0.3)  # let the subscriber's side of discovery finish too
+    return ok
+
+
+# --- roles -----------------------------------------------------------------------------------------
+
+def net_info(args: argparse.Namespace) -> None:
+    """Report the interfaces of this ROS process's network namespace and its ROS environment."""
+    node = Node("net_info")
+
+    report(interfaces=isolation.interfaces_up(), node=node.get_fully_qualified_name(),
+           domain_id=os.environ.get("ROS_DOMAIN_ID"),
+           transports=os.environ.get("FASTDDS_BUILTIN_TRANSPORTS"))
+
+
+def pub_images(args: argparse.Namespace) -> None:
+    node = Node("image_publisher")
+    publisher = node.create_publisher(Image, "camera/image", RELIABLE)
+    if not wait_for_subscribers(node, publisher, args.timeout):
+        report(error="no subscriber appeared")
+        return
+    for index in range(IMAGE_CASES):
+        publisher.publish(expected_image(index)[0])
+        time.sleep(0.05)
+    acked = publisher.wait_for_all_acked(rclpy.duration.Duration(seconds=args.timeout))
+    report(published=IMAGE_CASES, acked=bool(acked))
+
+
+def sub_images(args: argparse.Namespace) -> None:
+    node = Node("image_subscriber")
+    received: list[Image] = []
+    node.create_subscription(Image, "camera/image", received.append, RELIABLE)
+    print("ready", flush=True)
+    spin_until(node, lambda: len(received) >= IMAGE_CASES, args.timeout)
+    mismatches = []
+    for msg in received:
+        index = int(msg.header.frame_id.rsplit("_", 1)[1])
+        expected, pixels = expected_image(index)
+        for name in ("header", "height", "width", "encoding", "is_bigendian", "step"):
+            if getattr(msg, name) != getattr(expected, name):
+                mismatches.append(f"frame {index}: {name} {getattr(msg, name)} != {getattr(expected, name)}")
+        if bytes(msg.data) != bytes(expected.data):
+            mismatches.append(f"frame {index}: data differs")
+        view = image_to_numpy(msg)
+        if not np.array_equal(view, pixels):
+            mismatches.append(f"frame {index}: decoded pixels differ")
+        if not np.shares_memory(view, np.frombuffer(msg.data, np.uint8)):
+            mismatches.append(f"frame {index}: image_to_numpy copied")
+    report(received=sorted(int(m.header.frame_id.rsplit("_", 1)[1]) for m in received),
+           mismatches=mismatches)
+
+
+def pub_instances(args: argparse.Namespace) -> None:
+    node = Node("instances_publisher")
+    publisher = node.create_publisher(InstanceArray, "instances", LATCHED)
+    wait_for_subscribers(node, publisher, args.timeout)
+    publisher.publish(expected_instances())
+    acked = publisher.wait_for_all_acked(rclpy.duration.Duration(seconds=args.timeout))
+    report(published=1, acked=bool(acked))
+
+
+def sub_instances(args: argparse.Namespace) -> None:
+    node = Node("instances_subscriber")
+    received: list[InstanceArray] = []
+    node.create_subscription(InstanceArray, "instances", received.append, LATCHED)
+    spin_until(node, lambda: bool(received), args.timeout)
+    if not received:
+        report(received=0)
+        return
+    msg, expected = received[0], expected_instances()
+    report(received=len(received), equal=msg == expected,
+           classes=[i.class_name for i in msg.instances], polygons=[list(i.polygon) for i in msg.instances],
+           bbox_widths=[i.bbox.width for i in msg.instances], model_name=msg.model_name,
+           stamp=[msg.header.stamp.sec, msg.header.stamp.nanosec])
+
+
+def extreme_point_box_mask(image_shape: tuple[int, int], points: list[int]) -> np.ndarray:
+    """The test server's 'segmentation': the quadrilateral through the 4 extreme points, mono8 0/255."""
+    mask = np.zeros(image_shape, np.uint8)
+    cv2.fillPoly(mask, [np.asarray(points, np.int32).reshape(4, 2)], 255)
+    return mask
+
+
+def serve_segment(args: argparse.Namespace) -> None:
+    """A small SegmentObject server with the real request validation contract (not the real model)."""
+    node = Node("segment_test_server")
+    served = []
+
+    def handle(request: SegmentObject.Request, response: SegmentObject.Response) -> SegmentObject.Response:
+        served.append(1)
+        points = list(request.extreme_points)
+        if len(points) != 8:
+            response.success, response.error_code = False, SegmentObject.Response.BAD_POINTS
+            response.message = f"expected 8 integers (4 points), got {len(points)}"
+            return response
+        try:
+            image = image_to_numpy(request.image)
+        except ImageCodecError as exc:
+            response.success, response.error_code = False, SegmentObject.Response.BAD_IMAGE
+            response.message = str(exc)
+            return response
+        height, width = image.shape[:2]
+        xs, ys = points[0::2], points[1::2]
+        if min(xs) < 0 or min(ys) < 0 or max(xs) >= width or max(ys) >= height:
+            response.success, response.error_code = False, SegmentObject.Response.POINTS_OUTSIDE
+            response.message = f"points {points} outside the {width}x{height} image"
+            return response
+        mask = extreme_point_box_mask((height, width), points)
+        response.success, response.error_code = True, SegmentObject.Response.OK
+        response.mask = numpy_to_image(mask, "mono8", request.image.header)
+        response.polygon, response.polygon_iou, response.score = points, 1.0, 1.0
+        return response
+
+    node.create_service(SegmentObject, "segment_test_server/segment", handle)
+    print("ready", flush=True)
+    spin_until(node, lambda: len(served) >= args.requests, args.timeout)
+    report(served=len(served))
+
+
+def call_segment(args: argparse.Namespace) -> None:
+    node = Node("segment_client")
+    client = node.create_client(SegmentObject, "segment_test_server/segment")
+    if not client.wait_for_service(timeout_sec=args.timeout):
+        report(error="service not available")
+        return
+
+    def call(request: SegmentObject.Request) -> SegmentObject.Response:
+        future = client.call_async(request)
+        rclpy.spin_until_future_complete(node, future, timeout_sec=args.timeout)
+        return future.result()
+
+    image, _ = expected_image(0)
+    points = [100, 500, 900, 120, 1700, 480, 950, 1000]
+    t0 = time.perf_counter()
+    good = call(SegmentObject.Request(image=image, extreme_points=points, class_name="car"))
+    round_trip_ms = (time.perf_counter() - t0) * 1e3
+    mask = image_to_numpy(good.mask)
+    expected_mask = extreme_point_box_mask((1024, 2048), points)
+    bad_count = call(SegmentObject.Request(image=image, extreme_points=points[:6]))
+    outside = call(SegmentObject.Request(image=image, extreme_points=[*points[:6], 950, 1024]))
+    truncated = Image(height=1024, width=2048, encoding="rgb8", step=3 * 2048)
+    truncated.data = bytes(1000)
+    broken = call(SegmentObject.Request(image=truncated, extreme_points=points))
+    report(
+        success=good.success, mask_equal=bool(np.array_equal(mask, expected_mask)),
+        mask_encoding=good.mask.encoding, mask_header_equal=good.mask.header == image.header,
+        polygon=list(good.polygon), round_trip_ms=round_trip_ms,
+        errors={name: [r.success, int(r.error_code), r.message] for name, r in
+                [("bad_count", bad_count), ("outside", outside), ("truncated", broken)]},
+    )
+
+
+ROLES = {f.__name__.replace("_", "-"): f for f in
+         (net_info, pub_images, sub_images, pub_instances, sub_instances, serve_segment, call_segment)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("role", choices=sorted(ROLES))
+    parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--requests", type=int, default=4, help="serve-segment: exit after this many")
+    args = parser.parse_args()
+    if not isolation.is_loopback_only():
+        sys.exit("ros_peers: refusing to start rclpy outside a loopback-only network namespace")
+    rclpy.init()
+    try:
+        ROLES[args.role](args)
+    finally:
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()
