@@ -74,8 +74,9 @@ def expected_instances() -> InstanceArray:
     msg = InstanceArray(height=1024, width=2048, inference_ms=12.5, model_name="spatial_embeddings")
     msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id = 42, 7, "camera"
     for k, (name, class_id) in enumerate([("car", 26), ("person", 24), ("bicycle", 33)], start=1):
+        # score 0.5**k is exact in float32, so == still holds after the round trip
         msg.instances.append(Instance(
-            id=k, class_name=name, class_id=class_id, score=0.5**k,  # exact in float32, so == holds after the round trip
+            id=k, class_name=name, class_id=class_id, score=0.5**k,
             bbox=RegionOfInterest(x_offset=10 * k, y_offset=20 * k, width=30 + k, height=40 + k),
             polygon=[10 * k, 20 * k, 40 * k, 20 * k, 25 * k, 60 * k], area=1000 * k,
         ))
