@@ -20,13 +20,13 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from instseg_ros import isolation  # noqa: E402
+from instseg_ros import isolation
 
 HEIGHT, WIDTH = 1024, 2048
 TOPIC = "camera/image_raw"
 
 
-def qos_profile(reliable: bool):  # noqa: ANN201 (rclpy imported late, after isolation)
+def qos_profile(reliable: bool):
     from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
     if not reliable:
@@ -34,7 +34,7 @@ def qos_profile(reliable: bool):  # noqa: ANN201 (rclpy imported late, after iso
     return QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 
 
-def synthetic_frames(count: int):  # noqa: ANN201
+def synthetic_frames(count: int):
     """`count` distinct 2048x1024 rgb8 frames: a moving gradient with noise (cheap to make)."""
     import numpy as np
 
@@ -83,9 +83,9 @@ def run_subscriber(args: argparse.Namespace) -> None:
 
 def run_publisher(args: argparse.Namespace) -> None:
     import rclpy
+    from benchlib import print_table, summarize
     from sensor_msgs.msg import Image
 
-    from benchlib import print_table, summarize
     from instseg_ros.image_codec import numpy_to_image
 
     print(

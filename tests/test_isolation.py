@@ -1,0 +1,62 @@
+"""instseg_ros.isolation: the runner that keeps DDS traffic on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from instseg_ros import isolation
+
+PROBE = (
+    "import json, os; from instseg_ros import isolation; e = os.environ.get; print(json.dumps({"
+    "'up': isolation.interfaces_up(), 'netns': os.readlink('/proc/self/ns/net'), "
+    "'domain': e('ROS_DOMAIN_ID'), 'transports': e('FASTDDS_BUILTIN_TRANSPORTS'), "
+    "'rmw': e('RMW_IMPLEMENTATION'), 'range': e('ROS_AUTOMATIC_DISCOVERY_RANGE')}))"
+)
+
+
+def run_isolated(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "instseg_ros.isolation", *args], capture_output=True,
+                          text=True, timeout=60, env=env)
+
+
+def test_cli_runs_command_in_a_new_loopback_only_namespace() -> None:
+    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    result = run_isolated("--domain-id", "17", "--", sys.executable, "-c", PROBE, env=env)
+    assert result.returncode == 0, result.stderr
+    probe = json.loads(result.stdout)
+    assert probe["up"] == {"lo": True}
+    assert probe["netns"] != os.readlink("/proc/self/ns/net"), "the CLI must create a namespace of its own"
+    assert probe["domain"] == "17"
+    assert probe["transports"] == "LARGE_DATA"
+    assert probe["rmw"] == "rmw_fastrtps_cpp"
+    assert probe["range"] is None, "LOCALHOST discovery range defeats LARGE_DATA and must be dropped"
+
+
+def test_cli_errors() -> None:
+    assert run_isolated().returncode != 0
+    missing = run_isolated("--", "/nonexistent/program")
+    assert missing.returncode != 0 and "cannot run" in missing.stderr
+    assert run_isolated("--domain-id", "500", "--", "true").returncode != 0
+
+
+def test_ros_environment() -> None:
+    base = {"PATH": "/bin", "FASTDDS_BUILTIN_TRANSPORTS": "DEFAULT", "ROS_STATIC_PEERS": "10.0.0.1"}
+    env = isolation.ros_environment(5, base)
+    assert env["ROS_DOMAIN_ID"] == "5" and env["PATH"] == "/bin"
+    assert env["FASTDDS_BUILTIN_TRANSPORTS"] == "DEFAULT", "an explicit choice of the caller is kept"
+    assert "ROS_STATIC_PEERS" not in env
+    random_id = int(isolation.ros_environment(None, {})["ROS_DOMAIN_ID"])
+    assert isolation.DOMAIN_ID_RANGE[0] <= random_id <= isolation.DOMAIN_ID_RANGE[1]
+    assert isolation.ros_environment(None, {"ROS_DOMAIN_ID": "33"})["ROS_DOMAIN_ID"] == "33"
+    with pytest.raises(isolation.IsolationError):
+        isolation.ros_environment(0, {})
+
+
+def test_loopback_only_detection_here() -> None:
+    assert isolation.is_loopback_only()
+    assert os.environ[isolation.ISOLATED_MARKER] == "1"

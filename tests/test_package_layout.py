@@ -1,0 +1,74 @@
+"""The repo is a well-formed ament_python package with a consistent manifest, setup and pins."""
+
+from __future__ import annotations
+
+import importlib
+import tomllib
+from pathlib import Path
+
+import pytest
+from catkin_pkg.package import parse_package
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_package_xml_is_format_3_ament_python() -> None:
+    package = parse_package(REPO / "package.xml")
+    package.validate()
+    assert package.name == "instseg_ros" and package.package_format == 3
+    assert package.get_build_type() == "ament_python"
+
+
+def test_declared_ros_dependencies_are_importable() -> None:
+    """Every ROS package declared as exec_depend exists here (python3-* keys are rosdep system deps)."""
+    package = parse_package(REPO / "package.xml")
+    ros_deps = [d.name for d in package.exec_depends if not d.name.startswith("python3-")]
+    assert {"rclpy", "sensor_msgs", "instseg_interfaces"} <= set(ros_deps)
+    for name in ros_deps:
+        if name == "rmw_fastrtps_cpp":
+            continue  # a C++ middleware, checked by the DDS tests
+        importlib.import_module(name)
+
+
+def test_interface_package_xml() -> None:
+    package = parse_package(REPO / "ros2_ws" / "src" / "instseg_interfaces" / "package.xml")
+    package.validate()
+    assert package.get_build_type() == "ament_cmake"
+    assert "rosidl_interface_packages" in [g.name for g in package.member_of_groups]
+
+
+def test_versions_agree() -> None:
+    import instseg_core
+    import instseg_ros
+
+    version = parse_package(REPO / "package.xml").version
+    assert instseg_core.__version__ == instseg_ros.__version__ == version
+    assert f'version="{version}"' in (REPO / "setup.py").read_text()
+
+
+def test_every_dependency_is_pinned_exactly() -> None:
+    groups = tomllib.loads((REPO / "pyproject.toml").read_text())["dependency-groups"]
+    assert groups["torch"] == ["torch==2.13.0"]
+    for name, requirements in groups.items():
+        for requirement in requirements:
+            assert "==" in requirement, f"{name}: {requirement} is not pinned"
+
+
+@pytest.mark.parametrize("module", ["instseg_ros.isolation", "instseg_ros.image_codec", "instseg_core"])
+def test_modules_import(module: str) -> None:
+    importlib.import_module(module)
+
+
+def test_instseg_core_never_imports_ros() -> None:
+    offenders = [str(path.relative_to(REPO)) for path in (REPO / "instseg_core").rglob("*.py")
+                 if any(word in path.read_text() for word in ("import rclpy", "from rclpy", "_msgs"))]
+    assert offenders == []
+
+
+def test_console_scripts_resolve() -> None:
+    from importlib.metadata import entry_points
+
+    scripts = {ep.name: ep for ep in entry_points(group="console_scripts") if ep.value.startswith("instseg")}
+    assert "instseg-isolated" in scripts
+    for entry in scripts.values():
+        assert callable(entry.load())
