@@ -38,6 +38,7 @@ setup(
     entry_points={
         "console_scripts": [
             "instseg-isolated = instseg_ros.isolation:main",
+            "instseg-synth = instseg_core.data.synth_cli:main",
         ],
     },
 )

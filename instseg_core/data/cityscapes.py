@@ -1,0 +1,278 @@
+"""Cityscapes: the official label table, file layout, and a reader for leftImg8bit + gtFine.
+
+The label table is the official one from `cityscapesscripts.helpers.labels` (re-exported, not copied),
+so ids, trainIds, categories and colours are exactly Cityscapes'. Conventions:
+
+- label id (`Label.id`): what `*_gtFine_labelIds.png` stores (e.g. person 24, car 26);
+- instance id: what `*_gtFine_instanceIds.png` (uint16) stores: labelId * 1000 + k for an individual
+  object of an instance class (k = 0, 1, ... in the polygons file's drawing order), the plain labelId for
+  stuff and for "group" regions (e.g. "cargroup": several cars annotated together, instance id 26);
+- boxes are (x0, y0, x1, y1) in pixels, inclusive of the first and exclusive of the last pixel;
+- images are RGB uint8, shape (H, W, 3).
+
+The reader works on a real Cityscapes tree unchanged: pass its root, or set CITYSCAPES_DATASET.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import cv2
+import numpy as np
+from cityscapesscripts.helpers.labels import Label, id2label, labels, name2label, trainId2label
+
+__all__ = [
+    "GROUP_SUFFIX", "INSTANCE_CLASSES", "INSTANCE_LABEL_IDS", "SPLITS", "CityscapesDataset", "CityscapesSample",
+    "Label", "PolygonObject", "dataset_root", "id2label", "labels", "name2label", "trainId2label",
+    "write_image", "write_sample",
+]
+
+SPLITS = ("train", "val", "test")
+# The 8 classes with instances, in Cityscapes' order (their trainIds are 11..18).
+INSTANCE_CLASSES: tuple[str, ...] = tuple(label.name for label in labels if label.hasInstances and not
+                                          label.ignoreInEval)
+INSTANCE_LABEL_IDS: tuple[int, ...] = tuple(name2label[name].id for name in INSTANCE_CLASSES)
+# A polygon labelled "<class>group" (e.g. "persongroup") covers several objects annotated together.
+GROUP_SUFFIX = "group"
+
+IMAGE_SUFFIX = "_leftImg8bit.png"
+GT_SUFFIXES = {
+    "instance_ids": "_gtFine_instanceIds.png",
+    "label_ids": "_gtFine_labelIds.png",
+    "color": "_gtFine_color.png",
+    "polygons": "_gtFine_polygons.json",
+}
+
+
+def dataset_root(root: str | os.PathLike | None = None) -> Path:
+    """`root`, else $CITYSCAPES_DATASET; raises FileNotFoundError naming what is missing."""
+    if root is None:
+        root = os.environ.get("CITYSCAPES_DATASET")
+        if not root:
+            raise FileNotFoundError("no Cityscapes root given and CITYSCAPES_DATASET is not set")
+    path = Path(root)
+    if not any((path / folder).is_dir() for folder in ("leftImg8bit", "leftImg8bit_sequence")):
+        raise FileNotFoundError(f"{path} is not a Cityscapes root: it has no leftImg8bit/ folder")
+    return path
+
+
+def image_path(root: Path, split: str, city: str, stem: str, image_dir: str = "leftImg8bit") -> Path:
+    """leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png, stem = '{city}_{seq:06d}_{frame:06d}'."""
+    return root / image_dir / split / city / f"{stem}{IMAGE_SUFFIX}"
+
+
+def gt_path(root: Path, split: str, city: str, stem: str, kind: str, gt_dir: str = "gtFine") -> Path:
+    """gtFine/{split}/{city}/{stem}_gtFine_{kind}; kind in GT_SUFFIXES (instance_ids, label_ids, ...)."""
+    return root / gt_dir / split / city / f"{stem}{GT_SUFFIXES[kind]}"
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+        handle.write(data)
+    os.replace(handle.name, path)
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError(f"cannot encode {image.dtype} {image.shape} as PNG")
+    return data.tobytes()
+
+
+def write_image(root: str | os.PathLike, split: str, city: str, stem: str, rgb: np.ndarray,
+                image_dir: str = "leftImg8bit") -> Path:
+    """Write an (H, W, 3) uint8 RGB image as {image_dir}/{split}/{city}/{stem}_leftImg8bit.png, atomically."""
+    path = image_path(Path(root), split, city, stem, image_dir)
+    _write_atomically(path, _png_bytes(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)))
+    return path
+
+
+def polygons_json(height: int, width: int, objects: Sequence[tuple[str, np.ndarray]]) -> str:
+    """Cityscapes *_gtFine_polygons.json text for objects (label, (N, 2) int x, y) in drawing order."""
+    return json.dumps({
+        "imgHeight": int(height), "imgWidth": int(width),
+        "objects": [{"label": label, "polygon": np.asarray(polygon).astype(int).tolist()}
+                    for label, polygon in objects],
+    })
+
+
+def write_sample(root: str | os.PathLike, split: str, city: str, stem: str, rgb: np.ndarray,
+                 objects: Sequence[tuple[str, np.ndarray]], *, image_dir: str = "leftImg8bit",
+                 gt_dir: str = "gtFine") -> dict[str, Path]:
+    """Write one annotated image in the Cityscapes layout; returns the paths written.
+
+    `rgb` (H, W, 3) uint8; `objects`: (label name, (N, 2) int polygon) in drawing order (later objects
+    occlude earlier ones). The polygons JSON is written first; the instanceIds, labelIds and color images
+    are made from it by the official cityscapesscripts converters, exactly as for real Cityscapes.
+    Every file is written atomically (temporary file + rename).
+    """
+    from cityscapesscripts.helpers.annotation import Annotation
+    from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
+    from cityscapesscripts.preparation.json2labelImg import createLabelImage
+
+    root = Path(root)
+    height, width = rgb.shape[:2]
+    text = polygons_json(height, width, objects)
+    annotation = Annotation()
+    annotation.fromJsonText(text)
+    instance_ids = np.asarray(createInstanceImage(annotation, "ids"), dtype=np.int64)
+    if instance_ids.max() > np.iinfo(np.uint16).max:
+        raise ValueError(f"{stem}: more than 999 instances of one class")
+    paths = {"image": write_image(root, split, city, stem, rgb, image_dir)}
+    paths |= {kind: gt_path(root, split, city, stem, kind, gt_dir) for kind in GT_SUFFIXES}
+    colour = np.asarray(createLabelImage(annotation, "color"))
+    _write_atomically(paths["polygons"], text.encode())
+    _write_atomically(paths["instance_ids"], _png_bytes(instance_ids.astype(np.uint16)))
+    _write_atomically(paths["label_ids"], _png_bytes(np.asarray(createLabelImage(annotation, "ids"), np.uint8)))
+    _write_atomically(paths["color"], _png_bytes(cv2.cvtColor(colour, cv2.COLOR_RGBA2BGRA)))
+    return paths
+
+
+@dataclass(frozen=True)
+class PolygonObject:
+    """One object of a *_gtFine_polygons.json: label name (may end in 'group') and (N, 2) int32 x, y."""
+
+    label: str
+    polygon: np.ndarray
+
+    @property
+    def is_group(self) -> bool:
+        return self.label not in name2label and self.label.endswith(GROUP_SUFFIX)
+
+    @property
+    def class_name(self) -> str:
+        return self.label[: -len(GROUP_SUFFIX)] if self.is_group else self.label
+
+
+def read_polygons(path: Path) -> tuple[int, int, list[PolygonObject]]:
+    """(height, width, objects in drawing order) of a polygons JSON; deleted objects are skipped."""
+    data = json.loads(path.read_text())
+    objects = [
+        PolygonObject(str(obj["label"]), np.asarray(obj["polygon"], dtype=np.int32).reshape(-1, 2))
+        for obj in data["objects"]
+        if not obj.get("deleted", 0)
+    ]
+    return int(data["imgHeight"]), int(data["imgWidth"]), objects
+
+
+@dataclass
+class CityscapesSample:
+    """One annotated image. Arrays are loaded on first access.
+
+    Attributes: `image` (H, W, 3) uint8 RGB; `instance_ids` (H, W) int32 (see module docstring);
+    `label_ids` (H, W) uint8. Per instance of the 8 instance classes (group regions excluded, ordered by
+    instance id): `masks` (N, H, W) bool, `label_ids_per_instance` (N,) int, `instance_id_values` (N,),
+    `boxes` (N, 4) int (x0, y0, x1, y1), `class_names`. `group_mask` (H, W) bool marks group regions
+    and `polygons` lists every object of the polygons JSON (signs and lights too).
+    """
+
+    root: Path
+    split: str
+    city: str
+    stem: str
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    @cached_property
+    def image(self) -> np.ndarray:
+        return _read_png(self.paths["image"], cv2.IMREAD_COLOR_RGB)
+
+    @cached_property
+    def instance_ids(self) -> np.ndarray:
+        return _read_png(self.paths["instance_ids"], cv2.IMREAD_UNCHANGED).astype(np.int32)
+
+    @cached_property
+    def label_ids(self) -> np.ndarray:
+        return _read_png(self.paths["label_ids"], cv2.IMREAD_UNCHANGED)
+
+    @cached_property
+    def _instances(self) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.unique(self.instance_ids)
+        ids = ids[(ids >= 1000) & np.isin(ids // 1000, INSTANCE_LABEL_IDS)]
+        return ids, ids // 1000
+
+    @property
+    def instance_id_values(self) -> np.ndarray:
+        return self._instances[0]
+
+    @property
+    def label_ids_per_instance(self) -> np.ndarray:
+        return self._instances[1]
+
+    @property
+    def class_names(self) -> list[str]:
+        return [id2label[int(i)].name for i in self.label_ids_per_instance]
+
+    @cached_property
+    def masks(self) -> np.ndarray:
+        ids = self.instance_id_values
+        return self.instance_ids[None, :, :] == ids[:, None, None]
+
+    @cached_property
+    def boxes(self) -> np.ndarray:
+        return masks_to_boxes(self.masks)
+
+    @cached_property
+    def group_mask(self) -> np.ndarray:
+        ids = self.instance_ids
+        return np.isin(ids, INSTANCE_LABEL_IDS)
+
+    @cached_property
+    def polygons(self) -> list[PolygonObject]:
+        return read_polygons(self.paths["polygons"])[2]
+
+
+def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
+    """(N, 4) int64 boxes x0, y0, x1 (exclusive), y1 (exclusive) of (N, H, W) bool masks; 0s if empty."""
+    boxes = np.zeros((len(masks), 4), dtype=np.int64)
+    for k, mask in enumerate(masks):
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        if rows.size:
+            boxes[k] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+    return boxes
+
+
+def _read_png(path: Path, flags: int) -> np.ndarray:
+    image = cv2.imread(str(path), flags)
+    if image is None:
+        raise FileNotFoundError(f"cannot read image {path}")
+    return image
+
+
+class CityscapesDataset(Sequence[CityscapesSample]):
+    """The annotated images of one split of a Cityscapes-format tree, sorted by city and file name.
+
+    `root`: the folder holding leftImg8bit/ and gtFine/ (default $CITYSCAPES_DATASET). Images without
+    gtFine annotation (e.g. the test split, or leftImg8bit of the extra sets) are skipped unless
+    `require_gt` is False.
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None, split: str = "train", *,
+                 require_gt: bool = True, image_dir: str = "leftImg8bit", gt_dir: str = "gtFine") -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.root = dataset_root(root)
+        self.split = split
+        self.samples: list[CityscapesSample] = []
+        for image in sorted((self.root / image_dir / split).glob(f"*/*{IMAGE_SUFFIX}")):
+            city, stem = image.parent.name, image.name[: -len(IMAGE_SUFFIX)]
+            paths = {"image": image}
+            paths |= {kind: gt_path(self.root, split, city, stem, kind, gt_dir) for kind in GT_SUFFIXES}
+            if require_gt and not paths["instance_ids"].is_file():
+                continue
+            self.samples.append(CityscapesSample(self.root, split, city, stem, paths))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> CityscapesSample:  # type: ignore[override]
+        return self.samples[index]
+
+    def __iter__(self) -> Iterator[CityscapesSample]:
+        return iter(self.samples)
