@@ -46,6 +46,21 @@ def allocate_domain_id() -> int:
     return _next_domain_id
 
 
+SYNTHETIC_SIZE = (512, 256)
+
+
+@pytest.fixture(scope="session")
+def synthetic_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic Cityscapes tree (train 3, val 3 images at 512x256), made once per session."""
+    from instseg_core.data.synth_cli import generate_images
+
+    root = tmp_path_factory.mktemp("synthetic_cityscapes")
+    for split, count in (("train", 3), ("val", 3)):
+        generate_images(root, split, count, seed=7, width=SYNTHETIC_SIZE[0], height=SYNTHETIC_SIZE[1],
+                        progress=False)
+    return root
+
+
 @dataclass
 class PeerResult:
     """What one peer process printed: its JSON result line (last line starting with '{'), and logs."""

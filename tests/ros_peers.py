@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -244,8 +245,41 @@ def call_segment(args: argparse.Namespace) -> None:
     )
 
 
+def replay_bag(args: argparse.Namespace) -> None:
+    """Publish a camera bag's raw CDR messages with rclpy (serialized publish), at the bag's pace."""
+    from rosbags.highlevel import AnyReader
+
+    node = Node("bag_replayer")
+    publisher = node.create_publisher(Image, "camera/image_raw", RELIABLE)
+    if not wait_for_subscribers(node, publisher, args.timeout):
+        report(error="no subscriber appeared")
+        return
+    published = 0
+    with AnyReader([Path(args.bag)]) as reader:
+        connections = [c for c in reader.connections if c.msgtype == "sensor_msgs/msg/Image"]
+        for _, _, rawdata in reader.messages(connections=connections):
+            publisher.publish(bytes(rawdata))
+            published += 1
+            time.sleep(0.02)
+    acked = publisher.wait_for_all_acked(rclpy.duration.Duration(seconds=args.timeout))
+    report(published=published, acked=bool(acked))
+
+
+def sub_camera(args: argparse.Namespace) -> None:
+    """Receive --count camera images; report their stamps, sizes and a checksum of the pixels."""
+    node = Node("camera_subscriber")
+    received: list[Image] = []
+    node.create_subscription(Image, "camera/image_raw", received.append, RELIABLE)
+    spin_until(node, lambda: len(received) >= args.count, args.timeout)
+    report(stamps=[m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in received],
+           frame_ids=sorted({m.header.frame_id for m in received}),
+           shapes=[list(image_to_numpy(m).shape) for m in received],
+           sums=[int(image_to_numpy(m).astype(np.int64).sum()) for m in received])
+
+
 ROLES = {f.__name__.replace("_", "-"): f for f in
-         (net_info, pub_images, sub_images, pub_instances, sub_instances, serve_segment, call_segment)}
+         (net_info, pub_images, sub_images, pub_instances, sub_instances, serve_segment, call_segment,
+          replay_bag, sub_camera)}
 
 
 def main() -> None:
@@ -253,6 +287,8 @@ def main() -> None:
     parser.add_argument("role", choices=sorted(ROLES))
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--requests", type=int, default=4, help="serve-segment: exit after this many")
+    parser.add_argument("--bag", help="replay-bag: the rosbag2 directory")
+    parser.add_argument("--count", type=int, default=1, help="sub-camera: images to wait for")
     args = parser.parse_args()
     if not isolation.is_loopback_only():
         sys.exit("ros_peers: refusing to start rclpy outside a loopback-only network namespace")

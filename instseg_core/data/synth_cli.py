@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from instseg_core.data.bags import STORAGES, write_image_bag
-from instseg_core.data.cityscapes import SPLITS, write_image, write_sample
+from instseg_core.data.cityscapes import SPLITS, write_sample
 from instseg_core.data.synthetic import make_scene, render
 
 CITIES = {"train": ("synthburg", "renderstadt", "pixelheim"), "val": ("valdorf",), "test": ("testhausen",)}
