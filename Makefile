@@ -10,13 +10,14 @@ SETUP_INPUTS := pyproject.toml setup.py setup.cfg package.xml tools/setup.sh too
 	$(wildcard ros2_ws/src/instseg_interfaces/*.txt ros2_ws/src/instseg_interfaces/*.xml \
 	           ros2_ws/src/instseg_interfaces/msg/* ros2_ws/src/instseg_interfaces/srv/*)
 
-.PHONY: help setup test lint pytest demo bench colcon clean
+.PHONY: help setup test lint pytest demo bench data colcon clean distclean
 
 help:
 	@echo "make setup   create .venv: pinned deps, ROS 2 wheels, instseg_interfaces (idempotent)"
 	@echo "make demo    set up, then run the main job on the embedded default (see README)"
 	@echo "make test    set up, then ruff and the whole test suite"
 	@echo "make bench   set up, then the benchmarks in bench/"
+	@echo "make data    set up, then write a synthetic Cityscapes-format tree to data/synthetic (DATA_ARGS=...)"
 	@echo "make colcon  build ros2_ws/ with colcon against .venv (as on a full ROS 2 install)"
 
 setup: $(STAMP)
@@ -42,6 +43,11 @@ demo: setup
 bench: setup
 	$(PY) bench/bench_image_codec.py
 	$(ISOLATED) $(PY) bench/dds_image_stream.py
+	$(PY) bench/bench_data.py
+
+DATA_ARGS ?= --splits train=200,val=50 --jobs 2
+data: setup
+	$(VENV)/bin/instseg-synth data/synthetic $(DATA_ARGS)
 
 colcon: setup
 	cd ros2_ws && CMAKE_PREFIX_PATH=$(CURDIR)/$(VENV) AMENT_PREFIX_PATH=$(CURDIR)/$(VENV) \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import tomllib
 from pathlib import Path
@@ -59,10 +60,27 @@ def test_modules_import(module: str) -> None:
     importlib.import_module(module)
 
 
+def _imported_modules(path: Path) -> set[str]:
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            modules.add(node.module)
+    return modules
+
+
 def test_instseg_core_never_imports_ros() -> None:
-    offenders = [str(path.relative_to(REPO)) for path in (REPO / "instseg_core").rglob("*.py")
-                 if any(word in path.read_text() for word in ("import rclpy", "from rclpy", "_msgs"))]
-    assert offenders == []
+    """instseg_core stays ROS-free: no rclpy, message packages, rosidl or instseg_ros imports."""
+    def is_ros(module: str) -> bool:
+        top = module.split(".")[0]
+        return (top in {"rclpy", "rosidl_runtime_py", "instseg_ros", "instseg_interfaces", "builtin_interfaces"}
+                or top.endswith(("_msgs", "_srvs")))
+
+    offenders = {str(path.relative_to(REPO)): sorted(filter(is_ros, _imported_modules(path)))
+                 for path in (REPO / "instseg_core").rglob("*.py")}
+    assert {path: mods for path, mods in offenders.items() if mods} == {}
+    assert is_ros("sensor_msgs.msg") and not is_ros("rosbags.typesys")
 
 
 def test_console_scripts_resolve() -> None:

@@ -121,7 +121,7 @@ def _run_in_child(run_file: str) -> None:
     """Child-process entry: adapt the environment minimally, then call the official evaluator."""
     if not hasattr(np, "in1d"):
         np.in1d = lambda a, b, **kw: np.isin(np.ravel(a), b, **kw)  # removed in numpy 2.4
-    from cityscapesscripts.evaluation import evalInstanceLevelSemanticLabeling as official
+    from cityscapesscripts.evaluation import evalInstanceLevelSemanticLabeling as official  # noqa: N813
 
     run = json.loads(Path(run_file).read_text())
     out = Path(run["out_dir"])
