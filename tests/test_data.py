@@ -18,9 +18,10 @@ from instseg_core.data.cityscapes import (
     dataset_root,
     name2label,
     read_polygons,
+    visible_masks,
     write_sample,
 )
-from instseg_core.data.synthetic import CLASS_FREQUENCY, clip_polygon, make_scene, polygon_mask, render
+from instseg_core.data.synthetic import CLASS_FREQUENCY, clip_polygon, make_scene, render
 
 
 def test_label_table_is_the_official_one() -> None:
@@ -76,22 +77,13 @@ def test_generator_round_trips_through_reader(synthetic_tree: Path) -> None:
         for sample in dataset:
             height, width, objects = read_polygons(sample.paths["polygons"])
             assert sample.image.shape == (height, width, 3)
-            rasters = [polygon_mask(o.polygon, width, height) for o in objects]
-            later = np.zeros((height, width), bool)
+            visible = visible_masks(height, width, objects)
             expected: dict[int, np.ndarray] = {}
             counters: Counter[str] = Counter()
-            visible = []
-            for obj, raster in zip(objects, rasters, strict=True):
-                if obj.label in INSTANCE_CLASSES:
-                    instance_id = name2label[obj.label].id * 1000 + counters[obj.label]
+            for obj, mask in zip(objects, visible, strict=True):
+                if obj.label in INSTANCE_CLASSES:  # official numbering: k-th polygon of its class, drawing order
+                    expected[name2label[obj.label].id * 1000 + counters[obj.label]] = mask
                     counters[obj.label] += 1
-                    visible.append((instance_id, raster))
-            for index in range(len(objects) - 1, -1, -1):
-                label = objects[index].label
-                if label in INSTANCE_CLASSES:
-                    instance_id = next(i for i, r in visible if r is rasters[index])
-                    expected[instance_id] = rasters[index] & ~later
-                later |= rasters[index]
             expected = {k: v for k, v in expected.items() if v.any()}
             assert sorted(expected) == sample.instance_id_values.tolist()
             for instance_id, mask in zip(sample.instance_id_values, sample.masks, strict=True):

@@ -26,11 +26,26 @@ from pathlib import Path
 import cv2
 import numpy as np
 from cityscapesscripts.helpers.labels import Label, id2label, labels, name2label, trainId2label
+from PIL import Image, ImageDraw
 
 __all__ = [
-    "GROUP_SUFFIX", "INSTANCE_CLASSES", "INSTANCE_LABEL_IDS", "SPLITS", "CityscapesDataset", "CityscapesSample",
-    "Label", "PolygonObject", "dataset_root", "id2label", "labels", "name2label", "trainId2label",
-    "write_image", "write_sample",
+    "GROUP_SUFFIX",
+    "INSTANCE_CLASSES",
+    "INSTANCE_LABEL_IDS",
+    "SPLITS",
+    "CityscapesDataset",
+    "CityscapesSample",
+    "Label",
+    "PolygonObject",
+    "dataset_root",
+    "id2label",
+    "labels",
+    "name2label",
+    "polygon_mask",
+    "trainId2label",
+    "visible_masks",
+    "write_image",
+    "write_sample",
 ]
 
 SPLITS = ("train", "val", "test")
@@ -149,6 +164,24 @@ class PolygonObject:
     @property
     def class_name(self) -> str:
         return self.label[: -len(GROUP_SUFFIX)] if self.is_group else self.label
+
+
+def polygon_mask(polygon: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(H, W) bool raster of an (N, 2) polygon, drawn by PIL exactly as cityscapesscripts' converters draw it."""
+    image = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(image).polygon([tuple(map(int, p)) for p in polygon], fill=1)
+    return np.asarray(image, dtype=bool)
+
+
+def visible_masks(height: int, width: int, objects: Sequence[PolygonObject]) -> list[np.ndarray]:
+    """Per object, the pixels it keeps after the objects drawn after it (painter's order) cover theirs."""
+    covered = np.zeros((height, width), bool)
+    result: list[np.ndarray] = [covered] * len(objects)
+    for index in range(len(objects) - 1, -1, -1):
+        raster = polygon_mask(objects[index].polygon, width, height)
+        result[index] = raster & ~covered
+        covered |= raster
+    return result
 
 
 def read_polygons(path: Path) -> tuple[int, int, list[PolygonObject]]:

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-from PIL import Image, ImageDraw
 
 from instseg_core.data import shapes, textures
+from instseg_core.data.cityscapes import polygon_mask
 
 # Cityscapes (fine, train) instance counts: the class mix of generated scenes.
 CLASS_FREQUENCY = {"car": 26963, "person": 17919, "bicycle": 3675, "rider": 1781, "motorcycle": 737,
@@ -326,13 +326,6 @@ def _add_object(objects: list, label: str, points: np.ndarray, cam: Camera) -> P
         return None
     objects.append((label, polygon))
     return polygon
-
-
-def polygon_mask(polygon: Polygon, width: int, height: int) -> np.ndarray:
-    """(H, W) bool raster of a polygon, drawn by PIL exactly as cityscapesscripts' converters draw it."""
-    image = Image.new("L", (width, height), 0)
-    ImageDraw.Draw(image).polygon([tuple(map(int, p)) for p in polygon], fill=1)
-    return np.asarray(image, dtype=bool)
 
 
 def _paint(canvas: np.ndarray, polygon: Polygon | None, colour: np.ndarray) -> None:

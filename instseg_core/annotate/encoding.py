@@ -1,0 +1,134 @@
+"""Extreme points -> network input, and network output -> full-image mask (shared by training and inference).
+
+Conventions:
+- extreme points: (4, 2) float array of x, y in image pixels (pixel centres at integer coordinates), in
+  the order left-most, top-most, right-most, bottom-most;
+- crop box: the points' bounding box enlarged by a relaxation margin on each side (`relax_fraction` of
+  the box size, at least `relax_min` pixels), in image pixel coordinates; it may extend past the image,
+  and is filled with zeros there;
+- the crop is resampled to 128 x 128 without keeping the aspect ratio (as in DEXTR), by an affine map
+  sending box corner (x0, y0) to crop pixel (0, 0) and (x1, y1) to (127, 127);
+- network input: (C, 128, 128) float32: RGB as (v / 255 - 0.5) / 0.25, then for the extreme-point model
+  the point channel: 1.0 inside a filled circle of `radius` crop pixels around each point (paper), or
+  DEXTR's Gaussians exp(-d^2 / (2 sigma^2)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+CROP_SIZE = 128
+RGB_MEAN, RGB_STD = 0.5, 0.25
+POINT_RADIUS = 4.0
+GAUSSIAN_SIGMA = 3.0
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """Crop window in image pixel coordinates (inclusive corners)."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    @property
+    def to_crop(self) -> np.ndarray:
+        """(2, 3) affine matrix: image (x, y) -> crop (u, v)."""
+        sx = (CROP_SIZE - 1) / max(self.x1 - self.x0, 1e-6)
+        sy = (CROP_SIZE - 1) / max(self.y1 - self.y0, 1e-6)
+        return np.array([[sx, 0.0, -self.x0 * sx], [0.0, sy, -self.y0 * sy]], np.float64)
+
+
+def extreme_points_from_mask(mask: np.ndarray) -> np.ndarray:
+    """(4, 2) int x, y of the left-, top-, right- and bottom-most pixels of a non-empty (H, W) mask.
+
+    Where several pixels share the extreme coordinate, the median one along the other axis is taken.
+    """
+    ys, xs = np.nonzero(mask)
+    if xs.size == 0:
+        raise ValueError("empty mask has no extreme points")
+
+    def median_of(select: np.ndarray, values: np.ndarray) -> int:
+        chosen = np.sort(values[select])
+        return int(chosen[len(chosen) // 2])
+
+    left, right, top, bottom = xs.min(), xs.max(), ys.min(), ys.max()
+    return np.array([
+        [left, median_of(xs == left, ys)], [median_of(ys == top, xs), top],
+        [right, median_of(xs == right, ys)], [median_of(ys == bottom, xs), bottom],
+    ], dtype=np.int64)
+
+
+def crop_box(points: np.ndarray, relax_fraction: float = 0.1, relax_min: float = 4.0) -> CropBox:
+    """Bounding box of the points, enlarged by max(relax_fraction * size, relax_min) on every side."""
+    points = np.asarray(points, np.float64)
+    x0, y0 = points.min(axis=0)
+    x1, y1 = points.max(axis=0)
+    mx = max(relax_fraction * (x1 - x0), relax_min)
+    my = max(relax_fraction * (y1 - y0), relax_min)
+    return CropBox(x0 - mx, y0 - my, x1 + mx, y1 + my)
+
+
+def crop(image: np.ndarray, box: CropBox, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """Resample the box of an (H, W[, C]) image to (128, 128[, C]); zeros outside the image."""
+    return cv2.warpAffine(image, box.to_crop, (CROP_SIZE, CROP_SIZE), flags=interpolation,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def points_in_crop(points: np.ndarray, box: CropBox) -> np.ndarray:
+    """(4, 2) float32 crop coordinates of image points."""
+    points = np.asarray(points, np.float64)
+    return (points @ box.to_crop[:, :2].T + box.to_crop[:, 2]).astype(np.float32)
+
+
+def point_channel(crop_points: np.ndarray, mode: str = "circle", radius: float = POINT_RADIUS,
+                  sigma: float = GAUSSIAN_SIGMA) -> np.ndarray:
+    """(128, 128) float32 extreme-point channel: filled circles (paper) or Gaussians (DEXTR), max-combined."""
+    channel = np.zeros((CROP_SIZE, CROP_SIZE), np.float32)
+    if mode == "circle":
+        for u, v in crop_points:
+            cv2.circle(channel, (round(float(u) * 16), round(float(v) * 16)), round(radius * 16), 1.0, -1,
+                       cv2.LINE_8, 4)
+        return channel
+    if mode == "gaussian":
+        grid_v, grid_u = np.mgrid[0:CROP_SIZE, 0:CROP_SIZE].astype(np.float32)
+        for u, v in crop_points:
+            np.maximum(channel, np.exp(-((grid_u - u) ** 2 + (grid_v - v) ** 2) / (2 * sigma**2)), out=channel)
+        return channel
+    raise ValueError(f"point channel mode must be 'circle' or 'gaussian', got {mode!r}")
+
+
+def normalise_rgb(crop_rgb: np.ndarray) -> np.ndarray:
+    """(128, 128, 3) uint8 RGB -> (3, 128, 128) float32 normalised."""
+    return ((crop_rgb.astype(np.float32) / 255.0 - RGB_MEAN) / RGB_STD).transpose(2, 0, 1)
+
+
+def encode(crop_rgb: np.ndarray, crop_points: np.ndarray | None, mode: str = "circle") -> np.ndarray:
+    """Network input (C, 128, 128) float32: normalised RGB, plus the point channel unless points is None."""
+    rgb = normalise_rgb(crop_rgb)
+    if crop_points is None:
+        return np.ascontiguousarray(rgb)
+    return np.concatenate([rgb, point_channel(crop_points, mode)[None]], axis=0)
+
+
+def paste_back(probability: np.ndarray, box: CropBox, image_shape: tuple[int, int]) -> tuple[np.ndarray, tuple]:
+    """Resample a (128, 128) probability map back into the image.
+
+    Returns (region, (x0, y0)): the probabilities over the integer bounding box of the crop window
+    clipped to the image, and that region's top-left corner; the rest of the image is 0.
+    """
+    height, width = image_shape
+    x0, y0 = max(int(np.floor(box.x0)), 0), max(int(np.floor(box.y0)), 0)
+    x1, y1 = min(int(np.ceil(box.x1)) + 1, width), min(int(np.ceil(box.y1)) + 1, height)
+    if x1 <= x0 or y1 <= y0:
+        return np.zeros((0, 0), np.float32), (x0, y0)
+    forward = box.to_crop.copy()
+    forward[:, 2] += forward[:, :2] @ np.array([x0, y0], np.float64)  # region pixel -> crop
+    region = cv2.warpAffine(probability.astype(np.float32), forward, (x1 - x0, y1 - y0),
+                            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
+                            borderValue=0)
+    return region, (x0, y0)
