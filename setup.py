@@ -22,7 +22,8 @@ setup(
     version="0.1.0",
     description="Real-time instance segmentation for ROS 2 and extreme-point annotation of bags",
     license="Apache-2.0",
-    packages=find_packages(include=["instseg_core", "instseg_core.*", "instseg_ros", "instseg_ros.*"]),
+    packages=find_packages(include=["instseg_core", "instseg_core.*", "instseg_ros", "instseg_ros.*", "training",
+                                    "training.*"]),
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -39,6 +40,7 @@ setup(
         "console_scripts": [
             "instseg-isolated = instseg_ros.isolation:main",
             "instseg-synth = instseg_core.data.synth_cli:main",
+            "extreme_point_node = instseg_ros.extreme_point_node:main",
         ],
     },
 )

@@ -277,9 +277,61 @@ def sub_camera(args: argparse.Namespace) -> None:
            sums=[int(image_to_numpy(m).astype(np.int64).sum()) for m in received])
 
 
+def call_extreme(args: argparse.Namespace) -> None:
+    """Fire good and bad SegmentObject requests at the extreme_point_node at once, then one more good one."""
+    node = Node("extreme_client")
+    client = node.create_client(SegmentObject, args.service,
+                                qos_profile=QoSProfile(depth=64, reliability=ReliabilityPolicy.RELIABLE))
+    if not client.wait_for_service(timeout_sec=args.timeout):
+        report(error="service not available")
+        return
+    image, pixels = expected_image(0)
+    points = [300, 600, 900, 300, 1500, 620, 880, 950]
+
+    def request(**fields: object) -> SegmentObject.Request:
+        return SegmentObject.Request(**{"image": image, "extreme_points": points, "class_name": "car", **fields})
+
+    truncated = Image(height=1024, width=2048, encoding="rgb8", step=3 * 2048)
+    truncated.data = bytes(1000)
+    mono16 = numpy_to_image(np.zeros((64, 64), np.uint16), "mono16")
+    oversize = numpy_to_image(np.zeros((1536, 2048, 3), np.uint8), "rgb8")
+    requests = {
+        "good": request(),
+        "good_bgr": request(image=numpy_to_image(np.ascontiguousarray(pixels[..., ::-1]), "bgr8", image.header)),
+        "fine_polygon": request(polygon_tolerance=0.5),
+        "bad_count": request(extreme_points=points[:6]),
+        "outside": request(extreme_points=[*points[:6], 880, 1024]),
+        "degenerate": request(extreme_points=[500, 500, 501, 500, 501, 501, 500, 501]),
+        "mono16": request(image=mono16, extreme_points=[1, 30, 30, 1, 60, 30, 30, 60]),
+        "truncated": request(image=truncated),
+        "zero": request(image=Image(encoding="rgb8")),
+        "oversize": request(image=oversize),
+    }
+    futures = {name: client.call_async(r) for name, r in requests.items()}
+    spin_until(node, lambda: all(f.done() for f in futures.values()), args.timeout)
+    after = client.call_async(request())
+    rclpy.spin_until_future_complete(node, after, timeout_sec=args.timeout)
+    futures["after"] = after
+    results = {}
+    for name, future in futures.items():
+        response = future.result()
+        if response is None:
+            results[name] = {"success": None, "code": None, "message": "no response", "done": future.done()}
+            continue
+        mask = image_to_numpy(response.mask) if response.success else None
+        results[name] = {
+            "success": response.success, "code": int(response.error_code), "message": response.message,
+            "mask_shape": list(mask.shape) if mask is not None else None,
+            "mask_values": sorted(int(v) for v in np.unique(mask)) if mask is not None else None,
+            "mask_header_equal": response.mask.header == image.header, "polygon_len": len(response.polygon),
+            "polygon_iou": response.polygon_iou, "score": response.score, "inference_ms": response.inference_ms,
+        }
+    report(results=results)
+
+
 ROLES = {f.__name__.replace("_", "-"): f for f in
          (net_info, pub_images, sub_images, pub_instances, sub_instances, serve_segment, call_segment,
-          replay_bag, sub_camera)}
+          replay_bag, sub_camera, call_extreme)}
 
 
 def main() -> None:
@@ -289,6 +341,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=4, help="serve-segment: exit after this many")
     parser.add_argument("--bag", help="replay-bag: the rosbag2 directory")
     parser.add_argument("--count", type=int, default=1, help="sub-camera: images to wait for")
+    parser.add_argument("--service", default="/extreme_point_node/segment", help="call-extreme: service name")
     args = parser.parse_args()
     if not isolation.is_loopback_only():
         sys.exit("ros_peers: refusing to start rclpy outside a loopback-only network namespace")

@@ -1,0 +1,106 @@
+"""Object crops for the extreme-point U-Net, from any Cityscapes-format tree.
+
+Objects come from the polygons JSON (not instanceIds), so traffic signs and lights count too. Each
+object's mask is what stays visible after the objects drawn later cover it. For each of the paper's 9
+classes, objects of at least `min_area` visible pixels are taken. The extreme points come from the
+visible mask, the crop box from the points with the relaxation margin, and image and mask are
+resampled to 128 x 128 (instseg_core.annotate.encoding). The result is cached as one .npz per split.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from instseg_core.annotate.encoding import crop, crop_box, extreme_points_from_mask, points_in_crop
+from instseg_core.data.cityscapes import CityscapesDataset, read_polygons, visible_masks
+
+# The paper's 9 classes, in its order.
+ANNOTATION_CLASSES = ("car", "traffic sign", "bicycle", "person", "rider", "motorcycle", "traffic light", "truck",
+                      "bus")
+
+
+@dataclass
+class CropSet:
+    """N object crops: images (N, 128, 128, 3) uint8 RGB; masks (N, 128, 128) uint8 0/1; points
+    (N, 4, 2) float32 extreme points in crop pixels (left, top, right, bottom); classes (N,) int16 index
+    into ANNOTATION_CLASSES; areas (N,) int32 visible pixels in the full image."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    points: np.ndarray
+    classes: np.ndarray
+    areas: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, index: np.ndarray | slice) -> CropSet:
+        return CropSet(self.images[index], self.masks[index], self.points[index], self.classes[index],
+                       self.areas[index])
+
+    def save(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp.npz")
+        np.savez_compressed(temporary, images=self.images, masks=self.masks, points=self.points,
+                            classes=self.classes, areas=self.areas)
+        os.replace(temporary, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> CropSet:
+        with np.load(path) as data:
+            return cls(data["images"], data["masks"], data["points"], data["classes"], data["areas"])
+
+
+def build_crops(root: str | os.PathLike | None, split: str, *, min_area: int = 150, relax_fraction: float = 0.1,
+                relax_min: float = 4.0, limit: int | None = None) -> CropSet:
+    """Crops of every visible object of the 9 classes in a split (at most `limit` images)."""
+    images, masks, points, classes, areas = [], [], [], [], []
+    dataset = CityscapesDataset(root, split)
+    for sample in list(dataset)[:limit]:
+        height, width, objects = read_polygons(sample.paths["polygons"])
+        visible = visible_masks(height, width, objects)
+        image = sample.image
+        for obj, mask in zip(objects, visible, strict=True):
+            if obj.is_group or obj.label not in ANNOTATION_CLASSES:
+                continue
+            area = int(np.count_nonzero(mask))
+            if area < min_area:
+                continue
+            extreme = extreme_points_from_mask(mask)
+            box = crop_box(extreme, relax_fraction, relax_min)
+            images.append(crop(image, box))
+            masks.append((crop(mask.astype(np.float32), box) > 0.5).astype(np.uint8))
+            points.append(points_in_crop(extreme, box))
+            classes.append(ANNOTATION_CLASSES.index(obj.label))
+            areas.append(area)
+    if not images:
+        return CropSet(np.zeros((0, 128, 128, 3), np.uint8), np.zeros((0, 128, 128), np.uint8),
+                       np.zeros((0, 4, 2), np.float32), np.zeros(0, np.int16), np.zeros(0, np.int32))
+    return CropSet(np.stack(images), np.stack(masks), np.stack(points).astype(np.float32),
+                   np.asarray(classes, np.int16), np.asarray(areas, np.int32))
+
+
+def augment(image: np.ndarray, mask: np.ndarray, points: np.ndarray, rng: np.random.Generator, *,
+            jitter: float = 2.0, max_rotation: float = 15.0, flip: bool = True
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training augmentation of one crop: point jitter (crop pixels), horizontal flip, rotation (degrees)."""
+    points = points + rng.uniform(-jitter, jitter, points.shape).astype(np.float32)
+    if flip and rng.random() < 0.5:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+        points = points.copy()
+        points[:, 0] = image.shape[1] - 1 - points[:, 0]
+        points = points[[2, 1, 0, 3]]  # left and right swap
+    angle = rng.uniform(-max_rotation, max_rotation)
+    if abs(angle) > 0.5:
+        centre = ((image.shape[1] - 1) / 2, (image.shape[0] - 1) / 2)
+        matrix = cv2.getRotationMatrix2D(centre, angle, 1.0)
+        image = cv2.warpAffine(np.ascontiguousarray(image), matrix, image.shape[1::-1], flags=cv2.INTER_LINEAR)
+        mask = cv2.warpAffine(np.ascontiguousarray(mask), matrix, mask.shape[::-1], flags=cv2.INTER_NEAREST)
+        points = (points @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32)
+    return np.ascontiguousarray(image), np.ascontiguousarray(mask), points

@@ -1,0 +1,142 @@
+"""`extreme_point_node`: the annotation service. 4 extreme points in, mask and polygon out, on CPU.
+
+Service `~/segment` (instseg_interfaces/srv/SegmentObject). Parameters:
+  model_path (string, default: the shipped models/extreme_unet.onnx), threads (int, 2: ONNX Runtime
+  intra-op threads), threshold (double, 0.5), polygon_tolerance (double, 1.0 px: Douglas-Peucker
+  epsilon), max_image_pixels (int, 16777216), max_concurrent (int, 2: requests segmented at once).
+
+The model is loaded and warmed up at start; a missing or corrupt model file stops the node at once with
+an error naming the path. Bad requests are answered with success=false, an error code and a message,
+and are counted per code; they are logged as warnings (rate-limited) and never stop the node. Requests
+are served concurrently (a reentrant callback group and a multi-threaded executor).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import Counter
+
+import numpy as np
+import rclpy
+from instseg_interfaces.srv import SegmentObject
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+from instseg_core.annotate.segmenter import (
+    AnnotationError,
+    ErrorCode,
+    ExtremePointSegmenter,
+    ModelLoadError,
+    OnnxNetwork,
+)
+from instseg_ros.image_codec import ImageCodecError, image_to_numpy, numpy_to_image, to_rgb8
+from instseg_ros.resources import model_path
+
+DEFAULT_MODEL = "extreme_unet.onnx"
+
+
+class ExtremePointNode(Node):
+    """Serves ~/segment; see the module docstring."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__("extreme_point_node", **kwargs)
+        describe = ParameterDescriptor
+        self.declare_parameter("model_path", "", describe(description="ONNX model; empty = shipped default"))
+        self.declare_parameter("threads", 2, describe(description="ONNX Runtime intra-op threads"))
+        self.declare_parameter("threshold", 0.5, describe(description="foreground probability threshold"))
+        self.declare_parameter("polygon_tolerance", 1.0, describe(description="polygon simplification (px)"))
+        self.declare_parameter("max_image_pixels", 4096 * 4096, describe(description="larger images are refused"))
+        self.declare_parameter("max_concurrent", 2, describe(description="requests segmented at the same time"))
+        get = self.get_parameter
+        path = get("model_path").value or str(model_path(DEFAULT_MODEL))
+        threads, threshold = int(get("threads").value), float(get("threshold").value)
+        tolerance = float(get("polygon_tolerance").value)
+        self.max_pixels = int(get("max_image_pixels").value)
+        if threads < 1 or not 0.0 < threshold < 1.0 or tolerance < 0 or self.max_pixels < 1:
+            raise ValueError(f"invalid parameters: threads={threads} threshold={threshold} "
+                             f"polygon_tolerance={tolerance} max_image_pixels={self.max_pixels}")
+        self.segmenter = ExtremePointSegmenter(OnnxNetwork(path, threads), threshold=threshold,
+                                               polygon_tolerance=tolerance)
+        start = time.perf_counter()
+        self.segmenter.warmup()
+        self.errors: Counter[str] = Counter()
+        self.served = 0
+        self._lock = threading.Lock()
+        self._slots = threading.Semaphore(max(1, int(get("max_concurrent").value)))
+        # Services default to keep-last 10: a UI queuing more clicks than that would lose requests silently.
+        service_qos = QoSProfile(depth=64, reliability=ReliabilityPolicy.RELIABLE)
+        self.create_service(SegmentObject, "~/segment", self._on_request, qos_profile=service_qos,
+                            callback_group=ReentrantCallbackGroup())
+        self.get_logger().info(f"loaded {path} ({self.segmenter.network.channels} input channels, {threads} threads), "
+                               f"warm-up {1e3 * (time.perf_counter() - start):.0f} ms; serving "
+                               f"{self.resolve_service_name('~/segment')}")
+
+    def _refuse(self, response: SegmentObject.Response, code: ErrorCode, message: str) -> SegmentObject.Response:
+        with self._lock:
+            self.errors[code.name] += 1
+        self.get_logger().warning(f"segment request refused ({code.name}): {message}", throttle_duration_sec=1.0)
+        response.success, response.error_code, response.message = False, int(code), message
+        return response
+
+    def _on_request(self, request: SegmentObject.Request, response: SegmentObject.Response) -> SegmentObject.Response:
+        start = time.perf_counter()
+        image_msg = request.image
+        if int(image_msg.width) * int(image_msg.height) > self.max_pixels:
+            size = f"{image_msg.width}x{image_msg.height}"
+            return self._refuse(response, ErrorCode.IMAGE_TOO_LARGE,
+                                f"image {size} exceeds max_image_pixels={self.max_pixels}")
+        try:
+            rgb = to_rgb8(image_to_numpy(image_msg), image_msg.encoding)
+        except ImageCodecError as exc:
+            return self._refuse(response, ErrorCode.BAD_IMAGE, str(exc))
+        try:
+            with self._slots:
+                result = self.segmenter.segment(rgb, np.asarray(request.extreme_points, np.float64),
+                                                request.polygon_tolerance)
+        except AnnotationError as exc:
+            return self._refuse(response, exc.code, str(exc))
+        except Exception as exc:  # keep serving whatever the model does
+            return self._refuse(response, ErrorCode.INTERNAL_ERROR, f"segmentation failed: {exc!r}")
+        response.success, response.error_code = True, int(ErrorCode.OK)
+        response.mask = numpy_to_image(result.mask.view(np.uint8) * np.uint8(255), "mono8", image_msg.header)
+        response.polygon = result.polygon.reshape(-1).tolist()
+        response.polygon_iou = float(result.polygon_iou)
+        response.score = float(result.score)
+        response.inference_ms = float((time.perf_counter() - start) * 1e3)
+        with self._lock:
+            self.served += 1
+        return response
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point (`ros2 run instseg_ros extreme_point_node`, or `.venv/bin/extreme_point_node`)."""
+    rclpy.init(args=argv)
+    try:
+        node = ExtremePointNode()
+    except (ModelLoadError, ValueError) as exc:
+        print(f"extreme_point_node: {exc}", file=sys.stderr, flush=True)
+        rclpy.try_shutdown()
+        sys.exit(2)
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.get_logger().info(f"served {node.served} requests; refused {dict(node.errors) or 'none'}")
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["ExtremePointNode", "main"]

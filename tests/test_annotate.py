@@ -1,0 +1,202 @@
+"""Extreme-point annotation: encoding, pipeline, ONNX Runtime vs PyTorch parity, shipped model quality."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from instseg_core.annotate.encoding import (
+    CropBox,
+    crop,
+    crop_box,
+    extreme_points_from_mask,
+    paste_back,
+    point_channel,
+    points_in_crop,
+)
+from instseg_core.annotate.segmenter import (
+    AnnotationError,
+    ErrorCode,
+    ExtremePointSegmenter,
+    ModelLoadError,
+    OnnxNetwork,
+    TorchNetwork,
+    mask_to_polygon,
+    validate_points,
+)
+from instseg_core.data.cityscapes import CityscapesDataset, read_polygons, visible_masks
+from instseg_core.data.object_crops import ANNOTATION_CLASSES, augment, build_crops
+from instseg_core.eval.binary_metrics import iou
+from instseg_core.models.extreme_unet import ExtremeUNet
+from training.extreme_points import export_onnx
+
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "extreme_unet.onnx"
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory: pytest.TempPathFactory) -> tuple[ExtremeUNet, Path]:
+    """A randomly initialised extreme-point U-Net and its ONNX export (for plumbing and parity tests)."""
+    torch.manual_seed(0)
+    model = ExtremeUNet(4).eval()
+    path = export_onnx(model, tmp_path_factory.mktemp("model") / "untrained.onnx")
+    return model, path
+
+
+def ellipse_mask(height: int = 200, width: int = 300) -> np.ndarray:
+    mask = np.zeros((height, width), np.uint8)
+    cv2.ellipse(mask, (150, 100), (60, 35), 20, 0, 360, 1, -1)
+    return mask.astype(bool)
+
+
+def test_extreme_points_from_mask() -> None:
+    mask = np.zeros((10, 12), bool)
+    mask[2:8, 3:9] = True
+    mask[5, 1:3] = True  # a spur to the left at row 5
+    left, top, right, bottom = extreme_points_from_mask(mask).tolist()
+    assert left == [1, 5] and top[1] == 2 and right[0] == 8 and bottom[1] == 7
+    with pytest.raises(ValueError):
+        extreme_points_from_mask(np.zeros((3, 3), bool))
+
+
+def test_crop_box_and_coordinates() -> None:
+    points = np.array([[10, 50], [40, 20], [90, 60], [45, 100]])
+    box = crop_box(points, relax_fraction=0.1, relax_min=4)
+    assert (box.x0, box.y0, box.x1, box.y1) == (2.0, 12.0, 98.0, 108.0)
+    corners = points_in_crop(np.array([[box.x0, box.y0], [box.x1, box.y1]]), box)
+    np.testing.assert_allclose(corners, [[0, 0], [127, 127]], atol=1e-4)
+
+
+def test_crop_and_paste_back_round_trip() -> None:
+    mask = ellipse_mask()
+    box = crop_box(extreme_points_from_mask(mask))
+    cropped = crop(mask.astype(np.float32), box)
+    region, (x0, y0) = paste_back(cropped, box, mask.shape)
+    restored = np.zeros(mask.shape, bool)
+    restored[y0:y0 + region.shape[0], x0:x0 + region.shape[1]] = region > 0.5
+    assert iou(restored, mask) > 0.97
+
+
+def test_crop_outside_image_is_zero() -> None:
+    image = np.full((20, 20, 3), 200, np.uint8)
+    cropped = crop(image, CropBox(-20.0, -20.0, 19.0, 19.0))
+    assert cropped[:40].max() == 0 and cropped[-10:, -10:].min() == 200
+
+
+def test_point_channel_modes() -> None:
+    points = np.array([[10.0, 20.0], [64.0, 5.0], [120.0, 70.0], [60.0, 126.0]], np.float32)
+    circles = point_channel(points, "circle", radius=4)
+    assert circles[20, 10] == 1.0 and circles[20, 16] == 0.0
+    assert 4 * 40 < circles.sum() < 4 * 60  # four discs of radius 4 (area ~50 each)
+    gaussian = point_channel(points, "gaussian", sigma=3)
+    assert gaussian[20, 10] == pytest.approx(1.0) and 0 < gaussian[20, 13] < 1
+    with pytest.raises(ValueError):
+        point_channel(points, "square")
+
+
+def test_augment_keeps_points_on_the_object() -> None:
+    crops_mask = np.zeros((128, 128), np.uint8)
+    crops_mask[30:100, 20:90] = 1
+    image = np.dstack([crops_mask * 255] * 3).astype(np.uint8)
+    points = np.array([[20, 60], [55, 30], [89, 60], [55, 99]], np.float32)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        _, out_mask, out_points = augment(image, crops_mask, points, rng, jitter=0.0)
+        assert int(out_mask.sum()) == pytest.approx(int(crops_mask.sum()), rel=0.05)
+        for x, y in np.round(out_points).astype(int):
+            assert out_mask[np.clip(y, 0, 127), np.clip(x, 0, 127)] or out_mask[
+                max(0, y - 2):y + 3, max(0, x - 2):x + 3].any()
+        assert out_points[0, 0] < out_points[2, 0], "left stays left of right after flips"
+
+
+@pytest.mark.parametrize(
+    ("points", "code", "words"),
+    [
+        ([1, 2, 3, 4, 5, 6], ErrorCode.BAD_POINTS, "got 6"),
+        ([[10, 10], [20, 5], [30, 10], [20, 250]], ErrorCode.POINTS_OUTSIDE, "bottom (20, 250)"),
+        ([[-1, 10], [20, 5], [30, 10], [20, 25]], ErrorCode.POINTS_OUTSIDE, "left"),
+        ([[10, 10], [11, 10], [11, 11], [10, 11]], ErrorCode.DEGENERATE_BOX, "1 x 1"),
+        ([[np.nan, 10], [20, 5], [30, 10], [20, 25]], ErrorCode.BAD_POINTS, "finite"),
+    ],
+)
+def test_validate_points_errors(points: list, code: ErrorCode, words: str) -> None:
+    with pytest.raises(AnnotationError) as info:
+        validate_points(points, (200, 300))
+    assert info.value.code == code and words in str(info.value)
+
+
+def test_mask_to_polygon_keeps_iou_with_few_vertices() -> None:
+    mask = ellipse_mask()
+    raw, raw_iou = mask_to_polygon(mask, 0.0)
+    simple, simple_iou = mask_to_polygon(mask, 1.0)
+    assert len(simple) < len(raw) / 5
+    assert simple_iou > 0.97 and raw_iou > 0.98
+    assert mask_to_polygon(np.zeros((5, 5), bool), 1.0)[0].shape == (0, 2)
+
+
+def test_model_load_errors_name_the_path(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match=r"not found: .*nope\.onnx"):
+        OnnxNetwork(tmp_path / "nope.onnx")
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x01garbage" * 100)
+    with pytest.raises(ModelLoadError, match=r"corrupt\.onnx"):
+        OnnxNetwork(corrupt)
+
+
+def test_onnx_runtime_matches_pytorch(untrained: tuple[ExtremeUNet, Path]) -> None:
+    model, path = untrained
+    rng = np.random.default_rng(1)
+    inputs = rng.normal(size=(3, 4, 128, 128)).astype(np.float32)
+    torch_out = TorchNetwork(model)(inputs)
+    onnx_out = OnnxNetwork(path, threads=2)(inputs)
+    assert onnx_out.shape == (3, 128, 128)
+    np.testing.assert_allclose(onnx_out, torch_out, atol=2e-5)
+    image = (rng.random((300, 400, 3)) * 255).astype(np.uint8)
+    points = [[50, 150], [120, 60], [300, 140], [160, 260]]
+    by_torch = ExtremePointSegmenter(TorchNetwork(model)).segment(image, points)
+    by_onnx = ExtremePointSegmenter(OnnxNetwork(path)).segment(image, points)
+    assert np.count_nonzero(by_torch.mask != by_onnx.mask) <= 2
+    assert by_onnx.score == pytest.approx(by_torch.score, abs=1e-4)
+
+
+def test_batch_equals_single_calls(untrained: tuple[ExtremeUNet, Path]) -> None:
+    segmenter = ExtremePointSegmenter(OnnxNetwork(untrained[1]))
+    image = (np.random.default_rng(2).random((240, 320, 3)) * 255).astype(np.uint8)
+    objects = [[[10, 50], [40, 20], [90, 60], [45, 100]], [[150, 120], [200, 80], [300, 130], [220, 230]]]
+    batch = segmenter.segment_batch(image, objects)
+    for points, result in zip(objects, batch, strict=True):
+        single = segmenter.segment(image, points)
+        np.testing.assert_array_equal(single.mask, result.mask)
+        assert set(result.timing_ms) == {"encode", "network", "postprocess", "total"}
+    with pytest.raises(AnnotationError):
+        segmenter.segment(image.astype(np.float32), objects[0])
+
+
+def test_crop_set_from_polygons_counts_signs_and_lights(synthetic_tree: Path) -> None:
+    crops = build_crops(synthetic_tree, "val")
+    assert len(crops) > 10 and crops.images.shape[1:] == (128, 128, 3) and crops.masks.max() == 1
+    names = {ANNOTATION_CLASSES[c] for c in crops.classes}
+    assert {"car", "person"} <= names
+    assert names & {"traffic sign", "traffic light"}, "signs and lights come from the polygons JSON"
+    # points lie on the object (within a pixel, after resampling)
+    for mask, points in zip(crops.masks[:20], crops.points[:20], strict=True):
+        for x, y in np.round(points).astype(int):
+            assert mask[max(0, y - 1):y + 2, max(0, x - 1):x + 2].any()
+
+
+def test_shipped_model_segments_held_out_objects(synthetic_tree: Path) -> None:
+    """The committed model on objects of scenes it never saw (seed 7 here; trained on seed 0)."""
+    assert SHIPPED_MODEL.is_file(), "models/extreme_unet.onnx is part of the repo"
+    segmenter = ExtremePointSegmenter(OnnxNetwork(SHIPPED_MODEL))
+    ious = []
+    for sample in CityscapesDataset(synthetic_tree, "val"):
+        height, width, objects = read_polygons(sample.paths["polygons"])
+        for obj, mask in zip(objects, visible_masks(height, width, objects), strict=True):
+            if obj.label in ("car", "person", "bus", "truck") and mask.sum() > 400:
+                result = segmenter.segment(sample.image, extreme_points_from_mask(mask))
+                ious.append(iou(result.mask, mask))
+    assert len(ious) >= 5
+    assert np.mean(ious) > 0.8, ious

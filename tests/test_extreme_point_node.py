@@ -1,0 +1,75 @@
+"""extreme_point_node across processes over real DDS: good, bad and concurrent requests; start-up errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from instseg_core.models.extreme_unet import ExtremeUNet
+from training.extreme_points import export_onnx
+
+NODE = Path(__file__).resolve().parents[1] / "instseg_ros" / "extreme_point_node.py"
+pytestmark = pytest.mark.ros
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained model: these tests check the service contract, not segmentation quality."""
+    torch.manual_seed(0)
+    return export_onnx(ExtremeUNet(4), tmp_path_factory.mktemp("node_model") / "model.onnx")
+
+
+def start_node(ros_processes, *parameters: str) -> subprocess.Popen:
+    args = ["--ros-args", *[item for p in parameters for item in ("-p", p)]]
+    return ros_processes.start(*args, script=NODE)
+
+
+def test_service_answers_good_bad_and_concurrent_requests(ros_processes, model_file: Path) -> None:
+    node = start_node(ros_processes, f"model_path:={model_file}", "max_image_pixels:=3000000", "threads:=1")
+    clients = [ros_processes.start("call-extreme", "--timeout", "90") for _ in range(2)]
+    for client in clients:  # two client processes at the same time, each with 11 requests in flight
+        results = ros_processes.wait(client, timeout=150).result["results"]
+        for name in ("good", "good_bgr", "fine_polygon", "after"):
+            good = results[name]
+            assert good["success"] and good["code"] == 0 and good["message"] == ""
+            assert good["mask_shape"] == [1024, 2048] and set(good["mask_values"]) <= {0, 255}
+            assert good["mask_header_equal"] and 0.0 <= good["score"] <= 1.0 and good["inference_ms"] > 0
+        expected = {"bad_count": (1, "got 6"), "outside": (2, "outside"), "degenerate": (3, "1 x 1"),
+                    "mono16": (4, "mono16"), "truncated": (4, "truncated"), "zero": (4, "zero size"),
+                    "oversize": (5, "max_image_pixels")}
+        for name, (code, words) in expected.items():
+            assert results[name]["success"] is False, name
+            assert results[name]["code"] == code, (name, results[name])
+            assert words in results[name]["message"], (name, results[name]["message"])
+    assert node.poll() is None, "the node must still be running"
+
+
+@pytest.mark.parametrize("kind", ["missing", "corrupt"])
+def test_bad_model_file_stops_the_node_with_its_path(ros_processes, tmp_path: Path, kind: str) -> None:
+    path = tmp_path / f"{kind}.onnx"
+    if kind == "corrupt":
+        path.write_bytes(b"not an onnx model" * 50)
+    node = start_node(ros_processes, f"model_path:={path}")
+    try:
+        _, stderr = node.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        node.kill()
+        pytest.fail("the node kept running with a bad model file")
+    assert node.returncode == 2
+    assert str(path) in stderr
+
+
+def test_invalid_parameters_are_refused(ros_processes, model_file: Path) -> None:
+    node = start_node(ros_processes, f"model_path:={model_file}", "threshold:=1.5")
+    _, stderr = node.communicate(timeout=60)
+    assert node.returncode == 2 and "threshold=1.5" in stderr
+
+
+def test_node_entry_point_is_installed() -> None:
+    result = subprocess.run([Path(sys.executable).parent / "extreme_point_node", "--help"], capture_output=True,
+                            text=True, timeout=30, input="")
+    assert result.returncode is not None
