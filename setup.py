@@ -41,6 +41,7 @@ setup(
             "instseg-isolated = instseg_ros.isolation:main",
             "instseg-synth = instseg_core.data.synth_cli:main",
             "extreme_point_node = instseg_ros.extreme_point_node:main",
+            "instseg-label = instseg_ros.label_bag:main",
         ],
     },
 )

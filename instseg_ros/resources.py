@@ -15,7 +15,7 @@ def share_directory() -> Path | None:
         return None
     try:
         return Path(get_package_share_directory("instseg_ros"))
-    except (PackageNotFoundError, LookupError, ValueError):
+    except (PackageNotFoundError, LookupError, ValueError, OSError):  # OSError: AMENT_PREFIX_PATH unset
         return None
 
 

@@ -1,0 +1,140 @@
+"""Extreme-point annotation latency on a 2048x1024 frame: in-process and through the ROS 2 service.
+
+    .venv/bin/python bench/bench_annotate.py [--model models/extreme_unet.onnx] [--requests 40]
+
+In-process: the full request per object (validate, crop, encode, network, paste back, threshold,
+polygon) with ONNX Runtime (2 threads, the product path) and with PyTorch eager running the same
+architecture, measured in the same run. The PyTorch model has fresh weights (the ONNX export folds
+batch norm into the convolutions, so its weights do not map back), which does not change its latency.
+Service: extreme_point_node in another process, a client here; the round trip includes sending the
+6 MB rgb8 frame and receiving the full-size mono8 mask over Fast DDS.
+Targets on 2 cores: in-process <= 8 ms p50 per object, service <= 20 ms p50.
+The script isolates itself in a loopback-only network namespace before rclpy starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from benchlib import print_table, summarize, time_call
+
+from instseg_ros import isolation
+
+REPO = Path(__file__).resolve().parents[1]
+IN_PROCESS_TARGET_MS, SERVICE_TARGET_MS = 8.0, 20.0
+
+
+def objects_of_a_frame() -> tuple[np.ndarray, list[np.ndarray]]:
+    """A synthetic 2048x1024 frame and the extreme points of its visible objects (>= 400 px)."""
+    from instseg_core.annotate.encoding import extreme_points_from_mask
+    from instseg_core.data.cityscapes import PolygonObject, visible_masks
+    from instseg_core.data.synthetic import make_scene, render
+
+    frame = render(make_scene(12345, 2048, 1024))
+    objects = [PolygonObject(label, polygon) for label, polygon in frame.objects]
+    masks = visible_masks(1024, 2048, objects)
+    points = [extreme_points_from_mask(m) for o, m in zip(objects, masks, strict=True)
+              if o.label in ("car", "person", "bicycle", "truck", "bus", "traffic sign", "rider") and m.sum() >= 400]
+    return frame.rgb, points
+
+
+def in_process(model_path: Path, rgb: np.ndarray, points: list[np.ndarray], repeats: int) -> list[list]:
+    from instseg_core.annotate.segmenter import ExtremePointSegmenter, OnnxNetwork, TorchNetwork
+    from instseg_core.models.extreme_unet import ExtremeUNet
+
+    onnx_net = OnnxNetwork(model_path, threads=2)
+    backends = [("ONNX Runtime (2 threads)", onnx_net),
+                ("PyTorch eager (2 threads)", TorchNetwork(ExtremeUNet(onnx_net.channels), threads=2))]
+    rows, medians = [], {}
+    for name, network in backends:
+        segmenter = ExtremePointSegmenter(network)
+        segmenter.warmup()
+        cycle = iter(range(10**9))
+        timing = time_call(name, lambda s=segmenter, c=cycle: s.segment(rgb, points[next(c) % len(points)]), repeats)
+        stages = segmenter.segment(rgb, points[0]).timing_ms
+        batch = time_call("batch", lambda s=segmenter: s.segment_batch(rgb, points), max(3, repeats // 10))
+        medians[name] = timing.median
+        rows.append([name, timing.median, timing.p95, stages["network"], batch.median / len(points)])
+    base = medians.get("PyTorch eager (2 threads)", next(iter(medians.values())))
+    for row in rows:
+        verdict = "PASS" if row[1] <= IN_PROCESS_TARGET_MS else "FAIL"
+        row.extend([f"{row[1] / base:.2f}x", verdict if row[0].startswith("ONNX") else ""])
+    return rows
+
+
+def service(model_path: Path, rgb: np.ndarray, points: list[np.ndarray], requests: int) -> list[list]:
+    import rclpy
+    from instseg_interfaces.srv import SegmentObject
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    from instseg_ros.image_codec import numpy_to_image
+
+    node_proc = subprocess.Popen([sys.executable, str(REPO / "instseg_ros" / "extreme_point_node.py"), "--ros-args",
+                                  "-p", f"model_path:={model_path}", "-p", "threads:=2"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    rclpy.init()
+    node = rclpy.create_node("annotate_bench_client")
+    try:
+        client = node.create_client(SegmentObject, "/extreme_point_node/segment",
+                                    qos_profile=QoSProfile(depth=8, reliability=ReliabilityPolicy.RELIABLE))
+        if not client.wait_for_service(timeout_sec=60):
+            raise RuntimeError(f"service did not come up: {node_proc.stderr.read() if node_proc.poll() else ''}")
+        image = numpy_to_image(rgb, "rgb8")
+        round_trips, server_ms = [], []
+        for k in range(requests + 3):
+            request = SegmentObject.Request(image=image, extreme_points=points[k % len(points)].reshape(-1).tolist())
+            start = time.perf_counter()
+            future = client.call_async(request)
+            rclpy.spin_until_future_complete(node, future, timeout_sec=30)
+            elapsed = (time.perf_counter() - start) * 1e3
+            response = future.result()
+            if response is None or not response.success:
+                raise RuntimeError(f"request failed: {response}")
+            if k >= 3:  # warm-up
+                round_trips.append(elapsed)
+                server_ms.append(response.inference_ms)
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+        node_proc.send_signal(signal.SIGINT)  # the node's clean shutdown path
+        try:
+            node_proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            node_proc.kill()
+            node_proc.wait()
+    rt50, rt95 = summarize(round_trips)
+    s50, s95 = summarize(server_ms)
+    return [["round trip (client: request with 6 MB frame -> response with mask)", rt50, rt95,
+             "PASS" if rt50 <= SERVICE_TARGET_MS else "FAIL"],
+            ["  of which in the node (decode, segment, encode mask)", s50, s95, ""],
+            ["  transport and (de)serialisation (difference of medians)", rt50 - s50, "", ""]]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=REPO / "models" / "extreme_unet.onnx")
+    parser.add_argument("--repeats", type=int, default=60)
+    parser.add_argument("--requests", type=int, default=40)
+    args = parser.parse_args()
+    isolation.ensure_isolated()
+    rgb, points = objects_of_a_frame()
+    rows = in_process(args.model, rgb, points, args.repeats)
+    print_table(["backend", "p50 ms/object", "p95 ms", "network ms", "batched ms/object", "vs PyTorch",
+                 f"p50 <= {IN_PROCESS_TARGET_MS:g} ms"], rows,
+                title=f"In-process request, 2048x1024 frame, {len(points)} objects cycled, {os.cpu_count()} cores")
+    print_table(["ROS 2 service (extreme_point_node, Fast DDS LARGE_DATA)", "p50 ms", "p95 ms",
+                 f"p50 <= {SERVICE_TARGET_MS:g} ms"], service(args.model, rgb, points, args.requests),
+                title=f"Service round trip across processes, {args.requests} requests")
+
+
+if __name__ == "__main__":
+    main()
