@@ -10,7 +10,7 @@ SETUP_INPUTS := pyproject.toml setup.py setup.cfg package.xml tools/setup.sh too
 	$(wildcard ros2_ws/src/instseg_interfaces/*.txt ros2_ws/src/instseg_interfaces/*.xml \
 	           ros2_ws/src/instseg_interfaces/msg/* ros2_ws/src/instseg_interfaces/srv/*)
 
-.PHONY: help setup test lint pytest demo bench data colcon clean distclean
+.PHONY: help setup test lint pytest demo bench data train-extreme colcon clean distclean
 
 help:
 	@echo "make setup   create .venv: pinned deps, ROS 2 wheels, instseg_interfaces (idempotent)"
@@ -18,6 +18,7 @@ help:
 	@echo "make test    set up, then ruff and the whole test suite"
 	@echo "make bench   set up, then the benchmarks in bench/"
 	@echo "make data    set up, then write a synthetic Cityscapes-format tree to data/synthetic (DATA_ARGS=...)"
+	@echo "make train-extreme  data, training (extreme points + box-only), export to models/, ablation table"
 	@echo "make colcon  build ros2_ws/ with colcon against .venv (as on a full ROS 2 install)"
 
 setup: $(STAMP)
@@ -44,10 +45,29 @@ bench: setup
 	$(PY) bench/bench_image_codec.py
 	$(ISOLATED) $(PY) bench/dds_image_stream.py
 	$(PY) bench/bench_data.py
+	$(ISOLATED) $(PY) bench/bench_annotate.py
 
 DATA_ARGS ?= --splits train=200,val=50 --jobs 2
 data: setup
 	$(VENV)/bin/instseg-synth data/synthetic $(DATA_ARGS)
+
+# The shipped extreme-point model: synthetic data (train seed 0, held-out val seed 1), 10 epochs each for the
+# extreme-point U-Net and the box-only baseline on CPU (~25 min each on 2 cores), export, ablation table.
+EXTREME_DATA := data/extreme_points
+EXTREME_EPOCHS ?= 10
+TRAIN_EXTREME := $(PY) -m training.extreme_points
+train-extreme: setup
+	$(VENV)/bin/instseg-synth $(EXTREME_DATA) --splits train=240 --seed 0 --jobs 2
+	$(VENV)/bin/instseg-synth $(EXTREME_DATA) --splits val=60 --seed 1 --jobs 2
+	$(TRAIN_EXTREME) prepare --data $(EXTREME_DATA) --out $(EXTREME_DATA)_crops
+	$(TRAIN_EXTREME) train --crops $(EXTREME_DATA)_crops --out data/runs/extreme --variant extreme \
+		--epochs $(EXTREME_EPOCHS) --resume
+	$(TRAIN_EXTREME) train --crops $(EXTREME_DATA)_crops --out data/runs/box --variant box \
+		--epochs $(EXTREME_EPOCHS) --resume
+	$(TRAIN_EXTREME) export --run data/runs/extreme --out models/extreme_unet.onnx \
+		--data-note "instseg-synth 1024x512: train=240 images seed 0, val=60 images seed 1 (held out)"
+	$(TRAIN_EXTREME) ablation --runs data/runs/extreme data/runs/box --crops $(EXTREME_DATA)_crops \
+		--markdown docs/extreme_points_ablation.md
 
 colcon: setup
 	cd ros2_ws && CMAKE_PREFIX_PATH=$(CURDIR)/$(VENV) AMENT_PREFIX_PATH=$(CURDIR)/$(VENV) \

@@ -191,9 +191,18 @@ def export(args: argparse.Namespace) -> Path:
 
 
 def ablation(args: argparse.Namespace) -> str:
-    crops = CropSet.load(Path(args.crops) / "val.npz")
+    table = ablation_table(args.runs, args.crops)
+    print(table)
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
+    return table
+
+
+def ablation_table(runs: list, crops_dir: str | os.PathLike) -> str:
+    """Markdown table: each run's best checkpoint evaluated on the held-out val crops."""
+    crops = CropSet.load(Path(crops_dir) / "val.npz")
     rows = []
-    for run in args.runs:
+    for run in runs:
         model, checkpoint = load_run(run)
         result = evaluate_model(model.to(memory_format=torch.channels_last), crops, checkpoint["variant"])
         history = json.loads((Path(run) / "history.json").read_text())
@@ -210,9 +219,6 @@ def ablation(args: argparse.Namespace) -> str:
         "|---|---|---|---|---|---|---|---|",
         *rows,
     ])
-    print(table)
-    if args.markdown:
-        Path(args.markdown).write_text(table + "\n")
     return table
 
 
@@ -264,10 +270,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--markdown")
     p.set_defaults(func=ablation)
     args = parser.parse_args(argv)
-    if args.func is train:
-        ensure_malloc_tuning()
     args.func(args)
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["train"]:
+        ensure_malloc_tuning()  # only as a command: re-executing replaces the process
     main()

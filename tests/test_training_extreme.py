@@ -1,0 +1,94 @@
+"""Smoke tests of the extreme-point training command: loss falls, checkpoints resume, export and ablation run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from instseg_core.data.object_crops import CropSet, build_crops
+from instseg_core.losses.binary_mask import LOSSES, average_distance_loss
+from instseg_core.models.extreme_unet import ExtremeUNet
+from training import extreme_points
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def crops_dir(synthetic_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("crops")
+    extreme_points.main(["prepare", "--data", str(synthetic_tree), "--out", str(out)])
+    assert len(CropSet.load(out / "train.npz")) >= 16
+    return out
+
+
+def test_losses_on_perfect_and_wrong_predictions() -> None:
+    target = torch.zeros(2, 1, 16, 16)
+    target[:, :, 4:12, 4:12] = 1
+    perfect = (target * 2 - 1) * 50  # logits: certain and right
+    wrong = -perfect
+    for name, loss in LOSSES.items():
+        assert loss(perfect, target) < 0.02, name
+        assert loss(wrong, target) > loss(perfect, target) + 0.5, name
+    # Δd of a certain prediction equals (|union| - |intersection|) / sqrt(area): 64 px off, area 64
+    half = perfect.clone()
+    half[:, :, 4:12, 4:8] = -50
+    assert float(average_distance_loss(half, target)) == pytest.approx(32 / 8 / 1.0, rel=0.01)
+
+
+def test_training_reduces_the_loss_and_resumes(crops_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    common = ["train", "--crops", str(crops_dir), "--out", str(run), "--batch-size", "8", "--limit", "16",
+              "--progress-every", "1", "--threads", "2"]
+    extreme_points.main([*common, "--epochs", "4"])
+    history = json.loads((run / "history.json").read_text())
+    losses = [entry["loss"] for entry in history["history"]]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    best = torch.load(run / "best.pt", weights_only=False)
+    assert best["epoch"] == history["best_epoch"] and best["variant"] == "extreme"
+    extreme_points.main([*common, "--epochs", "5", "--resume"])
+    resumed = json.loads((run / "history.json").read_text())
+    assert [e["epoch"] for e in resumed["history"]] == [1, 2, 3, 4, 5]
+    assert resumed["history"][:4] == history["history"], "resuming keeps the earlier epochs as they were"
+
+
+def test_resume_reproduces_an_uninterrupted_run(crops_dir: Path, tmp_path: Path) -> None:
+    common = ["train", "--crops", str(crops_dir), "--batch-size", "8", "--limit", "16", "--progress-every", "0",
+              "--threads", "1"]
+    extreme_points.main([*common, "--out", str(tmp_path / "straight"), "--epochs", "2"])
+    extreme_points.main([*common, "--out", str(tmp_path / "split"), "--epochs", "1"])
+    extreme_points.main([*common, "--out", str(tmp_path / "split"), "--epochs", "2", "--resume"])
+    straight = json.loads((tmp_path / "straight" / "history.json").read_text())["history"]
+    split = json.loads((tmp_path / "split" / "history.json").read_text())["history"]
+    assert split[1]["loss"] == pytest.approx(straight[1]["loss"], rel=1e-4)
+
+
+def test_export_manifest_and_ablation(crops_dir: Path, tmp_path: Path) -> None:
+    for variant in ("extreme", "box"):
+        extreme_points.main(["train", "--crops", str(crops_dir), "--out", str(tmp_path / variant), "--variant",
+                             variant, "--epochs", "1", "--batch-size", "8", "--limit", "8", "--progress-every", "0"])
+    model_path = tmp_path / "model.onnx"
+    extreme_points.main(["export", "--run", str(tmp_path / "extreme"), "--out", str(model_path)])
+    manifest = json.loads(model_path.with_suffix(".json").read_text())
+    assert manifest["variant"] == "extreme" and manifest["input"] == [1, 4, 128, 128]
+    assert {"aIoU", "mIoU", "iIoU", "border_error"} <= set(manifest["val_metrics"])
+    assert manifest["training"]["config"]["lr"] == 1e-3 and len(manifest["commit"]) >= 7
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    output = session.run(None, {"input": np.zeros((3, 4, 128, 128), np.float32)})[0]
+    assert output.shape == (3, 1, 128, 128) and output.min() >= 0 and output.max() <= 1
+    table = extreme_points.ablation_table([tmp_path / "extreme", tmp_path / "box"], crops_dir)
+    assert "| extreme (average_distance) |" in table and "| box (average_distance) |" in table
+
+
+def test_box_only_model_takes_rgb_only() -> None:
+    assert ExtremeUNet(3).encoders[0][0].in_channels == 3
+    with torch.no_grad():
+        assert ExtremeUNet(3).eval()(torch.zeros(1, 3, 128, 128)).shape == (1, 1, 128, 128)
+
+
+def test_build_crops_limit(synthetic_tree: Path) -> None:
+    assert len(build_crops(synthetic_tree, "train", limit=1)) < len(build_crops(synthetic_tree, "train"))
