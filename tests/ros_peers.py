@@ -97,6 +97,12 @@ def wait_for_subscribers(node: Node, publisher, timeout: float) -> bool:
     return ok
 
 
+def report_acked(publisher, published: int, timeout: float) -> None:
+    """Wait until every subscriber acknowledged what was published (reliable QoS), then report."""
+    acked = publisher.wait_for_all_acked(rclpy.duration.Duration(seconds=timeout))
+    report(published=published, acked=bool(acked))
+
+
 # --- roles -----------------------------------------------------------------------------------------
 
 def net_info(args: argparse.Namespace) -> None:
@@ -117,8 +123,7 @@ def pub_images(args: argparse.Namespace) -> None:
     for index in range(IMAGE_CASES):
         publisher.publish(expected_image(index)[0])
         time.sleep(0.05)
-    acked = publisher.wait_for_all_acked(rclpy.duration.Duration(seconds=args.timeout))
-    report(published=IMAGE_CASES, acked=bool(acked))
+    report_acked(publisher, IMAGE_CASES, args.timeout)
 
 
 def sub_images(args: argparse.Namespace) -> None:
@@ -150,8 +155,7 @@ def pub_instances(args: argparse.Namespace) -> None:
     publisher = node.create_publisher(InstanceArray, "instances", LATCHED)
     wait_for_subscribers(node, publisher, args.timeout)
     publisher.publish(expected_instances())
-    acked = publisher.wait_for_all_acked(rclpy.duration.Duration(seconds=args.timeout))
-    report(published=1, acked=bool(acked))
+    report_acked(publisher, 1, args.timeout)
 
 
 def sub_instances(args: argparse.Namespace) -> None:
@@ -261,8 +265,7 @@ def replay_bag(args: argparse.Namespace) -> None:
             publisher.publish(bytes(rawdata))
             published += 1
             time.sleep(0.02)
-    acked = publisher.wait_for_all_acked(rclpy.duration.Duration(seconds=args.timeout))
-    report(published=published, acked=bool(acked))
+    report_acked(publisher, published, args.timeout)
 
 
 def sub_camera(args: argparse.Namespace) -> None:

@@ -126,6 +126,11 @@ def random_paint(rng: np.random.Generator) -> Colour:
     return CAR_PAINTS[index]
 
 
+def _pick(rng: np.random.Generator, palette: Sequence[Colour]) -> Colour:
+    """One colour of a palette, uniformly."""
+    return palette[int(rng.integers(len(palette)))]
+
+
 def _clothing(rng: np.random.Generator) -> Colour:
     if rng.random() < 0.6:  # dark, muted clothes are most common
         v = rng.uniform(0.05, 0.35)
@@ -173,8 +178,8 @@ def car(rng: np.random.Generator, scale: float, view: str = "rear", flip: bool =
 
 def truck(rng: np.random.Generator, scale: float, view: str = "rear", flip: bool = False) -> Sprite:
     """A lorry: 'rear'/'front' (2.5 x 3.5 m) or 'side' (7.5 m long) view."""
-    body = tuple(float(v) for v in rng.choice([(0.9, 0.9, 0.88), (0.7, 0.7, 0.72), (0.2, 0.35, 0.6),
-                                                 (0.75, 0.15, 0.1), (0.95, 0.8, 0.2)]))
+    body = _pick(rng, [(0.9, 0.9, 0.88), (0.7, 0.7, 0.72), (0.2, 0.35, 0.6),
+                                                 (0.75, 0.15, 0.1), (0.95, 0.8, 0.2)])
     if view == "side":
         c = Canvas(7.7, 3.6, scale)
         c.rect(-3.75, 0.45, 3.75, 0.75, DARK)
@@ -204,8 +209,8 @@ def truck(rng: np.random.Generator, scale: float, view: str = "rear", flip: bool
 
 def bus(rng: np.random.Generator, scale: float, view: str = "rear", flip: bool = False) -> Sprite:
     """A city bus: 'rear'/'front' (2.55 x 3.1 m) or 'side' (12 m long) view."""
-    body = tuple(float(v) for v in rng.choice([(0.85, 0.75, 0.1), (0.8, 0.1, 0.1), (0.9, 0.9, 0.9),
-                                                 (0.1, 0.4, 0.7), (0.2, 0.55, 0.3)]))
+    body = _pick(rng, [(0.85, 0.75, 0.1), (0.8, 0.1, 0.1), (0.9, 0.9, 0.9),
+                                                 (0.1, 0.4, 0.7), (0.2, 0.55, 0.3)])
     if view == "side":
         c = Canvas(12.1, 3.2, scale)
         c.polygon([(-6.0, 0.3), (6.0, 0.3), (6.0, 2.9), (5.8, 3.1), (-5.8, 3.1), (-6.0, 2.9)], body)
@@ -232,7 +237,7 @@ def bus(rng: np.random.Generator, scale: float, view: str = "rear", flip: bool =
 
 def train(rng: np.random.Generator, scale: float, view: str = "front", flip: bool = False) -> Sprite:
     """A tram: 'front' view (2.65 x 3.6 m with pantograph) or 'side' view (18-26 m long)."""
-    body = tuple(float(v) for v in rng.choice([(0.85, 0.85, 0.82), (0.8, 0.12, 0.12), (0.95, 0.8, 0.15)]))
+    body = _pick(rng, [(0.85, 0.85, 0.82), (0.8, 0.12, 0.12), (0.95, 0.8, 0.15)])
     if view == "side":
         length = float(rng.uniform(18.0, 26.0))
         c = Canvas(length + 0.2, 4.2, scale)
