@@ -26,7 +26,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +103,20 @@ def _decode(msg: object, msgtype: str) -> np.ndarray:
     return to_rgb8(image, encoding)
 
 
+def _read_messages(reader: AnyReader, connections: list, bag: Path) -> Iterator[tuple[object, object]]:
+    """(connection, deserialised message) in bag order; a bag that breaks while reading -> LabelError."""
+    messages = reader.messages(connections=connections)
+    while True:
+        try:
+            connection, _, rawdata = next(messages)
+            msg = reader.deserialize(rawdata, connection.msgtype)
+        except StopIteration:
+            return
+        except Exception as exc:  # rosbags raises various types on truncated or corrupt data
+            raise LabelError(f"cannot read bag {bag} (corrupt data?): {exc}") from exc
+        yield connection, msg
+
+
 def _atomic_json(path: Path, data: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
@@ -116,9 +130,9 @@ def label_bag(bag: Path, topic: str, clicks: dict[str, list[Click]], out: Path, 
     wanted = {key: _key_kind(key) for key in clicks}
     by_index = {v: k for k, (kind, v) in wanted.items() if kind == "index"}
     by_stamp = {v: k for k, (kind, v) in wanted.items() if kind == "stamp"}
+    reader = AnyReader([Path(bag)])
     try:
-        reader_context = AnyReader([Path(bag)])
-        reader = reader_context.__enter__()
+        reader.open()
     except Exception as exc:  # rosbags raises several types for missing, unreadable or corrupt bags
         raise LabelError(f"cannot read bag {bag}: {exc}") from exc
     try:
@@ -133,9 +147,8 @@ def label_bag(bag: Path, topic: str, clicks: dict[str, list[Click]], out: Path, 
         categories: dict[int, str] = {}
         bar = tqdm(total=total, desc=f"labelling {topic}", unit="frame", disable=not progress, file=sys.stderr)
         try:
-            for index, (connection, _, rawdata) in enumerate(reader.messages(connections=connections)):
+            for index, (connection, msg) in enumerate(_read_messages(reader, connections, bag)):
                 bar.update(1)
-                msg = reader.deserialize(rawdata, connection.msgtype)
                 stamp = int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec)
                 key = by_index.get(index, by_stamp.get(stamp))
                 if key is None:
@@ -175,7 +188,7 @@ def label_bag(bag: Path, topic: str, clicks: dict[str, list[Click]], out: Path, 
         finally:
             bar.close()
     finally:
-        reader_context.__exit__(None, None, None)
+        reader.close()
     missing = sorted(set(clicks) - found)
     if missing:
         raise LabelError(f"{len(missing)} clicked frame(s) not in {topic} of {bag} ({total} frames): "
