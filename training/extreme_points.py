@@ -184,6 +184,8 @@ def export(args: argparse.Namespace) -> Path:
                      "train_seconds": history["train_seconds"], "history": history["history"],
                      "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}"},
         "data": getattr(args, "data_note", ""), "commit": _git_commit(),
+        "reproduce": "make train-extreme (see Makefile: instseg-synth, then python -m training.extreme_points "
+                     "prepare/train/export/ablation)",
     }
     out.with_suffix(".json").write_text(json.dumps(manifest, indent=1))
     print(f"wrote {out} and {out.with_suffix('.json')}")
