@@ -130,8 +130,8 @@ def label_bag(bag: Path, topic: str, clicks: dict[str, list[Click]], out: Path, 
     wanted = {key: _key_kind(key) for key in clicks}
     by_index = {v: k for k, (kind, v) in wanted.items() if kind == "index"}
     by_stamp = {v: k for k, (kind, v) in wanted.items() if kind == "stamp"}
-    reader = AnyReader([Path(bag)])
     try:
+        reader = AnyReader([Path(bag)])
         reader.open()
     except Exception as exc:  # rosbags raises several types for missing, unreadable or corrupt bags
         raise LabelError(f"cannot read bag {bag}: {exc}") from exc
