@@ -97,6 +97,17 @@ def wait_for_subscribers(node: Node, publisher, timeout: float) -> bool:
     return ok
 
 
+def receive(node: Node, msg_type: type, topic: str, count: int, timeout: float, qos: QoSProfile = RELIABLE,
+            announce: bool = False) -> list:
+    """Subscribe and spin until `count` messages arrived or `timeout` s passed; returns what arrived."""
+    received: list = []
+    node.create_subscription(msg_type, topic, received.append, qos)
+    if announce:
+        print("ready", flush=True)
+    spin_until(node, lambda: len(received) >= count, timeout)
+    return received
+
+
 def report_acked(publisher, published: int, timeout: float) -> None:
     """Wait until every subscriber acknowledged what was published (reliable QoS), then report."""
     acked = publisher.wait_for_all_acked(rclpy.duration.Duration(seconds=timeout))
@@ -127,11 +138,7 @@ def pub_images(args: argparse.Namespace) -> None:
 
 
 def sub_images(args: argparse.Namespace) -> None:
-    node = Node("image_subscriber")
-    received: list[Image] = []
-    node.create_subscription(Image, "camera/image", received.append, RELIABLE)
-    print("ready", flush=True)
-    spin_until(node, lambda: len(received) >= IMAGE_CASES, args.timeout)
+    received = receive(Node("image_subscriber"), Image, "camera/image", IMAGE_CASES, args.timeout, announce=True)
     mismatches = []
     for msg in received:
         index = int(msg.header.frame_id.rsplit("_", 1)[1])
@@ -159,10 +166,7 @@ def pub_instances(args: argparse.Namespace) -> None:
 
 
 def sub_instances(args: argparse.Namespace) -> None:
-    node = Node("instances_subscriber")
-    received: list[InstanceArray] = []
-    node.create_subscription(InstanceArray, "instances", received.append, LATCHED)
-    spin_until(node, lambda: bool(received), args.timeout)
+    received = receive(Node("instances_subscriber"), InstanceArray, "instances", 1, args.timeout, LATCHED)
     if not received:
         report(received=0)
         return
@@ -270,10 +274,7 @@ def replay_bag(args: argparse.Namespace) -> None:
 
 def sub_camera(args: argparse.Namespace) -> None:
     """Receive --count camera images; report their stamps, sizes and a checksum of the pixels."""
-    node = Node("camera_subscriber")
-    received: list[Image] = []
-    node.create_subscription(Image, "camera/image_raw", received.append, RELIABLE)
-    spin_until(node, lambda: len(received) >= args.count, args.timeout)
+    received = receive(Node("camera_subscriber"), Image, "camera/image_raw", args.count, args.timeout)
     report(stamps=[m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in received],
            frame_ids=sorted({m.header.frame_id for m in received}),
            shapes=[list(image_to_numpy(m).shape) for m in received],
