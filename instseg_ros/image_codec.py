@@ -257,7 +257,10 @@ def compressed_to_numpy(msg: Any) -> tuple[np.ndarray, str]:
             "the data is truncated or not a valid image"
         )
     channels = 1 if decoded.ndim == 2 else decoded.shape[2]
-    natural = _DECODED_ENCODING[(channels, decoded.dtype)]
+    natural = _DECODED_ENCODING.get((channels, decoded.dtype))
+    if natural is None:
+        raise ImageCodecError(f"decoded {codec} image has {channels} channels of {decoded.dtype}; "
+                              "expected 8- or 16-bit mono, BGR or BGRA")
     key = (natural, original)
     if original is None or key not in _RESTORE_ORIGINAL:
         return decoded, natural
