@@ -69,7 +69,10 @@ def test_invalid_parameters_are_refused(ros_processes, model_file: Path) -> None
     assert node.returncode == 2 and "threshold=1.5" in stderr
 
 
-def test_node_entry_point_is_installed() -> None:
-    result = subprocess.run([Path(sys.executable).parent / "extreme_point_node", "--help"], capture_output=True,
-                            text=True, timeout=30, input="")
-    assert result.returncode is not None
+def test_installed_entry_point_runs_the_node(ros_processes, tmp_path: Path) -> None:
+    """The console script `extreme_point_node` (what `ros2 run` starts) is the node: it checks its model."""
+    script = Path(sys.executable).parent / "extreme_point_node"
+    missing = tmp_path / "absent.onnx"
+    result = subprocess.run([str(script), "--ros-args", "-p", f"model_path:={missing}"], capture_output=True,
+                            text=True, timeout=60, env=ros_processes.env)
+    assert result.returncode == 2 and str(missing) in result.stderr
