@@ -66,6 +66,8 @@ train-extreme: setup
 		--epochs $(EXTREME_EPOCHS) --resume
 	$(TRAIN_EXTREME) export --run data/runs/extreme --out models/extreme_unet.onnx \
 		--data-note "instseg-synth 1024x512: train=240 images seed 0, val=60 images seed 1 (held out)"
+	$(TRAIN_EXTREME) quantize --model models/extreme_unet.onnx --crops $(EXTREME_DATA)_crops \
+		--out models/extreme_unet_int8.onnx
 	$(TRAIN_EXTREME) ablation --runs data/runs/extreme data/runs/box --crops $(EXTREME_DATA)_crops \
 		--markdown docs/extreme_points_ablation.md
 

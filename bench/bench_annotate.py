@@ -3,9 +3,10 @@
     .venv/bin/python bench/bench_annotate.py [--model models/extreme_unet.onnx] [--requests 40]
 
 In-process: the full request per object (validate, crop, encode, network, paste back, threshold,
-polygon) with ONNX Runtime (2 threads, the product path) and with PyTorch eager running the same
-architecture, measured in the same run. The PyTorch model has fresh weights (the ONNX export folds
-batch norm into the convolutions, so its weights do not map back), which does not change its latency.
+polygon) with ONNX Runtime (2 threads, the product path; fp32 and, when models/<name>_int8.onnx
+exists, the static int8 QDQ model) and with PyTorch eager running the same architecture, in the same
+run. The PyTorch model has fresh weights (the ONNX export folds batch norm into the convolutions, so
+its weights do not map back), which does not change its latency.
 Service: extreme_point_node in another process, a client here; the round trip includes sending the
 6 MB rgb8 frame and receiving the full-size mono8 mask over Fast DDS.
 Targets on 2 cores: in-process <= 8 ms p50 per object, service <= 20 ms p50.
@@ -52,8 +53,11 @@ def in_process(model_path: Path, rgb: np.ndarray, points: list[np.ndarray], repe
     from instseg_core.models.extreme_unet import ExtremeUNet
 
     onnx_net = OnnxNetwork(model_path, threads=2)
-    backends = [("ONNX Runtime (2 threads)", onnx_net),
-                ("PyTorch eager (2 threads)", TorchNetwork(ExtremeUNet(onnx_net.channels), threads=2))]
+    backends = [("ONNX Runtime fp32 (2 threads)", onnx_net)]
+    int8_path = model_path.with_name(model_path.stem + "_int8.onnx")
+    if int8_path.is_file():
+        backends.append(("ONNX Runtime int8 QDQ (2 threads)", OnnxNetwork(int8_path, threads=2)))
+    backends.append(("PyTorch eager fp32 (2 threads)", TorchNetwork(ExtremeUNet(onnx_net.channels), threads=2)))
     rows, medians = [], {}
     for name, network in backends:
         segmenter = ExtremePointSegmenter(network)
@@ -64,7 +68,7 @@ def in_process(model_path: Path, rgb: np.ndarray, points: list[np.ndarray], repe
         batch = time_call("batch", lambda s=segmenter: s.segment_batch(rgb, points), max(3, repeats // 10))
         medians[name] = timing.median
         rows.append([name, timing.median, timing.p95, stages["network"], batch.median / len(points)])
-    base = medians.get("PyTorch eager (2 threads)", next(iter(medians.values())))
+    base = medians["PyTorch eager fp32 (2 threads)"]
     for row in rows:
         verdict = "PASS" if row[1] <= IN_PROCESS_TARGET_MS else "FAIL"
         row.extend([f"{row[1] / base:.2f}x", verdict if row[0].startswith("ONNX") else ""])
@@ -72,6 +76,7 @@ def in_process(model_path: Path, rgb: np.ndarray, points: list[np.ndarray], repe
 
 
 def service(model_path: Path, rgb: np.ndarray, points: list[np.ndarray], requests: int) -> list[list]:
+    """Round trips through extreme_point_node running `model_path`; rows for the results table."""
     import rclpy
     from instseg_interfaces.srv import SegmentObject
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -113,10 +118,11 @@ def service(model_path: Path, rgb: np.ndarray, points: list[np.ndarray], request
             node_proc.wait()
     rt50, rt95 = summarize(round_trips)
     s50, s95 = summarize(server_ms)
-    return [["round trip (client: request with 6 MB frame -> response with mask)", rt50, rt95,
+    name = model_path.name
+    return [[f"{name}: round trip (request with 6 MB frame -> response with mask)", rt50, rt95,
              "PASS" if rt50 <= SERVICE_TARGET_MS else "FAIL"],
-            ["  of which in the node (decode, segment, encode mask)", s50, s95, ""],
-            ["  transport and (de)serialisation (difference of medians)", rt50 - s50, "", ""]]
+            [f"{name}:   of which in the node (decode, segment, encode mask)", s50, s95, ""],
+            [f"{name}:   transport and (de)serialisation (difference of medians)", rt50 - s50, "", ""]]
 
 
 def main() -> None:
@@ -131,8 +137,10 @@ def main() -> None:
     print_table(["backend", "p50 ms/object", "p95 ms", "network ms", "batched ms/object", "vs PyTorch",
                  f"p50 <= {IN_PROCESS_TARGET_MS:g} ms"], rows,
                 title=f"In-process request, 2048x1024 frame, {len(points)} objects cycled, {os.cpu_count()} cores")
+    models = [args.model, args.model.with_name(args.model.stem + "_int8.onnx")]
+    rows = [row for model in models if model.is_file() for row in service(model, rgb, points, args.requests)]
     print_table(["ROS 2 service (extreme_point_node, Fast DDS LARGE_DATA)", "p50 ms", "p95 ms",
-                 f"p50 <= {SERVICE_TARGET_MS:g} ms"], service(args.model, rgb, points, args.requests),
+                 f"p50 <= {SERVICE_TARGET_MS:g} ms"], rows,
                 title=f"Service round trip across processes, {args.requests} requests")
 
 

@@ -187,10 +187,12 @@ def test_crop_set_from_polygons_counts_signs_and_lights(synthetic_tree: Path) ->
             assert mask[max(0, y - 1):y + 2, max(0, x - 1):x + 2].any()
 
 
-def test_shipped_model_segments_held_out_objects(synthetic_tree: Path) -> None:
-    """The committed model on objects of scenes it never saw (seed 7 here; trained on seed 0)."""
-    assert SHIPPED_MODEL.is_file(), "models/extreme_unet.onnx is part of the repo"
-    segmenter = ExtremePointSegmenter(OnnxNetwork(SHIPPED_MODEL))
+@pytest.mark.parametrize("name", ["extreme_unet.onnx", "extreme_unet_int8.onnx"])
+def test_shipped_model_segments_held_out_objects(synthetic_tree: Path, name: str) -> None:
+    """The committed models (fp32 and int8) on objects of scenes they never saw (seed 7 here; trained on seed 0)."""
+    path = SHIPPED_MODEL.with_name(name)
+    assert path.is_file(), f"models/{name} is part of the repo"
+    segmenter = ExtremePointSegmenter(OnnxNetwork(path))
     ious = []
     for sample in CityscapesDataset(synthetic_tree, "val"):
         height, width, objects = read_polygons(sample.paths["polygons"])

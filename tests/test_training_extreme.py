@@ -80,6 +80,12 @@ def test_export_manifest_and_ablation(crops_dir: Path, tmp_path: Path) -> None:
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     output = session.run(None, {"input": np.zeros((3, 4, 128, 128), np.float32)})[0]
     assert output.shape == (3, 1, 128, 128) and output.min() >= 0 and output.max() <= 1
+    int8_path = tmp_path / "model_int8.onnx"
+    extreme_points.main(["quantize", "--model", str(model_path), "--crops", str(crops_dir), "--out", str(int8_path),
+                         "--calibration-crops", "16"])
+    int8 = json.loads(int8_path.with_suffix(".json").read_text())
+    assert int8["quantisation"]["calibration_crops"] == 16 and "aIoU" in int8["val_metrics_fp32"]
+    assert int8_path.stat().st_size < model_path.stat().st_size / 2, "int8 weights"
     table = extreme_points.ablation_table([tmp_path / "extreme", tmp_path / "box"], crops_dir)
     assert "| extreme (average_distance) |" in table and "| box (average_distance) |" in table
 
