@@ -52,14 +52,17 @@ def in_process(model_path: Path, rgb: np.ndarray, points: list[np.ndarray], repe
     from instseg_core.annotate.segmenter import ExtremePointSegmenter, OnnxNetwork, TorchNetwork
     from instseg_core.models.extreme_unet import ExtremeUNet
 
-    onnx_net = OnnxNetwork(model_path, threads=2)
-    backends = [("ONNX Runtime fp32 (2 threads)", onnx_net)]
+    # Built lazily, in this order: PyTorch's OpenMP pool keeps spinning after it runs and would slow
+    # ONNX Runtime's threads if it were created first.
     int8_path = model_path.with_name(model_path.stem + "_int8.onnx")
+    backends = [("ONNX Runtime fp32 (2 threads)", lambda: OnnxNetwork(model_path, threads=2))]
     if int8_path.is_file():
-        backends.append(("ONNX Runtime int8 QDQ (2 threads)", OnnxNetwork(int8_path, threads=2)))
-    backends.append(("PyTorch eager fp32 (2 threads)", TorchNetwork(ExtremeUNet(onnx_net.channels), threads=2)))
+        backends.append(("ONNX Runtime int8 QDQ (2 threads)", lambda: OnnxNetwork(int8_path, threads=2)))
+    backends.append(("PyTorch eager fp32 (2 threads)",
+                     lambda: TorchNetwork(ExtremeUNet(OnnxNetwork(model_path).channels), threads=2)))
     rows, medians = [], {}
-    for name, network in backends:
+    for name, make_network in backends:
+        network = make_network()
         segmenter = ExtremePointSegmenter(network)
         segmenter.warmup()
         cycle = iter(range(10**9))
@@ -127,7 +130,8 @@ def service(model_path: Path, rgb: np.ndarray, points: list[np.ndarray], request
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=REPO / "models" / "extreme_unet.onnx")
+    parser.add_argument("--model", type=Path, default=REPO / "models" / "extreme_unet.onnx",
+                        help="the fp32 model; its _int8 sibling is measured too when present")
     parser.add_argument("--repeats", type=int, default=60)
     parser.add_argument("--requests", type=int, default=40)
     args = parser.parse_args()

@@ -1,7 +1,7 @@
 """`extreme_point_node`: the annotation service. 4 extreme points in, mask and polygon out, on CPU.
 
 Service `~/segment` (instseg_interfaces/srv/SegmentObject). Parameters:
-  model_path (string, default: the shipped models/extreme_unet.onnx), threads (int, 2: ONNX Runtime
+  model_path (string, default: the shipped models/extreme_unet_int8.onnx), threads (int, 2: ONNX Runtime
   intra-op threads), threshold (double, 0.5), polygon_tolerance (double, 1.0 px: Douglas-Peucker
   epsilon), max_image_pixels (int, 16777216), max_concurrent (int, 2: requests segmented at once).
 
@@ -37,7 +37,7 @@ from instseg_core.annotate.segmenter import (
 from instseg_ros.image_codec import ImageCodecError, image_to_numpy, numpy_to_image, to_rgb8
 from instseg_ros.resources import model_path
 
-DEFAULT_MODEL = "extreme_unet.onnx"
+DEFAULT_MODEL = "extreme_unet_int8.onnx"  # same held-out aIoU as fp32 (0.918), ~1.8x faster
 
 
 class ExtremePointNode(Node):

@@ -1,6 +1,6 @@
 """`instseg-label`: label a recorded camera bag offline from extreme-point clicks.
 
-    instseg-label BAG --topic /camera/image_raw --clicks clicks.json --out OUT [--model models/extreme_unet.onnx]
+    instseg-label BAG --topic /camera/image_raw --clicks clicks.json --out OUT [--model models/extreme_unet_int8.onnx]
                   [--threads 2] [--polygon-tolerance 1.0] [--split train] [--city labelled]
 
 BAG is a rosbag2 directory (MCAP or sqlite3) with sensor_msgs/Image or CompressedImage on --topic.
@@ -206,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--topic", required=True)
     parser.add_argument("--clicks", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--model", type=Path, default=None, help="default: the shipped extreme_unet.onnx")
+    parser.add_argument("--model", type=Path, default=None, help="default: the shipped extreme_unet_int8.onnx")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--polygon-tolerance", type=float, default=1.0)
     parser.add_argument("--split", default="train", choices=["train", "val", "test"])
@@ -217,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--city must not contain '_' (Cityscapes file names split on it)")
     try:
         clicks = parse_clicks(json.loads(args.clicks.read_text()))
-        segmenter = ExtremePointSegmenter(OnnxNetwork(args.model or model_path("extreme_unet.onnx"), args.threads),
+        segmenter = ExtremePointSegmenter(OnnxNetwork(args.model or model_path("extreme_unet_int8.onnx"), args.threads),
                                           polygon_tolerance=args.polygon_tolerance)
         summary = label_bag(args.bag, args.topic, clicks, args.out, segmenter, split=args.split, city=args.city,
                             progress=not args.quiet)
