@@ -128,8 +128,9 @@ def main(argv: list[str] | None = None) -> None:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    finally:
-        node.get_logger().info(f"served {node.served} requests; refused {dict(node.errors) or 'none'}")
+    finally:  # the ROS context may already be gone (signal), so the summary goes to stderr directly
+        print(f"extreme_point_node: served {node.served} requests; refused {dict(node.errors) or 'none'}",
+              file=sys.stderr, flush=True)
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()

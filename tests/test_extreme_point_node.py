@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,22 @@ def test_service_answers_good_bad_and_concurrent_requests(ros_processes, model_f
             assert results[name]["code"] == code, (name, results[name])
             assert words in results[name]["message"], (name, results[name]["message"])
     assert node.poll() is None, "the node must still be running"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_node_stops_cleanly_on_signals(ros_processes, model_file: Path, sig: signal.Signals) -> None:
+    node = start_node(ros_processes, f"model_path:={model_file}")
+    assert node.stderr is not None
+    for line in node.stderr:  # wait until it serves
+        if "serving" in line:
+            break
+    else:
+        pytest.fail("the node exited before serving")
+    time.sleep(1.0)  # "serving" is logged just before the executor starts spinning
+    node.send_signal(sig)
+    _, rest = node.communicate(timeout=30)
+    assert node.returncode == 0
+    assert "served 0 requests; refused none" in rest and "Failed to publish" not in rest
 
 
 @pytest.mark.parametrize("kind", ["missing", "corrupt"])
