@@ -33,8 +33,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from instseg_core.data.cityscapes import INSTANCE_CLASSES
-
 RESULT_FILE = "resultInstanceLevelSemanticLabeling.json"
 GT_CACHE_FILE = "gtInstances.json"
 
@@ -141,7 +139,7 @@ def _run_in_child(run_file: str) -> None:
     official.evaluateImgLists(predictions, gt, args)
 
 
-__all__ = ["INSTANCE_CLASSES", "InstanceEvaluation", "evaluate_instances", "write_predictions"]
+__all__ = ["InstanceEvaluation", "evaluate_instances", "write_predictions"]
 
 if __name__ == "__main__":
     _run_in_child(sys.argv[1])
