@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from instseg_core.annotate.encoding import encode
+from instseg_core.annotate.segmenter import TorchNetwork
 from instseg_core.data.object_crops import ANNOTATION_CLASSES, CropSet, augment, build_crops
 from instseg_core.eval.binary_metrics import BinarySegmentationMetrics
 from instseg_core.losses.binary_mask import LOSSES
@@ -60,14 +61,7 @@ def batch_inputs(crops: CropSet, index: np.ndarray, variant: str, rng: np.random
 
 def evaluate_model(model: torch.nn.Module, crops: CropSet, variant: str, batch_size: int = 32) -> dict:
     """aIoU (batches of `batch_size`), mIoU, iIoU, border error at 128 x 128, with the model in eval mode."""
-    model.eval()
-
-    def probabilities(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            tensor = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
-            return torch.sigmoid(model(tensor)).numpy()[:, 0]
-
-    return evaluate_network(probabilities, crops, variant, batch_size)
+    return evaluate_network(TorchNetwork(model), crops, variant, batch_size)
 
 
 def evaluate_network(probabilities: Callable[[np.ndarray], np.ndarray], crops: CropSet, variant: str,
