@@ -30,11 +30,27 @@ def start_node(ros_processes, *parameters: str) -> subprocess.Popen:
     return ros_processes.start(*args, script=NODE)
 
 
+def wait_until_serving(node: subprocess.Popen) -> None:
+    """Read the node's stderr until it logs that it serves; fail with its output if it exits first."""
+    assert node.stderr is not None
+    seen = []
+    for line in node.stderr:
+        seen.append(line)
+        if "serving" in line:
+            return
+    pytest.fail("the node exited before serving:\n" + "".join(seen))
+
+
 def test_service_answers_good_bad_and_concurrent_requests(ros_processes, model_file: Path) -> None:
     node = start_node(ros_processes, f"model_path:={model_file}", "max_image_pixels:=3000000", "threads:=1")
+    wait_until_serving(node)
     clients = [ros_processes.start("call-extreme", "--timeout", "90") for _ in range(2)]
     for client in clients:  # two client processes at the same time, each with 11 requests in flight
-        results = ros_processes.wait(client, timeout=150).result["results"]
+        report = ros_processes.wait(client, timeout=150).result
+        if "results" not in report:
+            node.terminate()
+            pytest.fail(f"client: {report}\nnode stderr:\n{node.communicate(timeout=30)[1]}")
+        results = report["results"]
         for name in ("good", "good_bgr", "fine_polygon", "after"):
             good = results[name]
             assert good["success"] and good["code"] == 0 and good["message"] == ""
@@ -53,12 +69,7 @@ def test_service_answers_good_bad_and_concurrent_requests(ros_processes, model_f
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_node_stops_cleanly_on_signals(ros_processes, model_file: Path, sig: signal.Signals) -> None:
     node = start_node(ros_processes, f"model_path:={model_file}")
-    assert node.stderr is not None
-    for line in node.stderr:  # wait until it serves
-        if "serving" in line:
-            break
-    else:
-        pytest.fail("the node exited before serving")
+    wait_until_serving(node)
     time.sleep(1.0)  # "serving" is logged just before the executor starts spinning
     node.send_signal(sig)
     _, rest = node.communicate(timeout=30)
