@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 import warnings
@@ -34,17 +33,9 @@ from instseg_core.data.object_crops import ANNOTATION_CLASSES, CropSet, augment,
 from instseg_core.eval.binary_metrics import BinarySegmentationMetrics
 from instseg_core.losses.binary_mask import LOSSES
 from instseg_core.models.extreme_unet import ExtremeUNet, SigmoidOutput
+from training.common import ensure_malloc_tuning, git_commit
 
 VARIANTS = {"extreme": 4, "box": 3}  # input channels
-MALLOC_TUNING = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
-
-
-def ensure_malloc_tuning() -> None:
-    """Re-run this process with glibc's mmap threshold off: PyTorch eager on CPU is ~1.4x faster here."""
-    if any(os.environ.get(k) != v for k, v in MALLOC_TUNING.items()) and not os.environ.get("INSTSEG_NO_REEXEC"):
-        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **MALLOC_TUNING})
-
-
 def batch_inputs(crops: CropSet, index: np.ndarray, variant: str, rng: np.random.Generator | None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, C, 128, 128) inputs and (B, 1, 128, 128) targets; augmented when `rng` is given."""
@@ -75,14 +66,6 @@ def evaluate_network(probabilities: Callable[[np.ndarray], np.ndarray], crops: C
         prediction = probabilities(np.ascontiguousarray(x.numpy())) > 0.5
         metrics.add_batch(prediction, y.numpy()[:, 0] > 0.5, [ANNOTATION_CLASSES[c] for c in crops.classes[index]])
     return metrics.result()
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -189,7 +172,7 @@ def export(args: argparse.Namespace) -> Path:
         "training": {"config": history["config"], "epochs_run": history["epoch"],
                      "train_seconds": history["train_seconds"], "history": history["history"],
                      "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}"},
-        "data": getattr(args, "data_note", ""), "commit": _git_commit(),
+        "data": getattr(args, "data_note", ""), "commit": git_commit(),
         "reproduce": "make train-extreme (see Makefile: instseg-synth, then python -m training.extreme_points "
                      "prepare/train/export/ablation)",
     }
@@ -232,7 +215,7 @@ def quantize(args: argparse.Namespace) -> Path:
     manifest = json.loads(source.with_suffix(".json").read_text())
     manifest.update({
         "quantisation": {"source": source.name, "format": "QDQ static, per-channel int8 weights, uint8 activations",
-                         "calibration_crops": len(chosen), "commit": _git_commit()},
+                         "calibration_crops": len(chosen), "commit": git_commit()},
         "val_metrics": {k: v for k, v in metrics["int8"].items() if k != "border_histogram"},
         "val_metrics_fp32": {k: v for k, v in metrics["fp32"].items() if k != "border_histogram"},
     })

@@ -1,0 +1,125 @@
+"""Training samples for the dense instance networks (Spatial Embeddings, Box2Pix): targets and crops.
+
+From a Cityscapes-format split, each image becomes
+- `image` (H, W, 3) uint8 RGB;
+- `instances` (H, W) int32: 0 = background, 1..K = the image's objects of the chosen classes;
+- `labels` (H, W) uint8: class index + 1 (index into `classes`) on instance pixels, 0 elsewhere;
+- `ignore` (H, W) bool: group regions (e.g. "cargroup") of the chosen classes, which are neither
+  background nor a single object.
+Objects of instance classes not in `classes` count as background. `scale` resizes everything (area
+interpolation for the image, nearest for the maps), e.g. 0.5 to train on 2048 x 1024 Cityscapes at
+1024 x 512.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from instseg_core.data.cityscapes import CityscapesDataset, name2label
+
+
+@dataclass
+class InstanceSample:
+    """One image and its targets (see the module docstring); `centers` (K, 2) float (x, y) pixel centroid of
+    instance k + 1."""
+
+    stem: str
+    image: np.ndarray
+    instances: np.ndarray
+    labels: np.ndarray
+    ignore: np.ndarray
+    centers: np.ndarray
+
+
+def instance_targets(instance_ids: np.ndarray, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(instances int32, labels uint8, ignore bool) from a Cityscapes instanceIds map (H, W)."""
+    label_ids = np.array([name2label[name].id for name in classes])
+    ids = np.unique(instance_ids)
+    instances = np.zeros(instance_ids.shape, np.int32)
+    labels = np.zeros(instance_ids.shape, np.uint8)
+    objects = ids[(ids >= 1000) & np.isin(ids // 1000, label_ids)]
+    if len(objects):
+        lookup_ids = np.searchsorted(objects, instance_ids)
+        lookup_ids = np.minimum(lookup_ids, len(objects) - 1)
+        is_object = objects[lookup_ids] == instance_ids
+        instances[is_object] = lookup_ids[is_object] + 1
+        class_of_object = np.searchsorted(label_ids, objects // 1000, sorter=np.argsort(label_ids))
+        class_of_object = np.argsort(label_ids)[class_of_object]
+        labels[is_object] = class_of_object[lookup_ids[is_object]] + 1
+    ignore = np.isin(instance_ids, label_ids)
+    return instances, labels, ignore
+
+
+def _centers(instances: np.ndarray) -> np.ndarray:
+    count = int(instances.max())
+    if count == 0:
+        return np.zeros((0, 2), np.float32)
+    rows, cols = np.nonzero(instances)
+    index = instances[rows, cols] - 1
+    area = np.bincount(index, minlength=count)
+    return np.stack([np.bincount(index, cols, count) / np.maximum(area, 1),
+                     np.bincount(index, rows, count) / np.maximum(area, 1)], 1).astype(np.float32)
+
+
+def load_split(root: str | os.PathLike | None, split: str, classes: Sequence[str], *, scale: float = 1.0,
+               limit: int | None = None) -> list[InstanceSample]:
+    """Every annotated image of `split` (first `limit`), loaded into memory with its targets."""
+    dataset = CityscapesDataset(root, split)
+    samples = []
+    for sample in list(dataset)[:limit]:
+        image, instance_ids = sample.image, sample.instance_ids
+        if scale != 1.0:
+            size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            instance_ids = cv2.resize(instance_ids, size, interpolation=cv2.INTER_NEAREST)
+        instances, labels, ignore = instance_targets(instance_ids, classes)
+        samples.append(InstanceSample(f"{sample.city}/{sample.stem}", image, instances, labels, ignore,
+                                      _centers(instances)))
+    if not samples:
+        raise FileNotFoundError(f"no annotated images in split {split!r} of {dataset.root}")
+    return samples
+
+
+def object_centered_crop(sample: InstanceSample, height: int, width: int, rng: np.random.Generator,
+                         flip: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A (height, width) window around a random object (jittered by up to a quarter of the window; a random
+    window when the image has none), randomly mirrored. Windows larger than the image are zero-padded
+    (padding is background). Returns image, instances, labels, ignore of the window."""
+    image_h, image_w = sample.instances.shape
+    if len(sample.centers):
+        cx, cy = sample.centers[rng.integers(len(sample.centers))]
+        cx += rng.uniform(-0.25, 0.25) * width
+        cy += rng.uniform(-0.25, 0.25) * height
+    else:
+        cx, cy = rng.uniform(0, image_w), rng.uniform(0, image_h)
+    x0 = int(np.clip(round(cx - width / 2), 0, max(image_w - width, 0)))
+    y0 = int(np.clip(round(cy - height / 2), 0, max(image_h - height, 0)))
+    window = (slice(y0, y0 + height), slice(x0, x0 + width))
+    arrays = [sample.image[window], sample.instances[window], sample.labels[window], sample.ignore[window]]
+    if arrays[1].shape != (height, width):
+        padded = []
+        for array in arrays:
+            out = np.zeros((height, width, *array.shape[2:]), array.dtype)
+            out[: array.shape[0], : array.shape[1]] = array
+            padded.append(out)
+        arrays = padded
+    if flip and rng.random() < 0.5:
+        arrays = [a[:, ::-1] for a in arrays]
+    return tuple(np.ascontiguousarray(a) for a in arrays)  # type: ignore[return-value]
+
+
+def to_batch(crops: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack crops: images (B, 3, H, W) float32 in [0, 1] (channels_last), instances (B, H, W) int64,
+    labels (B, H, W) int64, ignore (B, H, W) bool."""
+    images = torch.from_numpy(np.stack([c[0] for c in crops])).permute(0, 3, 1, 2).float().div_(255)
+    return (images.contiguous(memory_format=torch.channels_last),
+            torch.from_numpy(np.stack([c[1] for c in crops]).astype(np.int64)),
+            torch.from_numpy(np.stack([c[2] for c in crops]).astype(np.int64)),
+            torch.from_numpy(np.stack([c[3] for c in crops])))

@@ -1,0 +1,326 @@
+"""Train, evaluate and export the Spatial Embeddings network on any Cityscapes-format tree.
+
+    python -m training.spatial_embeddings train    --data ROOT --out RUN [--epochs 200 --steps-per-epoch N]
+                                                   [--crop 256 256 --batch 8 --lr 5e-4] [--scale 0.5]
+                                                   [--n-sigma 1|2] [--center centroid|learnable] [--fixed-sigma]
+                                                   [--finetune-from RUN_A --freeze-bn] [--resume]
+    python -m training.spatial_embeddings evaluate --data ROOT --run RUN [--checkpoint best.pt|epoch_010.pt|all]
+    python -m training.spatial_embeddings export   --run RUN --out models/spatial_embeddings.onnx
+
+Training follows the paper (§4.1): crops centred on an object (random jitter) and random horizontal
+mirroring, Adam, polynomial decay lr * (1 - epoch / epochs)^0.9; then a fine-tune on larger crops with
+the batch-norm statistics frozen (`--finetune-from RUN --freeze-bn`, lower lr). The ablations of the
+paper's Table 2 are `--fixed-sigma`, `--n-sigma 1|2` and `--center centroid|learnable`.
+A checkpoint is written every epoch (`last.pt`, resumable with `--resume`; `epoch_NNN.pt` every
+`--keep-every` epochs for the learning curve). Evaluation runs the network on whole val images, clusters
+(instseg_core.postprocess.seed_clustering) and scores with the official Cityscapes evaluator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from instseg_core.data.cityscapes import CityscapesDataset, name2label
+from instseg_core.data.instance_training import load_split, object_centered_crop, to_batch
+from instseg_core.eval.cityscapes_instances import evaluate_instances, write_predictions
+from instseg_core.losses.spatial_embedding import SpatialEmbeddingLoss, SpatialEmbeddingLossConfig
+from instseg_core.models.spatial_embeddings import (
+    CITYSCAPES_INSTANCE_CLASSES,
+    SpatialEmbeddings,
+    SpatialEmbeddingsConfig,
+    preprocess,
+)
+from instseg_core.postprocess.seed_clustering import ClusteringParams, cluster_seeds
+from training.common import ensure_malloc_tuning, git_commit, save_atomically
+
+
+def build_model(checkpoint: dict) -> SpatialEmbeddings:
+    model = SpatialEmbeddings(SpatialEmbeddingsConfig.from_dict(checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["model"])
+    return model
+
+
+def _freeze_batch_norm(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()
+
+
+def train(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    classes = tuple(args.classes)
+    samples = load_split(args.data, "train", classes, scale=args.scale, limit=args.limit)
+    loss_config = SpatialEmbeddingLossConfig(learn_sigma=not args.fixed_sigma, center=args.center,
+                                             foreground_weight=args.foreground_weight)
+    model_config = SpatialEmbeddingsConfig(classes=classes, n_sigma=args.n_sigma, dropout_low=args.dropout_low,
+                                           dropout_high=args.dropout_high)
+    model = SpatialEmbeddings(model_config)
+    if args.finetune_from:
+        source = torch.load(Path(args.finetune_from) / "last.pt", weights_only=False)
+        model.load_state_dict(source["model"])
+        print(f"fine-tuning from {args.finetune_from} (epoch {source['state']['epoch']})", flush=True)
+    model = model.to(memory_format=torch.channels_last)
+    loss_fn = SpatialEmbeddingLoss(model_config.n_sigma, len(classes), loss_config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps = args.steps_per_epoch or max(1, len(samples) // args.batch)
+    state = {"epoch": 0, "history": [], "train_seconds": 0.0}
+    rng = np.random.default_rng(args.seed)
+    if args.resume and (out / "last.pt").exists():
+        checkpoint = torch.load(out / "last.pt", weights_only=False)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        state = checkpoint["state"]
+        rng.bit_generator.state = checkpoint["rng"]
+        torch.set_rng_state(checkpoint["torch_rng"])
+        print(f"resumed {out / 'last.pt'} after epoch {state['epoch']}", flush=True)
+    config = {k: v for k, v in vars(args).items() if k not in ("func", "resume")}
+    print(f"{len(samples)} training images, {steps} steps of {args.batch} crops {args.crop} per epoch", flush=True)
+    for epoch in range(state["epoch"] + 1, args.epochs + 1):
+        if args.time_budget and state["train_seconds"] >= args.time_budget:
+            print(f"time budget of {args.time_budget} s spent after epoch {state['epoch']}", flush=True)
+            break
+        lr = args.lr * (1 - (epoch - 1) / args.epochs) ** 0.9
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        if args.freeze_bn:
+            _freeze_batch_norm(model)
+        start = time.perf_counter()
+        losses, parts_sum = [], {"instance": 0.0, "smooth": 0.0, "seed": 0.0}
+        for step in range(steps):
+            crops = [object_centered_crop(samples[rng.integers(len(samples))], *args.crop, rng)
+                     for _ in range(args.batch)]
+            images, instances, labels, ignore = to_batch(crops)
+            loss, parts = loss_fn(model(images), instances, labels, ignore)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            for key in parts_sum:
+                parts_sum[key] += parts[key] / steps
+            if args.progress_every and (step + 1) % args.progress_every == 0:
+                print(f"  epoch {epoch} step {step + 1}/{steps} loss {np.mean(losses[-args.progress_every:]):.4f}",
+                      flush=True)
+        seconds = time.perf_counter() - start
+        state["train_seconds"] += seconds
+        state["epoch"] = epoch
+        entry = {"epoch": epoch, "lr": lr, "loss": float(np.mean(losses)), **parts_sum, "seconds": seconds,
+                 "train_seconds": state["train_seconds"]}
+        state["history"].append(entry)
+        checkpoint = {"model": model.state_dict(), "model_config": model_config.to_dict(),
+                      "loss_config": vars(loss_config), "config": config, "epoch": epoch, "state": state,
+                      "commit": git_commit()}
+        if args.keep_every and epoch % args.keep_every == 0:
+            save_atomically(checkpoint, out / f"epoch_{epoch:03d}.pt")
+        save_atomically({**checkpoint, "optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state,
+                         "torch_rng": torch.get_rng_state()}, out / "last.pt")
+        (out / "history.json").write_text(json.dumps({"config": config, **state}, indent=1))
+        print(f"epoch {epoch}/{args.epochs} lr {lr:.2e} loss {entry['loss']:.4f} (instance {parts_sum['instance']:.4f}"
+              f" smooth {parts_sum['smooth']:.5f} seed {parts_sum['seed']:.4f}) {seconds:.0f} s", flush=True)
+    return state
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[SpatialEmbeddings, dict]:
+    checkpoint = torch.load(path, weights_only=False)
+    return build_model(checkpoint).eval(), checkpoint
+
+
+class TorchRawNetwork:
+    """(1, 3, H, W) float32 in [0, 1] -> (C, H, W) raw outputs, PyTorch eager (the reference backend)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model.eval().to(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(image).contiguous(memory_format=torch.channels_last)
+        return self.model(x)[0].numpy()
+
+
+def evaluate_network(network: Callable[[np.ndarray], np.ndarray], n_sigma: int, classes: Sequence[str],
+                     data: str | os.PathLike, out_dir: str | os.PathLike, *, split: str = "val",
+                     limit: int | None = None, params: ClusteringParams | None = None,
+                     scale: float = 1.0) -> dict:
+    """Run `network` on every image of the split, cluster, score with the official Cityscapes evaluator.
+
+    Images are resized by `scale` (H and W rounded to multiples of 8) for the network; instance masks are
+    resized back to the ground truth's size (nearest). Returns {'ap', 'ap50', 'per_class', 'images',
+    'network_ms', 'clustering_ms'}.
+    """
+    dataset = CityscapesDataset(data, split)
+    samples = list(dataset)[:limit]
+    out = Path(out_dir)
+    pred_dir = out / "predictions"
+    if pred_dir.exists():
+        shutil.rmtree(pred_dir)
+    label_ids = [name2label[name].id for name in classes]
+    network_ms, clustering_ms = [], []
+    for sample in samples:
+        image = sample.image
+        height, width = image.shape[:2]
+        size = (max(8, round(width * scale / 8) * 8), max(8, round(height * scale / 8) * 8))
+        if size != (width, height):
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        start = time.perf_counter()
+        raw = network(preprocess(image))
+        network_ms.append((time.perf_counter() - start) * 1e3)
+        start = time.perf_counter()
+        instances = cluster_seeds(raw, n_sigma, params or ClusteringParams())
+        clustering_ms.append((time.perf_counter() - start) * 1e3)
+        id_image = instances.id_image
+        if id_image.shape != (height, width):
+            id_image = cv2.resize(id_image, (width, height), interpolation=cv2.INTER_NEAREST)
+        masks = id_image[None] == np.arange(1, len(instances) + 1, dtype=id_image.dtype)[:, None, None]
+        write_predictions(pred_dir, sample.stem, masks, [label_ids[c] for c in instances.classes], instances.scores)
+    result = evaluate_instances([s.paths["instance_ids"] for s in samples], pred_dir, out)
+    return {"ap": result.ap, "ap50": result.ap50, "per_class": result.per_class, "images": len(samples),
+            "network_ms": float(np.median(network_ms)), "clustering_ms": float(np.median(clustering_ms))}
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """Evaluate one checkpoint, or with --checkpoint all every kept epoch (the learning curve)."""
+    torch.set_num_threads(args.threads)
+    run = Path(args.run)
+    if args.checkpoint == "all":
+        names = [*sorted(p.name for p in run.glob("epoch_*.pt")), "last.pt"]
+    else:
+        names = [args.checkpoint]
+    params = ClusteringParams(seed_threshold=args.seed_threshold, min_pixels=args.min_pixels)
+    results = {}
+    for name in names:
+        model, checkpoint = load_checkpoint(run / name)
+        result = evaluate_network(TorchRawNetwork(model), model.n_sigma, model.config.classes, args.data,
+                                  run / "evaluation" / Path(name).stem, limit=args.limit, params=params,
+                                  scale=args.scale)
+        result["epoch"] = checkpoint["epoch"]
+        result["train_seconds"] = checkpoint["state"]["train_seconds"]
+        results[name] = result
+        print(f"{name}: epoch {result['epoch']} AP {result['ap']:.3f} AP50 {result['ap50']:.3f} "
+              f"({result['train_seconds'] / 60:.0f} min of training)", flush=True)
+        print("  " + "  ".join(f"{c} {v['ap']:.3f}/{v['ap50']:.3f}" for c, v in result["per_class"].items()),
+              flush=True)
+    (run / f"evaluation_{args.checkpoint.replace('.pt', '')}.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+def export_onnx(model: SpatialEmbeddings, path: str | os.PathLike, height: int = 512, width: int = 1024) -> Path:
+    """ONNX (opset 17) with input 'image' (1, 3, H, W) float32 in [0, 1] and output 'raw' (1, C, H, W),
+    height and width dynamic (multiples of 8)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.zeros(1, 3, height, width)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated; the dynamo one needs onnxscript
+        torch.onnx.export(model.eval(), dummy, str(path), input_names=["image"], output_names=["raw"],
+                          opset_version=17, dynamo=False,
+                          dynamic_axes={"image": {2: "height", 3: "width"}, "raw": {2: "height", 3: "width"}})
+    return path
+
+
+def export(args: argparse.Namespace) -> Path:
+    """ONNX export of a checkpoint plus a JSON manifest (config, data, commit, training time, metrics)."""
+    run = Path(args.run)
+    model, checkpoint = load_checkpoint(run / args.checkpoint)
+    out = export_onnx(model, args.out)
+    history = json.loads((run / "history.json").read_text())
+    metrics = {}
+    for file in sorted(run.glob("evaluation_*.json")):
+        metrics.update(json.loads(file.read_text()))
+    manifest = {
+        "model": "spatial_embeddings",
+        "model_config": checkpoint["model_config"],
+        "label_ids": [name2label[c].id for c in checkpoint["model_config"]["classes"]],
+        "input": "image (1, 3, H, W) float32 RGB in [0, 1], H and W multiples of 8",
+        "output": "raw (1, 2 + n_sigma + n_classes, H, W): tanh offsets, sigma raw, seed logits; "
+                  "see instseg_core.models.spatial_embeddings",
+        "pixel_spacing": 1 / 1024,
+        "checkpoint": args.checkpoint, "epoch": checkpoint["epoch"],
+        "training": {"config": history["config"], "loss_config": checkpoint["loss_config"],
+                     "epochs_run": history["epoch"], "train_seconds": history["train_seconds"],
+                     "history": history["history"], "stages": args.stages,
+                     "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}"},
+        "evaluation": metrics.get(args.checkpoint, {}),
+        "learning_curve": {name: {k: r[k] for k in ("epoch", "ap", "ap50", "train_seconds")}
+                           for name, r in metrics.items()},
+        "data": args.data_note, "commit": git_commit(),
+        "reproduce": "make train-se (see Makefile)",
+    }
+    out.with_suffix(".json").write_text(json.dumps(manifest, indent=1))
+    print(f"wrote {out} and {out.with_suffix('.json')}")
+    return out
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="Cityscapes-format root")
+    parser.add_argument("--out", required=True, help="run directory")
+    parser.add_argument("--classes", nargs="+", default=list(CITYSCAPES_INSTANCE_CLASSES))
+    parser.add_argument("--scale", type=float, default=1.0, help="resize images first (0.5: Cityscapes at 1024x512)")
+    parser.add_argument("--crop", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--steps-per-epoch", type=int, default=0, help="default: images / batch")
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--n-sigma", type=int, default=2, choices=(1, 2))
+    parser.add_argument("--center", default="centroid", choices=("centroid", "learnable"))
+    parser.add_argument("--fixed-sigma", action="store_true", help="ablation: fixed 20-pixel margin")
+    parser.add_argument("--foreground-weight", type=float, default=10.0)
+    parser.add_argument("--dropout-low", type=float, default=0.03)
+    parser.add_argument("--dropout-high", type=float, default=0.3)
+    parser.add_argument("--finetune-from", default="", help="start from RUN/last.pt (the pre-training run)")
+    parser.add_argument("--freeze-bn", action="store_true", help="keep batch-norm statistics fixed")
+    parser.add_argument("--time-budget", type=float, default=0.0, help="stop after this many training seconds")
+    parser.add_argument("--keep-every", type=int, default=2, help="keep epoch_NNN.pt every N epochs (0: never)")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N training images")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--progress-every", type=int, default=10)
+    parser.add_argument("--resume", action="store_true")
+
+
+def main(argv: list[str] | None = None) -> object:
+    """Run one command; returns its result (training state, evaluation results or the ONNX path)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    train_parser = commands.add_parser("train", help="train (or fine-tune) a network")
+    add_train_arguments(train_parser)
+    train_parser.set_defaults(func=train)
+    evaluate_parser = commands.add_parser("evaluate", help="official Cityscapes AP/AP50 of a run on a split")
+    evaluate_parser.add_argument("--data", required=True)
+    evaluate_parser.add_argument("--run", required=True)
+    evaluate_parser.add_argument("--checkpoint", default="last.pt", help="file in the run, or 'all'")
+    evaluate_parser.add_argument("--scale", type=float, default=1.0, help="network input size / image size")
+    evaluate_parser.add_argument("--seed-threshold", type=float, default=0.5)
+    evaluate_parser.add_argument("--min-pixels", type=int, default=64)
+    evaluate_parser.add_argument("--limit", type=int, default=None)
+    evaluate_parser.add_argument("--threads", type=int, default=2)
+    evaluate_parser.set_defaults(func=evaluate)
+    export_parser = commands.add_parser("export", help="ONNX + manifest")
+    export_parser.add_argument("--run", required=True)
+    export_parser.add_argument("--checkpoint", default="last.pt")
+    export_parser.add_argument("--out", required=True)
+    export_parser.add_argument("--data-note", default="")
+    export_parser.add_argument("--stages", nargs="*", default=[], help="other runs this one continued from")
+    export_parser.set_defaults(func=export)
+    args = parser.parse_args(argv)
+    if args.command == "train" and __name__ == "__main__":
+        ensure_malloc_tuning()
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    main()
