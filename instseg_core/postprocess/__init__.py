@@ -1,0 +1,1 @@
+"""Post-processing: turning network outputs into instances (clustering, assignment, masks)."""
