@@ -232,10 +232,13 @@ def export_onnx(model: SpatialEmbeddings, path: str | os.PathLike, height: int =
 
 
 def export(args: argparse.Namespace) -> Path:
-    """ONNX export of a checkpoint plus a JSON manifest (config, data, commit, training time, metrics)."""
+    """ONNX export of a checkpoint, its weights for the torch backend (.pt) and a JSON manifest (config, data,
+    commit, training time, metrics) beside it."""
     run = Path(args.run)
     model, checkpoint = load_checkpoint(run / args.checkpoint)
     out = export_onnx(model, args.out)
+    save_atomically({"model": model.state_dict(), "model_config": checkpoint["model_config"],
+                     "epoch": checkpoint["epoch"], "commit": git_commit()}, out.with_suffix(".pt"))
     history = json.loads((run / "history.json").read_text())
     metrics = {}
     for file in sorted(run.glob("evaluation_*.json")):
@@ -260,7 +263,7 @@ def export(args: argparse.Namespace) -> Path:
         "reproduce": "make train-se (see Makefile)",
     }
     out.with_suffix(".json").write_text(json.dumps(manifest, indent=1))
-    print(f"wrote {out} and {out.with_suffix('.json')}")
+    print(f"wrote {out}, {out.with_suffix('.pt')} and {out.with_suffix('.json')}")
     return out
 
 

@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from instseg_core.annotate.encoding import CROP_SIZE, crop, crop_box, encode, paste_back, points_in_crop
+from instseg_core.postprocess.polygons import mask_to_polygon
 
 
 class ErrorCode(enum.IntEnum):
@@ -127,22 +127,6 @@ def validate_points(points: Sequence[Sequence[float]] | np.ndarray, image_shape:
                               f"the points span {span[0]:g} x {span[1]:g} pixels; at least {min_box:g} x {min_box:g} "
                               "is needed")
     return array
-
-
-def mask_to_polygon(mask: np.ndarray, tolerance: float) -> tuple[np.ndarray, float]:
-    """(largest outer contour simplified with Douglas-Peucker `tolerance` px, IoU of its fill with the mask)."""
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    if not contours:
-        return np.zeros((0, 2), np.int32), 0.0
-    largest = max(contours, key=cv2.contourArea)
-    polygon = cv2.approxPolyDP(largest, float(tolerance), True) if tolerance > 0 else largest
-    polygon = polygon.reshape(-1, 2).astype(np.int32)
-    if len(polygon) < 3:
-        return polygon, 0.0
-    filled = np.zeros(mask.shape, np.uint8)
-    cv2.fillPoly(filled, [polygon], 1)
-    union = np.count_nonzero(filled | mask)
-    return polygon, (np.count_nonzero(filled & mask) / union if union else 0.0)
 
 
 class ExtremePointSegmenter:

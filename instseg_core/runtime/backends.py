@@ -1,0 +1,251 @@
+"""Inference backends: one network input (1, 3, H, W) float32 in, the raw output (1, C, H, W) out.
+
+- `TorchBackend`: PyTorch eager on CPU or CUDA (channels_last, no_grad).
+- `OnnxRuntimeBackend`: ONNX Runtime with the CPU, CUDA or TensorRT execution provider.
+- `TensorRTBackend`: a native TensorRT engine built from the ONNX file (fp32 or fp16), cached on disk under
+  a key of model hash + input shape + precision + GPU name + TensorRT version (see `engine_cache_key`),
+  written atomically and rebuilt when the key changes.
+
+A backend that cannot run on this machine (no GPU, no TensorRT, an execution provider missing from the
+installed onnxruntime) raises `BackendUnavailableError` at construction, naming what is missing; nothing
+falls back silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend/device cannot run here; the message says what is missing."""
+
+
+class ModelFileError(RuntimeError):
+    """A model file is missing or cannot be loaded; the message names the path."""
+
+
+def _require_file(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file not found: {path}")
+    return path
+
+
+def _cuda_device(device: str) -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+        raise BackendUnavailableError(f"device {device!r} needs a CUDA GPU, but torch ({torch.__version__}, {build}) "
+                                 "sees none (torch.cuda.is_available() is False)")
+    return device
+
+
+class TorchBackend:
+    """PyTorch eager. `model` is an nn.Module mapping (1, 3, H, W) to (1, C, H, W); device 'cpu' or 'cuda[:i]'."""
+
+    def __init__(self, model: object, device: str = "cpu", threads: int = 2) -> None:
+        import torch
+
+        self.torch = torch
+        if device.startswith("cuda"):
+            _cuda_device(device)
+        elif device != "cpu":
+            raise BackendUnavailableError(f"unknown torch device {device!r} (use 'cpu' or 'cuda[:index]')")
+        if device == "cpu" and threads:
+            torch.set_num_threads(int(threads))
+        self.device = device
+        self.model = model.eval().to(device).to(memory_format=torch.channels_last)
+        self.name = "torch"
+
+    def run_tensor(self, image: np.ndarray) -> object:
+        """The raw output as a torch tensor on the backend's device (for GPU post-processing)."""
+        with self.torch.no_grad():
+            x = self.torch.from_numpy(image).to(self.device).contiguous(memory_format=self.torch.channels_last)
+            return self.model(x)
+
+    def run(self, image: np.ndarray) -> np.ndarray:
+        return self.run_tensor(image).float().cpu().numpy()
+
+    def describe(self) -> str:
+        if self.device.startswith("cuda"):
+            return f"torch {self.torch.__version__} on {self.torch.cuda.get_device_name(self.device)}"
+        return f"torch {self.torch.__version__} on CPU ({self.torch.get_num_threads()} threads)"
+
+
+ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                 "tensorrt": "TensorrtExecutionProvider"}
+
+
+class OnnxRuntimeBackend:
+    """ONNX Runtime. provider: 'cpu', 'cuda' or 'tensorrt' (the TensorRT EP caches its engines in
+    `engine_cache_dir`, fp16 when `fp16`)."""
+
+    def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int = 2,
+                 engine_cache_dir: str | os.PathLike | None = None, fp16: bool = False) -> None:
+        import onnxruntime as ort
+
+        self.path = _require_file(path)
+        if provider not in ORT_PROVIDERS:
+            raise BackendUnavailableError(f"unknown onnxruntime provider {provider!r}; use one of "
+                                          f"{sorted(ORT_PROVIDERS)}")
+        wanted = ORT_PROVIDERS[provider]
+        available = ort.get_available_providers()
+        if wanted not in available:
+            raise BackendUnavailableError(f"onnxruntime {ort.__version__} here has no {wanted} (available: "
+                                     f"{', '.join(available)}); install onnxruntime-gpu with CUDA/TensorRT "
+                                     "libraries on a GPU machine")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = max(1, int(threads))
+        providers: list = [wanted]
+        if provider == "tensorrt":
+            cache = ensure_writable_dir(engine_cache_dir or default_engine_cache_dir())
+            providers = [(wanted, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+                                   "trt_fp16_enable": bool(fp16)}), "CUDAExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for corrupt files
+            raise ModelFileError(f"cannot load ONNX model {self.path}: {exc}") from exc
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        self.provider = provider
+        self.threads = threads
+        self.name = "onnxruntime"
+
+    def run(self, image: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(image)})[0]
+
+    def describe(self) -> str:
+        import onnxruntime as ort
+
+        device = f"CPU ({self.threads} threads)" if self.provider == "cpu" else self.provider
+        return f"onnxruntime {ort.__version__} {device}"
+
+
+def default_engine_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "instseg" / "engines"
+
+
+def ensure_writable_dir(path: str | os.PathLike) -> Path:
+    """Create `path` if needed and check that files can be written there; BackendUnavailableError otherwise."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise BackendUnavailableError(f"engine cache directory {path} is not writable ({exc.strerror or exc}); "
+                                 "set engine_cache_dir to a writable directory") from exc
+    return path
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def engine_cache_key(model_sha256: str, input_shape: tuple[int, ...], fp16: bool, gpu_name: str,
+                     tensorrt_version: str) -> str:
+    """The file name of a cached engine: changes whenever the model, the input shape, the precision, the GPU
+    or the TensorRT version changes."""
+    gpu = "".join(c if c.isalnum() else "-" for c in gpu_name).strip("-")
+    shape = "x".join(str(int(d)) for d in input_shape)
+    return f"{model_sha256[:16]}_{shape}_{'fp16' if fp16 else 'fp32'}_{gpu}_trt{tensorrt_version}.engine"
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+
+
+class TensorRTBackend:
+    """A native TensorRT engine for one input shape (1, 3, H, W), built from the ONNX file on first use and
+    cached. Needs the `tensorrt` Python package, a CUDA GPU and torch with CUDA (for device buffers)."""
+
+    def __init__(self, onnx_path: str | os.PathLike, input_shape: tuple[int, int, int, int], fp16: bool = True,
+                 engine_cache_dir: str | os.PathLike | None = None, device: str = "cuda:0") -> None:
+        self.onnx_path = _require_file(onnx_path)
+        try:
+            import tensorrt as trt
+        except ImportError as exc:
+            raise BackendUnavailableError("backend 'tensorrt' needs the tensorrt Python package (pip install "
+                                     "tensorrt on a machine with an NVIDIA GPU and driver)") from exc
+        import torch
+
+        _cuda_device(device)
+        self.trt, self.torch, self.device = trt, torch, torch.device(device)
+        self.input_shape = tuple(int(d) for d in input_shape)
+        cache_dir = ensure_writable_dir(engine_cache_dir or default_engine_cache_dir())
+        key = engine_cache_key(file_sha256(self.onnx_path), self.input_shape, fp16,
+                               torch.cuda.get_device_name(self.device), trt.__version__)
+        self.engine_path = cache_dir / key
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.built_engine = False
+        if not self.engine_path.is_file():
+            start = time.perf_counter()
+            write_atomically(self.engine_path, self._build(fp16))
+            self.build_seconds = time.perf_counter() - start
+            self.built_engine = True
+        runtime = trt.Runtime(self.logger)
+        self.engine = runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
+        if self.engine is None:
+            raise ModelFileError(f"cannot deserialise TensorRT engine {self.engine_path}; delete it to rebuild")
+        self.context = self.engine.create_execution_context()
+        self.input_name = self.engine.get_tensor_name(0)
+        self.output_name = self.engine.get_tensor_name(1)
+        self.context.set_input_shape(self.input_name, self.input_shape)
+        output_shape = tuple(self.context.get_tensor_shape(self.output_name))
+        self.input_buffer = torch.empty(self.input_shape, dtype=torch.float32, device=self.device)
+        self.output_buffer = torch.empty(output_shape, dtype=torch.float32, device=self.device)
+        self.context.set_tensor_address(self.input_name, self.input_buffer.data_ptr())
+        self.context.set_tensor_address(self.output_name, self.output_buffer.data_ptr())
+        self.stream = torch.cuda.Stream(self.device)
+        self.fp16 = fp16
+        self.name = "tensorrt"
+
+    def _build(self, fp16: bool) -> bytes:
+        trt = self.trt
+        builder = trt.Builder(self.logger)
+        network = builder.create_network(0)
+        parser = trt.OnnxParser(network, self.logger)
+        if not parser.parse(self.onnx_path.read_bytes()):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise ModelFileError(f"TensorRT cannot parse {self.onnx_path}: {errors}")
+        config = builder.create_builder_config()
+        if fp16:
+            config.set_flag(trt.BuilderFlag.FP16)
+        profile = builder.create_optimization_profile()
+        name = network.get_input(0).name
+        profile.set_shape(name, self.input_shape, self.input_shape, self.input_shape)
+        config.add_optimization_profile(profile)
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise ModelFileError(f"TensorRT failed to build an engine from {self.onnx_path}")
+        return bytes(serialized)
+
+    def run_tensor(self, image: np.ndarray) -> object:
+        if tuple(image.shape) != self.input_shape:
+            raise ValueError(f"engine built for input {self.input_shape}, got {tuple(image.shape)}")
+        with self.torch.cuda.stream(self.stream):
+            self.input_buffer.copy_(self.torch.from_numpy(image), non_blocking=False)
+            self.context.execute_async_v3(self.stream.cuda_stream)
+        self.stream.synchronize()
+        return self.output_buffer
+
+    def run(self, image: np.ndarray) -> np.ndarray:
+        return self.run_tensor(image).cpu().numpy()
+
+    def describe(self) -> str:
+        return (f"TensorRT {self.trt.__version__} {'fp16' if self.fp16 else 'fp32'} on "
+                f"{self.torch.cuda.get_device_name(self.device)}")

@@ -1,0 +1,111 @@
+"""The model registry: what the runtime needs to know about each network (files, input, decoding).
+
+Adding a model is one `ModelAdapter` subclass and one entry in `MODELS`. An adapter is built from the model's
+config (the ONNX manifest's `model_config`, or the PyTorch checkpoint's) and knows how to
+- build the PyTorch module from a checkpoint (`load_torch`),
+- turn an RGB uint8 image into the network input (`preprocess`),
+- decode the raw network output into `Instances` at network resolution (`decode`), on NumPy arrays or, for
+  GPU backends, on torch tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+
+from instseg_core.data.cityscapes import name2label
+from instseg_core.postprocess.instances import Instances
+
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+
+
+class ModelAdapter:
+    """Base class; see the module docstring."""
+
+    name = ""
+    onnx_file = ""
+    torch_file = ""
+    input_multiple = 8  # network input height and width must be multiples of this
+
+    def __init__(self, config: dict) -> None:
+        self.config = config
+        self.classes: tuple[str, ...] = tuple(config["classes"])
+        self.label_ids = np.array([name2label[c].id for c in self.classes], np.int64)
+
+    @classmethod
+    def load_torch(cls, path: str | os.PathLike) -> tuple[object, dict]:
+        raise NotImplementedError
+
+    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def decode(self, raw: object, params: dict) -> Instances:
+        raise NotImplementedError
+
+    @classmethod
+    def read_manifest(cls, onnx_path: str | os.PathLike) -> dict:
+        """The `model_config` of the JSON manifest next to an ONNX file."""
+        manifest_path = Path(onnx_path).with_suffix(".json")
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"model manifest not found: {manifest_path} (written by the export command "
+                                    "next to the .onnx file)")
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("model") != cls.name:
+            raise ValueError(f"{manifest_path} describes a {manifest.get('model')!r} model, not {cls.name!r}")
+        return manifest["model_config"]
+
+
+class SpatialEmbeddingsAdapter(ModelAdapter):
+    """Spatial Embeddings (instseg_core.models.spatial_embeddings); decode = seed clustering."""
+
+    name = "spatial_embeddings"
+    onnx_file = "spatial_embeddings.onnx"
+    torch_file = "spatial_embeddings.pt"
+    input_multiple = 8
+
+    @classmethod
+    def load_torch(cls, path: str | os.PathLike) -> tuple[object, dict]:
+        import torch
+
+        from instseg_core.models.spatial_embeddings import SpatialEmbeddings, SpatialEmbeddingsConfig
+
+        checkpoint = torch.load(path, weights_only=False, map_location="cpu")
+        model = SpatialEmbeddings(SpatialEmbeddingsConfig.from_dict(checkpoint["model_config"]))
+        model.load_state_dict(checkpoint["model"])
+        return model.eval(), checkpoint["model_config"]
+
+    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
+        from instseg_core.models.spatial_embeddings import preprocess
+
+        return preprocess(rgb)
+
+    def decode(self, raw: object, params: dict) -> Instances:
+        from instseg_core.postprocess.seed_clustering import ClusteringParams, cluster_seeds, cluster_seeds_torch
+
+        known = {f.name for f in fields(ClusteringParams)}
+        clustering = ClusteringParams(**{k: v for k, v in params.items() if k in known})
+        n_sigma = int(self.config["n_sigma"])
+        if isinstance(raw, np.ndarray):
+            return cluster_seeds(raw[0], n_sigma, clustering)
+        return cluster_seeds_torch(raw[0], n_sigma, clustering)
+
+    @staticmethod
+    def decode_parameters() -> tuple[str, ...]:
+        from instseg_core.postprocess.seed_clustering import ClusteringParams
+
+        return tuple(f.name for f in fields(ClusteringParams))
+
+
+MODELS: dict[str, type[ModelAdapter]] = {
+    SpatialEmbeddingsAdapter.name: SpatialEmbeddingsAdapter,
+}
+
+
+def model_adapter(name: str) -> type[ModelAdapter]:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; registered: {', '.join(sorted(MODELS))}")
+    return MODELS[name]

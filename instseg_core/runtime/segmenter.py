@@ -1,0 +1,187 @@
+"""One Segmenter for every model and backend: RGB uint8 image in, instances at the image's resolution out.
+
+    segmenter = create_segmenter("spatial_embeddings", backend="onnxruntime", device="cpu",
+                                 input_size=(1024, 512), threads=2)
+    result = segmenter(rgb)            # rgb (H, W, 3) uint8
+    result.instances.id_image          # (H, W) uint16, 0 = background
+    result.class_names, result.label_ids, result.instances.scores, result.instances.boxes
+    result.polygons(tolerance=1.0)     # [(N_i, 2) int32 x, y per instance]
+    result.timing_ms                   # {'preprocess', 'inference', 'postprocess', 'total'}
+
+Pre-processing resizes the image to the network input size (`input_size` (width, height), default: the
+image's own size rounded to the model's multiple) and converts it as the model wants; post-processing
+decodes the raw output at network resolution, drops instances below `score_threshold`, and maps the id
+image (nearest) and boxes back to the image's size. Backends: 'torch' (device 'cpu' or 'cuda'),
+'onnxruntime' (device 'cpu', 'cuda' or 'tensorrt' for the TensorRT execution provider) and 'tensorrt'
+(native engine, device 'cuda').
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from instseg_core.postprocess.instances import Instances
+from instseg_core.postprocess.polygons import mask_to_polygon
+from instseg_core.runtime.backends import (
+    BackendUnavailableError,
+    ModelFileError,
+    OnnxRuntimeBackend,
+    TensorRTBackend,
+    TorchBackend,
+)
+from instseg_core.runtime.models import MODELS_DIR, ModelAdapter, model_adapter
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+
+@dataclass
+class SegmentationResult:
+    """instances at the input image's resolution; class_names / label_ids (Cityscapes label ids) per instance;
+    timing_ms per stage."""
+
+    instances: Instances
+    class_names: list[str]
+    label_ids: np.ndarray
+    timing_ms: dict[str, float] = field(default_factory=dict)
+
+    def polygons(self, tolerance: float = 1.0) -> list[np.ndarray]:
+        """Largest outer contour of each instance, simplified with `tolerance` pixels; (N_i, 2) int32 x, y."""
+        polygons = []
+        for k, (x0, y0, x1, y1) in enumerate(self.instances.boxes):
+            window = self.instances.id_image[y0:y1, x0:x1] == k + 1
+            polygon, _ = mask_to_polygon(window, tolerance)
+            polygons.append(polygon + np.array([x0, y0], np.int32))
+        return polygons
+
+
+def filter_instances(instances: Instances, keep: np.ndarray) -> Instances:
+    """The instances where `keep` (N,) bool is True, renumbered 1..M in the same order."""
+    if keep.all():
+        return instances
+    lookup = np.zeros(len(instances) + 1, np.uint16)
+    lookup[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint16)
+    return Instances(lookup[instances.id_image], instances.classes[keep], instances.scores[keep],
+                     instances.boxes[keep], instances.areas[keep])
+
+
+def resize_instances(instances: Instances, width: int, height: int) -> Instances:
+    """Instances at network resolution -> (height, width): nearest-neighbour id image; boxes and areas are
+    recomputed exactly from it (each box searched in a window around the scaled network box)."""
+    net_height, net_width = instances.id_image.shape
+    if (net_width, net_height) == (width, height):
+        return instances
+    id_image = cv2.resize(instances.id_image, (width, height), interpolation=cv2.INTER_NEAREST)
+    count = len(instances)
+    areas = np.bincount(id_image.ravel(), minlength=count + 1)[1:count + 1].astype(np.int64)
+    sx, sy = width / net_width, height / net_height
+    margin_x, margin_y = int(np.ceil(sx)) + 1, int(np.ceil(sy)) + 1
+    boxes = np.zeros((count, 4), np.int64)
+    for k, (x0, y0, x1, y1) in enumerate(instances.boxes):
+        wx0, wy0 = max(0, int(x0 * sx) - margin_x), max(0, int(y0 * sy) - margin_y)
+        wx1, wy1 = min(width, int(np.ceil(x1 * sx)) + margin_x), min(height, int(np.ceil(y1 * sy)) + margin_y)
+        window = id_image[wy0:wy1, wx0:wx1] == k + 1
+        rows, cols = np.flatnonzero(window.any(1)), np.flatnonzero(window.any(0))
+        if rows.size:
+            boxes[k] = (wx0 + cols[0], wy0 + rows[0], wx0 + cols[-1] + 1, wy0 + rows[-1] + 1)
+    return Instances(id_image, instances.classes, instances.scores, boxes, areas)
+
+
+class Segmenter:
+    """Pre-process, run a backend, decode; thread-safe (one inference at a time)."""
+
+    def __init__(self, adapter: ModelAdapter, backend: object, *, input_size: tuple[int, int] | None = None,
+                 score_threshold: float = 0.5, decode_params: dict | None = None) -> None:
+        self.adapter = adapter
+        self.backend = backend
+        multiple = adapter.input_multiple
+        if input_size is not None and (input_size[0] % multiple or input_size[1] % multiple or min(input_size) <= 0):
+            raise ValueError(f"input size {input_size} must be positive multiples of {multiple} for "
+                             f"{adapter.name}")
+        self.input_size = input_size
+        self.score_threshold = float(score_threshold)
+        self.decode_params = dict(decode_params or {})
+        self._lock = threading.Lock()
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.adapter.classes
+
+    def network_size(self, width: int, height: int) -> tuple[int, int]:
+        if self.input_size is not None:
+            return self.input_size
+        m = self.adapter.input_multiple
+        return max(m, round(width / m) * m), max(m, round(height / m) * m)
+
+    def __call__(self, rgb: np.ndarray) -> SegmentationResult:
+        if not (isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
+                and rgb.shape[0] > 0 and rgb.shape[1] > 0):
+            raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {getattr(rgb, 'dtype', type(rgb))} "
+                             f"{getattr(rgb, 'shape', '')}")
+        start = time.perf_counter()
+        height, width = rgb.shape[:2]
+        size = self.network_size(width, height)
+        resized = rgb if size == (width, height) else cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        network_input = self.adapter.preprocess(resized)
+        preprocessed = time.perf_counter()
+        with self._lock:
+            run_tensor = getattr(self.backend, "run_tensor", None)
+            on_gpu = run_tensor is not None and getattr(self.backend, "device", "cpu") != "cpu"
+            raw = run_tensor(network_input) if on_gpu else self.backend.run(network_input)
+            inferred = time.perf_counter()
+            instances = self.adapter.decode(raw, self.decode_params)
+        instances = filter_instances(instances, instances.scores >= self.score_threshold)
+        instances = resize_instances(instances, width, height)
+        done = time.perf_counter()
+        timing = {"preprocess": (preprocessed - start) * 1e3, "inference": (inferred - preprocessed) * 1e3,
+                  "postprocess": (done - inferred) * 1e3, "total": (done - start) * 1e3}
+        return SegmentationResult(instances, [self.adapter.classes[c] for c in instances.classes],
+                                  self.adapter.label_ids[instances.classes], timing)
+
+    def describe(self) -> str:
+        return f"{self.adapter.name} on {self.backend.describe()}"
+
+
+def default_weights(model: str, backend: str) -> Path:
+    adapter = model_adapter(model)
+    return MODELS_DIR / (adapter.torch_file if backend == "torch" else adapter.onnx_file)
+
+
+def create_segmenter(model: str = "spatial_embeddings", *, weights: str | os.PathLike | None = None,
+                     backend: str = "onnxruntime", device: str = "cpu", input_size: tuple[int, int] | None = None,
+                     threads: int = 2, score_threshold: float = 0.5, engine_cache_dir: str | os.PathLike | None = None,
+                     fp16: bool = False, decode_params: dict | None = None) -> Segmenter:
+    """Build a Segmenter from names (what the ROS node's parameters carry).
+
+    weights: a .pt checkpoint for backend 'torch', else an .onnx file with its .json manifest beside it;
+    default models/<model's file>. Raises ValueError for unknown names, ModelFileError for missing or
+    corrupt files, BackendUnavailableError when the backend/device cannot run here.
+    """
+    adapter_type = model_adapter(model)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    path = Path(weights) if weights else default_weights(model, backend)
+    if not path.is_file():
+        raise ModelFileError(f"model file not found: {path}")
+    if backend == "torch":
+        module, config = adapter_type.load_torch(path)
+        runtime = TorchBackend(module, device=device, threads=threads)
+    else:
+        config = adapter_type.read_manifest(path)
+        if backend == "onnxruntime":
+            runtime = OnnxRuntimeBackend(path, provider=device, threads=threads, engine_cache_dir=engine_cache_dir,
+                                         fp16=fp16)
+        else:
+            if input_size is None:
+                raise BackendUnavailableError("backend 'tensorrt' builds an engine for one input size: set input_size")
+            runtime = TensorRTBackend(path, (1, 3, input_size[1], input_size[0]), fp16=fp16,
+                                      engine_cache_dir=engine_cache_dir,
+                                      device=device if device.startswith("cuda") else "cuda:0")
+    return Segmenter(adapter_type(config), runtime, input_size=input_size, score_threshold=score_threshold,
+                     decode_params=decode_params)
