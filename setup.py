@@ -32,6 +32,7 @@ setup(
         share("rviz", "*.rviz"),
         share("models", "*.onnx"),
         share("models", "*.json"),
+        share("models", "*.pt"),
     ],
     install_requires=["setuptools"],
     zip_safe=False,
@@ -42,6 +43,8 @@ setup(
             "instseg-synth = instseg_core.data.synth_cli:main",
             "extreme_point_node = instseg_ros.extreme_point_node:main",
             "instseg-label = instseg_ros.label_bag:main",
+            "segmentation_node = instseg_ros.segmentation_node:main",
+            "instseg-bag = instseg_ros.bag_tools:main",
         ],
     },
 )

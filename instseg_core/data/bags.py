@@ -107,3 +107,30 @@ def write_image_bag(
                 writer.write(packed, stamp, TYPESTORE.serialize_cdr(compressed, "sensor_msgs/msg/CompressedImage"))
                 counts[compressed_topic] += 1
     return BagSummary(path, storage, counts, start_ns, stamp)
+
+
+INTERFACES_PACKAGE = "instseg_interfaces"
+_SOURCE_INTERFACES = Path(__file__).resolve().parents[2] / "ros2_ws" / "src" / INTERFACES_PACKAGE
+
+
+def _interface_msg_dirs() -> list[Path]:
+    import os
+
+    dirs = [Path(prefix) / "share" / INTERFACES_PACKAGE / "msg"
+            for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if prefix]
+    return [d for d in [*dirs, _SOURCE_INTERFACES / "msg"] if d.is_dir()]
+
+
+def interface_typestore() -> object:
+    """The Kilted typestore plus this project's messages (instseg_interfaces/msg/*), parsed from their .msg
+    files, so rosbags can serialise them and write their definitions into MCAP."""
+    from rosbags.typesys import get_types_from_msg
+
+    typestore = get_typestore(Stores.ROS2_KILTED)
+    dirs = _interface_msg_dirs()
+    if dirs:
+        types = {}
+        for path in sorted(dirs[0].glob("*.msg")):
+            types.update(get_types_from_msg(path.read_text(), f"{INTERFACES_PACKAGE}/msg/{path.stem}"))
+        typestore.register(types)
+    return typestore

@@ -1,0 +1,224 @@
+"""`instseg-bag`: play rosbag2 files onto ROS 2 topics and record topics into MCAP, with rosbags + rclpy.
+
+    instseg-bag play BAG [--rate 1.0] [--loop] [--start-offset S] [--clock] [--topics T ...]
+                         [--remap /from:=/to ...] [--reliability reliable|best_effort]
+    instseg-bag record OUT --topics T [T ...] [--duration S] [--storage mcap|sqlite3] [--wait S]
+
+`ros2 bag` (rosbag2_py) is not installable from PyPI; this is the same job for the product's needs. Play
+reads any rosbag2 directory (MCAP or sqlite3, any writer: rosbags, ros2 bag, the mcap library) or a single
+.mcap file, and publishes each message's serialized CDR bytes unchanged at the recorded pace (log time),
+scaled by --rate; --clock also publishes /clock (rosgraph_msgs/Clock) with the bag time. Record subscribes
+to serialized messages and writes them unchanged; message definitions of this package's interfaces are
+registered from their .msg files, so InstanceArray bags open in other tools too. Both stop cleanly on SIGINT.
+Corrupt or missing bags and unknown topics give a one-line error and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+from instseg_core.data.bags import STORAGES, interface_typestore
+
+
+class BagToolError(RuntimeError):
+    """A problem the user must fix (bad bag, unknown topic); printed without a traceback."""
+
+
+def message_class(msgtype: str) -> type:
+    """'sensor_msgs/msg/Image' -> the rclpy message class."""
+    package, _, name = msgtype.rpartition("/")
+    try:
+        return getattr(importlib.import_module(package.replace("/", ".")), name)
+    except (ImportError, AttributeError) as exc:
+        raise BagToolError(f"message type {msgtype} is not available in this ROS environment") from exc
+
+
+def _qos(reliability: str, depth: int = 10) -> QoSProfile:
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
+                      reliability=ReliabilityPolicy.RELIABLE if reliability == "reliable"
+                      else ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
+
+
+def parse_remaps(remaps: list[str]) -> dict[str, str]:
+    result = {}
+    for remap in remaps:
+        source, sep, target = remap.partition(":=")
+        if not sep or not source or not target:
+            raise BagToolError(f"--remap expects /from:=/to, got {remap!r}")
+        result[source] = target
+    return result
+
+
+def _open_reader(path: Path) -> object:
+    from rosbags.highlevel import AnyReader
+
+    if not path.exists():
+        raise BagToolError(f"bag not found: {path}")
+    try:
+        reader = AnyReader([path])
+        reader.open()
+    except Exception as exc:  # rosbags raises several types for damaged files
+        raise BagToolError(f"cannot read bag {path}: {exc}") from exc
+    return reader
+
+
+def play(args: argparse.Namespace, node: Node, stop: threading.Event) -> dict:
+    """Publish the bag; returns {'published': {topic: count}, 'loops': n}."""
+    remaps = parse_remaps(args.remap)
+    reader = _open_reader(Path(args.bag))
+    try:
+        connections = [c for c in reader.connections if not args.topics or c.topic in args.topics]
+        missing = set(args.topics or []) - {c.topic for c in reader.connections}
+        if missing:
+            raise BagToolError(f"topics {sorted(missing)} are not in {args.bag} (it has "
+                               f"{sorted({c.topic for c in reader.connections})})")
+        publishers = {}
+        for connection in connections:
+            topic = remaps.get(connection.topic, connection.topic)
+            if topic not in publishers:
+                publishers[topic] = node.create_publisher(message_class(connection.msgtype), topic,
+                                                          _qos(args.reliability))
+        clock = None
+        if args.clock:
+            from rosgraph_msgs.msg import Clock
+
+            clock = (node.create_publisher(Clock, "/clock", _qos("reliable")), Clock)
+        start_ns = reader.start_time + int(args.start_offset * 1e9)
+        counts = {topic: 0 for topic in publishers}
+        loops = 0
+        if args.wait_for_subscribers:
+            deadline = time.monotonic() + args.wait_for_subscribers
+            while (time.monotonic() < deadline and not stop.is_set()
+                   and any(p.get_subscription_count() == 0 for p in publishers.values())):
+                time.sleep(0.05)
+        while not stop.is_set():
+            wall_start = time.monotonic()
+            try:
+                for connection, timestamp, rawdata in reader.messages(connections=connections, start=start_ns):
+                    due = wall_start + (timestamp - start_ns) / 1e9 / args.rate
+                    while not stop.is_set() and (delay := due - time.monotonic()) > 0:
+                        time.sleep(min(delay, 0.1))
+                    if stop.is_set():
+                        break
+                    if clock is not None:
+                        publisher, clock_type = clock
+                        message = clock_type()
+                        message.clock.sec, message.clock.nanosec = divmod(int(timestamp), 10**9)
+                        publisher.publish(message)
+                    topic = remaps.get(connection.topic, connection.topic)
+                    publishers[topic].publish(bytes(rawdata))
+                    counts[topic] += 1
+            except Exception as exc:  # a damaged chunk in the middle of a bag
+                raise BagToolError(f"bag {args.bag} is damaged after {sum(counts.values())} messages: {exc}") \
+                    from exc
+            loops += 1
+            if not args.loop:
+                break
+        return {"published": counts, "loops": loops}
+    finally:
+        reader.close()
+
+
+def record(args: argparse.Namespace, node: Node, stop: threading.Event, executor: SingleThreadedExecutor) -> dict:
+    """Record the topics until --duration elapses or SIGINT; returns {'recorded': {topic: count}}."""
+    from rosbags.rosbag2 import Writer
+
+    out = Path(args.out)
+    if out.exists():
+        raise BagToolError(f"{out} exists; choose a new directory")
+    types: dict[str, str] = {}
+    deadline = time.monotonic() + args.wait
+    while len(types) < len(args.topics) and time.monotonic() < deadline and not stop.is_set():
+        for name, type_names in node.get_topic_names_and_types():
+            if name in args.topics and type_names:
+                types[name] = type_names[0]
+        executor.spin_once(timeout_sec=0.1)
+    missing = sorted(set(args.topics) - set(types))
+    if missing:
+        raise BagToolError(f"no publisher for {missing} appeared within {args.wait} s")
+    typestore = interface_typestore()
+    lock = threading.Lock()
+    counts = {topic: 0 for topic in args.topics}
+    with Writer(out, version=9, storage_plugin=STORAGES[args.storage]) as writer:
+        connections = {topic: writer.add_connection(topic, types[topic], typestore=typestore) for topic in args.topics}
+
+        def callback(topic: str) -> object:
+            def write(data: bytes) -> None:
+                with lock:
+                    writer.write(connections[topic], node.get_clock().now().nanoseconds, data)
+                    counts[topic] += 1
+            return write
+
+        for topic in args.topics:
+            node.create_subscription(message_class(types[topic]), topic, callback(topic), _qos(args.reliability, 100),
+                                     raw=True)
+        end = time.monotonic() + args.duration if args.duration else float("inf")
+        while not stop.is_set() and time.monotonic() < end:
+            executor.spin_once(timeout_sec=0.1)
+        with lock:
+            result = {"recorded": dict(counts), "path": str(out)}
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="instseg-bag", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    play_parser = commands.add_parser("play", help="publish a bag's messages")
+    play_parser.add_argument("bag", help="rosbag2 directory or .mcap file")
+    play_parser.add_argument("--rate", type=float, default=1.0)
+    play_parser.add_argument("--loop", action="store_true")
+    play_parser.add_argument("--start-offset", type=float, default=0.0, help="seconds into the bag")
+    play_parser.add_argument("--clock", action="store_true", help="publish /clock with the bag time")
+    play_parser.add_argument("--topics", nargs="*", default=[])
+    play_parser.add_argument("--remap", nargs="*", default=[], help="/from:=/to")
+    play_parser.add_argument("--reliability", choices=("reliable", "best_effort"), default="reliable")
+    play_parser.add_argument("--wait-for-subscribers", type=float, default=0.0,
+                             help="wait up to S seconds for a subscriber on every topic before playing")
+    record_parser = commands.add_parser("record", help="record topics into a new bag")
+    record_parser.add_argument("out")
+    record_parser.add_argument("--topics", nargs="+", required=True)
+    record_parser.add_argument("--duration", type=float, default=0.0, help="seconds; 0 = until SIGINT")
+    record_parser.add_argument("--storage", choices=sorted(STORAGES), default="mcap")
+    record_parser.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the topics")
+    record_parser.add_argument("--reliability", choices=("reliable", "best_effort"), default="reliable")
+    args = parser.parse_args(argv)
+    if args.command == "play" and args.rate <= 0:
+        parser.error("--rate must be positive")
+    rclpy.init(signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    node = Node(f"instseg_bag_{args.command}")
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    status = 0
+    try:
+        result = play(args, node, stop) if args.command == "play" else record(args, node, stop, executor)
+        print(json.dumps(result), flush=True)
+    except BagToolError as exc:
+        print(f"instseg-bag: {exc}", file=sys.stderr, flush=True)
+        status = 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()

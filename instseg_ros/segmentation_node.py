@@ -1,0 +1,355 @@
+"""`segmentation_node`: camera images in, instance masks out, in real time.
+
+Topics (relative names, so they remap):
+  in   `image` (sensor_msgs/Image) or `image/compressed` (sensor_msgs/CompressedImage; parameter input_type)
+  out  `~/instances`    instseg_interfaces/InstanceArray (header = the input header)
+       `~/instance_ids` sensor_msgs/Image mono16, 0 = background, value = Instance.id
+       `~/overlay`      sensor_msgs/Image bgr8, coloured instances over the frame; computed only while
+                        someone subscribes
+       `/diagnostics`   diagnostic_msgs/DiagnosticArray every diagnostics_period seconds: fps, latency
+                        p50/p95 (reception to publication), frames received/processed/dropped/bad,
+                        backend, device
+Behaviour: the subscription callback only stores the newest frame; a worker thread decodes, segments and
+publishes, so the executor never blocks and a slow model drops frames (counted) instead of queueing them.
+Bad frames (unsupported encoding, truncated data, 0x0, 16-bit) are counted, logged (rate-limited) and
+skipped. A publisher with incompatible QoS is reported as a warning. Every parameter is validated at start
+(a bad one stops the node with a message and exit status 2); score_threshold and overlay_alpha can be
+changed at run time, the others are read-only. SIGINT/SIGTERM shut down cleanly.
+
+Parameters: model (spatial_embeddings | ... registry), weights (file; empty = shipped), backend (torch |
+onnxruntime | tensorrt), device (cpu | cuda | tensorrt (onnxruntime's TensorRT EP)), input_width /
+input_height (network input; 0 = the frame's size rounded to the model's multiple), threads,
+score_threshold, classes (names to publish; empty = all), input_type (raw | compressed), reliability
+(best_effort | reliable), qos_depth, overlay_alpha, polygon_tolerance (px; < 0 = no polygons),
+engine_cache_dir, fp16, diagnostics_period.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import deque
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from instseg_interfaces.msg import Instance, InstanceArray
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.exceptions import ParameterException, ParameterUninitializedException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image, RegionOfInterest
+
+from instseg_core.postprocess.overlay import render_overlay
+from instseg_core.runtime import BACKENDS, MODELS, BackendUnavailableError, ModelFileError, create_segmenter
+from instseg_core.runtime.segmenter import SegmentationResult, default_weights
+from instseg_ros.image_codec import ImageCodecError, compressed_to_numpy, image_to_numpy, numpy_to_image, to_rgb8
+from instseg_ros.resources import model_path
+
+RUNTIME_PARAMETERS = ("score_threshold", "overlay_alpha")
+
+
+class ParameterError(ValueError):
+    """A parameter value the node cannot start with."""
+
+
+class FrameStats:
+    """Counters and a sliding window of per-frame latencies (thread-safe)."""
+
+    def __init__(self, window: int = 300) -> None:
+        self.lock = threading.Lock()
+        self.received = self.processed = self.dropped = self.bad = self.failed = 0
+        self.latencies_ms: deque[float] = deque(maxlen=window)
+        self.stage_ms: deque[dict] = deque(maxlen=window)
+        self.done_times: deque[float] = deque(maxlen=window)
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            now = time.monotonic()
+            recent = [t for t in self.done_times if now - t <= 5.0]
+            latencies = np.array(self.latencies_ms) if self.latencies_ms else np.array([np.nan])
+            fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
+            return {"fps": fps, "latency_p50_ms": float(np.percentile(latencies, 50)),
+                    "latency_p95_ms": float(np.percentile(latencies, 95)), "received": self.received,
+                    "processed": self.processed, "dropped": self.dropped, "bad": self.bad, "failed": self.failed}
+
+
+class SegmentationNode(Node):
+    """See the module docstring."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__("segmentation_node", **kwargs)
+        self._declare_parameters()
+        p = {name: self._value(name) for name in self._parameter_names}
+        self._validate(p)
+        weights = p["weights"] or str(model_path(default_weights(p["model"], p["backend"]).name))
+        input_size = (int(p["input_width"]), int(p["input_height"])) if p["input_width"] else None
+        start = time.perf_counter()
+        self.segmenter = create_segmenter(
+            p["model"], weights=weights, backend=p["backend"], device=p["device"], input_size=input_size,
+            threads=int(p["threads"]), score_threshold=float(p["score_threshold"]),
+            engine_cache_dir=p["engine_cache_dir"] or None, fp16=bool(p["fp16"]))
+        unknown = set(p["classes"]) - set(self.segmenter.classes)
+        if unknown:
+            raise ParameterError(f"classes {sorted(unknown)} are not classes of {p['model']} "
+                                 f"({', '.join(self.segmenter.classes)})")
+        self.class_filter = set(p["classes"])
+        self.overlay_alpha = float(p["overlay_alpha"])
+        self.polygon_tolerance = float(p["polygon_tolerance"])
+        self.model_name = p["model"]
+        load_ms = (time.perf_counter() - start) * 1e3
+        self.stats = FrameStats()
+        self._slot_lock = threading.Condition()
+        self._pending: tuple[object, float] | None = None
+        self._stop = False
+
+        depth = int(p["qos_depth"])
+        reliability = ReliabilityPolicy.RELIABLE if p["reliability"] == "reliable" else ReliabilityPolicy.BEST_EFFORT
+        input_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability)
+        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
+        self.compressed = p["input_type"] == "compressed"
+        topic, msg_type = ("image/compressed", CompressedImage) if self.compressed else ("image", Image)
+        self.subscription = self.create_subscription(msg_type, topic, self._on_frame, input_qos,
+                                                     event_callbacks=events)
+        output_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=max(depth, 1), reliability=reliability)
+        self.instances_pub = self.create_publisher(InstanceArray, "~/instances", output_qos)
+        self.ids_pub = self.create_publisher(Image, "~/instance_ids", output_qos)
+        self.overlay_pub = self.create_publisher(Image, "~/overlay", output_qos)
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(float(p["diagnostics_period"]), self._publish_diagnostics)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.worker = threading.Thread(target=self._work, name="segmentation-worker", daemon=True)
+        self.worker.start()
+        self.get_logger().info(
+            f"{self.segmenter.describe()} loaded from {weights} in {load_ms:.0f} ms; input "
+            f"{self.resolve_topic_name(topic)} ({p['reliability']}, depth {depth}), network input "
+            f"{'frame size' if input_size is None else f'{input_size[0]}x{input_size[1]}'}")
+
+    # --- parameters ------------------------------------------------------------------------------
+
+    def _declare_parameters(self) -> None:
+        specs = {
+            "model": ("spatial_embeddings", f"one of {sorted(MODELS)}"),
+            "weights": ("", "model file (.onnx with its .json manifest, or .pt for torch); empty = shipped"),
+            "backend": ("onnxruntime", f"one of {BACKENDS}"),
+            "device": ("cpu", "cpu | cuda | tensorrt (onnxruntime's TensorRT execution provider)"),
+            "input_width": (0, "network input width (multiple of 8); 0 = frame size"),
+            "input_height": (0, "network input height (multiple of 8); 0 = frame size"),
+            "threads": (2, "CPU threads for inference"),
+            "score_threshold": (0.5, "instances below this score are not published (changeable at run time)"),
+            "classes": (Parameter.Type.STRING_ARRAY, "class names to publish; empty = all"),
+            "input_type": ("raw", "raw (sensor_msgs/Image on 'image') | compressed ('image/compressed')"),
+            "reliability": ("best_effort", "QoS reliability of input and outputs: best_effort | reliable"),
+            "qos_depth": (1, "QoS history depth"),
+            "overlay_alpha": (0.5, "overlay opacity in [0, 1] (changeable at run time)"),
+            "polygon_tolerance": (1.0, "polygon simplification in px; < 0 publishes no polygons"),
+            "engine_cache_dir": ("", "TensorRT engine cache; empty = ~/.cache/instseg/engines"),
+            "fp16": (False, "TensorRT fp16 engines"),
+            "diagnostics_period": (1.0, "seconds between /diagnostics messages"),
+        }
+        self._parameter_names = list(specs)
+        for name, (default, description) in specs.items():
+            read_only = name not in RUNTIME_PARAMETERS
+            descriptor = ParameterDescriptor(description=description, read_only=read_only)
+            if default is Parameter.Type.STRING_ARRAY:
+                self.declare_parameter(name, Parameter.Type.STRING_ARRAY, descriptor)
+            else:
+                self.declare_parameter(name, default, descriptor)
+
+    def _value(self, name: str) -> object:
+        try:
+            return self.get_parameter(name).value
+        except ParameterUninitializedException:  # a string array left unset
+            return []
+
+    def _validate(self, p: dict) -> None:
+        p["classes"] = list(p["classes"] or [])
+        problems = []
+        if p["model"] not in MODELS:
+            problems.append(f"model {p['model']!r} is not one of {sorted(MODELS)}")
+        if p["backend"] not in BACKENDS:
+            problems.append(f"backend {p['backend']!r} is not one of {BACKENDS}")
+        if p["device"] not in ("cpu", "cuda", "tensorrt") and not str(p["device"]).startswith("cuda:"):
+            problems.append(f"device {p['device']!r} is not cpu, cuda[:N] or tensorrt")
+        if (p["input_width"] == 0) != (p["input_height"] == 0) or p["input_width"] < 0 or p["input_height"] < 0:
+            problems.append("input_width and input_height must both be 0 or both positive")
+        if p["input_type"] not in ("raw", "compressed"):
+            problems.append(f"input_type {p['input_type']!r} is not raw or compressed")
+        if p["reliability"] not in ("best_effort", "reliable"):
+            problems.append(f"reliability {p['reliability']!r} is not best_effort or reliable")
+        if p["qos_depth"] < 1 or p["threads"] < 1 or p["diagnostics_period"] <= 0:
+            problems.append("qos_depth, threads and diagnostics_period must be positive")
+        for name in ("score_threshold", "overlay_alpha"):
+            if not 0.0 <= p[name] <= 1.0:
+                problems.append(f"{name} must be in [0, 1], got {p[name]}")
+        if problems:
+            raise ParameterError("; ".join(problems))
+
+    def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        for parameter in parameters:
+            if parameter.name not in RUNTIME_PARAMETERS:
+                return SetParametersResult(successful=False, reason=f"{parameter.name} is read-only")
+            if not isinstance(parameter.value, float | int) or not 0.0 <= parameter.value <= 1.0:
+                return SetParametersResult(successful=False, reason=f"{parameter.name} must be in [0, 1]")
+        for parameter in parameters:
+            if parameter.name == "score_threshold":
+                self.segmenter.score_threshold = float(parameter.value)
+            else:
+                self.overlay_alpha = float(parameter.value)
+            self.get_logger().info(f"{parameter.name} set to {parameter.value}")
+        return SetParametersResult(successful=True)
+
+    # --- frames ----------------------------------------------------------------------------------
+
+    def _on_incompatible_qos(self, event: object) -> None:
+        self.get_logger().warning(
+            f"a publisher on {self.subscription.topic_name} has QoS incompatible with this subscription "
+            f"(policy {getattr(event, 'last_policy_kind', '?')}); no frames will arrive from it. Set the "
+            "'reliability' parameter to match the camera (best_effort subscribers accept both).",
+            throttle_duration_sec=5.0)
+
+    def _on_frame(self, msg: object) -> None:
+        with self._slot_lock:
+            self.stats.received += 1
+            if self._pending is not None:
+                self.stats.dropped += 1
+            self._pending = (msg, time.monotonic())
+            self._slot_lock.notify()
+
+    def _work(self) -> None:
+        while True:
+            with self._slot_lock:
+                while self._pending is None and not self._stop:
+                    self._slot_lock.wait(0.5)
+                if self._stop:
+                    return
+                msg, received_at = self._pending
+                self._pending = None
+            try:
+                self._process(msg, received_at)
+            except Exception as exc:  # never let the worker die: count and go on
+                with self.stats.lock:
+                    self.stats.failed += 1
+                self.get_logger().error(f"segmentation failed: {exc!r}", throttle_duration_sec=1.0)
+
+    def _decode(self, msg: object) -> np.ndarray:
+        if self.compressed:
+            image, encoding = compressed_to_numpy(msg)
+        else:
+            if msg.width == 0 or msg.height == 0:
+                raise ImageCodecError(f"empty image {msg.width}x{msg.height}")
+            image, encoding = image_to_numpy(msg), msg.encoding
+        return np.ascontiguousarray(to_rgb8(image, encoding))
+
+    def _process(self, msg: object, received_at: float) -> None:
+        try:
+            rgb = self._decode(msg)
+        except (ImageCodecError, ValueError) as exc:
+            with self.stats.lock:
+                self.stats.bad += 1
+            self.get_logger().warning(f"skipping bad frame: {exc}", throttle_duration_sec=1.0)
+            return
+        decoded = time.monotonic()
+        result = self.segmenter(rgb)
+        segmented = time.monotonic()
+        self._publish(msg.header, rgb, result)
+        done = time.monotonic()
+        with self.stats.lock:
+            self.stats.processed += 1
+            self.stats.latencies_ms.append((done - received_at) * 1e3)
+            self.stats.done_times.append(done)
+            self.stats.stage_ms.append({"wait_and_decode": (decoded - received_at) * 1e3, **result.timing_ms,
+                                        "publish": (done - segmented) * 1e3})
+
+    def _publish(self, header: object, rgb: np.ndarray, result: SegmentationResult) -> None:
+        instances = result.instances
+        keep = [k for k, name in enumerate(result.class_names) if not self.class_filter or name in self.class_filter]
+        polygons = result.polygons(self.polygon_tolerance) if self.polygon_tolerance >= 0 else None
+        out = InstanceArray()
+        out.header = header
+        out.height, out.width = rgb.shape[:2]
+        out.model_name = self.model_name
+        out.inference_ms = float(result.timing_ms["total"])
+        id_image = instances.id_image
+        if len(keep) < len(instances):
+            lookup = np.zeros(len(instances) + 1, np.uint16)
+            lookup[[k + 1 for k in keep]] = [k + 1 for k in keep]
+            id_image = lookup[id_image]
+        for k in keep:
+            x0, y0, x1, y1 = (int(v) for v in instances.boxes[k])
+            item = Instance()
+            item.id = k + 1
+            item.class_name = result.class_names[k]
+            item.class_id = int(result.label_ids[k])
+            item.score = float(instances.scores[k])
+            item.bbox = RegionOfInterest(x_offset=x0, y_offset=y0, width=x1 - x0, height=y1 - y0)
+            if polygons is not None:
+                item.polygon = polygons[k].reshape(-1).tolist()
+            item.area = int(instances.areas[k])
+            out.instances.append(item)
+        self.instances_pub.publish(out)
+        self.ids_pub.publish(numpy_to_image(id_image, "mono16", header))
+        if self.overlay_pub.get_subscription_count() > 0:
+            overlay = render_overlay(rgb, id_image, self.overlay_alpha)
+            self.overlay_pub.publish(numpy_to_image(np.ascontiguousarray(overlay[..., ::-1]), "bgr8", header))
+
+    # --- diagnostics and shutdown ----------------------------------------------------------------
+
+    def _publish_diagnostics(self) -> None:
+        s = self.stats.snapshot()
+        status = DiagnosticStatus()
+        status.name = f"{self.get_name()}: {self.model_name}"
+        status.hardware_id = self.segmenter.backend.describe()
+        status.level = DiagnosticStatus.OK
+        status.message = f"{s['fps']:.1f} fps"
+        if s["bad"] or s["failed"]:
+            status.level = DiagnosticStatus.WARN
+            status.message += f", {s['bad']} bad frames, {s['failed']} failures"
+        values = {**{k: f"{v:.2f}" if isinstance(v, float) else str(v) for k, v in s.items()},
+                  "backend": self.segmenter.backend.name, "device": self.segmenter.backend.describe(),
+                  "score_threshold": str(self.segmenter.score_threshold)}
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        array.status = [status]
+        self.diagnostics_pub.publish(array)
+
+    def stop(self) -> None:
+        with self._slot_lock:
+            self._stop = True
+            self._slot_lock.notify()
+        self.worker.join(timeout=30.0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point (`ros2 run instseg_ros segmentation_node`, or `.venv/bin/segmentation_node`)."""
+    rclpy.init(args=argv)
+    try:
+        node = SegmentationNode()
+    except (ParameterError, ParameterException, ModelFileError, BackendUnavailableError, FileNotFoundError,
+            ValueError) as exc:
+        print(f"segmentation_node: {exc}", file=sys.stderr, flush=True)
+        rclpy.try_shutdown()
+        sys.exit(2)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.stop()
+        s = node.stats.snapshot()
+        print(f"segmentation_node: received {s['received']} frames, processed {s['processed']}, dropped "
+              f"{s['dropped']}, bad {s['bad']}, failed {s['failed']}", file=sys.stderr, flush=True)
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()
