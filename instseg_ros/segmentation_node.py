@@ -101,6 +101,8 @@ class SegmentationNode(Node):
         self.overlay_alpha = float(p["overlay_alpha"])
         self.polygon_tolerance = float(p["polygon_tolerance"])
         self.model_name = p["model"]
+        warmup_size = input_size or (512, 256)
+        self.segmenter(np.zeros((warmup_size[1], warmup_size[0], 3), np.uint8))  # first runs allocate and plan
         load_ms = (time.perf_counter() - start) * 1e3
         self.stats = FrameStats()
         self._slot_lock = threading.Condition()
@@ -125,7 +127,7 @@ class SegmentationNode(Node):
         self.worker = threading.Thread(target=self._work, name="segmentation-worker", daemon=True)
         self.worker.start()
         self.get_logger().info(
-            f"{self.segmenter.describe()} loaded from {weights} in {load_ms:.0f} ms; input "
+            f"{self.segmenter.describe()} loaded from {weights} and warmed up in {load_ms:.0f} ms; input "
             f"{self.resolve_topic_name(topic)} ({p['reliability']}, depth {depth}), network input "
             f"{'frame size' if input_size is None else f'{input_size[0]}x{input_size[1]}'}")
 

@@ -333,9 +333,115 @@ def call_extreme(args: argparse.Namespace) -> None:
     report(results=results)
 
 
+def _frame(kind: str, rgb: np.ndarray, index: int) -> Image:
+    """A test frame: 'good' (the rgb frame), or a bad one: 'badenc', 'truncated', 'empty', 'mono16'."""
+    height, width = rgb.shape[:2]
+    if kind == "good":
+        msg = numpy_to_image(rgb, "rgb8")
+    elif kind == "badenc":
+        msg = Image(height=height, width=width, encoding="yuv422", step=2 * width)
+        msg.data = bytes(2 * width * height)
+    elif kind == "truncated":
+        msg = Image(height=height, width=width, encoding="rgb8", step=3 * width)
+        msg.data = bytes(1000)
+    elif kind == "empty":
+        msg = Image(height=0, width=0, encoding="rgb8", step=0)
+    elif kind == "mono16":
+        msg = numpy_to_image(np.zeros((height, width), np.uint16), "mono16")
+    else:
+        raise ValueError(kind)
+    msg.header.stamp.sec, msg.header.stamp.nanosec = 1000 + index, 0
+    msg.header.frame_id = "test_camera"
+    return msg
+
+
+def drive_segmentation(args: argparse.Namespace) -> None:
+    """Publish --kinds frames on /image every --interval s; collect the node's outputs and diagnostics."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from instseg_core.data.street_layout import make_scene
+    from instseg_core.data.synthetic import render
+
+    width, height = (int(v) for v in args.size.split("x"))
+    rgb = render(make_scene(31, width, height)).rgb
+    node = Node("segmentation_driver")
+    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=(
+        ReliabilityPolicy.BEST_EFFORT if args.reliability == "best_effort" else ReliabilityPolicy.RELIABLE))
+    publisher = node.create_publisher(Image, "image", qos)
+    instances, ids, overlays, diagnostics = [], [], [], []
+    node.create_subscription(InstanceArray, "/segmentation_node/instances", instances.append, RELIABLE)
+    node.create_subscription(Image, "/segmentation_node/instance_ids", ids.append, RELIABLE)
+    if args.overlay:
+        node.create_subscription(Image, "/segmentation_node/overlay", overlays.append, RELIABLE)
+    node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, RELIABLE)
+    if not wait_for_subscribers(node, publisher, args.timeout):
+        report(error="no subscriber appeared")
+        return
+    kinds = args.kinds.split(",")
+    for index, kind in enumerate(kinds):
+        publisher.publish(_frame(kind, rgb, index))
+        spin_until(node, lambda: False, args.interval)
+    good = kinds.count("good")
+    spin_until(node, lambda: len(instances) >= good, args.settle)
+    spin_until(node, lambda: False, 1.5)  # one more diagnostics period
+    last = {kv.key: kv.value for kv in diagnostics[-1].status[0].values} if diagnostics else {}
+    report(
+        stamps=[m.header.stamp.sec for m in instances], frame_ids=sorted({m.header.frame_id for m in instances}),
+        sizes=sorted({(m.width, m.height) for m in instances}), counts=[len(m.instances) for m in instances],
+        classes=sorted({i.class_name for m in instances for i in m.instances}),
+        ids_ok=all(int(image_to_numpy(i).max()) == len(m.instances) or len(m.instances) == 0
+                   for i, m in zip(ids, instances, strict=False)),
+        id_encodings=sorted({i.encoding for i in ids}), id_stamps=[i.header.stamp.sec for i in ids],
+        overlay_encodings=sorted({o.encoding for o in overlays}), overlays=len(overlays),
+        scores=[i.score for m in instances for i in m.instances], diagnostics=last,
+        diagnostics_level=ord(diagnostics[-1].status[0].level) if diagnostics else -1,
+    )
+
+
+def stream_frames(args: argparse.Namespace) -> None:
+    """Publish one --size rgb8 frame with fresh stamps at --rate Hz for --duration s (best effort)."""
+    width, height = (int(v) for v in args.size.split("x"))
+    node = Node("frame_streamer")
+    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+    publisher = node.create_publisher(Image, "image", qos)
+    if not wait_for_subscribers(node, publisher, args.timeout):
+        report(error="no subscriber appeared")
+        return
+    frame = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    msg = numpy_to_image(frame, "rgb8")
+    start, sent = time.monotonic(), 0
+    while time.monotonic() - start < args.duration:
+        msg.header.stamp = node.get_clock().now().to_msg()
+        publisher.publish(msg)
+        sent += 1
+        time.sleep(max(0.0, start + sent / args.rate - time.monotonic()))
+    report(sent=sent, seconds=time.monotonic() - start)
+
+
+def set_params(args: argparse.Namespace) -> None:
+    """Set --params name=value,... on --target one by one; report each result."""
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
+
+    node = Node("parameter_setter")
+    client = AsyncParameterClient(node, args.target)
+    if not client.wait_for_services(timeout_sec=args.timeout):
+        report(error="parameter services not available")
+        return
+    results = {}
+    for item in args.params.split(","):
+        name, value = item.split("=")
+        parsed = float(value) if "." in value else int(value)
+        future = client.set_parameters([Parameter(name, value=parsed)])
+        rclpy.spin_until_future_complete(node, future, timeout_sec=args.timeout)
+        result = future.result().results[0]
+        results[name] = [result.successful, result.reason]
+    report(results=results)
+
+
 ROLES = {f.__name__.replace("_", "-"): f for f in
          (net_info, pub_images, sub_images, pub_instances, sub_instances, serve_segment, call_segment,
-          replay_bag, sub_camera, call_extreme)}
+          replay_bag, sub_camera, call_extreme, drive_segmentation, stream_frames, set_params)}
 
 
 def main() -> None:
@@ -346,6 +452,16 @@ def main() -> None:
     parser.add_argument("--bag", help="replay-bag: the rosbag2 directory")
     parser.add_argument("--count", type=int, default=1, help="sub-camera: images to wait for")
     parser.add_argument("--service", default="/extreme_point_node/segment", help="call-extreme: service name")
+    parser.add_argument("--kinds", default="good", help="drive-segmentation: comma-separated frame kinds")
+    parser.add_argument("--interval", type=float, default=0.5, help="drive-segmentation: seconds between frames")
+    parser.add_argument("--settle", type=float, default=20.0, help="drive-segmentation: wait for outputs")
+    parser.add_argument("--size", default="512x256", help="frame size WxH")
+    parser.add_argument("--reliability", default="reliable")
+    parser.add_argument("--overlay", action="store_true", help="drive-segmentation: subscribe to the overlay")
+    parser.add_argument("--rate", type=float, default=15.0, help="stream-frames: Hz")
+    parser.add_argument("--duration", type=float, default=10.0, help="stream-frames: seconds")
+    parser.add_argument("--target", default="/segmentation_node", help="set-params: node name")
+    parser.add_argument("--params", default="", help="set-params: name=value,...")
     args = parser.parse_args()
     if not isolation.is_loopback_only():
         sys.exit("ros_peers: refusing to start rclpy outside a loopback-only network namespace")

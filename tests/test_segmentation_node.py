@@ -1,0 +1,171 @@
+"""segmentation_node across processes over real DDS: bag -> node -> recorded bag, bad frames, frame
+dropping under load with bounded memory, parameters (validation, run-time changes), QoS mismatch."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from instseg_core.data.synth_cli import main as synth_main
+
+REPO = Path(__file__).resolve().parents[1]
+NODE = REPO / "instseg_ros" / "segmentation_node.py"
+BAG_TOOL = REPO / "instseg_ros" / "bag_tools.py"
+pytestmark = pytest.mark.ros
+
+
+@pytest.fixture(scope="module")
+def camera_bag(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("camera")
+    synth_main([str(out), "--sequence", "6", "--split", "val", "--width", "512", "--height", "256", "--fps", "5",
+                "--bag", str(out / "camera"), "--seed", "3"])
+    return out / "camera"
+
+
+def start_node(ros_processes, *parameters: str, remap: str = "") -> subprocess.Popen:
+    args = ["--ros-args", *[item for p in parameters for item in ("-p", p)]]
+    if remap:
+        args += ["-r", remap]
+    return ros_processes.start(*args, script=NODE)
+
+
+def wait_until_loaded(node: subprocess.Popen) -> list[str]:
+    assert node.stderr is not None
+    seen = []
+    for line in node.stderr:
+        seen.append(line)
+        if "loaded from" in line:
+            return seen
+    pytest.fail("the node exited before loading its model:\n" + "".join(seen))
+
+
+def stop(node: subprocess.Popen) -> str:
+    node.send_signal(signal.SIGINT)
+    _, stderr = node.communicate(timeout=30)
+    assert node.returncode == 0, stderr
+    return stderr
+
+
+def test_bag_through_node_into_a_recorded_bag(ros_processes, camera_bag: Path, tmp_path: Path) -> None:
+    from rosbags.highlevel import AnyReader
+
+    node = start_node(ros_processes, "reliability:=reliable", remap="image:=/camera/image_raw")
+    wait_until_loaded(node)
+    recorded = tmp_path / "outputs"
+    recorder = ros_processes.start("record", str(recorded), "--topics", "/segmentation_node/instances",
+                                   "/segmentation_node/instance_ids", "--wait", "30", script=BAG_TOOL)
+    time.sleep(2.0)
+    player = ros_processes.start("play", str(camera_bag), "--rate", "0.1", "--wait-for-subscribers", "30",
+                                 script=BAG_TOOL)
+    played = ros_processes.wait(player, timeout=90).result
+    assert played["published"] == {"/camera/image_raw": 6}
+    time.sleep(4.0)
+    recorder.send_signal(signal.SIGINT)
+    counts = ros_processes.wait(recorder, timeout=30).result["recorded"]
+    summary = stop(node).splitlines()[-1]
+    with AnyReader([camera_bag]) as reader:
+        input_stamps = [reader.deserialize(raw, c.msgtype).header.stamp for c, _, raw in reader.messages()]
+    input_ns = [s.sec * 10**9 + s.nanosec for s in input_stamps]
+    with AnyReader([recorded]) as reader:  # the bag carries InstanceArray's definition
+        outputs = {c.topic: [reader.deserialize(raw, c.msgtype) for _, _, raw in reader.messages([c])]
+                   for c in reader.connections}
+    arrays = outputs["/segmentation_node/instances"]
+    assert counts["/segmentation_node/instances"] == len(arrays) >= 5, summary  # 2 s per frame: no drops
+    out_ns = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in arrays]
+    assert set(out_ns) <= set(input_ns) and out_ns == sorted(out_ns)
+    assert {m.header.frame_id for m in arrays} == {"camera_optical_frame"}
+    assert {(m.width, m.height) for m in arrays} == {(512, 256)}
+    assert all(m.model_name == "spatial_embeddings" and m.inference_ms > 0 for m in arrays)
+    ids = outputs["/segmentation_node/instance_ids"]
+    assert [m.header.stamp for m in ids] == [m.header.stamp for m in arrays]
+    for array, id_image in zip(arrays, ids, strict=True):
+        assert id_image.encoding == "mono16"
+        values = np.frombuffer(bytes(id_image.data), np.uint16)
+        assert sorted(set(values.tolist()) - {0}) == sorted(i.id for i in array.instances)
+        for instance in array.instances:
+            assert instance.class_id in (24, 25, 26, 27, 28, 31, 32, 33) and 0.5 <= instance.score <= 1.0
+            assert instance.area == int((values == instance.id).sum()) > 0
+            assert len(instance.polygon) % 2 == 0 and len(instance.polygon) >= 6
+
+
+def test_bad_frames_are_counted_and_skipped(ros_processes) -> None:
+    node = start_node(ros_processes, "reliability:=reliable", "qos_depth:=5")
+    wait_until_loaded(node)
+    driver = ros_processes.start("drive-segmentation", "--kinds", "good,badenc,truncated,empty,mono16,good",
+                                 "--interval", "1.5", "--overlay", "--timeout", "30")
+    result = ros_processes.wait(driver, timeout=120).result
+    stderr = stop(node)
+    assert result["stamps"] == [1000, 1005], result  # the two good frames, nothing else
+    assert result["id_stamps"] == [1000, 1005] and result["id_encodings"] == ["mono16"] and result["ids_ok"]
+    assert result["overlay_encodings"] == ["bgr8"] and result["overlays"] == 2
+    assert result["frame_ids"] == ["test_camera"] and result["sizes"] == [[512, 256]]
+    diagnostics = result["diagnostics"]
+    assert diagnostics["bad"] == "4" and diagnostics["processed"] == "2" and diagnostics["failed"] == "0"
+    assert result["diagnostics_level"] == 1  # WARN: bad frames seen
+    assert diagnostics["backend"] == "onnxruntime" and "CPU" in diagnostics["device"]
+    for reason in ("yuv422", "truncated", "empty image", "mono16"):
+        assert reason in stderr, reason
+    assert "bad 4" in stderr
+
+
+@pytest.mark.slow
+def test_slow_backend_drops_frames_with_bounded_memory(ros_processes) -> None:
+    """2048x1024 at 15 Hz for 60 s into PyTorch eager on CPU (seconds per frame): frames are dropped, not queued."""
+    node = start_node(ros_processes, "backend:=torch", "threads:=1")
+    wait_until_loaded(node)
+    streamer = ros_processes.start("stream-frames", "--size", "2048x1024", "--rate", "15", "--duration", "60",
+                                   "--timeout", "30")
+    rss = []
+    while streamer.poll() is None:
+        status = Path(f"/proc/{node.pid}/status").read_text()
+        rss.append(int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))) / 1024)
+        time.sleep(2.0)
+    sent = ros_processes.wait(streamer, timeout=30).result["sent"]
+    stderr = stop(node)
+    summary = next(line for line in stderr.splitlines() if line.startswith("segmentation_node: received"))
+    received, processed, dropped = (int(summary.split()[i].rstrip(",")) for i in (2, 5, 7))
+    assert sent >= 800 and received >= 0.5 * sent, summary
+    assert 3 <= processed < 0.2 * received and dropped >= received - processed - 1, summary
+    steady = rss[len(rss) // 3:]
+    assert max(steady) - min(steady) < 400, f"memory grew: {rss}"
+
+
+def test_invalid_parameters_stop_the_node_with_a_message(ros_processes, tmp_path: Path) -> None:
+    cases = {"backend:=openvino": "backend 'openvino'", "input_width:=100": "input_width and input_height",
+             "score_threshold:=1.5": "score_threshold", f"weights:={tmp_path / 'nope.onnx'}": "nope.onnx",
+             "classes:=[unicorn]": "unicorn", "device:=cuda": "CUDAExecutionProvider"}
+    for parameter, message in cases.items():
+        node = start_node(ros_processes, parameter)
+        _, stderr = node.communicate(timeout=60)
+        assert node.returncode == 2, (parameter, stderr)
+        assert message in stderr, (parameter, stderr)
+
+
+def test_score_threshold_changes_at_run_time_and_others_are_read_only(ros_processes) -> None:
+    node = start_node(ros_processes, "reliability:=reliable")
+    wait_until_loaded(node)
+    setter = ros_processes.start("set-params", "--params", "score_threshold=0.99,input_width=64,overlay_alpha=2.0")
+    results = ros_processes.wait(setter, timeout=60).result["results"]
+    assert results["score_threshold"][0] is True
+    assert results["input_width"][0] is False and "read-only" in results["input_width"][1]
+    assert results["overlay_alpha"][0] is False
+    driver = ros_processes.start("drive-segmentation", "--kinds", "good", "--timeout", "30")
+    result = ros_processes.wait(driver, timeout=90).result
+    stop(node)
+    assert result["stamps"] == [1000] and all(score >= 0.99 for score in result["scores"])
+    assert result["diagnostics"]["score_threshold"] == "0.99"
+
+
+def test_incompatible_qos_is_reported(ros_processes) -> None:
+    node = start_node(ros_processes, "reliability:=reliable")
+    wait_until_loaded(node)
+    driver = ros_processes.start("drive-segmentation", "--kinds", "good", "--reliability", "best_effort",
+                                 "--settle", "3", "--timeout", "5")
+    ros_processes.wait(driver, timeout=60)
+    stderr = stop(node)
+    assert "incompatible" in stderr
