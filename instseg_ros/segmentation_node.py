@@ -234,6 +234,8 @@ class SegmentationNode(Node):
             try:
                 self._process(msg, received_at)
             except Exception as exc:  # never let the worker die: count and go on
+                if not self.context.ok():  # shutting down (signal): the frame in flight cannot be published
+                    return
                 with self.stats.lock:
                     self.stats.failed += 1
                 self.get_logger().error(f"segmentation failed: {exc!r}", throttle_duration_sec=1.0)

@@ -130,7 +130,9 @@ def test_slow_backend_drops_frames_with_bounded_memory(ros_processes) -> None:
     summary = next(line for line in stderr.splitlines() if line.startswith("segmentation_node: received"))
     received, processed, dropped = (int(summary.split()[i].rstrip(",")) for i in (2, 5, 7))
     assert sent >= 800 and received >= 0.5 * sent, summary
-    assert 3 <= processed < 0.2 * received and dropped >= received - processed - 1, summary
+    assert "failed 0" in summary, stderr
+    # every frame is processed or dropped, except one waiting and one in flight at shutdown
+    assert 3 <= processed < 0.2 * received and dropped >= received - processed - 2, summary
     steady = rss[len(rss) // 3:]
     assert max(steady) - min(steady) < 400, f"memory grew: {rss}"
 
