@@ -10,7 +10,7 @@ SETUP_INPUTS := pyproject.toml setup.py setup.cfg package.xml tools/setup.sh too
 	$(wildcard ros2_ws/src/instseg_interfaces/*.txt ros2_ws/src/instseg_interfaces/*.xml \
 	           ros2_ws/src/instseg_interfaces/msg/* ros2_ws/src/instseg_interfaces/srv/*)
 
-.PHONY: help setup test lint pytest demo bench data train-extreme colcon clean distclean
+.PHONY: help setup test lint pytest demo bench data train-extreme train-se colcon clean distclean
 
 help:
 	@echo "make setup   create .venv: pinned deps, ROS 2 wheels, instseg_interfaces (idempotent)"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench   set up, then the benchmarks in bench/"
 	@echo "make data    set up, then write a synthetic Cityscapes-format tree to data/synthetic (DATA_ARGS=...)"
 	@echo "make train-extreme  data, training (extreme points + box-only), export to models/, ablation table"
+	@echo "make train-se       data, Spatial Embeddings training, learning curve, export to models/"
 	@echo "make colcon  build ros2_ws/ with colcon against .venv (as on a full ROS 2 install)"
 
 setup: $(STAMP)
@@ -36,16 +37,19 @@ pytest: setup
 
 test: lint pytest
 
-# Until the streaming node lands (issue: real-time streaming), the demo is the DDS image-transport job:
-# 2048x1024 frames published through the codec into a subscriber process, over real Fast DDS.
+# The main job on CPU: a synthetic camera bag (made on the first run) played in real time into
+# segmentation_node (shipped Spatial Embeddings model, ONNX Runtime); outputs recorded to a bag, an overlay
+# contact sheet, an MP4 and a table (tools/demo.py isolates itself).
 demo: setup
-	$(ISOLATED) $(PY) bench/dds_image_stream.py
+	$(PY) tools/demo.py
 
 bench: setup
 	$(PY) bench/bench_image_codec.py
 	$(ISOLATED) $(PY) bench/dds_image_stream.py
 	$(PY) bench/bench_data.py
 	$(ISOLATED) $(PY) bench/bench_annotate.py
+	$(PY) bench/bench_spatial_embeddings.py
+	$(PY) bench/bench_streaming.py
 
 DATA_ARGS ?= --splits train=200,val=50 --jobs 2
 data: setup
@@ -70,6 +74,21 @@ train-extreme: setup
 		--out models/extreme_unet_int8.onnx
 	$(TRAIN_EXTREME) ablation --runs data/runs/extreme data/runs/box --crops $(EXTREME_DATA)_crops \
 		--markdown docs/extreme_points_ablation.md
+
+# The shipped Spatial Embeddings demo model: synthetic data (train 600 images seed 0, held-out val 100
+# images seed 1, 1024x512), pre-training on 256x256 crops around objects (~90 min on 2 CPU cores),
+# evaluation of the kept checkpoints with the official evaluator (learning curve), export.
+SE_DATA := data/synthetic
+SE_EPOCHS ?= 20
+TRAIN_SE := $(PY) -m training.spatial_embeddings
+train-se: setup
+	$(VENV)/bin/instseg-synth $(SE_DATA) --splits train=600 --seed 0 --jobs 2
+	$(VENV)/bin/instseg-synth $(SE_DATA) --splits val=100 --seed 1 --jobs 2
+	$(TRAIN_SE) train --data $(SE_DATA) --out data/runs/se_pretrain --epochs $(SE_EPOCHS) --steps-per-epoch 75 \
+		--batch 8 --crop 256 256 --lr 5e-4 --dropout-high 0.1 --keep-every 2 --resume
+	$(TRAIN_SE) evaluate --data $(SE_DATA) --run data/runs/se_pretrain --checkpoint all
+	$(TRAIN_SE) export --run data/runs/se_pretrain --out models/spatial_embeddings.onnx \
+		--data-note "instseg-synth 1024x512: train=600 images seed 0, val=100 images seed 1 (held out)"
 
 colcon: setup
 	cd ros2_ws && CMAKE_PREFIX_PATH=$(CURDIR)/$(VENV) AMENT_PREFIX_PATH=$(CURDIR)/$(VENV) \

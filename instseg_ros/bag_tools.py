@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     record_parser.add_argument("--duration", type=float, default=0.0, help="seconds; 0 = until SIGINT")
     record_parser.add_argument("--storage", choices=sorted(STORAGES), default="mcap")
     record_parser.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the topics")
-    record_parser.add_argument("--reliability", choices=("reliable", "best_effort"), default="reliable")
+    record_parser.add_argument("--reliability", choices=("reliable", "best_effort"), default="best_effort",
+                               help="best_effort (default) also receives from reliable publishers")
     args = parser.parse_args(argv)
     if args.command == "play" and args.rate <= 0:
         parser.error("--rate must be positive")

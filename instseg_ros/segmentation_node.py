@@ -7,8 +7,9 @@ Topics (relative names, so they remap):
        `~/overlay`      sensor_msgs/Image bgr8, coloured instances over the frame; computed only while
                         someone subscribes
        `/diagnostics`   diagnostic_msgs/DiagnosticArray every diagnostics_period seconds: fps, latency
-                        p50/p95 (reception to publication), frames received/processed/dropped/bad,
-                        backend, device
+                        p50/p95 (reception to publication), median ms per stage (wait_and_decode,
+                        preprocess, inference, postprocess, publish), frames received/processed/dropped/
+                        bad/failed, backend, device
 Behaviour: the subscription callback only stores the newest frame; a worker thread decodes, segments and
 publishes, so the executor never blocks and a slow model drops frames (counted) instead of queueing them.
 Bad frames (unsupported encoding, truncated data, 0x0, 16-bit) are counted, logged (rate-limited) and
@@ -73,7 +74,9 @@ class FrameStats:
             recent = [t for t in self.done_times if now - t <= 5.0]
             latencies = np.array(self.latencies_ms) if self.latencies_ms else np.array([np.nan])
             fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
-            return {"fps": fps, "latency_p50_ms": float(np.percentile(latencies, 50)),
+            stages = {f"{name}_ms": float(np.median([d[name] for d in self.stage_ms]))
+                      for name in (self.stage_ms[0] if self.stage_ms else {})}
+            return {**stages, "fps": fps, "latency_p50_ms": float(np.percentile(latencies, 50)),
                     "latency_p95_ms": float(np.percentile(latencies, 95)), "received": self.received,
                     "processed": self.processed, "dropped": self.dropped, "bad": self.bad, "failed": self.failed}
 
