@@ -44,6 +44,7 @@ setup(
             "extreme_point_node = instseg_ros.extreme_point_node:main",
             "instseg-label = instseg_ros.label_bag:main",
             "segmentation_node = instseg_ros.segmentation_node:main",
+            "segmentation_lifecycle_node = instseg_ros.segmentation_node:main_lifecycle",
             "instseg-bag = instseg_ros.bag_tools:main",
         ],
     },

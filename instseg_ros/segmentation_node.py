@@ -27,10 +27,12 @@ engine_cache_dir, fp16, diagnostics_period.
 
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 import rclpy
@@ -40,6 +42,7 @@ from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import ParameterException, ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -81,58 +84,79 @@ class FrameStats:
                     "processed": self.processed, "dropped": self.dropped, "bad": self.bad, "failed": self.failed}
 
 
-class SegmentationNode(Node):
-    """See the module docstring."""
+class SegmentationMixin:
+    """The node's behaviour, shared by the plain and the lifecycle node: `_load` creates the segmenter,
+    `_start_io` the subscription, publishers, diagnostics timer and worker thread; `_stop_io` and `_unload`
+    undo them."""
 
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__("segmentation_node", **kwargs)
-        self._declare_parameters()
+    segmenter = None
+
+    def _read_parameters(self) -> dict:
         p = {name: self._value(name) for name in self._parameter_names}
         self._validate(p)
+        return p
+
+    def _load(self, p: dict) -> None:
         weights = p["weights"] or str(model_path(default_weights(p["model"], p["backend"]).name))
         input_size = (int(p["input_width"]), int(p["input_height"])) if p["input_width"] else None
         start = time.perf_counter()
-        self.segmenter = create_segmenter(
+        segmenter = create_segmenter(
             p["model"], weights=weights, backend=p["backend"], device=p["device"], input_size=input_size,
             threads=int(p["threads"]), score_threshold=float(p["score_threshold"]),
             engine_cache_dir=p["engine_cache_dir"] or None, fp16=bool(p["fp16"]))
-        unknown = set(p["classes"]) - set(self.segmenter.classes)
+        unknown = set(p["classes"]) - set(segmenter.classes)
         if unknown:
             raise ParameterError(f"classes {sorted(unknown)} are not classes of {p['model']} "
-                                 f"({', '.join(self.segmenter.classes)})")
+                                 f"({', '.join(segmenter.classes)})")
         self.class_filter = set(p["classes"])
         self.overlay_alpha = float(p["overlay_alpha"])
         self.polygon_tolerance = float(p["polygon_tolerance"])
         self.model_name = p["model"]
         warmup_size = input_size or (512, 256)
-        self.segmenter(np.zeros((warmup_size[1], warmup_size[0], 3), np.uint8))  # first runs allocate and plan
-        load_ms = (time.perf_counter() - start) * 1e3
-        self.stats = FrameStats()
+        segmenter(np.zeros((warmup_size[1], warmup_size[0], 3), np.uint8))  # first runs allocate and plan
+        self.segmenter = segmenter
+        self.get_logger().info(
+            f"{segmenter.describe()} loaded from {weights} and warmed up in "
+            f"{(time.perf_counter() - start) * 1e3:.0f} ms; network input "
+            f"{'frame size' if input_size is None else f'{input_size[0]}x{input_size[1]}'}")
+
+    def _unload(self) -> None:
+        self.segmenter = None  # the backend (and its GPU memory) goes with it
+        gc.collect()
+
+    def _start_io(self, p: dict) -> None:
+        self.stats = getattr(self, "stats", None) or FrameStats()
         self._slot_lock = threading.Condition()
         self._pending: tuple[object, float] | None = None
         self._stop = False
-
         depth = int(p["qos_depth"])
         reliability = ReliabilityPolicy.RELIABLE if p["reliability"] == "reliable" else ReliabilityPolicy.BEST_EFFORT
         input_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability)
         events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
         self.compressed = p["input_type"] == "compressed"
         topic, msg_type = ("image/compressed", CompressedImage) if self.compressed else ("image", Image)
-        self.subscription = self.create_subscription(msg_type, topic, self._on_frame, input_qos,
-                                                     event_callbacks=events)
         output_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=max(depth, 1), reliability=reliability)
         self.instances_pub = self.create_publisher(InstanceArray, "~/instances", output_qos)
         self.ids_pub = self.create_publisher(Image, "~/instance_ids", output_qos)
         self.overlay_pub = self.create_publisher(Image, "~/overlay", output_qos)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(float(p["diagnostics_period"]), self._publish_diagnostics)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.diagnostics_timer = self.create_timer(float(p["diagnostics_period"]), self._publish_diagnostics)
         self.worker = threading.Thread(target=self._work, name="segmentation-worker", daemon=True)
         self.worker.start()
-        self.get_logger().info(
-            f"{self.segmenter.describe()} loaded from {weights} and warmed up in {load_ms:.0f} ms; input "
-            f"{self.resolve_topic_name(topic)} ({p['reliability']}, depth {depth}), network input "
-            f"{'frame size' if input_size is None else f'{input_size[0]}x{input_size[1]}'}")
+        self.subscription = self.create_subscription(msg_type, topic, self._on_frame, input_qos,
+                                                     event_callbacks=events)
+        self.get_logger().info(f"segmenting {self.resolve_topic_name(topic)} ({p['reliability']}, depth {depth})")
+
+    def _stop_io(self) -> None:
+        if getattr(self, "subscription", None) is None:
+            return
+        self.destroy_subscription(self.subscription)
+        self.subscription = None
+        self.stop()
+        self.destroy_timer(self.diagnostics_timer)
+        for publisher in (self.instances_pub, self.ids_pub, self.overlay_pub, self.diagnostics_pub):
+            self.destroy_publisher(publisher)
+
 
     # --- parameters ------------------------------------------------------------------------------
 
@@ -202,7 +226,8 @@ class SegmentationNode(Node):
                 return SetParametersResult(successful=False, reason=f"{parameter.name} must be in [0, 1]")
         for parameter in parameters:
             if parameter.name == "score_threshold":
-                self.segmenter.score_threshold = float(parameter.value)
+                if self.segmenter is not None:
+                    self.segmenter.score_threshold = float(parameter.value)
             else:
                 self.overlay_alpha = float(parameter.value)
             self.get_logger().info(f"{parameter.name} set to {parameter.value}")
@@ -326,17 +351,81 @@ class SegmentationNode(Node):
         self.diagnostics_pub.publish(array)
 
     def stop(self) -> None:
+        """Stop the worker thread (the frame in flight is finished first)."""
+        if getattr(self, "worker", None) is None:
+            return
         with self._slot_lock:
             self._stop = True
             self._slot_lock.notify()
         self.worker.join(timeout=30.0)
+        self.worker = None
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point (`ros2 run instseg_ros segmentation_node`, or `.venv/bin/segmentation_node`)."""
+class SegmentationNode(SegmentationMixin, Node):
+    """See the module docstring."""
+
+    def __init__(self, **kwargs: object) -> None:
+        Node.__init__(self, "segmentation_node", **kwargs)
+        self._declare_parameters()
+        p = self._read_parameters()
+        self._load(p)
+        self._start_io(p)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+
+class LifecycleSegmentationNode(SegmentationMixin, LifecycleNode):
+    """The managed variant (`segmentation_lifecycle_node`): configure validates the parameters and loads the
+    model, activate starts segmenting (reloading the model if it was freed), deactivate stops and frees the
+    model (and its GPU memory), cleanup and shutdown release everything."""
+
+    def __init__(self, **kwargs: object) -> None:
+        LifecycleNode.__init__(self, "segmentation_node", **kwargs)
+        self._declare_parameters()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.parameters: dict | None = None
+
+    def _guarded(self, action: str, steps: Callable[[], None]) -> TransitionCallbackReturn:
+        try:
+            steps()
+        except (ParameterError, ModelFileError, BackendUnavailableError, FileNotFoundError, ValueError) as exc:
+            self.get_logger().error(f"{action} failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        def configure() -> None:
+            self.parameters = self._read_parameters()
+            self._load(self.parameters)
+        return self._guarded("configure", configure)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        def activate() -> None:
+            self.parameters = self._read_parameters()  # run-time parameters may have changed meanwhile
+            if self.segmenter is None:
+                self._load(self.parameters)
+            self._start_io(self.parameters)
+        result = self._guarded("activate", activate)
+        return super().on_activate(state) if result == TransitionCallbackReturn.SUCCESS else result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_io()
+        self._unload()
+        self.get_logger().info("deactivated: model freed")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_io()
+        self._unload()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self.on_cleanup(state)
+
+
+def run(node_class: type, argv: list[str] | None = None) -> None:
     rclpy.init(args=argv)
     try:
-        node = SegmentationNode()
+        node = node_class()
     except (ParameterError, ParameterException, ModelFileError, BackendUnavailableError, FileNotFoundError,
             ValueError) as exc:
         print(f"segmentation_node: {exc}", file=sys.stderr, flush=True)
@@ -350,12 +439,23 @@ def main(argv: list[str] | None = None) -> None:
         pass
     finally:
         node.stop()
-        s = node.stats.snapshot()
+        stats = getattr(node, "stats", None)
+        s = stats.snapshot() if stats else {k: 0 for k in ("received", "processed", "dropped", "bad", "failed")}
         print(f"segmentation_node: received {s['received']} frames, processed {s['processed']}, dropped "
               f"{s['dropped']}, bad {s['bad']}, failed {s['failed']}", file=sys.stderr, flush=True)
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point (`ros2 run instseg_ros segmentation_node`, or `.venv/bin/segmentation_node`)."""
+    run(SegmentationNode, argv)
+
+
+def main_lifecycle(argv: list[str] | None = None) -> None:
+    """Entry point of the managed node (`segmentation_lifecycle_node`); drive it with lifecycle transitions."""
+    run(LifecycleSegmentationNode, argv)
 
 
 if __name__ == "__main__":

@@ -439,9 +439,56 @@ def set_params(args: argparse.Namespace) -> None:
     report(results=results)
 
 
+def drive_lifecycle(args: argparse.Namespace) -> None:
+    """configure, activate, frame, deactivate, frame, activate, frame: report transitions and output stamps."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    from instseg_core.data.street_layout import make_scene
+    from instseg_core.data.synthetic import render
+
+    rgb = render(make_scene(31, 512, 256)).rgb
+    node = Node("lifecycle_driver")
+    change = node.create_client(ChangeState, "/segmentation_node/change_state")
+    get_state = node.create_client(GetState, "/segmentation_node/get_state")
+    if not (change.wait_for_service(timeout_sec=args.timeout) and get_state.wait_for_service(timeout_sec=5)):
+        report(error="lifecycle services not available")
+        return
+    publisher = node.create_publisher(Image, "image", RELIABLE)
+    outputs: list = []
+    node.create_subscription(InstanceArray, "/segmentation_node/instances", outputs.append, RELIABLE)
+
+    def transition(transition_id: int) -> bool:
+        future = change.call_async(ChangeState.Request(transition=Transition(id=transition_id)))
+        rclpy.spin_until_future_complete(node, future, timeout_sec=args.timeout)
+        return bool(future.result() and future.result().success)
+
+    def state() -> str:
+        future = get_state.call_async(GetState.Request())
+        rclpy.spin_until_future_complete(node, future, timeout_sec=10)
+        return future.result().current_state.label
+
+    def frame(index: int, expect: bool) -> None:
+        wait_for_subscribers(node, publisher, 10) if expect else spin_until(node, lambda: False, 1.0)
+        publisher.publish(_frame("good", rgb, index))
+        spin_until(node, lambda: any(m.header.stamp.sec == 1000 + index for m in outputs), 30 if expect else 4)
+
+    steps = {"initial": state(), "configure": transition(Transition.TRANSITION_CONFIGURE),
+             "after_configure": state(), "activate": transition(Transition.TRANSITION_ACTIVATE)}
+    frame(0, True)
+    steps["deactivate"] = transition(Transition.TRANSITION_DEACTIVATE)
+    steps["after_deactivate"] = state()
+    frame(1, False)
+    steps["reactivate"] = transition(Transition.TRANSITION_ACTIVATE)
+    frame(2, True)
+    steps["after_reactivate"] = state()
+    report(steps=steps, stamps=[m.header.stamp.sec for m in outputs])
+
+
 ROLES = {f.__name__.replace("_", "-"): f for f in
          (net_info, pub_images, sub_images, pub_instances, sub_instances, serve_segment, call_segment,
-          replay_bag, sub_camera, call_extreme, drive_segmentation, stream_frames, set_params)}
+          replay_bag, sub_camera, call_extreme, drive_segmentation, stream_frames, set_params,
+          drive_lifecycle)}
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -171,3 +172,17 @@ def test_incompatible_qos_is_reported(ros_processes) -> None:
     ros_processes.wait(driver, timeout=60)
     stderr = stop(node)
     assert "incompatible" in stderr
+
+
+def test_lifecycle_node_frees_the_model_and_restarts(ros_processes) -> None:
+    script = Path(sys.executable).parent / "segmentation_lifecycle_node"
+    node = ros_processes.start("--ros-args", "-p", "reliability:=reliable", script=script)
+    driver = ros_processes.start("drive-lifecycle", "--timeout", "60")
+    result = ros_processes.wait(driver, timeout=180).result
+    stderr = stop(node)
+    steps = result["steps"]
+    assert steps["initial"] == "unconfigured" and steps["configure"] and steps["after_configure"] == "inactive"
+    assert steps["activate"] and steps["deactivate"] and steps["after_deactivate"] == "inactive"
+    assert steps["reactivate"] and steps["after_reactivate"] == "active"
+    assert result["stamps"] == [1000, 1002], result  # nothing is segmented while inactive
+    assert stderr.count("loaded from") == 2 and "model freed" in stderr
