@@ -273,9 +273,16 @@ def replay_bag(args: argparse.Namespace) -> None:
 
 
 def sub_camera(args: argparse.Namespace) -> None:
-    """Receive --count camera images; report their stamps, sizes and a checksum of the pixels."""
-    received = receive(Node("camera_subscriber"), Image, "camera/image_raw", args.count, args.timeout)
-    report(stamps=[m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in received],
+    """Receive --count images on --topic; report their stamps, sizes, a checksum of the pixels and how many
+    /clock messages arrived meanwhile."""
+    from rosgraph_msgs.msg import Clock
+
+    node = Node("camera_subscriber")
+    clocks: list = []
+    node.create_subscription(Clock, "/clock", clocks.append, RELIABLE)
+    received = receive(node, Image, args.topic, args.count, args.timeout, announce=True)
+    report(clocks=len(clocks), clock_secs=sorted({c.clock.sec for c in clocks}),
+           stamps=[m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in received],
            frame_ids=sorted({m.header.frame_id for m in received}),
            shapes=[list(image_to_numpy(m).shape) for m in received],
            sums=[int(image_to_numpy(m).astype(np.int64).sum()) for m in received])
@@ -498,6 +505,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=4, help="serve-segment: exit after this many")
     parser.add_argument("--bag", help="replay-bag: the rosbag2 directory")
     parser.add_argument("--count", type=int, default=1, help="sub-camera: images to wait for")
+    parser.add_argument("--topic", default="camera/image_raw", help="sub-camera: image topic")
     parser.add_argument("--service", default="/extreme_point_node/segment", help="call-extreme: service name")
     parser.add_argument("--kinds", default="good", help="drive-segmentation: comma-separated frame kinds")
     parser.add_argument("--interval", type=float, default=0.5, help="drive-segmentation: seconds between frames")

@@ -1,0 +1,110 @@
+"""instseg-bag play/record across processes: pacing options, remapping, /clock, loop, a bag from another
+writer (the mcap library), damaged bags and unknown topics."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from instseg_core.data.bags import write_image_bag
+
+REPO = Path(__file__).resolve().parents[1]
+BAG_TOOL = REPO / "instseg_ros" / "bag_tools.py"
+START_NS = 1_700_000_000_000_000_000
+pytestmark = pytest.mark.ros
+
+
+@pytest.fixture(scope="module")
+def small_bag(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 frames of 64x48 at 10 Hz (stamps START_NS + k * 0.1 s), MCAP."""
+    frames = [np.full((48, 64, 3), k * 20, np.uint8) for k in range(8)]
+    return write_image_bag(tmp_path_factory.mktemp("bags") / "small", frames, rate_hz=10.0, start_ns=START_NS).path
+
+
+def test_play_with_offset_rate_remap_and_clock(ros_processes, small_bag: Path) -> None:
+    subscriber = ros_processes.start("sub-camera", "--topic", "/cam/remapped", "--count", "5", "--timeout", "30")
+    started = time.monotonic()
+    player = ros_processes.start("play", str(small_bag), "--rate", "2.0", "--start-offset", "0.25", "--clock",
+                                 "--remap", "/camera/image_raw:=/cam/remapped", "--wait-for-subscribers", "20",
+                                 script=BAG_TOOL)
+    played = ros_processes.wait(player, timeout=60).result
+    elapsed = time.monotonic() - started
+    received = ros_processes.wait(subscriber, timeout=30).result
+    assert played == {"published": {"/cam/remapped": 5}, "loops": 1}  # frames at 0.3 .. 0.7 s
+    assert received["stamps"] == [START_NS + k * 100_000_000 for k in range(3, 8)]
+    assert received["clocks"] >= 5 and received["clock_secs"] == [START_NS // 10**9]
+    assert elapsed < 20  # 0.4 s of bag at 2x
+
+
+def test_loop_until_interrupted(ros_processes, small_bag: Path) -> None:
+    subscriber = ros_processes.start("sub-camera", "--count", "20", "--timeout", "30")
+    player = ros_processes.start("play", str(small_bag), "--rate", "4", "--loop", "--wait-for-subscribers", "20",
+                                 script=BAG_TOOL)
+    received = ros_processes.wait(subscriber, timeout=60).result
+    player.send_signal(signal.SIGINT)
+    played = ros_processes.wait(player, timeout=30).result
+    assert len(received["stamps"]) >= 20 and played["loops"] >= 2
+    assert set(received["stamps"]) <= {START_NS + k * 100_000_000 for k in range(8)}
+
+
+def test_a_bag_from_the_mcap_library_plays(ros_processes, tmp_path: Path) -> None:
+    from mcap_ros2.writer import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    definition, _ = get_typestore(Stores.ROS2_KILTED).generate_msgdef("sensor_msgs/msg/Image", ros_version=2)
+    path = tmp_path / "foreign.mcap"
+    with path.open("wb") as stream:
+        writer = Writer(stream)
+        schema = writer.register_msgdef("sensor_msgs/msg/Image", definition)
+        for k in range(3):
+            writer.write_message(topic="/camera/image_raw", schema=schema, log_time=(50 + k) * 10**9,
+                                 publish_time=(50 + k) * 10**9, message={
+                                     "header": {"stamp": {"sec": 50 + k, "nanosec": 0}, "frame_id": "foreign"},
+                                     "height": 2, "width": 2, "encoding": "rgb8", "is_bigendian": 0, "step": 6,
+                                     "data": bytes([k] * 12)})
+        writer.finish()
+    subscriber = ros_processes.start("sub-camera", "--count", "3", "--timeout", "30")
+    player = ros_processes.start("play", str(path), "--wait-for-subscribers", "20", script=BAG_TOOL)
+    assert ros_processes.wait(player, timeout=60).result["published"] == {"/camera/image_raw": 3}
+    received = ros_processes.wait(subscriber, timeout=30).result
+    assert received["stamps"] == [(50 + k) * 10**9 for k in range(3)] and received["frame_ids"] == ["foreign"]
+    assert received["sums"] == [12 * k for k in range(3)]
+
+
+def test_damaged_bags_and_unknown_topics_fail_clearly(ros_processes, small_bag: Path, tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged.mcap"
+    data = next(small_bag.glob("*.mcap")).read_bytes()
+    damaged.write_bytes(data[: len(data) // 3])
+    cases = [(["play", str(damaged)], "damaged.mcap"), (["play", str(tmp_path / "nothing")], "bag not found"),
+             (["play", str(small_bag), "--topics", "/lidar"], "/lidar"),
+             (["record", str(tmp_path / "rec"), "--topics", "/nobody", "--wait", "1"], "/nobody")]
+    for args, message in cases:
+        proc = ros_processes.start(*args, script=BAG_TOOL)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 2, (args, stderr)
+        assert message in stderr and "Traceback" not in stderr, (args, stderr)
+
+
+def test_record_writes_what_was_published(ros_processes, small_bag: Path, tmp_path: Path) -> None:
+    from rosbags.highlevel import AnyReader
+
+    out = tmp_path / "recorded"
+    recorder = ros_processes.start("record", str(out), "--topics", "/camera/image_raw", "--wait", "30",
+                                   "--reliability", "reliable", script=BAG_TOOL)
+    time.sleep(1.0)
+    player = ros_processes.start("play", str(small_bag), "--wait-for-subscribers", "20", script=BAG_TOOL)
+    ros_processes.wait(player, timeout=60)
+    time.sleep(1.5)
+    recorder.send_signal(signal.SIGINT)
+    assert ros_processes.wait(recorder, timeout=30).result["recorded"] == {"/camera/image_raw": 8}
+    with AnyReader([out]) as reader:
+        stamps = [reader.deserialize(raw, c.msgtype).header.stamp.sec for c, _, raw in reader.messages()]
+    assert len(stamps) == 8 and set(stamps) == {START_NS // 10**9}
+    assert subprocess.run([sys.executable, str(BAG_TOOL), "play", "--rate", "0", str(out)],
+                          capture_output=True).returncode == 2
