@@ -104,3 +104,16 @@ def test_onnx_export_matches_pytorch_on_two_sizes(run_dir: Path, tmp_path: Path)
         params = ClusteringParams(seed_threshold=0.3, foreground_threshold=0.3, min_pixels=4)
         a, b = cluster_seeds(got[0], 2, params), cluster_seeds(expected[0], 2, params)
         assert len(a) == len(b)
+
+
+def test_finetune_keeps_batch_norm_statistics(run_dir: Path, synthetic_tree: Path, tmp_path: Path) -> None:
+    out = tmp_path / "finetune"
+    spatial_embeddings.main(["train", "--data", str(synthetic_tree), "--out", str(out), "--finetune-from", str(run_dir),
+                             "--freeze-bn", "--epochs", "1", "--steps-per-epoch", "2", "--batch", "1", "--crop", "128",
+                             "256", "--lr", "5e-5", "--progress-every", "0"])
+    source = torch.load(run_dir / "last.pt", weights_only=False)["model"]
+    tuned = torch.load(out / "last.pt", weights_only=False)["model"]
+    statistics = [k for k in source if k.endswith(("running_mean", "running_var"))]
+    weights = [k for k in source if k.endswith("weight") and "bn" not in k]
+    assert statistics and all(torch.equal(source[k], tuned[k]) for k in statistics)
+    assert any(not torch.equal(source[k], tuned[k]) for k in weights)
