@@ -33,3 +33,24 @@ def save_atomically(obj: object, path: str | os.PathLike) -> None:
     temporary = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, temporary)
     os.replace(temporary, path)
+
+
+def resume(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
+           rng: object) -> dict:
+    """Load out/last.pt (if any) into model, optimizer and the NumPy/torch random states; returns the saved
+    training state, or `state` when there is no checkpoint."""
+    path = Path(out) / "last.pt"
+    if not path.exists():
+        return state
+    checkpoint = torch.load(path, weights_only=False)
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    rng.bit_generator.state = checkpoint["rng"]
+    torch.set_rng_state(checkpoint["torch_rng"])
+    print(f"resumed {path} after epoch {checkpoint['state']['epoch']}", flush=True)
+    return checkpoint["state"]
+
+
+def resumable(optimizer: torch.optim.Optimizer, rng: object) -> dict:
+    """What last.pt needs beyond the model to continue exactly: optimizer and random states."""
+    return {"optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}

@@ -33,7 +33,7 @@ from instseg_core.data.object_crops import ANNOTATION_CLASSES, CropSet, augment,
 from instseg_core.eval.binary_metrics import BinarySegmentationMetrics
 from instseg_core.losses.binary_mask import LOSSES
 from instseg_core.models.extreme_unet import ExtremeUNet, SigmoidOutput
-from training.common import ensure_malloc_tuning, git_commit
+from training.common import ensure_malloc_tuning, git_commit, resumable, resume, save_atomically
 
 VARIANTS = {"extreme": 4, "box": 3}  # input channels
 def batch_inputs(crops: CropSet, index: np.ndarray, variant: str, rng: np.random.Generator | None
@@ -82,14 +82,8 @@ def train(args: argparse.Namespace) -> dict:
     loss_fn = LOSSES[args.loss]
     state = {"epoch": 0, "best_aiou": -1.0, "best_epoch": -1, "history": [], "train_seconds": 0.0}
     rng = np.random.default_rng(args.seed)
-    if args.resume and (out / "last.pt").exists():
-        checkpoint = torch.load(out / "last.pt", weights_only=False)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        state = checkpoint["state"]
-        rng.bit_generator.state = checkpoint["rng"]
-        torch.set_rng_state(checkpoint["torch_rng"])
-        print(f"resumed {out / 'last.pt'} after epoch {state['epoch']}", flush=True)
+    if args.resume:
+        state = resume(out, model, optimizer, state, rng)
     config = {k: v for k, v in vars(args).items() if k not in ("func", "resume")}
     for epoch in range(state["epoch"] + 1, args.epochs + 1):
         model.train()
@@ -117,13 +111,10 @@ def train(args: argparse.Namespace) -> dict:
         improved = metrics["aIoU"] > state["best_aiou"]
         if improved:
             state["best_aiou"], state["best_epoch"] = metrics["aIoU"], epoch
-            torch.save({"model": model.state_dict(), "variant": args.variant, "config": config, "metrics": metrics,
-                        "epoch": epoch}, out / "best.tmp")
-            os.replace(out / "best.tmp", out / "best.pt")
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
-                    "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "variant": args.variant,
-                    "config": config}, out / "last.tmp")
-        os.replace(out / "last.tmp", out / "last.pt")
+            save_atomically({"model": model.state_dict(), "variant": args.variant, "config": config,
+                             "metrics": metrics, "epoch": epoch}, out / "best.pt")
+        save_atomically({"model": model.state_dict(), "state": state, "variant": args.variant, "config": config,
+                         **resumable(optimizer, rng)}, out / "last.pt")
         (out / "history.json").write_text(json.dumps({"config": config, **state}, indent=1))
         print(f"epoch {epoch}/{args.epochs} loss {entry['loss']:.4f} val aIoU {metrics['aIoU']:.4f} "
               f"iIoU {metrics['iIoU']:.4f} ({seconds:.0f} s){' best' if improved else ''}", flush=True)

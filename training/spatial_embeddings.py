@@ -42,7 +42,7 @@ from instseg_core.models.spatial_embeddings import (
     preprocess,
 )
 from instseg_core.postprocess.seed_clustering import ClusteringParams, cluster_seeds
-from training.common import ensure_malloc_tuning, git_commit, save_atomically
+from training.common import ensure_malloc_tuning, git_commit, resumable, resume, save_atomically
 
 
 def build_model(checkpoint: dict) -> SpatialEmbeddings:
@@ -79,14 +79,8 @@ def train(args: argparse.Namespace) -> dict:
     steps = args.steps_per_epoch or max(1, len(samples) // args.batch)
     state = {"epoch": 0, "history": [], "train_seconds": 0.0}
     rng = np.random.default_rng(args.seed)
-    if args.resume and (out / "last.pt").exists():
-        checkpoint = torch.load(out / "last.pt", weights_only=False)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        state = checkpoint["state"]
-        rng.bit_generator.state = checkpoint["rng"]
-        torch.set_rng_state(checkpoint["torch_rng"])
-        print(f"resumed {out / 'last.pt'} after epoch {state['epoch']}", flush=True)
+    if args.resume:
+        state = resume(out, model, optimizer, state, rng)
     config = {k: v for k, v in vars(args).items() if k not in ("func", "resume")}
     print(f"{len(samples)} training images, {steps} steps of {args.batch} crops {args.crop} per epoch", flush=True)
     for epoch in range(state["epoch"] + 1, args.epochs + 1):
@@ -126,8 +120,7 @@ def train(args: argparse.Namespace) -> dict:
                       "commit": git_commit()}
         if args.keep_every and epoch % args.keep_every == 0:
             save_atomically(checkpoint, out / f"epoch_{epoch:03d}.pt")
-        save_atomically({**checkpoint, "optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state,
-                         "torch_rng": torch.get_rng_state()}, out / "last.pt")
+        save_atomically({**checkpoint, **resumable(optimizer, rng)}, out / "last.pt")
         (out / "history.json").write_text(json.dumps({"config": config, **state}, indent=1))
         print(f"epoch {epoch}/{args.epochs} lr {lr:.2e} loss {entry['loss']:.4f} (instance {parts_sum['instance']:.4f}"
               f" smooth {parts_sum['smooth']:.5f} seed {parts_sum['seed']:.4f}) {seconds:.0f} s", flush=True)
