@@ -3,7 +3,14 @@
 Service `~/segment` (instseg_interfaces/srv/SegmentObject). Parameters:
   model_path (string, default: the shipped models/extreme_unet_int8.onnx), threads (int, 2: ONNX Runtime
   intra-op threads), threshold (double, 0.5), polygon_tolerance (double, 1.0 px: Douglas-Peucker
-  epsilon), max_image_pixels (int, 16777216), max_concurrent (int, 2: requests segmented at once).
+  epsilon), max_image_pixels (int, 16777216), max_concurrent (int, 2: requests segmented at once),
+  frame_cache (int, 4: frames remembered for requests without pixels; 0 = off).
+
+Frame cache: an operator clicks several objects per frame, so only the first request of a frame needs to
+carry the 6 MB image. A request whose image is empty (height = width = 0, no data) but whose header (stamp,
+frame_id) equals that of one of the last `frame_cache` frames received is segmented on that frame; that
+saves the image transfer, most of the round trip. An empty image with an unknown header is refused
+(BAD_IMAGE, "not cached").
 
 The model is loaded and warmed up at start; a missing or corrupt model file stops the node at once with
 an error naming the path. Bad requests are answered with success=false, an error code and a message,
@@ -16,7 +23,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 
 import numpy as np
 import rclpy
@@ -52,6 +59,7 @@ class ExtremePointNode(Node):
         self.declare_parameter("polygon_tolerance", 1.0, describe(description="polygon simplification (px)"))
         self.declare_parameter("max_image_pixels", 4096 * 4096, describe(description="larger images are refused"))
         self.declare_parameter("max_concurrent", 2, describe(description="requests segmented at the same time"))
+        self.declare_parameter("frame_cache", 4, describe(description="frames kept for requests without pixels"))
         get = self.get_parameter
         path = get("model_path").value or str(model_path(DEFAULT_MODEL))
         threads, threshold = int(get("threads").value), float(get("threshold").value)
@@ -65,6 +73,8 @@ class ExtremePointNode(Node):
         start = time.perf_counter()
         self.segmenter.warmup()
         self.errors: Counter[str] = Counter()
+        self.frame_cache_size = max(0, int(get("frame_cache").value))
+        self._frames: OrderedDict[tuple[int, int, str], np.ndarray] = OrderedDict()
         self.served = 0
         self._lock = threading.Lock()
         self._slots = threading.Semaphore(max(1, int(get("max_concurrent").value)))
@@ -90,10 +100,28 @@ class ExtremePointNode(Node):
             size = f"{image_msg.width}x{image_msg.height}"
             return self._refuse(response, ErrorCode.IMAGE_TOO_LARGE,
                                 f"image {size} exceeds max_image_pixels={self.max_pixels}")
-        try:
-            rgb = to_rgb8(image_to_numpy(image_msg), image_msg.encoding)
-        except ImageCodecError as exc:
-            return self._refuse(response, ErrorCode.BAD_IMAGE, str(exc))
+        stamp = image_msg.header.stamp
+        key = (int(stamp.sec), int(stamp.nanosec), image_msg.header.frame_id)
+        if image_msg.width == 0 and image_msg.height == 0 and len(image_msg.data) == 0:
+            with self._lock:
+                rgb = self._frames.get(key)
+                if rgb is not None:
+                    self._frames.move_to_end(key)
+            if rgb is None:
+                return self._refuse(response, ErrorCode.BAD_IMAGE,
+                                    f"image of zero size and frame (stamp {key[0]}.{key[1]:09d}, frame_id "
+                                    f"{key[2]!r}) not cached: send the image with the first request of a frame")
+        else:
+            try:
+                rgb = to_rgb8(image_to_numpy(image_msg), image_msg.encoding)
+            except ImageCodecError as exc:
+                return self._refuse(response, ErrorCode.BAD_IMAGE, str(exc))
+            if self.frame_cache_size:
+                with self._lock:
+                    self._frames[key] = rgb
+                    self._frames.move_to_end(key)
+                    while len(self._frames) > self.frame_cache_size:
+                        self._frames.popitem(last=False)
         try:
             with self._slots:
                 result = self.segmenter.segment(rgb, np.asarray(request.extreme_points, np.float64),

@@ -323,6 +323,15 @@ def call_extreme(args: argparse.Namespace) -> None:
     after = client.call_async(request())
     rclpy.spin_until_future_complete(node, after, timeout_sec=args.timeout)
     futures["after"] = after
+    # the frame was sent before: a request without pixels but with the same header uses the node's cache
+    cached = client.call_async(request(image=Image(header=image.header)))
+    rclpy.spin_until_future_complete(node, cached, timeout_sec=args.timeout)
+    futures["cached"] = cached
+    other = Image()
+    other.header.stamp, other.header.frame_id = image.header.stamp, "never_sent"
+    uncached = client.call_async(request(image=other))
+    rclpy.spin_until_future_complete(node, uncached, timeout_sec=args.timeout)
+    futures["uncached"] = uncached
     results = {}
     for name, future in futures.items():
         response = future.result()

@@ -51,13 +51,15 @@ def test_service_answers_good_bad_and_concurrent_requests(ros_processes, model_f
             node.terminate()
             pytest.fail(f"client: {report}\nnode stderr:\n{node.communicate(timeout=30)[1]}")
         results = report["results"]
-        for name in ("good", "good_bgr", "fine_polygon", "after"):
+        for name in ("good", "good_bgr", "fine_polygon", "after", "cached"):
             good = results[name]
             assert good["success"] and good["code"] == 0 and good["message"] == ""
             assert good["mask_shape"] == [1024, 2048] and set(good["mask_values"]) <= {0, 255}
-            assert good["mask_header_equal"] and 0.0 <= good["score"] <= 1.0 and good["inference_ms"] > 0
+            assert good["mask_header_equal"] and 0.0 <= good["score"] <= 1.0 and good["inference_ms"] > 0, (name, good)
+        assert results["cached"]["polygon_len"] == results["good"]["polygon_len"]  # same frame, same points
         expected = {"bad_count": (1, "got 6"), "outside": (2, "outside"), "degenerate": (3, "1 x 1"),
                     "mono16": (4, "mono16"), "truncated": (4, "truncated"), "zero": (4, "zero size"),
+                    "uncached": (4, "not cached"),
                     "oversize": (5, "max_image_pixels")}
         for name, (code, words) in expected.items():
             assert results[name]["success"] is False, name
