@@ -191,8 +191,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     if args.checkpoint == "all":
         names = [*sorted(p.name for p in run.glob("epoch_*.pt")), "last.pt"]
     else:
-        names = [args.checkpoint]
-    params = ClusteringParams(seed_threshold=args.seed_threshold, min_pixels=args.min_pixels)
+        names = args.checkpoint.split(",")
+    params = ClusteringParams(seed_threshold=args.seed_threshold, foreground_threshold=args.foreground_threshold,
+                              min_pixels=args.min_pixels)
     results = {}
     for name in names:
         model, checkpoint = load_checkpoint(run / name)
@@ -206,7 +207,8 @@ def evaluate(args: argparse.Namespace) -> dict:
               f"({result['train_seconds'] / 60:.0f} min of training)", flush=True)
         print("  " + "  ".join(f"{c} {v['ap']:.3f}/{v['ap50']:.3f}" for c, v in result["per_class"].items()),
               flush=True)
-    (run / f"evaluation_{args.checkpoint.replace('.pt', '')}.json").write_text(json.dumps(results, indent=1))
+    for name, result in results.items():
+        (run / f"evaluation_{name.replace('.pt', '')}.json").write_text(json.dumps({name: result}, indent=1))
     return results
 
 
@@ -229,6 +231,10 @@ def export(args: argparse.Namespace) -> Path:
     commit, training time, metrics) beside it."""
     run = Path(args.run)
     model, checkpoint = load_checkpoint(run / args.checkpoint)
+    clustering = {"seed_threshold": args.seed_threshold, "foreground_threshold": args.foreground_threshold,
+                  "min_pixels": args.min_pixels}
+    checkpoint["model_config"] = {**checkpoint["model_config"],
+                                  "extra": {**checkpoint["model_config"].get("extra", {}), "clustering": clustering}}
     out = export_onnx(model, args.out)
     save_atomically({"model": model.state_dict(), "model_config": checkpoint["model_config"],
                      "epoch": checkpoint["epoch"], "commit": git_commit()}, out.with_suffix(".pt"))
@@ -288,6 +294,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true")
 
 
+def add_clustering_arguments(parser: argparse.ArgumentParser) -> None:
+    """Clustering thresholds (paper defaults 0.5 / 0.5); export stores them as the model's defaults."""
+    parser.add_argument("--seed-threshold", type=float, default=0.5)
+    parser.add_argument("--foreground-threshold", type=float, default=0.5)
+    parser.add_argument("--min-pixels", type=int, default=64)
+
+
 def main(argv: list[str] | None = None) -> object:
     """Run one command; returns its result (training state, evaluation results or the ONNX path)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -298,10 +311,10 @@ def main(argv: list[str] | None = None) -> object:
     evaluate_parser = commands.add_parser("evaluate", help="official Cityscapes AP/AP50 of a run on a split")
     evaluate_parser.add_argument("--data", required=True)
     evaluate_parser.add_argument("--run", required=True)
-    evaluate_parser.add_argument("--checkpoint", default="last.pt", help="file in the run, or 'all'")
+    evaluate_parser.add_argument("--checkpoint", default="last.pt",
+                                 help="file(s) in the run, comma-separated, or 'all' (epoch_*.pt and last.pt)")
     evaluate_parser.add_argument("--scale", type=float, default=1.0, help="network input size / image size")
-    evaluate_parser.add_argument("--seed-threshold", type=float, default=0.5)
-    evaluate_parser.add_argument("--min-pixels", type=int, default=64)
+    add_clustering_arguments(evaluate_parser)
     evaluate_parser.add_argument("--limit", type=int, default=None)
     evaluate_parser.add_argument("--threads", type=int, default=2)
     evaluate_parser.set_defaults(func=evaluate)
@@ -311,6 +324,7 @@ def main(argv: list[str] | None = None) -> object:
     export_parser.add_argument("--out", required=True)
     export_parser.add_argument("--data-note", default="")
     export_parser.add_argument("--stages", nargs="*", default=[], help="other runs this one continued from")
+    add_clustering_arguments(export_parser)
     export_parser.set_defaults(func=export)
     args = parser.parse_args(argv)
     if args.command == "train" and __name__ == "__main__":

@@ -1,13 +1,15 @@
-"""The official Cityscapes instance-level evaluator (AP, AP50 per class), run unmodified.
+"""The official Cityscapes instance-level evaluator (AP, AP50 per class), run as installed.
 
-`cityscapesscripts.evaluation.evalInstanceLevelSemanticLabeling` is used as installed, not forked. Three
+`cityscapesscripts.evaluation.evalInstanceLevelSemanticLabeling` is used as installed, not forked. Four
 of its habits are contained here:
 
 - it writes `matches.json` into the current directory and caches the ground truth in
   `gtInstances.json` next to its own source file (inside site-packages), and silently reuses that
   cache for the next, unrelated evaluation;
 - it calls `np.in1d`, removed in numpy 2.4;
-- its JSON writer cannot serialise numpy integers.
+- its JSON writer cannot serialise numpy integers;
+- it crashes (IndexError) on a class whose predictions all fall on ignored regions while all its ground
+  truth is missed; that line alone is patched to give the class AP 0.
 
 So it runs in a child process (`python -m instseg_core.eval.cityscapes_instances RUNFILE`) whose
 current directory is the chosen output directory. Its ground-truth cache and results file are pointed
@@ -115,6 +117,22 @@ def _numpy_safe_json_writer(data: dict, file_name: str) -> None:
         handle.write(json.dumps(data, default=convert, sort_keys=True, indent=4))
 
 
+def _patch_empty_class_crash(official: object) -> None:
+    """evaluateMatches raises IndexError (`yTrueSortedCumsum[-1]` of an empty array) for a class that has
+    ground truth and predictions of which none counts (every GT missed, every prediction on ignored
+    regions). That class has no true positive, so its AP is 0: the one line is patched to say so, the rest
+    of the official function runs unchanged."""
+    import inspect
+    import textwrap
+
+    source = textwrap.dedent(inspect.getsource(official.evaluateMatches))
+    crash = "nbTrueExamples = yTrueSortedCumsum[-1]"
+    if crash not in source:
+        return  # a fixed upstream version
+    source = source.replace(crash, "nbTrueExamples = yTrueSortedCumsum[-1] if len(yTrueSortedCumsum) else 0")
+    exec(compile(source, inspect.getsourcefile(official.evaluateMatches), "exec"), official.__dict__)
+
+
 def _run_in_child(run_file: str) -> None:
     """Child-process entry: adapt the environment minimally, then call the official evaluator."""
     if not hasattr(np, "in1d"):
@@ -126,6 +144,7 @@ def _run_in_child(run_file: str) -> None:
     if Path.cwd().resolve() != out:
         sys.exit(f"evaluator must run inside its output directory {out}")
     official.writeDict2JSON = _numpy_safe_json_writer
+    _patch_empty_class_crash(official)
     args = official.args
     args.predictionPath = run["pred_dir"]
     args.predictionWalk = None

@@ -60,7 +60,8 @@ class ModelAdapter:
 
 
 class SpatialEmbeddingsAdapter(ModelAdapter):
-    """Spatial Embeddings (instseg_core.models.spatial_embeddings); decode = seed clustering."""
+    """Spatial Embeddings (instseg_core.models.spatial_embeddings); decode = seed clustering, with the
+    thresholds stored in the model's config (model_config.extra.clustering) unless overridden."""
 
     name = "spatial_embeddings"
     onnx_file = "spatial_embeddings.onnx"
@@ -87,7 +88,8 @@ class SpatialEmbeddingsAdapter(ModelAdapter):
         from instseg_core.postprocess.seed_clustering import ClusteringParams, cluster_seeds, cluster_seeds_torch
 
         known = {f.name for f in fields(ClusteringParams)}
-        clustering = ClusteringParams(**{k: v for k, v in params.items() if k in known})
+        defaults = self.config.get("extra", {}).get("clustering", {})  # tuned at export, see the manifest
+        clustering = ClusteringParams(**{k: v for k, v in {**defaults, **params}.items() if k in known})
         n_sigma = int(self.config["n_sigma"])
         if isinstance(raw, np.ndarray):
             return cluster_seeds(raw[0], n_sigma, clustering)
