@@ -72,7 +72,8 @@ def test_evaluation_runs_the_official_evaluator(run_dir: Path, synthetic_tree: P
     for result in results.values():
         assert 0.0 <= result["ap"] <= 1.0 and 0.0 <= result["ap50"] <= 1.0 and result["images"] == 2
     assert (run_dir / "evaluation" / "last" / "resultInstanceLevelSemanticLabeling.json").is_file()
-    assert json.loads((run_dir / "evaluation_all.json").read_text()).keys() == results.keys()
+    for name in results:
+        assert name in json.loads((run_dir / f"evaluation_{name[:-3]}.json").read_text())
 
 
 def test_fixed_sigma_and_learnable_centre_ablations_train(synthetic_tree: Path, tmp_path: Path) -> None:
