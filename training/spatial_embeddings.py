@@ -242,6 +242,16 @@ def export(args: argparse.Namespace) -> Path:
     metrics = {}
     for file in sorted(run.glob("evaluation_*.json")):
         metrics.update(json.loads(file.read_text()))
+    earlier = {}  # the learning curve of the runs this one continued from (e.g. the pre-training)
+    for stage in args.stages:
+        for file in sorted(Path(stage).glob("evaluation_*.json")):
+            earlier.update({f"{Path(stage).name}/{k}": v for k, v in json.loads(file.read_text()).items()})
+        history_file = Path(stage) / "history.json"
+        if history_file.is_file():
+            stage_history = json.loads(history_file.read_text())
+            earlier[f"{Path(stage).name}/training"] = {"epochs": stage_history["epoch"],
+                                                      "train_seconds": stage_history["train_seconds"],
+                                                      "config": stage_history["config"]}
     manifest = {
         "model": "spatial_embeddings",
         "model_config": checkpoint["model_config"],
@@ -257,7 +267,8 @@ def export(args: argparse.Namespace) -> Path:
                      "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}"},
         "evaluation": metrics.get(args.checkpoint, {}),
         "learning_curve": {name: {k: r[k] for k in ("epoch", "ap", "ap50", "train_seconds")}
-                           for name, r in metrics.items()},
+                           for name, r in {**earlier, **metrics}.items() if "ap" in r},
+        "earlier_stages": {name: r for name, r in earlier.items() if "ap" not in r},
         "data": args.data_note, "commit": git_commit(),
         "reproduce": "make train-se (see Makefile)",
     }
