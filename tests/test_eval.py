@@ -158,3 +158,20 @@ def test_border_error_identical_and_empty() -> None:
 def test_masks_to_boxes_exclusive() -> None:
     boxes = masks_to_boxes(np.stack([rect(10, 10, 2, 3, 5, 9), np.zeros((10, 10), bool)]))
     assert boxes.tolist() == [[2, 3, 5, 9], [0, 0, 0, 0]]
+
+
+def test_official_evaluator_survives_a_class_whose_predictions_are_all_ignored(tmp_path: Path) -> None:
+    """A person prediction that lies on a person too small to count (< 100 px, ignored) while the real
+    person is missed: upstream evaluateMatches raises IndexError here; the class must score AP 0."""
+    objects = [
+        ("road", np.array([[0, 0], [255, 0], [255, 127], [0, 127]])),
+        ("person", np.array([[200, 60], [209, 60], [209, 89], [200, 89]])),  # 10x30 = 300 px: counts
+        ("person", np.array([[40, 40], [47, 40], [47, 47], [40, 47]])),      # 8x8 = 64 px: ignored
+    ]
+    write_sample(tmp_path / "tree", "val", "handcity", "handcity_000001_000019", np.zeros((128, 256, 3), np.uint8),
+                 objects)
+    sample = CityscapesDataset(tmp_path / "tree", "val")[0]
+    write_predictions(tmp_path / "pred", sample.stem, rect(128, 256, 40, 40, 48, 48)[None], [24], [0.9])
+    result = evaluate_instances([sample.paths["instance_ids"]], tmp_path / "pred", tmp_path / "out")
+    assert result.per_class["person"]["ap"] == 0.0 and result.per_class["person"]["ap50"] == 0.0
+    assert np.isnan(result.per_class["car"]["ap"])
