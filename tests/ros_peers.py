@@ -383,7 +383,13 @@ def drive_segmentation(args: argparse.Namespace) -> None:
     node = Node("segmentation_driver")
     qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=(
         ReliabilityPolicy.BEST_EFFORT if args.reliability == "best_effort" else ReliabilityPolicy.RELIABLE))
-    publisher = node.create_publisher(Image, "image", qos)
+    if args.compressed:
+        from sensor_msgs.msg import CompressedImage
+
+        from instseg_ros.image_codec import numpy_to_compressed
+        publisher = node.create_publisher(CompressedImage, "image/compressed", qos)
+    else:
+        publisher = node.create_publisher(Image, "image", qos)
     instances, ids, overlays, diagnostics = [], [], [], []
     node.create_subscription(InstanceArray, "/segmentation_node/instances", instances.append, RELIABLE)
     node.create_subscription(Image, "/segmentation_node/instance_ids", ids.append, RELIABLE)
@@ -395,7 +401,10 @@ def drive_segmentation(args: argparse.Namespace) -> None:
         return
     kinds = args.kinds.split(",")
     for index, kind in enumerate(kinds):
-        publisher.publish(_frame(kind, rgb, index))
+        frame = _frame(kind, rgb, index)
+        if args.compressed:
+            frame = numpy_to_compressed(rgb, "rgb8", header=frame.header)
+        publisher.publish(frame)
         spin_until(node, lambda: False, args.interval)
     good = kinds.count("good")
     spin_until(node, lambda: len(instances) >= good, args.settle)
@@ -522,6 +531,7 @@ def main() -> None:
     parser.add_argument("--size", default="512x256", help="frame size WxH")
     parser.add_argument("--reliability", default="reliable")
     parser.add_argument("--overlay", action="store_true", help="drive-segmentation: subscribe to the overlay")
+    parser.add_argument("--compressed", action="store_true", help="drive-segmentation: publish JPEG CompressedImage")
     parser.add_argument("--rate", type=float, default=15.0, help="stream-frames: Hz")
     parser.add_argument("--duration", type=float, default=10.0, help="stream-frames: seconds")
     parser.add_argument("--target", default="/segmentation_node", help="set-params: node name")

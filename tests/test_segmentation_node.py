@@ -186,3 +186,14 @@ def test_lifecycle_node_frees_the_model_and_restarts(ros_processes) -> None:
     assert steps["reactivate"] and steps["after_reactivate"] == "active"
     assert result["stamps"] == [1000, 1002], result  # nothing is segmented while inactive
     assert stderr.count("loaded from") == 2 and "model freed" in stderr
+
+
+def test_compressed_input(ros_processes) -> None:
+    node = start_node(ros_processes, "reliability:=reliable", "input_type:=compressed")
+    wait_until_loaded(node)
+    driver = ros_processes.start("drive-segmentation", "--kinds", "good,good", "--interval", "1.5", "--compressed",
+                                 "--timeout", "30")
+    result = ros_processes.wait(driver, timeout=90).result
+    stop(node)
+    assert result["stamps"] == [1000, 1001] and result["sizes"] == [[512, 256]]
+    assert result["diagnostics"]["bad"] == "0"
