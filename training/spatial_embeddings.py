@@ -24,7 +24,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import cv2
@@ -39,16 +39,13 @@ from instseg_core.models.spatial_embeddings import (
     CITYSCAPES_INSTANCE_CLASSES,
     SpatialEmbeddings,
     SpatialEmbeddingsConfig,
-    preprocess,
+    model_from_checkpoint,
 )
-from instseg_core.postprocess.seed_clustering import ClusteringParams, cluster_seeds
+from instseg_core.postprocess.seed_clustering import ClusteringParams
+from instseg_core.runtime.backends import TorchBackend
+from instseg_core.runtime.models import SpatialEmbeddingsAdapter
+from instseg_core.runtime.segmenter import Segmenter, resize_instances
 from training.common import ensure_malloc_tuning, git_commit, resumable, resume, save_atomically
-
-
-def build_model(checkpoint: dict) -> SpatialEmbeddings:
-    model = SpatialEmbeddings(SpatialEmbeddingsConfig.from_dict(checkpoint["model_config"]))
-    model.load_state_dict(checkpoint["model"])
-    return model
 
 
 def _freeze_batch_norm(model: torch.nn.Module) -> None:
@@ -129,30 +126,16 @@ def train(args: argparse.Namespace) -> dict:
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[SpatialEmbeddings, dict]:
     checkpoint = torch.load(path, weights_only=False)
-    return build_model(checkpoint).eval(), checkpoint
+    return model_from_checkpoint(checkpoint), checkpoint
 
 
-class TorchRawNetwork:
-    """(1, 3, H, W) float32 in [0, 1] -> (C, H, W) raw outputs, PyTorch eager (the reference backend)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model.eval().to(memory_format=torch.channels_last)
-
-    @torch.no_grad()
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(image).contiguous(memory_format=torch.channels_last)
-        return self.model(x)[0].numpy()
-
-
-def evaluate_network(network: Callable[[np.ndarray], np.ndarray], n_sigma: int, classes: Sequence[str],
-                     data: str | os.PathLike, out_dir: str | os.PathLike, *, split: str = "val",
-                     limit: int | None = None, params: ClusteringParams | None = None,
-                     scale: float = 1.0) -> dict:
-    """Run `network` on every image of the split, cluster, score with the official Cityscapes evaluator.
+def evaluate_network(segmenter: Segmenter, data: str | os.PathLike, out_dir: str | os.PathLike, *,
+                     split: str = "val", limit: int | None = None, scale: float = 1.0) -> dict:
+    """Segment every image of the split, score with the official Cityscapes evaluator.
 
     Images are resized by `scale` (H and W rounded to multiples of 8) for the network; instance masks are
     resized back to the ground truth's size (nearest). Returns {'ap', 'ap50', 'per_class', 'images',
-    'network_ms', 'clustering_ms'}.
+    'network_ms', 'postprocess_ms'} (medians; post-processing = clustering and filtering).
     """
     dataset = CityscapesDataset(data, split)
     samples = list(dataset)[:limit]
@@ -160,33 +143,25 @@ def evaluate_network(network: Callable[[np.ndarray], np.ndarray], n_sigma: int, 
     pred_dir = out / "predictions"
     if pred_dir.exists():
         shutil.rmtree(pred_dir)
-    label_ids = [name2label[name].id for name in classes]
-    network_ms, clustering_ms = [], []
+    network_ms, postprocess_ms = [], []
     for sample in samples:
         image = sample.image
         height, width = image.shape[:2]
         size = (max(8, round(width * scale / 8) * 8), max(8, round(height * scale / 8) * 8))
         if size != (width, height):
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        start = time.perf_counter()
-        raw = network(preprocess(image))
-        network_ms.append((time.perf_counter() - start) * 1e3)
-        start = time.perf_counter()
-        instances = cluster_seeds(raw, n_sigma, params or ClusteringParams())
-        clustering_ms.append((time.perf_counter() - start) * 1e3)
-        id_image = instances.id_image
-        if id_image.shape != (height, width):
-            id_image = cv2.resize(id_image, (width, height), interpolation=cv2.INTER_NEAREST)
-        masks = id_image[None] == np.arange(1, len(instances) + 1, dtype=id_image.dtype)[:, None, None]
-        write_predictions(pred_dir, sample.stem, masks, [label_ids[c] for c in instances.classes], instances.scores)
-    result = evaluate_instances([s.paths["instance_ids"] for s in samples], pred_dir, out)
-    return {"ap": result.ap, "ap50": result.ap50, "per_class": result.per_class, "images": len(samples),
-            "network_ms": float(np.median(network_ms)), "clustering_ms": float(np.median(clustering_ms))}
+        result = segmenter(image)
+        network_ms.append(result.timing_ms["inference"])
+        postprocess_ms.append(result.timing_ms["postprocess"])
+        instances = resize_instances(result.instances, width, height)
+        write_predictions(pred_dir, sample.stem, instances.masks(), result.label_ids, instances.scores)
+    evaluation = evaluate_instances([s.paths["instance_ids"] for s in samples], pred_dir, out)
+    return {"ap": evaluation.ap, "ap50": evaluation.ap50, "per_class": evaluation.per_class, "images": len(samples),
+            "network_ms": float(np.median(network_ms)), "postprocess_ms": float(np.median(postprocess_ms))}
 
 
 def evaluate(args: argparse.Namespace) -> dict:
     """Evaluate one checkpoint, or with --checkpoint all every kept epoch (the learning curve)."""
-    torch.set_num_threads(args.threads)
     run = Path(args.run)
     if args.checkpoint == "all":
         names = [*sorted(p.name for p in run.glob("epoch_*.pt")), "last.pt"]
@@ -197,8 +172,10 @@ def evaluate(args: argparse.Namespace) -> dict:
     results = {}
     for name in names:
         model, checkpoint = load_checkpoint(run / name)
-        result = evaluate_network(TorchRawNetwork(model), model.n_sigma, model.config.classes, args.data,
-                                  run / "evaluation" / Path(name).stem, limit=args.limit, params=params,
+        segmenter = Segmenter(SpatialEmbeddingsAdapter(checkpoint["model_config"]),
+                              TorchBackend(model, threads=args.threads),
+                              score_threshold=0.0, decode_params=asdict(params))
+        result = evaluate_network(segmenter, args.data, run / "evaluation" / Path(name).stem, limit=args.limit,
                                   scale=args.scale)
         result["epoch"] = checkpoint["epoch"]
         result["train_seconds"] = checkpoint["state"]["train_seconds"]

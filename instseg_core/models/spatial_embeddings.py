@@ -88,6 +88,13 @@ class SpatialEmbeddings(nn.Module):
         return self.network(x)
 
 
+def model_from_checkpoint(checkpoint: dict) -> SpatialEmbeddings:
+    """The network of a training checkpoint or shipped .pt ({'model_config', 'model': state dict}), in eval mode."""
+    model = SpatialEmbeddings(SpatialEmbeddingsConfig.from_dict(checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["model"])
+    return model.eval()
+
+
 def coordinate_map(height: int, width: int, device: torch.device | str | None = None) -> torch.Tensor:
     """(2, H, W) float32: x = col * PIXEL_SPACING, y = row * PIXEL_SPACING."""
     xs = torch.arange(width, dtype=torch.float32, device=device) * PIXEL_SPACING

@@ -72,12 +72,10 @@ class SpatialEmbeddingsAdapter(ModelAdapter):
     def load_torch(cls, path: str | os.PathLike) -> tuple[object, dict]:
         import torch
 
-        from instseg_core.models.spatial_embeddings import SpatialEmbeddings, SpatialEmbeddingsConfig
+        from instseg_core.models.spatial_embeddings import model_from_checkpoint
 
         checkpoint = torch.load(path, weights_only=False, map_location="cpu")
-        model = SpatialEmbeddings(SpatialEmbeddingsConfig.from_dict(checkpoint["model_config"]))
-        model.load_state_dict(checkpoint["model"])
-        return model.eval(), checkpoint["model_config"]
+        return model_from_checkpoint(checkpoint), checkpoint["model_config"]
 
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
         from instseg_core.models.spatial_embeddings import preprocess
