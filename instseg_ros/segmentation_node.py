@@ -103,12 +103,7 @@ class SegmentationMixin:
         segmenter = create_segmenter(
             p["model"], weights=weights, backend=p["backend"], device=p["device"], input_size=input_size,
             threads=int(p["threads"]), score_threshold=float(p["score_threshold"]),
-            engine_cache_dir=p["engine_cache_dir"] or None, fp16=bool(p["fp16"]))
-        unknown = set(p["classes"]) - set(segmenter.classes)
-        if unknown:
-            raise ParameterError(f"classes {sorted(unknown)} are not classes of {p['model']} "
-                                 f"({', '.join(segmenter.classes)})")
-        self.class_filter = set(p["classes"])
+            engine_cache_dir=p["engine_cache_dir"] or None, fp16=bool(p["fp16"]), classes=p["classes"])
         self.overlay_alpha = float(p["overlay_alpha"])
         self.polygon_tolerance = float(p["polygon_tolerance"])
         self.model_name = p["model"]
@@ -299,7 +294,6 @@ class SegmentationMixin:
 
     def _publish(self, header: object, rgb: np.ndarray, result: SegmentationResult) -> None:
         instances = result.instances
-        keep = [k for k, name in enumerate(result.class_names) if not self.class_filter or name in self.class_filter]
         polygons = result.polygons(self.polygon_tolerance) if self.polygon_tolerance >= 0 else None
         out = InstanceArray()
         out.header = header
@@ -307,11 +301,7 @@ class SegmentationMixin:
         out.model_name = self.model_name
         out.inference_ms = float(result.timing_ms["total"])
         id_image = instances.id_image
-        if len(keep) < len(instances):
-            lookup = np.zeros(len(instances) + 1, np.uint16)
-            lookup[[k + 1 for k in keep]] = [k + 1 for k in keep]
-            id_image = lookup[id_image]
-        for k in keep:
+        for k in range(len(instances)):
             x0, y0, x1, y1 = (int(v) for v in instances.boxes[k])
             item = Instance()
             item.id = k + 1

@@ -95,6 +95,10 @@ def test_segmenter_output_at_the_image_size(street_frame: np.ndarray) -> None:
     assert len(strict.instances) == int(np.sum(loose.instances.scores >= 0.9))
     assert np.all(strict.instances.scores >= 0.9)
     assert strict.instances.id_image.max() == len(strict.instances)
+    cars = create_segmenter(backend="onnxruntime", score_threshold=0.5, classes=["car"])(street_frame)
+    assert set(cars.class_names) <= {"car"} and len(cars.instances) == loose.class_names.count("car")
+    with pytest.raises(ValueError, match="unicorn"):
+        create_segmenter(backend="onnxruntime", classes=["unicorn"])
 
 
 def test_segmenter_rejects_bad_images() -> None:

@@ -10,10 +10,10 @@
 
 Pre-processing resizes the image to the network input size (`input_size` (width, height), default: the
 image's own size rounded to the model's multiple) and converts it as the model wants; post-processing
-decodes the raw output at network resolution, drops instances below `score_threshold`, and maps the id
-image (nearest) and boxes back to the image's size. Backends: 'torch' (device 'cpu' or 'cuda'),
-'onnxruntime' (device 'cpu', 'cuda' or 'tensorrt' for the TensorRT execution provider) and 'tensorrt'
-(native engine, device 'cuda').
+decodes the raw output at network resolution, drops instances below `score_threshold` or not of
+`classes` (names; default all), and maps the id image (nearest) and boxes back to the image's size.
+Backends: 'torch' (device 'cpu' or 'cuda'), 'onnxruntime' (device 'cpu', 'cuda' or 'tensorrt' for the
+TensorRT execution provider) and 'tensorrt' (native engine, device 'cuda').
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,7 +98,8 @@ class Segmenter:
     """Pre-process, run a backend, decode; thread-safe (one inference at a time)."""
 
     def __init__(self, adapter: ModelAdapter, backend: object, *, input_size: tuple[int, int] | None = None,
-                 score_threshold: float = 0.5, decode_params: dict | None = None) -> None:
+                 score_threshold: float = 0.5, decode_params: dict | None = None,
+                 classes: Collection[str] | None = None) -> None:
         self.adapter = adapter
         self.backend = backend
         multiple = adapter.input_multiple
@@ -106,6 +108,12 @@ class Segmenter:
                              f"{adapter.name}")
         self.input_size = input_size
         self.score_threshold = float(score_threshold)
+        unknown = set(classes or ()) - set(adapter.classes)
+        if unknown:
+            raise ValueError(f"classes {sorted(unknown)} are not classes of {adapter.name} "
+                             f"({', '.join(adapter.classes)})")
+        # class indices to keep; None = all
+        self.keep_classes = np.array([adapter.classes.index(c) for c in classes]) if classes else None
         self.decode_params = dict(decode_params or {})
         self._lock = threading.Lock()
 
@@ -136,7 +144,10 @@ class Segmenter:
             raw = run_tensor(network_input) if on_gpu else self.backend.run(network_input)
             inferred = time.perf_counter()
             instances = self.adapter.decode(raw, self.decode_params)
-        instances = filter_instances(instances, instances.scores >= self.score_threshold)
+        keep = instances.scores >= self.score_threshold
+        if self.keep_classes is not None:
+            keep &= np.isin(instances.classes, self.keep_classes)
+        instances = filter_instances(instances, keep)
         instances = resize_instances(instances, width, height)
         done = time.perf_counter()
         timing = {"preprocess": (preprocessed - start) * 1e3, "inference": (inferred - preprocessed) * 1e3,
@@ -156,7 +167,8 @@ def default_weights(model: str, backend: str) -> Path:
 def create_segmenter(model: str = "spatial_embeddings", *, weights: str | os.PathLike | None = None,
                      backend: str = "onnxruntime", device: str = "cpu", input_size: tuple[int, int] | None = None,
                      threads: int = 2, score_threshold: float = 0.5, engine_cache_dir: str | os.PathLike | None = None,
-                     fp16: bool = False, decode_params: dict | None = None) -> Segmenter:
+                     fp16: bool = False, decode_params: dict | None = None,
+                     classes: Collection[str] | None = None) -> Segmenter:
     """Build a Segmenter from names (what the ROS node's parameters carry).
 
     weights: a .pt checkpoint for backend 'torch', else an .onnx file with its .json manifest beside it;
@@ -184,4 +196,4 @@ def create_segmenter(model: str = "spatial_embeddings", *, weights: str | os.Pat
                                       engine_cache_dir=engine_cache_dir,
                                       device=device if device.startswith("cuda") else "cuda:0")
     return Segmenter(adapter_type(config), runtime, input_size=input_size, score_threshold=score_threshold,
-                     decode_params=decode_params)
+                     decode_params=decode_params, classes=classes)
