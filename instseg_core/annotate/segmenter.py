@@ -16,12 +16,12 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from instseg_core.annotate.encoding import CROP_SIZE, crop, crop_box, encode, paste_back, points_in_crop
 from instseg_core.postprocess.polygons import mask_to_polygon
+from instseg_core.runtime.backends import ModelFileError, OnnxRuntimeBackend
 
 
 class ErrorCode(enum.IntEnum):
@@ -44,37 +44,28 @@ class AnnotationError(ValueError):
         self.code = code
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(ModelFileError):
     """The model file is missing or unreadable; the message names the path."""
 
 
 class OnnxNetwork:
-    """ONNX Runtime on CPU with full graph optimisation; `threads` intra-op threads."""
+    """ONNX Runtime on CPU (instseg_core.runtime.backends.OnnxRuntimeBackend), `threads` intra-op threads;
+    (N, C, 128, 128) inputs -> (N, 128, 128) probabilities."""
 
     def __init__(self, path: str | os.PathLike, threads: int = 2) -> None:
-        import onnxruntime as ort
-
-        path = Path(path)
-        if not path.is_file():
-            raise ModelLoadError(f"extreme-point model not found: {path}")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = max(1, int(threads))
-        options.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types for corrupt files
-            raise ModelLoadError(f"cannot load extreme-point model {path}: {exc}") from exc
-        model_input = self.session.get_inputs()[0]
-        self.input_name = model_input.name
+            self.backend = OnnxRuntimeBackend(path, threads=threads)
+        except ModelFileError as exc:
+            raise ModelLoadError(f"extreme-point model: {exc}") from exc
+        model_input = self.backend.session.get_inputs()[0]
         self.channels = int(model_input.shape[1])
         self.batch_dynamic = not isinstance(model_input.shape[0], int)
-        self.path = path
+        self.path = self.backend.path
 
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
         if self.batch_dynamic or len(inputs) == 1:
-            return self.session.run(None, {self.input_name: inputs})[0][:, 0]
-        return np.concatenate([self.session.run(None, {self.input_name: x[None]})[0][:, 0] for x in inputs])
+            return self.backend.run(inputs)[:, 0]
+        return np.concatenate([self.backend.run(x[None])[:, 0] for x in inputs])
 
 
 class TorchNetwork:

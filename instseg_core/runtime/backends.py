@@ -104,6 +104,7 @@ class OnnxRuntimeBackend:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = max(1, int(threads))
+        options.inter_op_num_threads = 1
         providers: list = [wanted]
         if provider == "tensorrt":
             cache = ensure_writable_dir(engine_cache_dir or default_engine_cache_dir())
