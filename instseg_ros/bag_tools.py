@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import rclpy
+from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -103,6 +104,7 @@ def play(args: argparse.Namespace, node: Node, stop: threading.Event) -> dict:
             while (time.monotonic() < deadline and not stop.is_set()
                    and any(p.get_subscription_count() == 0 for p in publishers.values())):
                 time.sleep(0.05)
+            time.sleep(0.5)  # the publisher sees the subscriber before the subscriber's side has matched
         while not stop.is_set():
             wall_start = time.monotonic()
             try:
@@ -126,6 +128,9 @@ def play(args: argparse.Namespace, node: Node, stop: threading.Event) -> dict:
             loops += 1
             if not args.loop:
                 break
+        if args.reliability == "reliable":  # do not exit (and destroy the publishers) before delivery
+            for publisher in publishers.values():
+                publisher.wait_for_all_acked(Duration(seconds=5.0))
         return {"published": counts, "loops": loops}
     finally:
         reader.close()
