@@ -21,19 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
-from instseg_core.data.cityscapes import CityscapesDataset, name2label
+from instseg_core.data.cityscapes import name2label
 from instseg_core.data.instance_training import load_split, object_centered_crop, to_batch
-from instseg_core.eval.cityscapes_instances import evaluate_instances, write_predictions
 from instseg_core.losses.spatial_embedding import SpatialEmbeddingLoss, SpatialEmbeddingLossConfig
 from instseg_core.models.spatial_embeddings import (
     CITYSCAPES_INSTANCE_CLASSES,
@@ -44,8 +41,9 @@ from instseg_core.models.spatial_embeddings import (
 from instseg_core.postprocess.seed_clustering import ClusteringParams
 from instseg_core.runtime.backends import TorchBackend
 from instseg_core.runtime.models import SpatialEmbeddingsAdapter
-from instseg_core.runtime.segmenter import Segmenter, resize_instances
+from instseg_core.runtime.segmenter import Segmenter
 from training.common import ensure_malloc_tuning, git_commit, resumable, resume, save_atomically
+from training.evaluation import evaluate_network
 
 
 def _freeze_batch_norm(model: torch.nn.Module) -> None:
@@ -127,37 +125,6 @@ def train(args: argparse.Namespace) -> dict:
 def load_checkpoint(path: str | os.PathLike) -> tuple[SpatialEmbeddings, dict]:
     checkpoint = torch.load(path, weights_only=False)
     return model_from_checkpoint(checkpoint), checkpoint
-
-
-def evaluate_network(segmenter: Segmenter, data: str | os.PathLike, out_dir: str | os.PathLike, *,
-                     split: str = "val", limit: int | None = None, scale: float = 1.0) -> dict:
-    """Segment every image of the split, score with the official Cityscapes evaluator.
-
-    Images are resized by `scale` (H and W rounded to multiples of 8) for the network; instance masks are
-    resized back to the ground truth's size (nearest). Returns {'ap', 'ap50', 'per_class', 'images',
-    'network_ms', 'postprocess_ms'} (medians; post-processing = clustering and filtering).
-    """
-    dataset = CityscapesDataset(data, split)
-    samples = list(dataset)[:limit]
-    out = Path(out_dir)
-    pred_dir = out / "predictions"
-    if pred_dir.exists():
-        shutil.rmtree(pred_dir)
-    network_ms, postprocess_ms = [], []
-    for sample in samples:
-        image = sample.image
-        height, width = image.shape[:2]
-        size = (max(8, round(width * scale / 8) * 8), max(8, round(height * scale / 8) * 8))
-        if size != (width, height):
-            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        result = segmenter(image)
-        network_ms.append(result.timing_ms["inference"])
-        postprocess_ms.append(result.timing_ms["postprocess"])
-        instances = resize_instances(result.instances, width, height)
-        write_predictions(pred_dir, sample.stem, instances.masks(), result.label_ids, instances.scores)
-    evaluation = evaluate_instances([s.paths["instance_ids"] for s in samples], pred_dir, out)
-    return {"ap": evaluation.ap, "ap50": evaluation.ap50, "per_class": evaluation.per_class, "images": len(samples),
-            "network_ms": float(np.median(network_ms)), "postprocess_ms": float(np.median(postprocess_ms))}
 
 
 def evaluate(args: argparse.Namespace) -> dict:

@@ -1,4 +1,6 @@
-"""Inference backends: one network input (1, 3, H, W) float32 in, the raw output (1, C, H, W) out.
+"""Inference backends: one network input (1, 3, H, W) float32 in, the raw output out: one array for a
+single-output network (Spatial Embeddings: (1, C, H, W)), a tuple of arrays in the graph's output order for
+several (Box2Pix: detections, semantic, offsets).
 
 - `TorchBackend`: PyTorch eager on CPU or CUDA (channels_last, no_grad).
 - `OnnxRuntimeBackend`: ONNX Runtime with the CPU, CUDA or TensorRT execution provider.
@@ -47,8 +49,18 @@ def _cuda_device(device: str) -> str:
     return device
 
 
+def _to_numpy(output: object) -> np.ndarray | tuple[np.ndarray, ...]:
+    """Torch output(s) -> NumPy on the CPU; floating point as float32, integer types kept."""
+    if isinstance(output, (tuple, list)):
+        return tuple(_to_numpy(o) for o in output)  # type: ignore[misc]
+    if output.is_floating_point():
+        output = output.float()
+    return output.cpu().numpy()
+
+
 class TorchBackend:
-    """PyTorch eager. `model` is an nn.Module mapping (1, 3, H, W) to (1, C, H, W); device 'cpu' or 'cuda[:i]'."""
+    """PyTorch eager. `model` is an nn.Module mapping (1, 3, H, W) to its output tensor(s); device 'cpu' or
+    'cuda[:i]'."""
 
     def __init__(self, model: object, device: str = "cpu", threads: int = 2) -> None:
         import torch
@@ -70,8 +82,8 @@ class TorchBackend:
             x = self.torch.from_numpy(image).to(self.device).contiguous(memory_format=self.torch.channels_last)
             return self.model(x)
 
-    def run(self, image: np.ndarray) -> np.ndarray:
-        return self.run_tensor(image).float().cpu().numpy()
+    def run(self, image: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+        return _to_numpy(self.run_tensor(image))
 
     def describe(self) -> str:
         if self.device.startswith("cuda"):
@@ -115,13 +127,14 @@ class OnnxRuntimeBackend:
         except Exception as exc:  # onnxruntime raises its own exception types for corrupt files
             raise ModelFileError(f"cannot load ONNX model {self.path}: {exc}") from exc
         self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
+        self.output_names = [output.name for output in self.session.get_outputs()]
         self.provider = provider
         self.threads = threads
         self.name = "onnxruntime"
 
-    def run(self, image: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(image)})[0]
+    def run(self, image: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+        outputs = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(image)})
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def describe(self) -> str:
         import onnxruntime as ort
@@ -204,13 +217,18 @@ class TensorRTBackend:
             raise ModelFileError(f"cannot deserialise TensorRT engine {self.engine_path}; delete it to rebuild")
         self.context = self.engine.create_execution_context()
         self.input_name = self.engine.get_tensor_name(0)
-        self.output_name = self.engine.get_tensor_name(1)
         self.context.set_input_shape(self.input_name, self.input_shape)
-        output_shape = tuple(self.context.get_tensor_shape(self.output_name))
         self.input_buffer = torch.empty(self.input_shape, dtype=torch.float32, device=self.device)
-        self.output_buffer = torch.empty(output_shape, dtype=torch.float32, device=self.device)
         self.context.set_tensor_address(self.input_name, self.input_buffer.data_ptr())
-        self.context.set_tensor_address(self.output_name, self.output_buffer.data_ptr())
+        dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
+                  trt.int64: torch.int64, trt.uint8: torch.uint8, trt.bool: torch.bool}
+        self.output_buffers = []
+        for index in range(1, self.engine.num_io_tensors):  # every output, in the graph's order
+            name = self.engine.get_tensor_name(index)
+            shape = tuple(self.context.get_tensor_shape(name))
+            buffer = torch.empty(shape, dtype=dtypes[self.engine.get_tensor_dtype(name)], device=self.device)
+            self.context.set_tensor_address(name, buffer.data_ptr())
+            self.output_buffers.append(buffer)
         self.stream = torch.cuda.Stream(self.device)
         self.fp16 = fp16
         self.name = "tensorrt"
@@ -242,10 +260,10 @@ class TensorRTBackend:
             self.input_buffer.copy_(self.torch.from_numpy(image), non_blocking=False)
             self.context.execute_async_v3(self.stream.cuda_stream)
         self.stream.synchronize()
-        return self.output_buffer
+        return self.output_buffers[0] if len(self.output_buffers) == 1 else tuple(self.output_buffers)
 
-    def run(self, image: np.ndarray) -> np.ndarray:
-        return self.run_tensor(image).cpu().numpy()
+    def run(self, image: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+        return _to_numpy(self.run_tensor(image))
 
     def describe(self) -> str:
         return (f"TensorRT {self.trt.__version__} {'fp16' if self.fp16 else 'fp32'} on "

@@ -100,8 +100,74 @@ class SpatialEmbeddingsAdapter(ModelAdapter):
         return tuple(f.name for f in fields(ClusteringParams))
 
 
+class Box2PixAdapter(ModelAdapter):
+    """Box2Pix (instseg_core.models.box2pix); decode = NMS + pixel-to-box assignment
+    (instseg_core.postprocess.box_assignment) with the defaults stored in model_config.extra.assignment unless
+    overridden. Raw output: (detections (1, P, 4 + n + 1), semantic (1, H, W) uint8, offsets (1, 2, H, W))."""
+
+    name = "box2pix"
+    onnx_file = "box2pix.onnx"
+    torch_file = "box2pix.pt"
+    input_multiple = 128
+
+    def __init__(self, config: dict) -> None:
+        super().__init__(config)
+        self._priors: dict[tuple[int, int], np.ndarray] = {}
+
+    @classmethod
+    def load_torch(cls, path: str | os.PathLike) -> tuple[object, dict]:
+        import torch
+
+        from instseg_core.models.box2pix import Box2PixInference, model_from_checkpoint
+
+        checkpoint = torch.load(path, weights_only=False, map_location="cpu")
+        return Box2PixInference(model_from_checkpoint(checkpoint)), checkpoint["model_config"]
+
+    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
+        from instseg_core.models.box2pix import preprocess
+
+        return preprocess(rgb)
+
+    def priors(self, height: int, width: int) -> np.ndarray:
+        if (height, width) not in self._priors:
+            from instseg_core.models.box2pix import Box2PixConfig, prior_boxes
+
+            config = Box2PixConfig.from_dict(self.config)
+            self._priors[(height, width)] = prior_boxes(height, width, config.priors_per_layer())
+        return self._priors[(height, width)]
+
+    def decode(self, raw: object, params: dict) -> Instances:
+        from instseg_core.postprocess.box_assignment import (
+            AssignmentParams,
+            assign_pixels_torch,
+            decode_box2pix,
+            decode_detections,
+            instances_from_assignment,
+        )
+
+        known = {f.name for f in fields(AssignmentParams)}
+        defaults = self.config.get("extra", {}).get("assignment", {})  # tuned at export, see the manifest
+        assignment = AssignmentParams(**{k: v for k, v in {**defaults, **params}.items() if k in known})
+        detections, semantic, offsets = raw
+        height, width = semantic.shape[-2:]
+        priors = self.priors(height, width)
+        if isinstance(semantic, np.ndarray):
+            return decode_box2pix(detections[0], semantic[0], offsets[0], priors, assignment)
+        boxes = decode_detections(detections[0].float().cpu().numpy(), priors, height, width, assignment)
+        flat = assign_pixels_torch(semantic[0], offsets[0].float(), boxes, assignment).cpu().numpy().ravel()
+        foreground = np.flatnonzero(flat >= 0)
+        return instances_from_assignment(foreground, flat[foreground], height, width, boxes, assignment.min_pixels)
+
+    @staticmethod
+    def decode_parameters() -> tuple[str, ...]:
+        from instseg_core.postprocess.box_assignment import AssignmentParams
+
+        return tuple(f.name for f in fields(AssignmentParams))
+
+
 MODELS: dict[str, type[ModelAdapter]] = {
     SpatialEmbeddingsAdapter.name: SpatialEmbeddingsAdapter,
+    Box2PixAdapter.name: Box2PixAdapter,
 }
 
 

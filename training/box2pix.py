@@ -1,0 +1,332 @@
+"""Train, evaluate and export Box2Pix on any Cityscapes-format tree; report prior coverage.
+
+    python -m training.box2pix train    --data ROOT --out RUN [--epochs 30 --steps-per-epoch 75]
+                                        [--crop 256 512 --batch 8 --lr 5e-4] [--scale 0.5]
+                                        [--matching change|iou] [--class-weighting focal|balanced --gamma 2]
+                                        [--time-budget S] [--resume]
+    python -m training.box2pix evaluate --data ROOT --run RUN [--checkpoint last.pt|all] [--scale 1]
+    python -m training.box2pix export   --run RUN --out models/box2pix.onnx
+    python -m training.box2pix coverage --data ROOT [--split train] [--scale 1]
+
+Training follows the paper (§III-B, §IV): crops around objects at full scale, random mirroring, Adam with
+polynomial decay, focal loss (gamma 2) for the SSD classes, change-based prior matching (d_change <= 0.7), L2
+box corners, cross-entropy semantics, L2 centre offsets, Kendall uncertainty weighting. Table I's ablations
+are `--matching iou` and `--class-weighting balanced`. The network is trained from scratch (no ImageNet
+weights can be had here). Evaluation runs the whole deployed pipeline (instseg_core.runtime Segmenter:
+network, NMS, pixel-to-box assignment) on val images and scores them with the official Cityscapes evaluator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from instseg_core.data.cityscapes import name2label
+from instseg_core.data.instance_training import load_split, object_centered_crop
+from instseg_core.losses.box2pix import Box2PixLoss, Box2PixLossConfig, dense_targets, relative_change
+from instseg_core.models.box2pix import (
+    CITYSCAPES_INSTANCE_CLASSES,
+    Box2Pix,
+    Box2PixConfig,
+    Box2PixInference,
+    model_from_checkpoint,
+    prior_boxes,
+)
+from instseg_core.postprocess.box_assignment import AssignmentParams
+from instseg_core.runtime.backends import TorchBackend
+from instseg_core.runtime.models import Box2PixAdapter
+from instseg_core.runtime.segmenter import Segmenter
+from training.common import ensure_malloc_tuning, git_commit, resumable, resume, save_atomically
+from training.evaluation import evaluate_network
+
+
+def make_batch(crops: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, list]:
+    """Images (B, 3, H, W) float32 in [0, 1] (channels_last) and the DenseTargets of each crop."""
+    images = torch.from_numpy(np.stack([c[0] for c in crops])).permute(0, 3, 1, 2).float().div_(255)
+    return (images.contiguous(memory_format=torch.channels_last),
+            [dense_targets(instances, labels, ignore) for _, instances, labels, ignore in crops])
+
+
+def train(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    classes = tuple(args.classes)
+    samples = load_split(args.data, "train", classes, scale=args.scale, limit=args.limit)
+    model_config = Box2PixConfig(classes=classes)
+    model = Box2Pix(model_config).to(memory_format=torch.channels_last)
+    loss_config = Box2PixLossConfig(matching=args.matching, class_weighting=args.class_weighting, gamma=args.gamma,
+                                    uncertainty_weighting=not args.no_uncertainty_weighting)
+    loss_fn = Box2PixLoss(loss_config)
+    optimizer = torch.optim.Adam([*model.parameters(), *loss_fn.parameters()], lr=args.lr)
+    priors = prior_boxes(args.crop[0], args.crop[1], model.priors_per_layer)
+    steps = args.steps_per_epoch or max(1, len(samples) // args.batch)
+    state = {"epoch": 0, "history": [], "train_seconds": 0.0}
+    rng = np.random.default_rng(args.seed)
+    if args.resume:
+        state = resume(out, model, optimizer, state, rng)
+        if (out / "last.pt").exists():
+            loss_fn.load_state_dict(torch.load(out / "last.pt", weights_only=False)["loss_state"])
+    config = {k: v for k, v in vars(args).items() if k not in ("func", "resume")}
+    print(f"{len(samples)} training images, {steps} steps of {args.batch} crops {args.crop} per epoch, "
+          f"{len(priors)} priors per crop", flush=True)
+    for epoch in range(state["epoch"] + 1, args.epochs + 1):
+        if args.time_budget and state["train_seconds"] >= args.time_budget:
+            print(f"time budget of {args.time_budget} s spent after epoch {state['epoch']}", flush=True)
+            break
+        lr = args.lr * (1 - (epoch - 1) / args.epochs) ** 0.9
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        start = time.perf_counter()
+        losses: list[float] = []
+        parts_sum: dict[str, float] = {}
+        for step in range(steps):
+            crops = [object_centered_crop(samples[rng.integers(len(samples))], *args.crop, rng)
+                     for _ in range(args.batch)]
+            images, targets = make_batch(crops)
+            loss, parts = loss_fn(model(images), targets, priors)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            for key, value in parts.items():
+                parts_sum[key] = parts_sum.get(key, 0.0) + value / steps
+            if args.progress_every and (step + 1) % args.progress_every == 0:
+                print(f"  epoch {epoch} step {step + 1}/{steps} loss {np.mean(losses[-args.progress_every:]):.4f}",
+                      flush=True)
+        seconds = time.perf_counter() - start
+        state["train_seconds"] += seconds
+        state["epoch"] = epoch
+        log_variance = loss_fn.log_variance.detach().tolist()
+        entry = {"epoch": epoch, "lr": lr, "loss": float(np.mean(losses)), **parts_sum,
+                 "log_variance": dict(zip(Box2PixLoss.TASKS, log_variance, strict=True)), "seconds": seconds,
+                 "train_seconds": state["train_seconds"]}
+        state["history"].append(entry)
+        checkpoint = {"model": model.state_dict(), "loss_state": loss_fn.state_dict(),
+                      "model_config": model_config.to_dict(), "loss_config": vars(loss_config), "config": config,
+                      "epoch": epoch, "state": state, "commit": git_commit()}
+        if args.keep_every and epoch % args.keep_every == 0:
+            save_atomically(checkpoint, out / f"epoch_{epoch:03d}.pt")
+        save_atomically({**checkpoint, **resumable(optimizer, rng)}, out / "last.pt")
+        (out / "history.json").write_text(json.dumps({"config": config, **state}, indent=1))
+        print(f"epoch {epoch}/{args.epochs} lr {lr:.2e} loss {entry['loss']:.4f} ("
+              + " ".join(f"{k} {v:.4f}" for k, v in parts_sum.items()) + f") {seconds:.0f} s", flush=True)
+    return state
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[Box2Pix, dict]:
+    checkpoint = torch.load(path, weights_only=False)
+    return model_from_checkpoint(checkpoint), checkpoint
+
+
+def _assignment_params(args: argparse.Namespace) -> AssignmentParams:
+    return AssignmentParams(detection_threshold=args.detection_threshold, nms_iou=args.nms_iou,
+                            min_pixels=args.min_pixels, score_penalty=args.score_penalty,
+                            assign_mismatched=args.assign_mismatched)
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """Evaluate one checkpoint, or with --checkpoint all every kept epoch (the learning curve)."""
+    run = Path(args.run)
+    if args.checkpoint == "all":
+        names = [*sorted(p.name for p in run.glob("epoch_*.pt")), "last.pt"]
+    else:
+        names = args.checkpoint.split(",")
+    params = _assignment_params(args)
+    results = {}
+    for name in names:
+        model, checkpoint = load_checkpoint(run / name)
+        segmenter = Segmenter(Box2PixAdapter(checkpoint["model_config"]),
+                              TorchBackend(Box2PixInference(model), threads=args.threads),
+                              score_threshold=0.0, decode_params=asdict(params))
+        result = evaluate_network(segmenter, args.data, run / "evaluation" / Path(name).stem, limit=args.limit,
+                                  scale=args.scale, multiple=Box2PixAdapter.input_multiple)
+        result["epoch"] = checkpoint["epoch"]
+        result["train_seconds"] = checkpoint["state"]["train_seconds"]
+        results[name] = result
+        print(f"{name}: epoch {result['epoch']} AP {result['ap']:.3f} AP50 {result['ap50']:.3f} "
+              f"({result['train_seconds'] / 60:.0f} min of training)", flush=True)
+        print("  " + "  ".join(f"{c} {v['ap']:.3f}/{v['ap50']:.3f}" for c, v in result["per_class"].items()),
+              flush=True)
+        (run / f"evaluation_{name.replace('.pt', '')}.json").write_text(json.dumps({name: result}, indent=1))
+    return results
+
+
+def export_onnx(model: Box2Pix, path: str | os.PathLike, height: int = 512, width: int = 1024) -> Path:
+    """ONNX (opset 17) of Box2PixInference: input 'image' (1, 3, H, W) float32 in [0, 1]; outputs 'detections'
+    (1, P, 4 + n + 1), 'semantic' (1, H, W) uint8, 'offsets' (1, 2, H, W); H and W dynamic (multiples of 128)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.zeros(1, 3, height, width)
+    dynamic = {2: "height", 3: "width"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated; the dynamo one needs onnxscript
+        torch.onnx.export(Box2PixInference(model.eval()), dummy, str(path), input_names=["image"],
+                          output_names=["detections", "semantic", "offsets"], opset_version=17, dynamo=False,
+                          dynamic_axes={"image": dynamic, "detections": {1: "priors"},
+                                        "semantic": {1: "height", 2: "width"}, "offsets": dynamic})
+    return path
+
+
+def export(args: argparse.Namespace) -> Path:
+    """ONNX export of a checkpoint, its weights for the torch backend (.pt) and a JSON manifest (config, data,
+    commit, training time, metrics, decoding defaults) beside it."""
+    run = Path(args.run)
+    model, checkpoint = load_checkpoint(run / args.checkpoint)
+    assignment = {k: v for k, v in asdict(_assignment_params(args)).items()
+                  if k in ("detection_threshold", "nms_iou", "min_pixels", "score_penalty", "assign_mismatched")}
+    model_config = {**checkpoint["model_config"],
+                    "extra": {**checkpoint["model_config"].get("extra", {}), "assignment": assignment}}
+    out = export_onnx(model, args.out)
+    save_atomically({"model": model.state_dict(), "model_config": model_config, "epoch": checkpoint["epoch"],
+                     "commit": git_commit()}, out.with_suffix(".pt"))
+    history = json.loads((run / "history.json").read_text())
+    metrics = {}
+    for file in sorted(run.glob("evaluation_*.json")):
+        metrics.update(json.loads(file.read_text()))
+    manifest = {
+        "model": "box2pix",
+        "model_config": model_config,
+        "label_ids": [name2label[c].id for c in model_config["classes"]],
+        "input": "image (1, 3, H, W) float32 RGB in [0, 1], H and W multiples of 128",
+        "output": "detections (1, P, 4 + n + 1): corner regressions + class probabilities per prior; semantic "
+                  "(1, H, W) uint8 argmax class; offsets (1, 2, H, W) pixels to the box centre; see "
+                  "instseg_core.models.box2pix",
+        "priors_per_layer": model.priors_per_layer,
+        "checkpoint": args.checkpoint, "epoch": checkpoint["epoch"],
+        "training": {"config": history["config"], "loss_config": checkpoint["loss_config"],
+                     "epochs_run": history["epoch"], "train_seconds": history["train_seconds"],
+                     "history": history["history"],
+                     "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}"},
+        "evaluation": metrics.get(args.checkpoint, {}),
+        "learning_curve": {name: {k: r[k] for k in ("epoch", "ap", "ap50", "train_seconds")}
+                           for name, r in metrics.items()},
+        "data": args.data_note, "commit": git_commit(),
+        "reproduce": "make train-box2pix (see Makefile)",
+    }
+    out.with_suffix(".json").write_text(json.dumps(manifest, indent=1))
+    print(f"wrote {out}, {out.with_suffix('.pt')} and {out.with_suffix('.json')}")
+    return out
+
+
+def coverage(args: argparse.Namespace) -> dict:
+    """Share of a split's object boxes with a prior of similar size (d_change <= threshold, priors centred on
+    the object: the paper's Fig. 4) and with a prior on the grid (what matching actually finds), per class."""
+    classes = tuple(args.classes)
+    config = Box2PixConfig(classes=classes)
+    sizes = np.asarray(config.prior_sizes, np.float32)
+    samples = load_split(args.data, args.split, classes, scale=args.scale, limit=args.limit)
+    rows = []
+    for sample in samples:
+        target = dense_targets(sample.instances, sample.labels, sample.ignore)
+        if not len(target.boxes):
+            continue
+        height, width = sample.instances.shape
+        grid = prior_boxes(height - height % 128, width - width % 128, config.priors_per_layer())
+        centre = (target.boxes[:, :2] + target.boxes[:, 2:]) / 2
+        for box, c, cls in zip(target.boxes, centre, target.classes, strict=True):
+            centred = np.concatenate([c - sizes / 2, c + sizes / 2], 1)
+            rows.append((cls, relative_change(box[None], centred).min(), relative_change(box[None], grid).min(),
+                         relative_change(box[None], centred, literal=True).min()))
+    table = np.array(rows, np.float64)
+    report = {"boxes": len(rows), "threshold": args.threshold, "per_class": {}}
+    for name, column in (("size", 1), ("grid", 2), ("size_literal_eq2", 3)):
+        report[name] = float((table[:, column] <= args.threshold).mean()) if rows else 0.0
+    for k, name in enumerate(classes, 1):
+        rows_k = table[table[:, 0] == k] if rows else table
+        if len(rows_k):
+            report["per_class"][name] = {"boxes": len(rows_k), "size": float((rows_k[:, 1] <= args.threshold).mean()),
+                                         "grid": float((rows_k[:, 2] <= args.threshold).mean())}
+    print(f"{report['boxes']} boxes; covered at d_change <= {args.threshold}: by size {report['size']:.1%}, "
+          f"on the prior grid {report['grid']:.1%} (Eq. 2 as printed, by size: {report['size_literal_eq2']:.1%})")
+    for name, r in report["per_class"].items():
+        print(f"  {name:12s} {r['boxes']:6d} boxes  size {r['size']:.1%}  grid {r['grid']:.1%}")
+    return report
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="Cityscapes-format root")
+    parser.add_argument("--out", required=True, help="run directory")
+    parser.add_argument("--classes", nargs="+", default=list(CITYSCAPES_INSTANCE_CLASSES))
+    parser.add_argument("--scale", type=float, default=1.0, help="resize images first (0.5: Cityscapes at 1024x512)")
+    parser.add_argument("--crop", type=int, nargs=2, default=(256, 512), metavar=("H", "W"),
+                        help="multiples of 128")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--steps-per-epoch", type=int, default=0, help="default: images / batch")
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--matching", default="change", choices=("change", "iou"))
+    parser.add_argument("--class-weighting", default="focal", choices=("focal", "balanced"))
+    parser.add_argument("--gamma", type=float, default=2.0, help="focal loss gamma")
+    parser.add_argument("--no-uncertainty-weighting", action="store_true", help="sum the four losses instead")
+    parser.add_argument("--time-budget", type=float, default=0.0, help="stop after this many training seconds")
+    parser.add_argument("--keep-every", type=int, default=5, help="keep epoch_NNN.pt every N epochs (0: never)")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N training images")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--progress-every", type=int, default=25)
+    parser.add_argument("--resume", action="store_true")
+
+
+def add_assignment_arguments(parser: argparse.ArgumentParser) -> None:
+    """Decoding parameters (instseg_core.postprocess.box_assignment); export stores them as the model's defaults."""
+    defaults = AssignmentParams()
+    parser.add_argument("--detection-threshold", type=float, default=defaults.detection_threshold)
+    parser.add_argument("--nms-iou", type=float, default=defaults.nms_iou)
+    parser.add_argument("--min-pixels", type=int, default=defaults.min_pixels)
+    parser.add_argument("--score-penalty", type=float, default=defaults.score_penalty)
+    parser.add_argument("--assign-mismatched", action="store_true",
+                        help="the paper's behaviour: pixels whose class has no box still go to the nearest box")
+
+
+def main(argv: list[str] | None = None) -> object:
+    """Run one command; returns its result (training state, evaluation results, ONNX path or coverage)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    train_parser = commands.add_parser("train", help="train a network")
+    add_train_arguments(train_parser)
+    train_parser.set_defaults(func=train)
+    coverage_parser = commands.add_parser("coverage", help="how many boxes the priors cover (paper's Fig. 4)")
+    coverage_parser.add_argument("--data", required=True)
+    coverage_parser.add_argument("--split", default="train")
+    coverage_parser.add_argument("--classes", nargs="+", default=list(CITYSCAPES_INSTANCE_CLASSES))
+    coverage_parser.add_argument("--scale", type=float, default=1.0)
+    coverage_parser.add_argument("--threshold", type=float, default=0.7)
+    coverage_parser.add_argument("--limit", type=int, default=None)
+    coverage_parser.set_defaults(func=coverage)
+    evaluate_parser = commands.add_parser("evaluate", help="official Cityscapes AP/AP50 of a run on a split")
+    evaluate_parser.add_argument("--data", required=True)
+    evaluate_parser.add_argument("--run", required=True)
+    evaluate_parser.add_argument("--checkpoint", default="last.pt",
+                                 help="file(s) in the run, comma-separated, or 'all' (epoch_*.pt and last.pt)")
+    evaluate_parser.add_argument("--scale", type=float, default=1.0, help="network input size / image size")
+    add_assignment_arguments(evaluate_parser)
+    evaluate_parser.add_argument("--limit", type=int, default=None)
+    evaluate_parser.add_argument("--threads", type=int, default=2)
+    evaluate_parser.set_defaults(func=evaluate)
+    export_parser = commands.add_parser("export", help="ONNX + .pt + manifest")
+    export_parser.add_argument("--run", required=True)
+    export_parser.add_argument("--checkpoint", default="last.pt")
+    export_parser.add_argument("--out", required=True)
+    export_parser.add_argument("--data-note", default="")
+    add_assignment_arguments(export_parser)
+    export_parser.set_defaults(func=export)
+    args = parser.parse_args(argv)
+    if args.command == "train" and __name__ == "__main__":
+        ensure_malloc_tuning()
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    main()
+

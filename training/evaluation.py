@@ -1,0 +1,47 @@
+"""Evaluation shared by the dense instance networks' training commands: the deployed pipeline (a runtime
+Segmenter) on a split, scored with the official Cityscapes evaluator."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from instseg_core.data.cityscapes import CityscapesDataset
+from instseg_core.eval.cityscapes_instances import evaluate_instances, write_predictions
+from instseg_core.runtime.segmenter import Segmenter, resize_instances
+
+
+def evaluate_network(segmenter: Segmenter, data: str | os.PathLike, out_dir: str | os.PathLike, *,
+                     split: str = "val", limit: int | None = None, scale: float = 1.0, multiple: int = 8) -> dict:
+    """Segment every image of the split, score with the official Cityscapes evaluator.
+
+    Images are resized by `scale` (H and W rounded to multiples of `multiple`) for the network; instance masks are
+    resized back to the ground truth's size (nearest). Returns {'ap', 'ap50', 'per_class', 'images',
+    'network_ms', 'postprocess_ms'} (medians; post-processing = clustering and filtering).
+    """
+    dataset = CityscapesDataset(data, split)
+    samples = list(dataset)[:limit]
+    out = Path(out_dir)
+    pred_dir = out / "predictions"
+    if pred_dir.exists():
+        shutil.rmtree(pred_dir)
+    network_ms, postprocess_ms = [], []
+    for sample in samples:
+        image = sample.image
+        height, width = image.shape[:2]
+        size = (max(multiple, round(width * scale / multiple) * multiple),
+                max(multiple, round(height * scale / multiple) * multiple))
+        if size != (width, height):
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        result = segmenter(image)
+        network_ms.append(result.timing_ms["inference"])
+        postprocess_ms.append(result.timing_ms["postprocess"])
+        instances = resize_instances(result.instances, width, height)
+        write_predictions(pred_dir, sample.stem, instances.masks(), result.label_ids, instances.scores)
+    evaluation = evaluate_instances([s.paths["instance_ids"] for s in samples], pred_dir, out)
+    return {"ap": evaluation.ap, "ap50": evaluation.ap50, "per_class": evaluation.per_class, "images": len(samples),
+            "network_ms": float(np.median(network_ms)), "postprocess_ms": float(np.median(postprocess_ms))}
