@@ -10,7 +10,7 @@ SETUP_INPUTS := pyproject.toml setup.py setup.cfg package.xml tools/setup.sh too
 	$(wildcard ros2_ws/src/instseg_interfaces/*.txt ros2_ws/src/instseg_interfaces/*.xml \
 	           ros2_ws/src/instseg_interfaces/msg/* ros2_ws/src/instseg_interfaces/srv/*)
 
-.PHONY: help setup test lint pytest demo bench data train-extreme train-se colcon clean distclean
+.PHONY: help setup test lint pytest demo bench data train-extreme train-se train-box2pix colcon clean distclean
 
 help:
 	@echo "make setup   create .venv: pinned deps, ROS 2 wheels, instseg_interfaces (idempotent)"
@@ -20,6 +20,7 @@ help:
 	@echo "make data    set up, then write a synthetic Cityscapes-format tree to data/synthetic (DATA_ARGS=...)"
 	@echo "make train-extreme  data, training (extreme points + box-only), export to models/, ablation table"
 	@echo "make train-se       data, Spatial Embeddings training, learning curve, export to models/"
+	@echo "make train-box2pix  data, Box2Pix prior coverage, training, learning curve, export to models/"
 	@echo "make colcon  build ros2_ws/ with colcon against .venv (as on a full ROS 2 install)"
 
 setup: $(STAMP)
@@ -49,6 +50,7 @@ bench: setup
 	$(PY) bench/bench_data.py
 	$(ISOLATED) $(PY) bench/bench_annotate.py
 	$(PY) bench/bench_spatial_embeddings.py
+	$(PY) bench/bench_box2pix.py
 	$(PY) bench/bench_streaming.py
 
 DATA_ARGS ?= --splits train=200,val=50 --jobs 2
@@ -99,6 +101,23 @@ train-se: setup
 	$(TRAIN_SE) evaluate --data $(SE_DATA) --run data/runs/se_finetune --checkpoint last.pt $(SE_CLUSTERING)
 	$(TRAIN_SE) export --run data/runs/se_finetune --stages data/runs/se_pretrain --out models/spatial_embeddings.onnx \
 		$(SE_CLUSTERING) --data-note "instseg-synth 1024x512: train=600 images seed 0, val=100 images seed 1 (held out)"
+
+# The shipped Box2Pix demo model: the same synthetic data as train-se, trained from scratch on 256x512 crops
+# at full scale around objects (30 epochs x 70 steps x 8 crops, 75 min budget on 2 CPU cores), change matching,
+# focal loss gamma 2, Kendall weighting; learning curve on 50 val images, final evaluation on all 100, export.
+B2P_DATA := $(SE_DATA)
+B2P_EPOCHS ?= 30
+TRAIN_B2P := $(PY) -m training.box2pix
+train-box2pix: setup
+	$(VENV)/bin/instseg-synth $(B2P_DATA) --splits train=600 --seed 0 --jobs 2
+	$(VENV)/bin/instseg-synth $(B2P_DATA) --splits val=100 --seed 1 --jobs 2
+	$(TRAIN_B2P) coverage --data $(B2P_DATA) --split train
+	$(TRAIN_B2P) train --data $(B2P_DATA) --out data/runs/b2p --epochs $(B2P_EPOCHS) --steps-per-epoch 70 \
+		--batch 8 --crop 256 512 --lr 5e-4 --keep-every 5 --time-budget 4500 --resume
+	$(TRAIN_B2P) evaluate --data $(B2P_DATA) --run data/runs/b2p --limit 50 --checkpoint epoch_010.pt,epoch_020.pt
+	$(TRAIN_B2P) evaluate --data $(B2P_DATA) --run data/runs/b2p --checkpoint last.pt
+	$(TRAIN_B2P) export --run data/runs/b2p --out models/box2pix.onnx \
+		--data-note "instseg-synth 1024x512: train=600 images seed 0, val=100 images seed 1 (held out)"
 
 colcon: setup
 	cd ros2_ws && CMAKE_PREFIX_PATH=$(CURDIR)/$(VENV) AMENT_PREFIX_PATH=$(CURDIR)/$(VENV) \

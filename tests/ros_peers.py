@@ -412,6 +412,7 @@ def drive_segmentation(args: argparse.Namespace) -> None:
     last = {kv.key: kv.value for kv in diagnostics[-1].status[0].values} if diagnostics else {}
     report(
         stamps=[m.header.stamp.sec for m in instances], frame_ids=sorted({m.header.frame_id for m in instances}),
+        models=sorted({m.model_name for m in instances}),
         sizes=sorted({(m.width, m.height) for m in instances}), counts=[len(m.instances) for m in instances],
         classes=sorted({i.class_name for m in instances for i in m.instances}),
         ids_ok=all(int(image_to_numpy(i).max()) == len(m.instances) or len(m.instances) == 0

@@ -114,6 +114,22 @@ def test_bad_frames_are_counted_and_skipped(ros_processes) -> None:
     assert "bad 4" in stderr
 
 
+def test_box2pix_model(ros_processes) -> None:
+    """model:=box2pix: the shipped Box2Pix ONNX model, decoded by NMS + pixel-to-box assignment."""
+    node = start_node(ros_processes, "model:=box2pix", "reliability:=reliable", "input_width:=512",
+                      "input_height:=256", "score_threshold:=0.3")
+    loaded = "".join(wait_until_loaded(node))
+    assert "box2pix" in loaded and "box2pix.onnx" in loaded
+    driver = ros_processes.start("drive-segmentation", "--kinds", "good,good", "--interval", "1.5", "--timeout", "30")
+    result = ros_processes.wait(driver, timeout=120).result
+    stop(node)
+    assert result["models"] == ["box2pix"] and result["stamps"] == [1000, 1001], result
+    assert result["ids_ok"] and result["sizes"] == [[512, 256]]
+    assert max(result["counts"]) >= 1 and "car" in result["classes"], result
+    assert all(0.3 <= s <= 1.0 for s in result["scores"])
+    assert result["diagnostics"]["processed"] == "2"
+
+
 @pytest.mark.slow
 def test_slow_backend_drops_frames_with_bounded_memory(ros_processes) -> None:
     """2048x1024 at 15 Hz for 60 s into PyTorch eager on CPU (seconds per frame): frames are dropped, not queued."""
