@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -44,8 +43,17 @@ from instseg_core.postprocess.box_assignment import AssignmentParams
 from instseg_core.runtime.backends import TorchBackend
 from instseg_core.runtime.models import Box2PixAdapter
 from instseg_core.runtime.segmenter import Segmenter
-from training.common import ensure_malloc_tuning, git_commit, resumable, resume, save_atomically
-from training.evaluation import evaluate_network
+from training.common import (
+    add_common_train_arguments,
+    add_model_commands,
+    ensure_malloc_tuning,
+    evaluate_checkpoints,
+    git_commit,
+    resume,
+    run_epochs,
+    run_metrics,
+    save_atomically,
+)
 
 
 def make_batch(crops: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, list]:
@@ -76,52 +84,26 @@ def train(args: argparse.Namespace) -> dict:
         state = resume(out, model, optimizer, state, rng)
         if (out / "last.pt").exists():
             loss_fn.load_state_dict(torch.load(out / "last.pt", weights_only=False)["loss_state"])
-    config = {k: v for k, v in vars(args).items() if k not in ("func", "resume")}
     print(f"{len(samples)} training images, {steps} steps of {args.batch} crops {args.crop} per epoch, "
           f"{len(priors)} priors per crop", flush=True)
-    for epoch in range(state["epoch"] + 1, args.epochs + 1):
-        if args.time_budget and state["train_seconds"] >= args.time_budget:
-            print(f"time budget of {args.time_budget} s spent after epoch {state['epoch']}", flush=True)
-            break
-        lr = args.lr * (1 - (epoch - 1) / args.epochs) ** 0.9
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        model.train()
-        start = time.perf_counter()
-        losses: list[float] = []
-        parts_sum: dict[str, float] = {}
-        for step in range(steps):
-            crops = [object_centered_crop(samples[rng.integers(len(samples))], *args.crop, rng)
-                     for _ in range(args.batch)]
-            images, targets = make_batch(crops)
-            loss, parts = loss_fn(model(images), targets, priors)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            for key, value in parts.items():
-                parts_sum[key] = parts_sum.get(key, 0.0) + value / steps
-            if args.progress_every and (step + 1) % args.progress_every == 0:
-                print(f"  epoch {epoch} step {step + 1}/{steps} loss {np.mean(losses[-args.progress_every:]):.4f}",
-                      flush=True)
-        seconds = time.perf_counter() - start
-        state["train_seconds"] += seconds
-        state["epoch"] = epoch
-        log_variance = loss_fn.log_variance.detach().tolist()
-        entry = {"epoch": epoch, "lr": lr, "loss": float(np.mean(losses)), **parts_sum,
-                 "log_variance": dict(zip(Box2PixLoss.TASKS, log_variance, strict=True)), "seconds": seconds,
-                 "train_seconds": state["train_seconds"]}
-        state["history"].append(entry)
-        checkpoint = {"model": model.state_dict(), "loss_state": loss_fn.state_dict(),
-                      "model_config": model_config.to_dict(), "loss_config": vars(loss_config), "config": config,
-                      "epoch": epoch, "state": state, "commit": git_commit()}
-        if args.keep_every and epoch % args.keep_every == 0:
-            save_atomically(checkpoint, out / f"epoch_{epoch:03d}.pt")
-        save_atomically({**checkpoint, **resumable(optimizer, rng)}, out / "last.pt")
-        (out / "history.json").write_text(json.dumps({"config": config, **state}, indent=1))
-        print(f"epoch {epoch}/{args.epochs} lr {lr:.2e} loss {entry['loss']:.4f} ("
-              + " ".join(f"{k} {v:.4f}" for k, v in parts_sum.items()) + f") {seconds:.0f} s", flush=True)
-    return state
+
+    def train_step() -> tuple[float, dict]:
+        crops = [object_centered_crop(samples[rng.integers(len(samples))], *args.crop, rng) for _ in range(args.batch)]
+        images, targets = make_batch(crops)
+        loss, parts = loss_fn(model(images), targets, priors)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item(), parts
+
+    def checkpoint() -> dict:
+        return {"model": model.state_dict(), "loss_state": loss_fn.state_dict(), "model_config": model_config.to_dict(),
+                "loss_config": vars(loss_config)}
+
+    def log_variance() -> dict:
+        return {"log_variance": dict(zip(Box2PixLoss.TASKS, loss_fn.log_variance.detach().tolist(), strict=True))}
+
+    return run_epochs(args, out, optimizer, state, rng, steps, train_step, model.train, checkpoint, log_variance)
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[Box2Pix, dict]:
@@ -137,29 +119,14 @@ def _assignment_params(args: argparse.Namespace) -> AssignmentParams:
 
 def evaluate(args: argparse.Namespace) -> dict:
     """Evaluate one checkpoint, or with --checkpoint all every kept epoch (the learning curve)."""
-    run = Path(args.run)
-    if args.checkpoint == "all":
-        names = [*sorted(p.name for p in run.glob("epoch_*.pt")), "last.pt"]
-    else:
-        names = args.checkpoint.split(",")
     params = _assignment_params(args)
-    results = {}
-    for name in names:
-        model, checkpoint = load_checkpoint(run / name)
-        segmenter = Segmenter(Box2PixAdapter(checkpoint["model_config"]),
-                              TorchBackend(Box2PixInference(model), threads=args.threads),
-                              score_threshold=0.0, decode_params=asdict(params))
-        result = evaluate_network(segmenter, args.data, run / "evaluation" / Path(name).stem, limit=args.limit,
-                                  scale=args.scale, multiple=Box2PixAdapter.input_multiple)
-        result["epoch"] = checkpoint["epoch"]
-        result["train_seconds"] = checkpoint["state"]["train_seconds"]
-        results[name] = result
-        print(f"{name}: epoch {result['epoch']} AP {result['ap']:.3f} AP50 {result['ap50']:.3f} "
-              f"({result['train_seconds'] / 60:.0f} min of training)", flush=True)
-        print("  " + "  ".join(f"{c} {v['ap']:.3f}/{v['ap50']:.3f}" for c, v in result["per_class"].items()),
-              flush=True)
-        (run / f"evaluation_{name.replace('.pt', '')}.json").write_text(json.dumps({name: result}, indent=1))
-    return results
+
+    def segmenter_for(checkpoint: dict, model: Box2Pix) -> Segmenter:
+        return Segmenter(Box2PixAdapter(checkpoint["model_config"]),
+                         TorchBackend(Box2PixInference(model), threads=args.threads), score_threshold=0.0,
+                         decode_params=asdict(params))
+
+    return evaluate_checkpoints(args, segmenter_for, load_checkpoint, multiple=Box2PixAdapter.input_multiple)
 
 
 def export_onnx(model: Box2Pix, path: str | os.PathLike, height: int = 512, width: int = 1024) -> Path:
@@ -191,9 +158,7 @@ def export(args: argparse.Namespace) -> Path:
     save_atomically({"model": model.state_dict(), "model_config": model_config, "epoch": checkpoint["epoch"],
                      "commit": git_commit()}, out.with_suffix(".pt"))
     history = json.loads((run / "history.json").read_text())
-    metrics = {}
-    for file in sorted(run.glob("evaluation_*.json")):
-        metrics.update(json.loads(file.read_text()))
+    metrics = run_metrics(run)
     manifest = {
         "model": "box2pix",
         "model_config": model_config,
@@ -255,27 +220,11 @@ def coverage(args: argparse.Namespace) -> dict:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="Cityscapes-format root")
-    parser.add_argument("--out", required=True, help="run directory")
-    parser.add_argument("--classes", nargs="+", default=list(CITYSCAPES_INSTANCE_CLASSES))
-    parser.add_argument("--scale", type=float, default=1.0, help="resize images first (0.5: Cityscapes at 1024x512)")
-    parser.add_argument("--crop", type=int, nargs=2, default=(256, 512), metavar=("H", "W"),
-                        help="multiples of 128")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--steps-per-epoch", type=int, default=0, help="default: images / batch")
-    parser.add_argument("--lr", type=float, default=5e-4)
+    add_common_train_arguments(parser, crop=(256, 512), epochs=30, lr=5e-4, keep_every=5, progress_every=25)
     parser.add_argument("--matching", default="change", choices=("change", "iou"))
     parser.add_argument("--class-weighting", default="focal", choices=("focal", "balanced"))
     parser.add_argument("--gamma", type=float, default=2.0, help="focal loss gamma")
     parser.add_argument("--no-uncertainty-weighting", action="store_true", help="sum the four losses instead")
-    parser.add_argument("--time-budget", type=float, default=0.0, help="stop after this many training seconds")
-    parser.add_argument("--keep-every", type=int, default=5, help="keep epoch_NNN.pt every N epochs (0: never)")
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N training images")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--progress-every", type=int, default=25)
-    parser.add_argument("--resume", action="store_true")
 
 
 def add_assignment_arguments(parser: argparse.ArgumentParser) -> None:
@@ -293,9 +242,8 @@ def main(argv: list[str] | None = None) -> object:
     """Run one command; returns its result (training state, evaluation results, ONNX path or coverage)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    train_parser = commands.add_parser("train", help="train a network")
-    add_train_arguments(train_parser)
-    train_parser.set_defaults(func=train)
+    add_model_commands(commands, train=train, evaluate=evaluate, export=export,
+                       add_train_arguments=add_train_arguments, add_decode_arguments=add_assignment_arguments)
     coverage_parser = commands.add_parser("coverage", help="how many boxes the priors cover (paper's Fig. 4)")
     coverage_parser.add_argument("--data", required=True)
     coverage_parser.add_argument("--split", default="train")
@@ -304,23 +252,6 @@ def main(argv: list[str] | None = None) -> object:
     coverage_parser.add_argument("--threshold", type=float, default=0.7)
     coverage_parser.add_argument("--limit", type=int, default=None)
     coverage_parser.set_defaults(func=coverage)
-    evaluate_parser = commands.add_parser("evaluate", help="official Cityscapes AP/AP50 of a run on a split")
-    evaluate_parser.add_argument("--data", required=True)
-    evaluate_parser.add_argument("--run", required=True)
-    evaluate_parser.add_argument("--checkpoint", default="last.pt",
-                                 help="file(s) in the run, comma-separated, or 'all' (epoch_*.pt and last.pt)")
-    evaluate_parser.add_argument("--scale", type=float, default=1.0, help="network input size / image size")
-    add_assignment_arguments(evaluate_parser)
-    evaluate_parser.add_argument("--limit", type=int, default=None)
-    evaluate_parser.add_argument("--threads", type=int, default=2)
-    evaluate_parser.set_defaults(func=evaluate)
-    export_parser = commands.add_parser("export", help="ONNX + .pt + manifest")
-    export_parser.add_argument("--run", required=True)
-    export_parser.add_argument("--checkpoint", default="last.pt")
-    export_parser.add_argument("--out", required=True)
-    export_parser.add_argument("--data-note", default="")
-    add_assignment_arguments(export_parser)
-    export_parser.set_defaults(func=export)
     args = parser.parse_args(argv)
     if args.command == "train" and __name__ == "__main__":
         ensure_malloc_tuning()

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from instseg_core.models.spatial_embeddings import CITYSCAPES_INSTANCE_CLASSES
 
 MALLOC_TUNING = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 
@@ -54,3 +61,139 @@ def resume(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
 def resumable(optimizer: torch.optim.Optimizer, rng: object) -> dict:
     """What last.pt needs beyond the model to continue exactly: optimizer and random states."""
     return {"optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+
+
+def add_common_train_arguments(parser: argparse.ArgumentParser, *, crop: tuple[int, int], epochs: int,
+                               lr: float, keep_every: int, progress_every: int) -> None:
+    """The arguments every training command shares (data, schedule, checkpoints); defaults per model."""
+    parser.add_argument("--data", required=True, help="Cityscapes-format root")
+    parser.add_argument("--out", required=True, help="run directory")
+    parser.add_argument("--classes", nargs="+", default=list(CITYSCAPES_INSTANCE_CLASSES))
+    parser.add_argument("--scale", type=float, default=1.0, help="resize images first (0.5: Cityscapes at 1024x512)")
+    parser.add_argument("--crop", type=int, nargs=2, default=crop, metavar=("H", "W"))
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--steps-per-epoch", type=int, default=0, help="default: images / batch")
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--time-budget", type=float, default=0.0, help="stop after this many training seconds")
+    parser.add_argument("--keep-every", type=int, default=keep_every,
+                        help="keep epoch_NNN.pt every N epochs (0: never)")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N training images")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--progress-every", type=int, default=progress_every)
+    parser.add_argument("--resume", action="store_true")
+
+
+def run_epochs(args: argparse.Namespace, out: Path, optimizer: torch.optim.Optimizer, state: dict, rng: object,
+               steps: int, train_step: Callable[[], tuple[float, dict]], start_epoch: Callable[[], None],
+               checkpoint: Callable[[], dict], extra_entry: Callable[[], dict] | None = None) -> dict:
+    """The epoch loop shared by the training commands.
+
+    Per epoch: polynomial decay lr * (1 - (epoch - 1) / epochs)^0.9, `start_epoch()` (train mode, frozen batch
+    norm, ...), `steps` x `train_step()` -> (loss, parts) with progress output, then a history entry (mean loss,
+    mean parts, `extra_entry()`), `epoch_NNN.pt` every --keep-every epochs and a resumable `last.pt` (both
+    `checkpoint()` plus epoch, state, config and commit), history.json. Stops early when --time-budget
+    training seconds are spent. Returns the training state."""
+    config = {k: v for k, v in vars(args).items() if k not in ("func", "resume")}
+    for epoch in range(state["epoch"] + 1, args.epochs + 1):
+        if args.time_budget and state["train_seconds"] >= args.time_budget:
+            print(f"time budget of {args.time_budget} s spent after epoch {state['epoch']}", flush=True)
+            break
+        lr = args.lr * (1 - (epoch - 1) / args.epochs) ** 0.9
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        start_epoch()
+        start = time.perf_counter()
+        losses: list[float] = []
+        parts_sum: dict[str, float] = {}
+        for step in range(steps):
+            loss, parts = train_step()
+            losses.append(loss)
+            for key, value in parts.items():
+                parts_sum[key] = parts_sum.get(key, 0.0) + value / steps
+            if args.progress_every and (step + 1) % args.progress_every == 0:
+                print(f"  epoch {epoch} step {step + 1}/{steps} loss {np.mean(losses[-args.progress_every:]):.4f}",
+                      flush=True)
+        seconds = time.perf_counter() - start
+        state["train_seconds"] += seconds
+        state["epoch"] = epoch
+        entry = {"epoch": epoch, "lr": lr, "loss": float(np.mean(losses)), **parts_sum,
+                 **(extra_entry() if extra_entry else {}), "seconds": seconds, "train_seconds": state["train_seconds"]}
+        state["history"].append(entry)
+        saved = {**checkpoint(), "config": config, "epoch": epoch, "state": state, "commit": git_commit()}
+        if args.keep_every and epoch % args.keep_every == 0:
+            save_atomically(saved, out / f"epoch_{epoch:03d}.pt")
+        save_atomically({**saved, **resumable(optimizer, rng)}, out / "last.pt")
+        (out / "history.json").write_text(json.dumps({"config": config, **state}, indent=1))
+        print(f"epoch {epoch}/{args.epochs} lr {lr:.2e} loss {entry['loss']:.4f} ("
+              + " ".join(f"{k} {v:.4f}" for k, v in parts_sum.items()) + f") {seconds:.0f} s", flush=True)
+    return state
+
+
+def checkpoint_names(run: Path, which: str) -> list[str]:
+    """'all' -> every kept epoch_*.pt and last.pt; else a comma-separated list of file names."""
+    if which == "all":
+        return [*sorted(p.name for p in run.glob("epoch_*.pt")), "last.pt"]
+    return which.split(",")
+
+
+def evaluate_checkpoints(args: argparse.Namespace, segmenter_for: Callable[[dict, object], object],
+                         load: Callable[[Path], tuple[object, dict]], multiple: int = 8) -> dict:
+    """Evaluate --checkpoint (see checkpoint_names) of --run on --data val with the official evaluator; prints
+    AP/AP50 per checkpoint and class and writes RUN/evaluation_<name>.json. `load(path)` -> (model,
+    checkpoint); `segmenter_for(checkpoint, model)` -> the runtime Segmenter to evaluate."""
+    from training.evaluation import evaluate_network
+
+    run = Path(args.run)
+    results = {}
+    for name in checkpoint_names(run, args.checkpoint):
+        model, checkpoint = load(run / name)
+        result = evaluate_network(segmenter_for(checkpoint, model), args.data, run / "evaluation" / Path(name).stem,
+                                  limit=args.limit, scale=args.scale, multiple=multiple)
+        result["epoch"] = checkpoint["epoch"]
+        result["train_seconds"] = checkpoint["state"]["train_seconds"]
+        results[name] = result
+        print(f"{name}: epoch {result['epoch']} AP {result['ap']:.3f} AP50 {result['ap50']:.3f} "
+              f"({result['train_seconds'] / 60:.0f} min of training)", flush=True)
+        print("  " + "  ".join(f"{c} {v['ap']:.3f}/{v['ap50']:.3f}" for c, v in result["per_class"].items()),
+              flush=True)
+        (run / f"evaluation_{name.replace('.pt', '')}.json").write_text(json.dumps({name: result}, indent=1))
+    return results
+
+
+def run_metrics(run: Path) -> dict:
+    """Every evaluation_*.json of a run merged: {checkpoint name: result}."""
+    metrics: dict = {}
+    for file in sorted(Path(run).glob("evaluation_*.json")):
+        metrics.update(json.loads(file.read_text()))
+    return metrics
+
+
+def add_model_commands(commands: argparse._SubParsersAction, *, train: Callable, evaluate: Callable,
+                       export: Callable, add_train_arguments: Callable[[argparse.ArgumentParser], None],
+                       add_decode_arguments: Callable[[argparse.ArgumentParser], None]
+                       ) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The train / evaluate / export sub-commands every dense model's training module has; returns their parsers
+    for model-specific additions."""
+    train_parser = commands.add_parser("train", help="train (or fine-tune) a network")
+    add_train_arguments(train_parser)
+    train_parser.set_defaults(func=train)
+    evaluate_parser = commands.add_parser("evaluate", help="official Cityscapes AP/AP50 of a run on a split")
+    evaluate_parser.add_argument("--data", required=True)
+    evaluate_parser.add_argument("--run", required=True)
+    evaluate_parser.add_argument("--checkpoint", default="last.pt",
+                                 help="file(s) in the run, comma-separated, or 'all' (epoch_*.pt and last.pt)")
+    evaluate_parser.add_argument("--scale", type=float, default=1.0, help="network input size / image size")
+    add_decode_arguments(evaluate_parser)
+    evaluate_parser.add_argument("--limit", type=int, default=None)
+    evaluate_parser.add_argument("--threads", type=int, default=2)
+    evaluate_parser.set_defaults(func=evaluate)
+    export_parser = commands.add_parser("export", help="ONNX + .pt + JSON manifest")
+    export_parser.add_argument("--run", required=True)
+    export_parser.add_argument("--checkpoint", default="last.pt")
+    export_parser.add_argument("--out", required=True)
+    export_parser.add_argument("--data-note", default="")
+    add_decode_arguments(export_parser)
+    export_parser.set_defaults(func=export)
+    return train_parser, evaluate_parser, export_parser

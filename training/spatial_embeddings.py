@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -33,7 +32,6 @@ from instseg_core.data.cityscapes import name2label
 from instseg_core.data.instance_training import load_split, object_centered_crop, to_batch
 from instseg_core.losses.spatial_embedding import SpatialEmbeddingLoss, SpatialEmbeddingLossConfig
 from instseg_core.models.spatial_embeddings import (
-    CITYSCAPES_INSTANCE_CLASSES,
     SpatialEmbeddings,
     SpatialEmbeddingsConfig,
     model_from_checkpoint,
@@ -42,8 +40,17 @@ from instseg_core.postprocess.seed_clustering import ClusteringParams
 from instseg_core.runtime.backends import TorchBackend
 from instseg_core.runtime.models import SpatialEmbeddingsAdapter
 from instseg_core.runtime.segmenter import Segmenter
-from training.common import ensure_malloc_tuning, git_commit, resumable, resume, save_atomically
-from training.evaluation import evaluate_network
+from training.common import (
+    add_common_train_arguments,
+    add_model_commands,
+    ensure_malloc_tuning,
+    evaluate_checkpoints,
+    git_commit,
+    resume,
+    run_epochs,
+    run_metrics,
+    save_atomically,
+)
 
 
 def _freeze_batch_norm(model: torch.nn.Module) -> None:
@@ -76,50 +83,26 @@ def train(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(args.seed)
     if args.resume:
         state = resume(out, model, optimizer, state, rng)
-    config = {k: v for k, v in vars(args).items() if k not in ("func", "resume")}
     print(f"{len(samples)} training images, {steps} steps of {args.batch} crops {args.crop} per epoch", flush=True)
-    for epoch in range(state["epoch"] + 1, args.epochs + 1):
-        if args.time_budget and state["train_seconds"] >= args.time_budget:
-            print(f"time budget of {args.time_budget} s spent after epoch {state['epoch']}", flush=True)
-            break
-        lr = args.lr * (1 - (epoch - 1) / args.epochs) ** 0.9
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+
+    def start_epoch() -> None:
         model.train()
         if args.freeze_bn:
             _freeze_batch_norm(model)
-        start = time.perf_counter()
-        losses, parts_sum = [], {"instance": 0.0, "smooth": 0.0, "seed": 0.0}
-        for step in range(steps):
-            crops = [object_centered_crop(samples[rng.integers(len(samples))], *args.crop, rng)
-                     for _ in range(args.batch)]
-            images, instances, labels, ignore = to_batch(crops)
-            loss, parts = loss_fn(model(images), instances, labels, ignore)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            for key in parts_sum:
-                parts_sum[key] += parts[key] / steps
-            if args.progress_every and (step + 1) % args.progress_every == 0:
-                print(f"  epoch {epoch} step {step + 1}/{steps} loss {np.mean(losses[-args.progress_every:]):.4f}",
-                      flush=True)
-        seconds = time.perf_counter() - start
-        state["train_seconds"] += seconds
-        state["epoch"] = epoch
-        entry = {"epoch": epoch, "lr": lr, "loss": float(np.mean(losses)), **parts_sum, "seconds": seconds,
-                 "train_seconds": state["train_seconds"]}
-        state["history"].append(entry)
-        checkpoint = {"model": model.state_dict(), "model_config": model_config.to_dict(),
-                      "loss_config": vars(loss_config), "config": config, "epoch": epoch, "state": state,
-                      "commit": git_commit()}
-        if args.keep_every and epoch % args.keep_every == 0:
-            save_atomically(checkpoint, out / f"epoch_{epoch:03d}.pt")
-        save_atomically({**checkpoint, **resumable(optimizer, rng)}, out / "last.pt")
-        (out / "history.json").write_text(json.dumps({"config": config, **state}, indent=1))
-        print(f"epoch {epoch}/{args.epochs} lr {lr:.2e} loss {entry['loss']:.4f} (instance {parts_sum['instance']:.4f}"
-              f" smooth {parts_sum['smooth']:.5f} seed {parts_sum['seed']:.4f}) {seconds:.0f} s", flush=True)
-    return state
+
+    def train_step() -> tuple[float, dict]:
+        crops = [object_centered_crop(samples[rng.integers(len(samples))], *args.crop, rng) for _ in range(args.batch)]
+        images, instances, labels, ignore = to_batch(crops)
+        loss, parts = loss_fn(model(images), instances, labels, ignore)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item(), parts
+
+    def checkpoint() -> dict:
+        return {"model": model.state_dict(), "model_config": model_config.to_dict(), "loss_config": vars(loss_config)}
+
+    return run_epochs(args, out, optimizer, state, rng, steps, train_step, start_epoch, checkpoint)
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[SpatialEmbeddings, dict]:
@@ -129,31 +112,15 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[SpatialEmbeddings, dict]:
 
 def evaluate(args: argparse.Namespace) -> dict:
     """Evaluate one checkpoint, or with --checkpoint all every kept epoch (the learning curve)."""
-    run = Path(args.run)
-    if args.checkpoint == "all":
-        names = [*sorted(p.name for p in run.glob("epoch_*.pt")), "last.pt"]
-    else:
-        names = args.checkpoint.split(",")
     params = ClusteringParams(seed_threshold=args.seed_threshold, foreground_threshold=args.foreground_threshold,
                               min_pixels=args.min_pixels)
-    results = {}
-    for name in names:
-        model, checkpoint = load_checkpoint(run / name)
-        segmenter = Segmenter(SpatialEmbeddingsAdapter(checkpoint["model_config"]),
-                              TorchBackend(model, threads=args.threads),
-                              score_threshold=0.0, decode_params=asdict(params))
-        result = evaluate_network(segmenter, args.data, run / "evaluation" / Path(name).stem, limit=args.limit,
-                                  scale=args.scale)
-        result["epoch"] = checkpoint["epoch"]
-        result["train_seconds"] = checkpoint["state"]["train_seconds"]
-        results[name] = result
-        print(f"{name}: epoch {result['epoch']} AP {result['ap']:.3f} AP50 {result['ap50']:.3f} "
-              f"({result['train_seconds'] / 60:.0f} min of training)", flush=True)
-        print("  " + "  ".join(f"{c} {v['ap']:.3f}/{v['ap50']:.3f}" for c, v in result["per_class"].items()),
-              flush=True)
-    for name, result in results.items():
-        (run / f"evaluation_{name.replace('.pt', '')}.json").write_text(json.dumps({name: result}, indent=1))
-    return results
+
+    def segmenter_for(checkpoint: dict, model: object) -> Segmenter:
+        return Segmenter(SpatialEmbeddingsAdapter(checkpoint["model_config"]),
+                         TorchBackend(model, threads=args.threads), score_threshold=0.0,
+                         decode_params=asdict(params))
+
+    return evaluate_checkpoints(args, segmenter_for, load_checkpoint)
 
 
 def export_onnx(model: SpatialEmbeddings, path: str | os.PathLike, height: int = 512, width: int = 1024) -> Path:
@@ -183,9 +150,7 @@ def export(args: argparse.Namespace) -> Path:
     save_atomically({"model": model.state_dict(), "model_config": checkpoint["model_config"],
                      "epoch": checkpoint["epoch"], "commit": git_commit()}, out.with_suffix(".pt"))
     history = json.loads((run / "history.json").read_text())
-    metrics = {}
-    for file in sorted(run.glob("evaluation_*.json")):
-        metrics.update(json.loads(file.read_text()))
+    metrics = run_metrics(run)
     earlier = {}  # the learning curve of the runs this one continued from (e.g. the pre-training)
     for stage in args.stages:
         for file in sorted(Path(stage).glob("evaluation_*.json")):
@@ -222,15 +187,7 @@ def export(args: argparse.Namespace) -> Path:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="Cityscapes-format root")
-    parser.add_argument("--out", required=True, help="run directory")
-    parser.add_argument("--classes", nargs="+", default=list(CITYSCAPES_INSTANCE_CLASSES))
-    parser.add_argument("--scale", type=float, default=1.0, help="resize images first (0.5: Cityscapes at 1024x512)")
-    parser.add_argument("--crop", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=200)
-    parser.add_argument("--steps-per-epoch", type=int, default=0, help="default: images / batch")
-    parser.add_argument("--lr", type=float, default=5e-4)
+    add_common_train_arguments(parser, crop=(256, 256), epochs=200, lr=5e-4, keep_every=2, progress_every=10)
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--n-sigma", type=int, default=2, choices=(1, 2))
     parser.add_argument("--center", default="centroid", choices=("centroid", "learnable"))
@@ -240,13 +197,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dropout-high", type=float, default=0.3)
     parser.add_argument("--finetune-from", default="", help="start from RUN/last.pt (the pre-training run)")
     parser.add_argument("--freeze-bn", action="store_true", help="keep batch-norm statistics fixed")
-    parser.add_argument("--time-budget", type=float, default=0.0, help="stop after this many training seconds")
-    parser.add_argument("--keep-every", type=int, default=2, help="keep epoch_NNN.pt every N epochs (0: never)")
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N training images")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--progress-every", type=int, default=10)
-    parser.add_argument("--resume", action="store_true")
 
 
 def add_clustering_arguments(parser: argparse.ArgumentParser) -> None:
@@ -260,27 +210,10 @@ def main(argv: list[str] | None = None) -> object:
     """Run one command; returns its result (training state, evaluation results or the ONNX path)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    train_parser = commands.add_parser("train", help="train (or fine-tune) a network")
-    add_train_arguments(train_parser)
-    train_parser.set_defaults(func=train)
-    evaluate_parser = commands.add_parser("evaluate", help="official Cityscapes AP/AP50 of a run on a split")
-    evaluate_parser.add_argument("--data", required=True)
-    evaluate_parser.add_argument("--run", required=True)
-    evaluate_parser.add_argument("--checkpoint", default="last.pt",
-                                 help="file(s) in the run, comma-separated, or 'all' (epoch_*.pt and last.pt)")
-    evaluate_parser.add_argument("--scale", type=float, default=1.0, help="network input size / image size")
-    add_clustering_arguments(evaluate_parser)
-    evaluate_parser.add_argument("--limit", type=int, default=None)
-    evaluate_parser.add_argument("--threads", type=int, default=2)
-    evaluate_parser.set_defaults(func=evaluate)
-    export_parser = commands.add_parser("export", help="ONNX + manifest")
-    export_parser.add_argument("--run", required=True)
-    export_parser.add_argument("--checkpoint", default="last.pt")
-    export_parser.add_argument("--out", required=True)
-    export_parser.add_argument("--data-note", default="")
+    _, _, export_parser = add_model_commands(commands, train=train, evaluate=evaluate, export=export,
+                                             add_train_arguments=add_train_arguments,
+                                             add_decode_arguments=add_clustering_arguments)
     export_parser.add_argument("--stages", nargs="*", default=[], help="other runs this one continued from")
-    add_clustering_arguments(export_parser)
-    export_parser.set_defaults(func=export)
     args = parser.parse_args(argv)
     if args.command == "train" and __name__ == "__main__":
         ensure_malloc_tuning()
