@@ -5,7 +5,7 @@
 Network: both ONNX models (the shipped ones in models/, else fresh exports of the same architectures) at
 512x256, 1024x512 and 2048x1024 with ONNX Runtime on the CPU (graph optimisation ALL).
 Post-processing: the output a perfect network would give (each model's `ideal_output`, 2 px offset noise) for a
-synthetic 1024x512 scene and for 2048x1024 mosaics of four scenes (31 and 45 objects):
+synthetic scene at 512x256 and at 1024x512, and for 2048x1024 mosaics of four scenes (31 and 45 objects):
 - Box2Pix: detections + NMS + pixel-to-box assignment + instances (instseg_core.postprocess.box_assignment),
   NumPy (1 thread) and torch on the CPU; the baseline is the paper's formulation taken literally, one
   pixels x boxes cost matrix and an argmin (NumPy), on the same detections;
@@ -110,9 +110,11 @@ def full_matrix_assignment(semantic: np.ndarray, offsets: np.ndarray, detections
 
 
 def scenes() -> list[tuple[str, np.ndarray, np.ndarray]]:
-    frame = render(make_scene(4242, 1024, 512))
-    instances, labels, _ = instance_targets(instance_ids_of(frame.objects, 512, 1024), CLASSES)
-    cases = [(f"1024x512, {int(instances.max())} objects", instances, labels)]
+    cases = []
+    for width, height in SIZES[:2]:
+        frame = render(make_scene(4242, width, height))
+        instances, labels, _ = instance_targets(instance_ids_of(frame.objects, height, width), CLASSES)
+        cases.append((f"{width}x{height}, {int(instances.max())} objects", instances, labels))
     for seeds in MOSAICS:
         _, instances, labels = mosaic_scene(seeds)
         cases.append((f"2048x1024, {int(instances.max())} objects", instances, labels))

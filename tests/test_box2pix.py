@@ -276,3 +276,17 @@ def test_segmenter_runs_box2pix_through_the_runtime(synthetic_tree: Path) -> Non
     with pytest.raises(ValueError, match="multiples of 128"):
         Segmenter(Box2PixAdapter(model.config.to_dict()), TorchBackend(Box2PixInference(model)),
                   input_size=(520, 256))
+
+
+def test_adapter_decodes_numpy_and_torch_outputs_alike(synthetic_tree: Path) -> None:
+    """The GPU backends hand the adapter torch tensors; the result must not depend on it."""
+    _, instances, labels = _scene(synthetic_tree, 1)
+    detections, semantic, offsets = ideal_output(instances, labels, len(CITYSCAPES_INSTANCE_CLASSES), noise_px=3.0)
+    adapter = Box2PixAdapter(Box2PixConfig(extra={"assignment": {"min_pixels": 8}}).to_dict())
+    raw = (detections[None], semantic[None], offsets[None])
+    from_numpy = adapter.decode(raw, {})
+    from_torch = adapter.decode(tuple(torch.from_numpy(a) for a in raw), {})
+    assert len(from_numpy) >= 3
+    assert np.array_equal(from_numpy.id_image, from_torch.id_image)
+    assert np.array_equal(from_numpy.boxes, from_torch.boxes) and np.array_equal(from_numpy.classes, from_torch.classes)
+    assert len(adapter.decode(raw, {"min_pixels": 10**6})) == 0  # call parameters override the model's defaults
