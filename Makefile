@@ -114,7 +114,8 @@ train-box2pix: setup
 	$(TRAIN_B2P) coverage --data $(B2P_DATA) --split train
 	$(TRAIN_B2P) train --data $(B2P_DATA) --out data/runs/b2p --epochs $(B2P_EPOCHS) --steps-per-epoch 70 \
 		--batch 8 --crop 256 512 --lr 5e-4 --keep-every 5 --time-budget 4500 --resume
-	$(TRAIN_B2P) evaluate --data $(B2P_DATA) --run data/runs/b2p --limit 50 --checkpoint epoch_010.pt,epoch_020.pt
+	$(TRAIN_B2P) evaluate --data $(B2P_DATA) --run data/runs/b2p --limit 50 \
+		--checkpoint epoch_005.pt,epoch_010.pt,epoch_015.pt,epoch_020.pt,epoch_025.pt
 	$(TRAIN_B2P) evaluate --data $(B2P_DATA) --run data/runs/b2p --checkpoint last.pt
 	$(TRAIN_B2P) export --run data/runs/b2p --out models/box2pix.onnx \
 		--data-note "instseg-synth 1024x512: train=600 images seed 0, val=100 images seed 1 (held out)"
