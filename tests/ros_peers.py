@@ -97,6 +97,23 @@ def wait_for_subscribers(node: Node, publisher, timeout: float) -> bool:
     return ok
 
 
+def discovered_client(node: Node, srv_type: type, name: str, timeout: float, **kwargs: object) -> object | None:
+    """A service client whose server has been discovered, or None after `timeout` s.
+
+    Under load (two client processes sending 6 MB requests at once) Fast DDS discovery of a new client was seen
+    to stall for the whole timeout although the server was serving the other client (1 run in ~10). A stalled
+    client is destroyed and created again every 15 s, which re-announces its endpoints."""
+    deadline = time.monotonic() + timeout
+    while True:
+        client = node.create_client(srv_type, name, **kwargs)
+        if client.wait_for_service(timeout_sec=min(15.0, max(0.0, deadline - time.monotonic()))):
+            return client
+        node.destroy_client(client)
+        if time.monotonic() >= deadline:
+            return None
+        print(f"service {name} not discovered yet; re-creating the client", file=sys.stderr, flush=True)
+
+
 def receive(node: Node, msg_type: type, topic: str, count: int, timeout: float, qos: QoSProfile = RELIABLE,
             announce: bool = False) -> list:
     """Subscribe and spin until `count` messages arrived or `timeout` s passed; returns what arrived."""
@@ -221,9 +238,9 @@ def serve_segment(args: argparse.Namespace) -> None:
 
 
 def call_segment(args: argparse.Namespace) -> None:
-    node = Node("segment_client")
-    client = node.create_client(SegmentObject, "segment_test_server/segment")
-    if not client.wait_for_service(timeout_sec=args.timeout):
+    node = Node(f"segment_client_{os.getpid()}")
+    client = discovered_client(node, SegmentObject, "segment_test_server/segment", args.timeout)
+    if client is None:
         report(error="service not available")
         return
 
@@ -290,10 +307,10 @@ def sub_camera(args: argparse.Namespace) -> None:
 
 def call_extreme(args: argparse.Namespace) -> None:
     """Fire good and bad SegmentObject requests at the extreme_point_node at once, then one more good one."""
-    node = Node("extreme_client")
-    client = node.create_client(SegmentObject, args.service,
-                                qos_profile=QoSProfile(depth=64, reliability=ReliabilityPolicy.RELIABLE))
-    if not client.wait_for_service(timeout_sec=args.timeout):
+    node = Node(f"extreme_client_{os.getpid()}")  # two of these run at once: distinct node names
+    client = discovered_client(node, SegmentObject, args.service, args.timeout,
+                               qos_profile=QoSProfile(depth=64, reliability=ReliabilityPolicy.RELIABLE))
+    if client is None:
         report(error="service not available")
         return
     image, pixels = expected_image(0)
