@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -48,11 +47,12 @@ from training.common import (
     add_model_commands,
     ensure_malloc_tuning,
     evaluate_checkpoints,
+    export_graph,
     git_commit,
     resume,
     run_epochs,
-    run_metrics,
     save_atomically,
+    training_manifest,
 )
 
 
@@ -132,17 +132,9 @@ def evaluate(args: argparse.Namespace) -> dict:
 def export_onnx(model: Box2Pix, path: str | os.PathLike, height: int = 512, width: int = 1024) -> Path:
     """ONNX (opset 17) of Box2PixInference: input 'image' (1, 3, H, W) float32 in [0, 1]; outputs 'detections'
     (1, P, 4 + n + 1), 'semantic' (1, H, W) uint8, 'offsets' (1, 2, H, W); H and W dynamic (multiples of 128)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    dummy = torch.zeros(1, 3, height, width)
-    dynamic = {2: "height", 3: "width"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated; the dynamo one needs onnxscript
-        torch.onnx.export(Box2PixInference(model.eval()), dummy, str(path), input_names=["image"],
-                          output_names=["detections", "semantic", "offsets"], opset_version=17, dynamo=False,
-                          dynamic_axes={"image": dynamic, "detections": {1: "priors"},
-                                        "semantic": {1: "height", 2: "width"}, "offsets": dynamic})
-    return path
+    outputs = {"detections": {1: "priors"}, "semantic": {1: "height", 2: "width"},
+               "offsets": {2: "height", 3: "width"}}
+    return export_graph(Box2PixInference(model), path, outputs, height, width)
 
 
 def export(args: argparse.Namespace) -> Path:
@@ -150,8 +142,9 @@ def export(args: argparse.Namespace) -> Path:
     commit, training time, metrics, decoding defaults) beside it."""
     run = Path(args.run)
     model, checkpoint = load_checkpoint(run / args.checkpoint)
-    assignment = {k: v for k, v in asdict(_assignment_params(args)).items()
-                  if k in ("detection_threshold", "nms_iou", "min_pixels", "score_penalty", "assign_mismatched")}
+    assignment = {"detection_threshold": args.detection_threshold, "nms_iou": args.nms_iou,
+                  "min_pixels": args.min_pixels, "score_penalty": args.score_penalty,
+                  "assign_mismatched": args.assign_mismatched}
     model_config = {**checkpoint["model_config"],
                     "extra": {**checkpoint["model_config"].get("extra", {}), "assignment": assignment}}
     out = export_onnx(model, args.out)
@@ -159,8 +152,6 @@ def export(args: argparse.Namespace) -> Path:
     weights = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     save_atomically({"model": weights, "model_config": model_config, "epoch": checkpoint["epoch"],
                      "weights_dtype": "float16", "commit": git_commit()}, out.with_suffix(".pt"))
-    history = json.loads((run / "history.json").read_text())
-    metrics = run_metrics(run)
     manifest = {
         "model": "box2pix",
         "model_config": model_config,
@@ -170,14 +161,7 @@ def export(args: argparse.Namespace) -> Path:
                   "(1, H, W) uint8 argmax class; offsets (1, 2, H, W) pixels to the box centre; see "
                   "instseg_core.models.box2pix",
         "priors_per_layer": model.priors_per_layer,
-        "checkpoint": args.checkpoint, "epoch": checkpoint["epoch"],
-        "training": {"config": history["config"], "loss_config": checkpoint["loss_config"],
-                     "epochs_run": history["epoch"], "train_seconds": history["train_seconds"],
-                     "history": history["history"],
-                     "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}"},
-        "evaluation": metrics.get(args.checkpoint, {}),
-        "learning_curve": {name: {k: r[k] for k in ("epoch", "ap", "ap50", "train_seconds")}
-                           for name, r in metrics.items()},
+        **training_manifest(run, args.checkpoint, checkpoint),
         "data": args.data_note, "commit": git_commit(),
         "reproduce": "make train-box2pix (see Makefile)",
     }

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -197,3 +198,36 @@ def add_model_commands(commands: argparse._SubParsersAction, *, train: Callable,
     add_decode_arguments(export_parser)
     export_parser.set_defaults(func=export)
     return train_parser, evaluate_parser, export_parser
+
+
+def export_graph(module: torch.nn.Module, path: str | os.PathLike, outputs: dict[str, dict[int, str]],
+                 height: int, width: int) -> Path:
+    """ONNX (opset 17, TorchScript exporter) of `module` in eval mode: input 'image' (1, 3, H, W) float32 with
+    dynamic height and width; `outputs` maps each output name, in order, to its dynamic axes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated; the dynamo one needs onnxscript
+        torch.onnx.export(module.eval(), torch.zeros(1, 3, height, width), str(path), input_names=["image"],
+                          output_names=list(outputs), opset_version=17, dynamo=False,
+                          dynamic_axes={"image": {2: "height", 3: "width"}, **outputs})
+    return path
+
+
+def training_manifest(run: Path, checkpoint_name: str, checkpoint: dict, earlier: dict | None = None) -> dict:
+    """The manifest entries every exported model has about its training: the checkpoint and epoch, the run's
+    config, loss config, history and time, the machine, the checkpoint's evaluation and the learning curve (the
+    run's evaluation_*.json, plus `earlier` results of the runs it continued from)."""
+    history = json.loads((Path(run) / "history.json").read_text())
+    metrics = run_metrics(run)
+    curve = {**(earlier or {}), **metrics}
+    return {
+        "checkpoint": checkpoint_name, "epoch": checkpoint["epoch"],
+        "training": {"config": history["config"], "loss_config": checkpoint["loss_config"],
+                     "epochs_run": history["epoch"], "train_seconds": history["train_seconds"],
+                     "history": history["history"],
+                     "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}"},
+        "evaluation": metrics.get(checkpoint_name, {}),
+        "learning_curve": {name: {k: r[k] for k in ("epoch", "ap", "ap50", "train_seconds")}
+                           for name, r in curve.items() if "ap" in r},
+    }

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -45,11 +44,12 @@ from training.common import (
     add_model_commands,
     ensure_malloc_tuning,
     evaluate_checkpoints,
+    export_graph,
     git_commit,
     resume,
     run_epochs,
-    run_metrics,
     save_atomically,
+    training_manifest,
 )
 
 
@@ -126,15 +126,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 def export_onnx(model: SpatialEmbeddings, path: str | os.PathLike, height: int = 512, width: int = 1024) -> Path:
     """ONNX (opset 17) with input 'image' (1, 3, H, W) float32 in [0, 1] and output 'raw' (1, C, H, W),
     height and width dynamic (multiples of 8)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    dummy = torch.zeros(1, 3, height, width)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated; the dynamo one needs onnxscript
-        torch.onnx.export(model.eval(), dummy, str(path), input_names=["image"], output_names=["raw"],
-                          opset_version=17, dynamo=False,
-                          dynamic_axes={"image": {2: "height", 3: "width"}, "raw": {2: "height", 3: "width"}})
-    return path
+    return export_graph(model, path, {"raw": {2: "height", 3: "width"}}, height, width)
 
 
 def export(args: argparse.Namespace) -> Path:
@@ -149,8 +141,6 @@ def export(args: argparse.Namespace) -> Path:
     out = export_onnx(model, args.out)
     save_atomically({"model": model.state_dict(), "model_config": checkpoint["model_config"],
                      "epoch": checkpoint["epoch"], "commit": git_commit()}, out.with_suffix(".pt"))
-    history = json.loads((run / "history.json").read_text())
-    metrics = run_metrics(run)
     earlier = {}  # the learning curve of the runs this one continued from (e.g. the pre-training)
     for stage in args.stages:
         for file in sorted(Path(stage).glob("evaluation_*.json")):
@@ -161,6 +151,8 @@ def export(args: argparse.Namespace) -> Path:
             earlier[f"{Path(stage).name}/training"] = {"epochs": stage_history["epoch"],
                                                       "train_seconds": stage_history["train_seconds"],
                                                       "config": stage_history["config"]}
+    training = training_manifest(run, args.checkpoint, checkpoint, earlier)
+    training["training"]["stages"] = args.stages
     manifest = {
         "model": "spatial_embeddings",
         "model_config": checkpoint["model_config"],
@@ -169,14 +161,7 @@ def export(args: argparse.Namespace) -> Path:
         "output": "raw (1, 2 + n_sigma + n_classes, H, W): tanh offsets, sigma raw, seed logits; "
                   "see instseg_core.models.spatial_embeddings",
         "pixel_spacing": 1 / 1024,
-        "checkpoint": args.checkpoint, "epoch": checkpoint["epoch"],
-        "training": {"config": history["config"], "loss_config": checkpoint["loss_config"],
-                     "epochs_run": history["epoch"], "train_seconds": history["train_seconds"],
-                     "history": history["history"], "stages": args.stages,
-                     "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}"},
-        "evaluation": metrics.get(args.checkpoint, {}),
-        "learning_curve": {name: {k: r[k] for k in ("epoch", "ap", "ap50", "train_seconds")}
-                           for name, r in {**earlier, **metrics}.items() if "ap" in r},
+        **training,
         "earlier_stages": {name: r for name, r in earlier.items() if "ap" not in r},
         "data": args.data_note, "commit": git_commit(),
         "reproduce": "make train-se (see Makefile)",
