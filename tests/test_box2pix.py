@@ -14,9 +14,7 @@ from instseg_core.losses.box2pix import (
     Box2PixLoss,
     Box2PixLossConfig,
     box_iou,
-    decode_boxes,
     dense_targets,
-    encode_boxes,
     match_priors,
     relative_change,
 )
@@ -30,6 +28,8 @@ from instseg_core.models.box2pix import (
     Box2PixConfig,
     Box2PixInference,
     assign_priors,
+    decode_boxes,
+    encode_boxes,
     ideal_output,
     prior_boxes,
     receptive_field,

@@ -3,8 +3,8 @@
 - `relative_change` (Eq. 2) and `box_iou`: (G, P) matrices between ground-truth and prior boxes.
 - `match_priors`: each prior takes the ground-truth box it is closest to when within the threshold (change
   <= 0.7, or IoU >= 0.5 for the IoU ablation); every ground-truth box also takes its single best prior.
-- `encode_boxes` / `decode_boxes`: corner regression relative to the prior, (x0, y0, x1, y1) deltas divided
-  by the prior's width / height (the L2 box loss and the change metric live in the same corner space).
+- box targets are `encode_boxes` (instseg_core.models.box2pix): corner deltas divided by the prior's size
+  (the L2 box loss and the change metric live in the same corner space).
 - `dense_targets`: per-pixel semantic class and offset to the object's box centre (not the instance id: the
   only public implementation regressed ids).
 - `Box2PixLoss`: focal loss (gamma) or 50/50 FG/BG weighting for the box classes, L2 on encoded corners,
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from instseg_core.models.box2pix import OFFSET_SCALE
+from instseg_core.models.box2pix import OFFSET_SCALE, encode_boxes
 
 IGNORE_LABEL = 255
 
@@ -76,18 +76,6 @@ def match_priors(gt: np.ndarray, priors: np.ndarray, metric: str = "change",
     matched[within] = best_gt[within]
     matched[distance.argmin(1)] = np.arange(len(gt))  # every object keeps its closest prior
     return matched
-
-
-def encode_boxes(gt: np.ndarray, priors: np.ndarray) -> np.ndarray:
-    """(N, 4) regression targets: corner deltas (gt - prior) / prior (w, h, w, h)."""
-    wh = np.concatenate([priors[:, 2:] - priors[:, :2]] * 2, 1)
-    return ((gt - priors) / wh).astype(np.float32)
-
-
-def decode_boxes(deltas: np.ndarray, priors: np.ndarray) -> np.ndarray:
-    """Inverse of encode_boxes: (N, 4) boxes (x0, y0, x1, y1) in pixels."""
-    wh = np.concatenate([priors[:, 2:] - priors[:, :2]] * 2, 1)
-    return priors + deltas * wh
 
 
 @dataclass

@@ -98,6 +98,18 @@ def prior_boxes(height: int, width: int, priors_per_layer: Sequence[Sequence[tup
     return np.concatenate(boxes).astype(np.float32)
 
 
+def encode_boxes(gt: np.ndarray, priors: np.ndarray) -> np.ndarray:
+    """(N, 4) box regression targets (the SSD heads' box output): corner deltas (gt - prior) / prior (w, h, w, h)."""
+    wh = np.concatenate([priors[:, 2:] - priors[:, :2]] * 2, 1)
+    return ((gt - priors) / wh).astype(np.float32)
+
+
+def decode_boxes(deltas: np.ndarray, priors: np.ndarray) -> np.ndarray:
+    """Inverse of encode_boxes: (N, 4) boxes (x0, y0, x1, y1) in pixels."""
+    wh = np.concatenate([priors[:, 2:] - priors[:, :2]] * 2, 1)
+    return priors + deltas * wh
+
+
 @dataclass
 class Box2PixConfig:
     classes: tuple[str, ...] = CITYSCAPES_INSTANCE_CLASSES
@@ -167,7 +179,7 @@ def _bilinear_kernel(channels: int, size: int = 4) -> torch.Tensor:
 class Box2Pix(nn.Module):
     """forward(x) -> (ssd_boxes (B, P, 4), ssd_logits (B, P, n + 1), dense (B, n + 3, H/8, W/8)).
 
-    ssd_boxes are corner regressions relative to the priors (`encode_boxes` in losses.box2pix); dense holds the
+    ssd_boxes are corner regressions relative to the priors (`encode_boxes`); dense holds the
     semantic logits (channels 0..n) and the offsets / OFFSET_SCALE (channels n+1, n+2: dx, dy)."""
 
     def __init__(self, config: Box2PixConfig | None = None) -> None:
@@ -275,7 +287,7 @@ def ideal_output(instances: np.ndarray, labels: np.ndarray, n_classes: int,
 
     Each object's closest prior (d_change) predicts its exact box with probability 0.9 for its class (score 0.9);
     all other priors say background. Offsets point at the box centre, plus Gaussian noise of `noise_px`."""
-    from instseg_core.losses.box2pix import dense_targets, encode_boxes, relative_change
+    from instseg_core.losses.box2pix import dense_targets, relative_change
 
     rng = rng or np.random.default_rng(0)
     height, width = instances.shape

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from instseg_core.models.box2pix import decode_boxes
 from instseg_core.postprocess.instances import Instances
 
 
@@ -71,8 +72,7 @@ def decode_detections(detections: np.ndarray, priors: np.ndarray, height: int, w
     keep = keep[np.argsort(-scores[keep], kind="stable")[: params.top_k]]
     if keep.size == 0:
         return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32))
-    wh = np.concatenate([priors[keep, 2:] - priors[keep, :2]] * 2, 1)
-    boxes = priors[keep] + detections[keep, :4] * wh
+    boxes = decode_boxes(detections[keep, :4], priors[keep])
     boxes = np.clip(boxes, 0, [width, height, width, height]).astype(np.float32)
     valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     keep, boxes = keep[valid], boxes[valid]
