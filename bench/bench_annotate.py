@@ -8,7 +8,9 @@ exists, the static int8 QDQ model) and with PyTorch eager running the same archi
 run. The PyTorch model has fresh weights (the ONNX export folds batch norm into the convolutions, so
 its weights do not map back), which does not change its latency.
 Service: extreme_point_node in another process, a client here; the round trip includes sending the
-6 MB rgb8 frame and receiving the full-size mono8 mask over Fast DDS.
+6 MB rgb8 frame and receiving the mask over Fast DDS: full-size (2 MB) or cropped to the object
+(crop_mask), and for a frame already sent (the node's frame cache). The node runs once with its malloc
+tuning (instseg_ros/allocator.py) and once with glibc's defaults, as the baseline for that tuning.
 Targets on 2 cores: in-process <= 8 ms p50 per object, service <= 20 ms p50.
 The script isolates itself in a loopback-only network namespace before rclpy starts.
 """
@@ -78,8 +80,32 @@ def in_process(model_path: Path, rgb: np.ndarray, points: list[np.ndarray], repe
     return rows
 
 
-def service(model_path: Path, rgb: np.ndarray, points: list[np.ndarray], requests: int) -> list[list]:
-    """Round trips through extreme_point_node running `model_path`; rows for the results table."""
+def round_trips(node: object, client: object, requests: list, warmup: int = 3) -> tuple[list[float], list[float]]:
+    """Send `requests` one after the other; (round-trip ms, node-side inference_ms) after `warmup` requests."""
+    import rclpy
+
+    trips, inside = [], []
+    for k, request in enumerate(requests):
+        start = time.perf_counter()
+        future = client.call_async(request)
+        rclpy.spin_until_future_complete(node, future, timeout_sec=30)
+        elapsed = (time.perf_counter() - start) * 1e3
+        response = future.result()
+        if response is None or not response.success:
+            raise RuntimeError(f"request failed: {response}")
+        if k >= warmup:
+            trips.append(elapsed)
+            inside.append(response.inference_ms)
+    return trips, inside
+
+
+def service(model_path: Path, rgb: np.ndarray, points: list[np.ndarray], requests: int,
+            node_parameters: tuple[str, ...] = (), allocator_defaults: bool = False) -> dict[str, list[float]]:
+    """Round trips through extreme_point_node (another process) running `model_path`, plus
+    `node_parameters` ("name:=value"); the node keeps glibc's malloc defaults if `allocator_defaults`.
+    Returns ms lists: 'frame_full' (request with the 6 MB frame, full-size mask back), 'frame_crop' (the
+    frame, mask cropped to the object: crop_mask), 'cached_crop' (no pixels: the node's frame cache,
+    crop_mask), and 'inside_*': the node's own inference_ms for each."""
     import rclpy
     from instseg_interfaces.srv import SegmentObject
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -87,9 +113,13 @@ def service(model_path: Path, rgb: np.ndarray, points: list[np.ndarray], request
 
     from instseg_ros.image_codec import numpy_to_image
 
+    env = dict(os.environ)
+    if allocator_defaults:
+        env["INSTSEG_MALLOC_DEFAULT"] = "1"
     node_proc = subprocess.Popen([sys.executable, str(REPO / "instseg_ros" / "extreme_point_node.py"), "--ros-args",
-                                  "-p", f"model_path:={model_path}", "-p", "threads:=2"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                  "-p", f"model_path:={model_path}", "-p", "threads:=2",
+                                  *[arg for parameter in node_parameters for arg in ("-p", parameter)]],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     rclpy.init()
     node = rclpy.create_node("annotate_bench_client")
     try:
@@ -98,29 +128,16 @@ def service(model_path: Path, rgb: np.ndarray, points: list[np.ndarray], request
         if not client.wait_for_service(timeout_sec=60):
             raise RuntimeError(f"service did not come up: {node_proc.stderr.read() if node_proc.poll() else ''}")
         image = numpy_to_image(rgb, "rgb8")
-        round_trips, server_ms = [], []
-        for k in range(requests + 3):
-            request = SegmentObject.Request(image=image, extreme_points=points[k % len(points)].reshape(-1).tolist())
-            start = time.perf_counter()
-            future = client.call_async(request)
-            rclpy.spin_until_future_complete(node, future, timeout_sec=30)
-            elapsed = (time.perf_counter() - start) * 1e3
-            response = future.result()
-            if response is None or not response.success:
-                raise RuntimeError(f"request failed: {response}")
-            if k >= 3:  # warm-up
-                round_trips.append(elapsed)
-                server_ms.append(response.inference_ms)
-        cached_trips = []  # the frame was sent above: requests without pixels, same header
-        for k in range(requests):
-            request = SegmentObject.Request(image=Image(header=image.header),
-                                            extreme_points=points[k % len(points)].reshape(-1).tolist())
-            start = time.perf_counter()
-            future = client.call_async(request)
-            rclpy.spin_until_future_complete(node, future, timeout_sec=30)
-            cached_trips.append((time.perf_counter() - start) * 1e3)
-            if future.result() is None or not future.result().success:
-                raise RuntimeError(f"cached request failed: {future.result()}")
+
+        def batch(crop: bool, pixels: bool, count: int) -> list:
+            return [SegmentObject.Request(image=image if pixels else Image(header=image.header), crop_mask=crop,
+                                          extreme_points=points[k % len(points)].reshape(-1).tolist())
+                    for k in range(count)]
+
+        results = {}
+        for name, crop, pixels in (("frame_full", False, True), ("frame_crop", True, True),
+                                   ("cached_crop", True, False)):
+            results[name], results[f"inside_{name}"] = round_trips(node, client, batch(crop, pixels, requests + 3))
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
@@ -130,16 +147,20 @@ def service(model_path: Path, rgb: np.ndarray, points: list[np.ndarray], request
         except subprocess.TimeoutExpired:
             node_proc.kill()
             node_proc.wait()
-    rt50, rt95 = summarize(round_trips)
-    s50, s95 = summarize(server_ms)
-    c50, c95 = summarize(cached_trips)
-    name = model_path.name
-    return [[f"{name}: round trip (request with 6 MB frame -> response with mask)", rt50, rt95,
-             "PASS" if rt50 <= SERVICE_TARGET_MS else "FAIL"],
-            [f"{name}: round trip, frame already sent (no pixels in the request; node's frame cache)", c50, c95,
-             "PASS" if c50 <= SERVICE_TARGET_MS else "FAIL"],
-            [f"{name}:   of which in the node (decode, segment, encode mask)", s50, s95, ""],
-            [f"{name}:   transport and (de)serialisation (difference of medians)", rt50 - s50, "", ""]]
+    return results
+
+
+def service_rows(label: str, results: dict[str, list[float]], kinds: tuple[str, ...]) -> list[list]:
+    descriptions = {"frame_full": "request with the 6 MB frame, full-size mask back (2 MB)",
+                    "frame_crop": "request with the 6 MB frame, mask cropped to the object (crop_mask)",
+                    "cached_crop": "frame already sent (no pixels: node's frame cache), crop_mask"}
+    rows = []
+    for kind in kinds:
+        p50, p95 = summarize(results[kind])
+        inside = summarize(results[f"inside_{kind}"])[0]
+        rows.append([f"{label}: {descriptions[kind]}", p50, p95, inside, p50 - inside,
+                     "PASS" if p50 <= SERVICE_TARGET_MS else "FAIL"])
+    return rows
 
 
 def main() -> None:
@@ -155,11 +176,17 @@ def main() -> None:
     print_table(["backend", "p50 ms/object", "p95 ms", "network ms", "batched ms/object", "vs PyTorch",
                  f"p50 <= {IN_PROCESS_TARGET_MS:g} ms"], rows,
                 title=f"In-process request, 2048x1024 frame, {len(points)} objects cycled, {os.cpu_count()} cores")
-    models = [args.model, args.model.with_name(args.model.stem + "_int8.onnx")]
-    rows = [row for model in models if model.is_file() for row in service(model, rgb, points, args.requests)]
-    print_table(["ROS 2 service (extreme_point_node, Fast DDS LARGE_DATA)", "p50 ms", "p95 ms",
-                 f"p50 <= {SERVICE_TARGET_MS:g} ms"], rows,
-                title=f"Service round trip across processes, {args.requests} requests")
+    int8 = args.model.with_name(args.model.stem + "_int8.onnx")
+    default = int8 if int8.is_file() else args.model
+    every = ("frame_full", "frame_crop", "cached_crop")
+    rows = service_rows(f"{default.name}", service(default, rgb, points, args.requests), every)
+    rows += service_rows(f"{default.name}, glibc malloc defaults in the node",
+                         service(default, rgb, points, args.requests, allocator_defaults=True), every)
+    if default != args.model:
+        rows += service_rows(args.model.name, service(args.model, rgb, points, args.requests), ("frame_crop",))
+    print_table(["ROS 2 service round trip (extreme_point_node, Fast DDS LARGE_DATA)", "p50 ms", "p95 ms",
+                 "in the node p50", "transport p50 - node p50", f"p50 <= {SERVICE_TARGET_MS:g} ms"], rows,
+                title=f"Service round trip across processes, {args.requests} requests each")
 
 
 if __name__ == "__main__":

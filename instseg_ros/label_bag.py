@@ -180,7 +180,7 @@ def label_bag(bag: Path, topic: str, clicks: dict[str, list[Click]], out: Path, 
                     annotations.append({
                         "id": len(annotations) + 1, "image_id": image_id, "category_id": label.id, "iscrowd": 0,
                         "segmentation": [result.polygon.astype(float).reshape(-1).tolist()],
-                        "area": float(np.count_nonzero(result.mask)),
+                        "area": float(result.area),
                         "bbox": [float(x0), float(y0), float(x1 - x0 + 1), float(y1 - y0 + 1)],
                         "score": result.score, "polygon_iou": result.polygon_iou,
                         "extreme_points": click.points.reshape(-1).tolist(),

@@ -51,6 +51,7 @@ from sensor_msgs.msg import CompressedImage, Image, RegionOfInterest
 from instseg_core.postprocess.overlay import render_overlay
 from instseg_core.runtime import BACKENDS, MODELS, BackendUnavailableError, ModelFileError, create_segmenter
 from instseg_core.runtime.segmenter import SegmentationResult, default_weights
+from instseg_ros.allocator import keep_large_buffers
 from instseg_ros.image_codec import ImageCodecError, compressed_to_numpy, image_to_numpy, numpy_to_image, to_rgb8
 from instseg_ros.resources import model_path
 
@@ -413,6 +414,7 @@ class LifecycleSegmentationNode(SegmentationMixin, LifecycleNode):
 
 
 def run(node_class: type, argv: list[str] | None = None) -> None:
+    keep_large_buffers()  # multi-MB frames in and id images out: reuse warm heap pages (see allocator.py)
     rclpy.init(args=argv)
     try:
         node = node_class()

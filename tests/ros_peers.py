@@ -327,6 +327,7 @@ def call_extreme(args: argparse.Namespace) -> None:
         "good": request(),
         "good_bgr": request(image=numpy_to_image(np.ascontiguousarray(pixels[..., ::-1]), "bgr8", image.header)),
         "fine_polygon": request(polygon_tolerance=0.5),
+        "crop": request(crop_mask=True),
         "bad_count": request(extreme_points=points[:6]),
         "outside": request(extreme_points=[*points[:6], 880, 1024]),
         "degenerate": request(extreme_points=[500, 500, 501, 500, 501, 501, 500, 501]),
@@ -356,13 +357,23 @@ def call_extreme(args: argparse.Namespace) -> None:
             results[name] = {"success": None, "code": None, "message": "no response", "done": future.done()}
             continue
         mask = image_to_numpy(response.mask) if response.success else None
+        roi = response.mask_roi
         results[name] = {
             "success": response.success, "code": int(response.error_code), "message": response.message,
             "mask_shape": list(mask.shape) if mask is not None else None,
+            "mask_roi": [roi.x_offset, roi.y_offset, roi.width, roi.height],
             "mask_values": sorted(int(v) for v in np.unique(mask)) if mask is not None else None,
             "mask_header_equal": response.mask.header == image.header, "polygon_len": len(response.polygon),
             "polygon_iou": response.polygon_iou, "score": response.score, "inference_ms": response.inference_ms,
         }
+    if results["good"]["success"] and results["crop"]["success"]:
+        # the cropped mask is the full one's bounding box: equal inside it, and nothing outside it
+        full, cropped = image_to_numpy(futures["good"].result().mask), image_to_numpy(futures["crop"].result().mask)
+        x, y, width, height = results["crop"]["mask_roi"]
+        outside = full.copy()
+        outside[y:y + height, x:x + width] = 0
+        results["crop"]["equals_full_mask"] = bool(np.array_equal(full[y:y + height, x:x + width], cropped))
+        results["crop"]["full_mask_outside_roi"] = int(np.count_nonzero(outside))
     report(results=results)
 
 

@@ -31,7 +31,7 @@ from instseg_core.annotate.segmenter import (
 from instseg_core.data.cityscapes import CityscapesDataset, read_polygons, visible_masks
 from instseg_core.data.object_crops import ANNOTATION_CLASSES, augment, build_crops
 from instseg_core.eval.binary_metrics import iou
-from instseg_core.models.extreme_unet import ExtremeUNet
+from instseg_core.models.extreme_unet import ExtremeUNet, PixelShuffleUpsample
 from training.extreme_points import export_onnx
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "extreme_unet.onnx"
@@ -160,6 +160,45 @@ def test_onnx_runtime_matches_pytorch(untrained: tuple[ExtremeUNet, Path]) -> No
     by_onnx = ExtremePointSegmenter(OnnxNetwork(path)).segment(image, points)
     assert np.count_nonzero(by_torch.mask != by_onnx.mask) <= 2
     assert by_onnx.score == pytest.approx(by_torch.score, abs=1e-4)
+
+
+def test_pixel_shuffle_upsample_equals_transposed_convolution() -> None:
+    torch.manual_seed(3)
+    transposed = torch.nn.ConvTranspose2d(8, 5, 2, stride=2)
+    torch.nn.init.normal_(transposed.bias)
+    x = torch.randn(2, 8, 6, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(PixelShuffleUpsample(transposed)(x), transposed(x), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="2x2 stride-2"):
+        PixelShuffleUpsample(torch.nn.ConvTranspose2d(8, 5, 3, stride=2))
+
+
+@pytest.mark.parametrize("name", ["extreme_unet.onnx", "extreme_unet_int8.onnx"])
+def test_shipped_graphs_have_no_transposed_convolution(name: str) -> None:
+    """The int8 model quantises every convolution: ONNX Runtime has no int8 ConvTranspose, and a float one
+    costs dequantise/quantise/layout round trips (see PixelShuffleUpsample)."""
+    import onnx
+
+    graph = onnx.load(SHIPPED_MODEL.with_name(name)).graph
+    ops = [node.op_type for node in graph.node]
+    assert "ConvTranspose" not in ops and ops.count("DepthToSpace") == 4
+    if name.endswith("_int8.onnx"):
+        quantised_inputs = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+        for node in graph.node:
+            if node.op_type == "Conv":
+                assert node.input[0] in quantised_inputs and node.input[1] in quantised_inputs, node.name
+
+
+def test_result_roi_is_the_masks_tight_box(untrained: tuple[ExtremeUNet, Path]) -> None:
+    image = (np.random.default_rng(4).random((240, 320, 3)) * 255).astype(np.uint8)
+    result = ExtremePointSegmenter(OnnxNetwork(untrained[1])).segment(image, [[40, 120], [150, 30], [260, 110],
+                                                                                [140, 200]])
+    full = result.mask
+    assert full.shape == (240, 320) and result.area == np.count_nonzero(full) > 0
+    x, y, width, height = result.roi
+    assert result.roi_mask.shape == (height, width)
+    np.testing.assert_array_equal(full[y:y + height, x:x + width], result.roi_mask)
+    assert full[y].any() and full[y + height - 1].any() and full[:, x].any() and full[:, x + width - 1].any()
 
 
 def test_batch_equals_single_calls(untrained: tuple[ExtremeUNet, Path]) -> None:

@@ -56,7 +56,14 @@ def test_service_answers_good_bad_and_concurrent_requests(ros_processes, model_f
             assert good["success"] and good["code"] == 0 and good["message"] == ""
             assert good["mask_shape"] == [1024, 2048] and set(good["mask_values"]) <= {0, 255}
             assert good["mask_header_equal"] and 0.0 <= good["score"] <= 1.0 and good["inference_ms"] > 0, (name, good)
+            assert good["mask_roi"] == [0, 0, 2048, 1024], (name, good["mask_roi"])  # full-size masks
         assert results["cached"]["polygon_len"] == results["good"]["polygon_len"]  # same frame, same points
+        crop = results["crop"]  # crop_mask: the object's bounding box only, same pixels as the full mask
+        width, height = crop["mask_roi"][2:]
+        assert crop["success"] and 0 < width < 2048 and 0 < height < 1024 and crop["mask_shape"] == [height, width]
+        assert crop["equals_full_mask"] and crop["full_mask_outside_roi"] == 0
+        assert 255 in crop["mask_values"] and set(crop["mask_values"]) <= {0, 255}
+        assert crop["polygon_len"] == results["good"]["polygon_len"]
         expected = {"bad_count": (1, "got 6"), "outside": (2, "outside"), "degenerate": (3, "1 x 1"),
                     "mono16": (4, "mono16"), "truncated": (4, "truncated"), "zero": (4, "zero size"),
                     "uncached": (4, "not cached"),

@@ -102,17 +102,23 @@ def point_channel(crop_points: np.ndarray, mode: str = "circle", radius: float =
     raise ValueError(f"point channel mode must be 'circle' or 'gaussian', got {mode!r}")
 
 
-def normalise_rgb(crop_rgb: np.ndarray) -> np.ndarray:
-    """(128, 128, 3) uint8 RGB -> (3, 128, 128) float32 normalised."""
-    return ((crop_rgb.astype(np.float32) / 255.0 - RGB_MEAN) / RGB_STD).transpose(2, 0, 1)
+def normalise_rgb(crop_rgb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """(128, 128, 3) uint8 RGB -> (3, 128, 128) float32 (v / 255 - RGB_MEAN) / RGB_STD, written into `out`
+    when given."""
+    if out is None:
+        out = np.empty((3, *crop_rgb.shape[:2]), np.float32)
+    np.multiply(crop_rgb.transpose(2, 0, 1), np.float32(1.0 / (255.0 * RGB_STD)), out=out, dtype=np.float32)
+    out -= np.float32(RGB_MEAN / RGB_STD)
+    return out
 
 
 def encode(crop_rgb: np.ndarray, crop_points: np.ndarray | None, mode: str = "circle") -> np.ndarray:
     """Network input (C, 128, 128) float32: normalised RGB, plus the point channel unless points is None."""
-    rgb = normalise_rgb(crop_rgb)
-    if crop_points is None:
-        return np.ascontiguousarray(rgb)
-    return np.concatenate([rgb, point_channel(crop_points, mode)[None]], axis=0)
+    encoded = np.empty((3 if crop_points is None else 4, *crop_rgb.shape[:2]), np.float32)
+    normalise_rgb(crop_rgb, encoded[:3])
+    if crop_points is not None:
+        encoded[3] = point_channel(crop_points, mode)
+    return encoded
 
 
 def paste_back(probability: np.ndarray, box: CropBox, image_shape: tuple[int, int]) -> tuple[np.ndarray, tuple]:

@@ -2,7 +2,7 @@
 
     segmenter = ExtremePointSegmenter(OnnxNetwork("models/extreme_unet.onnx", threads=2))
     result = segmenter.segment(rgb, [[x_left, y_left], [x_top, y_top], [x_right, y_right], [x_bottom, y_bottom]])
-    result.mask, result.polygon, result.polygon_iou, result.score, result.timing_ms
+    result.roi, result.roi_mask (or result.mask, full size), result.polygon, result.polygon_iou, result.score
 
 Images are (H, W, 3) uint8 RGB; points are image pixels (see encoding.py). The network is anything that
 maps (N, C, 128, 128) float32 inputs to (N, 128, 128) probabilities: `OnnxNetwork` (ONNX Runtime on CPU,
@@ -52,9 +52,9 @@ class OnnxNetwork:
     """ONNX Runtime on CPU (instseg_core.runtime.backends.OnnxRuntimeBackend), `threads` intra-op threads;
     (N, C, 128, 128) inputs -> (N, 128, 128) probabilities."""
 
-    def __init__(self, path: str | os.PathLike, threads: int = 2) -> None:
+    def __init__(self, path: str | os.PathLike, threads: int = 2, spin_wait: bool = True) -> None:
         try:
-            self.backend = OnnxRuntimeBackend(path, threads=threads)
+            self.backend = OnnxRuntimeBackend(path, threads=threads, spin_wait=spin_wait)
         except ModelFileError as exc:
             raise ModelLoadError(f"extreme-point model: {exc}") from exc
         model_input = self.backend.session.get_inputs()[0]
@@ -87,14 +87,43 @@ class TorchNetwork:
 
 @dataclass
 class AnnotationResult:
-    """mask (H, W) bool; polygon (N, 2) int32 x, y (outer contour, simplified); polygon_iou: IoU of the
-    filled polygon with the mask; score: mean probability inside the mask; timing_ms per stage."""
+    """One segmented object.
 
-    mask: np.ndarray
+    roi: (x, y, width, height) int pixels of the image: the mask's tight bounding box ((x, y, 0, 0) when
+    the mask is empty); roi_mask: (height, width) bool, the mask inside it; image_shape: (H, W) of the
+    image; polygon (N, 2) int32 image x, y (outer contour, simplified); polygon_iou: IoU of the filled
+    polygon with the mask; score: mean probability inside the mask; timing_ms per stage. `mask` gives the
+    full (H, W) bool mask (built on each access: ~2 MB at 2048x1024, which is why the ROI form exists).
+    """
+
+    roi: tuple[int, int, int, int]
+    roi_mask: np.ndarray
+    image_shape: tuple[int, int]
     polygon: np.ndarray
     polygon_iou: float
     score: float
     timing_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """(H, W) bool, the whole image."""
+        full = np.zeros(self.image_shape, bool)
+        x, y, width, height = self.roi
+        full[y:y + height, x:x + width] = self.roi_mask
+        return full
+
+    @property
+    def area(self) -> int:
+        """Mask pixels."""
+        return int(np.count_nonzero(self.roi_mask))
+
+
+def tight_roi(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(x, y, width, height) of the bounding box of a (H, W) bool mask's pixels; (0, 0, 0, 0) if empty."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return 0, 0, 0, 0
+    return int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
 
 
 def validate_points(points: Sequence[Sequence[float]] | np.ndarray, image_shape: tuple[int, int],
@@ -165,13 +194,13 @@ class ExtremePointSegmenter:
             region, (x0, y0) = paste_back(probability, box, image.shape[:2])
             region_mask = region > self.threshold
             polygon, polygon_iou = mask_to_polygon(region_mask, tolerance)
-            mask = np.zeros(image.shape[:2], bool)
-            mask[y0:y0 + region.shape[0], x0:x0 + region.shape[1]] = region_mask
-            score = float(region[region_mask].mean()) if region_mask.any() else 0.0
+            rx, ry, rw, rh = tight_roi(region_mask)
+            score = float(region[region_mask].mean()) if rw else 0.0
             post = (time.perf_counter() - t0) * 1e3
             share = 1.0 / len(boxes)
             results.append(AnnotationResult(
-                mask, polygon + np.int32([x0, y0]) if len(polygon) else polygon, polygon_iou, score,
+                (x0 + rx, y0 + ry, rw, rh) if rw else (x0, y0, 0, 0), region_mask[ry:ry + rh, rx:rx + rw],
+                image.shape[:2], polygon + np.int32([x0, y0]) if len(polygon) else polygon, polygon_iou, score,
                 {"encode": (encoded - start) * 1e3 * share, "network": (inferred - encoded) * 1e3 * share,
                  "postprocess": post},
             ))

@@ -13,6 +13,8 @@ model for export so that the ONNX file outputs foreground probabilities in [0, 1
 
 from __future__ import annotations
 
+from copy import deepcopy as copy_module
+
 import torch
 from torch import nn
 
@@ -65,6 +67,42 @@ class ExtremeUNet(nn.Module):
         for upsample, decoder, skip in zip(self.upsamplers, self.decoders, reversed(skips[:-1]), strict=True):
             x = decoder(torch.cat([upsample(x), skip], dim=1))
         return self.head(x)
+
+
+class PixelShuffleUpsample(nn.Module):
+    """A 2x2, stride-2 transposed convolution rewritten as a 1x1 convolution to 4 * C_out channels followed
+    by a pixel shuffle (ONNX DepthToSpace, mode CRD); the two are equal up to float rounding.
+
+    Why: ONNX Runtime has no int8 kernel for ConvTranspose, so in the quantised model each one ran in fp32
+    between a dequantise and a quantise (with layout transposes around them); a 1x1 convolution is quantised
+    like every other convolution. (B, C_in, H, W) -> (B, C_out, 2H, 2W).
+    """
+
+    def __init__(self, transposed: nn.ConvTranspose2d) -> None:
+        super().__init__()
+        if transposed.kernel_size != (2, 2) or transposed.stride != (2, 2) or transposed.padding != (0, 0):
+            raise ValueError("only 2x2 stride-2 transposed convolutions without padding can be rewritten")
+        in_channels, out_channels = transposed.in_channels, transposed.out_channels
+        self.conv = nn.Conv2d(in_channels, 4 * out_channels, 1, bias=transposed.bias is not None)
+        with torch.no_grad():
+            # ConvTranspose weight (C_in, C_out, ky, kx) -> conv channel c_out * 4 + ky * 2 + kx, as
+            # pixel_shuffle reads it: out[c, 2y + ky, 2x + kx] = in[c * 4 + ky * 2 + kx, y, x].
+            weight = transposed.weight.permute(1, 2, 3, 0).reshape(4 * out_channels, in_channels, 1, 1)
+            self.conv.weight.copy_(weight)
+            if transposed.bias is not None:
+                self.conv.bias.copy_(transposed.bias.repeat_interleave(4))
+        self.shuffle = nn.PixelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shuffle(self.conv(x))
+
+
+def deployable(model: ExtremeUNet) -> ExtremeUNet:
+    """A copy of `model` for export, computing the same function: its transposed convolutions become
+    PixelShuffleUpsample (see there). The training checkpoints keep the ConvTranspose2d layout."""
+    copy = copy_module(model).eval()
+    copy.upsamplers = nn.ModuleList(PixelShuffleUpsample(upsample) for upsample in model.upsamplers)
+    return copy
 
 
 class SigmoidOutput(nn.Module):

@@ -97,10 +97,13 @@ ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
 
 class OnnxRuntimeBackend:
     """ONNX Runtime. provider: 'cpu', 'cuda' or 'tensorrt' (the TensorRT EP caches its engines in
-    `engine_cache_dir`, fp16 when `fp16`)."""
+    `engine_cache_dir`, fp16 when `fp16`). `spin_wait`: the intra-op worker threads busy-wait for the next
+    piece of work (ONNX Runtime's default; lowest latency for back-to-back runs) or sleep at once (leaves the
+    cores to other work between runs, e.g. DDS transport in a service node on a small machine)."""
 
     def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int = 2,
-                 engine_cache_dir: str | os.PathLike | None = None, fp16: bool = False) -> None:
+                 engine_cache_dir: str | os.PathLike | None = None, fp16: bool = False,
+                 spin_wait: bool = True) -> None:
         import onnxruntime as ort
 
         self.path = _require_file(path)
@@ -117,6 +120,8 @@ class OnnxRuntimeBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = max(1, int(threads))
         options.inter_op_num_threads = 1
+        if not spin_wait:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers: list = [wanted]
         if provider == "tensorrt":
             cache = ensure_writable_dir(engine_cache_dir or default_engine_cache_dir())
