@@ -37,10 +37,12 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import RegionOfInterest
+from sensor_msgs.msg import Image, RegionOfInterest
+from std_msgs.msg import Header
 
 from instseg_core.annotate.segmenter import (
     AnnotationError,
+    AnnotationResult,
     ErrorCode,
     ExtremePointSegmenter,
     ModelLoadError,
@@ -138,14 +140,7 @@ class ExtremePointNode(Node):
         except Exception as exc:  # keep serving whatever the model does
             return self._refuse(response, ErrorCode.INTERNAL_ERROR, f"segmentation failed: {exc!r}")
         response.success, response.error_code = True, int(ErrorCode.OK)
-        if request.crop_mask:
-            x, y, width, height = result.roi
-            mask = result.roi_mask
-        else:
-            (height, width), x, y = rgb.shape[:2], 0, 0
-            mask = result.mask
-        response.mask = numpy_to_image(mask.view(np.uint8) * np.uint8(255), "mono8", image_msg.header)
-        response.mask_roi = RegionOfInterest(x_offset=x, y_offset=y, width=width, height=height)
+        response.mask, response.mask_roi = mask_message(result, request.crop_mask, image_msg.header)
         response.polygon = result.polygon.reshape(-1).tolist()
         response.polygon_iou = float(result.polygon_iou)
         response.score = float(result.score)
@@ -153,6 +148,20 @@ class ExtremePointNode(Node):
         with self._lock:
             self.served += 1
         return response
+
+
+def mask_message(result: AnnotationResult, crop: bool, header: Header) -> tuple[Image, RegionOfInterest]:
+    """The response's mono8 0/255 mask and the region it covers: the object's tight box when `crop` (an
+    empty 0x0 image at the box's corner for an empty mask), else the whole image."""
+    if not crop:
+        height, width = result.image_shape
+        full = numpy_to_image(result.mask.view(np.uint8) * np.uint8(255), "mono8", header)
+        return full, RegionOfInterest(x_offset=0, y_offset=0, width=width, height=height)
+    x, y, width, height = result.roi
+    roi = RegionOfInterest(x_offset=x, y_offset=y, width=width, height=height)
+    if width == 0 or height == 0:
+        return Image(header=header, encoding="mono8"), roi
+    return numpy_to_image(result.roi_mask.view(np.uint8) * np.uint8(255), "mono8", header), roi
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -183,4 +192,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["ExtremePointNode", "main"]
+__all__ = ["ExtremePointNode", "main", "mask_message"]

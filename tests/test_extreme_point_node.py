@@ -114,3 +114,29 @@ def test_installed_entry_point_runs_the_node(ros_processes, tmp_path: Path) -> N
     result = subprocess.run([str(script), "--ros-args", "-p", f"model_path:={missing}"], capture_output=True,
                             text=True, timeout=60, env=ros_processes.env)
     assert result.returncode == 2 and str(missing) in result.stderr
+
+
+def test_mask_message_crops_to_the_roi_and_handles_an_empty_mask() -> None:
+    """The response mask for crop_mask true and false; an empty mask gives a 0x0 image, not an error."""
+    import numpy as np
+    from std_msgs.msg import Header
+
+    from instseg_core.annotate.segmenter import AnnotationResult
+    from instseg_ros.extreme_point_node import mask_message
+    from instseg_ros.image_codec import image_to_numpy
+
+    header = Header(frame_id="camera")
+    roi_mask = np.zeros((3, 4), bool)
+    roi_mask[0, 0] = roi_mask[2, 3] = True
+    result = AnnotationResult((10, 5, 4, 3), roi_mask, (20, 30), np.zeros((0, 2), np.int32), 1.0, 0.9)
+    cropped, roi = mask_message(result, True, header)
+    assert (roi.x_offset, roi.y_offset, roi.width, roi.height) == (10, 5, 4, 3) and cropped.header == header
+    np.testing.assert_array_equal(image_to_numpy(cropped), roi_mask * np.uint8(255))
+    full, roi = mask_message(result, False, header)
+    assert (roi.x_offset, roi.y_offset, roi.width, roi.height) == (0, 0, 30, 20)
+    assert image_to_numpy(full).shape == (20, 30) and np.count_nonzero(image_to_numpy(full)) == 2
+    assert image_to_numpy(full)[7, 13] == 255
+    empty = AnnotationResult((8, 9, 0, 0), np.zeros((0, 0), bool), (20, 30), np.zeros((0, 2), np.int32), 0.0, 0.0)
+    message, roi = mask_message(empty, True, header)
+    assert (message.width, message.height, len(message.data), message.encoding) == (0, 0, 0, "mono8")
+    assert (roi.x_offset, roi.y_offset, roi.width, roi.height) == (8, 9, 0, 0)
