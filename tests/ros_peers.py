@@ -116,12 +116,23 @@ def discovered_client(node: Node, srv_type: type, name: str, timeout: float, **k
 
 def receive(node: Node, msg_type: type, topic: str, count: int, timeout: float, qos: QoSProfile = RELIABLE,
             announce: bool = False) -> list:
-    """Subscribe and spin until `count` messages arrived or `timeout` s passed; returns what arrived."""
+    """Subscribe and spin until `count` messages arrived or `timeout` s passed; returns what arrived.
+
+    As with service clients (discovered_client), Fast DDS discovery between two test processes was seen to
+    stall for a whole test (a subscriber got nothing in 30 s from a bag player publishing in a loop; ~1 CI run
+    in 20). While nothing has arrived, the subscription is re-created every 10 s, which re-announces it."""
     received: list = []
-    node.create_subscription(msg_type, topic, received.append, qos)
+    deadline = time.monotonic() + timeout
+    subscription = node.create_subscription(msg_type, topic, received.append, qos)
     if announce:
         print("ready", flush=True)
-    spin_until(node, lambda: len(received) >= count, timeout)
+    while not spin_until(node, lambda: len(received) >= count, min(10.0, max(0.0, deadline - time.monotonic()))):
+        if time.monotonic() >= deadline:
+            break
+        if not received:
+            print(f"nothing on {topic} yet; re-creating the subscription", file=sys.stderr, flush=True)
+            node.destroy_subscription(subscription)
+            subscription = node.create_subscription(msg_type, topic, received.append, qos)
     return received
 
 
