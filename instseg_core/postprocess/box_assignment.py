@@ -92,6 +92,15 @@ def _box_terms(detections: Detections, height: int, width: int, params: Assignme
     return np.concatenate([boxes, (boxes[:, :2] + boxes[:, 2:]) / 2, constant[:, None]], 1).astype(np.float32)
 
 
+def _norm(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """sqrt(x^2 + y^2), overwriting x and y: ~9x faster than np.hypot on float32 here (NumPy's hypot calls the C
+    library per element), and as exact for distances in pixels (no overflow below 1e19)."""
+    x *= x
+    y *= y
+    x += y
+    return np.sqrt(x, out=x)
+
+
 def _assign_group(px: np.ndarray, py: np.ndarray, cx: np.ndarray, cy: np.ndarray, terms: np.ndarray,
                   box_ids: np.ndarray, extra: float) -> np.ndarray:
     """Best box (from box_ids) of pixels at (px, py) predicting centres (cx, cy): exact argmin of the cost.
@@ -119,13 +128,18 @@ def _assign_group(px: np.ndarray, py: np.ndarray, cx: np.ndarray, cy: np.ndarray
             px, py, cx, cy, position, best_cost, best_box = (
                 a[open_pixels] for a in (px, py, cx, cy, position, best_cost, best_box))
         x0, y0, x1, y1, bx, by, constant = t[j]
-        cost = np.hypot(cx - bx, cy - by)
-        cost += np.hypot(np.maximum(np.maximum(x0 - px, px - x1), 0), np.maximum(np.maximum(y0 - py, py - y1), 0))
+        cost = _norm(cx - bx, cy - by)
+        if out_x[j] > 0 or out_y[j] > 0 or px.min() < x0 or px.max() > x1 or py.min() < y0 or py.max() > y1:
+            cost += _norm(np.maximum(np.maximum(x0 - px, px - x1), 0), np.maximum(np.maximum(y0 - py, py - y1), 0))
+        # else every pixel of the group lies inside the box: d_out = 0
         cost += constant + extra
         box_id = box_ids[j]
-        better = (cost < best_cost) | ((cost == best_cost) & (box_id < best_box))  # ties: lower index, as in torch
-        best_cost[better] = cost[better]
-        best_box[better] = box_id
+        better = cost < best_cost
+        ties = cost == best_cost
+        if ties.any():  # ties go to the lower box index, as in the torch version
+            better |= ties & (box_id < best_box)
+        np.copyto(best_cost, cost, where=better)
+        np.copyto(best_box, box_id, where=better)
         worst = best_cost.max()
     result[position] = best_box
     return result
@@ -136,7 +150,7 @@ def _foreground_assignment(semantic: np.ndarray, offsets: np.ndarray, detections
     """(foreground flat pixel indices (M,) int64, their box index (M,) int32, -1 = unassigned)."""
     height, width = semantic.shape
     flat_semantic = semantic.ravel()
-    foreground = np.flatnonzero(flat_semantic)
+    foreground = np.flatnonzero(flat_semantic > 0)  # on a bool array: 6x faster than on the uint8 one
     best = np.full(foreground.size, -1, np.int32)
     if len(detections) == 0 or foreground.size == 0:
         return foreground, best
@@ -155,7 +169,7 @@ def _foreground_assignment(semantic: np.ndarray, offsets: np.ndarray, detections
     cx = px + offsets[0].ravel()[sorted_pixels]
     cy = py + offsets[1].ravel()[sorted_pixels]
     sorted_best = np.full(foreground.size, -1, np.int32)
-    starts = np.flatnonzero(np.diff(sorted_key, prepend=-1))
+    starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
     ends = np.append(starts[1:], order.size)
     boxes_of_class = {c: np.flatnonzero(detections.classes == c - 1) for c in range(1, n_classes + 1)}
     all_boxes = np.arange(len(detections))
