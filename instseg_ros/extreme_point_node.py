@@ -153,15 +153,14 @@ class ExtremePointNode(Node):
 def mask_message(result: AnnotationResult, crop: bool, header: Header) -> tuple[Image, RegionOfInterest]:
     """The response's mono8 0/255 mask and the region it covers: the object's tight box when `crop` (an
     empty 0x0 image at the box's corner for an empty mask), else the whole image."""
-    if not crop:
-        height, width = result.image_shape
-        full = numpy_to_image(result.mask.view(np.uint8) * np.uint8(255), "mono8", header)
-        return full, RegionOfInterest(x_offset=0, y_offset=0, width=width, height=height)
-    x, y, width, height = result.roi
+    if crop:
+        (x, y, width, height), mask = result.roi, result.roi_mask
+    else:
+        (height, width), x, y, mask = result.image_shape, 0, 0, result.mask
     roi = RegionOfInterest(x_offset=x, y_offset=y, width=width, height=height)
-    if width == 0 or height == 0:
+    if mask.size == 0:
         return Image(header=header, encoding="mono8"), roi
-    return numpy_to_image(result.roi_mask.view(np.uint8) * np.uint8(255), "mono8", header), roi
+    return numpy_to_image(mask.view(np.uint8) * np.uint8(255), "mono8", header), roi
 
 
 def main(argv: list[str] | None = None) -> None:

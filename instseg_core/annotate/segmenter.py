@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from instseg_core.annotate.encoding import CROP_SIZE, crop, crop_box, encode, paste_back, points_in_crop
+from instseg_core.postprocess.instances import mask_box
 from instseg_core.postprocess.polygons import mask_to_polygon
 from instseg_core.runtime.backends import ModelFileError, OnnxRuntimeBackend
 
@@ -118,14 +119,6 @@ class AnnotationResult:
         return int(np.count_nonzero(self.roi_mask))
 
 
-def tight_roi(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """(x, y, width, height) of the bounding box of a (H, W) bool mask's pixels; (0, 0, 0, 0) if empty."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return 0, 0, 0, 0
-    return int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
-
-
 def validate_points(points: Sequence[Sequence[float]] | np.ndarray, image_shape: tuple[int, int],
                     min_box: float = 2.0) -> np.ndarray:
     """(4, 2) float64 points, or AnnotationError: not 4 points, outside the image, or a degenerate box."""
@@ -194,12 +187,12 @@ class ExtremePointSegmenter:
             region, (x0, y0) = paste_back(probability, box, image.shape[:2])
             region_mask = region > self.threshold
             polygon, polygon_iou = mask_to_polygon(region_mask, tolerance)
-            rx, ry, rw, rh = tight_roi(region_mask)
-            score = float(region[region_mask].mean()) if rw else 0.0
+            rx0, ry0, rx1, ry1 = mask_box(region_mask) or (0, 0, 0, 0)
+            score = float(region[region_mask].mean()) if rx1 else 0.0
             post = (time.perf_counter() - t0) * 1e3
             share = 1.0 / len(boxes)
             results.append(AnnotationResult(
-                (x0 + rx, y0 + ry, rw, rh) if rw else (x0, y0, 0, 0), region_mask[ry:ry + rh, rx:rx + rw],
+                (x0 + rx0, y0 + ry0, rx1 - rx0, ry1 - ry0), region_mask[ry0:ry1, rx0:rx1],
                 image.shape[:2], polygon + np.int32([x0, y0]) if len(polygon) else polygon, polygon_iou, score,
                 {"encode": (encoded - start) * 1e3 * share, "network": (inferred - encoded) * 1e3 * share,
                  "postprocess": post},

@@ -28,6 +28,8 @@ import numpy as np
 from cityscapesscripts.helpers.labels import Label, id2label, labels, name2label, trainId2label
 from PIL import Image, ImageDraw
 
+from instseg_core.postprocess.instances import mask_box
+
 __all__ = [
     "GROUP_SUFFIX",
     "INSTANCE_CLASSES",
@@ -265,9 +267,9 @@ def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
     """(N, 4) int64 boxes x0, y0, x1 (exclusive), y1 (exclusive) of (N, H, W) bool masks; 0s if empty."""
     boxes = np.zeros((len(masks), 4), dtype=np.int64)
     for k, mask in enumerate(masks):
-        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        if rows.size:
-            boxes[k] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+        box = mask_box(mask)
+        if box is not None:
+            boxes[k] = box
     return boxes
 
 

@@ -109,11 +109,12 @@ def _assign_group(px: np.ndarray, py: np.ndarray, cx: np.ndarray, cy: np.ndarray
     pixel rectangle and the box, plus between its predicted-centre rectangle and the box centre); once a bound
     exceeds the worst pixel's best cost so far, no later box can win for any pixel of the group."""
     t = terms[box_ids]
-    out_x = np.maximum(np.maximum(t[:, 0] - px.max(), px.min() - t[:, 2]), 0)
-    out_y = np.maximum(np.maximum(t[:, 1] - py.max(), py.min() - t[:, 3]), 0)
+    extent = px.min(), py.min(), px.max(), py.max()  # of the pixels still in the working set
+    out_x = np.maximum(np.maximum(t[:, 0] - extent[2], extent[0] - t[:, 2]), 0)
+    out_y = np.maximum(np.maximum(t[:, 1] - extent[3], extent[1] - t[:, 3]), 0)
     off_x = np.maximum(np.maximum(cx.min() - t[:, 4], t[:, 4] - cx.max()), 0)
     off_y = np.maximum(np.maximum(cy.min() - t[:, 5], t[:, 5] - cy.max()), 0)
-    lower_bound = np.hypot(out_x, out_y) + np.hypot(off_x, off_y) + t[:, 6] + extra
+    lower_bound = _norm(out_x, out_y) + _norm(off_x, off_y) + t[:, 6] + extra
     result = np.full(px.shape, -1, np.int32)
     position = np.arange(px.size)
     best_cost = np.full(px.shape, np.inf, np.float32)
@@ -127,11 +128,12 @@ def _assign_group(px: np.ndarray, py: np.ndarray, cx: np.ndarray, cy: np.ndarray
             result[position] = best_box
             px, py, cx, cy, position, best_cost, best_box = (
                 a[open_pixels] for a in (px, py, cx, cy, position, best_cost, best_box))
+            extent = px.min(), py.min(), px.max(), py.max()
         x0, y0, x1, y1, bx, by, constant = t[j]
         cost = _norm(cx - bx, cy - by)
-        if out_x[j] > 0 or out_y[j] > 0 or px.min() < x0 or px.max() > x1 or py.min() < y0 or py.max() > y1:
+        if not (x0 <= extent[0] and y0 <= extent[1] and extent[2] <= x1 and extent[3] <= y1):
             cost += _norm(np.maximum(np.maximum(x0 - px, px - x1), 0), np.maximum(np.maximum(y0 - py, py - y1), 0))
-        # else every pixel of the group lies inside the box: d_out = 0
+        # else every pixel of the working set lies inside the box: d_out = 0
         cost += constant + extra
         box_id = box_ids[j]
         better = cost < best_cost

@@ -7,6 +7,14 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) int pixels, x1/y1 exclusive, of the True pixels of an (H, W) mask; None if it is empty."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
 @dataclass
 class Instances:
     """Instances of one image.

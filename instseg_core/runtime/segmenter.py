@@ -28,7 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from instseg_core.postprocess.instances import Instances
+from instseg_core.postprocess.instances import Instances, mask_box
 from instseg_core.postprocess.polygons import mask_to_polygon
 from instseg_core.runtime.backends import (
     BackendUnavailableError,
@@ -87,10 +87,9 @@ def resize_instances(instances: Instances, width: int, height: int) -> Instances
     for k, (x0, y0, x1, y1) in enumerate(instances.boxes):
         wx0, wy0 = max(0, int(x0 * sx) - margin_x), max(0, int(y0 * sy) - margin_y)
         wx1, wy1 = min(width, int(np.ceil(x1 * sx)) + margin_x), min(height, int(np.ceil(y1 * sy)) + margin_y)
-        window = id_image[wy0:wy1, wx0:wx1] == k + 1
-        rows, cols = np.flatnonzero(window.any(1)), np.flatnonzero(window.any(0))
-        if rows.size:
-            boxes[k] = (wx0 + cols[0], wy0 + rows[0], wx0 + cols[-1] + 1, wy0 + rows[-1] + 1)
+        box = mask_box(id_image[wy0:wy1, wx0:wx1] == k + 1)
+        if box is not None:
+            boxes[k] = np.add(box, (wx0, wy0, wx0, wy0))
     return Instances(id_image, instances.classes, instances.scores, boxes, areas)
 
 
