@@ -134,7 +134,7 @@ def export_onnx(model: Box2Pix, path: str | os.PathLike, height: int = 512, widt
     (1, P, 4 + n + 1), 'semantic' (1, H, W) uint8, 'offsets' (1, 2, H, W); H and W dynamic (multiples of 128)."""
     outputs = {"detections": {1: "priors"}, "semantic": {1: "height", 2: "width"},
                "offsets": {2: "height", 3: "width"}}
-    return export_graph(Box2PixInference(model), path, outputs, height, width)
+    return export_graph(Box2PixInference(model), path, outputs, torch.zeros(1, 3, height, width))
 
 
 def export(args: argparse.Namespace) -> Path:

@@ -201,16 +201,18 @@ def add_model_commands(commands: argparse._SubParsersAction, *, train: Callable,
 
 
 def export_graph(module: torch.nn.Module, path: str | os.PathLike, outputs: dict[str, dict[int, str]],
-                 height: int, width: int) -> Path:
-    """ONNX (opset 17, TorchScript exporter) of `module` in eval mode: input 'image' (1, 3, H, W) float32 with
-    dynamic height and width; `outputs` maps each output name, in order, to its dynamic axes."""
+                 example: torch.Tensor, inputs: dict[str, dict[int, str]] | None = None) -> Path:
+    """ONNX (opset 17, TorchScript exporter) of `module` in eval mode, traced on `example`. `inputs` maps the
+    input name to its dynamic axes (default: 'image', (1, 3, H, W) with dynamic height and width); `outputs`
+    maps each output name, in order, to its dynamic axes."""
+    inputs = inputs or {"image": {2: "height", 3: "width"}}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated; the dynamo one needs onnxscript
-        torch.onnx.export(module.eval(), torch.zeros(1, 3, height, width), str(path), input_names=["image"],
+        torch.onnx.export(module.eval(), example, str(path), input_names=list(inputs),
                           output_names=list(outputs), opset_version=17, dynamo=False,
-                          dynamic_axes={"image": {2: "height", 3: "width"}, **outputs})
+                          dynamic_axes={**inputs, **outputs})
     return path
 
 

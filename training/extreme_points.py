@@ -20,7 +20,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from instseg_core.data.object_crops import ANNOTATION_CLASSES, CropSet, augment,
 from instseg_core.eval.binary_metrics import BinarySegmentationMetrics
 from instseg_core.losses.binary_mask import LOSSES
 from instseg_core.models.extreme_unet import ExtremeUNet, SigmoidOutput, deployable
-from training.common import ensure_malloc_tuning, git_commit, resumable, resume, save_atomically
+from training.common import ensure_malloc_tuning, export_graph, git_commit, resumable, resume, save_atomically
 
 VARIANTS = {"extreme": 4, "box": 3}  # input channels
 def batch_inputs(crops: CropSet, index: np.ndarray, variant: str, rng: np.random.Generator | None
@@ -141,15 +140,8 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike) -> Path:
 
     The graph is that of `deployable(model)`: the same function with 1x1 convolutions + DepthToSpace in
     place of the transposed convolutions, so that int8 quantisation covers every convolution."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    dummy = torch.zeros(1, model.in_channels, 128, 128)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated; the dynamo one needs onnxscript
-        torch.onnx.export(SigmoidOutput(deployable(model.eval())), dummy, str(path), input_names=["input"],
-                          output_names=["probability"], opset_version=17, dynamo=False,
-                          dynamic_axes={"input": {0: "batch"}, "probability": {0: "batch"}})
-    return path
+    return export_graph(SigmoidOutput(deployable(model.eval())), path, {"probability": {0: "batch"}},
+                        torch.zeros(1, model.in_channels, 128, 128), {"input": {0: "batch"}})
 
 
 def export(args: argparse.Namespace) -> Path:

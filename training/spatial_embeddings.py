@@ -126,7 +126,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 def export_onnx(model: SpatialEmbeddings, path: str | os.PathLike, height: int = 512, width: int = 1024) -> Path:
     """ONNX (opset 17) with input 'image' (1, 3, H, W) float32 in [0, 1] and output 'raw' (1, C, H, W),
     height and width dynamic (multiples of 8)."""
-    return export_graph(model, path, {"raw": {2: "height", 3: "width"}}, height, width)
+    return export_graph(model, path, {"raw": {2: "height", 3: "width"}}, torch.zeros(1, 3, height, width))
 
 
 def export(args: argparse.Namespace) -> Path:
