@@ -51,21 +51,25 @@ def objects_of_a_frame() -> tuple[np.ndarray, list[np.ndarray]]:
 
 
 def in_process(model_path: Path, rgb: np.ndarray, points: list[np.ndarray], repeats: int) -> list[list]:
-    from instseg_core.annotate.segmenter import ExtremePointSegmenter, OnnxNetwork, TorchNetwork
-    from instseg_core.models.extreme_unet import ExtremeUNet
+    from instseg_core.annotate.segmenter import (
+        ExtremePointSegmenter,
+        annotation_segmenter_from_module,
+        create_annotation_segmenter,
+    )
+    from instseg_core.networks.extreme_unet import ExtremeUNet
 
     # Built lazily, in this order: PyTorch's OpenMP pool keeps spinning after it runs and would slow
     # ONNX Runtime's threads if it were created first.
     int8_path = model_path.with_name(model_path.stem + "_int8.onnx")
-    backends = [("ONNX Runtime fp32 (2 threads)", lambda: OnnxNetwork(model_path, threads=2))]
+    backends = [("ONNX Runtime fp32 (2 threads)", lambda: create_annotation_segmenter(model_path, threads=2))]
     if int8_path.is_file():
-        backends.append(("ONNX Runtime int8 QDQ (2 threads)", lambda: OnnxNetwork(int8_path, threads=2)))
-    backends.append(("PyTorch eager fp32 (2 threads)",
-                     lambda: TorchNetwork(ExtremeUNet(OnnxNetwork(model_path).channels), threads=2)))
+        backends.append(("ONNX Runtime int8 QDQ (2 threads)",
+                         lambda: create_annotation_segmenter(int8_path, threads=2)))
+    backends.append(("PyTorch eager fp32 (2 threads)", lambda: annotation_segmenter_from_module(
+        ExtremeUNet(create_annotation_segmenter(model_path).channels), threads=2)))
     rows, medians = [], {}
-    for name, make_network in backends:
-        network = make_network()
-        segmenter = ExtremePointSegmenter(network)
+    for name, make_segmenter in backends:
+        segmenter = make_segmenter()
         segmenter.warmup()
         cycle, network_ms = iter(range(10**9)), []
 
@@ -121,7 +125,7 @@ def service(model_path: Path, rgb: np.ndarray, points: list[np.ndarray], request
     if allocator_defaults:
         env["INSTSEG_MALLOC_DEFAULT"] = "1"
     node_proc = subprocess.Popen([sys.executable, str(REPO / "instseg_ros" / "extreme_point_node.py"), "--ros-args",
-                                  "-p", f"model_path:={model_path}", "-p", "threads:=2",
+                                  "-p", f"model_file:={model_path}", "-p", "threads:=2",
                                   *[arg for parameter in node_parameters for arg in ("-p", parameter)]],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     rclpy.init()

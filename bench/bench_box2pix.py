@@ -4,7 +4,7 @@
 
 Network: both ONNX models (the shipped ones in models/, else fresh exports of the same architectures) at
 512x256, 1024x512 and 2048x1024 with ONNX Runtime on the CPU (graph optimisation ALL).
-Post-processing: the output a perfect network would give (each model's `ideal_output`, 2 px offset noise) for a
+Post-processing: the output a perfect network would give (instseg_core.testing.ideal_outputs, 2 px offset noise) for a
 synthetic scene at 512x256 and at 1024x512, and for 2048x1024 mosaics of four scenes (31 and 45 objects):
 - Box2Pix: detections + NMS + pixel-to-box assignment + instances (instseg_core.postprocess.box_assignment),
   NumPy (1 thread) and torch on the CPU; the baseline is the paper's formulation taken literally, one
@@ -30,10 +30,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 from bench_spatial_embeddings import CLASSES, MOSAICS, instance_ids_of, mosaic_scene
 from benchlib import print_table, time_call
 
+from instseg_core.base.network_input import rgb_to_unit_nchw
 from instseg_core.data.instance_training import instance_targets
 from instseg_core.data.street_layout import make_scene
 from instseg_core.data.synthetic import render
-from instseg_core.models import box2pix, spatial_embeddings
+from instseg_core.networks import box2pix, spatial_embeddings
+from instseg_core.networks.box_priors import assign_priors, prior_boxes
 from instseg_core.postprocess.box_assignment import (
     AssignmentParams,
     Detections,
@@ -43,6 +45,7 @@ from instseg_core.postprocess.box_assignment import (
     instances_from_assignment,
 )
 from instseg_core.postprocess.seed_clustering import ClusteringParams, cluster_seeds
+from instseg_core.testing.ideal_outputs import ideal_box2pix_output, ideal_spatial_embeddings_output
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = ((512, 256), (1024, 512), (2048, 1024))
@@ -79,7 +82,7 @@ def network_rows(threads: int) -> list[list]:
     rows = []
     rng = np.random.default_rng(0)
     for width, height in SIZES:
-        image = box2pix.preprocess(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+        image = rgb_to_unit_nchw(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
         repeats = {512: 15, 1024: 6, 2048: 3}[width]
         timings = {name: time_call(name, lambda s=session, image=image: s.run(None, {"image": image}),
                                    repeats=repeats, warmup=1)
@@ -124,8 +127,8 @@ def scenes() -> list[tuple[str, np.ndarray, np.ndarray]]:
 def scene_rows(name: str, instances: np.ndarray, labels: np.ndarray, threads: int) -> list[list]:
     height, width = instances.shape
     params = AssignmentParams(threads=1)
-    detections, semantic, offsets = box2pix.ideal_output(instances, labels, len(CLASSES), noise_px=2.0)
-    priors = box2pix.prior_boxes(height, width, box2pix.assign_priors())
+    detections, semantic, offsets = ideal_box2pix_output(instances, labels, len(CLASSES), noise_px=2.0)
+    priors = prior_boxes(height, width, assign_priors())
     boxes = decode_detections(detections, priors, height, width, params)
     found = len(decode_box2pix(detections, semantic, offsets, priors, params))
     baseline = time_call("matrix", lambda: full_matrix_assignment(semantic, offsets, boxes, params), repeats=5,
@@ -145,7 +148,7 @@ def scene_rows(name: str, instances: np.ndarray, labels: np.ndarray, threads: in
             ("Box2Pix: assignment + instances, torch CPU", torch_decode, 5)):
         timing = time_call(label, fn, repeats=repeats, warmup=1)
         rows.append([case, label, timing.median, timing.p95, baseline.median / timing.median])
-    raw = spatial_embeddings.ideal_output(instances, labels, len(CLASSES), 2, margin_px=8, noise_px=2.0)
+    raw = ideal_spatial_embeddings_output(instances, labels, len(CLASSES), 2, margin_px=8, noise_px=2.0)
     clustering = ClusteringParams(threads=threads)
     timing = time_call("se", lambda: cluster_seeds(raw, 2, clustering), repeats=30, warmup=1)
     rows.append([case, f"Spatial Embeddings: seed clustering, NumPy, {threads} threads", timing.median,

@@ -6,7 +6,7 @@ Network: the ERFNet two-branch network at 512x256, 1024x512 and 2048x1024, PyTor
 no_grad) and ONNX Runtime (graph optimisation ALL) in the same run. The ONNX model is the shipped one when
 it exists (else a fresh export); PyTorch runs the same architecture with fresh weights (same cost).
 Clustering at 2048x1024 on 31 and on 45 objects: the network output a perfect model would give for a
-mosaic of four synthetic street scenes (instseg_core.models.spatial_embeddings.ideal_output, 2 px embedding noise),
+mosaic of four synthetic street scenes (instseg_core.testing.ideal_outputs, 2 px embedding noise),
 with ours (NumPy, 1 and 2 threads; torch on CPU) against a literal port of the reference implementation's
 clustering (davyneven/SpatialEmbeddings, torch, per class) as the baseline. When the shipped model exists,
 clustering of its real output on a synthetic 1024x512 frame is timed too.
@@ -29,18 +29,15 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from benchlib import print_table, time_call
 
+from instseg_core.base.network_input import rgb_to_unit_nchw as preprocess
 from instseg_core.data.cityscapes import PolygonObject, name2label, visible_masks
 from instseg_core.data.instance_training import instance_targets
 from instseg_core.data.street_layout import make_scene
 from instseg_core.data.synthetic import render
-from instseg_core.models.spatial_embeddings import (
-    PIXEL_SPACING,
-    SIGMA_SCALE,
-    SpatialEmbeddings,
-    ideal_output,
-    preprocess,
-)
+from instseg_core.networks.embedding_coding import PIXEL_SPACING, SIGMA_SCALE
+from instseg_core.networks.spatial_embeddings import SpatialEmbeddings
 from instseg_core.postprocess.seed_clustering import ClusteringParams, cluster_seeds, cluster_seeds_torch
+from instseg_core.testing.ideal_outputs import ideal_spatial_embeddings_output as ideal_output
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = ((512, 256), (1024, 512), (2048, 1024))

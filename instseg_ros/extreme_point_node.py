@@ -1,7 +1,8 @@
 """`extreme_point_node`: the annotation service. 4 extreme points in, mask and polygon out, on CPU.
 
 Service `~/segment` (instseg_interfaces/srv/SegmentObject). Parameters:
-  model_path (string, default: the shipped models/extreme_unet_int8.onnx), threads (int, 2: ONNX Runtime
+  model_file (string: a path, or a file name looked up in $INSTSEG_MODEL_DIR, the installed share directory
+  and the source tree; empty = the shipped extreme_unet_int8.onnx), threads (int, 2: ONNX Runtime
   intra-op threads), threshold (double, 0.5), polygon_tolerance (double, 1.0 px: Douglas-Peucker
   epsilon), max_image_pixels (int, 16777216), max_concurrent (int, 2: requests segmented at once),
   frame_cache (int, 4: frames remembered for requests without pixels; 0 = off), spin_wait (bool, true:
@@ -24,6 +25,7 @@ are served concurrently (a reentrant callback group and a multi-threaded executo
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -44,15 +46,11 @@ from instseg_core.annotate.segmenter import (
     AnnotationError,
     AnnotationResult,
     ErrorCode,
-    ExtremePointSegmenter,
-    ModelLoadError,
-    OnnxNetwork,
+    create_annotation_segmenter,
 )
+from instseg_core.base.model_files import ModelFileError
 from instseg_ros.allocator import keep_large_buffers
 from instseg_ros.image_codec import ImageCodecError, image_to_numpy, numpy_to_image, to_rgb8
-from instseg_ros.resources import model_path
-
-DEFAULT_MODEL = "extreme_unet_int8.onnx"  # same held-out aIoU as fp32 (0.918), ~1.8x faster
 
 
 class ExtremePointNode(Node):
@@ -61,7 +59,8 @@ class ExtremePointNode(Node):
     def __init__(self, **kwargs: object) -> None:
         super().__init__("extreme_point_node", **kwargs)
         describe = ParameterDescriptor
-        self.declare_parameter("model_path", "", describe(description="ONNX model; empty = shipped default"))
+        self.declare_parameter("model_file", "", describe(description="ONNX model: a path or a file name in the "
+                                                                     "model folders; empty = shipped default"))
         self.declare_parameter("threads", 2, describe(description="ONNX Runtime intra-op threads"))
         self.declare_parameter("threshold", 0.5, describe(description="foreground probability threshold"))
         self.declare_parameter("polygon_tolerance", 1.0, describe(description="polygon simplification (px)"))
@@ -70,15 +69,15 @@ class ExtremePointNode(Node):
         self.declare_parameter("spin_wait", True, describe(description="ONNX Runtime threads busy-wait between runs"))
         self.declare_parameter("frame_cache", 4, describe(description="frames kept for requests without pixels"))
         get = self.get_parameter
-        path = get("model_path").value or str(model_path(DEFAULT_MODEL))
         threads, threshold = int(get("threads").value), float(get("threshold").value)
         tolerance = float(get("polygon_tolerance").value)
         self.max_pixels = int(get("max_image_pixels").value)
         if threads < 1 or not 0.0 < threshold < 1.0 or tolerance < 0 or self.max_pixels < 1:
             raise ValueError(f"invalid parameters: threads={threads} threshold={threshold} "
                              f"polygon_tolerance={tolerance} max_image_pixels={self.max_pixels}")
-        network = OnnxNetwork(path, threads, spin_wait=bool(get("spin_wait").value))
-        self.segmenter = ExtremePointSegmenter(network, threshold=threshold, polygon_tolerance=tolerance)
+        self.segmenter = create_annotation_segmenter(get("model_file").value or None, threads=threads,
+                                                     spin_wait=bool(get("spin_wait").value), threshold=threshold,
+                                                     polygon_tolerance=tolerance)
         start = time.perf_counter()
         self.segmenter.warmup()
         self.errors: Counter[str] = Counter()
@@ -91,7 +90,8 @@ class ExtremePointNode(Node):
         service_qos = QoSProfile(depth=64, reliability=ReliabilityPolicy.RELIABLE)
         self.create_service(SegmentObject, "~/segment", self._on_request, qos_profile=service_qos,
                             callback_group=ReentrantCallbackGroup())
-        self.get_logger().info(f"loaded {path} ({self.segmenter.network.channels} input channels, {threads} threads), "
+        self.get_logger().info(f"loaded {self.segmenter.backend.path} ({self.segmenter.channels} input channels, "
+                               f"{threads} threads), "
                                f"warm-up {1e3 * (time.perf_counter() - start):.0f} ms; serving "
                                f"{self.resolve_service_name('~/segment')}")
 
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     rclpy.init(args=argv)
     try:
         node = ExtremePointNode()
-    except (ModelLoadError, ValueError) as exc:
+    except (ModelFileError, ValueError) as exc:
         print(f"extreme_point_node: {exc}", file=sys.stderr, flush=True)
         rclpy.try_shutdown()
         sys.exit(2)
@@ -181,6 +181,8 @@ def main(argv: list[str] | None = None) -> None:
         pass
     finally:  # the ROS context may already be gone (signal), so the summary goes to stderr directly
         print(f"extreme_point_node: served {node.served} requests; refused {dict(node.errors) or 'none'}",
+              file=sys.stderr, flush=True)
+        print("extreme_point_node summary " + json.dumps({"served": node.served, "refused": dict(node.errors)}),
               file=sys.stderr, flush=True)
         executor.shutdown()
         node.destroy_node()

@@ -1,6 +1,6 @@
 """`instseg-label`: label a recorded camera bag offline from extreme-point clicks.
 
-    instseg-label BAG --topic /camera/image_raw --clicks clicks.json --out OUT [--model models/extreme_unet_int8.onnx]
+    instseg-label BAG --topic /camera/image_raw --clicks clicks.json --out OUT [--model-file extreme_unet.onnx]
                   [--threads 2] [--polygon-tolerance 1.0] [--split train] [--city labelled]
 
 BAG is a rosbag2 directory (MCAP or sqlite3) with sensor_msgs/Image or CompressedImage on --topic.
@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +32,11 @@ import numpy as np
 from rosbags.highlevel import AnyReader
 from tqdm import tqdm
 
-from instseg_core.annotate.segmenter import AnnotationError, ExtremePointSegmenter, ModelLoadError, OnnxNetwork
+from instseg_core.annotate.segmenter import AnnotationError, ExtremePointSegmenter, create_annotation_segmenter
+from instseg_core.base.atomic_files import write_text_atomically
+from instseg_core.base.model_files import ModelFileError
 from instseg_core.data.cityscapes import name2label, write_sample
 from instseg_ros.image_codec import ImageCodecError, compressed_to_numpy, image_to_numpy, to_rgb8
-from instseg_ros.resources import model_path
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 
@@ -118,10 +117,7 @@ def _read_messages(reader: AnyReader, connections: list, bag: Path) -> Iterator[
 
 
 def _atomic_json(path: Path, data: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        json.dump(data, handle)
-    os.replace(handle.name, path)
+    write_text_atomically(path, json.dumps(data))
 
 
 def label_bag(bag: Path, topic: str, clicks: dict[str, list[Click]], out: Path, segmenter: ExtremePointSegmenter, *,
@@ -206,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--topic", required=True)
     parser.add_argument("--clicks", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--model", type=Path, default=None, help="default: the shipped extreme_unet_int8.onnx")
+    parser.add_argument("--model-file", "--model", dest="model_file", default=None,
+                        help="a path, or a file name in the model folders; default: the shipped extreme_unet_int8.onnx")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--polygon-tolerance", type=float, default=1.0)
     parser.add_argument("--split", default="train", choices=["train", "val", "test"])
@@ -217,11 +214,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--city must not contain '_' (Cityscapes file names split on it)")
     try:
         clicks = parse_clicks(json.loads(args.clicks.read_text()))
-        segmenter = ExtremePointSegmenter(OnnxNetwork(args.model or model_path("extreme_unet_int8.onnx"), args.threads),
-                                          polygon_tolerance=args.polygon_tolerance)
+        segmenter = create_annotation_segmenter(args.model_file, threads=args.threads,
+                                                polygon_tolerance=args.polygon_tolerance)
         summary = label_bag(args.bag, args.topic, clicks, args.out, segmenter, split=args.split, city=args.city,
                             progress=not args.quiet)
-    except (LabelError, ModelLoadError, OSError, json.JSONDecodeError) as exc:
+    except (LabelError, ModelFileError, OSError, json.JSONDecodeError) as exc:
         sys.exit(f"instseg-label: {exc}")
     print(json.dumps(summary))
 

@@ -11,13 +11,16 @@ Topics (relative names, so they remap):
                         preprocess, inference, postprocess, publish), frames received/processed/dropped/
                         bad/failed, backend, device
 Behaviour: the subscription callback only stores the newest frame; a worker thread decodes, segments and
-publishes, so the executor never blocks and a slow model drops frames (counted) instead of queueing them.
+publishes, so the executor never blocks and a slow model drops frames (counted) instead of queueing them
+(instseg_core.runtime.streaming, the ROS-free core this node is glue around).
 Bad frames (unsupported encoding, truncated data, 0x0, 16-bit) are counted, logged (rate-limited) and
 skipped. A publisher with incompatible QoS is reported as a warning. Every parameter is validated at start
 (a bad one stops the node with a message and exit status 2); score_threshold and overlay_alpha can be
 changed at run time, the others are read-only. SIGINT/SIGTERM shut down cleanly.
 
-Parameters: model (spatial_embeddings | ... registry), weights (file; empty = shipped), backend (torch |
+Parameters: model (spatial_embeddings | ... registry), model_file (a path, or a file name looked up in
+$INSTSEG_MODEL_DIR, the installed share directory and the source tree; empty = the model's shipped file),
+backend (torch |
 onnxruntime | tensorrt), device (cpu | cuda | tensorrt (onnxruntime's TensorRT EP)), input_width /
 input_height (network input; 0 = the frame's size rounded to the model's multiple), threads,
 score_threshold, classes (names to publish; empty = all), input_type (raw | compressed), reliability
@@ -28,10 +31,9 @@ engine_cache_dir, fp16, diagnostics_period.
 from __future__ import annotations
 
 import gc
+import json
 import sys
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 
 import numpy as np
@@ -50,10 +52,10 @@ from sensor_msgs.msg import CompressedImage, Image, RegionOfInterest
 
 from instseg_core.postprocess.overlay import render_overlay
 from instseg_core.runtime import BACKENDS, MODELS, BackendUnavailableError, ModelFileError, create_segmenter
-from instseg_core.runtime.segmenter import SegmentationResult, default_weights
+from instseg_core.runtime.segmenter import SegmentationResult, Segmenter
+from instseg_core.runtime.streaming import COUNTERS, BadFrameError, FrameStats, LatestFrameWorker
 from instseg_ros.allocator import keep_large_buffers
 from instseg_ros.image_codec import ImageCodecError, compressed_to_numpy, image_to_numpy, numpy_to_image, to_rgb8
-from instseg_ros.resources import model_path
 
 RUNTIME_PARAMETERS = ("score_threshold", "overlay_alpha")
 
@@ -62,35 +64,20 @@ class ParameterError(ValueError):
     """A parameter value the node cannot start with."""
 
 
-class FrameStats:
-    """Counters and a sliding window of per-frame latencies (thread-safe)."""
-
-    def __init__(self, window: int = 300) -> None:
-        self.lock = threading.Lock()
-        self.received = self.processed = self.dropped = self.bad = self.failed = 0
-        self.latencies_ms: deque[float] = deque(maxlen=window)
-        self.stage_ms: deque[dict] = deque(maxlen=window)
-        self.done_times: deque[float] = deque(maxlen=window)
-
-    def snapshot(self) -> dict:
-        with self.lock:
-            now = time.monotonic()
-            recent = [t for t in self.done_times if now - t <= 5.0]
-            latencies = np.array(self.latencies_ms) if self.latencies_ms else np.array([np.nan])
-            fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
-            stages = {f"{name}_ms": float(np.median([d[name] for d in self.stage_ms]))
-                      for name in (self.stage_ms[0] if self.stage_ms else {})}
-            return {**stages, "fps": fps, "latency_p50_ms": float(np.percentile(latencies, 50)),
-                    "latency_p95_ms": float(np.percentile(latencies, 95)), "received": self.received,
-                    "processed": self.processed, "dropped": self.dropped, "bad": self.bad, "failed": self.failed}
-
-
 class SegmentationMixin:
-    """The node's behaviour, shared by the plain and the lifecycle node: `_load` creates the segmenter,
-    `_start_io` the subscription, publishers, diagnostics timer and worker thread; `_stop_io` and `_unload`
-    undo them."""
+    """The node's behaviour, shared by the plain and the lifecycle node: `_init_state` (from the node's
+    __init__) creates every attribute, `_load` the segmenter, `_start_io` the subscription, publishers,
+    diagnostics timer and worker; `_stop_io` and `_unload` undo them."""
 
-    segmenter = None
+    def _init_state(self) -> None:
+        self.segmenter: Segmenter | None = None
+        self.stats = FrameStats()  # kept across deactivate/activate: the node's totals
+        self.worker: LatestFrameWorker | None = None
+        self.subscription = None
+        self.compressed = False
+        self.model_name = ""
+        self.overlay_alpha = 0.5
+        self.polygon_tolerance = 1.0
 
     def _read_parameters(self) -> dict:
         p = {name: self._value(name) for name in self._parameter_names}
@@ -98,12 +85,11 @@ class SegmentationMixin:
         return p
 
     def _load(self, p: dict) -> None:
-        weights = p["weights"] or str(model_path(default_weights(p["model"], p["backend"]).name))
         input_size = (int(p["input_width"]), int(p["input_height"])) if p["input_width"] else None
         start = time.perf_counter()
         segmenter = create_segmenter(
-            p["model"], weights=weights, backend=p["backend"], device=p["device"], input_size=input_size,
-            threads=int(p["threads"]), score_threshold=float(p["score_threshold"]),
+            p["model"], model_file=p["model_file"] or None, backend=p["backend"], device=p["device"],
+            input_size=input_size, threads=int(p["threads"]), score_threshold=float(p["score_threshold"]),
             engine_cache_dir=p["engine_cache_dir"] or None, fp16=bool(p["fp16"]), classes=p["classes"])
         self.overlay_alpha = float(p["overlay_alpha"])
         self.polygon_tolerance = float(p["polygon_tolerance"])
@@ -112,7 +98,7 @@ class SegmentationMixin:
         segmenter(np.zeros((warmup_size[1], warmup_size[0], 3), np.uint8))  # first runs allocate and plan
         self.segmenter = segmenter
         self.get_logger().info(
-            f"{segmenter.describe()} loaded from {weights} and warmed up in "
+            f"{segmenter.describe()} loaded from {segmenter.model_file} and warmed up in "
             f"{(time.perf_counter() - start) * 1e3:.0f} ms; network input "
             f"{'frame size' if input_size is None else f'{input_size[0]}x{input_size[1]}'}")
 
@@ -121,10 +107,6 @@ class SegmentationMixin:
         gc.collect()
 
     def _start_io(self, p: dict) -> None:
-        self.stats = getattr(self, "stats", None) or FrameStats()
-        self._slot_lock = threading.Condition()
-        self._pending: tuple[object, float] | None = None
-        self._stop = False
         depth = int(p["qos_depth"])
         reliability = ReliabilityPolicy.RELIABLE if p["reliability"] == "reliable" else ReliabilityPolicy.BEST_EFFORT
         input_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability)
@@ -137,14 +119,16 @@ class SegmentationMixin:
         self.overlay_pub = self.create_publisher(Image, "~/overlay", output_qos)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.diagnostics_timer = self.create_timer(float(p["diagnostics_period"]), self._publish_diagnostics)
-        self.worker = threading.Thread(target=self._work, name="segmentation-worker", daemon=True)
+        self.worker = LatestFrameWorker(self._process, self.stats, on_bad=self._on_bad_frame,
+                                        on_error=self._on_failure, shutting_down=lambda: not self.context.ok(),
+                                        name="segmentation-worker")
         self.worker.start()
         self.subscription = self.create_subscription(msg_type, topic, self._on_frame, input_qos,
                                                      event_callbacks=events)
         self.get_logger().info(f"segmenting {self.resolve_topic_name(topic)} ({p['reliability']}, depth {depth})")
 
     def _stop_io(self) -> None:
-        if getattr(self, "subscription", None) is None:
+        if self.subscription is None:
             return
         self.destroy_subscription(self.subscription)
         self.subscription = None
@@ -159,7 +143,8 @@ class SegmentationMixin:
     def _declare_parameters(self) -> None:
         specs = {
             "model": ("spatial_embeddings", f"one of {sorted(MODELS)}"),
-            "weights": ("", "model file (.onnx with its .json manifest, or .pt for torch); empty = shipped"),
+            "model_file": ("", "model file (.onnx with its .json manifest, or .pt for torch): a path or a file "
+                               "name in the model folders; empty = the model's shipped file"),
             "backend": ("onnxruntime", f"one of {BACKENDS}"),
             "device": ("cpu", "cpu | cuda | tensorrt (onnxruntime's TensorRT execution provider)"),
             "input_width": (0, "network input width (multiple of 8); 0 = frame size"),
@@ -239,59 +224,36 @@ class SegmentationMixin:
             throttle_duration_sec=5.0)
 
     def _on_frame(self, msg: object) -> None:
-        with self._slot_lock:
-            self.stats.received += 1
-            if self._pending is not None:
-                self.stats.dropped += 1
-            self._pending = (msg, time.monotonic())
-            self._slot_lock.notify()
+        self.worker.offer(msg)
 
-    def _work(self) -> None:
-        while True:
-            with self._slot_lock:
-                while self._pending is None and not self._stop:
-                    self._slot_lock.wait(0.5)
-                if self._stop:
-                    return
-                msg, received_at = self._pending
-                self._pending = None
-            try:
-                self._process(msg, received_at)
-            except Exception as exc:  # never let the worker die: count and go on
-                if not self.context.ok():  # shutting down (signal): the frame in flight cannot be published
-                    return
-                with self.stats.lock:
-                    self.stats.failed += 1
-                self.get_logger().error(f"segmentation failed: {exc!r}", throttle_duration_sec=1.0)
+    def _on_bad_frame(self, exc: BadFrameError) -> None:
+        self.get_logger().warning(f"skipping bad frame: {exc}", throttle_duration_sec=1.0)
+
+    def _on_failure(self, exc: Exception) -> None:
+        self.get_logger().error(f"segmentation failed: {exc!r}", throttle_duration_sec=1.0)
 
     def _decode(self, msg: object) -> np.ndarray:
-        if self.compressed:
-            image, encoding = compressed_to_numpy(msg)
-        else:
-            if msg.width == 0 or msg.height == 0:
-                raise ImageCodecError(f"empty image {msg.width}x{msg.height}")
-            image, encoding = image_to_numpy(msg), msg.encoding
-        return np.ascontiguousarray(to_rgb8(image, encoding))
-
-    def _process(self, msg: object, received_at: float) -> None:
+        """The frame as (H, W, 3) uint8 RGB; BadFrameError naming the problem."""
         try:
-            rgb = self._decode(msg)
+            if self.compressed:
+                image, encoding = compressed_to_numpy(msg)
+            else:
+                if msg.width == 0 or msg.height == 0:
+                    raise ImageCodecError(f"empty image {msg.width}x{msg.height}")
+                image, encoding = image_to_numpy(msg), msg.encoding
+            return np.ascontiguousarray(to_rgb8(image, encoding))
         except (ImageCodecError, ValueError) as exc:
-            with self.stats.lock:
-                self.stats.bad += 1
-            self.get_logger().warning(f"skipping bad frame: {exc}", throttle_duration_sec=1.0)
-            return
+            raise BadFrameError(str(exc)) from exc
+
+    def _process(self, msg: object, received_at: float) -> dict[str, float]:
+        """Worker thread: decode, segment, publish one frame; returns the stage times (ms)."""
+        rgb = self._decode(msg)
         decoded = time.monotonic()
         result = self.segmenter(rgb)
         segmented = time.monotonic()
         self._publish(msg.header, rgb, result)
-        done = time.monotonic()
-        with self.stats.lock:
-            self.stats.processed += 1
-            self.stats.latencies_ms.append((done - received_at) * 1e3)
-            self.stats.done_times.append(done)
-            self.stats.stage_ms.append({"wait_and_decode": (decoded - received_at) * 1e3, **result.timing_ms,
-                                        "publish": (done - segmented) * 1e3})
+        return {"wait_and_decode": (decoded - received_at) * 1e3, **result.timing_ms,
+                "publish": (time.monotonic() - segmented) * 1e3}
 
     def _publish(self, header: object, rgb: np.ndarray, result: SegmentationResult) -> None:
         instances = result.instances
@@ -342,13 +304,10 @@ class SegmentationMixin:
         self.diagnostics_pub.publish(array)
 
     def stop(self) -> None:
-        """Stop the worker thread (the frame in flight is finished first)."""
-        if getattr(self, "worker", None) is None:
+        """Stop the worker (the frame in flight is finished first; a frame still waiting is dropped)."""
+        if self.worker is None:
             return
-        with self._slot_lock:
-            self._stop = True
-            self._slot_lock.notify()
-        self.worker.join(timeout=30.0)
+        self.worker.stop(timeout=30.0)
         self.worker = None
 
 
@@ -357,6 +316,7 @@ class SegmentationNode(SegmentationMixin, Node):
 
     def __init__(self, **kwargs: object) -> None:
         Node.__init__(self, "segmentation_node", **kwargs)
+        self._init_state()
         self._declare_parameters()
         p = self._read_parameters()
         self._load(p)
@@ -371,6 +331,7 @@ class LifecycleSegmentationNode(SegmentationMixin, LifecycleNode):
 
     def __init__(self, **kwargs: object) -> None:
         LifecycleNode.__init__(self, "segmentation_node", **kwargs)
+        self._init_state()
         self._declare_parameters()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.parameters: dict | None = None
@@ -431,10 +392,10 @@ def run(node_class: type, argv: list[str] | None = None) -> None:
         pass
     finally:
         node.stop()
-        stats = getattr(node, "stats", None)
-        s = stats.snapshot() if stats else {k: 0 for k in ("received", "processed", "dropped", "bad", "failed")}
+        s = node.stats.snapshot()
         print(f"segmentation_node: received {s['received']} frames, processed {s['processed']}, dropped "
               f"{s['dropped']}, bad {s['bad']}, failed {s['failed']}", file=sys.stderr, flush=True)
+        print("segmentation_node summary " + json.dumps({k: s[k] for k in COUNTERS}), file=sys.stderr, flush=True)
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()

@@ -21,17 +21,16 @@ from instseg_core.annotate.encoding import (
 from instseg_core.annotate.segmenter import (
     AnnotationError,
     ErrorCode,
-    ExtremePointSegmenter,
-    ModelLoadError,
-    OnnxNetwork,
-    TorchNetwork,
+    annotation_segmenter_from_module,
+    create_annotation_segmenter,
     mask_to_polygon,
     validate_points,
 )
+from instseg_core.base.model_files import ModelFileError
 from instseg_core.data.cityscapes import CityscapesDataset, read_polygons, visible_masks
-from instseg_core.data.object_crops import ANNOTATION_CLASSES, augment, build_crops
 from instseg_core.eval.binary_metrics import iou
-from instseg_core.models.extreme_unet import ExtremeUNet, PixelShuffleUpsample
+from instseg_core.networks.extreme_unet import ExtremeUNet, PixelShuffleUpsample
+from training.extreme_point_crops import ANNOTATION_CLASSES, augment, build_crops
 from training.extreme_points import export_onnx
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "extreme_unet.onnx"
@@ -138,26 +137,31 @@ def test_mask_to_polygon_keeps_iou_with_few_vertices() -> None:
 
 
 def test_model_load_errors_name_the_path(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match=r"not found: .*nope\.onnx"):
-        OnnxNetwork(tmp_path / "nope.onnx")
+    with pytest.raises(ModelFileError, match=r"not found: .*nope\.onnx"):
+        create_annotation_segmenter(tmp_path / "nope.onnx")
+    with pytest.raises(ModelFileError, match=r"'nope\.onnx' not found \(searched"):
+        create_annotation_segmenter("nope.onnx")
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"\x08\x01garbage" * 100)
-    with pytest.raises(ModelLoadError, match=r"corrupt\.onnx"):
-        OnnxNetwork(corrupt)
+    with pytest.raises(ModelFileError, match=r"corrupt\.onnx"):
+        create_annotation_segmenter(corrupt)
 
 
 def test_onnx_runtime_matches_pytorch(untrained: tuple[ExtremeUNet, Path]) -> None:
     model, path = untrained
     rng = np.random.default_rng(1)
     inputs = rng.normal(size=(3, 4, 128, 128)).astype(np.float32)
-    torch_out = TorchNetwork(model)(inputs)
-    onnx_out = OnnxNetwork(path, threads=2)(inputs)
+    by_torch_segmenter = annotation_segmenter_from_module(model)
+    by_onnx_segmenter = create_annotation_segmenter(path, threads=2)
+    assert by_torch_segmenter.channels == by_onnx_segmenter.channels == 4
+    torch_out = by_torch_segmenter.probabilities(inputs)
+    onnx_out = by_onnx_segmenter.probabilities(inputs)
     assert onnx_out.shape == (3, 128, 128)
     np.testing.assert_allclose(onnx_out, torch_out, atol=2e-5)
     image = (rng.random((300, 400, 3)) * 255).astype(np.uint8)
     points = [[50, 150], [120, 60], [300, 140], [160, 260]]
-    by_torch = ExtremePointSegmenter(TorchNetwork(model)).segment(image, points)
-    by_onnx = ExtremePointSegmenter(OnnxNetwork(path)).segment(image, points)
+    by_torch = by_torch_segmenter.segment(image, points)
+    by_onnx = by_onnx_segmenter.segment(image, points)
     assert np.count_nonzero(by_torch.mask != by_onnx.mask) <= 2
     assert by_onnx.score == pytest.approx(by_torch.score, abs=1e-4)
 
@@ -191,8 +195,8 @@ def test_shipped_graphs_have_no_transposed_convolution(name: str) -> None:
 
 def test_result_roi_is_the_masks_tight_box(untrained: tuple[ExtremeUNet, Path]) -> None:
     image = (np.random.default_rng(4).random((240, 320, 3)) * 255).astype(np.uint8)
-    result = ExtremePointSegmenter(OnnxNetwork(untrained[1])).segment(image, [[40, 120], [150, 30], [260, 110],
-                                                                                [140, 200]])
+    result = create_annotation_segmenter(untrained[1]).segment(image, [[40, 120], [150, 30], [260, 110],
+                                                                         [140, 200]])
     full = result.mask
     assert full.shape == (240, 320) and result.area == np.count_nonzero(full) > 0
     x, y, width, height = result.roi
@@ -202,7 +206,7 @@ def test_result_roi_is_the_masks_tight_box(untrained: tuple[ExtremeUNet, Path]) 
 
 
 def test_batch_equals_single_calls(untrained: tuple[ExtremeUNet, Path]) -> None:
-    segmenter = ExtremePointSegmenter(OnnxNetwork(untrained[1]))
+    segmenter = create_annotation_segmenter(untrained[1])
     image = (np.random.default_rng(2).random((240, 320, 3)) * 255).astype(np.uint8)
     objects = [[[10, 50], [40, 20], [90, 60], [45, 100]], [[150, 120], [200, 80], [300, 130], [220, 230]]]
     batch = segmenter.segment_batch(image, objects)
@@ -231,7 +235,7 @@ def test_shipped_model_segments_held_out_objects(synthetic_tree: Path, name: str
     """The committed models (fp32 and int8) on objects of scenes they never saw (seed 7 here; trained on seed 0)."""
     path = SHIPPED_MODEL.with_name(name)
     assert path.is_file(), f"models/{name} is part of the repo"
-    segmenter = ExtremePointSegmenter(OnnxNetwork(path))
+    segmenter = create_annotation_segmenter(path)
     ious = []
     for sample in CityscapesDataset(synthetic_tree, "val"):
         height, width, objects = read_polygons(sample.paths["polygons"])

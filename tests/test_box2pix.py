@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from instseg_core.base.classes import INSTANCE_CLASSES
 from instseg_core.data.instance_training import load_split
 from instseg_core.losses.box2pix import (
     Box2PixLoss,
@@ -18,19 +19,15 @@ from instseg_core.losses.box2pix import (
     match_priors,
     relative_change,
 )
-from instseg_core.models.box2pix import (
-    CITYSCAPES_INSTANCE_CLASSES,
+from instseg_core.networks.box2pix import Box2Pix, Box2PixConfig, Box2PixInference
+from instseg_core.networks.box_priors import (
     LAYERS,
     OFFSET_SCALE,
     PRIOR_SIZES,
     SSD_LAYERS,
-    Box2Pix,
-    Box2PixConfig,
-    Box2PixInference,
     assign_priors,
     decode_boxes,
     encode_boxes,
-    ideal_output,
     prior_boxes,
     receptive_field,
 )
@@ -42,9 +39,10 @@ from instseg_core.postprocess.box_assignment import (
     decode_box2pix,
     decode_detections,
 )
+from instseg_core.runtime.adapters import Box2PixAdapter
 from instseg_core.runtime.backends import TorchBackend
-from instseg_core.runtime.models import Box2PixAdapter
 from instseg_core.runtime.segmenter import Segmenter
+from instseg_core.testing.ideal_outputs import ideal_box2pix_output
 
 
 def test_receptive_fields_match_the_paper() -> None:
@@ -68,7 +66,7 @@ def test_network_output_shapes_and_prior_layout() -> None:
     with torch.no_grad():
         boxes, logits, dense = model(torch.rand(1, 3, height, width))
     priors = prior_boxes(height, width, model.priors_per_layer)
-    n = len(CITYSCAPES_INSTANCE_CLASSES)
+    n = len(INSTANCE_CLASSES)
     assert boxes.shape == (1, len(priors), 4) and logits.shape == (1, len(priors), n + 1)
     assert dense.shape == (1, n + 3, height // 8, width // 8)
     # the first prior is the first size centred on the first 4e cell (stride 16)
@@ -159,7 +157,7 @@ def test_focal_loss_reduces_to_cross_entropy_at_gamma_zero_and_down_weights_easy
 
 
 def test_loss_trains_the_task_uncertainties(synthetic_tree: Path) -> None:
-    sample = load_split(synthetic_tree, "train", CITYSCAPES_INSTANCE_CLASSES, limit=1)[0]
+    sample = load_split(synthetic_tree, "train", INSTANCE_CLASSES, limit=1)[0]
     crop = [a[:256, :512] for a in (sample.image, sample.instances, sample.labels, sample.ignore)]
     targets = [dense_targets(*crop[1:])]
     model = Box2Pix()
@@ -175,7 +173,7 @@ def test_loss_trains_the_task_uncertainties(synthetic_tree: Path) -> None:
 
 
 def _scene(synthetic_tree: Path, index: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    sample = load_split(synthetic_tree, "val", CITYSCAPES_INSTANCE_CLASSES)[index]
+    sample = load_split(synthetic_tree, "val", INSTANCE_CLASSES)[index]
     return sample.image, sample.instances, sample.labels
 
 
@@ -195,7 +193,7 @@ def _mean_best_iou(instances: np.ndarray, id_image: np.ndarray, min_pixels: int 
 def test_decoding_a_perfect_output_recovers_the_instances(synthetic_tree: Path) -> None:
     _, instances, labels = _scene(synthetic_tree)
     assert instances.max() >= 3
-    detections, semantic, offsets = ideal_output(instances, labels, len(CITYSCAPES_INSTANCE_CLASSES), noise_px=1.0)
+    detections, semantic, offsets = ideal_box2pix_output(instances, labels, len(INSTANCE_CLASSES), noise_px=1.0)
     priors = prior_boxes(*instances.shape, assign_priors())
     result = decode_box2pix(detections, semantic, offsets, priors, AssignmentParams(min_pixels=8))
     assert _mean_best_iou(instances, result.id_image) > 0.9
@@ -281,7 +279,7 @@ def test_segmenter_runs_box2pix_through_the_runtime(synthetic_tree: Path) -> Non
 def test_adapter_decodes_numpy_and_torch_outputs_alike(synthetic_tree: Path) -> None:
     """The GPU backends hand the adapter torch tensors; the result must not depend on it."""
     _, instances, labels = _scene(synthetic_tree, 1)
-    detections, semantic, offsets = ideal_output(instances, labels, len(CITYSCAPES_INSTANCE_CLASSES), noise_px=3.0)
+    detections, semantic, offsets = ideal_box2pix_output(instances, labels, len(INSTANCE_CLASSES), noise_px=3.0)
     adapter = Box2PixAdapter(Box2PixConfig(extra={"assignment": {"min_pixels": 8}}).to_dict())
     raw = (detections[None], semantic[None], offsets[None])
     from_numpy = adapter.decode(raw, {})

@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from instseg_core.data.cityscapes import CityscapesDataset, masks_to_boxes, write_sample
+from instseg_core.base.instances import masks_to_boxes
+from instseg_core.data.cityscapes import CityscapesDataset, write_sample
 from instseg_core.eval.binary_metrics import BinarySegmentationMetrics, border_distances, boundary, iou
 from instseg_core.eval.cityscapes_instances import GT_CACHE_FILE, evaluate_instances, write_predictions
 from instseg_core.eval.coco import ImagePredictions, coco_mask_ap

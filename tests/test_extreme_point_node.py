@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from instseg_core.models.extreme_unet import ExtremeUNet
+from instseg_core.networks.extreme_unet import ExtremeUNet
 from training.extreme_points import export_onnx
 
 NODE = Path(__file__).resolve().parents[1] / "instseg_ros" / "extreme_point_node.py"
@@ -42,7 +42,7 @@ def wait_until_serving(node: subprocess.Popen) -> None:
 
 
 def test_service_answers_good_bad_and_concurrent_requests(ros_processes, model_file: Path) -> None:
-    node = start_node(ros_processes, f"model_path:={model_file}", "max_image_pixels:=3000000", "threads:=1")
+    node = start_node(ros_processes, f"model_file:={model_file}", "max_image_pixels:=3000000", "threads:=1")
     wait_until_serving(node)
     clients = [ros_processes.start("call-extreme", "--timeout", "90") for _ in range(2)]
     for client in clients:  # two client processes at the same time, each with 11 requests in flight
@@ -77,7 +77,7 @@ def test_service_answers_good_bad_and_concurrent_requests(ros_processes, model_f
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_node_stops_cleanly_on_signals(ros_processes, model_file: Path, sig: signal.Signals) -> None:
-    node = start_node(ros_processes, f"model_path:={model_file}")
+    node = start_node(ros_processes, f"model_file:={model_file}")
     wait_until_serving(node)
     time.sleep(1.0)  # "serving" is logged just before the executor starts spinning
     node.send_signal(sig)
@@ -91,7 +91,7 @@ def test_bad_model_file_stops_the_node_with_its_path(ros_processes, tmp_path: Pa
     path = tmp_path / f"{kind}.onnx"
     if kind == "corrupt":
         path.write_bytes(b"not an onnx model" * 50)
-    node = start_node(ros_processes, f"model_path:={path}")
+    node = start_node(ros_processes, f"model_file:={path}")
     try:
         _, stderr = node.communicate(timeout=60)
     except subprocess.TimeoutExpired:
@@ -102,7 +102,7 @@ def test_bad_model_file_stops_the_node_with_its_path(ros_processes, tmp_path: Pa
 
 
 def test_invalid_parameters_are_refused(ros_processes, model_file: Path) -> None:
-    node = start_node(ros_processes, f"model_path:={model_file}", "threshold:=1.5")
+    node = start_node(ros_processes, f"model_file:={model_file}", "threshold:=1.5")
     _, stderr = node.communicate(timeout=60)
     assert node.returncode == 2 and "threshold=1.5" in stderr
 
@@ -111,7 +111,7 @@ def test_installed_entry_point_runs_the_node(ros_processes, tmp_path: Path) -> N
     """The console script `extreme_point_node` (what `ros2 run` starts) is the node: it checks its model."""
     script = Path(sys.executable).parent / "extreme_point_node"
     missing = tmp_path / "absent.onnx"
-    result = subprocess.run([str(script), "--ros-args", "-p", f"model_path:={missing}"], capture_output=True,
+    result = subprocess.run([str(script), "--ros-args", "-p", f"model_file:={missing}"], capture_output=True,
                             text=True, timeout=60, env=ros_processes.env)
     assert result.returncode == 2 and str(missing) in result.stderr
 

@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from instseg_core.base.atomic_files import write_bytes_atomically
+from instseg_core.base.instances import Instances, filter_instances, resize_instances
+from instseg_core.base.model_files import find_model
 from instseg_core.data.street_layout import make_scene
 from instseg_core.data.synthetic import render
-from instseg_core.postprocess.instances import Instances
 from instseg_core.runtime import (
     MODELS,
     BackendUnavailableError,
@@ -23,13 +25,11 @@ from instseg_core.runtime.backends import (
     TorchBackend,
     engine_cache_key,
     ensure_writable_dir,
-    write_atomically,
 )
-from instseg_core.runtime.models import MODELS_DIR
-from instseg_core.runtime.segmenter import filter_instances, resize_instances
 
-SE_ONNX = MODELS_DIR / "spatial_embeddings.onnx"
-SE_TORCH = MODELS_DIR / "spatial_embeddings.pt"
+SE_ONNX = find_model("spatial_embeddings.onnx")
+SE_TORCH = find_model("spatial_embeddings.pt")
+CUDA = __import__("torch").cuda.is_available()
 
 
 @pytest.fixture(scope="module")
@@ -110,12 +110,11 @@ def test_segmenter_rejects_bad_images() -> None:
         create_segmenter(backend="onnxruntime", input_size=(1000, 500))
 
 
+@pytest.mark.skipif(CUDA, reason="this machine has a GPU: test_torch_cuda_matches_cpu runs the GPU path instead")
 def test_gpu_backends_fail_clearly_without_a_gpu(tmp_path: Path) -> None:
     import onnxruntime
     import torch
 
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU; the GPU paths are tested by bench/ on it")
     with pytest.raises(BackendUnavailableError, match="CUDA GPU"):
         create_segmenter(backend="torch", device="cuda")
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
@@ -129,16 +128,31 @@ def test_gpu_backends_fail_clearly_without_a_gpu(tmp_path: Path) -> None:
         TorchBackend(torch.nn.Identity(), device="tpu")
 
 
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (the no-GPU errors are tested above)")
+def test_torch_cuda_matches_cpu(street_frame: np.ndarray) -> None:
+    """On a GPU machine: the torch CUDA backend (GPU decoding included) finds the instances the CPU finds."""
+    cpu = create_segmenter(backend="torch", device="cpu", input_size=(1024, 512))(street_frame)
+    gpu = create_segmenter(backend="torch", device="cuda", input_size=(1024, 512))(street_frame)
+    assert len(gpu.instances) == len(cpu.instances) > 0
+    assert np.mean(gpu.instances.id_image > 0) == pytest.approx(np.mean(cpu.instances.id_image > 0), abs=0.01)
+
+
 def test_missing_and_corrupt_model_files(tmp_path: Path) -> None:
     with pytest.raises(ModelFileError, match=r"not found: .*nowhere.onnx"):
-        create_segmenter(weights=tmp_path / "nowhere.onnx")
+        create_segmenter(model_file=tmp_path / "nowhere.onnx")
+    with pytest.raises(ModelFileError, match=r"'nowhere.onnx' not found \(searched"):
+        create_segmenter(model_file="nowhere.onnx")
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"not a model" * 100)
-    with pytest.raises(FileNotFoundError, match="manifest"):
-        create_segmenter(weights=corrupt)
+    with pytest.raises(ModelFileError, match="manifest"):
+        create_segmenter(model_file=corrupt)
+    for bad_manifest in ("[1, 2]", '{"model": "spatial_embeddings"}', "{not json"):
+        corrupt.with_suffix(".json").write_text(bad_manifest)
+        with pytest.raises(ModelFileError, match=r"corrupt\.json"):
+            create_segmenter(model_file=corrupt)
     corrupt.with_suffix(".json").write_text(SE_ONNX.with_suffix(".json").read_text())
     with pytest.raises(ModelFileError, match=r"cannot load ONNX model .*corrupt.onnx"):
-        create_segmenter(weights=corrupt)
+        create_segmenter(model_file=corrupt)
     with pytest.raises(ModelFileError, match="not found"):
         OnnxRuntimeBackend(tmp_path / "missing.onnx")
 
@@ -157,7 +171,7 @@ def test_engine_cache_key_and_directory(tmp_path: Path) -> None:
     with pytest.raises(BackendUnavailableError, match="not writable"):
         ensure_writable_dir(blocker / "engines")
     target = tmp_path / "engine.bin"
-    write_atomically(target, b"123")
+    write_bytes_atomically(target, b"123")
     assert target.read_bytes() == b"123" and sorted(os.listdir(tmp_path)) == ["a", "engine.bin", "file"]
 
 

@@ -156,7 +156,7 @@ def test_slow_backend_drops_frames_with_bounded_memory(ros_processes) -> None:
 
 def test_invalid_parameters_stop_the_node_with_a_message(ros_processes, tmp_path: Path) -> None:
     cases = {"backend:=openvino": "backend 'openvino'", "input_width:=100": "input_width and input_height",
-             "score_threshold:=1.5": "score_threshold", f"weights:={tmp_path / 'nope.onnx'}": "nope.onnx",
+             "score_threshold:=1.5": "score_threshold", f"model_file:={tmp_path / 'nope.onnx'}": "nope.onnx",
              "classes:=[unicorn]": "unicorn", "device:=cuda": "CUDAExecutionProvider"}
     for parameter, message in cases.items():
         node = start_node(ros_processes, parameter)

@@ -9,15 +9,10 @@ import torch
 from instseg_core.data.instance_training import instance_targets
 from instseg_core.losses.lovasz import lovasz_hinge_flat
 from instseg_core.losses.spatial_embedding import SpatialEmbeddingLoss, SpatialEmbeddingLossConfig
-from instseg_core.models.spatial_embeddings import (
-    PIXEL_SPACING,
-    SpatialEmbeddings,
-    SpatialEmbeddingsConfig,
-    coordinate_map,
-    ideal_output,
-    margin_to_sigma_raw,
-)
+from instseg_core.networks.embedding_coding import PIXEL_SPACING, margin_to_sigma_raw
+from instseg_core.networks.spatial_embeddings import SpatialEmbeddings, SpatialEmbeddingsConfig, coordinate_map
 from instseg_core.postprocess.seed_clustering import ClusteringParams, cluster_seeds, cluster_seeds_torch
+from instseg_core.testing.ideal_outputs import ideal_spatial_embeddings_output as ideal_output
 
 N_CLASSES = 3
 

@@ -12,9 +12,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from instseg_core.base.classes import INSTANCE_CLASSES
 from instseg_core.data.instance_training import load_split, object_centered_crop
 from instseg_core.losses.box2pix import Box2PixLoss
-from instseg_core.models.box2pix import CITYSCAPES_INSTANCE_CLASSES, Box2Pix, Box2PixInference, prior_boxes
+from instseg_core.networks.box2pix import Box2Pix, Box2PixInference
+from instseg_core.networks.box_priors import prior_boxes
 from training import box2pix
 
 pytestmark = pytest.mark.slow
@@ -24,7 +26,7 @@ SMALL = ["--steps-per-epoch", "2", "--batch", "2", "--crop", "128", "256", "--pr
 
 def test_loss_falls_on_a_fixed_batch(synthetic_tree: Path) -> None:
     torch.manual_seed(0)
-    samples = load_split(synthetic_tree, "train", CITYSCAPES_INSTANCE_CLASSES)
+    samples = load_split(synthetic_tree, "train", INSTANCE_CLASSES)
     rng = np.random.default_rng(0)
     images, targets = box2pix.make_batch([object_centered_crop(samples[i % len(samples)], 128, 256, rng)
                                           for i in range(2)])

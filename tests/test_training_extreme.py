@@ -10,10 +10,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from instseg_core.data.object_crops import CropSet, build_crops
 from instseg_core.losses.binary_mask import LOSSES, average_distance_loss
-from instseg_core.models.extreme_unet import ExtremeUNet
+from instseg_core.networks.extreme_unet import ExtremeUNet
 from training import extreme_points
+from training.extreme_point_crops import CropSet, build_crops
 
 pytestmark = pytest.mark.slow
 

@@ -11,9 +11,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from instseg_core.base.classes import INSTANCE_CLASSES
 from instseg_core.data.instance_training import load_split, object_centered_crop, to_batch
 from instseg_core.losses.spatial_embedding import SpatialEmbeddingLoss
-from instseg_core.models.spatial_embeddings import CITYSCAPES_INSTANCE_CLASSES, SpatialEmbeddings
+from instseg_core.networks.spatial_embeddings import SpatialEmbeddings
 from instseg_core.postprocess.seed_clustering import ClusteringParams, cluster_seeds
 from training import spatial_embeddings
 
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 def test_loss_falls_on_a_fixed_batch(synthetic_tree: Path) -> None:
     torch.manual_seed(0)
-    samples = load_split(synthetic_tree, "train", CITYSCAPES_INSTANCE_CLASSES)
+    samples = load_split(synthetic_tree, "train", INSTANCE_CLASSES)
     rng = np.random.default_rng(0)
     batch = to_batch([object_centered_crop(samples[i % len(samples)], 64, 128, rng) for i in range(2)])
     assert batch[1].max() > 0, "crops are centred on objects"

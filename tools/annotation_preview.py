@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from instseg_core.annotate.encoding import crop_box, extreme_points_from_mask
-from instseg_core.annotate.segmenter import ExtremePointSegmenter, OnnxNetwork
+from instseg_core.annotate.segmenter import create_annotation_segmenter
 from instseg_core.data.cityscapes import PolygonObject, visible_masks
 from instseg_core.data.synthetic import make_scene, render
 from instseg_core.eval.binary_metrics import iou
@@ -26,12 +26,12 @@ TILE = 192
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=Path("models/extreme_unet.onnx"))
+    parser.add_argument("--model", default="extreme_unet.onnx", help="a path, or a file name in the model folders")
     parser.add_argument("--out", type=Path, default=Path("docs/extreme_points_examples.png"))
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--count", type=int, default=12)
     args = parser.parse_args()
-    segmenter = ExtremePointSegmenter(OnnxNetwork(args.model))
+    segmenter = create_annotation_segmenter(args.model)
     tiles, seed = [], args.seed
     while len(tiles) < args.count:
         frame = render(make_scene(np.random.SeedSequence([seed, 99]), 1024, 512))

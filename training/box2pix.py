@@ -27,20 +27,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from instseg_core.data.cityscapes import name2label
+from instseg_core.base.classes import INSTANCE_CLASSES, label_ids
 from instseg_core.data.instance_training import load_split, object_centered_crop
 from instseg_core.losses.box2pix import Box2PixLoss, Box2PixLossConfig, dense_targets, relative_change
-from instseg_core.models.box2pix import (
-    CITYSCAPES_INSTANCE_CLASSES,
+from instseg_core.networks.box2pix import (
     Box2Pix,
     Box2PixConfig,
     Box2PixInference,
     model_from_checkpoint,
-    prior_boxes,
 )
+from instseg_core.networks.box_priors import prior_boxes
 from instseg_core.postprocess.box_assignment import AssignmentParams
+from instseg_core.runtime.adapters import Box2PixAdapter
 from instseg_core.runtime.backends import TorchBackend
-from instseg_core.runtime.models import Box2PixAdapter
 from instseg_core.runtime.segmenter import Segmenter
 from training.common import (
     add_common_train_arguments,
@@ -155,11 +154,11 @@ def export(args: argparse.Namespace) -> Path:
     manifest = {
         "model": "box2pix",
         "model_config": model_config,
-        "label_ids": [name2label[c].id for c in model_config["classes"]],
+        "label_ids": label_ids(model_config["classes"]),
         "input": "image (1, 3, H, W) float32 RGB in [0, 1], H and W multiples of 128",
         "output": "detections (1, P, 4 + n + 1): corner regressions + class probabilities per prior; semantic "
                   "(1, H, W) uint8 argmax class; offsets (1, 2, H, W) pixels to the box centre; see "
-                  "instseg_core.models.box2pix",
+                  "instseg_core.networks.box2pix",
         "priors_per_layer": model.priors_per_layer,
         **training_manifest(run, args.checkpoint, checkpoint),
         "data": args.data_note, "commit": git_commit(),
@@ -233,7 +232,7 @@ def main(argv: list[str] | None = None) -> object:
     coverage_parser = commands.add_parser("coverage", help="how many boxes the priors cover (paper's Fig. 4)")
     coverage_parser.add_argument("--data", required=True)
     coverage_parser.add_argument("--split", default="train")
-    coverage_parser.add_argument("--classes", nargs="+", default=list(CITYSCAPES_INSTANCE_CLASSES))
+    coverage_parser.add_argument("--classes", nargs="+", default=list(INSTANCE_CLASSES))
     coverage_parser.add_argument("--scale", type=float, default=1.0)
     coverage_parser.add_argument("--threshold", type=float, default=0.7)
     coverage_parser.add_argument("--limit", type=int, default=None)

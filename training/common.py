@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from instseg_core.models.spatial_embeddings import CITYSCAPES_INSTANCE_CLASSES
+from instseg_core.base.atomic_files import atomic_path
+from instseg_core.base.classes import INSTANCE_CLASSES
 
 MALLOC_TUNING = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 
@@ -37,10 +38,8 @@ def git_commit() -> str:
 
 def save_atomically(obj: object, path: str | os.PathLike) -> None:
     """torch.save to a temporary file next to `path`, then rename (a crash never leaves half a checkpoint)."""
-    path = Path(path)
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        torch.save(obj, temporary)
 
 
 def resume(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
@@ -69,7 +68,7 @@ def add_common_train_arguments(parser: argparse.ArgumentParser, *, crop: tuple[i
     """The arguments every training command shares (data, schedule, checkpoints); defaults per model."""
     parser.add_argument("--data", required=True, help="Cityscapes-format root")
     parser.add_argument("--out", required=True, help="run directory")
-    parser.add_argument("--classes", nargs="+", default=list(CITYSCAPES_INSTANCE_CLASSES))
+    parser.add_argument("--classes", nargs="+", default=list(INSTANCE_CLASSES))
     parser.add_argument("--scale", type=float, default=1.0, help="resize images first (0.5: Cityscapes at 1024x512)")
     parser.add_argument("--crop", type=int, nargs=2, default=crop, metavar=("H", "W"))
     parser.add_argument("--batch", type=int, default=8)

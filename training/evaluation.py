@@ -10,9 +10,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from instseg_core.base.instances import resize_instances
 from instseg_core.data.cityscapes import CityscapesDataset
 from instseg_core.eval.cityscapes_instances import evaluate_instances, write_predictions
-from instseg_core.runtime.segmenter import Segmenter, resize_instances
+from instseg_core.runtime.segmenter import Segmenter
 
 
 def evaluate_network(segmenter: Segmenter, data: str | os.PathLike, out_dir: str | os.PathLike, *,

@@ -27,12 +27,12 @@ import numpy as np
 import torch
 
 from instseg_core.annotate.encoding import encode
-from instseg_core.annotate.segmenter import TorchNetwork
-from instseg_core.data.object_crops import ANNOTATION_CLASSES, CropSet, augment, build_crops
+from instseg_core.annotate.segmenter import annotation_segmenter_from_module, create_annotation_segmenter
 from instseg_core.eval.binary_metrics import BinarySegmentationMetrics
 from instseg_core.losses.binary_mask import LOSSES
-from instseg_core.models.extreme_unet import ExtremeUNet, SigmoidOutput, deployable
+from instseg_core.networks.extreme_unet import ExtremeUNet, SigmoidOutput, deployable
 from training.common import ensure_malloc_tuning, export_graph, git_commit, resumable, resume, save_atomically
+from training.extreme_point_crops import ANNOTATION_CLASSES, CropSet, augment, build_crops
 
 VARIANTS = {"extreme": 4, "box": 3}  # input channels
 def batch_inputs(crops: CropSet, index: np.ndarray, variant: str, rng: np.random.Generator | None
@@ -51,13 +51,13 @@ def batch_inputs(crops: CropSet, index: np.ndarray, variant: str, rng: np.random
 
 def evaluate_model(model: torch.nn.Module, crops: CropSet, variant: str, batch_size: int = 32) -> dict:
     """aIoU (batches of `batch_size`), mIoU, iIoU, border error at 128 x 128, with the model in eval mode."""
-    return evaluate_network(TorchNetwork(model), crops, variant, batch_size)
+    return evaluate_network(annotation_segmenter_from_module(model).probabilities, crops, variant, batch_size)
 
 
 def evaluate_network(probabilities: Callable[[np.ndarray], np.ndarray], crops: CropSet, variant: str,
                      batch_size: int = 32) -> dict:
     """The metrics of evaluate_model for any network: (N, C, 128, 128) inputs -> (N, 128, 128) probabilities
-    (e.g. instseg_core.annotate.segmenter.OnnxNetwork)."""
+    (e.g. an ExtremePointSegmenter's `probabilities`)."""
     metrics = BinarySegmentationMetrics()
     for start in range(0, len(crops), batch_size):
         index = np.arange(start, min(start + batch_size, len(crops)))
@@ -173,10 +173,8 @@ def quantize(args: argparse.Namespace) -> Path:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from instseg_core.annotate.segmenter import OnnxNetwork
-
     source, out = Path(args.model), Path(args.out)
-    variant = "extreme" if OnnxNetwork(source).channels == 4 else "box"
+    variant = "extreme" if create_annotation_segmenter(source).channels == 4 else "box"
     calibration = CropSet.load(Path(args.crops) / "train.npz")
     chosen = np.random.default_rng(0).permutation(len(calibration))[: args.calibration_crops]
 
@@ -196,7 +194,7 @@ def quantize(args: argparse.Namespace) -> Path:
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     prepared.unlink()
     val = CropSet.load(Path(args.crops) / "val.npz")
-    metrics = {name: evaluate_network(OnnxNetwork(path), val, variant) for name, path in
+    metrics = {name: evaluate_network(create_annotation_segmenter(path).probabilities, val, variant) for name, path in
                (("fp32", source), ("int8", out))}
     manifest = json.loads(source.with_suffix(".json").read_text())
     manifest.update({

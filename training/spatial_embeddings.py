@@ -27,17 +27,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from instseg_core.data.cityscapes import name2label
+from instseg_core.base.classes import label_ids
 from instseg_core.data.instance_training import load_split, object_centered_crop, to_batch
 from instseg_core.losses.spatial_embedding import SpatialEmbeddingLoss, SpatialEmbeddingLossConfig
-from instseg_core.models.spatial_embeddings import (
+from instseg_core.networks.spatial_embeddings import (
     SpatialEmbeddings,
     SpatialEmbeddingsConfig,
     model_from_checkpoint,
 )
 from instseg_core.postprocess.seed_clustering import ClusteringParams
+from instseg_core.runtime.adapters import SpatialEmbeddingsAdapter
 from instseg_core.runtime.backends import TorchBackend
-from instseg_core.runtime.models import SpatialEmbeddingsAdapter
 from instseg_core.runtime.segmenter import Segmenter
 from training.common import (
     add_common_train_arguments,
@@ -156,10 +156,10 @@ def export(args: argparse.Namespace) -> Path:
     manifest = {
         "model": "spatial_embeddings",
         "model_config": checkpoint["model_config"],
-        "label_ids": [name2label[c].id for c in checkpoint["model_config"]["classes"]],
+        "label_ids": label_ids(checkpoint["model_config"]["classes"]),
         "input": "image (1, 3, H, W) float32 RGB in [0, 1], H and W multiples of 8",
         "output": "raw (1, 2 + n_sigma + n_classes, H, W): tanh offsets, sigma raw, seed logits; "
-                  "see instseg_core.models.spatial_embeddings",
+                  "see instseg_core.networks.spatial_embeddings",
         "pixel_spacing": 1 / 1024,
         **training,
         "earlier_stages": {name: r for name, r in earlier.items() if "ap" not in r},

@@ -17,6 +17,8 @@ import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
+from instseg_core.base.model_files import share_directories, source_tree
+
 TYPESTORE = get_typestore(Stores.ROS2_KILTED)
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 IMAGE_ENCODINGS = ("rgb8", "bgr8")
@@ -110,15 +112,15 @@ def write_image_bag(
 
 
 INTERFACES_PACKAGE = "instseg_interfaces"
-_SOURCE_INTERFACES = Path(__file__).resolve().parents[2] / "ros2_ws" / "src" / INTERFACES_PACKAGE
 
 
 def _interface_msg_dirs() -> list[Path]:
-    import os
-
-    dirs = [Path(prefix) / "share" / INTERFACES_PACKAGE / "msg"
-            for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if prefix]
-    return [d for d in [*dirs, _SOURCE_INTERFACES / "msg"] if d.is_dir()]
+    """msg/ of instseg_interfaces: installed share directories first, then the source tree's ros2_ws."""
+    dirs = [share / "msg" for share in share_directories(INTERFACES_PACKAGE)]
+    root = source_tree()
+    if root is not None:
+        dirs.append(root / "ros2_ws" / "src" / INTERFACES_PACKAGE / "msg")
+    return [d for d in dirs if d.is_dir()]
 
 
 def interface_typestore() -> object:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -28,7 +27,9 @@ import numpy as np
 from cityscapesscripts.helpers.labels import Label, id2label, labels, name2label, trainId2label
 from PIL import Image, ImageDraw
 
-from instseg_core.postprocess.instances import mask_box
+from instseg_core.base.atomic_files import write_bytes_atomically
+from instseg_core.base.classes import INSTANCE_CLASSES, INSTANCE_LABEL_IDS
+from instseg_core.base.instances import masks_to_boxes
 
 __all__ = [
     "GROUP_SUFFIX",
@@ -51,10 +52,6 @@ __all__ = [
 ]
 
 SPLITS = ("train", "val", "test")
-# The 8 classes with instances, in Cityscapes' order (their trainIds are 11..18).
-INSTANCE_CLASSES: tuple[str, ...] = tuple(label.name for label in labels if label.hasInstances and not
-                                          label.ignoreInEval)
-INSTANCE_LABEL_IDS: tuple[int, ...] = tuple(name2label[name].id for name in INSTANCE_CLASSES)
 # A polygon labelled "<class>group" (e.g. "persongroup") covers several objects annotated together.
 GROUP_SUFFIX = "group"
 
@@ -89,13 +86,6 @@ def gt_path(root: Path, split: str, city: str, stem: str, kind: str, gt_dir: str
     return root / gt_dir / split / city / f"{stem}{GT_SUFFIXES[kind]}"
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        handle.write(data)
-    os.replace(handle.name, path)
-
-
 def _png_bytes(image: np.ndarray) -> bytes:
     ok, data = cv2.imencode(".png", image)
     if not ok:
@@ -107,7 +97,7 @@ def write_image(root: str | os.PathLike, split: str, city: str, stem: str, rgb: 
                 image_dir: str = "leftImg8bit") -> Path:
     """Write an (H, W, 3) uint8 RGB image as {image_dir}/{split}/{city}/{stem}_leftImg8bit.png, atomically."""
     path = image_path(Path(root), split, city, stem, image_dir)
-    _write_atomically(path, _png_bytes(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)))
+    write_bytes_atomically(path, _png_bytes(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)))
     return path
 
 
@@ -145,10 +135,10 @@ def write_sample(root: str | os.PathLike, split: str, city: str, stem: str, rgb:
     paths = {"image": write_image(root, split, city, stem, rgb, image_dir)}
     paths |= {kind: gt_path(root, split, city, stem, kind, gt_dir) for kind in GT_SUFFIXES}
     colour = np.asarray(createLabelImage(annotation, "color"))
-    _write_atomically(paths["polygons"], text.encode())
-    _write_atomically(paths["instance_ids"], _png_bytes(instance_ids.astype(np.uint16)))
-    _write_atomically(paths["label_ids"], _png_bytes(np.asarray(createLabelImage(annotation, "ids"), np.uint8)))
-    _write_atomically(paths["color"], _png_bytes(cv2.cvtColor(colour, cv2.COLOR_RGBA2BGRA)))
+    write_bytes_atomically(paths["polygons"], text.encode())
+    write_bytes_atomically(paths["instance_ids"], _png_bytes(instance_ids.astype(np.uint16)))
+    write_bytes_atomically(paths["label_ids"], _png_bytes(np.asarray(createLabelImage(annotation, "ids"), np.uint8)))
+    write_bytes_atomically(paths["color"], _png_bytes(cv2.cvtColor(colour, cv2.COLOR_RGBA2BGRA)))
     return paths
 
 
@@ -261,16 +251,6 @@ class CityscapesSample:
     @cached_property
     def polygons(self) -> list[PolygonObject]:
         return read_polygons(self.paths["polygons"])[2]
-
-
-def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
-    """(N, 4) int64 boxes x0, y0, x1 (exclusive), y1 (exclusive) of (N, H, W) bool masks; 0s if empty."""
-    boxes = np.zeros((len(masks), 4), dtype=np.int64)
-    for k, mask in enumerate(masks):
-        box = mask_box(mask)
-        if box is not None:
-            boxes[k] = box
-    return boxes
 
 
 def _read_png(path: Path, flags: int) -> np.ndarray:

@@ -97,12 +97,9 @@ def generate_sequence(out: Path, split: str, frames: int, *, seed: int = 0, inde
             write_sample(out, split, city, stem, frame.rgb, frame.objects, image_dir="leftImg8bit_sequence",
                          gt_dir="gtFine_sequence")
         else:
-            import cv2
+            from instseg_core.data.cityscapes import write_image
 
-            from instseg_core.data.cityscapes import _png_bytes, _write_atomically, image_path
-
-            _write_atomically(image_path(out, split, city, stem, "leftImg8bit_sequence"),
-                              _png_bytes(cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR)))
+            write_image(out, split, city, stem, frame.rgb, "leftImg8bit_sequence")
         rgb_frames.append(frame.rgb)
         if progress and ((number + 1) % 10 == 0 or number + 1 == frames):
             print(f"[sequence] {number + 1}/{frames} frames", file=sys.stderr, flush=True)

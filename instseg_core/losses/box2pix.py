@@ -3,7 +3,7 @@
 - `relative_change` (Eq. 2) and `box_iou`: (G, P) matrices between ground-truth and prior boxes.
 - `match_priors`: each prior takes the ground-truth box it is closest to when within the threshold (change
   <= 0.7, or IoU >= 0.5 for the IoU ablation); every ground-truth box also takes its single best prior.
-- box targets are `encode_boxes` (instseg_core.models.box2pix): corner deltas divided by the prior's size
+- box targets are `encode_boxes` (instseg_core.networks.box2pix): corner deltas divided by the prior's size
   (the L2 box loss and the change metric live in the same corner space).
 - `dense_targets`: per-pixel semantic class and offset to the object's box centre (not the instance id: the
   only public implementation regressed ids).
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from instseg_core.models.box2pix import OFFSET_SCALE, encode_boxes
+from instseg_core.networks.box_priors import OFFSET_SCALE, encode_boxes
 
 IGNORE_LABEL = 255
 

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from instseg_core.losses.lovasz import lovasz_hinge_flat
-from instseg_core.models.spatial_embeddings import SIGMA_SCALE, coordinate_map, margin_to_sigma_raw
+from instseg_core.networks.embedding_coding import SIGMA_SCALE, margin_to_sigma_raw
+from instseg_core.networks.spatial_embeddings import coordinate_map
 
 PHI_FLOOR = 1e-3
 

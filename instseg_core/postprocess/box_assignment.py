@@ -1,6 +1,6 @@
 """Box2Pix decoding (Uhrig et al. 2018, §III-D): SSD detections -> NMS -> pixel-to-box assignment -> Instances.
 
-Inputs are the deployed network's outputs (instseg_core.models.box2pix.Box2PixInference) at network resolution:
+Inputs are the deployed network's outputs (instseg_core.networks.box2pix.Box2PixInference) at network resolution:
 - detections (P, 4 + n + 1) float32: per prior, corner regressions then class probabilities (0 = background);
 - semantic (H, W) uint8: argmax class per pixel (0 = background, k = class index k - 1);
 - offsets (2, H, W) float32: (dx, dy) in pixels from each pixel's centre (j + 0.5, i + 0.5) to its object's box
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from instseg_core.models.box2pix import decode_boxes
-from instseg_core.postprocess.instances import Instances
+from instseg_core.base.instances import Instances
+from instseg_core.networks.box_priors import decode_boxes
 
 
 @dataclass

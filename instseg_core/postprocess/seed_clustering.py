@@ -9,9 +9,9 @@ Per class, on the pixels whose seediness exceeds `foreground_threshold`:
        unclustered; score = the seed's seediness;
     5. mark the proposal (and the seed) clustered, go to 1.
 Proposals of all classes are then painted into one id image in decreasing score order (instances never
-overlap; see instseg_core.postprocess.instances).
+overlap; see instseg_core.base.instances).
 
-Input: the network's raw output (2 + n_sigma + n_classes, H, W) float32 (instseg_core.models.spatial_embeddings
+Input: the network's raw output (2 + n_sigma + n_classes, H, W) float32 (instseg_core.networks.spatial_embeddings
 explains the channels and the coordinate convention). Two implementations with the same result:
 
 - `cluster_seeds` (NumPy, CPU): activations (tanh) only on foreground pixels, comparisons in logit
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from instseg_core.models.spatial_embeddings import PIXEL_SPACING, SIGMA_SCALE
-from instseg_core.postprocess.instances import InstanceBuilder, Instances
+from instseg_core.base.instances import InstanceBuilder, Instances
+from instseg_core.networks.embedding_coding import PIXEL_SPACING, SIGMA_SCALE
 
 LN2 = math.log(2.0)
 

@@ -23,13 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from instseg_core.base.atomic_files import write_bytes_atomically
+from instseg_core.base.model_files import ModelFileError
+
 
 class BackendUnavailableError(RuntimeError):
     """The requested backend/device cannot run here; the message says what is missing."""
-
-
-class ModelFileError(RuntimeError):
-    """A model file is missing or cannot be loaded; the message names the path."""
 
 
 def _require_file(path: str | os.PathLike) -> Path:
@@ -74,6 +73,7 @@ class TorchBackend:
             torch.set_num_threads(int(threads))
         self.device = device
         self.model = model.eval().to(device).to(memory_format=torch.channels_last)
+        self.input_shape: tuple[int | None, ...] | None = None  # a module takes any shape it can
         self.name = "torch"
 
     def run_tensor(self, image: np.ndarray) -> object:
@@ -131,7 +131,10 @@ class OnnxRuntimeBackend:
             self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for corrupt files
             raise ModelFileError(f"cannot load ONNX model {self.path}: {exc}") from exc
-        self.input_name = self.session.get_inputs()[0].name
+        graph_input = self.session.get_inputs()[0]
+        self.input_name = graph_input.name
+        # the graph's declared input shape; None for a symbolic (dynamic) dimension
+        self.input_shape: tuple[int | None, ...] = tuple(d if isinstance(d, int) else None for d in graph_input.shape)
         self.output_names = [output.name for output in self.session.get_outputs()]
         self.provider = provider
         self.threads = threads
@@ -182,12 +185,6 @@ def engine_cache_key(model_sha256: str, input_shape: tuple[int, ...], fp16: bool
     return f"{model_sha256[:16]}_{shape}_{'fp16' if fp16 else 'fp32'}_{gpu}_trt{tensorrt_version}.engine"
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
-
-
 class TensorRTBackend:
     """A native TensorRT engine for one input shape (1, 3, H, W), built from the ONNX file on first use and
     cached. Needs the `tensorrt` Python package, a CUDA GPU and torch with CUDA (for device buffers)."""
@@ -213,7 +210,7 @@ class TensorRTBackend:
         self.built_engine = False
         if not self.engine_path.is_file():
             start = time.perf_counter()
-            write_atomically(self.engine_path, self._build(fp16))
+            write_bytes_atomically(self.engine_path, self._build(fp16))
             self.build_seconds = time.perf_counter() - start
             self.built_engine = True
         runtime = trt.Runtime(self.logger)

@@ -28,16 +28,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from instseg_core.postprocess.instances import Instances, mask_box
+from instseg_core.base.instances import Instances, filter_instances, resize_instances
+from instseg_core.base.model_files import find_model
 from instseg_core.postprocess.polygons import mask_to_polygon
+from instseg_core.runtime.adapters import ModelAdapter, model_adapter
 from instseg_core.runtime.backends import (
     BackendUnavailableError,
-    ModelFileError,
     OnnxRuntimeBackend,
     TensorRTBackend,
     TorchBackend,
 )
-from instseg_core.runtime.models import MODELS_DIR, ModelAdapter, model_adapter
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
@@ -62,37 +62,6 @@ class SegmentationResult:
         return polygons
 
 
-def filter_instances(instances: Instances, keep: np.ndarray) -> Instances:
-    """The instances where `keep` (N,) bool is True, renumbered 1..M in the same order."""
-    if keep.all():
-        return instances
-    lookup = np.zeros(len(instances) + 1, np.uint16)
-    lookup[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint16)
-    return Instances(lookup[instances.id_image], instances.classes[keep], instances.scores[keep],
-                     instances.boxes[keep], instances.areas[keep])
-
-
-def resize_instances(instances: Instances, width: int, height: int) -> Instances:
-    """Instances at network resolution -> (height, width): nearest-neighbour id image; boxes and areas are
-    recomputed exactly from it (each box searched in a window around the scaled network box)."""
-    net_height, net_width = instances.id_image.shape
-    if (net_width, net_height) == (width, height):
-        return instances
-    id_image = cv2.resize(instances.id_image, (width, height), interpolation=cv2.INTER_NEAREST)
-    count = len(instances)
-    areas = np.bincount(id_image.ravel(), minlength=count + 1)[1:count + 1].astype(np.int64)
-    sx, sy = width / net_width, height / net_height
-    margin_x, margin_y = int(np.ceil(sx)) + 1, int(np.ceil(sy)) + 1
-    boxes = np.zeros((count, 4), np.int64)
-    for k, (x0, y0, x1, y1) in enumerate(instances.boxes):
-        wx0, wy0 = max(0, int(x0 * sx) - margin_x), max(0, int(y0 * sy) - margin_y)
-        wx1, wy1 = min(width, int(np.ceil(x1 * sx)) + margin_x), min(height, int(np.ceil(y1 * sy)) + margin_y)
-        box = mask_box(id_image[wy0:wy1, wx0:wx1] == k + 1)
-        if box is not None:
-            boxes[k] = np.add(box, (wx0, wy0, wx0, wy0))
-    return Instances(id_image, instances.classes, instances.scores, boxes, areas)
-
-
 class Segmenter:
     """Pre-process, run a backend, decode; thread-safe (one inference at a time)."""
 
@@ -113,8 +82,13 @@ class Segmenter:
                              f"({', '.join(adapter.classes)})")
         # class indices to keep; None = all
         self.keep_classes = np.array([adapter.classes.index(c) for c in classes]) if classes else None
+        unknown_params = set(decode_params or {}) - set(adapter.decode_parameters())
+        if unknown_params:
+            raise ValueError(f"unknown decoding parameters {sorted(unknown_params)} for {adapter.name}; known: "
+                             f"{', '.join(adapter.decode_parameters())}")
         self.decode_params = dict(decode_params or {})
         self._lock = threading.Lock()
+        self.model_file: Path | None = None  # the file the network came from, when known
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -158,28 +132,28 @@ class Segmenter:
         return f"{self.adapter.name} on {self.backend.describe()}"
 
 
-def default_weights(model: str, backend: str) -> Path:
+def default_model_file(model: str, backend: str) -> str:
+    """The shipped file of `model` for `backend`: the .pt checkpoint for 'torch', else the .onnx graph."""
     adapter = model_adapter(model)
-    return MODELS_DIR / (adapter.torch_file if backend == "torch" else adapter.onnx_file)
+    return adapter.torch_file if backend == "torch" else adapter.onnx_file
 
 
-def create_segmenter(model: str = "spatial_embeddings", *, weights: str | os.PathLike | None = None,
+def create_segmenter(model: str = "spatial_embeddings", *, model_file: str | os.PathLike | None = None,
                      backend: str = "onnxruntime", device: str = "cpu", input_size: tuple[int, int] | None = None,
                      threads: int = 2, score_threshold: float = 0.5, engine_cache_dir: str | os.PathLike | None = None,
                      fp16: bool = False, decode_params: dict | None = None,
                      classes: Collection[str] | None = None) -> Segmenter:
     """Build a Segmenter from names (what the ROS node's parameters carry).
 
-    weights: a .pt checkpoint for backend 'torch', else an .onnx file with its .json manifest beside it;
-    default models/<model's file>. Raises ValueError for unknown names, ModelFileError for missing or
-    corrupt files, BackendUnavailableError when the backend/device cannot run here.
+    model_file: a .pt checkpoint for backend 'torch', else an .onnx file with its .json manifest beside it; a
+    path, or a bare file name found by instseg_core.base.model_files.find_model; default: the shipped file
+    (`default_model_file`). Raises ValueError for unknown names or decoding parameters, ModelFileError for
+    missing or corrupt files, BackendUnavailableError when the backend/device cannot run here.
     """
     adapter_type = model_adapter(model)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
-    path = Path(weights) if weights else default_weights(model, backend)
-    if not path.is_file():
-        raise ModelFileError(f"model file not found: {path}")
+    path = find_model(model_file or default_model_file(model, backend))
     if backend == "torch":
         module, config = adapter_type.load_torch(path)
         runtime = TorchBackend(module, device=device, threads=threads)
@@ -194,5 +168,7 @@ def create_segmenter(model: str = "spatial_embeddings", *, weights: str | os.Pat
             runtime = TensorRTBackend(path, (1, 3, input_size[1], input_size[0]), fp16=fp16,
                                       engine_cache_dir=engine_cache_dir,
                                       device=device if device.startswith("cuda") else "cuda:0")
-    return Segmenter(adapter_type(config), runtime, input_size=input_size, score_threshold=score_threshold,
-                     decode_params=decode_params, classes=classes)
+    segmenter = Segmenter(adapter_type(config), runtime, input_size=input_size, score_threshold=score_threshold,
+                          decode_params=decode_params, classes=classes)
+    segmenter.model_file = path
+    return segmenter

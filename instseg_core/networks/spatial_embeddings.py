@@ -21,22 +21,19 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
-from instseg_core.models.erfnet import BranchedERFNet
-
-PIXEL_SPACING = 1.0 / 1024.0
-SIGMA_SCALE = 10.0  # bandwidth = exp(SIGMA_SCALE * sigma_raw), as in the reference code
-CITYSCAPES_INSTANCE_CLASSES = ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
+from instseg_core.base.classes import INSTANCE_CLASSES
+from instseg_core.networks.embedding_coding import PIXEL_SPACING
+from instseg_core.networks.erfnet import BranchedERFNet
 
 
 @dataclass
 class SpatialEmbeddingsConfig:
     """What defines a Spatial Embeddings network (stored in checkpoints and ONNX manifests)."""
 
-    classes: tuple[str, ...] = CITYSCAPES_INSTANCE_CLASSES
+    classes: tuple[str, ...] = INSTANCE_CLASSES
     n_sigma: int = 2
     dropout_low: float = 0.03
     dropout_high: float = 0.3
@@ -100,49 +97,3 @@ def coordinate_map(height: int, width: int, device: torch.device | str | None = 
     xs = torch.arange(width, dtype=torch.float32, device=device) * PIXEL_SPACING
     ys = torch.arange(height, dtype=torch.float32, device=device) * PIXEL_SPACING
     return torch.stack([xs[None, :].expand(height, width), ys[:, None].expand(height, width)], 0)
-
-
-def preprocess(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (1, 3, H, W) float32 in [0, 1], the network input."""
-    return np.ascontiguousarray(rgb.transpose(2, 0, 1)[None], dtype=np.float32) * np.float32(1 / 255)
-
-
-def margin_to_sigma_raw(margin_px: float) -> float:
-    """The sigma raw value whose clustering margin (phi = 0.5, Eq. 6) is `margin_px` input pixels."""
-    margin = margin_px * PIXEL_SPACING
-    return float(np.log(np.log(2.0) / margin**2) / SIGMA_SCALE)
-
-
-def ideal_output(instances: np.ndarray, labels: np.ndarray, n_classes: int, n_sigma: int = 2, *,
-                 margin_px: float = 8.0, noise_px: float = 0.0, rng: np.random.Generator | None = None
-                 ) -> np.ndarray:
-    """What a perfect network would output for a labelled image, for tests and benchmarks.
-
-    instances (H, W) int, 0 = background; labels (H, W) class index + 1 on instance pixels. Every instance
-    pixel's offset points at its instance's centroid (plus Gaussian noise of `noise_px` pixels), sigma
-    gives a margin of `margin_px` pixels, and the seediness of the instance's class is what training
-    regresses it to, phi of the pixel's embedding (Eq. 5/10: ~1 on the centroid, 0.5 at the margin;
-    0.0025 elsewhere). Returns (2 + n_sigma + n_classes, H, W) float32 raw.
-    """
-    rng = rng or np.random.default_rng(0)
-    height, width = instances.shape
-    raw = np.zeros((2 + n_sigma + n_classes, height, width), np.float32)
-    raw[2 + n_sigma:] = -6.0
-    raw[2:2 + n_sigma] = margin_to_sigma_raw(margin_px)
-    count = int(instances.max())
-    if count == 0:
-        return raw
-    rows, cols = np.nonzero(instances)
-    index = instances[rows, cols] - 1
-    area = np.maximum(np.bincount(index, minlength=count), 1)
-    center_x = np.bincount(index, cols, count) / area
-    center_y = np.bincount(index, rows, count) / area
-    noise_x, noise_y = rng.normal(0, noise_px, cols.size), rng.normal(0, noise_px, rows.size)
-    offset_x = (center_x[index] - cols + noise_x) * PIXEL_SPACING
-    offset_y = (center_y[index] - rows + noise_y) * PIXEL_SPACING
-    raw[0, rows, cols] = np.arctanh(np.clip(offset_x, -0.999, 0.999))
-    raw[1, rows, cols] = np.arctanh(np.clip(offset_y, -0.999, 0.999))
-    distance = np.hypot(noise_x, noise_y) / margin_px  # of the embedding from the centre, in margins
-    phi = np.clip(np.exp2(-distance**2), 0.0025, 0.9975)  # Eq. 5 for this margin: 0.5 at the margin
-    raw[2 + n_sigma + labels[rows, cols].astype(np.int64) - 1, rows, cols] = np.log(phi / (1 - phi))
-    return raw

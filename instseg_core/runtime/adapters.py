@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from instseg_core.data.cityscapes import name2label
-from instseg_core.postprocess.instances import Instances
-
-MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+from instseg_core.base.classes import label_ids
+from instseg_core.base.instances import Instances
+from instseg_core.base.model_files import ModelFileError
+from instseg_core.base.network_input import rgb_to_unit_nchw
 
 
 class ModelAdapter:
@@ -34,7 +34,7 @@ class ModelAdapter:
     def __init__(self, config: dict) -> None:
         self.config = config
         self.classes: tuple[str, ...] = tuple(config["classes"])
-        self.label_ids = np.array([name2label[c].id for c in self.classes], np.int64)
+        self.label_ids = np.array(label_ids(self.classes), np.int64)
 
     @classmethod
     def load_torch(cls, path: str | os.PathLike) -> tuple[object, dict]:
@@ -46,21 +46,35 @@ class ModelAdapter:
     def decode(self, raw: object, params: dict) -> Instances:
         raise NotImplementedError
 
+    @staticmethod
+    def decode_parameters() -> tuple[str, ...]:
+        """Names of the decoding parameters `decode` accepts in `params`."""
+        raise NotImplementedError
+
     @classmethod
     def read_manifest(cls, onnx_path: str | os.PathLike) -> dict:
-        """The `model_config` of the JSON manifest next to an ONNX file."""
+        """The `model_config` of the JSON manifest next to an ONNX file; ModelFileError naming the manifest
+        when it is missing, not JSON, of another model, or without a model_config object."""
         manifest_path = Path(onnx_path).with_suffix(".json")
         if not manifest_path.is_file():
-            raise FileNotFoundError(f"model manifest not found: {manifest_path} (written by the export command "
-                                    "next to the .onnx file)")
-        manifest = json.loads(manifest_path.read_text())
+            raise ModelFileError(f"model manifest not found: {manifest_path} (written by the export command "
+                                 "next to the .onnx file)")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ModelFileError(f"model manifest {manifest_path} is not JSON: {exc}") from exc
+        if not isinstance(manifest, dict):
+            raise ModelFileError(f"model manifest {manifest_path} must be a JSON object")
         if manifest.get("model") != cls.name:
-            raise ValueError(f"{manifest_path} describes a {manifest.get('model')!r} model, not {cls.name!r}")
-        return manifest["model_config"]
+            raise ModelFileError(f"{manifest_path} describes a {manifest.get('model')!r} model, not {cls.name!r}")
+        config = manifest.get("model_config")
+        if not isinstance(config, dict) or not isinstance(config.get("classes"), list):
+            raise ModelFileError(f"model manifest {manifest_path} has no model_config with a class list")
+        return config
 
 
 class SpatialEmbeddingsAdapter(ModelAdapter):
-    """Spatial Embeddings (instseg_core.models.spatial_embeddings); decode = seed clustering, with the
+    """Spatial Embeddings (instseg_core.networks.spatial_embeddings); decode = seed clustering, with the
     thresholds stored in the model's config (model_config.extra.clustering) unless overridden."""
 
     name = "spatial_embeddings"
@@ -72,15 +86,13 @@ class SpatialEmbeddingsAdapter(ModelAdapter):
     def load_torch(cls, path: str | os.PathLike) -> tuple[object, dict]:
         import torch
 
-        from instseg_core.models.spatial_embeddings import model_from_checkpoint
+        from instseg_core.networks.spatial_embeddings import model_from_checkpoint
 
         checkpoint = torch.load(path, weights_only=False, map_location="cpu")
         return model_from_checkpoint(checkpoint), checkpoint["model_config"]
 
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
-        from instseg_core.models.spatial_embeddings import preprocess
-
-        return preprocess(rgb)
+        return rgb_to_unit_nchw(rgb)
 
     def decode(self, raw: object, params: dict) -> Instances:
         from instseg_core.postprocess.seed_clustering import ClusteringParams, cluster_seeds, cluster_seeds_torch
@@ -101,7 +113,7 @@ class SpatialEmbeddingsAdapter(ModelAdapter):
 
 
 class Box2PixAdapter(ModelAdapter):
-    """Box2Pix (instseg_core.models.box2pix); decode = NMS + pixel-to-box assignment
+    """Box2Pix (instseg_core.networks.box2pix); decode = NMS + pixel-to-box assignment
     (instseg_core.postprocess.box_assignment) with the defaults stored in model_config.extra.assignment unless
     overridden. Raw output: (detections (1, P, 4 + n + 1), semantic (1, H, W) uint8, offsets (1, 2, H, W))."""
 
@@ -118,22 +130,20 @@ class Box2PixAdapter(ModelAdapter):
     def load_torch(cls, path: str | os.PathLike) -> tuple[object, dict]:
         import torch
 
-        from instseg_core.models.box2pix import Box2PixInference, model_from_checkpoint
+        from instseg_core.networks.box2pix import Box2PixInference, model_from_checkpoint
 
         checkpoint = torch.load(path, weights_only=False, map_location="cpu")
         return Box2PixInference(model_from_checkpoint(checkpoint)), checkpoint["model_config"]
 
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
-        from instseg_core.models.box2pix import preprocess
-
-        return preprocess(rgb)
+        return rgb_to_unit_nchw(rgb)
 
     def priors(self, height: int, width: int) -> np.ndarray:
         if (height, width) not in self._priors:
-            from instseg_core.models.box2pix import Box2PixConfig, prior_boxes
+            from instseg_core.networks.box_priors import assign_priors, prior_boxes
 
-            config = Box2PixConfig.from_dict(self.config)
-            self._priors[(height, width)] = prior_boxes(height, width, config.priors_per_layer())
+            sizes = [(int(w), int(h)) for w, h in self.config["prior_sizes"]]
+            self._priors[(height, width)] = prior_boxes(height, width, assign_priors(sizes))
         return self._priors[(height, width)]
 
     def decode(self, raw: object, params: dict) -> Instances:

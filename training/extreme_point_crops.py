@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from instseg_core.annotate.encoding import crop, crop_box, extreme_points_from_mask, points_in_crop
+from instseg_core.base.atomic_files import atomic_path
+from instseg_core.base.classes import ANNOTATION_CLASSES
 from instseg_core.data.cityscapes import CityscapesDataset, read_polygons, visible_masks
-
-# The paper's 9 classes, in its order.
-ANNOTATION_CLASSES = ("car", "traffic sign", "bicycle", "person", "rider", "motorcycle", "traffic light", "truck",
-                      "bus")
 
 
 @dataclass
@@ -44,12 +41,9 @@ class CropSet:
                        self.areas[index])
 
     def save(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".tmp.npz")
-        np.savez_compressed(temporary, images=self.images, masks=self.masks, points=self.points,
-                            classes=self.classes, areas=self.areas)
-        os.replace(temporary, path)
+        with atomic_path(path, suffix=".npz") as temporary:
+            np.savez_compressed(temporary, images=self.images, masks=self.masks, points=self.points,
+                                classes=self.classes, areas=self.areas)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CropSet:

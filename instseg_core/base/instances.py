@@ -1,9 +1,15 @@
-"""The one result type of every instance segmentation model, and a builder shared by the post-processors."""
+"""The one result type of every instance segmentation model, and what is done with it everywhere.
+
+`Instances` (id image + per-instance arrays), `mask_box` / `masks_to_boxes` (boxes of masks),
+`InstanceBuilder` (shared by the decoders), `filter_instances` and `resize_instances` (used by the runtime
+and the evaluation). Boxes are (x0, y0, x1, y1) int pixels, x1/y1 exclusive, everywhere.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 
@@ -77,3 +83,44 @@ class InstanceBuilder:
         return Instances(self.id_flat.reshape(self.height, self.width), np.array(self.classes, np.int64),
                          np.array(self.scores, np.float32), np.array(self.boxes, np.int64),
                          np.array(self.areas, np.int64))
+
+
+def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
+    """(N, 4) int64 boxes x0, y0, x1 (exclusive), y1 (exclusive) of (N, H, W) bool masks; 0s if empty."""
+    boxes = np.zeros((len(masks), 4), dtype=np.int64)
+    for k, mask in enumerate(masks):
+        box = mask_box(mask)
+        if box is not None:
+            boxes[k] = box
+    return boxes
+
+
+def filter_instances(instances: Instances, keep: np.ndarray) -> Instances:
+    """The instances where `keep` (N,) bool is True, renumbered 1..M in the same order."""
+    if keep.all():
+        return instances
+    lookup = np.zeros(len(instances) + 1, np.uint16)
+    lookup[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint16)
+    return Instances(lookup[instances.id_image], instances.classes[keep], instances.scores[keep],
+                     instances.boxes[keep], instances.areas[keep])
+
+
+def resize_instances(instances: Instances, width: int, height: int) -> Instances:
+    """Instances at network resolution -> (height, width): nearest-neighbour id image; boxes and areas are
+    recomputed exactly from it (each box searched in a window around the scaled network box)."""
+    net_height, net_width = instances.id_image.shape
+    if (net_width, net_height) == (width, height):
+        return instances
+    id_image = cv2.resize(instances.id_image, (width, height), interpolation=cv2.INTER_NEAREST)
+    count = len(instances)
+    areas = np.bincount(id_image.ravel(), minlength=count + 1)[1:count + 1].astype(np.int64)
+    sx, sy = width / net_width, height / net_height
+    margin_x, margin_y = int(np.ceil(sx)) + 1, int(np.ceil(sy)) + 1
+    boxes = np.zeros((count, 4), np.int64)
+    for k, (x0, y0, x1, y1) in enumerate(instances.boxes):
+        wx0, wy0 = max(0, int(x0 * sx) - margin_x), max(0, int(y0 * sy) - margin_y)
+        wx1, wy1 = min(width, int(np.ceil(x1 * sx)) + margin_x), min(height, int(np.ceil(y1 * sy)) + margin_y)
+        box = mask_box(id_image[wy0:wy1, wx0:wx1] == k + 1)
+        if box is not None:
+            boxes[k] = np.add(box, (wx0, wy0, wx0, wy0))
+    return Instances(id_image, instances.classes, instances.scores, boxes, areas)

@@ -1,0 +1,42 @@
+"""Files are written atomically: into a temporary file in the target's folder, then renamed over the target.
+
+A reader (or a process killed mid-write) sees the old file or the new one, never a half-written one. The
+temporary name starts with '.' and ends in '.tmp', so globbing for the target's suffix never finds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside `path` for a writer that wants a file name (np.savez, torch.save, an
+    ONNX export); on success it replaces `path`, on an exception it is removed and `path` is untouched.
+    `suffix` is appended to the temporary name for writers that insist on one (np.savez adds '.npz')."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_bytes_atomically(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` atomically (creating its folder); returns the path."""
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)
+    return Path(path)
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` (UTF-8) to `path` atomically (creating its folder); returns the path."""
+    return write_bytes_atomically(path, text.encode())

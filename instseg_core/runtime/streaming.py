@@ -1,0 +1,179 @@
+"""The streaming node's core without ROS: a newest-frame slot, one worker thread, drop counting, statistics.
+
+    stats = FrameStats()
+    worker = LatestFrameWorker(process, stats)   # process(frame, received_at) -> {stage: ms}
+    worker.start()
+    worker.offer(frame)        # from the transport's callback: never blocks on the model
+    ...
+    worker.stop()              # the frame in flight is finished; a frame still waiting is dropped (counted)
+
+Why a slot and not a queue: a camera at 15 Hz into a model at 2 Hz must not queue seconds of stale frames.
+The transport callback only stores the newest frame (replacing, and counting as dropped, one that was still
+waiting); the worker takes it, so the model always works on the newest frame and the latency stays one frame.
+
+`process` raises `BadFrameError` for a frame it refuses (bad encoding, wrong size): counted as bad; any other
+exception is counted as failed and reported to `on_error`, and the worker goes on with the next frame. After
+`stop()` returns, every frame offered is accounted for exactly once:
+received == processed + dropped + bad + failed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+
+# Counter names, in the order they are reported.
+COUNTERS = ("received", "processed", "dropped", "bad", "failed")
+
+
+class BadFrameError(ValueError):
+    """A frame the processing refuses (not a failure of the processing itself); counted as bad."""
+
+
+class FrameStats:
+    """Counters (see COUNTERS) and sliding windows of per-frame latency, stage times and completion times.
+
+    Thread-safe: every update and `snapshot` holds `lock`. Latencies are milliseconds from the frame's arrival
+    (`received_at`, time.monotonic() seconds) to the end of its processing.
+    """
+
+    def __init__(self, window: int = 300) -> None:
+        self.lock = threading.Lock()
+        self.counts = dict.fromkeys(COUNTERS, 0)
+        self.latencies_ms: deque[float] = deque(maxlen=window)
+        self.stage_ms: deque[dict[str, float]] = deque(maxlen=window)
+        self.done_times: deque[float] = deque(maxlen=window)
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self.lock:
+            self.counts[name] += n
+
+    def record_processed(self, received_at: float, stages: dict[str, float]) -> None:
+        """One frame done now; `stages` maps stage names to milliseconds."""
+        done = time.monotonic()
+        with self.lock:
+            self.counts["processed"] += 1
+            self.latencies_ms.append((done - received_at) * 1e3)
+            self.done_times.append(done)
+            self.stage_ms.append(dict(stages))
+
+    def snapshot(self, fps_window_s: float = 5.0) -> dict[str, float | int]:
+        """The counters, fps over the last `fps_window_s` seconds, latency p50/p95 (ms; NaN before the first
+        frame) and the median of each stage (`<stage>_ms`)."""
+        with self.lock:
+            now = time.monotonic()
+            recent = [t for t in self.done_times if now - t <= fps_window_s]
+            latencies = np.array(self.latencies_ms) if self.latencies_ms else np.array([np.nan])
+            span = recent[-1] - recent[0] if len(recent) > 1 else 0.0
+            fps = (len(recent) - 1) / span if span > 0 else 0.0
+            stages = {f"{name}_ms": float(np.median([d.get(name, np.nan) for d in self.stage_ms]))
+                      for name in (self.stage_ms[-1] if self.stage_ms else {})}
+            return {**stages, "fps": fps, "latency_p50_ms": float(np.percentile(latencies, 50)),
+                    "latency_p95_ms": float(np.percentile(latencies, 95)), **self.counts}
+
+
+class LatestFrameWorker:
+    """A newest-frame slot served by one worker thread; see the module docstring.
+
+    process(frame, received_at) -> {stage: ms}: runs on the worker thread, one frame at a time.
+    on_bad(exception) / on_error(exception): called on the worker thread for each bad / failed frame (to log it).
+    shutting_down(): True while the host is going away (e.g. its ROS context is shut down by a signal): a frame
+    that fails then is dropped rather than counted as failed, since its results could not be delivered anyway.
+    """
+
+    def __init__(self, process: Callable[[object, float], dict[str, float] | None], stats: FrameStats | None = None,
+                 *, on_bad: Callable[[BadFrameError], None] | None = None,
+                 on_error: Callable[[Exception], None] | None = None,
+                 shutting_down: Callable[[], bool] | None = None, name: str = "frame-worker") -> None:
+        self.process = process
+        self.stats = stats or FrameStats()
+        self.on_bad = on_bad
+        self.on_error = on_error
+        self.shutting_down = shutting_down or (lambda: False)
+        self._slot = threading.Condition()
+        self._pending: tuple[object, float] | None = None
+        self._stopping = False
+        self._in_flight = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def busy(self) -> bool:
+        """True while a frame is being processed or waiting."""
+        with self._slot:
+            return self._in_flight or self._pending is not None
+
+    def offer(self, frame: object) -> None:
+        """Hand over the newest frame (never blocks on processing); a frame still waiting is replaced and counted
+        as dropped. After stop(), frames are counted as received and dropped."""
+        received_at = time.monotonic()
+        with self._slot:
+            self.stats.count("received")
+            if self._stopping:
+                self.stats.count("dropped")
+                return
+            if self._pending is not None:
+                self.stats.count("dropped")
+            self._pending = (frame, received_at)
+            self._slot.notify()
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop taking frames, let the frame in flight finish, drop (and count) a frame still waiting, and join
+        the worker. True when the worker has ended within `timeout` seconds. Safe to call more than once."""
+        with self._slot:
+            self._stopping = True
+            if self._pending is not None:
+                self._pending = None
+                self.stats.count("dropped")
+            self._slot.notify_all()
+        if self._thread.ident is None:  # never started
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            with self._slot:
+                while self._pending is None and not self._stopping:
+                    self._slot.wait()
+                if self._stopping:
+                    return
+                frame, received_at = self._pending  # type: ignore[misc]
+                self._pending = None
+                self._in_flight = True
+            try:
+                self._handle(frame, received_at)
+            finally:
+                with self._slot:
+                    self._in_flight = False
+                    self._slot.notify_all()
+
+    def _handle(self, frame: object, received_at: float) -> None:
+        try:
+            stages = self.process(frame, received_at)
+        except BadFrameError as exc:
+            self.stats.count("bad")
+            if self.on_bad is not None:
+                self.on_bad(exc)
+            return
+        except Exception as exc:  # never let the worker die: count and go on
+            if self.shutting_down():
+                self.stats.count("dropped")
+                return
+            self.stats.count("failed")
+            if self.on_error is not None:
+                self.on_error(exc)
+            return
+        self.stats.record_processed(received_at, stages or {})
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until no frame is waiting or in flight (True), or until `timeout` seconds pass (False)."""
+        with self._slot:
+            return self._slot.wait_for(lambda: not self._in_flight and self._pending is None, timeout)
+
