@@ -18,6 +18,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from instseg_core.annotate.encoding import CROP_SIZE, crop, crop_box, encode, pa
 from instseg_core.base.instances import mask_box
 from instseg_core.base.model_files import find_model
 from instseg_core.postprocess.polygons import mask_to_polygon
-from instseg_core.runtime.backends import OnnxRuntimeBackend, TorchBackend
+from instseg_core.runtime.backends import InferenceBackend, OnnxRuntimeBackend, TorchBackend
 
 # The shipped default: the same held-out aIoU as the fp32 graph (0.918), ~1.5x faster on 2 cores.
 DEFAULT_ANNOTATION_MODEL = "extreme_unet_int8.onnx"
@@ -115,16 +116,16 @@ class ExtremePointSegmenter:
     (default: the graph's declared input channels).
     """
 
-    def __init__(self, backend: OnnxRuntimeBackend | TorchBackend, *, channels: int | None = None,
+    def __init__(self, backend: InferenceBackend, *, channels: int | None = None,
                  threshold: float = 0.5, polygon_tolerance: float = 1.0, point_mode: str = "circle",
                  relax_fraction: float = 0.1, relax_min: float = 4.0) -> None:
         self.backend = backend
-        declared = getattr(backend, "input_shape", None)
-        self.channels = int(channels or (declared[1] if declared else 0))
+        declared: tuple[int | None, ...] = getattr(backend, "input_shape", None) or ()
+        self.channels = int(channels or (declared[1] or 0 if len(declared) > 1 else 0))
         if self.channels not in (3, 4):
             raise ValueError(f"the annotation network must take 3 or 4 input channels, not {self.channels}")
         # a graph exported with a fixed batch of 1 is run once per object
-        self.fixed_batch = bool(declared) and declared[0] == 1
+        self.fixed_batch = len(declared) > 0 and declared[0] == 1
         self.use_points = self.channels == 4
         self.threshold = threshold
         self.polygon_tolerance = polygon_tolerance
@@ -175,7 +176,8 @@ class ExtremePointSegmenter:
             share = 1.0 / len(boxes)
             results.append(AnnotationResult(
                 (x0 + rx0, y0 + ry0, rx1 - rx0, ry1 - ry0), region_mask[ry0:ry1, rx0:rx1],
-                image.shape[:2], polygon + np.int32([x0, y0]) if len(polygon) else polygon, polygon_iou, score,
+                image.shape[:2], polygon + np.array([x0, y0], np.int32) if len(polygon) else polygon, polygon_iou,
+                score,
                 {"encode": (encoded - start) * 1e3 * share, "network": (inferred - encoded) * 1e3 * share,
                  "postprocess": post},
             ))
@@ -198,12 +200,12 @@ def create_annotation_segmenter(model_file: str | os.PathLike | None = None, *, 
                                  **options)  # type: ignore[arg-type]
 
 
-def annotation_segmenter_from_module(model: object, *, threads: int = 0,
+def annotation_segmenter_from_module(model: Any, *, threads: int = 0,
                                      **options: float | str) -> ExtremePointSegmenter:
     """PyTorch eager on CPU for an ExtremeUNet (logits) being trained or compared; `threads` 0 keeps torch's
     thread count."""
     from instseg_core.networks.extreme_unet import SigmoidOutput
 
-    channels = int(model.in_channels)  # type: ignore[attr-defined]
+    channels = int(model.in_channels)
     return ExtremePointSegmenter(TorchBackend(SigmoidOutput(model), threads=threads), channels=channels,
                                  **options)  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -23,7 +24,7 @@ TYPESTORE = get_typestore(Stores.ROS2_KILTED)
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 IMAGE_ENCODINGS = ("rgb8", "bgr8")
 # rosbag2 format version written (9 = Jazzy/Kilted, readable by Humble's rosbag2 too for sqlite3).
-BAG_VERSION = 9
+BAG_VERSION: Literal[9] = 9
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def write_image_bag(
             message = image_message(rgb, stamp, frame_id, encoding)
             writer.write(raw, stamp, TYPESTORE.serialize_cdr(message, "sensor_msgs/msg/Image"))
             counts[topic] += 1
-            if packed is not None:
+            if packed is not None and compressed_topic is not None:
                 compressed = compressed_message(rgb, stamp, frame_id)
                 writer.write(packed, stamp, TYPESTORE.serialize_cdr(compressed, "sensor_msgs/msg/CompressedImage"))
                 counts[compressed_topic] += 1

@@ -340,7 +340,8 @@ def person(rng: np.random.Generator, scale: float, view: str = "front", phase: f
         stride = 0.28 * swing * sign if side else 0.05 * sign
         hip = (0.0 if side else 0.09 * sign, hip_y)
         foot = (hip[0] + stride, 0.04)
-        colour = tuple(v * (0.8 if k == 0 else 1.0) for v in trousers)
+        shade = 0.8 if k == 0 else 1.0
+        colour = (trousers[0] * shade, trousers[1] * shade, trousers[2] * shade)
         c.line(hip, foot, 0.13, colour)
         c.line(foot, (foot[0] + (0.12 if side else 0.0), 0.03), 0.07, DARK)
     c.polygon([(-half_torso, shoulder_y), (half_torso, shoulder_y), (half_torso * 0.85, hip_y - 0.03),
@@ -374,7 +375,10 @@ def rider(rng: np.random.Generator, scale: float, bike: BikeGeometry, flip: bool
     c.circle(*bike.grip, 0.045, skin)
     head = (shoulder[0] + 0.08, shoulder[1] + 0.2)
     c.circle(*head, 0.11, skin)
-    helmet = hair if rng.random() < 0.5 else tuple(float(v) for v in rng.uniform(0.1, 0.9, 3))
+    helmet = hair
+    if rng.random() >= 0.5:
+        r, g, b = (float(v) for v in rng.uniform(0.1, 0.9, 3))
+        helmet = (r, g, b)
     c.polygon([(head[0] - 0.12, head[1]), (head[0] + 0.12, head[1]), (head[0] + 0.08, head[1] + 0.13),
                (head[0] - 0.08, head[1] + 0.13)], helmet)
     return c.finish(rng, texture=0.1, flip=flip)

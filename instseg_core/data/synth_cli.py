@@ -24,7 +24,7 @@ import numpy as np
 
 from instseg_core.data.bags import STORAGES, write_image_bag
 from instseg_core.data.cityscapes import SPLITS, write_sample
-from instseg_core.data.synthetic import make_scene, render
+from instseg_core.data.synthetic import Frame, make_scene, render
 
 CITIES = {"train": ("synthburg", "renderstadt", "pixelheim"), "val": ("valdorf",), "test": ("testhausen",)}
 SEQUENCE_OFFSET = 10**6
@@ -76,7 +76,7 @@ class _Inline:
 
 
 def sequence_frames(seed: int, split: str, index: int, frames: int, *, width: int, height: int, fps: float,
-                    ego_speed: float) -> Iterator[tuple[int, object]]:
+                    ego_speed: float) -> Iterator[tuple[int, Frame]]:
     """Yield (frame number, Frame) of a temporally coherent sequence (objects and camera moving)."""
     scene = make_scene(image_seed(seed, split, SEQUENCE_OFFSET + index), width, height, ego_speed=ego_speed)
     for number in range(frames):

@@ -64,7 +64,7 @@ def render(scene: Scene, time_s: float = 0.0, frame_index: int = 0) -> Frame:
     _draw_ground(scene, canvas, objects, z_cam)
     for facade in sorted(scene.facades, key=lambda f: -f.z1):
         _draw_facade(scene, facade, canvas, objects, z_cam)
-    items: list[tuple[float, int, object]] = []
+    items: list[tuple[float, int, StreetThing | Actor]] = []
     for thing in scene.things:
         items.append((thing.z - z_cam, 2 if thing.kind in ("sign", "light") else 0, thing))
     for actor in scene.actors:
@@ -271,7 +271,7 @@ def _draw_facade(scene: Scene, facade: Facade, canvas: np.ndarray, objects: list
         return
     x0, y0 = np.maximum(polygon.min(axis=0), 0)
     x1, y1 = np.minimum(polygon.max(axis=0) + 1, (cam.width, cam.height))
-    homography = cv2.getPerspectiveTransform(source, quad - np.float32([x0, y0]))
+    homography = cv2.getPerspectiveTransform(source, quad - np.array([x0, y0], np.float32))
     warped = cv2.warpPerspective(texture, homography, (int(x1 - x0), int(y1 - y0)), flags=cv2.INTER_AREA)
     depth = np.interp(np.arange(x0, x1), sorted(xs[:2]), [z0_clip, z1] if xs[0] < xs[1] else [z1, z0_clip])
     haze = np.clip(scene.look["haze"] * 8.0 / depth, 0, 1)[None, :, None].astype(np.float32)
@@ -415,7 +415,7 @@ def _draw_actor(scene: Scene, actor: Actor, z: float, time_s: float, canvas: np.
         cv2.ellipse(canvas, (int(x_img), int(y_img)), (int(w * 0.5), max(1, int(0.12 * scale))), 0, 0, 360,
                     (0.05, 0.05, 0.05), -1)
     label = actor.kind
-    polygon = _add_object(objects, label, sprite.outline + np.float32([left, top]), cam)
+    polygon = _add_object(objects, label, sprite.outline + np.array([left, top], np.float32), cam)
     if polygon is None:
         return
     ix, iy = round(left), round(top)
@@ -463,5 +463,7 @@ def _finish(scene: Scene, canvas: np.ndarray, rng: np.random.Generator) -> np.nd
     rgb = np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
     if look["jpeg"] > 0:
         _, data = cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_QUALITY, int(look["jpeg"])])
-        rgb = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        assert decoded is not None, "OpenCV decodes the JPEG it has just encoded"
+        rgb = decoded
     return rgb

@@ -31,6 +31,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -117,7 +118,7 @@ def _numpy_safe_json_writer(data: dict, file_name: str) -> None:
         handle.write(json.dumps(data, default=convert, sort_keys=True, indent=4))
 
 
-def _patch_empty_class_crash(official: object) -> None:
+def _patch_empty_class_crash(official: Any) -> None:
     """evaluateMatches raises IndexError (`yTrueSortedCumsum[-1]` of an empty array) for a class that has
     ground truth and predictions of which none counts (every GT missed, every prediction on ignored
     regions). That class has no true positive, so its AP is 0: the one line is patched to say so, the rest
@@ -130,13 +131,14 @@ def _patch_empty_class_crash(official: object) -> None:
     if crash not in source:
         return  # a fixed upstream version
     source = source.replace(crash, "nbTrueExamples = yTrueSortedCumsum[-1] if len(yTrueSortedCumsum) else 0")
-    exec(compile(source, inspect.getsourcefile(official.evaluateMatches), "exec"), official.__dict__)
+    exec(compile(source, inspect.getsourcefile(official.evaluateMatches) or "<cityscapesscripts>", "exec"),
+         official.__dict__)
 
 
 def _run_in_child(run_file: str) -> None:
     """Child-process entry: adapt the environment minimally, then call the official evaluator."""
     if not hasattr(np, "in1d"):
-        np.in1d = lambda a, b, **kw: np.isin(np.ravel(a), b, **kw)  # removed in numpy 2.4
+        np.in1d = lambda a, b, **kw: np.isin(np.ravel(a), b, **kw)  # type: ignore[attr-defined]  # gone in 2.4
     from cityscapesscripts.evaluation import evalInstanceLevelSemanticLabeling as official  # noqa: N813
 
     run = json.loads(Path(run_file).read_text())

@@ -58,7 +58,8 @@ def _rle(mask: np.ndarray) -> dict:
 
 def coco_ground_truth(samples: Iterable[CityscapesSample]) -> dict:
     """A COCO instances dict (images, annotations, categories) from Cityscapes samples."""
-    images, annotations = [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
     for image_id, sample in enumerate(samples, start=1):
         height, width = sample.instance_ids.shape
         images.append({"id": image_id, "width": int(width), "height": int(height), "file_name": sample.stem})
@@ -97,10 +98,10 @@ def coco_mask_ap(samples: Sequence[CityscapesSample], predictions: Sequence[Imag
         evaluator.accumulate()
         evaluator.summarize()
     precision = evaluator.eval["precision"]  # [T, R, K, A, M]: thresholds, recalls, classes, areas, maxDets
-    per_class = {}
+    per_class: dict[str, float] = {}
     for k, category_id in enumerate(evaluator.params.catIds):
         values = precision[:, :, k, 0, -1]
         values = values[values > -1]
-        name = next(c["name"] for c in CATEGORIES if c["id"] == category_id)
+        name = str(next(c["name"] for c in CATEGORIES if c["id"] == category_id))
         per_class[name] = float(values.mean()) if values.size else float("nan")
     return CocoEvaluation(np.asarray(evaluator.stats, dtype=float), per_class)

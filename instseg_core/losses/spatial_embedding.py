@@ -82,6 +82,7 @@ class SpatialEmbeddingLoss(nn.Module):
                 in_mask = instances[b] == instance_id
                 class_index = int(labels[b][in_mask][0]) - 1
                 center = (embedding if cfg.center == "learnable" else coordinates)[:, in_mask].mean(1)
+                bandwidth: torch.Tensor | float
                 if cfg.learn_sigma:
                     sigma_in = sigma[:, in_mask]
                     sigma_mean = sigma_in.mean(1)

@@ -20,6 +20,7 @@ decoding).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
@@ -133,15 +134,20 @@ class Box2Pix(nn.Module):
 
     def _init_weights(self) -> None:
         n = self.config.n_classes
-        for head in self.class_heads:  # focal-loss prior: background probability ~0.99 at the start
+        for module in self.class_heads:  # focal-loss prior: background probability ~0.99 at the start
+            head = cast(nn.Conv2d, module)
+            assert head.bias is not None  # the heads are built with a bias
             nn.init.normal_(head.weight, std=0.01)
             nn.init.zeros_(head.bias)
             with torch.no_grad():
                 head.bias.view(-1, n + 1)[:, 0] = np.log(0.99 * n / 0.01)
-        for head in self.box_heads:
+        for module in self.box_heads:
+            head = cast(nn.Conv2d, module)
+            assert head.bias is not None
             nn.init.normal_(head.weight, std=0.01)
             nn.init.zeros_(head.bias)
-        for deconv in self.deconvs:
+        for module in self.deconvs:
+            deconv = cast(nn.ConvTranspose2d, module)
             with torch.no_grad():
                 deconv.weight.copy_(_bilinear_kernel(deconv.in_channels))
 

@@ -14,6 +14,7 @@ model for export so that the ONNX file outputs foreground probabilities in [0, 1
 from __future__ import annotations
 
 from copy import deepcopy as copy_module
+from typing import cast
 
 import torch
 from torch import nn
@@ -89,7 +90,7 @@ class PixelShuffleUpsample(nn.Module):
             # pixel_shuffle reads it: out[c, 2y + ky, 2x + kx] = in[c * 4 + ky * 2 + kx, y, x].
             weight = transposed.weight.permute(1, 2, 3, 0).reshape(4 * out_channels, in_channels, 1, 1)
             self.conv.weight.copy_(weight)
-            if transposed.bias is not None:
+            if transposed.bias is not None and self.conv.bias is not None:
                 self.conv.bias.copy_(transposed.bias.repeat_interleave(4))
         self.shuffle = nn.PixelShuffle(2)
 
@@ -101,7 +102,8 @@ def deployable(model: ExtremeUNet) -> ExtremeUNet:
     """A copy of `model` for export, computing the same function: its transposed convolutions become
     PixelShuffleUpsample (see there). The training checkpoints keep the ConvTranspose2d layout."""
     copy = copy_module(model).eval()
-    copy.upsamplers = nn.ModuleList(PixelShuffleUpsample(upsample) for upsample in model.upsamplers)
+    copy.upsamplers = nn.ModuleList(PixelShuffleUpsample(cast(nn.ConvTranspose2d, upsample))
+                                    for upsample in model.upsamplers)
     return copy
 
 

@@ -20,6 +20,7 @@ Input: (B, 3, H, W) float32 RGB in [0, 1] (as the reference code: image / 255), 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -74,7 +75,8 @@ class SpatialEmbeddings(nn.Module):
     def init_output(self) -> None:
         """Reference initialisation: zero offsets (every pixel is its own embedding) and sigma raw = 1
         (bandwidth e^10, a margin of ~0.02 px: nothing clusters until the network learns to)."""
-        conv = self.network.decoders[0].output_conv
+        conv = cast(nn.Conv2d, self.network.decoders[0].output_conv)
+        assert conv.bias is not None  # ERFNet's output convolution has a bias
         with torch.no_grad():
             conv.weight[:, 0:2].fill_(0)
             conv.bias[0:2].fill_(0)

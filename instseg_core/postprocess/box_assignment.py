@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -192,7 +193,11 @@ def _foreground_assignment(semantic: np.ndarray, offsets: np.ndarray, detections
         bounds = np.searchsorted(ends, np.arange(1, threads) * order.size / threads)
         runs = [groups[a:b] for a, b in zip([0, *bounds.tolist()], [*bounds.tolist(), len(groups)], strict=True)]
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(lambda run_groups: [run(g) for g in run_groups], runs))
+            def run_all(run_groups: list[tuple[int, int]]) -> None:
+                for group in run_groups:
+                    run(group)
+
+            list(pool.map(run_all, runs))
     else:
         for group in groups:
             run(group)
@@ -209,8 +214,7 @@ def assign_pixels(semantic: np.ndarray, offsets: np.ndarray, detections: Detecti
     return assignment.reshape(semantic.shape)
 
 
-def assign_pixels_torch(semantic: object, offsets: object, detections: Detections,
-                        params: AssignmentParams) -> object:
+def assign_pixels_torch(semantic: Any, offsets: Any, detections: Detections, params: AssignmentParams) -> Any:
     """assign_pixels on torch tensors (any device): semantic (H, W) uint8, offsets (2, H, W) float32 ->
     (H, W) int32 tensor on the same device."""
     import torch

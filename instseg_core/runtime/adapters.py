@@ -14,6 +14,7 @@ import json
 import os
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,7 +44,7 @@ class ModelAdapter:
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def decode(self, raw: object, params: dict) -> Instances:
+    def decode(self, raw: Any, params: dict) -> Instances:
         raise NotImplementedError
 
     @staticmethod
@@ -94,7 +95,7 @@ class SpatialEmbeddingsAdapter(ModelAdapter):
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
         return rgb_to_unit_nchw(rgb)
 
-    def decode(self, raw: object, params: dict) -> Instances:
+    def decode(self, raw: Any, params: dict) -> Instances:
         from instseg_core.postprocess.seed_clustering import ClusteringParams, cluster_seeds, cluster_seeds_torch
 
         known = {f.name for f in fields(ClusteringParams)}
@@ -146,7 +147,7 @@ class Box2PixAdapter(ModelAdapter):
             self._priors[(height, width)] = prior_boxes(height, width, assign_priors(sizes))
         return self._priors[(height, width)]
 
-    def decode(self, raw: object, params: dict) -> Instances:
+    def decode(self, raw: Any, params: dict) -> Instances:
         from instseg_core.postprocess.box_assignment import (
             AssignmentParams,
             assign_pixels_torch,

@@ -20,11 +20,30 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
 from instseg_core.base.atomic_files import write_bytes_atomically
 from instseg_core.base.model_files import ModelFileError
+
+# What `run` returns: one (1, ...) float32/uint8 array for a single-output network, a tuple of arrays in the
+# graph's output order for several; `run_tensor` returns the same as torch tensors on the backend's device.
+RawOutput = Any
+
+
+class InferenceBackend(Protocol):
+    """What the Segmenter and the annotation pipeline need of a backend."""
+
+    name: str
+
+    def run(self, image: np.ndarray) -> RawOutput:
+        """(1 or N, 3 or 4, H, W) float32 network input -> the raw output as NumPy arrays on the CPU."""
+        ...
+
+    def describe(self) -> str:
+        """e.g. 'onnxruntime 1.31.1 CPU (2 threads)'."""
+        ...
 
 
 class BackendUnavailableError(RuntimeError):
@@ -48,10 +67,10 @@ def _cuda_device(device: str) -> str:
     return device
 
 
-def _to_numpy(output: object) -> np.ndarray | tuple[np.ndarray, ...]:
+def _to_numpy(output: Any) -> RawOutput:
     """Torch output(s) -> NumPy on the CPU; floating point as float32, integer types kept."""
     if isinstance(output, (tuple, list)):
-        return tuple(_to_numpy(o) for o in output)  # type: ignore[misc]
+        return tuple(_to_numpy(o) for o in output)
     if output.is_floating_point():
         output = output.float()
     return output.cpu().numpy()
@@ -61,7 +80,7 @@ class TorchBackend:
     """PyTorch eager. `model` is an nn.Module mapping (1, 3, H, W) to its output tensor(s); device 'cpu' or
     'cuda[:i]'."""
 
-    def __init__(self, model: object, device: str = "cpu", threads: int = 2) -> None:
+    def __init__(self, model: Any, device: str = "cpu", threads: int = 2) -> None:
         import torch
 
         self.torch = torch
@@ -76,13 +95,13 @@ class TorchBackend:
         self.input_shape: tuple[int | None, ...] | None = None  # a module takes any shape it can
         self.name = "torch"
 
-    def run_tensor(self, image: np.ndarray) -> object:
+    def run_tensor(self, image: np.ndarray) -> RawOutput:
         """The raw output as a torch tensor on the backend's device (for GPU post-processing)."""
         with self.torch.no_grad():
             x = self.torch.from_numpy(image).to(self.device).contiguous(memory_format=self.torch.channels_last)
             return self.model(x)
 
-    def run(self, image: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+    def run(self, image: np.ndarray) -> RawOutput:
         return _to_numpy(self.run_tensor(image))
 
     def describe(self) -> str:
@@ -140,7 +159,7 @@ class OnnxRuntimeBackend:
         self.threads = threads
         self.name = "onnxruntime"
 
-    def run(self, image: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+    def run(self, image: np.ndarray) -> RawOutput:
         outputs = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(image)})
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
@@ -255,7 +274,7 @@ class TensorRTBackend:
             raise ModelFileError(f"TensorRT failed to build an engine from {self.onnx_path}")
         return bytes(serialized)
 
-    def run_tensor(self, image: np.ndarray) -> object:
+    def run_tensor(self, image: np.ndarray) -> RawOutput:
         if tuple(image.shape) != self.input_shape:
             raise ValueError(f"engine built for input {self.input_shape}, got {tuple(image.shape)}")
         with self.torch.cuda.stream(self.stream):
@@ -264,7 +283,7 @@ class TensorRTBackend:
         self.stream.synchronize()
         return self.output_buffers[0] if len(self.output_buffers) == 1 else tuple(self.output_buffers)
 
-    def run(self, image: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+    def run(self, image: np.ndarray) -> RawOutput:
         return _to_numpy(self.run_tensor(image))
 
     def describe(self) -> str:

@@ -34,6 +34,7 @@ from instseg_core.postprocess.polygons import mask_to_polygon
 from instseg_core.runtime.adapters import ModelAdapter, model_adapter
 from instseg_core.runtime.backends import (
     BackendUnavailableError,
+    InferenceBackend,
     OnnxRuntimeBackend,
     TensorRTBackend,
     TorchBackend,
@@ -65,7 +66,7 @@ class SegmentationResult:
 class Segmenter:
     """Pre-process, run a backend, decode; thread-safe (one inference at a time)."""
 
-    def __init__(self, adapter: ModelAdapter, backend: object, *, input_size: tuple[int, int] | None = None,
+    def __init__(self, adapter: ModelAdapter, backend: InferenceBackend, *, input_size: tuple[int, int] | None = None,
                  score_threshold: float = 0.5, decode_params: dict | None = None,
                  classes: Collection[str] | None = None) -> None:
         self.adapter = adapter
@@ -113,8 +114,10 @@ class Segmenter:
         preprocessed = time.perf_counter()
         with self._lock:
             run_tensor = getattr(self.backend, "run_tensor", None)
-            on_gpu = run_tensor is not None and getattr(self.backend, "device", "cpu") != "cpu"
-            raw = run_tensor(network_input) if on_gpu else self.backend.run(network_input)
+            if run_tensor is not None and getattr(self.backend, "device", "cpu") != "cpu":
+                raw = run_tensor(network_input)  # decoded on the GPU
+            else:
+                raw = self.backend.run(network_input)
             inferred = time.perf_counter()
             instances = self.adapter.decode(raw, self.decode_params)
         keep = instances.scores >= self.score_threshold
@@ -154,6 +157,7 @@ def create_segmenter(model: str = "spatial_embeddings", *, model_file: str | os.
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     path = find_model(model_file or default_model_file(model, backend))
+    runtime: InferenceBackend
     if backend == "torch":
         module, config = adapter_type.load_torch(path)
         runtime = TorchBackend(module, device=device, threads=threads)
