@@ -15,7 +15,7 @@ SETUP_INPUTS := pyproject.toml setup.py setup.cfg package.xml tools/setup.sh too
 help:
 	@echo "make setup   create .venv: pinned deps, ROS 2 wheels, instseg_interfaces (idempotent)"
 	@echo "make demo    set up, then run the main job on the embedded default (see README)"
-	@echo "make test    set up, then ruff and the whole test suite"
+	@echo "make test    set up, then ruff, import contracts, mypy and the whole test suite"
 	@echo "make bench   set up, then the benchmarks in bench/"
 	@echo "make data    set up, then write a synthetic Cityscapes-format tree to data/synthetic (DATA_ARGS=...)"
 	@echo "make train-extreme  data, training (extreme points + box-only), export to models/, ablation table"
@@ -29,8 +29,11 @@ $(STAMP): $(SETUP_INPUTS)
 	bash tools/setup.sh
 	@touch $@
 
+# Style (ruff), the layer contracts of pyproject.toml (import-linter) and the types of instseg_core (mypy).
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 # pytest isolates itself (tests/conftest.py enters a loopback-only namespace before any test runs).
 pytest: setup

@@ -137,7 +137,9 @@ def play(args: argparse.Namespace, node: Node, stop: threading.Event) -> dict:
 
 
 def record(args: argparse.Namespace, node: Node, stop: threading.Event, executor: SingleThreadedExecutor) -> dict:
-    """Record the topics until --duration elapses or SIGINT; returns {'recorded': {topic: count}}."""
+    """Record the topics until --duration elapses, --until-count messages arrived on every topic, or SIGINT;
+    returns {"recorded": {topic: count}}. Prints "recording, every topic matched" to stderr once every
+    subscription has a publisher."""
     from rosbags.rosbag2 import Writer
 
     out = Path(args.out)
@@ -166,12 +168,19 @@ def record(args: argparse.Namespace, node: Node, stop: threading.Event, executor
                     counts[topic] += 1
             return write
 
-        for topic in args.topics:
-            node.create_subscription(message_class(types[topic]), topic, callback(topic), _qos(args.reliability, 100),
-                                     raw=True)
+        subscriptions = [node.create_subscription(message_class(types[topic]), topic, callback(topic),
+                                                  _qos(args.reliability, 100), raw=True) for topic in args.topics]
         end = time.monotonic() + args.duration if args.duration else float("inf")
+        matched = False
         while not stop.is_set() and time.monotonic() < end:
             executor.spin_once(timeout_sec=0.1)
+            if not matched and all(s.get_publisher_count() > 0 for s in subscriptions):
+                matched = True  # what a caller waits for before it starts the publishers' sources
+                print("instseg-bag: recording, every topic matched", file=sys.stderr, flush=True)
+            if args.until_count:
+                with lock:
+                    if min(counts.values()) >= args.until_count:
+                        break
         with lock:
             result = {"recorded": dict(counts), "path": str(out)}
     return result
@@ -196,6 +205,8 @@ def main(argv: list[str] | None = None) -> None:
     record_parser.add_argument("out")
     record_parser.add_argument("--topics", nargs="+", required=True)
     record_parser.add_argument("--duration", type=float, default=0.0, help="seconds; 0 = until SIGINT")
+    record_parser.add_argument("--until-count", type=int, default=0,
+                               help="stop once every topic has this many messages (0 = no limit)")
     record_parser.add_argument("--storage", choices=sorted(STORAGES), default="mcap")
     record_parser.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the topics")
     record_parser.add_argument("--reliability", choices=("reliable", "best_effort"), default="best_effort",

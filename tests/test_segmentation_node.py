@@ -3,10 +3,11 @@ dropping under load with bounded memory, parameters (validation, run-time change
 
 from __future__ import annotations
 
+import contextlib
+import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,23 @@ def stop(node: subprocess.Popen) -> str:
     return stderr
 
 
+def summary(stderr: str) -> dict[str, int]:
+    """The node's structured exit line: 'segmentation_node summary {"received": ..., ...}'."""
+    line = next(line for line in stderr.splitlines() if line.startswith("segmentation_node summary "))
+    return json.loads(line.split(" ", 2)[2])
+
+
+def wait_for_line(process: subprocess.Popen, text: str) -> None:
+    """Read the process's stderr until a line contains `text` (the process keeps running)."""
+    assert process.stderr is not None
+    seen = []
+    for line in process.stderr:
+        seen.append(line)
+        if text in line:
+            return
+    pytest.fail(f"exited before printing {text!r}:\n" + "".join(seen))
+
+
 def test_bag_through_node_into_a_recorded_bag(ros_processes, camera_bag: Path, tmp_path: Path) -> None:
     from rosbags.highlevel import AnyReader
 
@@ -59,16 +77,15 @@ def test_bag_through_node_into_a_recorded_bag(ros_processes, camera_bag: Path, t
     wait_until_loaded(node)
     recorded = tmp_path / "outputs"
     recorder = ros_processes.start("record", str(recorded), "--topics", "/segmentation_node/instances",
-                                   "/segmentation_node/instance_ids", "--wait", "30", script=BAG_TOOL)
-    time.sleep(2.0)
+                                   "/segmentation_node/instance_ids", "--wait", "30", "--reliability", "reliable",
+                                   "--until-count", "6", "--duration", "120", script=BAG_TOOL)
+    wait_for_line(recorder, "every topic matched")
     player = ros_processes.start("play", str(camera_bag), "--rate", "0.1", "--wait-for-subscribers", "30",
                                  script=BAG_TOOL)
     played = ros_processes.wait(player, timeout=90).result
     assert played["published"] == {"/camera/image_raw": 6}
-    time.sleep(4.0)
-    recorder.send_signal(signal.SIGINT)
-    counts = ros_processes.wait(recorder, timeout=30).result["recorded"]
-    summary = stop(node).splitlines()[-1]
+    counts = ros_processes.wait(recorder, timeout=150).result["recorded"]  # ends after the 6th output
+    totals = summary(stop(node))
     with AnyReader([camera_bag]) as reader:
         input_stamps = [reader.deserialize(raw, c.msgtype).header.stamp for c, _, raw in reader.messages()]
     input_ns = [s.sec * 10**9 + s.nanosec for s in input_stamps]
@@ -76,7 +93,8 @@ def test_bag_through_node_into_a_recorded_bag(ros_processes, camera_bag: Path, t
         outputs = {c.topic: [reader.deserialize(raw, c.msgtype) for _, _, raw in reader.messages([c])]
                    for c in reader.connections}
     arrays = outputs["/segmentation_node/instances"]
-    assert counts["/segmentation_node/instances"] == len(arrays) >= 5, summary  # 2 s per frame: no drops
+    assert counts["/segmentation_node/instances"] == len(arrays) == 6, totals  # 2 s per frame: no drops
+    assert totals == {"received": 6, "processed": 6, "dropped": 0, "bad": 0, "failed": 0}
     out_ns = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in arrays]
     assert set(out_ns) <= set(input_ns) and out_ns == sorted(out_ns)
     assert {m.header.frame_id for m in arrays} == {"camera_optical_frame"}
@@ -111,7 +129,7 @@ def test_bad_frames_are_counted_and_skipped(ros_processes) -> None:
     assert diagnostics["backend"] == "onnxruntime" and "CPU" in diagnostics["device"]
     for reason in ("yuv422", "truncated", "empty image", "mono16"):
         assert reason in stderr, reason
-    assert "bad 4" in stderr
+    assert summary(stderr) == {"received": 6, "processed": 2, "dropped": 0, "bad": 4, "failed": 0}
 
 
 def test_box2pix_model(ros_processes) -> None:
@@ -141,15 +159,16 @@ def test_slow_backend_drops_frames_with_bounded_memory(ros_processes) -> None:
     while streamer.poll() is None:
         status = Path(f"/proc/{node.pid}/status").read_text()
         rss.append(int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))) / 1024)
-        time.sleep(2.0)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            streamer.wait(timeout=2.0)  # one RSS sample every 2 s until the streamer ends
     sent = ros_processes.wait(streamer, timeout=30).result["sent"]
     stderr = stop(node)
-    summary = next(line for line in stderr.splitlines() if line.startswith("segmentation_node: received"))
-    received, processed, dropped = (int(summary.split()[i].rstrip(",")) for i in (2, 5, 7))
-    assert sent >= 800 and received >= 0.5 * sent, summary
-    assert "failed 0" in summary, stderr
-    # every frame is processed or dropped, except one waiting and one in flight at shutdown
-    assert 3 <= processed < 0.2 * received and dropped >= received - processed - 2, summary
+    totals = summary(stderr)
+    received, processed, dropped = totals["received"], totals["processed"], totals["dropped"]
+    assert sent >= 800 and received >= 0.5 * sent, totals
+    assert totals["failed"] == 0 and totals["bad"] == 0, stderr
+    # every frame received is processed or dropped (a frame still waiting at shutdown counts as dropped)
+    assert 3 <= processed < 0.2 * received and dropped == received - processed, totals
     steady = rss[len(rss) // 3:]
     assert max(steady) - min(steady) < 400, f"memory grew: {rss}"
 

@@ -1,0 +1,1 @@
+"""Training, evaluation and export commands for every model (python -m training.<model> --help)."""

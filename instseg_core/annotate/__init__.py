@@ -1,0 +1,1 @@
+"""Extreme-point annotation: the network input encoding and the pipeline from four clicks to a polygon."""

@@ -1,0 +1,1 @@
+"""Evaluation: the official Cityscapes instance evaluator (in a child process), COCO mask AP, binary masks."""

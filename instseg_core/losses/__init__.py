@@ -1,0 +1,1 @@
+"""Training losses: Spatial Embeddings (Lovasz hinge, seed and smoothness terms), Box2Pix, binary masks."""
