@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -65,3 +66,48 @@ def test_sourced_overlay_imports_from_install(colcon_install: Path) -> None:
     assert msg_path.startswith(str(colcon_install / "instseg_interfaces"))
     assert ros_path.startswith(str(colcon_install / "instseg_ros"))
     assert code_value == "5"
+
+
+OVERLAY_PROBE = """
+import json, sys
+if sys.argv[1] == "without-source":  # drop the finder of the editable install: only the overlay can provide us
+    sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")
+                        and "__editable__" not in type(f).__module__]
+import numpy as np
+import instseg_core
+from instseg_core.annotate.segmenter import create_annotation_segmenter
+from instseg_core.runtime import create_segmenter
+
+segmenter = create_segmenter("spatial_embeddings", input_size=(256, 128))
+result = segmenter(np.zeros((128, 256, 3), np.uint8))
+annotation = create_annotation_segmenter()
+image = np.zeros((100, 120, 3), np.uint8)
+image[30:70, 40:90] = 200
+mask = annotation.segment(image, [[40, 50], [65, 30], [89, 50], [65, 69]]).mask
+print(json.dumps({"core": instseg_core.__file__, "model": str(segmenter.model_file),
+                  "annotation_model": str(annotation.backend.path), "instances": len(result.instances),
+                  "mask_shape": list(mask.shape)}))
+"""
+
+
+@pytest.mark.parametrize("source", ["without-source", "with-source"])
+def test_overlay_finds_its_models_from_anywhere(colcon_install: Path, source: str, tmp_path: Path) -> None:
+    """Installed in a colcon overlay, the library finds the shipped models in share/instseg_ros/models, from a
+    different working directory, with the source checkout importable (first on the path) or not at all."""
+    pythonpath = f"PYTHONPATH={REPO}:$PYTHONPATH " if source == "with-source" else ""
+    probe = tmp_path / "probe.py"
+    probe.write_text(OVERLAY_PROBE)
+    script = f". {colcon_install}/local_setup.bash && cd / && {pythonpath}{sys.executable} {probe} {source}"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "INSTSEG_MODEL_DIR")}
+    result = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    share = colcon_install / "instseg_ros" / "share" / "instseg_ros" / "models"
+    if source == "without-source":
+        assert found["core"].startswith(str(colcon_install / "instseg_ros")), found
+    else:
+        assert found["core"].startswith(str(REPO)), found
+    # AMENT_PREFIX_PATH names the overlay, whose share directory comes before the source tree either way
+    assert found["model"] == str(share / "spatial_embeddings.onnx")
+    assert found["annotation_model"] == str(share / "extreme_unet_int8.onnx")
+    assert found["mask_shape"] == [100, 120]
