@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib
 import pkgutil
+import re
 import subprocess
 import sys
 import tomllib
@@ -111,3 +112,36 @@ def test_console_scripts_resolve() -> None:
     assert "instseg-isolated" in scripts
     for entry in scripts.values():
         assert callable(entry.load())
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_readme_is_short_and_every_doc_link_resolves() -> None:
+    """README.md stays a newcomer's page (<= 250 lines); every relative link in it and in docs/ names a file
+    of the repo (and an existing heading, when it has an anchor); no link leaves the repository."""
+    readme = REPO / "README.md"
+    assert len(readme.read_text().splitlines()) <= 250
+    pages = [readme, *sorted((REPO / "docs").rglob("*.md"))]
+    assert {"architecture.md", "ros.md", "benchmarks.md", "testing.md"} <= {p.name for p in pages}
+    assert list((REPO / "docs" / "models").glob("*.md")), "docs/models/ has a page per model"
+    problems = []
+    for page in pages:
+        text = page.read_text()
+        in_code = re.sub(r"```.*?```", "", text, flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", in_code):
+            if target.startswith(("http://", "https://")) or "../shared" in target:
+                problems.append(f"{page.name}: link outside the repo: {target}")
+                continue
+            path, _, anchor = target.partition("#")
+            file = (page.parent / path).resolve() if path else page
+            if not file.exists() or REPO not in file.parents:
+                problems.append(f"{page.name}: missing {target}")
+            elif anchor and file.suffix == ".md":
+                headings = {_anchor(h) for h in re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", file.read_text(),
+                                                                                  flags=re.S), flags=re.M)}
+                if anchor not in headings:
+                    problems.append(f"{page.name}: no heading for #{anchor} in {file.name}")
+    assert problems == []
