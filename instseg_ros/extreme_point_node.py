@@ -11,11 +11,12 @@ Service `~/segment` (instseg_interfaces/srv/SegmentObject). Parameters:
 Masks: with crop_mask in the request the response's mask covers only the object's bounding box
 (`mask_roi`), a few kB; without it, the whole image (2 MB at 2048x1024, a sizeable part of a round trip).
 
-Frame cache: an operator clicks several objects per frame, so only the first request of a frame needs to
-carry the 6 MB image. A request whose image is empty (height = width = 0, no data) but whose header (stamp,
-frame_id) equals that of one of the last `frame_cache` frames received is segmented on that frame; that
-saves the image transfer, most of the round trip. An empty image with an unknown header is refused
-(BAD_IMAGE, "not cached").
+Frame cache (instseg_core.annotate.frame_cache): an operator clicks several objects per frame, so only the
+first request of a frame needs to carry the 6 MB image. A request whose image is empty (height = width = 0,
+no data) but whose header (stamp, frame_id) equals that of one of the last `frame_cache` frames received is
+segmented on that frame; that saves the image transfer, most of the round trip. A cache hit is never
+ambiguous: an empty image with an unknown header, with the default header (stamp 0, empty frame_id), or with
+a header that two different images were sent under, is refused (BAD_IMAGE, with the reason).
 
 The model is loaded and warmed up at start; a missing or corrupt model file stops the node at once with
 an error naming the path. Bad requests are answered with success=false, an error code and a message,
@@ -29,7 +30,7 @@ import json
 import sys
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 
 import numpy as np
 import rclpy
@@ -42,6 +43,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, RegionOfInterest
 from std_msgs.msg import Header
 
+from instseg_core.annotate.frame_cache import FrameCache, FrameCacheMissError
 from instseg_core.annotate.segmenter import (
     AnnotationError,
     AnnotationResult,
@@ -51,6 +53,7 @@ from instseg_core.annotate.segmenter import (
 from instseg_core.base.model_files import ModelFileError
 from instseg_ros.allocator import keep_large_buffers
 from instseg_ros.image_codec import ImageCodecError, image_to_numpy, numpy_to_image, to_rgb8
+from instseg_ros.spinning import spin_until_shutdown
 
 
 class ExtremePointNode(Node):
@@ -81,8 +84,7 @@ class ExtremePointNode(Node):
         start = time.perf_counter()
         self.segmenter.warmup()
         self.errors: Counter[str] = Counter()
-        self.frame_cache_size = max(0, int(get("frame_cache").value))
-        self._frames: OrderedDict[tuple[int, int, str], np.ndarray] = OrderedDict()
+        self.frames = FrameCache(int(get("frame_cache").value))
         self.served = 0
         self._lock = threading.Lock()
         self._slots = threading.Semaphore(max(1, int(get("max_concurrent").value)))
@@ -112,25 +114,16 @@ class ExtremePointNode(Node):
         stamp = image_msg.header.stamp
         key = (int(stamp.sec), int(stamp.nanosec), image_msg.header.frame_id)
         if image_msg.width == 0 and image_msg.height == 0 and len(image_msg.data) == 0:
-            with self._lock:
-                rgb = self._frames.get(key)
-                if rgb is not None:
-                    self._frames.move_to_end(key)
-            if rgb is None:
-                return self._refuse(response, ErrorCode.BAD_IMAGE,
-                                    f"image of zero size and frame (stamp {key[0]}.{key[1]:09d}, frame_id "
-                                    f"{key[2]!r}) not cached: send the image with the first request of a frame")
+            try:
+                rgb = self.frames.lookup(key)
+            except FrameCacheMissError as exc:
+                return self._refuse(response, ErrorCode.BAD_IMAGE, f"image of zero size: {exc}")
         else:
             try:
                 rgb = to_rgb8(image_to_numpy(image_msg), image_msg.encoding)
             except ImageCodecError as exc:
                 return self._refuse(response, ErrorCode.BAD_IMAGE, str(exc))
-            if self.frame_cache_size:
-                with self._lock:
-                    self._frames[key] = rgb
-                    self._frames.move_to_end(key)
-                    while len(self._frames) > self.frame_cache_size:
-                        self._frames.popitem(last=False)
+            self.frames.store(key, rgb)
         try:
             with self._slots:
                 result = self.segmenter.segment(rgb, np.asarray(request.extreme_points, np.float64),
@@ -163,31 +156,47 @@ def mask_message(result: AnnotationResult, crop: bool, header: Header) -> tuple[
     return numpy_to_image(mask.view(np.uint8) * np.uint8(255), "mono8", header), roi
 
 
+def print_summary(served: int, refused: dict[str, int]) -> None:
+    """The exit lines on stderr (the ROS context may already be gone after a signal): a readable one and
+    'extreme_point_node summary {json}' for scripts."""
+    print(f"extreme_point_node: served {served} requests; refused {refused or 'none'}", file=sys.stderr, flush=True)
+    print("extreme_point_node summary " + json.dumps({"served": served, "refused": refused}), file=sys.stderr,
+          flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point (`ros2 run instseg_ros extreme_point_node`, or `.venv/bin/extreme_point_node`)."""
     keep_large_buffers()  # 6 MB requests: reuse warm heap pages instead of fresh mmaps (see allocator.py)
     rclpy.init(args=argv)
-    try:
-        node = ExtremePointNode()
-    except (ModelFileError, ValueError) as exc:
-        print(f"extreme_point_node: {exc}", file=sys.stderr, flush=True)
-        rclpy.try_shutdown()
-        sys.exit(2)
-    executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
-    try:
-        executor.spin()
+    node: ExtremePointNode | None = None
+    executor: MultiThreadedExecutor | None = None
+    try:  # a signal can arrive at any moment from here on: every step below may be cut short
+        try:
+            node = ExtremePointNode()
+        except (ModelFileError, ValueError) as exc:
+            print(f"extreme_point_node: {exc}", file=sys.stderr, flush=True)
+            rclpy.try_shutdown()
+            sys.exit(2)
+        if not rclpy.ok():  # SIGTERM during start-up: rclpy shut the context down, nothing to serve
+            return
+        executor = MultiThreadedExecutor(num_threads=4)
+        executor.add_node(node)
+        spin_until_shutdown(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    finally:  # the ROS context may already be gone (signal), so the summary goes to stderr directly
-        print(f"extreme_point_node: served {node.served} requests; refused {dict(node.errors) or 'none'}",
-              file=sys.stderr, flush=True)
-        print("extreme_point_node summary " + json.dumps({"served": node.served, "refused": dict(node.errors)}),
-              file=sys.stderr, flush=True)
-        executor.shutdown()
-        node.destroy_node()
+    except Exception:
+        if rclpy.ok():
+            raise
+        # a signal shut the context down while the node or executor was being built (rcl refuses to create
+        # entities then): a clean stop like any other
+    finally:
+        if sys.exc_info()[0] is not SystemExit:
+            print_summary(node.served if node else 0, dict(node.errors) if node else {})
+        if executor is not None:
+            executor.shutdown()
+        if node is not None:
+            node.destroy_node()
         rclpy.try_shutdown()
-
 
 if __name__ == "__main__":
     main()

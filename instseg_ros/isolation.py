@@ -6,10 +6,17 @@ move their process into a fresh Linux network namespace whose only interface is 
 up, and pick a ROS_DOMAIN_ID of their own, before any rclpy is started. Child processes inherit the
 namespace.
 
+The namespace also gets a mount namespace with a private, empty tmpfs on /dev/shm. Fast DDS's shared-memory
+transport names its segments and ports in /dev/shm by domain id and port number, and /dev/shm is not
+separated by a network namespace: two isolated runs that happened to use the same ROS_DOMAIN_ID shared
+segments (and participants of one run received discovery traffic of the other, whose network they cannot
+reach). With a private /dev/shm nothing of one run is visible to another, whatever domain ids they use, and
+segments left by killed processes vanish with the namespace.
+
 This module imports neither rclpy nor numpy, so it can run before anything else. It needs no
-iproute2 or util-linux binaries: `unshare(2)` is called through ctypes and `lo` is brought up with
-the SIOCSIFFLAGS ioctl. As root only a network namespace is created; other users get a user
-namespace as well (unprivileged user namespaces must be enabled, as they are on Debian >= 11).
+iproute2 or util-linux binaries: `unshare(2)` and `mount(2)` are called through ctypes and `lo` is
+brought up with the SIOCSIFFLAGS ioctl. As root network and mount namespaces are created; other users
+get a user namespace as well (unprivileged user namespaces must be enabled, as they are on Debian >= 11).
 
 Command line (also installed as `instseg-isolated`):
 
@@ -33,6 +40,11 @@ from collections.abc import Mapping, Sequence
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
+CLONE_NEWNS = 0x00020000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+MS_NOSUID, MS_NODEV = 0x2, 0x4
+SHM_DIR = "/dev/shm"
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
@@ -96,7 +108,7 @@ def _write(path: str, text: str) -> None:
         handle.write(text)
 
 
-def enter_isolated_namespace() -> None:
+def enter_isolated_namespace(private_shm: bool = True) -> None:
     """Move the calling process into a new network namespace with only `lo`, and bring `lo` up.
 
     Must run before any thread that uses the network starts (as non-root also before any thread at
@@ -105,7 +117,7 @@ def enter_isolated_namespace() -> None:
     """
     libc = ctypes.CDLL(None, use_errno=True)
     uid, gid = os.geteuid(), os.getegid()
-    flags = CLONE_NEWNET if uid == 0 else CLONE_NEWNET | CLONE_NEWUSER
+    flags = CLONE_NEWNET | (CLONE_NEWNS if private_shm else 0) | (0 if uid == 0 else CLONE_NEWUSER)
     if libc.unshare(flags) != 0:
         err = ctypes.get_errno()
         hint = (
@@ -119,10 +131,23 @@ def enter_isolated_namespace() -> None:
         _write("/proc/self/setgroups", "deny")
         _write("/proc/self/uid_map", f"0 {uid} 1")
         _write("/proc/self/gid_map", f"0 {gid} 1")
+    if private_shm:
+        _private_shared_memory(libc)
     _bring_loopback_up()
     if not is_loopback_only():
         raise IsolationError(f"new namespace is not loopback-only: {interfaces_up()}")
     os.environ[ISOLATED_MARKER] = "1"
+
+
+def _private_shared_memory(libc: ctypes.CDLL) -> None:
+    """In the new mount namespace: stop mount events propagating back to the host, then mount an empty tmpfs
+    on /dev/shm (see the module docstring)."""
+    if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        err = ctypes.get_errno()
+        raise IsolationError(f"making the mounts of the new namespace private failed: {os.strerror(err)}")
+    if libc.mount(b"tmpfs", SHM_DIR.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=1777") != 0:
+        err = ctypes.get_errno()
+        raise IsolationError(f"mounting a private tmpfs on {SHM_DIR} failed: {os.strerror(err)}")
 
 
 def ros_environment(domain_id: int | None = None, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -144,13 +169,13 @@ def ros_environment(domain_id: int | None = None, base: Mapping[str, str] | None
     return env
 
 
-def ensure_isolated(domain_id: int | None = None) -> None:
+def ensure_isolated(domain_id: int | None = None, private_shm: bool = True) -> None:
     """Make sure this process runs loopback-only, entering a new namespace if needed; set the ROS env.
 
     A process already in a loopback-only namespace stays there (a parent runner isolated it).
     """
     if not is_loopback_only():
-        enter_isolated_namespace()
+        enter_isolated_namespace(private_shm)
     os.environ.update(ros_environment(domain_id))
 
 

@@ -56,6 +56,7 @@ from instseg_core.runtime.segmenter import SegmentationResult, Segmenter
 from instseg_core.runtime.streaming import COUNTERS, BadFrameError, FrameStats, LatestFrameWorker
 from instseg_ros.allocator import keep_large_buffers
 from instseg_ros.image_codec import ImageCodecError, compressed_to_numpy, image_to_numpy, numpy_to_image, to_rgb8
+from instseg_ros.spinning import spin_until_shutdown
 
 RUNTIME_PARAMETERS = ("score_threshold", "overlay_alpha")
 
@@ -374,32 +375,48 @@ class LifecycleSegmentationNode(SegmentationMixin, LifecycleNode):
         return self.on_cleanup(state)
 
 
+def print_summary(s: dict) -> None:
+    """The exit lines on stderr: a readable one and 'segmentation_node summary {json}' with the counters."""
+    print(f"segmentation_node: received {s['received']} frames, processed {s['processed']}, dropped "
+          f"{s['dropped']}, bad {s['bad']}, failed {s['failed']}", file=sys.stderr, flush=True)
+    print("segmentation_node summary " + json.dumps({k: s[k] for k in COUNTERS}), file=sys.stderr, flush=True)
+
+
 def run(node_class: type, argv: list[str] | None = None) -> None:
     keep_large_buffers()  # multi-MB frames in and id images out: reuse warm heap pages (see allocator.py)
     rclpy.init(args=argv)
-    try:
-        node = node_class()
-    except (ParameterError, ParameterException, ModelFileError, BackendUnavailableError, FileNotFoundError,
-            ValueError) as exc:
-        print(f"segmentation_node: {exc}", file=sys.stderr, flush=True)
-        rclpy.try_shutdown()
-        sys.exit(2)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
+    node = None
+    executor: SingleThreadedExecutor | None = None
+    try:  # a signal can arrive at any moment from here on: every step below may be cut short
+        try:
+            node = node_class()
+        except (ParameterError, ParameterException, ModelFileError, BackendUnavailableError, FileNotFoundError,
+                ValueError) as exc:
+            print(f"segmentation_node: {exc}", file=sys.stderr, flush=True)
+            rclpy.try_shutdown()
+            sys.exit(2)
+        if not rclpy.ok():  # SIGTERM during start-up: rclpy shut the context down, nothing to process
+            return
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        spin_until_shutdown(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise
+        # a signal shut the context down while the node or executor was being built (rcl refuses to create
+        # entities then): a clean stop like any other
     finally:
-        node.stop()
-        s = node.stats.snapshot()
-        print(f"segmentation_node: received {s['received']} frames, processed {s['processed']}, dropped "
-              f"{s['dropped']}, bad {s['bad']}, failed {s['failed']}", file=sys.stderr, flush=True)
-        print("segmentation_node summary " + json.dumps({k: s[k] for k in COUNTERS}), file=sys.stderr, flush=True)
-        executor.shutdown()
-        node.destroy_node()
+        if node is not None:
+            node.stop()
+        if sys.exc_info()[0] is not SystemExit:
+            print_summary(node.stats.snapshot() if node is not None else FrameStats().snapshot())
+        if executor is not None:
+            executor.shutdown()
+        if node is not None:
+            node.destroy_node()
         rclpy.try_shutdown()
-
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point (`ros2 run instseg_ros segmentation_node`, or `.venv/bin/segmentation_node`)."""

@@ -361,6 +361,19 @@ def call_extreme(args: argparse.Namespace) -> None:
     uncached = client.call_async(request(image=other))
     rclpy.spin_until_future_complete(node, uncached, timeout_sec=args.timeout)
     futures["uncached"] = uncached
+    # two images under the default header, or under one header: a request without pixels must be refused,
+    # never answered on whichever image came last (issue: the mask came from the other frame)
+    _, other_pixels = expected_image(1)
+    duplicate = Image()
+    duplicate.header.stamp.sec, duplicate.header.frame_id = 77, "duplicate"
+    for name, header in (("default", Image().header), ("duplicate", duplicate.header)):
+        for index, frame in enumerate((pixels, other_pixels)):
+            sent = client.call_async(request(image=numpy_to_image(frame, "rgb8", header)))
+            rclpy.spin_until_future_complete(node, sent, timeout_sec=args.timeout)
+            futures[f"{name}_sent_{index}"] = sent
+        cache_only = client.call_async(request(image=Image(header=header)))
+        rclpy.spin_until_future_complete(node, cache_only, timeout_sec=args.timeout)
+        futures[f"{name}_cache_only"] = cache_only
     results = {}
     for name, future in futures.items():
         response = future.result()

@@ -245,3 +245,34 @@ def test_shipped_model_segments_held_out_objects(synthetic_tree: Path, name: str
                 ious.append(iou(result.mask, mask))
     assert len(ious) >= 5
     assert np.mean(ious) > 0.8, ious
+
+
+def test_frame_cache_never_answers_on_an_ambiguous_frame() -> None:
+    """Two clients sending frames with the default header, or one header with two images, must not make a
+    request without pixels segment the wrong frame (it is refused, with the reason)."""
+    from instseg_core.annotate.frame_cache import DEFAULT_KEY, FrameCache, FrameCacheMissError
+
+    first, second = np.zeros((4, 6, 3), np.uint8), np.full((4, 6, 3), 9, np.uint8)
+    cache = FrameCache(2)
+    cache.store(DEFAULT_KEY, first)
+    cache.store(DEFAULT_KEY, second)
+    with pytest.raises(FrameCacheMissError, match="default header"):
+        cache.lookup(DEFAULT_KEY)
+    key = (17, 5, "camera")
+    cache.store(key, first)
+    assert cache.lookup(key) is first
+    cache.store(key, first.copy())  # the same image again (a client that always sends pixels): still fine
+    assert np.array_equal(cache.lookup(key), first)
+    cache.store(key, second)
+    with pytest.raises(FrameCacheMissError, match="ambiguous"):
+        cache.lookup(key)
+    cache.store(key, first)  # stays ambiguous until it leaves the cache
+    with pytest.raises(FrameCacheMissError, match="ambiguous"):
+        cache.lookup(key)
+    cache.store((18, 0, "camera"), first)
+    cache.store((19, 0, "camera"), second)  # capacity 2: the ambiguous key is evicted
+    with pytest.raises(FrameCacheMissError, match="not cached"):
+        cache.lookup(key)
+    assert cache.lookup((19, 0, "camera")) is second and len(cache) == 2
+    with pytest.raises(FrameCacheMissError, match="off"):
+        FrameCache(0).lookup(key)

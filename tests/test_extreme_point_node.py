@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -51,6 +52,8 @@ def test_service_answers_good_bad_and_concurrent_requests(ros_processes, model_f
             node.terminate()
             pytest.fail(f"client: {report}\nnode stderr:\n{node.communicate(timeout=30)[1]}")
         results = report["results"]
+        for name in ("default_sent_0", "default_sent_1", "duplicate_sent_0", "duplicate_sent_1"):
+            assert results[name]["success"] and results[name]["mask_shape"] == [1024, 2048], (name, results[name])
         for name in ("good", "good_bgr", "fine_polygon", "after", "cached"):
             good = results[name]
             assert good["success"] and good["code"] == 0 and good["message"] == ""
@@ -66,7 +69,8 @@ def test_service_answers_good_bad_and_concurrent_requests(ros_processes, model_f
         assert crop["polygon_len"] == results["good"]["polygon_len"]
         expected = {"bad_count": (1, "got 6"), "outside": (2, "outside"), "degenerate": (3, "1 x 1"),
                     "mono16": (4, "mono16"), "truncated": (4, "truncated"), "zero": (4, "zero size"),
-                    "uncached": (4, "not cached"),
+                    "uncached": (4, "not cached"), "default_cache_only": (4, "default header"),
+                    "duplicate_cache_only": (4, "ambiguous"),
                     "oversize": (5, "max_image_pixels")}
         for name, (code, words) in expected.items():
             assert results[name]["success"] is False, name
@@ -75,15 +79,33 @@ def test_service_answers_good_bad_and_concurrent_requests(ros_processes, model_f
     assert node.poll() is None, "the node must still be running"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_node_stops_cleanly_on_signals(ros_processes, model_file: Path, sig: signal.Signals) -> None:
-    node = start_node(ros_processes, f"model_file:={model_file}")
-    wait_until_serving(node)
-    time.sleep(1.0)  # "serving" is logged just before the executor starts spinning
-    node.send_signal(sig)
-    _, rest = node.communicate(timeout=30)
-    assert node.returncode == 0
-    assert "served 0 requests; refused none" in rest and "Failed to publish" not in rest
+@pytest.mark.slow
+def test_node_stops_within_2_s_of_every_signal(ros_processes, model_file: Path) -> None:
+    """30 starts, SIGINT and SIGTERM alternating, sent the moment the node logs that it serves, or half a second
+    later: every one exits cleanly within 2 s. (Before, the node could sleep on in its executor until a later
+    request arrived: rclpy's signal thread wakes the executor before it shuts the context down; see
+    instseg_ros/spinning.py. A SIGINT during start-up gave a KeyboardInterrupt traceback and exit status -2.)"""
+    for round_index in range(10):
+        nodes = [start_node(ros_processes, f"model_file:={model_file}", "threads:=1") for _ in range(3)]
+        for index, node in enumerate(nodes):
+            wait_until_serving(node)
+            sig = (signal.SIGINT, signal.SIGTERM)[(round_index + index) % 2]
+            settled = index == 1  # else the signal may land while the "serving" line goes out to /rosout
+            if settled:
+                time.sleep(0.5)  # deliberately later: the signal's timing is what this test varies
+            node.send_signal(sig)
+            sent = time.monotonic()
+            try:
+                _, rest = node.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                node.kill()
+                pytest.fail(f"start {3 * round_index + index}: still running 10 s after {sig.name}")
+            took = time.monotonic() - sent
+            assert node.returncode == 0 and took <= 2.0, (round_index, index, sig.name, took, rest[-2000:])
+            summary = next(line for line in rest.splitlines() if line.startswith("extreme_point_node summary "))
+            assert json.loads(summary.split(" ", 2)[2]) == {"served": 0, "refused": {}}
+            if settled:  # nothing is logged or published once the signal came
+                assert "Failed to publish" not in rest, rest[-2000:]
 
 
 @pytest.mark.parametrize("kind", ["missing", "corrupt"])

@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -232,3 +233,23 @@ def test_compressed_input(ros_processes) -> None:
     stop(node)
     assert result["stamps"] == [1000, 1001] and result["sizes"] == [[512, 256]]
     assert result["diagnostics"]["bad"] == "0"
+
+
+@pytest.mark.slow
+def test_node_stops_within_2_s_of_every_signal(ros_processes) -> None:
+    """10 starts, SIGINT and SIGTERM alternating, each as soon as the model is loaded: every one exits cleanly
+    within 2 s."""
+    for index in range(10):
+        node = start_node(ros_processes, "input_width:=256", "input_height:=128")
+        wait_until_loaded(node)
+        sig = (signal.SIGINT, signal.SIGTERM)[index % 2]
+        node.send_signal(sig)
+        sent = time.monotonic()
+        try:
+            _, rest = node.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            node.kill()
+            pytest.fail(f"start {index}: still running 10 s after {sig.name}")
+        took = time.monotonic() - sent
+        assert node.returncode == 0 and took <= 2.0, (index, sig.name, took, rest[-2000:])
+        assert summary(rest) == {"received": 0, "processed": 0, "dropped": 0, "bad": 0, "failed": 0}

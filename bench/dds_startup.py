@@ -1,0 +1,189 @@
+"""DDS start-up: how long after two peers start does the first message (or service response) arrive?
+
+    .venv/bin/python bench/dds_startup.py [--count 50] [--kinds pubsub,oneshot,service] [--json]
+
+Each round starts fresh DDS participants on both sides at the same moment, in two long-lived processes (so
+no Python start-up is timed). Side B (a child process) creates
+- pubsub: a publisher that sends a message every 100 ms, like a 10 Hz sensor;
+- oneshot: a publisher that sends one message as soon as it sees a subscriber (what a bag player or a
+  one-off command does): this message can reach the reader before the reader has matched the writer, and is
+  then repaired only at the writer's next heartbeat;
+- service: a service server.
+Side A (this process) creates the subscriber, or a client that waits for the service and calls it once.
+The time is from side A's node creation to the first message or response. Rounds run in a row, each on
+its own topic/service name; both sides' participants are destroyed after each round. A round that gets
+nothing in --timeout seconds counts as a stall. For oneshot rounds side B also times its publish until
+every subscriber acknowledged it (what `instseg-bag play` waits for before it exits).
+
+The script isolates itself (loopback-only network namespace with a private /dev/shm, its own
+ROS_DOMAIN_ID); --shared-shm leaves /dev/shm shared with the host (the isolation before, the baseline).
+--json prints one JSON line instead of the table (used by tests/test_isolation.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from instseg_ros import isolation
+
+
+def _participant(name: str) -> tuple[object, object, object]:
+    """(context, node, executor) of a fresh participant."""
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+
+    context = Context()
+    rclpy.init(context=context)
+    node = Node(name, context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    return context, node, executor
+
+
+def _close(context: object, node: object, executor: object) -> None:
+    import rclpy
+
+    executor.shutdown()  # type: ignore[attr-defined]
+    node.destroy_node()  # type: ignore[attr-defined]
+    rclpy.shutdown(context=context)  # type: ignore[arg-type]
+
+
+def _reliable() -> object:
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    return QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def side_b() -> None:
+    """Child: per line 'go INDEX KIND' on stdin, serve a round until 'stop' arrives; then say 'done'."""
+    from std_msgs.msg import String
+    from std_srvs.srv import Trigger
+
+    for line in sys.stdin:
+        _go, index, kind = line.split()
+        context, node, executor = _participant(f"startup_b_{index}")
+        name = f"startup_{kind}_{index}"
+        if kind in ("pubsub", "oneshot"):
+            publisher = node.create_publisher(String, name, _reliable())  # type: ignore[attr-defined]
+            sent_once = False
+        else:
+            node.create_service(Trigger, name,  # type: ignore[attr-defined]
+                                lambda request, response: setattr(response, "success", True) or response)
+        next_publish = time.monotonic()
+        while not select.select([sys.stdin], [], [], 0)[0]:
+            if kind == "pubsub" and time.monotonic() >= next_publish:
+                publisher.publish(String(data=f"{index}"))
+                next_publish += 0.1
+            if kind == "oneshot" and not sent_once and publisher.get_subscription_count() > 0:
+                publisher.publish(String(data=f"{index}"))
+                sent_once = True
+                published = time.monotonic()
+                from rclpy.duration import Duration
+
+                acked = publisher.wait_for_all_acked(Duration(seconds=10))
+                acked_s = time.monotonic() - published if acked else -1.0
+            executor.spin_once(timeout_sec=0.01)  # type: ignore[attr-defined]
+        sys.stdin.readline()  # 'stop'
+        _close(context, node, executor)
+        print(f"done {acked_s if kind == 'oneshot' else 0.0}", flush=True)
+
+
+def round_a(index: int, kind: str, timeout: float) -> float | None:
+    """Side A of one round: seconds to the first message / response, or None for a stall."""
+    from std_msgs.msg import String
+    from std_srvs.srv import Trigger
+
+    context, node, executor = _participant(f"startup_a_{index}")
+    start = time.monotonic()
+    name = f"startup_{kind}_{index}"
+    received: list = []
+    if kind in ("pubsub", "oneshot"):
+        node.create_subscription(String, name, received.append, _reliable())  # type: ignore[attr-defined]
+    else:
+        client = node.create_client(Trigger, name)  # type: ignore[attr-defined]
+        future = None
+    while time.monotonic() - start < timeout and not received:
+        if kind == "service":
+            if future is None and client.service_is_ready():
+                future = client.call_async(Trigger.Request())
+            if future is not None and future.done():
+                received.append(future.result())
+        executor.spin_once(timeout_sec=0.01)  # type: ignore[attr-defined]
+    took = time.monotonic() - start if received else None
+    _close(context, node, executor)
+    return took
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=50)
+    parser.add_argument("--kinds", default="pubsub,oneshot,service")
+    parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument("--shared-shm", action="store_true", help="leave /dev/shm shared with the host")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--side-b", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side_b:
+        side_b()
+        return
+    isolation.ensure_isolated(private_shm=not args.shared_shm)
+    child = subprocess.Popen([sys.executable, __file__, "--side-b"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True, env=os.environ.copy())
+    results: dict[str, list[float | None]] = {}
+    acked: list[float | None] = []
+    try:
+        for kind in args.kinds.split(","):
+            results[kind] = []
+            for index in range(args.count):
+                child.stdin.write(f"go {index} {kind}\n")  # type: ignore[union-attr]
+                child.stdin.flush()  # type: ignore[union-attr]
+                results[kind].append(round_a(index, kind, args.timeout))
+                child.stdin.write("stop\n")  # type: ignore[union-attr]
+                child.stdin.flush()  # type: ignore[union-attr]
+                assert child.stdout is not None
+                answer = child.stdout.readline().split()
+                assert answer[:1] == ["done"], "side B died"
+                if kind == "oneshot":
+                    acked.append(float(answer[1]) if float(answer[1]) >= 0 else None)
+    finally:
+        child.stdin.close()  # type: ignore[union-attr]
+        child.wait(timeout=30)
+    summary = {}
+    for kind, times in results.items():
+        ok = sorted(t for t in times if t is not None)
+        summary[kind] = {"rounds": len(times), "stalls": len(times) - len(ok), "times_s": times,
+                         "median_s": ok[len(ok) // 2] if ok else None, "max_s": ok[-1] if ok else None,
+                         "over_2s": sum(1 for t in times if t is None or t > 2.0)}
+    if acked:
+        summary["oneshot"]["acked_s"] = acked
+    if args.json:
+        print(json.dumps(summary), flush=True)
+        return
+    from benchlib import print_table, summarize
+
+    rows = []
+    for kind, s in summary.items():
+        ok = [t * 1e3 for t in s["times_s"] if t is not None]
+        median, p95 = summarize(ok)
+        rows.append([kind, s["rounds"], s["stalls"], s["over_2s"], median, p95, max(ok) if ok else float("nan")])
+        if kind == "oneshot":
+            done = [t * 1e3 for t in s["acked_s"] if t is not None]
+            median, p95 = summarize(done)
+            rows.append(["oneshot: publish -> acknowledged", len(s["acked_s"]), len(s["acked_s"]) - len(done),
+                         sum(1 for t in done if t > 2000), median, p95, max(done) if done else float("nan")])
+    profile = "/dev/shm shared with the host" if args.shared_shm else "private /dev/shm"
+    print_table(["kind", "rounds", f"stalls (> {args.timeout:g} s)", "over 2 s", "median ms", "p95 ms", "max ms"],
+                rows, f"DDS start-up to first message, {profile}")
+
+
+if __name__ == "__main__":
+    main()
