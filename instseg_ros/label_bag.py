@@ -1,7 +1,8 @@
 """`instseg-label`: label a recorded camera bag offline from extreme-point clicks.
 
     instseg-label BAG --topic /camera/image_raw --clicks clicks.json --out OUT [--model-file extreme_unet.onnx]
-                  [--threads 2] [--polygon-tolerance 1.0] [--split train] [--city labelled]
+                  [--threads 2] [--polygon-tolerance 1.0] [--split train] [--city labelled] [--skip-bad]
+                  [--overwrite]
 
 BAG is a rosbag2 directory (MCAP or sqlite3) with sensor_msgs/Image or CompressedImage on --topic.
 clicks.json maps a frame to the objects clicked in it. The key is the frame's index on the topic
@@ -9,20 +10,27 @@ clicks.json maps a frame to the objects clicked in it. The key is the frame's in
 ("1700000000.066666667"). Each object is {"points": [[x, y] x 4: left, top, right, bottom],
 "class": "car"} or the compact [[x, y], [x, y], [x, y], [x, y], "car"].
 
-Output under OUT, each file written atomically:
+Output under OUT (a new folder; --overwrite replaces an existing one), all or nothing: the run writes into a
+staging folder beside OUT, which becomes OUT only when the whole run succeeded. Files:
 - the labelled frames as leftImg8bit/{split}/{city}/{city}_000000_{index:06d}_leftImg8bit.png, with
   gtFine polygons JSON, instanceIds, labelIds and color images (the Cityscapes layout: the reader,
   the official tools and our training commands load it);
 - annotations_coco.json: COCO instances with polygon segmentations, areas, boxes, categories with
   Cityscapes label ids, and per annotation the extreme points, score and polygon IoU.
-Errors are clear: a missing topic (available topics are listed), an unreadable or corrupt bag, frame
-indices or stamps that are not in the bag, and invalid points (the key and the reason are named).
+Errors are clear (one line on stderr, exit status 2, OUT untouched): a missing topic (available topics are
+listed), an unreadable or corrupt bag, malformed clicks, duplicate keys ("2" and "02"), frame indices or
+stamps that are not in the bag, frames that cannot be decoded (e.g. mono16) and points that are invalid for
+their frame (the key and the reason are named). With --skip-bad such entries are left out instead, each
+reported on stderr and in the summary's "skipped" list, and the rest is labelled (exit status 0).
+On success the summary is one JSON line on stdout: frames, objects, skipped, out.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -32,7 +40,12 @@ import numpy as np
 from rosbags.highlevel import AnyReader
 from tqdm import tqdm
 
-from instseg_core.annotate.segmenter import AnnotationError, ExtremePointSegmenter, create_annotation_segmenter
+from instseg_core.annotate.segmenter import (
+    AnnotationError,
+    ExtremePointSegmenter,
+    create_annotation_segmenter,
+    validate_points,
+)
 from instseg_core.base.atomic_files import write_text_atomically
 from instseg_core.base.model_files import ModelFileError
 from instseg_core.data.cityscapes import name2label, write_sample
@@ -53,36 +66,56 @@ class Click:
     class_name: str
 
 
-def parse_clicks(data: dict) -> dict[str, list[Click]]:
-    """Validate the clicks JSON; keys are kept as given (resolved against the bag later)."""
+def _points(points: object, where: str) -> np.ndarray:
+    """(4, 2) float64 finite points from a JSON value, or LabelError saying what is wrong with it."""
+    if not isinstance(points, list) or len(points) != 4:
+        raise LabelError(f"{where}: need 4 points [x, y] in a list, got {points!r}")
+    if any(not isinstance(p, list) or len(p) != 2 for p in points):
+        raise LabelError(f"{where}: each point must be [x, y], got {points!r}")
+    if any(isinstance(v, bool) or not isinstance(v, int | float) for p in points for v in p):
+        raise LabelError(f"{where}: point coordinates must be numbers, got {points!r}")
+    array = np.asarray(points, dtype=np.float64)
+    if not np.all(np.isfinite(array)):
+        raise LabelError(f"{where}: point coordinates must be finite, got {points!r}")
+    return array
+
+
+def parse_clicks(data: object) -> dict[str, list[Click]]:
+    """Validate the clicks JSON; keys are kept as given (resolved against the bag later). Every problem is a
+    LabelError naming the entry: not an object, an empty object list, malformed points or an unknown class,
+    and two keys that name the same frame ("2" and "02", or a stamp in ns and in s)."""
     if not isinstance(data, dict) or not data:
         raise LabelError("clicks JSON must be a non-empty object {frame index or stamp: [objects]}")
     result = {}
+    seen: dict[tuple[str, int], str] = {}
     for key, objects in data.items():
-        if not isinstance(objects, list):
-            raise LabelError(f"clicks[{key!r}] must be a list of objects")
+        frame = _key_kind(key)
+        if frame in seen:
+            raise LabelError(f"clicks[{key!r}] and clicks[{seen[frame]!r}] are duplicates: both name {frame[0]} "
+                             f"{frame[1]}")
+        seen[frame] = key
+        if not isinstance(objects, list) or not objects:
+            raise LabelError(f"clicks[{key!r}] must be a non-empty list of objects")
         clicks = []
         for index, obj in enumerate(objects):
+            where = f"clicks[{key!r}][{index}]"
             if isinstance(obj, dict):
                 points, name = obj.get("points"), obj.get("class")
             elif isinstance(obj, list) and len(obj) == 5:
                 points, name = obj[:4], obj[4]
             else:
-                raise LabelError(f"clicks[{key!r}][{index}]: expected {{'points': [...], 'class': ...}} "
-                                 "or [[x,y] x 4, class]")
-            array = np.asarray(points, dtype=np.float64) if points is not None else np.zeros(0)
-            if array.shape != (4, 2):
-                raise LabelError(f"clicks[{key!r}][{index}]: need 4 points [x, y], got {points!r}")
-            if name not in name2label or name2label[name].id < 0:
-                raise LabelError(f"clicks[{key!r}][{index}]: unknown Cityscapes class {name!r}")
-            clicks.append(Click(array, str(name)))
+                raise LabelError(f"{where}: expected {{'points': [...], 'class': ...}} or [[x,y] x 4, class]")
+            array = _points(points, where)
+            if not isinstance(name, str) or name not in name2label or name2label[name].id < 0:
+                raise LabelError(f"{where}: unknown Cityscapes class {name!r}")
+            clicks.append(Click(array, name))
         result[str(key)] = clicks
     return result
 
 
-def _key_kind(key: str) -> tuple[str, int]:
+def _key_kind(key: object) -> tuple[str, int]:
     """('index', i) for a frame index, ('stamp', ns) for a stamp in ns or in seconds with a decimal point."""
-    text = key.strip()
+    text = str(key).strip()
     if "." in text:
         seconds, _, fraction = text.partition(".")
         if not (seconds.isdigit() and fraction.isdigit()):
@@ -121,11 +154,55 @@ def _atomic_json(path: Path, data: object) -> None:
 
 
 def label_bag(bag: Path, topic: str, clicks: dict[str, list[Click]], out: Path, segmenter: ExtremePointSegmenter, *,
-              split: str = "train", city: str = "labelled", progress: bool = True) -> dict:
-    """Label the clicked frames of `topic` in `bag` into `out`; returns a summary."""
+              split: str = "train", city: str = "labelled", progress: bool = True, skip_bad: bool = False,
+              overwrite: bool = False) -> dict:
+    """Label the clicked frames of `topic` in `bag` into the folder `out`; returns a summary.
+
+    All or nothing: everything is written into a sibling staging folder, which replaces `out` only when the
+    whole run succeeded; on any error `out` is as it was and the staging folder is removed. An existing `out`
+    is refused unless `overwrite`. With `skip_bad`, an entry that cannot be labelled (a frame that cannot be
+    decoded or is not in the bag, an object whose points are invalid for its frame) is left out and listed
+    in the summary's "skipped" with its reason, and the rest is labelled; without it, the first such entry
+    fails the run with a LabelError naming it."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise LabelError(f"{out} exists; choose a new folder or pass --overwrite (it is replaced only if the "
+                         "whole run succeeds)")
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        summary = _label_into(bag, topic, clicks, staging, segmenter, split=split, city=city, progress=progress,
+                              skip_bad=skip_bad)
+        _publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {**summary, "out": str(out)}
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Replace `out` by `staging` with renames (an existing `out` goes only once the new one is in place)."""
+    previous = out.parent / f".{out.name}.previous-{os.getpid()}"
+    if out.exists():
+        os.replace(out, previous)
+    os.replace(staging, out)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _label_into(bag: Path, topic: str, clicks: dict[str, list[Click]], out: Path, segmenter: ExtremePointSegmenter,
+                *, split: str, city: str, progress: bool, skip_bad: bool) -> dict:
     wanted = {key: _key_kind(key) for key in clicks}
     by_index = {v: k for k, (kind, v) in wanted.items() if kind == "index"}
     by_stamp = {v: k for k, (kind, v) in wanted.items() if kind == "stamp"}
+    skipped: list[dict] = []
+
+    def skip(key: str, reason: str, obj: int | None = None) -> None:
+        where = f"clicks[{key!r}]" + (f"[{obj}]" if obj is not None else "")
+        if not skip_bad:
+            raise LabelError(f"{where}: {reason}")
+        skipped.append({"key": key, "object": obj, "reason": reason})
+        print(f"instseg-label: skipped {where}: {reason}", file=sys.stderr, flush=True)
+
     try:
         reader = AnyReader([Path(bag)])
         reader.open()
@@ -153,20 +230,27 @@ def label_bag(bag: Path, topic: str, clicks: dict[str, list[Click]], out: Path, 
                 try:
                     rgb = _decode(msg, connection.msgtype)
                 except ImageCodecError as exc:
-                    raise LabelError(f"frame {index} ({key}): cannot decode the image: {exc}") from exc
-                try:
-                    results = segmenter.segment_batch(rgb, [c.points for c in clicks[key]])
-                except AnnotationError as exc:
-                    raise LabelError(f"clicks[{key!r}]: {exc}") from exc
+                    skip(key, f"frame {index}: cannot decode the image: {exc}")
+                    continue
+                valid = []
+                for number, click in enumerate(clicks[key]):
+                    try:
+                        validate_points(click.points, rgb.shape[:2])
+                        valid.append(click)
+                    except AnnotationError as exc:
+                        skip(key, str(exc), number)
+                if not valid:
+                    continue
+                results = segmenter.segment_batch(rgb, [c.points for c in valid])
                 stem = f"{city}_000000_{index:06d}"
-                objects = [(c.class_name, r.polygon) for c, r in zip(clicks[key], results, strict=True)
+                objects = [(c.class_name, r.polygon) for c, r in zip(valid, results, strict=True)
                            if len(r.polygon) >= 3]
                 write_sample(out, split, city, stem, rgb, objects)
                 image_id = len(images) + 1
                 images.append({"id": image_id, "file_name": f"leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png",
                                "height": int(rgb.shape[0]), "width": int(rgb.shape[1]), "frame_index": index,
                                "stamp_ns": stamp, "frame_id": str(msg.header.frame_id)})
-                for click, result in zip(clicks[key], results, strict=True):
+                for click, result in zip(valid, results, strict=True):
                     if len(result.polygon) < 3:
                         continue
                     label = name2label[click.class_name]
@@ -186,13 +270,15 @@ def label_bag(bag: Path, topic: str, clicks: dict[str, list[Click]], out: Path, 
     finally:
         reader.close()
     missing = sorted(set(clicks) - found)
-    if missing:
+    if missing and not skip_bad:
         raise LabelError(f"{len(missing)} clicked frame(s) not in {topic} of {bag} ({total} frames): "
                          + ", ".join(missing[:10]))
+    for key in missing:
+        skip(key, f"frame not in {topic} ({total} frames)")
     coco = {"images": images, "annotations": annotations,
             "categories": [{"id": i, "name": n} for i, n in sorted(categories.items())]}
     _atomic_json(out / "annotations_coco.json", coco)
-    return {"frames": len(images), "objects": len(annotations), "out": str(out)}
+    return {"frames": len(images), "objects": len(annotations), "skipped": skipped}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -209,6 +295,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--split", default="train", choices=["train", "val", "test"])
     parser.add_argument("--city", default="labelled")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave out entries that cannot be labelled (each is reported) instead of failing")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out folder (only once the whole run has succeeded)")
     args = parser.parse_args(argv)
     if "_" in args.city:
         parser.error("--city must not contain '_' (Cityscapes file names split on it)")
@@ -217,9 +307,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         segmenter = create_annotation_segmenter(args.model_file, threads=args.threads,
                                                 polygon_tolerance=args.polygon_tolerance)
         summary = label_bag(args.bag, args.topic, clicks, args.out, segmenter, split=args.split, city=args.city,
-                            progress=not args.quiet)
+                            progress=not args.quiet, skip_bad=args.skip_bad, overwrite=args.overwrite)
     except (LabelError, ModelFileError, OSError, json.JSONDecodeError) as exc:
-        sys.exit(f"instseg-label: {exc}")
+        print(f"instseg-label: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
     print(json.dumps(summary))
 
 

@@ -25,7 +25,8 @@ onnxruntime | tensorrt), device (cpu | cuda | tensorrt (onnxruntime's TensorRT E
 input_height (network input; 0 = the frame's size rounded to the model's multiple), threads,
 score_threshold, classes (names to publish; empty = all), input_type (raw | compressed), reliability
 (best_effort | reliable), qos_depth, overlay_alpha, polygon_tolerance (px; < 0 = no polygons),
-engine_cache_dir, fp16, diagnostics_period.
+engine_cache_dir, fp16, diagnostics_period, health_window (seconds: /diagnostics is WARN while bad or failed
+frames were counted that recently; the totals stay in its values).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class SegmentationMixin:
         self.model_name = ""
         self.overlay_alpha = 0.5
         self.polygon_tolerance = 1.0
+        self.health_window_s = 10.0
 
     def _read_parameters(self) -> dict:
         p = {name: self._value(name) for name in self._parameter_names}
@@ -108,6 +110,7 @@ class SegmentationMixin:
         gc.collect()
 
     def _start_io(self, p: dict) -> None:
+        self.health_window_s = float(p["health_window"])
         depth = int(p["qos_depth"])
         reliability = ReliabilityPolicy.RELIABLE if p["reliability"] == "reliable" else ReliabilityPolicy.BEST_EFFORT
         input_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability)
@@ -161,6 +164,7 @@ class SegmentationMixin:
             "engine_cache_dir": ("", "TensorRT engine cache; empty = ~/.cache/instseg/engines"),
             "fp16": (False, "TensorRT fp16 engines"),
             "diagnostics_period": (1.0, "seconds between /diagnostics messages"),
+            "health_window": (10.0, "seconds of bad or failed frames that make /diagnostics WARN"),
         }
         self._parameter_names = list(specs)
         for name, (default, description) in specs.items():
@@ -192,8 +196,8 @@ class SegmentationMixin:
             problems.append(f"input_type {p['input_type']!r} is not raw or compressed")
         if p["reliability"] not in ("best_effort", "reliable"):
             problems.append(f"reliability {p['reliability']!r} is not best_effort or reliable")
-        if p["qos_depth"] < 1 or p["threads"] < 1 or p["diagnostics_period"] <= 0:
-            problems.append("qos_depth, threads and diagnostics_period must be positive")
+        if p["qos_depth"] < 1 or p["threads"] < 1 or p["diagnostics_period"] <= 0 or p["health_window"] <= 0:
+            problems.append("qos_depth, threads, diagnostics_period and health_window must be positive")
         for name in ("score_threshold", "overlay_alpha"):
             if not 0.0 <= p[name] <= 1.0:
                 problems.append(f"{name} must be in [0, 1], got {p[name]}")
@@ -290,12 +294,13 @@ class SegmentationMixin:
         status = DiagnosticStatus()
         status.name = f"{self.get_name()}: {self.model_name}"
         status.hardware_id = self.segmenter.backend.describe()
-        status.level = DiagnosticStatus.OK
-        status.message = f"{s['fps']:.1f} fps"
-        if s["bad"] or s["failed"]:
-            status.level = DiagnosticStatus.WARN
-            status.message += f", {s['bad']} bad frames, {s['failed']} failures"
-        values = {**{k: f"{v:.2f}" if isinstance(v, float) else str(v) for k, v in s.items()},
+        window = self.health_window_s
+        level, health = self.stats.health(window)
+        status.level = DiagnosticStatus.WARN if level == "WARN" else DiagnosticStatus.OK
+        status.message = f"{s['fps']:.1f} fps, {health}"
+        recent = {f"recent_{name}": str(self.stats.recent(name, window)) for name in ("bad", "failed")}
+        values = {**{k: f"{v:.2f}" if isinstance(v, float) else str(v) for k, v in s.items()}, **recent,
+                  "recent_window_s": f"{window:g}",
                   "backend": self.segmenter.backend.name, "device": self.segmenter.backend.describe(),
                   "score_threshold": str(self.segmenter.score_threshold)}
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]

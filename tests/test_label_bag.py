@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -81,23 +82,95 @@ def _fill(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return mask.astype(bool)
 
 
-def test_missing_topic_lists_the_topics(camera_bag: tuple, tmp_path: Path) -> None:
+def run_label(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of `instseg-label args`."""
+    try:
+        label_bag.main([*args, "--quiet"])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_missing_topic_lists_the_topics(camera_bag: tuple, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     bag, _, objects = camera_bag
     clicks = write_clicks(tmp_path / "clicks.json", objects[:1], ["0"])
-    with pytest.raises(SystemExit, match=r"topic /front/image is not in .*it has: /camera/image_raw \("):
-        label_bag.main([str(bag), "--topic", "/front/image", "--clicks", str(clicks), "--out", str(tmp_path / "o")])
+    code, _, err = run_label(capsys, str(bag), "--topic", "/front/image", "--clicks", str(clicks), "--out",
+                             str(tmp_path / "o"))
+    assert code == 2 and re.search(r"topic /front/image is not in .*it has: /camera/image_raw \(", err), err
 
 
-def test_stamps_not_in_bag_are_named(camera_bag: tuple, tmp_path: Path) -> None:
+def test_stamps_not_in_bag_are_named(camera_bag: tuple, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     bag, _, objects = camera_bag
     clicks = write_clicks(tmp_path / "clicks.json", objects[:2], ["0", str(stamp(1) + 5)])
-    with pytest.raises(SystemExit, match=rf"1 clicked frame\(s\) not in .*{stamp(1) + 5}"):
-        label_bag.main([str(bag), "--topic", "/camera/image_raw", "--clicks", str(clicks), "--out",
-                        str(tmp_path / "o"), "--quiet"])
-    assert not (tmp_path / "o" / "annotations_coco.json").exists(), "no partial COCO file"
+    code, _, err = run_label(capsys, str(bag), "--topic", "/camera/image_raw", "--clicks", str(clicks), "--out",
+                             str(tmp_path / "o"))
+    assert code == 2 and "1 clicked frame(s) not in" in err and str(stamp(1) + 5) in err, err
+    assert not (tmp_path / "o").exists(), "nothing written: not even the frames labelled before the error"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clicks.json"], "no staging folder left behind"
 
 
-def test_corrupt_bag_is_a_clear_error(camera_bag: tuple, tmp_path: Path) -> None:
+def mixed_bag(path: Path, images: list[np.ndarray]) -> Path:
+    """An MCAP bag of rgb8 frames with a mono16 frame in the middle (index 1)."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from instseg_core.data.bags import TYPESTORE, image_message
+
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        connection = writer.add_connection("/camera/image_raw", "sensor_msgs/msg/Image", typestore=TYPESTORE)
+        for index, rgb in enumerate(images[:3]):
+            message = image_message(rgb, stamp(index), "camera")
+            if index == 1:
+                depth = np.zeros(rgb.shape[:2], np.uint16)
+                message.encoding, message.step = "mono16", 2 * rgb.shape[1]
+                message.data = depth.view(np.uint8).reshape(-1)
+            writer.write(connection, stamp(index), TYPESTORE.serialize_cdr(message, "sensor_msgs/msg/Image"))
+    return path
+
+
+def test_a_run_is_all_or_nothing_and_skip_bad_labels_the_rest(camera_bag: tuple, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    """A frame index out of range, a negative coordinate and a mono16 frame in the middle: the default run
+    fails naming the first and writes nothing; --skip-bad labels every good entry and reports each bad one."""
+    _, images, objects = camera_bag
+    bag = mixed_bag(tmp_path / "mixed", images)
+    clicks = json.loads(write_clicks(tmp_path / "good.json", objects[:3], ["0", "1", "2"]).read_text())
+    bad_object = {"points": [[-5, 10], [20, 2], [40, 10], [20, 30]], "class": "car"}
+    clicks["0"].append(bad_object)
+    clicks["99"] = [bad_object]
+    path = tmp_path / "clicks.json"
+    path.write_text(json.dumps(clicks))
+    out = tmp_path / "out"
+    code, _, err = run_label(capsys, str(bag), "--topic", "/camera/image_raw", "--clicks", str(path), "--out", str(out))
+    assert code == 2 and f"clicks['0'][{len(clicks['0']) - 1}]" in err and "outside" in err, err
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
+    code, stdout, err = run_label(capsys, str(bag), "--topic", "/camera/image_raw", "--clicks", str(path), "--out",
+                                  str(out), "--skip-bad")
+    assert code == 0, err
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    reasons = {(s["key"], s["object"]): s["reason"] for s in summary["skipped"]}
+    assert set(reasons) == {("0", len(clicks["0"]) - 1), ("1", None), ("99", None)}, reasons
+    assert "outside" in reasons[("0", len(clicks["0"]) - 1)] and "mono16" in reasons[("1", None)]
+    assert "not in /camera/image_raw" in reasons[("99", None)]
+    assert summary["frames"] == 2 and summary["objects"] == len(objects[0]) + len(objects[2])
+    coco = COCO(str(out / "annotations_coco.json"))
+    assert sorted(img["frame_index"] for img in coco.imgs.values()) == [0, 2]
+    assert [s.stem for s in CityscapesDataset(out, "train")] == ["labelled_000000_000000", "labelled_000000_000002"]
+    # running into the same folder again is refused; --overwrite replaces it only as a whole
+    (out / "stale.txt").write_text("from an earlier run")
+    code, _, err = run_label(capsys, str(bag), "--topic", "/camera/image_raw", "--clicks", str(path), "--out",
+                             str(out), "--skip-bad")
+    assert code == 2 and "exists" in err and (out / "stale.txt").exists()
+    code, _, err = run_label(capsys, str(bag), "--topic", "/camera/image_raw", "--clicks", str(path), "--out",
+                             str(out), "--skip-bad", "--overwrite")
+    assert code == 0 and not (out / "stale.txt").exists() and (out / "annotations_coco.json").is_file(), err
+    code, _, err = run_label(capsys, str(bag), "--topic", "/camera/image_raw", "--clicks", str(path), "--out",
+                             str(out), "--overwrite")  # fails: the earlier output stays as it was
+    assert code == 2 and (out / "annotations_coco.json").is_file()
+
+
+def test_corrupt_bag_is_a_clear_error(camera_bag: tuple, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     bag, _, objects = camera_bag
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -105,12 +178,12 @@ def test_corrupt_bag_is_a_clear_error(camera_bag: tuple, tmp_path: Path) -> None
     for data_file in bag.glob("*.mcap"):
         (broken / data_file.name).write_bytes(data_file.read_bytes()[:2000])
     clicks = write_clicks(tmp_path / "clicks.json", objects[:1], ["0"])
-    with pytest.raises(SystemExit, match=r"instseg-label: (cannot read bag|.*broken)"):
-        label_bag.main([str(broken), "--topic", "/camera/image_raw", "--clicks", str(clicks), "--out",
-                        str(tmp_path / "o"), "--quiet"])
-    with pytest.raises(SystemExit, match="cannot read bag"):
-        label_bag.main([str(tmp_path / "nothing"), "--topic", "/camera/image_raw", "--clicks", str(clicks), "--out",
-                        str(tmp_path / "o"), "--quiet"])
+    code, _, err = run_label(capsys, str(broken), "--topic", "/camera/image_raw", "--clicks", str(clicks), "--out",
+                             str(tmp_path / "o"))
+    assert code == 2 and re.search(r"instseg-label: (cannot read bag|.*broken)", err), err
+    code, _, err = run_label(capsys, str(tmp_path / "nothing"), "--topic", "/camera/image_raw", "--clicks",
+                             str(clicks), "--out", str(tmp_path / "o"))
+    assert code == 2 and "cannot read bag" in err and not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize(
@@ -119,7 +192,20 @@ def test_corrupt_bag_is_a_clear_error(camera_bag: tuple, tmp_path: Path) -> None
         ({}, "non-empty"),
         ({"0": [{"points": [[1, 2], [3, 4]], "class": "car"}]}, "need 4 points"),
         ({"0": [{"points": [[1, 2], [3, 4], [5, 6], [7, 8]], "class": "spaceship"}]}, "unknown Cityscapes class"),
-        ({"0": "car"}, "must be a list"),
+        ({"0": "car"}, "must be a non-empty list"),
+        ({"0": []}, "must be a non-empty list"),
+        ({"0": [{"points": ["a", "b", "c", "d"], "class": "car"}]}, r"each point must be \[x, y\]"),
+        ({"0": [{"points": [["a", 1], [2, 3], [4, 5], [6, 7]], "class": "car"}]}, "must be numbers"),
+        ({"0": [{"points": {"x": 1, "y": 2}, "class": "car"}]}, "need 4 points"),
+        ({"0": [{"points": [[1, 2], [3, 4, 5], [5, 6], [7, 8]], "class": "car"}]}, r"each point must be \[x, y\]"),
+        ({"0": [{"points": [[1, 2], [3, 4], [5, 6], [7, 1e999]], "class": "car"}]}, "finite"),
+        ({"0": [{"points": [[1, 2], [3, 4], [5, 6], [7, 8]], "class": ["car"]}]}, "unknown Cityscapes class"),
+        ({"2": [[[1, 2], [3, 4], [5, 6], [7, 8], "car"]], "02": [[[1, 2], [3, 4], [5, 6], [7, 8], "car"]]},
+         r"clicks\['02'\] and clicks\['2'\] are duplicates"),
+        ({"1700000000066666667": [[[1, 2], [3, 4], [5, 6], [7, 8], "car"]],
+          "1700000000.066666667": [[[1, 2], [3, 4], [5, 6], [7, 8], "car"]]}, "duplicates"),
+        (["not", "an", "object"], "non-empty object"),
+        ({"x1": [[[1, 2], [3, 4], [5, 6], [7, 8], "car"]]}, "cannot read 'x1'"),
     ],
 )
 def test_bad_clicks_files(clicks: dict, words: str) -> None:

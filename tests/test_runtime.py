@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +189,23 @@ def test_filter_and_resize_instances() -> None:
     assert big.id_image.shape == (8, 12)
     assert big.areas.tolist() == [16, 24]
     assert big.boxes.tolist() == [[0, 0, 4, 4], [6, 4, 12, 8]]
+
+
+@pytest.mark.parametrize("content", ["random", "truncated", "onnx", "other_model", "not_a_checkpoint"])
+def test_bad_torch_checkpoints_are_clear_errors(tmp_path: Path, content: str) -> None:
+    """backend 'torch' with a file that is not a checkpoint of this model: one ModelFileError naming the file."""
+    import torch
+
+    path = tmp_path / f"{content}.pt"
+    if content == "random":
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    elif content == "truncated":
+        path.write_bytes(SE_TORCH.read_bytes()[:100_000])
+    elif content == "onnx":
+        path.write_bytes(SE_ONNX.read_bytes())
+    elif content == "other_model":
+        torch.save(torch.load(find_model("box2pix.pt"), weights_only=False), path)
+    else:
+        torch.save([1, 2, 3], path)
+    with pytest.raises(ModelFileError, match=re.escape(str(path))):
+        create_segmenter("spatial_embeddings", backend="torch", model_file=path)

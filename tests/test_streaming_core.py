@@ -149,3 +149,22 @@ def test_stop_before_start_and_statistics() -> None:
     assert set(COUNTERS) <= set(snapshot) and snapshot["processed"] == 5
     assert snapshot["inference_ms"] == 2.0  # the median of 0..4
     assert 0.0 <= snapshot["latency_p50_ms"] <= snapshot["latency_p95_ms"] < TIMEOUT * 1e3
+
+
+def test_health_is_judged_on_recent_frames_and_totals_stay() -> None:
+    """One bad frame makes the node WARN for the window's length, not for the rest of its life."""
+    now = [1000.0]
+    stats = FrameStats(clock=lambda: now[0])
+    assert stats.health(10.0)[0] == "OK"
+    stats.count("received")
+    stats.count("bad")
+    level, message = stats.health(10.0)
+    assert level == "WARN" and "1 bad frames" in message
+    now[0] += 9.0
+    stats.count("failed")
+    assert stats.recent("bad", 10.0) == 1 and stats.recent("failed", 10.0) == 1
+    now[0] += 1.5  # the bad frame is 10.5 s old, the failure 1.5 s
+    assert stats.recent("bad", 10.0) == 0 and stats.health(10.0)[0] == "WARN"
+    now[0] += 10.0
+    assert stats.health(10.0) == ("OK", "no bad frames or failures in the last 10 s")
+    assert stats.snapshot()["bad"] == 1 and stats.snapshot()["failed"] == 1  # totals are kept

@@ -85,12 +85,9 @@ class SpatialEmbeddingsAdapter(ModelAdapter):
 
     @classmethod
     def load_torch(cls, path: str | os.PathLike) -> tuple[object, dict]:
-        import torch
-
         from instseg_core.networks.spatial_embeddings import model_from_checkpoint
 
-        checkpoint = torch.load(path, weights_only=False, map_location="cpu")
-        return model_from_checkpoint(checkpoint), checkpoint["model_config"]
+        return load_checkpoint(path, model_from_checkpoint)
 
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
         return rgb_to_unit_nchw(rgb)
@@ -129,12 +126,10 @@ class Box2PixAdapter(ModelAdapter):
 
     @classmethod
     def load_torch(cls, path: str | os.PathLike) -> tuple[object, dict]:
-        import torch
-
         from instseg_core.networks.box2pix import Box2PixInference, model_from_checkpoint
 
-        checkpoint = torch.load(path, weights_only=False, map_location="cpu")
-        return Box2PixInference(model_from_checkpoint(checkpoint)), checkpoint["model_config"]
+        module, config = load_checkpoint(path, model_from_checkpoint)
+        return Box2PixInference(module), config
 
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
         return rgb_to_unit_nchw(rgb)
@@ -174,6 +169,26 @@ class Box2PixAdapter(ModelAdapter):
         from instseg_core.postprocess.box_assignment import AssignmentParams
 
         return tuple(f.name for f in fields(AssignmentParams))
+
+
+def load_checkpoint(path: str | os.PathLike, build: Any) -> tuple[Any, dict]:
+    """(module, model_config) of a PyTorch checkpoint {'model': state dict, 'model_config': dict}, built by
+    `build(checkpoint)`; ModelFileError naming the file for anything else (random bytes, a truncated file, an
+    ONNX graph, a checkpoint of another architecture)."""
+    import torch
+
+    try:
+        checkpoint = torch.load(path, weights_only=False, map_location="cpu")
+    except Exception as exc:  # torch raises many types (UnpicklingError, RuntimeError, EOFError, ...)
+        raise ModelFileError(f"cannot load PyTorch checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model_config"), dict) \
+            or "model" not in checkpoint:
+        raise ModelFileError(f"{path} is not an instseg checkpoint (a dict with 'model' and 'model_config')")
+    try:
+        return build(checkpoint), checkpoint["model_config"]
+    except Exception as exc:  # missing keys, wrong shapes, a config of another model
+        raise ModelFileError(f"checkpoint {path} does not fit the network: {type(exc).__name__}: "
+                             f"{str(exc)[:300]}") from exc
 
 
 MODELS: dict[str, type[ModelAdapter]] = {

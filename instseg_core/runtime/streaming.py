@@ -38,23 +38,42 @@ class FrameStats:
     """Counters (see COUNTERS) and sliding windows of per-frame latency, stage times and completion times.
 
     Thread-safe: every update and `snapshot` holds `lock`. Latencies are milliseconds from the frame's arrival
-    (`received_at`, time.monotonic() seconds) to the end of its processing.
+    (`received_at`, `clock()` seconds, time.monotonic by default) to the end of its processing. The counters
+    are totals over the node's life; `recent` counts the bad and failed frames of the last seconds, which is
+    what the node's health is judged on (one bad frame an hour ago is not a problem now).
     """
 
-    def __init__(self, window: int = 300) -> None:
+    def __init__(self, window: int = 300, clock: Callable[[], float] = time.monotonic) -> None:
         self.lock = threading.Lock()
+        self.clock = clock
         self.counts = dict.fromkeys(COUNTERS, 0)
         self.latencies_ms: deque[float] = deque(maxlen=window)
         self.stage_ms: deque[dict[str, float]] = deque(maxlen=window)
         self.done_times: deque[float] = deque(maxlen=window)
+        self.problem_times: dict[str, deque[float]] = {name: deque(maxlen=10_000) for name in ("bad", "failed")}
 
     def count(self, name: str, n: int = 1) -> None:
         with self.lock:
             self.counts[name] += n
+            if name in self.problem_times:
+                self.problem_times[name].extend([self.clock()] * n)
+
+    def recent(self, name: str, seconds: float) -> int:
+        """How many `name` ('bad' or 'failed') frames were counted in the last `seconds`."""
+        with self.lock:
+            since = self.clock() - seconds
+            return sum(1 for t in self.problem_times[name] if t >= since)
+
+    def health(self, seconds: float) -> tuple[str, str]:
+        """('OK' | 'WARN', message) judged on the last `seconds`: WARN while bad or failed frames are recent."""
+        bad, failed = self.recent("bad", seconds), self.recent("failed", seconds)
+        if bad or failed:
+            return "WARN", f"{bad} bad frames and {failed} failures in the last {seconds:g} s"
+        return "OK", f"no bad frames or failures in the last {seconds:g} s"
 
     def record_processed(self, received_at: float, stages: dict[str, float]) -> None:
         """One frame done now; `stages` maps stage names to milliseconds."""
-        done = time.monotonic()
+        done = self.clock()
         with self.lock:
             self.counts["processed"] += 1
             self.latencies_ms.append((done - received_at) * 1e3)
@@ -65,7 +84,7 @@ class FrameStats:
         """The counters, fps over the last `fps_window_s` seconds, latency p50/p95 (ms; NaN before the first
         frame) and the median of each stage (`<stage>_ms`)."""
         with self.lock:
-            now = time.monotonic()
+            now = self.clock()
             recent = [t for t in self.done_times if now - t <= fps_window_s]
             latencies = np.array(self.latencies_ms) if self.latencies_ms else np.array([np.nan])
             span = recent[-1] - recent[0] if len(recent) > 1 else 0.0
@@ -112,7 +131,7 @@ class LatestFrameWorker:
     def offer(self, frame: object) -> None:
         """Hand over the newest frame (never blocks on processing); a frame still waiting is replaced and counted
         as dropped. After stop(), frames are counted as received and dropped."""
-        received_at = time.monotonic()
+        received_at = self.stats.clock()
         with self._slot:
             self.stats.count("received")
             if self._stopping:
