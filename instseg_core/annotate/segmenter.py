@@ -88,7 +88,10 @@ class AnnotationResult:
 def validate_points(points: Sequence[Sequence[float]] | np.ndarray, image_shape: tuple[int, int],
                     min_box: float = 2.0) -> np.ndarray:
     """(4, 2) float64 points, or AnnotationError: not 4 points, outside the image, or a degenerate box."""
-    array = np.asarray(points, dtype=np.float64)
+    try:
+        array = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError) as exc:  # text, ragged lists, objects
+        raise AnnotationError(ErrorCode.BAD_POINTS, f"extreme points must be 4 pairs of numbers: {exc}") from exc
     if array.size != 8:
         raise AnnotationError(ErrorCode.BAD_POINTS, f"expected 4 extreme points (8 numbers), got {array.size} numbers")
     array = array.reshape(4, 2)
