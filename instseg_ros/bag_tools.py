@@ -2,15 +2,19 @@
 
     instseg-bag play BAG [--rate 1.0] [--loop] [--start-offset S] [--clock] [--topics T ...]
                          [--remap /from:=/to ...] [--reliability reliable|best_effort]
-    instseg-bag record OUT --topics T [T ...] [--duration S] [--storage mcap|sqlite3] [--wait S]
+    instseg-bag record OUT --topics T [T ...] [--duration S] [--split-seconds 1.0] [--wait S] [--until-count N]
 
 `ros2 bag` (rosbag2_py) is not installable from PyPI; this is the same job for the product's needs. Play
 reads any rosbag2 directory (MCAP or sqlite3, any writer: rosbags, ros2 bag, the mcap library) or a single
 .mcap file, and publishes each message's serialized CDR bytes unchanged at the recorded pace (log time),
-scaled by --rate; --clock also publishes /clock (rosgraph_msgs/Clock) with the bag time. Record subscribes
-to serialized messages and writes them unchanged; message definitions of this package's interfaces are
-registered from their .msg files, so InstanceArray bags open in other tools too. Both stop cleanly on SIGINT.
-Corrupt or missing bags and unknown topics give a one-line error and exit status 2.
+scaled by --rate; --clock also publishes /clock (rosgraph_msgs/Clock) with the bag time. Before playing, the
+chunk CRCs of MCAP files are checked (instseg_core.data.recording.verify_bag; --no-verify skips it): a
+damaged bag is refused instead of played. Record subscribes to serialized messages and writes them unchanged
+into MCAP splits of --split-seconds, each with chunk CRCs, closed and listed in metadata.yaml as it ends: a
+recorder killed by SIGKILL leaves a readable bag that lacks at most the last split. Message definitions of
+this package's interfaces are registered from their .msg files, so InstanceArray bags open in other tools
+too. Both stop cleanly on SIGINT/SIGTERM. Corrupt or missing bags and unknown topics give a one-line error
+and exit status 2.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from instseg_core.data.bags import STORAGES, interface_typestore
+from instseg_core.data.bags import interface_typestore
+from instseg_core.data.recording import BagIntegrityError, SplitBagWriter, verify_bag
 
 
 class BagToolError(RuntimeError):
@@ -78,6 +83,11 @@ def _open_reader(path: Path) -> object:
 def play(args: argparse.Namespace, node: Node, stop: threading.Event) -> dict:
     """Publish the bag; returns {'published': {topic: count}, 'loops': n}."""
     remaps = parse_remaps(args.remap)
+    if args.verify and Path(args.bag).exists():
+        try:
+            verify_bag(args.bag)
+        except BagIntegrityError as exc:
+            raise BagToolError(f"bag {args.bag} is damaged, not played: {exc}") from exc
     reader = _open_reader(Path(args.bag))
     try:
         connections = [c for c in reader.connections if not args.topics or c.topic in args.topics]
@@ -140,7 +150,6 @@ def record(args: argparse.Namespace, node: Node, stop: threading.Event, executor
     """Record the topics until --duration elapses, --until-count messages arrived on every topic, or SIGINT;
     returns {"recorded": {topic: count}}. Prints "recording, every topic matched" to stderr once every
     subscription has a publisher."""
-    from rosbags.rosbag2 import Writer
 
     out = Path(args.out)
     if out.exists():
@@ -155,17 +164,16 @@ def record(args: argparse.Namespace, node: Node, stop: threading.Event, executor
     missing = sorted(set(args.topics) - set(types))
     if missing:
         raise BagToolError(f"no publisher for {missing} appeared within {args.wait} s")
-    typestore = interface_typestore()
     lock = threading.Lock()
-    counts = {topic: 0 for topic in args.topics}
-    with Writer(out, version=9, storage_plugin=STORAGES[args.storage]) as writer:
-        connections = {topic: writer.add_connection(topic, types[topic], typestore=typestore) for topic in args.topics}
+    writer = SplitBagWriter(out, interface_typestore(), split_seconds=args.split_seconds)
+    try:
+        for topic in args.topics:
+            writer.add_topic(topic, types[topic])
 
         def callback(topic: str) -> object:
             def write(data: bytes) -> None:
                 with lock:
-                    writer.write(connections[topic], node.get_clock().now().nanoseconds, data)
-                    counts[topic] += 1
+                    writer.write(topic, node.get_clock().now().nanoseconds, data)
             return write
 
         subscriptions = [node.create_subscription(message_class(types[topic]), topic, callback(topic),
@@ -174,16 +182,19 @@ def record(args: argparse.Namespace, node: Node, stop: threading.Event, executor
         matched = False
         while not stop.is_set() and time.monotonic() < end:
             executor.spin_once(timeout_sec=0.1)
+            with lock:
+                writer.tick(node.get_clock().now().nanoseconds)
             if not matched and all(s.get_publisher_count() > 0 for s in subscriptions):
                 matched = True  # what a caller waits for before it starts the publishers' sources
                 print("instseg-bag: recording, every topic matched", file=sys.stderr, flush=True)
             if args.until_count:
                 with lock:
-                    if min(counts.values()) >= args.until_count:
+                    if min(writer.counts.values()) >= args.until_count:
                         break
+    finally:
         with lock:
-            result = {"recorded": dict(counts), "path": str(out)}
-    return result
+            writer.close()
+    return {"recorded": writer.counts, "path": str(out), "splits": len(writer.closed)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -199,6 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     play_parser.add_argument("--topics", nargs="*", default=[])
     play_parser.add_argument("--remap", nargs="*", default=[], help="/from:=/to")
     play_parser.add_argument("--reliability", choices=("reliable", "best_effort"), default="reliable")
+    play_parser.add_argument("--no-verify", dest="verify", action="store_false",
+                             help="play without checking the chunk CRCs first")
     play_parser.add_argument("--wait-for-subscribers", type=float, default=0.0,
                              help="wait up to S seconds for a subscriber on every topic before playing")
     record_parser = commands.add_parser("record", help="record topics into a new bag")
@@ -207,7 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     record_parser.add_argument("--duration", type=float, default=0.0, help="seconds; 0 = until SIGINT")
     record_parser.add_argument("--until-count", type=int, default=0,
                                help="stop once every topic has this many messages (0 = no limit)")
-    record_parser.add_argument("--storage", choices=sorted(STORAGES), default="mcap")
+    record_parser.add_argument("--split-seconds", type=float, default=1.0,
+                               help="length of a split; a killed recorder loses at most the last one")
     record_parser.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the topics")
     record_parser.add_argument("--reliability", choices=("reliable", "best_effort"), default="best_effort",
                                help="best_effort (default) also receives from reliable publishers")

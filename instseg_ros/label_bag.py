@@ -49,6 +49,7 @@ from instseg_core.annotate.segmenter import (
 from instseg_core.base.atomic_files import write_text_atomically
 from instseg_core.base.model_files import ModelFileError
 from instseg_core.data.cityscapes import name2label, write_sample
+from instseg_core.data.recording import BagIntegrityError, verify_bag
 from instseg_ros.image_codec import ImageCodecError, compressed_to_numpy, image_to_numpy, to_rgb8
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
@@ -203,6 +204,11 @@ def _label_into(bag: Path, topic: str, clicks: dict[str, list[Click]], out: Path
         skipped.append({"key": key, "object": obj, "reason": reason})
         print(f"instseg-label: skipped {where}: {reason}", file=sys.stderr, flush=True)
 
+    if Path(bag).exists():
+        try:
+            verify_bag(bag)
+        except BagIntegrityError as exc:
+            raise LabelError(f"bag {bag} is damaged, not labelled: {exc}") from exc
     try:
         reader = AnyReader([Path(bag)])
         reader.open()
