@@ -50,6 +50,7 @@ demo: setup
 bench: setup
 	$(PY) bench/bench_image_codec.py
 	$(ISOLATED) $(PY) bench/dds_image_stream.py
+	$(PY) bench/dds_startup.py
 	$(PY) bench/bench_data.py
 	$(ISOLATED) $(PY) bench/bench_annotate.py
 	$(PY) bench/bench_spatial_embeddings.py

@@ -63,7 +63,7 @@ def _reliable() -> object:
     return QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 
-def side_b() -> None:
+def side_b(payload_bytes: int) -> None:
     """Child: per line 'go INDEX KIND' on stdin, serve a round until 'stop' arrives; then say 'done'."""
     from std_msgs.msg import String
     from std_srvs.srv import Trigger
@@ -81,10 +81,10 @@ def side_b() -> None:
         next_publish = time.monotonic()
         while not select.select([sys.stdin], [], [], 0)[0]:
             if kind == "pubsub" and time.monotonic() >= next_publish:
-                publisher.publish(String(data=f"{index}"))
+                publisher.publish(String(data=f"{index}".ljust(payload_bytes)))
                 next_publish += 0.1
             if kind == "oneshot" and not sent_once and publisher.get_subscription_count() > 0:
-                publisher.publish(String(data=f"{index}"))
+                publisher.publish(String(data=f"{index}".ljust(payload_bytes)))
                 sent_once = True
                 published = time.monotonic()
                 from rclpy.duration import Duration
@@ -130,14 +130,16 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--shared-shm", action="store_true", help="leave /dev/shm shared with the host")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--payload-bytes", type=int, default=16,
+                        help="size of each published message (6291456 = a 2 MP rgb8 frame)")
     parser.add_argument("--side-b", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side_b:
-        side_b()
+        side_b(args.payload_bytes)
         return
     isolation.ensure_isolated(private_shm=not args.shared_shm)
-    child = subprocess.Popen([sys.executable, __file__, "--side-b"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             text=True, env=os.environ.copy())
+    child = subprocess.Popen([sys.executable, __file__, "--side-b", "--payload-bytes", str(args.payload_bytes)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
     results: dict[str, list[float | None]] = {}
     acked: list[float | None] = []
     try:

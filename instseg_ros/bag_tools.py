@@ -36,6 +36,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 
 from instseg_core.data.bags import interface_typestore
 from instseg_core.data.recording import BagIntegrityError, SplitBagWriter, verify_bag
+from instseg_ros.spinning import end_process, exit_if_teardown_hangs
 
 
 class BagToolError(RuntimeError):
@@ -246,9 +247,10 @@ def main(argv: list[str] | None = None) -> None:
         pass
     finally:
         executor.shutdown()
+        exit_if_teardown_hangs()
         node.destroy_node()
         rclpy.try_shutdown()
-    sys.exit(status)
+    end_process(status)
 
 
 if __name__ == "__main__":

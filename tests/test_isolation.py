@@ -6,10 +6,13 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from instseg_ros import isolation
+
+REPO = Path(__file__).resolve().parents[1]
 
 PROBE = (
     "import json, os; from instseg_ros import isolation; e = os.environ.get; print(json.dumps({"
@@ -60,3 +63,39 @@ def test_ros_environment() -> None:
 def test_loopback_only_detection_here() -> None:
     assert isolation.is_loopback_only()
     assert os.environ[isolation.ISOLATED_MARKER] == "1"
+
+
+def test_isolated_runs_have_a_private_dev_shm(tmp_path) -> None:
+    """Fast DDS's shared-memory segments live in /dev/shm, which a network namespace does not separate: each
+    isolated run gets an empty tmpfs of its own there, so runs cannot see each other's (or stale) segments."""
+    marker = f"instseg_shm_probe_{os.getpid()}"
+    with open(f"/dev/shm/{marker}", "w") as handle:
+        handle.write("host")
+    try:
+        result = run_isolated("--", sys.executable, "-c",
+                              "import os, json; print(json.dumps(sorted(os.listdir('/dev/shm'))))")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout) == [], "the isolated /dev/shm starts empty"
+        inner = run_isolated("--", "sh", "-c", "touch /dev/shm/inside && ls /dev/shm")
+        assert inner.returncode == 0 and inner.stdout.split() == ["inside"], inner.stderr
+        assert not os.path.exists("/dev/shm/inside"), "nothing written in the namespace reaches the host"
+    finally:
+        os.remove(f"/dev/shm/{marker}")
+
+
+@pytest.mark.slow
+@pytest.mark.ros
+def test_dds_start_ups_in_a_row_deliver_within_2_s(ros_processes) -> None:
+    """20 start-ups each of publisher/subscriber (10 Hz), one-shot publisher, and service client/server, in a
+    row, fresh participants on both sides: the first message (or response) arrives within 2 s every time
+    (bench/dds_startup.py; `make bench` runs 50 of each). The test peers used to re-create subscriptions and
+    clients that got nothing for 10-15 s; they no longer do."""
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "dds_startup.py"), "--count", "20", "--json",
+                             "--timeout", "10"], capture_output=True, text=True, timeout=400, env=ros_processes.env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    for kind in ("pubsub", "oneshot", "service"):
+        times = summary[kind]["times_s"]
+        assert len(times) == 20 and summary[kind]["stalls"] == 0, (kind, times)
+        assert max(times) <= 2.0, (kind, times)
+    assert all(t is not None and t <= 2.0 for t in summary["oneshot"]["acked_s"]), summary["oneshot"]["acked_s"]
