@@ -113,6 +113,19 @@ class RosProcesses:
             )
         return PeerResult(proc.args[2:], proc.returncode, json.loads(lines[-1]), stdout, stderr)
 
+    def signal_and_wait(self, proc: subprocess.Popen, sig: int, limit: float = 10.0) -> tuple[float, str]:
+        """Send `sig` to a node and wait for it to exit: (seconds from the signal to the exit, the rest of its
+        stderr). Fails the test when it is still running `limit` s later."""
+        proc.send_signal(sig)
+        sent = time.monotonic()
+        try:
+            _, rest = proc.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, rest = proc.communicate()
+            pytest.fail(f"{proc.args[1:3]} still running {limit} s after signal {sig}:\n{rest[-3000:]}")
+        return time.monotonic() - sent, rest
+
     def stop_all(self) -> None:
         for proc in self.running:
             if proc.poll() is None:
