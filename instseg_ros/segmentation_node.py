@@ -23,8 +23,11 @@ $INSTSEG_MODEL_DIR, the installed share directory and the source tree; empty = t
 backend (torch |
 onnxruntime | tensorrt), device (cpu | cuda | tensorrt (onnxruntime's TensorRT EP)), input_width /
 input_height (network input; 0 = the frame's size rounded to the model's multiple), threads,
-score_threshold, classes (names to publish; empty = all), input_type (raw | compressed), reliability
-(best_effort | reliable), qos_depth, overlay_alpha, polygon_tolerance (px; < 0 = no polygons),
+score_threshold, classes (names to publish; empty = all), input_type (raw | compressed), input_reliability
+(best_effort, the default, accepts every camera; reliable is needed for frames over ~8 MB, which best-effort
+DDS drops; best_available is decided once, when the node starts, from the cameras up then), input_depth,
+output_reliability (reliable, the default, serves reliable and best-effort subscribers alike | best_effort),
+output_depth, overlay_alpha, polygon_tolerance (px; < 0 = no polygons),
 engine_cache_dir, fp16, diagnostics_period, health_window (seconds: /diagnostics is WARN while bad or failed
 frames were counted that recently; the totals stay in its values).
 """
@@ -43,7 +46,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from instseg_interfaces.msg import Instance, InstanceArray
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.exceptions import ParameterException, ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -55,12 +58,14 @@ from sensor_msgs.msg import CompressedImage, Image, RegionOfInterest
 from instseg_core.postprocess.overlay import render_overlay
 from instseg_core.runtime import BACKENDS, MODELS, BackendUnavailableError, ModelFileError, create_segmenter
 from instseg_core.runtime.segmenter import SegmentationResult, Segmenter
-from instseg_core.runtime.streaming import COUNTERS, BadFrameError, FrameStats, LatestFrameWorker
+from instseg_core.runtime.streaming import COUNTERS, TRANSPORT_COUNTERS, BadFrameError, FrameStats, LatestFrameWorker
 from instseg_ros.allocator import keep_large_buffers
 from instseg_ros.image_codec import ImageCodecError, compressed_to_numpy, image_to_numpy, numpy_to_image, to_rgb8
 from instseg_ros.spinning import end_process, exit_if_teardown_hangs, spin_until_shutdown
 
 RUNTIME_PARAMETERS = ("score_threshold", "overlay_alpha")
+RELIABILITY = {"best_available": ReliabilityPolicy.BEST_AVAILABLE, "reliable": ReliabilityPolicy.RELIABLE,
+               "best_effort": ReliabilityPolicy.BEST_EFFORT}
 
 
 class ParameterError(ValueError):
@@ -112,16 +117,21 @@ class SegmentationMixin:
 
     def _start_io(self, p: dict) -> None:
         self.health_window_s = float(p["health_window"])
-        depth = int(p["qos_depth"])
-        reliability = ReliabilityPolicy.RELIABLE if p["reliability"] == "reliable" else ReliabilityPolicy.BEST_EFFORT
-        input_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability)
-        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
+        depth = int(p["input_depth"])
+        input_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
+                               reliability=RELIABILITY[p["input_reliability"]])
+        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos,
+                                            message_lost=self._on_message_lost)
         self.compressed = p["input_type"] == "compressed"
         topic, msg_type = ("image/compressed", CompressedImage) if self.compressed else ("image", Image)
-        output_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=max(depth, 1), reliability=reliability)
-        self.instances_pub = self.create_publisher(InstanceArray, "~/instances", output_qos)
-        self.ids_pub = self.create_publisher(Image, "~/instance_ids", output_qos)
-        self.overlay_pub = self.create_publisher(Image, "~/overlay", output_qos)
+        output_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=int(p["output_depth"]),
+                                reliability=RELIABILITY[p["output_reliability"]])
+        self.instances_pub = self.create_publisher(InstanceArray, "~/instances", output_qos,
+                                                   event_callbacks=self._publisher_events("~/instances"))
+        self.ids_pub = self.create_publisher(Image, "~/instance_ids", output_qos,
+                                             event_callbacks=self._publisher_events("~/instance_ids"))
+        self.overlay_pub = self.create_publisher(Image, "~/overlay", output_qos,
+                                                 event_callbacks=self._publisher_events("~/overlay"))
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.diagnostics_timer = self.create_timer(float(p["diagnostics_period"]), self._publish_diagnostics)
         self.worker = LatestFrameWorker(self._process, self.stats, on_bad=self._on_bad_frame,
@@ -130,7 +140,8 @@ class SegmentationMixin:
         self.worker.start()
         self.subscription = self.create_subscription(msg_type, topic, self._on_frame, input_qos,
                                                      event_callbacks=events)
-        self.get_logger().info(f"segmenting {self.resolve_topic_name(topic)} ({p['reliability']}, depth {depth})")
+        self.get_logger().info(f"segmenting {self.resolve_topic_name(topic)} ({p['input_reliability']}, depth "
+                               f"{depth}); outputs {p['output_reliability']}, depth {p['output_depth']}")
 
     def _stop_io(self) -> None:
         if self.subscription is None:
@@ -158,8 +169,13 @@ class SegmentationMixin:
             "score_threshold": (0.5, "instances below this score are not published (changeable at run time)"),
             "classes": (Parameter.Type.STRING_ARRAY, "class names to publish; empty = all"),
             "input_type": ("raw", "raw (sensor_msgs/Image on 'image') | compressed ('image/compressed')"),
-            "reliability": ("best_effort", "QoS reliability of input and outputs: best_effort | reliable"),
-            "qos_depth": (1, "QoS history depth"),
+            "input_reliability": ("best_effort", "camera subscription: best_effort (accepts every camera) | reliable "
+                                                 "(needed for frames over ~8 MB) | best_available (decided "
+                                                 "when the node starts, from the cameras up then)"),
+            "input_depth": (1, "camera subscription history depth"),
+            "output_reliability": ("reliable", "outputs: reliable (serves reliable and best-effort subscribers) | "
+                                               "best_effort"),
+            "output_depth": (1, "output history depth"),
             "overlay_alpha": (0.5, "overlay opacity in [0, 1] (changeable at run time)"),
             "polygon_tolerance": (1.0, "polygon simplification in px; < 0 publishes no polygons"),
             "engine_cache_dir": ("", "TensorRT engine cache; empty = ~/.cache/instseg/engines"),
@@ -195,10 +211,14 @@ class SegmentationMixin:
             problems.append("input_width and input_height must both be 0 or both positive")
         if p["input_type"] not in ("raw", "compressed"):
             problems.append(f"input_type {p['input_type']!r} is not raw or compressed")
-        if p["reliability"] not in ("best_effort", "reliable"):
-            problems.append(f"reliability {p['reliability']!r} is not best_effort or reliable")
-        if p["qos_depth"] < 1 or p["threads"] < 1 or p["diagnostics_period"] <= 0 or p["health_window"] <= 0:
-            problems.append("qos_depth, threads, diagnostics_period and health_window must be positive")
+        if p["input_reliability"] not in RELIABILITY:
+            problems.append(f"input_reliability {p['input_reliability']!r} is not one of {sorted(RELIABILITY)}")
+        if p["output_reliability"] not in ("best_effort", "reliable"):
+            problems.append(f"output_reliability {p['output_reliability']!r} is not reliable or best_effort")
+        if (min(p["input_depth"], p["output_depth"], p["threads"]) < 1 or p["diagnostics_period"] <= 0
+                or p["health_window"] <= 0):
+            problems.append("input_depth, output_depth, threads, diagnostics_period and health_window must be "
+                            "positive")
         for name in ("score_threshold", "overlay_alpha"):
             if not 0.0 <= p[name] <= 1.0:
                 problems.append(f"{name} must be in [0, 1], got {p[name]}")
@@ -225,9 +245,26 @@ class SegmentationMixin:
     def _on_incompatible_qos(self, event: object) -> None:
         self.get_logger().warning(
             f"a publisher on {self.subscription.topic_name} has QoS incompatible with this subscription "
-            f"(policy {getattr(event, 'last_policy_kind', '?')}); no frames will arrive from it. Set the "
-            "'reliability' parameter to match the camera (best_effort subscribers accept both).",
+            f"(policy {getattr(event, 'last_policy_kind', '?')}); no frames will arrive from it. Set "
+            "'input_reliability' to best_effort (it accepts every camera).",
             throttle_duration_sec=5.0)
+
+    def _on_message_lost(self, event: object) -> None:
+        """The middleware reports frames that were sent but never arrived (e.g. big best-effort frames)."""
+        lost = int(getattr(event, "total_count_change", 1) or 1)
+        self.stats.count("lost", lost)
+        self.get_logger().warning(
+            f"{lost} frame(s) on {self.subscription.topic_name} were lost in transport ({self.stats.counts['lost']} "
+            "so far); DDS drops big frames (over ~8 MB) sent or received best effort: make the camera reliable "
+            "and set input_reliability to reliable", throttle_duration_sec=5.0)
+
+    def _publisher_events(self, topic: str) -> PublisherEventCallbacks:
+        def incompatible(event: object) -> None:
+            self.get_logger().warning(
+                f"a subscriber of {topic} asks for QoS this publisher cannot give (policy "
+                f"{getattr(event, 'last_policy_kind', '?')}); it receives nothing. Set output_reliability to "
+                "reliable (serves every subscriber) or change the subscriber.", throttle_duration_sec=5.0)
+        return PublisherEventCallbacks(incompatible_qos=incompatible)
 
     def _on_frame(self, msg: object) -> None:
         self.worker.offer(msg)
@@ -385,7 +422,8 @@ def print_summary(s: dict) -> None:
     """The exit lines on stderr: a readable one and 'segmentation_node summary {json}' with the counters."""
     print(f"segmentation_node: received {s['received']} frames, processed {s['processed']}, dropped "
           f"{s['dropped']}, bad {s['bad']}, failed {s['failed']}", file=sys.stderr, flush=True)
-    print("segmentation_node summary " + json.dumps({k: s[k] for k in COUNTERS}), file=sys.stderr, flush=True)
+    print("segmentation_node summary " + json.dumps({k: s[k] for k in COUNTERS + TRANSPORT_COUNTERS}), file=sys.stderr,
+          flush=True)
 
 
 def run(node_class: type, argv: list[str] | None = None) -> None:

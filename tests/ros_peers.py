@@ -422,10 +422,12 @@ def drive_segmentation(args: argparse.Namespace) -> None:
     else:
         publisher = node.create_publisher(Image, "image", qos)
     instances, ids, overlays, diagnostics = [], [], [], []
-    node.create_subscription(InstanceArray, "/segmentation_node/instances", instances.append, RELIABLE)
-    node.create_subscription(Image, "/segmentation_node/instance_ids", ids.append, RELIABLE)
+    outputs = RELIABLE if args.output_reliability == "reliable" else QoSProfile(
+        history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
+    node.create_subscription(InstanceArray, "/segmentation_node/instances", instances.append, outputs)
+    node.create_subscription(Image, "/segmentation_node/instance_ids", ids.append, outputs)
     if args.overlay:
-        node.create_subscription(Image, "/segmentation_node/overlay", overlays.append, RELIABLE)
+        node.create_subscription(Image, "/segmentation_node/overlay", overlays.append, outputs)
     node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, RELIABLE)
     if not wait_for_subscribers(node, publisher, args.timeout):
         report(error="no subscriber appeared")
@@ -564,6 +566,8 @@ def main() -> None:
     parser.add_argument("--reliability", default="reliable")
     parser.add_argument("--overlay", action="store_true", help="drive-segmentation: subscribe to the overlay")
     parser.add_argument("--compressed", action="store_true", help="drive-segmentation: publish JPEG CompressedImage")
+    parser.add_argument("--output-reliability", default="reliable", choices=("reliable", "best_effort"),
+                        help="drive-segmentation: QoS of its subscriptions to the node's outputs")
     parser.add_argument("--rate", type=float, default=15.0, help="stream-frames: Hz")
     parser.add_argument("--duration", type=float, default=10.0, help="stream-frames: seconds")
     parser.add_argument("--target", default="/segmentation_node", help="set-params: node name")

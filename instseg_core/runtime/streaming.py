@@ -26,8 +26,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-# Counter names, in the order they are reported.
+# Counter names, in the order they are reported: frames received, processed, dropped (a newer one replaced
+# them), bad (refused by the processing), failed (the processing raised); received is their sum once the
+# worker has stopped. "lost" counts frames the transport reported as sent but never delivered (not received).
 COUNTERS = ("received", "processed", "dropped", "bad", "failed")
+TRANSPORT_COUNTERS = ("lost",)
 
 
 class BadFrameError(ValueError):
@@ -46,7 +49,7 @@ class FrameStats:
     def __init__(self, window: int = 300, clock: Callable[[], float] = time.monotonic) -> None:
         self.lock = threading.Lock()
         self.clock = clock
-        self.counts = dict.fromkeys(COUNTERS, 0)
+        self.counts = dict.fromkeys(COUNTERS + TRANSPORT_COUNTERS, 0)
         self.latencies_ms: deque[float] = deque(maxlen=window)
         self.stage_ms: deque[dict[str, float]] = deque(maxlen=window)
         self.done_times: deque[float] = deque(maxlen=window)
