@@ -237,12 +237,43 @@ def _parse_compressed_format(fmt: str) -> tuple[str | None, str, bool]:
     return original or None, codec, False
 
 
-def compressed_to_numpy(msg: Any) -> tuple[np.ndarray, str]:
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def compressed_image_size(payload: bytes | np.ndarray) -> tuple[int, int] | None:
+    """(width, height) that PNG or JPEG data declares in its header, read without decoding anything; None
+    when the data is neither or its header is cut short. This is what a decompression bomb (a 100 kB PNG
+    that decodes to 10000 x 10000) is caught by before any pixel memory is taken."""
+    data = bytes(payload[:1 << 16])
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:2] == b"\xff\xd8":
+        position = 2
+        while position + 9 <= len(data):
+            if data[position] != 0xFF:
+                return None
+            marker = data[position + 1]
+            if marker == 0xFF:  # fill byte
+                position += 1
+                continue
+            if marker in _JPEG_SOF:
+                height = int.from_bytes(data[position + 5:position + 7], "big")
+                width = int.from_bytes(data[position + 7:position + 9], "big")
+                return width, height
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
+                position += 2
+                continue
+            position += 2 + int.from_bytes(data[position + 2:position + 4], "big")
+    return None
+
+
+def compressed_to_numpy(msg: Any, max_pixels: int | None = None) -> tuple[np.ndarray, str]:
     """Decode a sensor_msgs/CompressedImage with OpenCV; returns (array, its encoding).
 
     When the format names the original encoding (image_transport style, e.g. 'rgb8; jpeg compressed
     bgr8'), the image is returned in that encoding; otherwise as OpenCV decodes it: 'bgr8', 'bgra8',
-    'mono8' or 'mono16'. Raises ImageCodecError for an unsupported format, empty or undecodable data.
+    'mono8' or 'mono16'. Raises ImageCodecError for an unsupported format, empty or undecodable data, and,
+    with `max_pixels`, for data whose header declares more pixels than that (checked before decoding).
     """
     original, codec, depth = _parse_compressed_format(str(msg.format))
     payload = np.frombuffer(msg.data, dtype=np.uint8) if len(msg.data) else np.empty(0, np.uint8)
@@ -250,6 +281,11 @@ def compressed_to_numpy(msg: Any) -> tuple[np.ndarray, str]:
         payload = payload[_COMPRESSED_DEPTH_HEADER_BYTES:]
     if payload.size == 0:
         raise ImageCodecError(f"CompressedImage ({msg.format!r}) has no data")
+    if max_pixels is not None:
+        size = compressed_image_size(payload)
+        if size is not None and size[0] * size[1] > max_pixels:
+            raise ImageCodecError(f"{codec} data declares {size[0]}x{size[1]} = {size[0] * size[1]} pixels, over "
+                                  f"the limit of {max_pixels} (max_pixels); not decoded")
     decoded = cv2.imdecode(payload, cv2.IMREAD_UNCHANGED)
     if decoded is None:
         raise ImageCodecError(

@@ -87,6 +87,7 @@ class SegmentationMixin:
         self.overlay_alpha = 0.5
         self.polygon_tolerance = 1.0
         self.health_window_s = 10.0
+        self.max_pixels = 4096 * 4096
 
     def _read_parameters(self) -> dict:
         p = {name: self._value(name) for name in self._parameter_names}
@@ -117,6 +118,7 @@ class SegmentationMixin:
 
     def _start_io(self, p: dict) -> None:
         self.health_window_s = float(p["health_window"])
+        self.max_pixels = int(p["max_pixels"])
         depth = int(p["input_depth"])
         input_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
                                reliability=RELIABILITY[p["input_reliability"]])
@@ -182,6 +184,8 @@ class SegmentationMixin:
             "fp16": (False, "TensorRT fp16 engines"),
             "diagnostics_period": (1.0, "seconds between /diagnostics messages"),
             "health_window": (10.0, "seconds of bad or failed frames that make /diagnostics WARN"),
+            "max_pixels": (4096 * 4096, "larger frames are refused before decoding (compressed ones by their "
+                                        "header), counted as bad"),
         }
         self._parameter_names = list(specs)
         for name, (default, description) in specs.items():
@@ -215,10 +219,10 @@ class SegmentationMixin:
             problems.append(f"input_reliability {p['input_reliability']!r} is not one of {sorted(RELIABILITY)}")
         if p["output_reliability"] not in ("best_effort", "reliable"):
             problems.append(f"output_reliability {p['output_reliability']!r} is not reliable or best_effort")
-        if (min(p["input_depth"], p["output_depth"], p["threads"]) < 1 or p["diagnostics_period"] <= 0
-                or p["health_window"] <= 0):
-            problems.append("input_depth, output_depth, threads, diagnostics_period and health_window must be "
-                            "positive")
+        if (min(p["input_depth"], p["output_depth"], p["threads"], p["max_pixels"]) < 1
+                or p["diagnostics_period"] <= 0 or p["health_window"] <= 0):
+            problems.append("input_depth, output_depth, threads, max_pixels, diagnostics_period and health_window "
+                            "must be positive")
         for name in ("score_threshold", "overlay_alpha"):
             if not 0.0 <= p[name] <= 1.0:
                 problems.append(f"{name} must be in [0, 1], got {p[name]}")
@@ -276,13 +280,17 @@ class SegmentationMixin:
         self.get_logger().error(f"segmentation failed: {exc!r}", throttle_duration_sec=1.0)
 
     def _decode(self, msg: object) -> np.ndarray:
-        """The frame as (H, W, 3) uint8 RGB; BadFrameError naming the problem."""
+        """The frame as (H, W, 3) uint8 RGB; BadFrameError naming the problem. Frames over max_pixels are
+        refused before any pixel memory is taken (compressed ones by the size their header declares)."""
         try:
             if self.compressed:
-                image, encoding = compressed_to_numpy(msg)
+                image, encoding = compressed_to_numpy(msg, max_pixels=self.max_pixels)
             else:
                 if msg.width == 0 or msg.height == 0:
                     raise ImageCodecError(f"empty image {msg.width}x{msg.height}")
+                if int(msg.width) * int(msg.height) > self.max_pixels:
+                    raise ImageCodecError(f"image {msg.width}x{msg.height} is over the limit of {self.max_pixels} "
+                                          "pixels (max_pixels)")
                 image, encoding = image_to_numpy(msg), msg.encoding
             return np.ascontiguousarray(to_rgb8(image, encoding))
         except (ImageCodecError, ValueError) as exc:

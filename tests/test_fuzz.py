@@ -73,7 +73,7 @@ def _png(height: int, width: int, channels: int) -> bytes:
 def test_compressed_decoding_gives_an_array_or_an_image_codec_error(fmt: str, data: bytes, cut: int) -> None:
     msg = SimpleNamespace(format=fmt, data=data[:len(data) - cut] if cut < len(data) else data)
     try:
-        image, encoding = compressed_to_numpy(msg)
+        image, encoding = compressed_to_numpy(msg, max_pixels=4096 * 4096)
     except ImageCodecError:
         return
     assert isinstance(encoding, str) and image.ndim in (2, 3) and image.size > 0

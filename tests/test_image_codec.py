@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from rosbags.typesys import Stores, get_typestore
@@ -266,3 +267,29 @@ def test_to_rgb8(encoding: str) -> None:
 def test_to_rgb8_refuses_16bit() -> None:
     with pytest.raises(ImageCodecError, match="8-bit colour"):
         to_rgb8(np.zeros((4, 4), np.uint16), "mono16")
+
+
+def test_compressed_frames_over_max_pixels_are_refused_before_decoding() -> None:
+    """A decompression bomb (a small PNG or JPEG declaring 10000 x 10000) is refused from its header, before any
+    pixel memory is taken; real images report their true size; data of another kind is left to the decoder."""
+    from types import SimpleNamespace
+
+    from instseg_ros.image_codec import compressed_image_size
+
+    small = np.arange(48 * 64 * 3, dtype=np.uint8).reshape(48, 64, 3)
+    for ext in (".png", ".jpg"):
+        data = cv2.imencode(ext, small)[1].tobytes()
+        assert compressed_image_size(data) == (64, 48), ext
+        image, _ = compressed_to_numpy(SimpleNamespace(format=ext[1:], data=data), max_pixels=64 * 48)
+        assert image.shape[:2] == (48, 64)
+    bomb = bytearray(cv2.imencode(".png", small)[1].tobytes())
+    bomb[16:24] = (10000).to_bytes(4, "big") * 2  # IHDR claims 10000 x 10000
+    with pytest.raises(ImageCodecError, match=r"10000x10000 = 100000000 pixels, over the limit of 16777216"):
+        compressed_to_numpy(SimpleNamespace(format="png", data=bytes(bomb)), max_pixels=4096 * 4096)
+    jpeg = bytearray(cv2.imencode(".jpg", small)[1].tobytes())
+    sof = next(i for i in range(2, len(jpeg) - 1) if jpeg[i] == 0xFF and jpeg[i + 1] in (0xC0, 0xC2))
+    jpeg[sof + 5:sof + 9] = (20000).to_bytes(2, "big") + (30000).to_bytes(2, "big")
+    assert compressed_image_size(bytes(jpeg)) == (30000, 20000)
+    with pytest.raises(ImageCodecError, match="over the limit"):
+        compressed_to_numpy(SimpleNamespace(format="jpeg", data=bytes(jpeg)), max_pixels=4096 * 4096)
+    assert compressed_image_size(b"GIF89a....") is None and compressed_image_size(b"\xff\xd8\xff") is None
