@@ -36,7 +36,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 
 from instseg_core.data.bags import interface_typestore
 from instseg_core.data.recording import BagIntegrityError, SplitBagWriter, verify_bag
-from instseg_ros.spinning import end_process, exit_if_teardown_hangs
+from instseg_ros.spinning import finish_process
 
 
 class BagToolError(RuntimeError):
@@ -246,11 +246,12 @@ def main(argv: list[str] | None = None) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        executor.shutdown()
-        exit_if_teardown_hangs()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    end_process(status)
+        def teardown() -> None:
+            executor.shutdown()
+            node.destroy_node()
+            rclpy.try_shutdown()
+
+        finish_process(teardown, "instseg-bag", status)
 
 
 if __name__ == "__main__":

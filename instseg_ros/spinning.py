@@ -8,16 +8,17 @@ until some unrelated event (a request, a timer) arrives. A node without timers (
 like this in about one start in ten to twenty on SIGTERM. `spin_until_shutdown` waits in slices of `poll_s`
 seconds instead, so a shutdown is noticed within one slice whatever the order of events.
 
-`exit_if_teardown_hangs` and `end_process` bound what follows: destroying the node and the context, and the
-interpreter's finalisation, which in rare test runs did not return (a process that had printed its summary
-stayed alive for more than 30 s).
+`finish_process` bounds what follows: destroying the node and the context (deleting the DDS participant),
+which in loaded test runs took from 1.5 s to more than 30 s, and the interpreter's finalisation.
 """
 
 from __future__ import annotations
 
-import faulthandler
 import os
 import sys
+import threading
+from collections.abc import Callable
+from typing import NoReturn
 
 from rclpy.executors import Executor
 
@@ -35,18 +36,30 @@ def spin_until_shutdown(executor: Executor, poll_s: float = POLL_S) -> None:
 TEARDOWN_GRACE_S = 1.5
 
 
-def exit_if_teardown_hangs(grace_s: float = TEARDOWN_GRACE_S) -> None:
-    """Arm a watchdog for a process that is shutting down: if it has not ended `grace_s` seconds later (the DDS
-    participant's teardown in `node.destroy_node()` / `rclpy.shutdown()`, or the interpreter's finalisation,
-    was seen to hang in rare test runs), every thread's stack is printed to stderr and the process ends with
-    status 1. The watchdog is faulthandler's, a C thread that needs neither the GIL nor a live interpreter.
-    Call it once the process has decided to stop, before destroying nodes and contexts."""
-    faulthandler.dump_traceback_later(grace_s, exit=True, file=sys.stderr)
+def finish_process(teardown: Callable[[], None], name: str, status: int = 0,
+                   grace_s: float = TEARDOWN_GRACE_S) -> NoReturn:
+    """End a process that has decided to stop: run `teardown` (destroying executors, nodes and the context) on
+    a helper thread, wait for it at most `grace_s` seconds, flush, and end the process with `status`,
+    skipping interpreter finalisation. Deleting a DDS participant (rcl's node fini, reached from
+    `node.destroy_node()` or `rclpy.try_shutdown()`) was seen to take from 1.5 s to over 30 s in loaded test
+    runs; everything the process owns is written by then, so it does not wait longer (other participants
+    then notice it gone by its lease instead of a goodbye message)."""
+    errors: list[BaseException] = []
 
+    def run() -> None:
+        try:
+            teardown()
+        except BaseException as exc:
+            errors.append(exc)
 
-def end_process(status: int = 0) -> None:
-    """After a clean teardown: flush and end the process now, skipping interpreter finalisation (whose
-    destructors of DDS entities are what can still hang; nothing is left to write)."""
+    worker = threading.Thread(target=run, name="ros-teardown", daemon=True)
+    worker.start()
+    worker.join(grace_s)
+    if worker.is_alive():
+        print(f"{name}: the ROS teardown did not finish within {grace_s:g} s; exiting without waiting for it",
+              file=sys.stderr, flush=True)
+    elif errors:
+        print(f"{name}: teardown failed: {errors[0]!r}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)

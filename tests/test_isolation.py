@@ -88,8 +88,7 @@ def test_isolated_runs_have_a_private_dev_shm(tmp_path) -> None:
 def test_dds_start_ups_in_a_row_deliver_within_2_s(ros_processes) -> None:
     """10 start-ups each of publisher/subscriber (10 Hz), one-shot publisher, and service client/server, in a
     row, fresh participants on both sides: the first message (or response) arrives within 2 s every time
-    (bench/dds_startup.py; `make bench` runs 50 of each). The test peers used to re-create subscriptions and
-    clients that got nothing for 10-15 s; they no longer do."""
+    (bench/dds_startup.py; `make bench` runs 50 of each)."""
     result = subprocess.run([sys.executable, str(REPO / "bench" / "dds_startup.py"), "--count", "10", "--json",
                              "--timeout", "10"], capture_output=True, text=True, timeout=400, env=ros_processes.env)
     assert result.returncode == 0, result.stderr[-3000:]
