@@ -53,7 +53,7 @@ from instseg_core.annotate.segmenter import (
 from instseg_core.base.model_files import ModelFileError
 from instseg_ros.allocator import keep_large_buffers
 from instseg_ros.image_codec import ImageCodecError, image_to_numpy, numpy_to_image, to_rgb8
-from instseg_ros.spinning import finish_process, spin_until_shutdown
+from instseg_ros.spinning import end_node_process, spin_until_shutdown
 
 
 class ExtremePointNode(Node):
@@ -192,16 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if sys.exc_info()[0] is not SystemExit:
             print_summary(node.served if node else 0, dict(node.errors) if node else {})
-        def teardown() -> None:
-            if executor is not None:
-                executor.shutdown()
-            if node is not None:
-                node.destroy_node()
-            rclpy.try_shutdown()
+        end_node_process(executor, node, "extreme_point_node", clean=sys.exc_info()[0] is None)
 
-        if sys.exc_info()[0] is None:  # a clean stop (not the exit status 2 of a failed start)
-            finish_process(teardown, "extreme_point_node")
-        teardown()
 
 if __name__ == "__main__":
     main()

@@ -60,7 +60,7 @@ from instseg_core.runtime.segmenter import SegmentationResult, Segmenter
 from instseg_core.runtime.streaming import COUNTERS, TRANSPORT_COUNTERS, BadFrameError, FrameStats, LatestFrameWorker
 from instseg_ros.allocator import keep_large_buffers
 from instseg_ros.image_codec import ImageCodecError, compressed_to_numpy, image_to_numpy, numpy_to_image, to_rgb8
-from instseg_ros.spinning import finish_process, spin_until_shutdown
+from instseg_ros.spinning import end_node_process, spin_until_shutdown
 
 RUNTIME_PARAMETERS = ("score_threshold", "overlay_alpha")
 RELIABILITY = {"best_available": ReliabilityPolicy.BEST_AVAILABLE, "reliable": ReliabilityPolicy.RELIABLE,
@@ -463,16 +463,8 @@ def run(node_class: type, argv: list[str] | None = None) -> None:
             node.stop()
         if sys.exc_info()[0] is not SystemExit:
             print_summary(node.stats.snapshot() if node is not None else FrameStats().snapshot())
-        def teardown() -> None:
-            if executor is not None:
-                executor.shutdown()
-            if node is not None:
-                node.destroy_node()
-            rclpy.try_shutdown()
+        end_node_process(executor, node, "segmentation_node", clean=sys.exc_info()[0] is None)
 
-        if sys.exc_info()[0] is None:  # a clean stop (not the exit status 2 of a failed start)
-            finish_process(teardown, "segmentation_node")
-        teardown()
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point (`ros2 run instseg_ros segmentation_node`, or `.venv/bin/segmentation_node`)."""

@@ -20,7 +20,9 @@ import threading
 from collections.abc import Callable
 from typing import NoReturn
 
+import rclpy
 from rclpy.executors import Executor
+from rclpy.node import Node
 
 POLL_S = 0.1
 
@@ -63,3 +65,20 @@ def finish_process(teardown: Callable[[], None], name: str, status: int = 0,
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
+
+
+def end_node_process(executor: Executor | None, node: Node | None, name: str, clean: bool) -> None:
+    """The end of a node's main(), from its `finally`: destroy the executor, the node and the context. On a
+    clean stop (`clean`: no exception propagating) through `finish_process`, which ends the process; while an
+    exception propagates (the exit status 2 of a failed start), in place, and the exception goes on."""
+
+    def teardown() -> None:
+        if executor is not None:
+            executor.shutdown()
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+    if clean:
+        finish_process(teardown, name)
+    teardown()
