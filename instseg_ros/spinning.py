@@ -14,6 +14,7 @@ which in loaded test runs took from 1.5 s to more than 30 s, and the interpreter
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import sys
 import threading
@@ -54,6 +55,10 @@ def finish_process(teardown: Callable[[], None], name: str, status: int = 0,
         except BaseException as exc:
             errors.append(exc)
 
+    # The deletion was also seen to block while holding the GIL, when no Python code (this join included) can
+    # run: faulthandler's watchdog is a C thread that needs no GIL; it prints the stacks and ends the process
+    # (status 1) if even the join below cannot return.
+    faulthandler.dump_traceback_later(grace_s + 0.4, exit=True, file=sys.stderr)
     worker = threading.Thread(target=run, name="ros-teardown", daemon=True)
     worker.start()
     worker.join(grace_s)
