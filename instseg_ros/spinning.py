@@ -67,6 +67,12 @@ def finish_process(teardown: Callable[[], None], name: str, status: int = 0,
               file=sys.stderr, flush=True)
     elif errors:
         print(f"{name}: teardown failed: {errors[0]!r}", file=sys.stderr, flush=True)
+    exit_now(status)
+
+
+def exit_now(status: int = 0) -> NoReturn:
+    """Flush stdout and stderr and end the process at once with `status`, skipping interpreter finalisation
+    (and so the deletion of any DDS participant still alive)."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
@@ -87,7 +93,5 @@ def end_node_process(executor: Executor | None, node: Node | None, name: str, cl
         rclpy.try_shutdown()
 
     if clean:  # everything is written: end without deleting the DDS participant (see finish_process)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        exit_now(0)
     teardown()

@@ -28,6 +28,7 @@ from sensor_msgs.msg import Image, RegionOfInterest
 
 from instseg_ros import isolation
 from instseg_ros.image_codec import ImageCodecError, image_to_numpy, numpy_to_image
+from instseg_ros.spinning import exit_now
 
 RELIABLE = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=10,
@@ -605,9 +606,7 @@ def main() -> None:
     # The result line is out: end now, without deleting the DDS participant. That deletion was seen to block
     # for over 60 s while holding the GIL (so no Python watchdog could run); peers notice this one gone by
     # its lease instead.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_now(0)
 
 
 if __name__ == "__main__":
