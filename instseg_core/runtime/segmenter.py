@@ -68,7 +68,7 @@ class Segmenter:
 
     def __init__(self, adapter: ModelAdapter, backend: InferenceBackend, *, input_size: tuple[int, int] | None = None,
                  score_threshold: float = 0.5, decode_params: dict | None = None,
-                 classes: Collection[str] | None = None) -> None:
+                 classes: Collection[str] | None = None, model_file: Path | None = None) -> None:
         self.adapter = adapter
         self.backend = backend
         multiple = adapter.input_multiple
@@ -89,7 +89,7 @@ class Segmenter:
                              f"{', '.join(adapter.decode_parameters())}")
         self.decode_params = dict(decode_params or {})
         self._lock = threading.Lock()
-        self.model_file: Path | None = None  # the file the network came from, when known
+        self.model_file = model_file  # the file the network came from, when known
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -172,7 +172,5 @@ def create_segmenter(model: str = "spatial_embeddings", *, model_file: str | os.
             runtime = TensorRTBackend(path, (1, 3, input_size[1], input_size[0]), fp16=fp16,
                                       engine_cache_dir=engine_cache_dir,
                                       device=device if device.startswith("cuda") else "cuda:0")
-    segmenter = Segmenter(adapter_type(config), runtime, input_size=input_size, score_threshold=score_threshold,
-                          decode_params=decode_params, classes=classes)
-    segmenter.model_file = path
-    return segmenter
+    return Segmenter(adapter_type(config), runtime, input_size=input_size, score_threshold=score_threshold,
+                     decode_params=decode_params, classes=classes, model_file=path)
