@@ -93,18 +93,20 @@ def _wire_dtype(fmt: PixelFormat, is_bigendian: bool) -> np.dtype:
     return fmt.dtype.newbyteorder(">" if is_bigendian else "<")
 
 
-def image_to_numpy(msg: Any) -> np.ndarray:
+def image_to_numpy(msg: Any, max_pixels: int | None = None) -> np.ndarray:
     """Zero-copy view of a sensor_msgs/Image's pixels.
 
     Returns shape (H, W) for one-channel encodings, (H, W, C) otherwise, with the encoding's dtype in
     the message's byte order (see `to_native_byte_order`). Rows are `msg.step` bytes apart, so padded
-    rows cost nothing. Raises ImageCodecError for an unknown encoding, a zero or oversized image,
-    step < width * bytes-per-pixel, or len(data) != step * height.
+    rows cost nothing. Raises ImageCodecError for an unknown encoding, a zero or oversized image (over
+    `max_pixels` pixels, when given), step < width * bytes-per-pixel, or len(data) != step * height.
     """
     fmt = pixel_format(msg.encoding)
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height <= 0 or width <= 0:
         raise ImageCodecError(f"image has zero size: {width}x{height} ({msg.encoding})")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageCodecError(f"image {width}x{height} is over the limit of {max_pixels} pixels (max_pixels)")
     row_bytes = width * fmt.bytes_per_pixel
     if step < row_bytes:
         raise ImageCodecError(

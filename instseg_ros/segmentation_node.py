@@ -287,10 +287,7 @@ class SegmentationMixin:
             else:
                 if msg.width == 0 or msg.height == 0:
                     raise ImageCodecError(f"empty image {msg.width}x{msg.height}")
-                if int(msg.width) * int(msg.height) > self.max_pixels:
-                    raise ImageCodecError(f"image {msg.width}x{msg.height} is over the limit of {self.max_pixels} "
-                                          "pixels (max_pixels)")
-                image, encoding = image_to_numpy(msg), msg.encoding
+                image, encoding = image_to_numpy(msg, max_pixels=self.max_pixels), msg.encoding
             return np.ascontiguousarray(to_rgb8(image, encoding))
         except (ImageCodecError, ValueError) as exc:
             raise BadFrameError(str(exc)) from exc

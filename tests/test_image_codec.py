@@ -293,3 +293,10 @@ def test_compressed_frames_over_max_pixels_are_refused_before_decoding() -> None
     with pytest.raises(ImageCodecError, match="over the limit"):
         compressed_to_numpy(SimpleNamespace(format="jpeg", data=bytes(jpeg)), max_pixels=4096 * 4096)
     assert compressed_image_size(b"GIF89a....") is None and compressed_image_size(b"\xff\xd8\xff") is None
+
+
+def test_raw_frames_over_max_pixels_are_refused_before_any_view() -> None:
+    msg = numpy_to_image(np.zeros((30, 40, 3), np.uint8), "rgb8")
+    assert image_to_numpy(msg, max_pixels=1200).shape == (30, 40, 3)
+    with pytest.raises(ImageCodecError, match=r"40x30 is over the limit of 1199 pixels"):
+        image_to_numpy(msg, max_pixels=1199)
