@@ -53,7 +53,7 @@ from instseg_core.annotate.segmenter import (
 from instseg_core.base.model_files import ModelFileError
 from instseg_ros.allocator import keep_large_buffers
 from instseg_ros.image_codec import ImageCodecError, image_to_numpy, numpy_to_image, to_rgb8
-from instseg_ros.spinning import end_node_process, spin_until_shutdown
+from instseg_ros.spinning import end_node_process, init_node_process, spin_until_shutdown
 
 
 class ExtremePointNode(Node):
@@ -167,7 +167,7 @@ def print_summary(served: int, refused: dict[str, int]) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point (`ros2 run instseg_ros extreme_point_node`, or `.venv/bin/extreme_point_node`)."""
     keep_large_buffers()  # 6 MB requests: reuse warm heap pages instead of fresh mmaps (see allocator.py)
-    rclpy.init(args=argv)
+    init_node_process(argv)
     node: ExtremePointNode | None = None
     executor: MultiThreadedExecutor | None = None
     try:  # a signal can arrive at any moment from here on: every step below may be cut short

@@ -60,7 +60,7 @@ from instseg_core.runtime.segmenter import SegmentationResult, Segmenter
 from instseg_core.runtime.streaming import COUNTERS, TRANSPORT_COUNTERS, BadFrameError, FrameStats, LatestFrameWorker
 from instseg_ros.allocator import keep_large_buffers
 from instseg_ros.image_codec import ImageCodecError, compressed_to_numpy, image_to_numpy, numpy_to_image, to_rgb8
-from instseg_ros.spinning import end_node_process, spin_until_shutdown
+from instseg_ros.spinning import end_node_process, init_node_process, spin_until_shutdown
 
 RUNTIME_PARAMETERS = ("score_threshold", "overlay_alpha")
 RELIABILITY = {"best_available": ReliabilityPolicy.BEST_AVAILABLE, "reliable": ReliabilityPolicy.RELIABLE,
@@ -432,7 +432,7 @@ def print_summary(s: dict) -> None:
 
 def run(node_class: type, argv: list[str] | None = None) -> None:
     keep_large_buffers()  # multi-MB frames in and id images out: reuse warm heap pages (see allocator.py)
-    rclpy.init(args=argv)
+    init_node_process(argv)
     node = None
     executor: SingleThreadedExecutor | None = None
     try:  # a signal can arrive at any moment from here on: every step below may be cut short

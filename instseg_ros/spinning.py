@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -26,6 +27,17 @@ from rclpy.executors import Executor
 from rclpy.node import Node
 
 POLL_S = 0.1
+
+
+def init_node_process(argv: list[str] | None) -> None:
+    """rclpy.init for a node's process, with SIGINT handled like SIGTERM. rclpy chains SIGINT to Python's
+    handler, which raises KeyboardInterrupt at whatever line runs next, besides shutting the context down: one
+    Ctrl-C during start-up could surface twice (an RCLError from the dead context, then the KeyboardInterrupt
+    inside the clean-up, a traceback and exit -2). With Python's handler set to ignore SIGINT before
+    rclpy.init, rclpy's handler only shuts the context down, and every stop takes the one path that
+    `spin_until_shutdown` and the node's clean-up expect."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    rclpy.init(args=argv)
 
 
 def spin_until_shutdown(executor: Executor, poll_s: float = POLL_S) -> None:
