@@ -83,3 +83,14 @@ def test_atomic_writes_leave_old_or_new_never_half(tmp_path: Path) -> None:
     assert target.read_bytes() == b"new"
     with atomic_path(tmp_path / "arrays.npz", suffix=".npz") as temporary:
         assert temporary.name.endswith(".tmp.npz") and temporary.name.startswith(".arrays.npz.")
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path: Path) -> None:
+    """mkstemp makes 0600 files; an installed model or an exported label file must be readable by others."""
+    import os
+    import stat
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic = write_text_atomically(tmp_path / "atomic.txt", "x")
+    assert stat.S_IMODE(os.stat(atomic).st_mode) == stat.S_IMODE(os.stat(plain).st_mode)

@@ -1,7 +1,8 @@
 """Files are written atomically: into a temporary file in the target's folder, then renamed over the target.
 
 A reader (or a process killed mid-write) sees the old file or the new one, never a half-written one. The
-temporary name starts with '.' and ends in '.tmp', so globbing for the target's suffix never finds it.
+temporary name starts with '.' and ends in '.tmp', so globbing for the target's suffix never finds it. The
+file gets the permissions a plain `open(path, "w")` would give (0666 less the umask), not mkstemp's 0600.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+_UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it) and put back at once
+os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -25,6 +29,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     temporary = Path(name)
     try:
         yield temporary
+        if temporary.exists():
+            os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

@@ -1,0 +1,279 @@
+"""`python -m training.derive_models [--models DIR] [--force]`: make the model files that are derived from the
+shipped ones, during `make setup`.
+
+The repository ships each network once (see models/README.md):
+- `spatial_embeddings.pt`, `box2pix.pt`: PyTorch checkpoints with float16 weights (model_config inside);
+- `extreme_unet.fp16.onnx`: the extreme-point network as ONNX whose float weights are stored as float16, each
+  followed by a Cast to float32 (a valid model, half the size; its training checkpoint was not kept);
+- `extreme_unet_int8.onnx`: the annotation default, kept as it is: its calibration crops are not cheap to remake.
+
+Derived here, deterministically (same inputs, same pinned torch and onnxruntime -> the same bytes; the tests
+re-derive and compare):
+- `<model>.onnx` (float32) of each checkpoint, exported with the training code's `export_onnx`;
+- `<model>_int8.onnx` of each streaming model: static int8 QDQ quantisation (per-channel int8 weights, uint8
+  activations), calibrated on the first `calibration_images` training images of the synthetic generator
+  (`instseg-synth --seed 0`, split train) at the manifest's calibration size, and `<model>_int8.json`: the
+  float manifest with `precision` and the int8 evaluation recorded in the float manifest's `int8` entry;
+- `extreme_unet.onnx` (float32): the Casts folded back into float32 initializers.
+
+`python -m training.derive_models --evaluate-int8 DATA` scores the float32 and int8 graphs of each streaming
+model on DATA's val split with the official evaluator (same run, same settings) and records both in the float
+manifest's `int8` entry (committed), from which the next derivation copies them into `<model>_int8.json`.
+
+`models/.derived.json` records the sha256 of each derived file's source and of the file itself; a file whose
+source and recipe are unchanged is not made again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from instseg_core.base.atomic_files import atomic_path, write_text_atomically
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+STAMP = ".derived.json"
+RECIPE_VERSION = 1  # bump when a recipe below changes what it writes
+DEFAULT_CALIBRATION = {"images": 16, "width": 1024, "height": 512, "seed": 0, "split": "train"}
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_checkpoint(model: str, source: Path, out: Path) -> None:
+    """Float32 ONNX of a shipped checkpoint, with the graph the training command exports."""
+    import torch
+
+    from instseg_core.runtime.adapters import load_checkpoint
+
+    torch.manual_seed(0)
+    if model == "spatial_embeddings":
+        from instseg_core.networks.spatial_embeddings import model_from_checkpoint
+        from training.spatial_embeddings import export_onnx
+    elif model == "box2pix":
+        from instseg_core.networks.box2pix import model_from_checkpoint  # type: ignore[no-redef]
+        from training.box2pix import export_onnx  # type: ignore[no-redef]
+    else:
+        raise ValueError(f"no export recipe for {model!r}")
+    network, _ = load_checkpoint(source, model_from_checkpoint)
+    with atomic_path(out) as temporary:
+        export_onnx(network, temporary)
+
+
+def calibration_frames(settings: dict) -> list[np.ndarray]:
+    """The RGB (H, W, 3) uint8 training images the int8 models are calibrated on (rendered in memory, the same
+    pixels `instseg-synth OUT --seed S --splits train=N` writes at that size)."""
+    from instseg_core.data.street_layout import make_scene
+    from instseg_core.data.synth_cli import image_seed
+    from instseg_core.data.synthetic import render
+
+    return [render(make_scene(image_seed(settings["seed"], settings["split"], index), settings["width"],
+                              settings["height"])).rgb for index in range(settings["images"])]
+
+
+def quantize_onnx(source: Path, out: Path, inputs: list[np.ndarray], input_name: str = "image") -> None:
+    """Static int8 QDQ quantisation of the float32 ONNX `source` (per-channel int8 weights, uint8 activations,
+    MinMax calibration on `inputs`, each a (1, C, H, W) float32 network input). Deterministic."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Inputs(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.remaining = iter(inputs)
+
+        def get_next(self) -> dict | None:
+            value = next(self.remaining, None)
+            return None if value is None else {input_name: value}
+
+    source = Path(source).resolve()
+    # the quantisation tools write scratch files into the working directory: give them a private one
+    with atomic_path(out) as temporary, tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
+        prepared = Path(scratch) / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(Path(temporary).resolve()), Inputs(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+
+
+def quantize_streaming_model(model: str, source: Path, out: Path) -> None:
+    """`<model>_int8.onnx` and its manifest from the float32 ONNX `source` (see the module docstring)."""
+    from instseg_core.runtime.adapters import model_adapter
+
+    manifest = json.loads(source.with_suffix(".json").read_text())
+    int8_entry = manifest.get("int8", {})
+    settings = {**DEFAULT_CALIBRATION, **int8_entry.get("calibration", {})}
+    adapter = model_adapter(model)(manifest["model_config"])
+    quantize_onnx(source, out, [adapter.preprocess(rgb) for rgb in calibration_frames(settings)])
+    int8_manifest = {**manifest, "precision": "int8",
+                     "quantisation": {"source": source.name, "format": "static QDQ, per-channel int8 weights, "
+                                      "uint8 activations, MinMax calibration", "calibration": settings,
+                                      "derived_by": "python -m training.derive_models"},
+                     "evaluation": int8_entry.get("evaluation", {}),
+                     "evaluation_fp32": manifest.get("evaluation", {})}
+    int8_manifest.pop("int8", None)
+    int8_manifest.pop("learning_curve", None)
+    write_text_atomically(out.with_suffix(".json"), json.dumps(int8_manifest, indent=1))
+
+
+def fold_weight_casts(source: Path, out: Path) -> None:
+    """The float32 model of an ONNX file whose weights are float16 initializers followed by Cast(to=FLOAT):
+    each such Cast is removed and its output becomes a float32 initializer (exact: float16 -> float32)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph_model = onnx.load(str(source))
+    graph = graph_model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    kept_nodes = []
+    for node in graph.node:
+        if node.op_type == "Cast" and node.input[0] in initializers and \
+                initializers[node.input[0]].data_type == onnx.TensorProto.FLOAT16:
+            weights = numpy_helper.to_array(initializers.pop(node.input[0])).astype(np.float32)
+            initializers[node.output[0]] = numpy_helper.from_array(weights, node.output[0])
+        else:
+            kept_nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(kept_nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(sorted(initializers.values(), key=lambda init: init.name))
+    onnx.checker.check_model(graph_model)
+    with atomic_path(out) as temporary:
+        onnx.save(graph_model, str(temporary))
+
+
+def store_weights_as_float16(source: Path, out: Path) -> None:
+    """The inverse of `fold_weight_casts`, used once to make the shipped file: every float32 initializer of
+    `source` becomes a float16 initializer '<name>.fp16' followed by a Cast to float32 named '<name>'."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph_model = onnx.load(str(source))
+    graph = graph_model.graph
+    casts, initializers = [], []
+    for init in graph.initializer:
+        if init.data_type == onnx.TensorProto.FLOAT:
+            half = numpy_helper.to_array(init).astype(np.float16)
+            initializers.append(numpy_helper.from_array(half, init.name + ".fp16"))
+            casts.append(helper.make_node("Cast", [init.name + ".fp16"], [init.name], to=onnx.TensorProto.FLOAT,
+                                          name=f"cast_{init.name}"))
+        else:
+            initializers.append(init)
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    onnx.checker.check_model(graph_model)
+    with atomic_path(out) as temporary:
+        onnx.save(graph_model, str(temporary))
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """`output` is made from `source` (file names in the models folder) by `make(source path, output path)`."""
+
+    output: str
+    source: str
+    make: Callable[[Path, Path], None]
+
+
+DERIVATIONS = (
+    Derivation("spatial_embeddings.onnx", "spatial_embeddings.pt",
+               lambda s, o: export_checkpoint("spatial_embeddings", s, o)),
+    Derivation("spatial_embeddings_int8.onnx", "spatial_embeddings.onnx",
+               lambda s, o: quantize_streaming_model("spatial_embeddings", s, o)),
+    Derivation("box2pix.onnx", "box2pix.pt", lambda s, o: export_checkpoint("box2pix", s, o)),
+    Derivation("box2pix_int8.onnx", "box2pix.onnx", lambda s, o: quantize_streaming_model("box2pix", s, o)),
+    Derivation("extreme_unet.onnx", "extreme_unet.fp16.onnx", fold_weight_casts),
+)
+
+
+def derive(models: Path = MODELS_DIR, force: bool = False, only: tuple[str, ...] = ()) -> list[str]:
+    """Make every derived file of `models` (in DERIVATIONS order) whose source, recipe or output changed;
+    returns the names made. Sources that are missing are an error (a broken checkout)."""
+    stamp_path = models / STAMP
+    stamp = json.loads(stamp_path.read_text()) if stamp_path.exists() else {}
+    made = []
+    for derivation in DERIVATIONS:
+        if only and derivation.output not in only:
+            continue
+        source, output = models / derivation.source, models / derivation.output
+        if not source.is_file():
+            raise FileNotFoundError(f"{source} is missing: cannot derive {derivation.output}")
+        # the manifest of the source is an input too (int8 calibration settings, decoding defaults)
+        source_manifest = source.with_suffix(".json") if derivation.source.endswith(".onnx") else None
+        key = {"source": sha256(source), "recipe": RECIPE_VERSION,
+               "manifest": sha256(source_manifest) if source_manifest and source_manifest.exists() else None}
+        record = stamp.get(derivation.output)
+        if not force and output.is_file() and record and record["key"] == key and record["sha256"] == sha256(output):
+            continue
+        print(f"deriving {derivation.output} from {derivation.source}", flush=True)
+        derivation.make(source, output)
+        stamp[derivation.output] = {"key": key, "sha256": sha256(output)}
+        write_text_atomically(stamp_path, json.dumps(stamp, indent=1))
+        made.append(derivation.output)
+    return made
+
+
+def evaluate_int8(data: Path, models: Path = MODELS_DIR, limit: int | None = None) -> dict:
+    """Official AP/AP50 of `<model>.onnx` and `<model>_int8.onnx` on DATA/val for each streaming model (ONNX
+    Runtime, 2 threads, network input = image size, score threshold 0, the manifest's decoding defaults);
+    written into each float manifest's `int8` entry. Returns {model: {'fp32': result, 'int8': result}}."""
+    from instseg_core.runtime.segmenter import create_segmenter
+    from training.evaluation import evaluate_network
+
+    results = {}
+    for model in ("spatial_embeddings", "box2pix"):
+        files = {"fp32": models / f"{model}.onnx", "int8": models / f"{model}_int8.onnx"}
+        results[model] = {}
+        for precision, path in files.items():
+            segmenter = create_segmenter(model, model_file=path, threads=2, score_threshold=0.0)
+            result = evaluate_network(segmenter, data, Path("data/runs/int8_evaluation") / model / precision,
+                                      limit=limit, multiple=segmenter.adapter.input_multiple)
+            results[model][precision] = result
+            print(f"{model} {precision}: AP {result['ap']:.4f} AP50 {result['ap50']:.4f} network "
+                  f"{result['network_ms']:.0f} ms/image", flush=True)
+        manifest_path = files["fp32"].with_suffix(".json")
+        manifest = json.loads(manifest_path.read_text())
+        manifest["int8"] = {**manifest.get("int8", {}), "calibration": {**DEFAULT_CALIBRATION,
+                                                                      **manifest.get("int8", {}).get("calibration", {})},
+                            "evaluation": results[model]["int8"], "evaluation_fp32_onnx": results[model]["fp32"],
+                            "evaluated_on": f"{data} val, {results[model]['int8']['images']} images",
+                            "reproduce": f"python -m training.derive_models --evaluate-int8 {data}"}
+        write_text_atomically(manifest_path, json.dumps(manifest, indent=1))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=Path, default=MODELS_DIR, help="the models folder (default: the checkout's)")
+    parser.add_argument("--force", action="store_true", help="make every derived file again")
+    parser.add_argument("--only", nargs="*", default=(), help="derive only these output file names")
+    parser.add_argument("--evaluate-int8", type=Path, metavar="DATA",
+                        help="then score fp32 and int8 graphs on DATA/val and record it in the manifests")
+    parser.add_argument("--limit", type=int, default=None, help="with --evaluate-int8: the first N val images")
+    args = parser.parse_args(argv)
+    made = derive(args.models, args.force, tuple(args.only))
+    print(f"derived model files: {', '.join(made) if made else 'all up to date'}")
+    if args.evaluate_int8:
+        evaluate_int8(args.evaluate_int8, args.models, args.limit)
+        derive(args.models)  # the int8 manifests take the new figures
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
