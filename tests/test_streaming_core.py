@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pytest
 
 from instseg_core.runtime.streaming import COUNTERS, BadFrameError, FrameStats, LatestFrameWorker
@@ -168,3 +169,36 @@ def test_health_is_judged_on_recent_frames_and_totals_stay() -> None:
     now[0] += 10.0
     assert stats.health(10.0) == ("OK", "no bad frames or failures in the last 10 s")
     assert stats.snapshot()["bad"] == 1 and stats.snapshot()["failed"] == 1  # totals are kept
+
+
+def test_overlay_blends_in_uint8_with_bounded_memory() -> None:
+    """The overlay equals the float blend (to rounding), keeps the background, and needs no float copies: a
+    full-foreground 9 MP frame stays under 16 bytes per pixel of temporary memory (was ~60 with float64)."""
+    import tracemalloc
+
+    from instseg_core.postprocess.overlay import instance_palette, render_overlay
+
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    ids = np.zeros((300, 400), np.uint16)
+    ids[20:120, 30:200], ids[150:280, 100:390] = 1, 2
+    out = render_overlay(rgb, ids, 0.4, outline=False)
+    expected = rgb * 0.6 + instance_palette(2)[ids] * 0.4
+    foreground = ids > 0
+    assert np.abs(out[foreground].astype(float) - expected[foreground]).max() <= 1.0
+    assert np.array_equal(out[~foreground], rgb[~foreground])
+    outlined = render_overlay(rgb, ids, 0.4)
+    assert np.array_equal(outlined[20, 100], instance_palette(2)[1])  # the object's top row is its outline
+    assert np.array_equal(outlined[60, 100], out[60, 100])  # inside: blended
+    bgr = render_overlay(np.ascontiguousarray(rgb[..., ::-1]), ids, 0.4, bgr=True)
+    assert np.array_equal(bgr[..., ::-1], outlined)
+    big = np.ones((3000, 3000), np.uint16)
+    big[:, 1500:] = 2
+    frame = np.zeros((3000, 3000, 3), np.uint8)
+    tracemalloc.start()
+    try:
+        render_overlay(frame, big, 0.5)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * big.size, f"{peak / big.size:.1f} bytes per pixel"

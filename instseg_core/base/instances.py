@@ -105,6 +105,16 @@ def filter_instances(instances: Instances, keep: np.ndarray) -> Instances:
                      instances.boxes[keep], instances.areas[keep])
 
 
+def id_areas(id_image: np.ndarray, count: int, block: int = 1 << 20) -> np.ndarray:
+    """(count,) int64 pixel count of ids 1..count in an (H, W) integer id image; counted `block` pixels at a
+    time, so the temporary int64 copy np.bincount makes stays small (8 MB) however big the image."""
+    areas = np.zeros(count + 1, np.int64)
+    flat = id_image.reshape(-1)
+    for start in range(0, flat.size, block):
+        areas += np.bincount(flat[start:start + block], minlength=count + 1)[:count + 1]
+    return areas[1:]
+
+
 def resize_instances(instances: Instances, width: int, height: int) -> Instances:
     """Instances at network resolution -> (height, width): nearest-neighbour id image; boxes and areas are
     recomputed exactly from it (each box searched in a window around the scaled network box)."""
@@ -113,7 +123,7 @@ def resize_instances(instances: Instances, width: int, height: int) -> Instances
         return instances
     id_image = cv2.resize(instances.id_image, (width, height), interpolation=cv2.INTER_NEAREST)
     count = len(instances)
-    areas = np.bincount(id_image.ravel(), minlength=count + 1)[1:count + 1].astype(np.int64)
+    areas = id_areas(id_image, count)
     sx, sy = width / net_width, height / net_height
     margin_x, margin_y = int(np.ceil(sx)) + 1, int(np.ceil(sy)) + 1
     boxes = np.zeros((count, 4), np.int64)
