@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.instseg-setup-stamp
 ISOLATED := $(PY) -m instseg_ros.isolation --
 SETUP_INPUTS := pyproject.toml setup.py setup.cfg package.xml tools/setup.sh tools/repair_ros_cmake_exports.py \
+	training/derive_models.py $(shell git ls-files models 2>/dev/null) \
 	$(wildcard ros2_ws/src/instseg_interfaces/*.txt ros2_ws/src/instseg_interfaces/*.xml \
 	           ros2_ws/src/instseg_interfaces/msg/* ros2_ws/src/instseg_interfaces/srv/*)
 

@@ -145,3 +145,27 @@ def test_readme_is_short_and_every_doc_link_resolves() -> None:
                 if anchor not in headings:
                     problems.append(f"{page.name}: no heading for #{anchor} in {file.name}")
     assert problems == []
+
+
+TRACKED_LIMIT_MIB = 48  # the GPU machine receives at most 64 MiB of working tree; the goal is <= 40 MiB
+
+
+def test_tracked_tree_is_small_and_holds_no_derived_model() -> None:
+    """Each network is shipped once; the formats derived at set-up (training/derive_models.py) are not tracked,
+    and the tracked tree stays small enough to send to a measuring machine."""
+    from training.derive_models import DERIVATIONS, STAMP
+
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    paths = [REPO / name for name in tracked.decode().split("\0") if name]
+    total = sum(path.stat().st_size for path in paths if path.is_file())
+    biggest = sorted((path.stat().st_size, path.relative_to(REPO)) for path in paths if path.is_file())[-5:]
+    assert total <= TRACKED_LIMIT_MIB * 2**20, (
+        f"tracked files are {total / 2**20:.1f} MiB (limit {TRACKED_LIMIT_MIB}); biggest: "
+        + ", ".join(f"{name} {size / 2**20:.1f} MiB" for size, name in reversed(biggest)))
+    derived = {f"models/{d.output}" for d in DERIVATIONS} | {f"models/{STAMP}"}
+    derived |= {f"models/{d.output[:-5]}.json" for d in DERIVATIONS if d.output.endswith("_int8.onnx")}
+    assert not derived & {str(path.relative_to(REPO)) for path in paths}, "a derived model file is tracked"
+    ignored = subprocess.run(["git", "check-ignore", *sorted(derived)], cwd=REPO, capture_output=True, text=True)
+    assert set(ignored.stdout.split()) == derived, "every derived model file is git-ignored"

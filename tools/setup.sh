@@ -46,6 +46,10 @@ cmake --build "$BUILD" -j"$(nproc)" >>"$ROOT/build/interfaces-cmake.log" 2>&1 \
 cmake --install "$BUILD" >>"$ROOT/build/interfaces-cmake.log" 2>&1 \
   || { tail -30 "$ROOT/build/interfaces-cmake.log"; exit 1; }
 
+step "deriving model files from the shipped ones (ONNX float32 and int8; skipped when up to date)"
+# Before the install: setup.py copies models/ into share/instseg_ros/models.
+"$PY" -m training.derive_models 2> >(grep -v -i "warning" >&2)
+
 step "installing instseg_ros (editable) with its console scripts"
 # Lenient editable mode: new modules under instseg_core/ and instseg_ros/ are importable at once.
 pip_install --no-deps --no-build-isolation -e .

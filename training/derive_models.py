@@ -42,8 +42,13 @@ from instseg_core.base.atomic_files import atomic_path, write_text_atomically
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 STAMP = ".derived.json"
-RECIPE_VERSION = 1  # bump when a recipe below changes what it writes
+RECIPE_VERSION = 2  # bump when a recipe below changes what it writes
 DEFAULT_CALIBRATION = {"images": 16, "width": 1024, "height": 512, "seed": 0, "split": "train"}
+# Layers kept in float32 in the int8 graphs (substrings of ONNX node names), and why:
+# - Spatial Embeddings: the two output convolutions and their concatenation. One uint8 scale for all output
+#   channels (offsets in [-1, 1], sigmas, seed logits) leaves the pixel embeddings ~8 px coarse at 1024 wide
+#   and the clustering falls apart (AP50 0.138 -> 0.029 with everything quantised).
+KEEP_FLOAT = {"spatial_embeddings": ("output_conv", "/network/Concat"), "box2pix": ()}
 
 
 def sha256(path: Path) -> str:
@@ -85,9 +90,12 @@ def calibration_frames(settings: dict) -> list[np.ndarray]:
                               settings["height"])).rgb for index in range(settings["images"])]
 
 
-def quantize_onnx(source: Path, out: Path, inputs: list[np.ndarray], input_name: str = "image") -> None:
+def quantize_onnx(source: Path, out: Path, inputs: list[np.ndarray], input_name: str = "image",
+                  keep_float: tuple[str, ...] = ()) -> None:
     """Static int8 QDQ quantisation of the float32 ONNX `source` (per-channel int8 weights, uint8 activations,
-    MinMax calibration on `inputs`, each a (1, C, H, W) float32 network input). Deterministic."""
+    MinMax calibration on `inputs`, each a (1, C, H, W) float32 network input). Nodes whose name contains one of
+    `keep_float` stay float32. Deterministic."""
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -104,8 +112,11 @@ def quantize_onnx(source: Path, out: Path, inputs: list[np.ndarray], input_name:
     with atomic_path(out) as temporary, tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        excluded = [node.name for node in onnx.load(str(prepared)).graph.node
+                    if any(part in node.name for part in keep_float)]
         quantize_static(str(prepared), str(Path(temporary).resolve()), Inputs(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=excluded)
 
 
 def quantize_streaming_model(model: str, source: Path, out: Path) -> None:
@@ -116,10 +127,12 @@ def quantize_streaming_model(model: str, source: Path, out: Path) -> None:
     int8_entry = manifest.get("int8", {})
     settings = {**DEFAULT_CALIBRATION, **int8_entry.get("calibration", {})}
     adapter = model_adapter(model)(manifest["model_config"])
-    quantize_onnx(source, out, [adapter.preprocess(rgb) for rgb in calibration_frames(settings)])
+    quantize_onnx(source, out, [adapter.preprocess(rgb) for rgb in calibration_frames(settings)],
+                  keep_float=KEEP_FLOAT[model])
     int8_manifest = {**manifest, "precision": "int8",
                      "quantisation": {"source": source.name, "format": "static QDQ, per-channel int8 weights, "
                                       "uint8 activations, MinMax calibration", "calibration": settings,
+                                      "kept_float": list(KEEP_FLOAT[model]),
                                       "derived_by": "python -m training.derive_models"},
                      "evaluation": int8_entry.get("evaluation", {}),
                      "evaluation_fp32": manifest.get("evaluation", {})}
@@ -228,7 +241,8 @@ def derive(models: Path = MODELS_DIR, force: bool = False, only: tuple[str, ...]
     return made
 
 
-def evaluate_int8(data: Path, models: Path = MODELS_DIR, limit: int | None = None) -> dict:
+def evaluate_int8(data: Path, models: Path = MODELS_DIR, limit: int | None = None,
+                  names: tuple[str, ...] = ("spatial_embeddings", "box2pix")) -> dict:
     """Official AP/AP50 of `<model>.onnx` and `<model>_int8.onnx` on DATA/val for each streaming model (ONNX
     Runtime, 2 threads, network input = image size, score threshold 0, the manifest's decoding defaults);
     written into each float manifest's `int8` entry. Returns {model: {'fp32': result, 'int8': result}}."""
@@ -236,7 +250,7 @@ def evaluate_int8(data: Path, models: Path = MODELS_DIR, limit: int | None = Non
     from training.evaluation import evaluate_network
 
     results = {}
-    for model in ("spatial_embeddings", "box2pix"):
+    for model in names:
         files = {"fp32": models / f"{model}.onnx", "int8": models / f"{model}_int8.onnx"}
         results[model] = {}
         for precision, path in files.items():
@@ -248,8 +262,8 @@ def evaluate_int8(data: Path, models: Path = MODELS_DIR, limit: int | None = Non
                   f"{result['network_ms']:.0f} ms/image", flush=True)
         manifest_path = files["fp32"].with_suffix(".json")
         manifest = json.loads(manifest_path.read_text())
-        manifest["int8"] = {**manifest.get("int8", {}), "calibration": {**DEFAULT_CALIBRATION,
-                                                                      **manifest.get("int8", {}).get("calibration", {})},
+        earlier = manifest.get("int8", {})
+        manifest["int8"] = {**earlier, "calibration": {**DEFAULT_CALIBRATION, **earlier.get("calibration", {})},
                             "evaluation": results[model]["int8"], "evaluation_fp32_onnx": results[model]["fp32"],
                             "evaluated_on": f"{data} val, {results[model]['int8']['images']} images",
                             "reproduce": f"python -m training.derive_models --evaluate-int8 {data}"}
@@ -266,11 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evaluate-int8", type=Path, metavar="DATA",
                         help="then score fp32 and int8 graphs on DATA/val and record it in the manifests")
     parser.add_argument("--limit", type=int, default=None, help="with --evaluate-int8: the first N val images")
+    parser.add_argument("--evaluate-models", nargs="+", default=["spatial_embeddings", "box2pix"],
+                        help="with --evaluate-int8: these models")
     args = parser.parse_args(argv)
     made = derive(args.models, args.force, tuple(args.only))
     print(f"derived model files: {', '.join(made) if made else 'all up to date'}")
     if args.evaluate_int8:
-        evaluate_int8(args.evaluate_int8, args.models, args.limit)
+        evaluate_int8(args.evaluate_int8, args.models, args.limit, tuple(args.evaluate_models))
         derive(args.models)  # the int8 manifests take the new figures
     return 0
 

@@ -30,6 +30,7 @@ class ModelAdapter:
     name = ""
     onnx_file = ""
     torch_file = ""
+    int8_onnx_file = ""  # static int8 QDQ graph, derived from onnx_file at set-up (training/derive_models.py)
     input_multiple = 8  # network input height and width must be multiples of this
 
     def __init__(self, config: dict) -> None:
@@ -81,6 +82,7 @@ class SpatialEmbeddingsAdapter(ModelAdapter):
     name = "spatial_embeddings"
     onnx_file = "spatial_embeddings.onnx"
     torch_file = "spatial_embeddings.pt"
+    int8_onnx_file = "spatial_embeddings_int8.onnx"
     input_multiple = 8
 
     @classmethod
@@ -118,6 +120,7 @@ class Box2PixAdapter(ModelAdapter):
     name = "box2pix"
     onnx_file = "box2pix.onnx"
     torch_file = "box2pix.pt"
+    int8_onnx_file = "box2pix_int8.onnx"
     input_multiple = 128
 
     def __init__(self, config: dict) -> None:

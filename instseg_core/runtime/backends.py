@@ -78,9 +78,9 @@ def _to_numpy(output: Any) -> RawOutput:
 
 class TorchBackend:
     """PyTorch eager. `model` is an nn.Module mapping (1, 3, H, W) to its output tensor(s); device 'cpu' or
-    'cuda[:i]'."""
+    'cuda[:i]'; `fp16` runs the network in half precision (CUDA only; outputs come back as float32 arrays)."""
 
-    def __init__(self, model: Any, device: str = "cpu", threads: int = 2) -> None:
+    def __init__(self, model: Any, device: str = "cpu", threads: int = 2, fp16: bool = False) -> None:
         import torch
 
         self.torch = torch
@@ -88,17 +88,22 @@ class TorchBackend:
             _cuda_device(device)
         elif device != "cpu":
             raise BackendUnavailableError(f"unknown torch device {device!r} (use 'cpu' or 'cuda[:index]')")
+        if fp16 and device == "cpu":
+            raise BackendUnavailableError("fp16 with backend 'torch' needs device 'cuda' (half-precision "
+                                          "convolutions on a CPU are slower than float32)")
+        self.dtype = torch.float16 if fp16 else torch.float32
         if device == "cpu" and threads:
             torch.set_num_threads(int(threads))
         self.device = device
-        self.model = model.eval().to(device).to(memory_format=torch.channels_last)
+        self.model = model.eval().to(device=device, dtype=self.dtype).to(memory_format=torch.channels_last)
         self.input_shape: tuple[int | None, ...] | None = None  # a module takes any shape it can
         self.name = "torch"
 
     def run_tensor(self, image: np.ndarray) -> RawOutput:
         """The raw output as a torch tensor on the backend's device (for GPU post-processing)."""
         with self.torch.no_grad():
-            x = self.torch.from_numpy(image).to(self.device).contiguous(memory_format=self.torch.channels_last)
+            x = self.torch.from_numpy(image).to(self.device, self.dtype).contiguous(
+                memory_format=self.torch.channels_last)
             return self.model(x)
 
     def run(self, image: np.ndarray) -> RawOutput:

@@ -9,7 +9,9 @@
     result.timing_ms                   # {'preprocess', 'inference', 'postprocess', 'total'}
 
 Pre-processing resizes the image to the network input size (`input_size` (width, height), default: the
-image's own size rounded to the model's multiple) and converts it as the model wants; post-processing
+image's own size rounded to the model's multiple, scaled down, aspect kept, to at most `max_input_pixels`
+(2048 x 1024 by default: the network's memory and time grow with its input, a 12 MP frame would need ~3.5 GB
+and seconds per frame on a CPU)) and converts it as the model wants; post-processing
 decodes the raw output at network resolution, drops instances below `score_threshold` or not of
 `classes` (names; default all), and maps the id image (nearest) and boxes back to the image's size.
 Backends: 'torch' (device 'cpu' or 'cuda'), 'onnxruntime' (device 'cpu', 'cuda' or 'tensorrt' for the
@@ -41,6 +43,7 @@ from instseg_core.runtime.backends import (
 )
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
+DEFAULT_MAX_INPUT_PIXELS = 2048 * 1024  # network input cap when the input size follows the frame
 
 
 @dataclass
@@ -68,7 +71,8 @@ class Segmenter:
 
     def __init__(self, adapter: ModelAdapter, backend: InferenceBackend, *, input_size: tuple[int, int] | None = None,
                  score_threshold: float = 0.5, decode_params: dict | None = None,
-                 classes: Collection[str] | None = None, model_file: Path | None = None) -> None:
+                 classes: Collection[str] | None = None, model_file: Path | None = None,
+                 max_input_pixels: int | None = DEFAULT_MAX_INPUT_PIXELS) -> None:
         self.adapter = adapter
         self.backend = backend
         multiple = adapter.input_multiple
@@ -76,6 +80,9 @@ class Segmenter:
             raise ValueError(f"input size {input_size} must be positive multiples of {multiple} for "
                              f"{adapter.name}")
         self.input_size = input_size
+        if max_input_pixels is not None and max_input_pixels < multiple * multiple:
+            raise ValueError(f"max_input_pixels {max_input_pixels} is below one {multiple}x{multiple} block")
+        self.max_input_pixels = max_input_pixels
         self.score_threshold = float(score_threshold)
         unknown = set(classes or ()) - set(adapter.classes)
         if unknown:
@@ -96,10 +103,22 @@ class Segmenter:
         return self.adapter.classes
 
     def network_size(self, width: int, height: int) -> tuple[int, int]:
+        """The network input (width, height) for a width x height image: `input_size` when set, else the image's
+        size scaled down (aspect kept) to at most `max_input_pixels`, rounded to the model's multiple."""
         if self.input_size is not None:
             return self.input_size
         m = self.adapter.input_multiple
-        return max(m, round(width / m) * m), max(m, round(height / m) * m)
+        scale = 1.0
+        if self.max_input_pixels is not None and width * height > self.max_input_pixels:
+            scale = (self.max_input_pixels / (width * height)) ** 0.5
+        size_w, size_h = max(m, round(width * scale / m) * m), max(m, round(height * scale / m) * m)
+        while self.max_input_pixels is not None and size_w * size_h > self.max_input_pixels:
+            # rounding up passed the cap: take one multiple off the longer side
+            if size_w >= size_h:
+                size_w -= m
+            else:
+                size_h -= m
+        return size_w, size_h
 
     def __call__(self, rgb: np.ndarray) -> SegmentationResult:
         if not (isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
@@ -135,9 +154,14 @@ class Segmenter:
         return f"{self.adapter.name} on {self.backend.describe()}"
 
 
-def default_model_file(model: str, backend: str) -> str:
-    """The shipped file of `model` for `backend`: the .pt checkpoint for 'torch', else the .onnx graph."""
+def default_model_file(model: str, backend: str, int8: bool = False) -> str:
+    """The shipped file of `model` for `backend`: the .pt checkpoint for 'torch', else the .onnx graph (its static
+    int8 QDQ version `<name>_int8.onnx` when `int8`; ValueError for int8 with 'torch')."""
     adapter = model_adapter(model)
+    if int8:
+        if backend == "torch":
+            raise ValueError("int8 models are QDQ ONNX graphs: use backend 'onnxruntime' (or 'tensorrt'), not 'torch'")
+        return adapter.int8_onnx_file
     return adapter.torch_file if backend == "torch" else adapter.onnx_file
 
 
@@ -145,22 +169,24 @@ def create_segmenter(model: str = "spatial_embeddings", *, model_file: str | os.
                      backend: str = "onnxruntime", device: str = "cpu", input_size: tuple[int, int] | None = None,
                      threads: int = 2, score_threshold: float = 0.5, engine_cache_dir: str | os.PathLike | None = None,
                      fp16: bool = False, decode_params: dict | None = None,
-                     classes: Collection[str] | None = None) -> Segmenter:
+                     classes: Collection[str] | None = None, int8: bool = False,
+                     max_input_pixels: int | None = DEFAULT_MAX_INPUT_PIXELS) -> Segmenter:
     """Build a Segmenter from names (what the ROS node's parameters carry).
 
     model_file: a .pt checkpoint for backend 'torch', else an .onnx file with its .json manifest beside it; a
     path, or a bare file name found by instseg_core.base.model_files.find_model; default: the shipped file
-    (`default_model_file`). Raises ValueError for unknown names or decoding parameters, ModelFileError for
-    missing or corrupt files, BackendUnavailableError when the backend/device cannot run here.
+    (`default_model_file`; with `int8`, the static int8 QDQ graph derived at set-up). Raises ValueError for
+    unknown names or decoding parameters, ModelFileError for missing or corrupt files, BackendUnavailableError
+    when the backend/device cannot run here.
     """
     adapter_type = model_adapter(model)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
-    path = find_model(model_file or default_model_file(model, backend))
+    path = find_model(model_file or default_model_file(model, backend, int8))
     runtime: InferenceBackend
     if backend == "torch":
         module, config = adapter_type.load_torch(path)
-        runtime = TorchBackend(module, device=device, threads=threads)
+        runtime = TorchBackend(module, device=device, threads=threads, fp16=fp16)
     else:
         config = adapter_type.read_manifest(path)
         if backend == "onnxruntime":
@@ -173,4 +199,4 @@ def create_segmenter(model: str = "spatial_embeddings", *, model_file: str | os.
                                       engine_cache_dir=engine_cache_dir,
                                       device=device if device.startswith("cuda") else "cuda:0")
     return Segmenter(adapter_type(config), runtime, input_size=input_size, score_threshold=score_threshold,
-                     decode_params=decode_params, classes=classes, model_file=path)
+                     decode_params=decode_params, classes=classes, model_file=path, max_input_pixels=max_input_pixels)
