@@ -22,7 +22,8 @@ Parameters: model (spatial_embeddings | ... registry), model_file (a path, or a 
 $INSTSEG_MODEL_DIR, the installed share directory and the source tree; empty = the model's shipped file),
 backend (torch |
 onnxruntime | tensorrt), device (cpu | cuda | tensorrt (onnxruntime's TensorRT EP)), input_width /
-input_height (network input; 0 = the frame's size rounded to the model's multiple), threads,
+input_height (network input; 0 = the frame's size rounded to the model's multiple, scaled down to at most
+max_input_pixels, 2048 x 1024 by default), int8 (the static int8 QDQ graph), threads,
 score_threshold, classes (names to publish; empty = all), input_type (raw | compressed), input_reliability
 (best_effort, the default, accepts every camera; reliable is needed for frames over ~8 MB, which best-effort
 DDS drops; best_available is decided once, when the node starts, from the cameras up then), input_depth,
@@ -40,6 +41,7 @@ import sys
 import time
 from collections.abc import Callable
 
+import cv2
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -99,7 +101,8 @@ class SegmentationMixin:
         segmenter = create_segmenter(
             p["model"], model_file=p["model_file"] or None, backend=p["backend"], device=p["device"],
             input_size=input_size, threads=int(p["threads"]), score_threshold=float(p["score_threshold"]),
-            engine_cache_dir=p["engine_cache_dir"] or None, fp16=bool(p["fp16"]), classes=p["classes"])
+            engine_cache_dir=p["engine_cache_dir"] or None, fp16=bool(p["fp16"]), classes=p["classes"],
+            int8=bool(p["int8"]), max_input_pixels=int(p["max_input_pixels"]) or None)
         self.overlay_alpha = float(p["overlay_alpha"])
         self.polygon_tolerance = float(p["polygon_tolerance"])
         self.model_name = p["model"]
@@ -164,8 +167,10 @@ class SegmentationMixin:
                                "name in the model folders; empty = the model's shipped file"),
             "backend": ("onnxruntime", f"one of {BACKENDS}"),
             "device": ("cpu", "cpu | cuda | tensorrt (onnxruntime's TensorRT execution provider)"),
-            "input_width": (0, "network input width (multiple of 8); 0 = frame size"),
-            "input_height": (0, "network input height (multiple of 8); 0 = frame size"),
+            "input_width": (0, "network input width (a multiple of the model's); 0 = frame size, capped"),
+            "input_height": (0, "network input height (a multiple of the model's); 0 = frame size, capped"),
+            "max_input_pixels": (2048 * 1024, "with input_width/height 0: larger frames are scaled down (aspect "
+                                              "kept) to at most this many network input pixels; 0 = no cap"),
             "threads": (2, "CPU threads for inference"),
             "score_threshold": (0.5, "instances below this score are not published (changeable at run time)"),
             "classes": (Parameter.Type.STRING_ARRAY, "class names to publish; empty = all"),
@@ -180,7 +185,8 @@ class SegmentationMixin:
             "overlay_alpha": (0.5, "overlay opacity in [0, 1] (changeable at run time)"),
             "polygon_tolerance": (1.0, "polygon simplification in px; < 0 publishes no polygons"),
             "engine_cache_dir": ("", "TensorRT engine cache; empty = ~/.cache/instseg/engines"),
-            "fp16": (False, "TensorRT fp16 engines"),
+            "fp16": (False, "half precision: TensorRT engines, or torch on cuda"),
+            "int8": (False, "the model's static int8 (QDQ) ONNX graph, derived at set-up (onnxruntime, tensorrt)"),
             "diagnostics_period": (1.0, "seconds between /diagnostics messages"),
             "health_window": (10.0, "seconds of bad or failed frames that make /diagnostics WARN"),
             "max_pixels": (4096 * 4096, "larger frames are refused before decoding (compressed ones by their "
@@ -326,8 +332,9 @@ class SegmentationMixin:
         self.instances_pub.publish(out)
         self.ids_pub.publish(numpy_to_image(id_image, "mono16", header))
         if self.overlay_pub.get_subscription_count() > 0:
-            overlay = render_overlay(rgb, id_image, self.overlay_alpha)
-            self.overlay_pub.publish(numpy_to_image(np.ascontiguousarray(overlay[..., ::-1]), "bgr8", header))
+            bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+            self.overlay_pub.publish(numpy_to_image(render_overlay(bgr, id_image, self.overlay_alpha, bgr=True),
+                                                    "bgr8", header))
 
     # --- diagnostics and shutdown ----------------------------------------------------------------
 
@@ -423,11 +430,13 @@ class LifecycleSegmentationNode(SegmentationMixin, LifecycleNode):
 
 
 def print_summary(s: dict) -> None:
-    """The exit lines on stderr: a readable one and 'segmentation_node summary {json}' with the counters."""
+    """The exit lines on stderr: a readable one and 'segmentation_node summary {json}' with the counters and the
+    memory figures (MiB: between-frame RSS range after the warm-up, peak RSS)."""
     print(f"segmentation_node: received {s['received']} frames, processed {s['processed']}, dropped "
           f"{s['dropped']}, bad {s['bad']}, failed {s['failed']}", file=sys.stderr, flush=True)
-    print("segmentation_node summary " + json.dumps({k: s[k] for k in COUNTERS + TRANSPORT_COUNTERS}), file=sys.stderr,
-          flush=True)
+    memory = {k: round(float(s[k]), 1) for k in ("rss_mb", "rss_range_mb", "peak_rss_mb")}
+    print("segmentation_node summary " + json.dumps({**{k: s[k] for k in COUNTERS + TRANSPORT_COUNTERS}, **memory}),
+          file=sys.stderr, flush=True)
 
 
 def run(node_class: type, argv: list[str] | None = None) -> None:

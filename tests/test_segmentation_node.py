@@ -3,7 +3,6 @@ dropping under load with bounded memory, parameters (validation, run-time change
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import subprocess
@@ -53,7 +52,7 @@ def stop(node: subprocess.Popen) -> str:
     return stderr
 
 
-def summary(stderr: str) -> dict[str, int]:
+def summary(stderr: str) -> dict[str, float]:
     """The node's structured exit line: 'segmentation_node summary {"received": ..., ...}'."""
     line = next(line for line in stderr.splitlines() if line.startswith("segmentation_node summary "))
     return json.loads(line.split(" ", 2)[2])
@@ -149,34 +148,28 @@ def test_box2pix_model(ros_processes) -> None:
 
 
 @pytest.mark.slow
-def test_slow_backend_drops_frames_with_bounded_memory(ros_processes) -> None:
-    """2048x1024 at 15 Hz for 60 s into PyTorch eager on CPU (seconds per frame): frames are dropped, not queued."""
-    node = start_node(ros_processes, "backend:=torch", "threads:=1")
+def test_2mp_stream_drops_frames_and_memory_stays_steady(ros_processes) -> None:
+    """2048x1024 at 15 Hz for 60 s into the default node (ONNX Runtime on 2 CPU cores, ~1.5 s per frame): frames
+    are dropped, not queued, and the resident set between frames stays within 150 MB after the warm-up.
+
+    RSS sampled at random moments is a sawtooth (a 2 MP frame allocates hundreds of MB inside the network and
+    gives them back; the difference of two such samples failed ~1 run in 3 without any leak). The node samples
+    it after each frame instead, when the frame's buffers are freed (FrameStats): a frame queue or a leak would
+    grow that series by ~6 MB per frame received (~5 GB over this run)."""
+    node = start_node(ros_processes)
     wait_until_loaded(node)
     streamer = ros_processes.start("stream-frames", "--size", "2048x1024", "--rate", "15", "--duration", "60",
                                    "--timeout", "30")
-    rss = []
-    while streamer.poll() is None:
-        status = Path(f"/proc/{node.pid}/status").read_text()
-        rss.append(int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))) / 1024)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            streamer.wait(timeout=0.5)  # one RSS sample every 0.5 s until the streamer ends
-    sent = ros_processes.wait(streamer, timeout=30).result["sent"]
+    sent = ros_processes.wait(streamer, timeout=120).result["sent"]
     stderr = stop(node)
     totals = summary(stderr)
     received, processed, dropped = totals["received"], totals["processed"], totals["dropped"]
     assert sent >= 800 and received >= 0.5 * sent, totals
     assert totals["failed"] == 0 and totals["bad"] == 0, stderr
     # every frame received is processed or dropped (a frame still waiting at shutdown counts as dropped)
-    assert 3 <= processed < 0.2 * received and dropped == received - processed, totals
-    # RSS is a sawtooth here: each 2 MP frame in PyTorch eager allocates ~0.25 GB that glibc returns in bursts,
-    # so the difference of two random samples says nothing (this assertion failed ~1 run in 3 without any
-    # leak). What matters is the trend between the middle and the last third of the run (a frame queue
-    # would add ~90 MB/s at 15 Hz) and the peak.
-    third = len(rss) // 3
-    middle, last = sorted(rss[third:2 * third]), sorted(rss[2 * third:])
-    trend = last[len(last) // 2] - middle[len(middle) // 2]
-    assert trend < 100 and max(rss) < 2500, f"memory grew by {trend:.0f} MB (medians of the thirds): {rss}"
+    assert 10 <= processed < 0.2 * received and dropped == received - processed, totals
+    assert totals["rss_range_mb"] <= 150, f"between-frame RSS moved {totals['rss_range_mb']} MB: {totals}"
+    assert totals["peak_rss_mb"] < 2000, totals
 
 
 def test_invalid_parameters_stop_the_node_with_a_message(ros_processes, tmp_path: Path) -> None:

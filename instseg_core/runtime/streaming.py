@@ -15,6 +15,11 @@ waiting); the worker takes it, so the model always works on the newest frame and
 exception is counted as failed and reported to `on_error`, and the worker goes on with the next frame. After
 `stop()` returns, every frame offered is accounted for exactly once:
 received == processed + dropped + bad + failed.
+
+Memory is judged between frames: after each processed frame `FrameStats` reads the process's resident set
+(RSS, /proc/self/statm), when the frame's transient buffers are freed. Sampled at random moments, RSS is a
+sawtooth (a 2 MP frame allocates hundreds of MB inside the network and gives them back), so only the
+between-frame series says whether memory is steady; `peak_rss_mb` (VmHWM) is the high-water mark.
 """
 
 from __future__ import annotations
@@ -31,6 +36,39 @@ import numpy as np
 # worker has stopped. "lost" counts frames the transport reported as sent but never delivered (not received).
 COUNTERS = ("received", "processed", "dropped", "bad", "failed")
 TRANSPORT_COUNTERS = ("lost",)
+
+
+WARMUP_FRAMES = 3  # frames whose RSS is not part of the steady range (first runs allocate arenas and plans)
+
+
+def resident_mb() -> float:
+    """This process's resident set in MiB (Linux /proc/self/statm; NaN where there is none)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+    return pages * PAGE_SIZE / 2**20
+
+
+def peak_resident_mb() -> float:
+    """The high-water mark of this process's resident set in MiB (VmHWM of /proc/self/status; NaN if unknown)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return float("nan")
+
+
+try:
+    import os as _os
+
+    PAGE_SIZE = _os.sysconf("SC_PAGE_SIZE")
+except (AttributeError, ValueError, OSError):
+    PAGE_SIZE = 4096
 
 
 class BadFrameError(ValueError):
@@ -54,6 +92,7 @@ class FrameStats:
         self.stage_ms: deque[dict[str, float]] = deque(maxlen=window)
         self.done_times: deque[float] = deque(maxlen=window)
         self.problem_times: dict[str, deque[float]] = {name: deque(maxlen=10_000) for name in ("bad", "failed")}
+        self.rss_mb: deque[float] = deque(maxlen=window)  # between frames, after the warm-up frames
 
     def count(self, name: str, n: int = 1) -> None:
         with self.lock:
@@ -75,17 +114,22 @@ class FrameStats:
         return "OK", f"no bad frames or failures in the last {seconds:g} s"
 
     def record_processed(self, received_at: float, stages: dict[str, float]) -> None:
-        """One frame done now; `stages` maps stage names to milliseconds."""
+        """One frame done now; `stages` maps stage names to milliseconds. Also samples the RSS (see the module
+        docstring)."""
         done = self.clock()
+        rss = resident_mb()
         with self.lock:
             self.counts["processed"] += 1
             self.latencies_ms.append((done - received_at) * 1e3)
             self.done_times.append(done)
             self.stage_ms.append(dict(stages))
+            if self.counts["processed"] > WARMUP_FRAMES:
+                self.rss_mb.append(rss)
 
     def snapshot(self, fps_window_s: float = 5.0) -> dict[str, float | int]:
         """The counters, fps over the last `fps_window_s` seconds, latency p50/p95 (ms; NaN before the first
-        frame) and the median of each stage (`<stage>_ms`)."""
+        frame), the median of each stage (`<stage>_ms`), and memory in MiB: `rss_mb` now, `rss_range_mb`
+        (max - min of the between-frame RSS over the window, after the warm-up; NaN before) and `peak_rss_mb`."""
         with self.lock:
             now = self.clock()
             recent = [t for t in self.done_times if now - t <= fps_window_s]
@@ -94,8 +138,10 @@ class FrameStats:
             fps = (len(recent) - 1) / span if span > 0 else 0.0
             stages = {f"{name}_ms": float(np.median([d.get(name, np.nan) for d in self.stage_ms]))
                       for name in (self.stage_ms[-1] if self.stage_ms else {})}
+            rss_range = max(self.rss_mb) - min(self.rss_mb) if self.rss_mb else float("nan")
             return {**stages, "fps": fps, "latency_p50_ms": float(np.percentile(latencies, 50)),
-                    "latency_p95_ms": float(np.percentile(latencies, 95)), **self.counts}
+                    "latency_p95_ms": float(np.percentile(latencies, 95)), "rss_mb": resident_mb(),
+                    "rss_range_mb": rss_range, "peak_rss_mb": peak_resident_mb(), **self.counts}
 
 
 class LatestFrameWorker:
