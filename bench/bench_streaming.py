@@ -1,15 +1,17 @@
 """End-to-end streaming: frames published here -> segmentation_node (another process) -> InstanceArray back here.
 
-    .venv/bin/python bench/bench_streaming.py [--sizes 512x256 1024x512 2048x1024] [--seconds 20] [--rate 15]
-                                              [--backend onnxruntime --device cpu]
+    .venv/bin/python bench/bench_streaming.py [--cases spatial_embeddings box2pix box2pix:int8 ...]
+        [--sizes 512x256 1024x512 2048x1024] [--seconds 20] [--rate 15] [--backend onnxruntime --device cpu]
 
-Per input size: the node runs with its network input equal to the frame size (the shipped Spatial
-Embeddings model, sensor-data QoS, keep-newest-frame worker); this process publishes a synthetic street
-frame (rgb8) at --rate Hz for --seconds and measures the latency from publishing a frame to receiving its
-InstanceArray, and the output rate (fps). The node's /diagnostics give the median ms of each stage inside
-it (wait+decode, preprocess, inference, postprocess, publish); "transport" is what remains of the
-end-to-end latency. Goal on 2 CPU cores: >= 8 fps at 512x256 (ONNX Runtime). On a GPU machine run with
---backend tensorrt --device cuda --sizes 2048x1024 (goal >= 30 fps, p95 <= 40 ms).
+Per case (model, with ':int8' for its static int8 QDQ graph) and input size, in one run: the node runs with its
+network input equal to the frame size (sensor-data QoS, keep-newest-frame worker); this process publishes a
+synthetic street frame (rgb8) at --rate Hz for --seconds and measures the latency from publishing a frame to
+receiving its InstanceArray, and the output rate (fps); "vs fp32" is the fps ratio to the same model's fp32 case
+at the same size. The node's /diagnostics give the median ms of each stage inside it (wait+decode, preprocess,
+inference, postprocess, publish); "transport" is what remains of the end-to-end latency. Its exit summary
+gives the memory: peak RSS and the range of the RSS sampled between frames after the warm-up.
+Goals on 2 CPU cores: Spatial Embeddings >= 8 fps at 512x256; Box2Pix int8 >= 15 fps at 512x256 and >= 5 fps
+at 1024x512. On a GPU machine run with --backend tensorrt --device cuda --sizes 2048x1024 (>= 30 fps).
 The script isolates itself in a loopback-only network namespace before rclpy starts.
 """
 
@@ -31,7 +33,8 @@ from instseg_ros import isolation
 STAGES = ("wait_and_decode", "preprocess", "inference", "postprocess", "publish")
 
 
-def run_case(width: int, height: int, seconds: float, rate: float, backend: str, device: str, threads: int) -> list:
+def run_case(case: str, width: int, height: int, seconds: float, rate: float, backend: str, device: str,
+             threads: int) -> dict:
     from rclpy.node import Node
     from sensor_msgs.msg import Image
     from streamlib import SENSOR_QOS, NodeProcess, Observer
@@ -41,8 +44,10 @@ def run_case(width: int, height: int, seconds: float, rate: float, backend: str,
     from instseg_ros.image_codec import numpy_to_image
 
     frame = cv2.resize(render(make_scene(5, 1024, 512)).rgb, (width, height), interpolation=cv2.INTER_AREA)
-    node = NodeProcess(f"input_width:={width}", f"input_height:={height}", f"backend:={backend}",
-                       f"device:={device}", f"threads:={threads}", "diagnostics_period:=0.5").start()
+    model, _, precision = case.partition(":")
+    node = NodeProcess(f"model:={model}", f"int8:={precision == 'int8'}", f"input_width:={width}",
+                       f"input_height:={height}", f"backend:={backend}", f"device:={device}", f"threads:={threads}",
+                       "diagnostics_period:=0.5").start()
     observer = Observer(camera_topic="/bench_unused")
     publisher_node = Node("bench_camera")
     publisher = publisher_node.create_publisher(Image, "image", SENSOR_QOS)
@@ -60,7 +65,7 @@ def run_case(width: int, height: int, seconds: float, rate: float, backend: str,
         sent += 1
         time.sleep(max(0.0, start + sent / rate - time.monotonic()))
     time.sleep(3.0)
-    counters = node.stop()
+    summary = node.stop()
     diagnostics = dict(observer.diagnostics)
     latency = summarize(observer.latencies_ms)
     fps = observer.fps()
@@ -70,13 +75,17 @@ def run_case(width: int, height: int, seconds: float, rate: float, backend: str,
     inside = sum(v for v in stage_ms.values() if np.isfinite(v))
     transport = latency[0] - inside
     shares = {s: v / latency[0] for s, v in stage_ms.items()} | {"transport": transport / latency[0]}
-    return [f"{width}x{height}", f"{backend}/{device}", sent, counters.get("processed", 0),
-            counters.get("dropped", 0), fps, latency[0], latency[1],
-            " ".join(f"{k} {100 * v:.0f}%" for k, v in shares.items())]
+    return {"input": f"{width}x{height}", "model": model, "precision": precision or "fp32", "sent": sent,
+            "processed": summary.get("processed", 0), "dropped": summary.get("dropped", 0), "fps": fps,
+            "p50": latency[0], "p95": latency[1], "peak_rss_mb": summary.get("peak_rss_mb", float("nan")),
+            "rss_range_mb": summary.get("rss_range_mb", float("nan")),
+            "shares": " ".join(f"{k} {100 * v:.0f}%" for k, v in shares.items())}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="+", default=["spatial_embeddings", "spatial_embeddings:int8", "box2pix",
+                                                         "box2pix:int8"])
     parser.add_argument("--sizes", nargs="+", default=["512x256", "1024x512", "2048x1024"])
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--rate", type=float, default=15.0)
@@ -90,18 +99,26 @@ def main() -> None:
     import rclpy
 
     rclpy.init()
-    rows = []
+    results = []
     try:
         for size in args.sizes:
             width, height = (int(v) for v in size.split("x"))
-            rows.append(run_case(width, height, args.seconds, args.rate, args.backend, args.device, args.threads))
-            print(f"  {size}: {rows[-1][5]:.2f} fps, p50 {rows[-1][6]:.0f} ms", flush=True)
+            for case in args.cases:
+                results.append(run_case(case, width, height, args.seconds, args.rate, args.backend, args.device,
+                                        args.threads))
+                r = results[-1]
+                print(f"  {size} {case}: {r['fps']:.2f} fps, p50 {r['p50']:.0f} ms, peak {r['peak_rss_mb']:.0f} MB",
+                      flush=True)
     finally:
         rclpy.try_shutdown()
-    print_table(["input", "backend", "sent", "processed", "dropped", "fps", "latency p50 ms", "latency p95 ms",
-                 "share of p50 latency"], rows,
-                title=f"End-to-end streaming, {args.rate:.0f} Hz input for {args.seconds:.0f} s, "
-                      f"{os.cpu_count()} CPU cores (goal: >= 8 fps at 512x256 on CPU)")
+    fp32_fps = {(r["input"], r["model"]): r["fps"] for r in results if r["precision"] == "fp32"}
+    rows = [[r["input"], r["model"], r["precision"], r["sent"], r["processed"], r["dropped"], r["fps"],
+             r["fps"] / fp32_fps[(r["input"], r["model"])] if fp32_fps.get((r["input"], r["model"])) else float("nan"),
+             r["p50"], r["p95"], r["peak_rss_mb"], r["rss_range_mb"], r["shares"]] for r in results]
+    print_table(["input", "model", "precision", "sent", "processed", "dropped", "fps", "vs fp32", "latency p50 ms",
+                 "latency p95 ms", "peak RSS MB", "RSS range between frames MB", "share of p50 latency"], rows,
+                title=f"End-to-end streaming, {args.backend}/{args.device}, {args.rate:.0f} Hz input for "
+                      f"{args.seconds:.0f} s, {os.cpu_count()} CPU cores")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Callers must already be in a loopback-only network namespace (instseg_ros.isolat
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -57,20 +58,21 @@ class NodeProcess:
                     loaded.set()
             loaded.set()
 
-        threading.Thread(target=read, daemon=True).start()
+        self.reader = threading.Thread(target=read, daemon=True)
+        self.reader.start()
         if not loaded.wait(timeout) or self.proc.poll() is not None:
             raise RuntimeError("segmentation_node did not start:\n" + "".join(self.log))
         return self
 
     def stop(self) -> dict:
-        """SIGINT, wait; returns the node's final counters."""
+        """SIGINT, wait; returns the node's exit summary (counters, and memory in MiB: rss_range_mb between
+        frames after the warm-up, peak_rss_mb); {} if it printed none."""
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(timeout=60)
-        time.sleep(0.2)
-        summary = next((line for line in reversed(self.log) if line.startswith("segmentation_node: received")), "")
-        words = summary.replace(",", "").split()
-        return {k: int(words[i]) for k, i in (("received", 2), ("processed", 5), ("dropped", 7), ("bad", 9))} \
-            if summary else {}
+        self.reader.join(timeout=5)
+        prefix = "segmentation_node summary "
+        summary = next((line for line in reversed(self.log) if line.startswith(prefix)), "")
+        return json.loads(summary[len(prefix):]) if summary else {}
 
 
 @dataclass
