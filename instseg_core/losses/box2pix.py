@@ -169,24 +169,25 @@ class Box2PixLoss(nn.Module):
     def forward(self, outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], targets: list[DenseTargets],
                 priors: np.ndarray) -> tuple[torch.Tensor, dict]:
         boxes, logits, dense = outputs
+        device = dense.device  # the targets are built on the CPU and moved to the network's device
         height, width = targets[0].semantic.shape
         n1 = logits.shape[-1]
-        labels, box_targets = self.ssd_targets(targets, priors)
+        labels, box_targets = (t.to(device) for t in self.ssd_targets(targets, priors))
         positive = labels > 0
         loss_class = self.class_loss(logits, labels)
         loss_box = ((boxes.float() - box_targets) ** 2).sum(-1)[positive].sum() / positive.sum().clamp(min=1)
         dense = functional.interpolate(dense.float(), size=(height, width), mode="bilinear", align_corners=False)
-        semantic = torch.from_numpy(np.stack([t.semantic for t in targets]))
+        semantic = torch.from_numpy(np.stack([t.semantic for t in targets])).to(device)
         loss_semantics = functional.cross_entropy(dense[:, :n1], semantic, ignore_index=IGNORE_LABEL)
-        offsets = torch.from_numpy(np.stack([t.offsets for t in targets]))
-        valid = torch.from_numpy(np.stack([t.offset_valid for t in targets]))
+        offsets = torch.from_numpy(np.stack([t.offsets for t in targets])).to(device)
+        valid = torch.from_numpy(np.stack([t.offset_valid for t in targets])).to(device)
         squared = ((dense[:, n1:] - offsets) ** 2).sum(1)
         loss_offsets = squared[valid].sum() / valid.sum().clamp(min=1)
         losses = torch.stack([loss_semantics, loss_offsets, loss_box, loss_class])
         if self.config.uncertainty_weighting:
             s = self.log_variance
             # Eq. 1 with s = log sigma^2: classification 1/sigma^2, regression 1/(2 sigma^2); + log sigma = s / 2
-            factor = torch.tensor([1.0, 0.5, 0.5, 1.0])
+            factor = torch.tensor([1.0, 0.5, 0.5, 1.0], device=s.device)
             total = (factor * torch.exp(-s) * losses).sum() + 0.5 * s.sum()
         else:
             total = losses.sum()
