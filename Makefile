@@ -11,13 +11,14 @@ SETUP_INPUTS := pyproject.toml setup.py setup.cfg package.xml tools/setup.sh too
 	$(wildcard ros2_ws/src/instseg_interfaces/*.txt ros2_ws/src/instseg_interfaces/*.xml \
 	           ros2_ws/src/instseg_interfaces/msg/* ros2_ws/src/instseg_interfaces/srv/*)
 
-.PHONY: help setup test lint pytest demo bench data train-extreme train-se train-box2pix colcon clean distclean
+.PHONY: help setup test lint pytest demo bench gpu-check data train-extreme train-se train-box2pix colcon clean distclean
 
 help:
 	@echo "make setup   create .venv: pinned deps, ROS 2 wheels, instseg_interfaces (idempotent)"
 	@echo "make demo    set up, then run the main job on the embedded default (see README)"
 	@echo "make test    set up, then ruff, import contracts, mypy and the whole test suite"
 	@echo "make bench   set up, then the benchmarks in bench/"
+	@echo "make gpu-check  on a CUDA machine (no set-up needed): every streaming model's GPU figures (bench/gpu_check.py)"
 	@echo "make data    set up, then write a synthetic Cityscapes-format tree to data/synthetic (DATA_ARGS=...)"
 	@echo "make train-extreme  data, training (extreme points + box-only), export to models/, ablation table"
 	@echo "make train-se       data, Spatial Embeddings training, learning curve, export to models/"
@@ -57,6 +58,12 @@ bench: setup
 	$(PY) bench/bench_spatial_embeddings.py
 	$(PY) bench/bench_box2pix.py
 	$(PY) bench/bench_streaming.py
+
+# Needs only PyTorch (CUDA build), NumPy and OpenCV: uses .venv's Python when there is one, else python3.
+GPU_PY := $(if $(wildcard $(PY)),$(PY),python3)
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(GPU_PY) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 DATA_ARGS ?= --splits train=200,val=50 --jobs 2
 data: setup

@@ -402,10 +402,15 @@ def call_extreme(args: argparse.Namespace) -> None:
     report(results=results)
 
 
+HUGE_SIDE = 10000  # 'huge' and 'bomb' frames are HUGE_SIDE x HUGE_SIDE (100 MP: over every default limit)
+
+
 def _frame(kind: str, rgb: np.ndarray, index: int) -> Image:
-    """A test frame: 'good' (the rgb frame), or a bad one: 'badenc', 'truncated', 'empty', 'mono16'."""
+    """A test frame: 'good' (the rgb frame), or a bad one: 'badenc', 'truncated', 'empty', 'mono16', 'huge'
+    (a 10000 x 10000 rgb8 frame, 300 MB) or 'bomb' (compressed only: a ~100 kB PNG that decodes to 10000 x 10000
+    RGB, 300 MB)."""
     height, width = rgb.shape[:2]
-    if kind == "good":
+    if kind == "good" or kind == "bomb":
         msg = numpy_to_image(rgb, "rgb8")
     elif kind == "badenc":
         msg = Image(height=height, width=width, encoding="yuv422", step=2 * width)
@@ -417,6 +422,9 @@ def _frame(kind: str, rgb: np.ndarray, index: int) -> Image:
         msg = Image(height=0, width=0, encoding="rgb8", step=0)
     elif kind == "mono16":
         msg = numpy_to_image(np.zeros((height, width), np.uint16), "mono16")
+    elif kind == "huge":
+        msg = Image(height=HUGE_SIDE, width=HUGE_SIDE, encoding="rgb8", step=3 * HUGE_SIDE)
+        msg.data = bytes(3 * HUGE_SIDE * HUGE_SIDE)
     else:
         raise ValueError(kind)
     msg.header.stamp.sec, msg.header.stamp.nanosec = 1000 + index, 0
@@ -458,7 +466,8 @@ def drive_segmentation(args: argparse.Namespace) -> None:
     for index, kind in enumerate(kinds):
         frame = _frame(kind, rgb, index)
         if args.compressed:
-            frame = numpy_to_compressed(rgb, "rgb8", header=frame.header)
+            pixels = np.zeros((HUGE_SIDE, HUGE_SIDE, 3), np.uint8) if kind == "bomb" else rgb
+            frame = numpy_to_compressed(pixels, "rgb8", "png" if kind == "bomb" else "jpeg", header=frame.header)
         publisher.publish(frame)
         spin_until(node, lambda: False, args.interval)
     good = kinds.count("good")
