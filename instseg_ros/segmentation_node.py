@@ -30,7 +30,8 @@ DDS drops; best_available is decided once, when the node starts, from the camera
 output_reliability (reliable, the default, serves reliable and best-effort subscribers alike | best_effort),
 output_depth, overlay_alpha, polygon_tolerance (px; < 0 = no polygons),
 engine_cache_dir, fp16, diagnostics_period, health_window (seconds: /diagnostics is WARN while bad or failed
-frames were counted that recently; the totals stay in its values).
+frames were counted that recently; the totals stay in its values), input_timeout (seconds a matched camera may
+send nothing before a warning, counted as 'silent'), max_pixels.
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ class SegmentationMixin:
         self.polygon_tolerance = 1.0
         self.health_window_s = 10.0
         self.max_pixels = 4096 * 4096
+        self.input_timeout_s = 10.0
+        self.last_frame_at = time.monotonic()  # or when a camera appeared, whichever is later
+        self.cameras = 0
 
     def _read_parameters(self) -> dict:
         p = {name: self._value(name) for name in self._parameter_names}
@@ -138,6 +142,9 @@ class SegmentationMixin:
                                                  event_callbacks=self._publisher_events("~/overlay"))
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.diagnostics_timer = self.create_timer(float(p["diagnostics_period"]), self._publish_diagnostics)
+        self.input_timeout_s = float(p["input_timeout"])
+        self.last_frame_at, self.cameras = time.monotonic(), 0
+        self.watchdog_timer = self.create_timer(0.5, self._check_input) if self.input_timeout_s > 0 else None
         self.worker = LatestFrameWorker(self._process, self.stats, on_bad=self._on_bad_frame,
                                         on_error=self._on_failure, shutting_down=lambda: not self.context.ok(),
                                         name="segmentation-worker")
@@ -154,6 +161,8 @@ class SegmentationMixin:
         self.subscription = None
         self.stop()
         self.destroy_timer(self.diagnostics_timer)
+        if self.watchdog_timer is not None:
+            self.destroy_timer(self.watchdog_timer)
         for publisher in (self.instances_pub, self.ids_pub, self.overlay_pub, self.diagnostics_pub):
             self.destroy_publisher(publisher)
 
@@ -189,6 +198,8 @@ class SegmentationMixin:
             "int8": (False, "the model's static int8 (QDQ) ONNX graph, derived at set-up (onnxruntime, tensorrt)"),
             "diagnostics_period": (1.0, "seconds between /diagnostics messages"),
             "health_window": (10.0, "seconds of bad or failed frames that make /diagnostics WARN"),
+            "input_timeout": (10.0, "seconds without a frame while a camera is matched before a warning (counted as "
+                                    "'silent': how big best-effort frames dropped by DDS show); 0 = no check"),
             "max_pixels": (4096 * 4096, "larger frames are refused before decoding (compressed ones by their "
                                         "header), counted as bad"),
         }
@@ -225,9 +236,9 @@ class SegmentationMixin:
         if p["output_reliability"] not in ("best_effort", "reliable"):
             problems.append(f"output_reliability {p['output_reliability']!r} is not reliable or best_effort")
         if (min(p["input_depth"], p["output_depth"], p["threads"], p["max_pixels"]) < 1
-                or p["diagnostics_period"] <= 0 or p["health_window"] <= 0):
+                or p["diagnostics_period"] <= 0 or p["health_window"] <= 0 or p["input_timeout"] < 0):
             problems.append("input_depth, output_depth, threads, max_pixels, diagnostics_period and health_window "
-                            "must be positive")
+                            "must be positive, input_timeout not negative")
         for name in ("score_threshold", "overlay_alpha"):
             if not 0.0 <= p[name] <= 1.0:
                 problems.append(f"{name} must be in [0, 1], got {p[name]}")
@@ -275,7 +286,28 @@ class SegmentationMixin:
                 "reliable (serves every subscriber) or change the subscriber.", throttle_duration_sec=5.0)
         return PublisherEventCallbacks(incompatible_qos=incompatible)
 
+    def _check_input(self) -> None:
+        """Timer: a camera is matched but no frame arrived for input_timeout seconds -> count 'silent', warn.
+        Fast DDS does not report the frames best-effort transport drops (message_lost stays 0 for 36 MB frames),
+        so silence with a matched camera is the one sign of it a subscriber has."""
+        if self.subscription is None:
+            return
+        now = time.monotonic()
+        cameras = self.count_publishers(self.subscription.topic_name)
+        if cameras and not self.cameras:
+            self.last_frame_at = max(self.last_frame_at, now)  # a camera appeared: its silence starts now
+        self.cameras = cameras
+        if cameras and now - self.last_frame_at > self.input_timeout_s:
+            self.last_frame_at = now  # the next warning after another input_timeout
+            self.stats.count("silent")
+            self.get_logger().warning(
+                f"{cameras} camera(s) on {self.subscription.topic_name} but no frame for {self.input_timeout_s:g} s "
+                f"({self.stats.counts['silent']} time(s) so far). Best-effort DDS drops frames over ~8 MB without "
+                "telling anyone: for big frames make the camera reliable and set input_reliability to reliable. "
+                "(A camera that only publishes now and then: raise input_timeout, or 0 for no check.)")
+
     def _on_frame(self, msg: object) -> None:
+        self.last_frame_at = time.monotonic()
         self.worker.offer(msg)
 
     def _on_bad_frame(self, exc: BadFrameError) -> None:

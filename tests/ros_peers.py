@@ -472,7 +472,7 @@ def drive_segmentation(args: argparse.Namespace) -> None:
         spin_until(node, lambda: False, args.interval)
     good = kinds.count("good")
     spin_until(node, lambda: len(instances) >= good, args.settle)
-    spin_until(node, lambda: False, 1.5)  # one more diagnostics period
+    spin_until(node, lambda: False, 1.5 + args.linger)  # one more diagnostics period (and --linger)
     last = {kv.key: kv.value for kv in diagnostics[-1].status[0].values} if diagnostics else {}
     report(
         stamps=[m.header.stamp.sec for m in instances], frame_ids=sorted({m.header.frame_id for m in instances}),
@@ -593,6 +593,8 @@ def main() -> None:
     parser.add_argument("--kinds", default="good", help="drive-segmentation: comma-separated frame kinds")
     parser.add_argument("--interval", type=float, default=0.5, help="drive-segmentation: seconds between frames")
     parser.add_argument("--settle", type=float, default=20.0, help="drive-segmentation: wait for outputs")
+    parser.add_argument("--linger", type=float, default=0.0,
+                        help="drive-segmentation: keep the camera connected this long after the frames")
     parser.add_argument("--size", default="512x256", help="frame size WxH")
     parser.add_argument("--reliability", default="reliable")
     parser.add_argument("--overlay", action="store_true", help="drive-segmentation: subscribe to the overlay")

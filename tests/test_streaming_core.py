@@ -65,7 +65,8 @@ def test_frame_arriving_while_one_is_in_flight_is_processed_next(held: HeldProce
     held.gate(2).set()
     assert worker.wait_idle(TIMEOUT)
     assert held.seen == [1, 2]
-    assert worker.stats.counts == {"received": 2, "processed": 2, "dropped": 0, "bad": 0, "failed": 0, "lost": 0}
+    assert worker.stats.counts == {"received": 2, "processed": 2, "dropped": 0, "bad": 0, "failed": 0, "lost": 0,
+                                  "silent": 0}
     assert worker.stop(TIMEOUT)
 
 
@@ -100,7 +101,8 @@ def test_shutdown_finishes_the_frame_in_flight_and_drops_the_waiting_one(held: H
     assert stopped.wait(TIMEOUT)
     stopper.join(TIMEOUT)
     assert held.seen == [1]  # frame 2 never started
-    assert worker.stats.counts == {"received": 2, "processed": 1, "dropped": 1, "bad": 0, "failed": 0, "lost": 0}
+    assert worker.stats.counts == {"received": 2, "processed": 1, "dropped": 1, "bad": 0, "failed": 0, "lost": 0,
+                                  "silent": 0}
     worker.offer(3)  # after stop: received and dropped, never processed
     assert held.seen == [1] and accounted(worker.stats)
     assert worker.stop(TIMEOUT)  # a second stop is harmless
@@ -116,7 +118,8 @@ def test_bad_and_failed_frames_are_counted_and_the_worker_goes_on(held: HeldProc
         held.wait_started()
         assert worker.wait_idle(TIMEOUT)
     assert held.seen == ["bad", "boom", "good"]
-    assert worker.stats.counts == {"received": 3, "processed": 1, "dropped": 0, "bad": 1, "failed": 1, "lost": 0}
+    assert worker.stats.counts == {"received": 3, "processed": 1, "dropped": 0, "bad": 1, "failed": 1, "lost": 0,
+                                  "silent": 0}
     assert [str(e) for e in bad] == ["unsupported encoding"] and [str(e) for e in errors] == ["backend exploded"]
     assert worker.stop(TIMEOUT) and accounted(worker.stats)
 

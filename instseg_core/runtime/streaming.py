@@ -33,9 +33,11 @@ import numpy as np
 
 # Counter names, in the order they are reported: frames received, processed, dropped (a newer one replaced
 # them), bad (refused by the processing), failed (the processing raised); received is their sum once the
-# worker has stopped. "lost" counts frames the transport reported as sent but never delivered (not received).
+# worker has stopped. Transport counters (not frames received): "lost" counts frames the transport reported
+# as sent but never delivered; "silent" counts the input timeouts, periods in which a camera was connected
+# but no frame arrived (how frames dropped without a report show).
 COUNTERS = ("received", "processed", "dropped", "bad", "failed")
-TRANSPORT_COUNTERS = ("lost",)
+TRANSPORT_COUNTERS = ("lost", "silent")
 
 
 WARMUP_FRAMES = 3  # frames whose RSS is not part of the steady range (first runs allocate arenas and plans)
