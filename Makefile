@@ -11,7 +11,7 @@ SETUP_INPUTS := pyproject.toml setup.py setup.cfg package.xml tools/setup.sh too
 	$(wildcard ros2_ws/src/instseg_interfaces/*.txt ros2_ws/src/instseg_interfaces/*.xml \
 	           ros2_ws/src/instseg_interfaces/msg/* ros2_ws/src/instseg_interfaces/srv/*)
 
-.PHONY: help setup test lint pytest demo bench gpu-check data train-extreme train-se train-box2pix colcon clean distclean
+.PHONY: help setup test lint pytest demo bench gpu-check data train-extreme train-se train-box2pix train-dcme colcon clean distclean
 
 help:
 	@echo "make setup   create .venv: pinned deps, ROS 2 wheels, instseg_interfaces (idempotent)"
@@ -23,6 +23,7 @@ help:
 	@echo "make train-extreme  data, training (extreme points + box-only), export to models/, ablation table"
 	@echo "make train-se       data, Spatial Embeddings training, learning curve, export to models/"
 	@echo "make train-box2pix  data, Box2Pix prior coverage, training, learning curve, export to models/"
+	@echo "make train-dcme     data, DCME training, learning curve, oracle experiments, export to models/"
 	@echo "make colcon  build ros2_ws/ with colcon against .venv (as on a full ROS 2 install)"
 
 setup: $(STAMP)
@@ -130,6 +131,23 @@ train-box2pix: setup
 		--checkpoint epoch_005.pt,epoch_010.pt,epoch_015.pt,epoch_020.pt,epoch_025.pt
 	$(TRAIN_B2P) evaluate --data $(B2P_DATA) --run data/runs/b2p --checkpoint last.pt
 	$(TRAIN_B2P) export --run data/runs/b2p --out models/box2pix.onnx \
+		--data-note "instseg-synth 1024x512: train=600 images seed 0, val=100 images seed 1 (held out)"
+
+# DCME (Watanabe and Wolf): same data as Box2Pix; 20 epochs x 50 steps of 8 crops (~50 min on 2 cores, capped
+# at 55 min of training), the learning curve on 50 val images, the full val set, both oracle experiments, export.
+DCME_EPOCHS ?= 20
+TRAIN_DCME := $(PY) -m training.dcme
+train-dcme: setup
+	$(VENV)/bin/instseg-synth $(B2P_DATA) --splits train=600 --seed 0 --jobs 2
+	$(VENV)/bin/instseg-synth $(B2P_DATA) --splits val=100 --seed 1 --jobs 2
+	$(TRAIN_DCME) train --data $(B2P_DATA) --out data/runs/dcme --epochs $(DCME_EPOCHS) --steps-per-epoch 50 \
+		--batch 8 --crop 256 512 --lr 1e-3 --keep-every 5 --time-budget 3300 --resume
+	$(TRAIN_DCME) evaluate --data $(B2P_DATA) --run data/runs/dcme --limit 50 \
+		--checkpoint epoch_005.pt,epoch_010.pt,epoch_015.pt
+	$(TRAIN_DCME) evaluate --data $(B2P_DATA) --run data/runs/dcme --checkpoint last.pt
+	$(TRAIN_DCME) evaluate --data $(B2P_DATA) --run data/runs/dcme --checkpoint last.pt --oracle instances
+	$(TRAIN_DCME) evaluate --data $(B2P_DATA) --run data/runs/dcme --checkpoint last.pt --oracle classes
+	$(TRAIN_DCME) export --run data/runs/dcme --out models/dcme.onnx \
 		--data-note "instseg-synth 1024x512: train=600 images seed 0, val=100 images seed 1 (held out)"
 
 colcon: setup

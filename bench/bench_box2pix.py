@@ -1,16 +1,19 @@
-"""Box2Pix vs Spatial Embeddings on CPU, in the same run: network ms per input size and post-processing ms.
+"""Box2Pix, DCME and Spatial Embeddings on CPU, in the same run: network ms per input size and post-processing ms.
 
     .venv/bin/python bench/bench_box2pix.py [--threads 2] [--skip-network]
 
-Network: both ONNX models (the shipped ones in models/, else fresh exports of the same architectures) at
+Network: the three ONNX models (the shipped ones in models/, else fresh exports of the same architectures) at
 512x256, 1024x512 and 2048x1024 with ONNX Runtime on the CPU (graph optimisation ALL).
 Post-processing: the output a perfect network would give (instseg_core.testing.ideal_outputs, 2 px offset noise) for a
 synthetic scene at 512x256 and at 1024x512, and for 2048x1024 mosaics of four scenes (31 and 45 objects):
 - Box2Pix: detections + NMS + pixel-to-box assignment + instances (instseg_core.postprocess.box_assignment),
   NumPy (1 thread) and torch on the CPU; the baseline is the paper's formulation taken literally, one
   pixels x boxes cost matrix and an argmin (NumPy), on the same detections;
+- DCME: voting for centres + grouping + block classes (instseg_core.postprocess.dcme_voting), NumPy and torch on
+  the CPU, from a perfect output with 2 px vector noise; the baseline groups the same foreground pixels the
+  straightforward way, one pixels x centres distance matrix and an argmin (NumPy), on the same centres;
 - Spatial Embeddings: seed clustering (NumPy, --threads threads), for comparison.
-Goal on 2 cores: Box2Pix post-processing <= 30 ms at 2048x1024 with ~30 boxes.
+Goals on 2 cores: Box2Pix and DCME post-processing <= 30 ms at 2048x1024 with ~30 objects.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from instseg_core.base.network_input import rgb_to_unit_nchw
 from instseg_core.data.instance_training import instance_targets
 from instseg_core.data.street_layout import make_scene
 from instseg_core.data.synthetic import render
-from instseg_core.networks import box2pix, spatial_embeddings
+from instseg_core.networks import box2pix, dcme, spatial_embeddings
 from instseg_core.networks.box_priors import assign_priors, prior_boxes
 from instseg_core.postprocess.box_assignment import (
     AssignmentParams,
@@ -44,8 +47,13 @@ from instseg_core.postprocess.box_assignment import (
     decode_detections,
     instances_from_assignment,
 )
+from instseg_core.postprocess.dcme_voting import VotingParams, decode_dcme, decode_dcme_torch, find_centres
 from instseg_core.postprocess.seed_clustering import ClusteringParams, cluster_seeds
-from instseg_core.testing.ideal_outputs import ideal_box2pix_output, ideal_spatial_embeddings_output
+from instseg_core.testing.ideal_outputs import (
+    ideal_box2pix_output,
+    ideal_dcme_output,
+    ideal_spatial_embeddings_output,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = ((512, 256), (1024, 512), (2048, 1024))
@@ -77,8 +85,12 @@ def network_rows(threads: int) -> list[list]:
         if not b2p_path.is_file():
             b2p_path = _export(box2pix.Box2PixInference(box2pix.Box2Pix()), Path(tmp) / "b2p.onnx",
                                ["detections", "semantic", "offsets"])
+        dcme_path = REPO / "models" / "dcme.onnx"
+        if not dcme_path.is_file():
+            dcme_path = _export(dcme.DcmeInference(dcme.Dcme()), Path(tmp) / "dcme.onnx", ["dense", "classes"])
         sessions = {"Spatial Embeddings (ERFNet)": _session(se_path, threads),
-                    "Box2Pix (GoogLeNet-SSD-FCN)": _session(b2p_path, threads)}
+                    "Box2Pix (GoogLeNet-SSD-FCN)": _session(b2p_path, threads),
+                    "DCME (ERFNet blocks + ASPP)": _session(dcme_path, threads)}
     rows = []
     rng = np.random.default_rng(0)
     for width, height in SIZES:
@@ -148,11 +160,46 @@ def scene_rows(name: str, instances: np.ndarray, labels: np.ndarray, threads: in
             ("Box2Pix: assignment + instances, torch CPU", torch_decode, 5)):
         timing = time_call(label, fn, repeats=repeats, warmup=1)
         rows.append([case, label, timing.median, timing.p95, baseline.median / timing.median])
+    rows += dcme_rows(case, instances, labels)
     raw = ideal_spatial_embeddings_output(instances, labels, len(CLASSES), 2, margin_px=8, noise_px=2.0)
     clustering = ClusteringParams(threads=threads)
     timing = time_call("se", lambda: cluster_seeds(raw, 2, clustering), repeats=30, warmup=1)
     rows.append([case, f"Spatial Embeddings: seed clustering, NumPy, {threads} threads", timing.median,
                  timing.p95, baseline.median / timing.median])
+    return rows
+
+
+def matrix_grouping(dense: np.ndarray, params: VotingParams) -> np.ndarray:
+    """The straightforward DCME grouping: every foreground pixel's vote against every centre (a pixels x centres
+    distance matrix), nearest centre within max_distance_px; the centres come from the same vote histogram."""
+    _, height, width = dense.shape
+    foreground = np.flatnonzero(dense[2].ravel() >= params.foreground_threshold)
+    rows, cols = np.divmod(foreground, width)
+    vote_x = cols + 0.5 + dense[0].ravel()[foreground]
+    vote_y = rows + 0.5 + dense[1].ravel()[foreground]
+    cells_w, cells_h = -(-width // params.bin_px), -(-height // params.bin_px)
+    cells = (np.clip((vote_y / params.bin_px).astype(np.int64), 0, cells_h - 1) * cells_w
+             + np.clip((vote_x / params.bin_px).astype(np.int64), 0, cells_w - 1))
+    votes = np.bincount(cells, minlength=cells_h * cells_w).astype(np.float32).reshape(cells_h, cells_w)
+    centres = find_centres(votes, params).positions
+    distance = np.hypot(vote_x[:, None] - centres[None, :, 0], vote_y[:, None] - centres[None, :, 1])
+    best = distance.argmin(1)
+    return np.where(distance[np.arange(len(best)), best] <= params.max_distance_px, best, -1)
+
+
+def dcme_rows(case: str, instances: np.ndarray, labels: np.ndarray) -> list[list]:
+    params = VotingParams()
+    dense, class_probs = ideal_dcme_output(instances, labels, CLASSES, noise_px=2.0)
+    found = len(decode_dcme(dense, class_probs, params))
+    baseline = time_call("dcme matrix", lambda: matrix_grouping(dense, params), repeats=5, warmup=1)
+    rows = [[case, f"DCME: grouping as one distance matrix (baseline; ours finds {found})", baseline.median,
+             baseline.p95, 1.0]]
+    dense_t, probs_t = torch.from_numpy(dense), torch.from_numpy(class_probs)
+    for label, fn, repeats in (("DCME: votes + centres + grouping + classes, NumPy",
+                                lambda: decode_dcme(dense, class_probs, params), 30),
+                               ("DCME: the same, torch CPU", lambda: decode_dcme_torch(dense_t, probs_t, params), 10)):
+        timing = time_call(label, fn, repeats=repeats, warmup=1)
+        rows.append([case, label, timing.median, timing.p95, baseline.median / timing.median])
     return rows
 
 
@@ -171,7 +218,7 @@ def main() -> None:
                     network_rows(args.threads), title=f"Networks on {os.cpu_count()} CPU cores")
     print_table(["case (perfect network output)", "post-processing", "p50 ms", "p95 ms", "speed-up vs baseline"],
                 postprocess_rows(args.threads),
-                title=f"Post-processing (goal: Box2Pix <= {TARGET_MS:.0f} ms at 2048x1024 with ~30 boxes)")
+                title=f"Post-processing (goal: Box2Pix and DCME <= {TARGET_MS:.0f} ms at 2048x1024 with ~30 objects)")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ no ROS, no ONNX Runtime, no TensorRT, no set-up, nothing of ours installed, no d
 here). It uses the shipped weights (models/*.pt) when present, else random weights of the same architecture
 (`--weights random`); speed does not depend on the weights, only the instance counts of the end-to-end rows do.
 
-Per model (Spatial Embeddings, Box2Pix) at --size:
+Per model (Spatial Embeddings, Box2Pix, DCME) at --size:
 - network: fp32 eager, fp16 eager, fp16 with torch.compile and fp16 replayed from a CUDA graph (where they work;
   a failure is reported in the row, not raised);
 - decoding: the model's post-processing on the GPU (torch) and on the CPU (NumPy), from the output a perfect
@@ -49,7 +49,7 @@ from instseg_core.runtime.adapters import ModelAdapter, model_adapter
 from instseg_core.runtime.backends import TorchBackend
 from instseg_core.runtime.segmenter import Segmenter
 
-MODELS = ("spatial_embeddings", "box2pix")
+MODELS = ("spatial_embeddings", "box2pix", "dcme")
 
 
 def synchronize(device: str) -> None:
@@ -123,6 +123,16 @@ def load_network(name: str, weights: str) -> tuple[ModelAdapter, torch.nn.Module
             network, source = SpatialEmbeddings(SpatialEmbeddingsConfig()), "random"
             config = network.config.to_dict()
         return adapter_type(config), network, network, source
+    if name == "dcme":
+        from instseg_core.networks.dcme import Dcme, DcmeConfig, DcmeInference
+
+        if weights == "shipped" and path.is_file():
+            inference, config = adapter_type.load_torch(path)
+            source = str(path.relative_to(REPO))
+        else:
+            inference, source = DcmeInference(Dcme(DcmeConfig())), "random"
+            config = inference.model.config.to_dict()
+        return adapter_type(config), inference, inference.model, source
     from instseg_core.networks.box2pix import Box2Pix, Box2PixConfig, Box2PixInference
 
     if weights == "shipped" and path.is_file():
@@ -185,6 +195,10 @@ def decode_rows(adapter: ModelAdapter, instances: np.ndarray, labels: np.ndarray
                                                                int(adapter.config["n_sigma"]))[None]
         raw_t: object = torch.from_numpy(raw_np).to(device)
         numpy_raw: object = raw_np
+    elif adapter.name == "dcme":
+        dense, class_probs = ideal_outputs.ideal_dcme_output(instances, labels, adapter.classes)
+        numpy_raw = (dense[None], class_probs[None])
+        raw_t = tuple(torch.from_numpy(a).to(device) for a in numpy_raw)  # type: ignore[union-attr]
     else:
         detections, semantic, offsets = ideal_outputs.ideal_box2pix_output(instances, labels, n_classes)
         numpy_raw = (detections[None], semantic[None], offsets[None])
@@ -234,6 +248,15 @@ def training_rows(adapter: ModelAdapter, network: torch.nn.Module, device: str, 
 
         def loss_of(output: object) -> torch.Tensor:
             return loss_module(output.float(), instances_t, labels_t, ignore_t)[0]  # type: ignore[union-attr]
+    elif adapter.name == "dcme":
+        from instseg_core.losses.dcme import DcmeLoss, dcme_targets
+
+        loss_module = DcmeLoss(float(adapter.config["vector_scale"]))
+        dcme_batch = [dcme_targets(i, lab, np.zeros(i.shape, bool), adapter.classes)
+                      for i, lab in zip(instances, labels, strict=True)]
+
+        def loss_of(output: object) -> torch.Tensor:
+            return loss_module(output, dcme_batch)[0]
     else:
         from instseg_core.losses.box2pix import Box2PixLoss, dense_targets
         from instseg_core.networks.box_priors import prior_boxes

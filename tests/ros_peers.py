@@ -513,11 +513,17 @@ def set_params(args: argparse.Namespace) -> None:
     from rclpy.parameter import Parameter
     from rclpy.parameter_client import AsyncParameterClient
 
-    node = Node("parameter_setter")
-    client = AsyncParameterClient(node, args.target)
-    if not client.wait_for_services(timeout_sec=args.timeout):
-        report(error="parameter services not available")
-        return
+    deadline = time.monotonic() + args.timeout
+    while True:  # a client node re-created while undiscovered, as in discovered_client
+        node = Node("parameter_setter")
+        client = AsyncParameterClient(node, args.target)
+        if client.wait_for_services(timeout_sec=min(15.0, max(0.0, deadline - time.monotonic()))):
+            break
+        node.destroy_node()
+        if time.monotonic() >= deadline:
+            report(error="parameter services not available")
+            return
+        print("parameter services not discovered yet; re-creating the client", file=sys.stderr, flush=True)
     results = {}
     for item in args.params.split(","):
         name, value = item.split("=")
@@ -539,9 +545,9 @@ def drive_lifecycle(args: argparse.Namespace) -> None:
 
     rgb = render(make_scene(31, 512, 256)).rgb
     node = Node("lifecycle_driver")
-    change = node.create_client(ChangeState, "/segmentation_node/change_state")
-    get_state = node.create_client(GetState, "/segmentation_node/get_state")
-    if not (change.wait_for_service(timeout_sec=args.timeout) and get_state.wait_for_service(timeout_sec=5)):
+    change = discovered_client(node, ChangeState, "/segmentation_node/change_state", args.timeout)
+    get_state = discovered_client(node, GetState, "/segmentation_node/get_state", args.timeout)
+    if change is None or get_state is None:
         report(error="lifecycle services not available")
         return
     publisher = node.create_publisher(Image, "image", RELIABLE)

@@ -105,6 +105,35 @@ def filter_instances(instances: Instances, keep: np.ndarray) -> Instances:
                      instances.boxes[keep], instances.areas[keep])
 
 
+def instances_from_labels(foreground: np.ndarray, labels: np.ndarray, height: int, width: int,
+                          classes: np.ndarray, scores: np.ndarray, min_pixels: int = 1) -> Instances:
+    """Instances from per-pixel proposal labels: `foreground` (M,) flat pixel indices, `labels` (M,) int proposal
+    index in [0, P) or -1 (none); `classes` (P,) int64 and `scores` (P,) float32 per proposal, highest score
+    first. Proposals with fewer than `min_pixels` pixels are dropped; the others keep their order. Boxes are the
+    masks' extents, areas their pixel counts."""
+    count = len(scores)
+    counts = np.bincount(labels + 1, minlength=count + 1)[1:]
+    kept = np.flatnonzero(counts >= max(min_pixels, 1))
+    if kept.size == 0:
+        return Instances.empty(height, width)
+    lookup = np.zeros(count + 1, np.uint16)
+    lookup[kept + 1] = np.arange(1, kept.size + 1, dtype=np.uint16)
+    ids = lookup[labels + 1]
+    id_flat = np.zeros(height * width, np.uint16)
+    id_flat[foreground] = ids
+    inside = ids > 0
+    pixels, ids = foreground[inside], ids[inside]
+    order = np.argsort(ids, kind="stable")  # radix sort on uint16; keeps row-major order within an instance
+    sorted_pixels = pixels[order]
+    starts = np.searchsorted(ids[order], np.arange(1, kept.size + 1))
+    rows, cols = sorted_pixels // width, sorted_pixels % width
+    ends = np.append(starts[1:], sorted_pixels.size) - 1
+    boxes = np.stack([np.minimum.reduceat(cols, starts), rows[starts],
+                      np.maximum.reduceat(cols, starts) + 1, rows[ends] + 1], 1).astype(np.int64)
+    return Instances(id_flat.reshape(height, width), np.asarray(classes)[kept], np.asarray(scores)[kept], boxes,
+                     counts[kept].astype(np.int64))
+
+
 def id_areas(id_image: np.ndarray, count: int, block: int = 1 << 20) -> np.ndarray:
     """(count,) int64 pixel count of ids 1..count in an (H, W) integer id image; counted `block` pixels at a
     time, so the temporary int64 copy np.bincount makes stays small (8 MB) however big the image."""

@@ -30,7 +30,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from instseg_core.base.instances import Instances
+from instseg_core.base.instances import Instances, instances_from_labels
 from instseg_core.networks.box_priors import decode_boxes
 
 
@@ -258,26 +258,7 @@ def instances_from_assignment(foreground: np.ndarray, best: np.ndarray, height: 
                               detections: Detections, min_pixels: int) -> Instances:
     """Instances (highest score first) from the foreground pixels' (flat indices (M,)) box index (M,) int32
     (-1 = none); boxes with fewer than `min_pixels` pixels are dropped. Instance boxes are the masks' extents."""
-    counts = np.bincount(best + 1, minlength=len(detections) + 1)[1:]
-    kept = np.flatnonzero(counts >= max(min_pixels, 1))  # detections are sorted by score already
-    if kept.size == 0:
-        return Instances.empty(height, width)
-    lookup = np.zeros(len(detections) + 1, np.uint16)
-    lookup[kept + 1] = np.arange(1, kept.size + 1, dtype=np.uint16)
-    labels = lookup[best + 1]
-    id_flat = np.zeros(height * width, np.uint16)
-    id_flat[foreground] = labels
-    inside = labels > 0
-    pixels, labels = foreground[inside], labels[inside]
-    order = np.argsort(labels, kind="stable")  # radix sort on uint16; keeps row-major order within an instance
-    sorted_pixels = pixels[order]
-    starts = np.searchsorted(labels[order], np.arange(1, kept.size + 1))
-    rows, cols = sorted_pixels // width, sorted_pixels % width
-    ends = np.append(starts[1:], sorted_pixels.size) - 1
-    boxes = np.stack([np.minimum.reduceat(cols, starts), rows[starts],
-                      np.maximum.reduceat(cols, starts) + 1, rows[ends] + 1], 1).astype(np.int64)
-    return Instances(id_flat.reshape(height, width), detections.classes[kept], detections.scores[kept], boxes,
-                     counts[kept].astype(np.int64))
+    return instances_from_labels(foreground, best, height, width, detections.classes, detections.scores, min_pixels)
 
 
 def decode_box2pix(detections: np.ndarray, semantic: np.ndarray, offsets: np.ndarray, priors: np.ndarray,

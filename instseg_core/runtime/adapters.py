@@ -174,6 +174,45 @@ class Box2PixAdapter(ModelAdapter):
         return tuple(f.name for f in fields(AssignmentParams))
 
 
+class DcmeAdapter(ModelAdapter):
+    """DCME (instseg_core.networks.dcme); decode = centre voting + block classes (instseg_core.postprocess.
+    dcme_voting) with the defaults stored in model_config.extra.voting unless overridden. Raw output: (dense
+    (1, 3, H, W): dx, dy pixels and foreground probability; classes (1, n + 1, H/16, W/16) probabilities)."""
+
+    name = "dcme"
+    onnx_file = "dcme.onnx"
+    torch_file = "dcme.pt"
+    int8_onnx_file = "dcme_int8.onnx"
+    input_multiple = 16
+
+    @classmethod
+    def load_torch(cls, path: str | os.PathLike) -> tuple[object, dict]:
+        from instseg_core.networks.dcme import DcmeInference, model_from_checkpoint
+
+        module, config = load_checkpoint(path, model_from_checkpoint)
+        return DcmeInference(module), config
+
+    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
+        return rgb_to_unit_nchw(rgb)
+
+    def decode(self, raw: Any, params: dict) -> Instances:
+        from instseg_core.postprocess.dcme_voting import VotingParams, decode_dcme, decode_dcme_torch
+
+        known = {f.name for f in fields(VotingParams)}
+        defaults = self.config.get("extra", {}).get("voting", {})  # tuned at export, see the manifest
+        voting = VotingParams(**{k: v for k, v in {**defaults, **params}.items() if k in known})
+        dense, classes = raw
+        if isinstance(dense, np.ndarray):
+            return decode_dcme(dense[0], classes[0], voting)
+        return decode_dcme_torch(dense[0], classes[0], voting)
+
+    @staticmethod
+    def decode_parameters() -> tuple[str, ...]:
+        from instseg_core.postprocess.dcme_voting import VotingParams
+
+        return tuple(f.name for f in fields(VotingParams))
+
+
 def load_checkpoint(path: str | os.PathLike, build: Any) -> tuple[Any, dict]:
     """(module, model_config) of a PyTorch checkpoint {'model': state dict, 'model_config': dict}, built by
     `build(checkpoint)`; ModelFileError naming the file for anything else (random bytes, a truncated file, an
@@ -197,6 +236,7 @@ def load_checkpoint(path: str | os.PathLike, build: Any) -> tuple[Any, dict]:
 MODELS: dict[str, type[ModelAdapter]] = {
     SpatialEmbeddingsAdapter.name: SpatialEmbeddingsAdapter,
     Box2PixAdapter.name: Box2PixAdapter,
+    DcmeAdapter.name: DcmeAdapter,
 }
 
 

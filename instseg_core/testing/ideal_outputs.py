@@ -75,3 +75,24 @@ def ideal_box2pix_output(instances: np.ndarray, labels: np.ndarray, n_classes: i
     if noise_px:
         offsets[:, target.offset_valid] += rng.normal(0, noise_px, (2, int(target.offset_valid.sum())))
     return detections, labels.astype(np.uint8), offsets.astype(np.float32)
+
+
+def ideal_dcme_output(instances: np.ndarray, labels: np.ndarray, classes: Sequence[str], *, noise_px: float = 0.0,
+                      rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """What a perfect deployed DCME network (DcmeInference) would output for a labelled image, for tests and
+    benchmarks: (dense (3, H, W) float32: vectors to the centre of mass plus Gaussian noise of `noise_px` pixels,
+    foreground probability 1 on objects and 0 elsewhere; class probabilities (n + 1, H/16, W/16): one-hot of the
+    block classes of the priority list). instances (H, W) int (0 background), labels (H, W) class index + 1; H, W
+    multiples of 16. Batch axis dropped."""
+    from instseg_core.losses.dcme import IGNORE_BLOCK, dcme_targets
+
+    rng = rng or np.random.default_rng(0)
+    targets = dcme_targets(instances, labels, np.zeros(instances.shape, bool), classes)
+    vectors = targets.vectors
+    if noise_px:
+        on = targets.foreground == 1
+        vectors[:, on] += rng.normal(0, noise_px, (2, int(on.sum()))).astype(np.float32)
+    dense = np.concatenate([vectors, (targets.foreground == 1)[None].astype(np.float32)])
+    grid = np.where(targets.grid == IGNORE_BLOCK, 0, targets.grid)
+    probabilities = np.eye(len(classes) + 1, dtype=np.float32)[grid].transpose(2, 0, 1)
+    return dense, np.ascontiguousarray(probabilities)

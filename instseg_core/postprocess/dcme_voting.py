@@ -1,0 +1,154 @@
+"""DCME decoding: from the vector field and the class grid to instances, vectorised (NumPy; torch for GPU outputs).
+
+Input (the deployed graph's output, instseg_core.networks.dcme.DcmeInference, batch axis dropped):
+dense (3, H, W) float32 (dx, dy in pixels to the pixel's centre of mass; foreground probability) and class_probs
+(n + 1, H/16, W/16) float32 (0 = background).
+
+1. Foreground: pixels with probability >= `foreground_threshold`.
+2. Votes: each foreground pixel votes for the point its vector reaches, (x + 0.5 + dx, y + 0.5 + dy), counted in a
+   histogram of `bin_px`-pixel cells (np.bincount).
+3. Centres: the cells whose 3 x 3-cell vote count (a box filter) is the maximum of its `peak_window` neighbourhood
+   and at least `min_votes` pixels; touching maxima are one centre (connected components).
+4. Grouping: every cell takes the nearest centre (cv2.distanceTransformWithLabels over the cell grid, so the work
+   is per cell, not per pixel and centre); a pixel joins the centre of the cell its vote fell in, unless that cell
+   is further than `max_distance_px` from every centre.
+5. Class and score (§III): the class is the encoder's class of the grid block holding the centre of mass (Eq. 2),
+   the most probable object class there; score = that class's probability among the object classes x the block's
+   object probability (1 - background) x the instance's mean foreground probability. Where the encoder calls that
+   block background (object probability < 0.5: the centre of mass of an object split by an occluder, or of a
+   ring, lies outside its pixels), the class probabilities of the blocks under the instance's pixels, weighted by
+   pixel count, decide instead (not in the paper). Instances with fewer than
+   `min_pixels` pixels are dropped; the rest are sorted by score.
+Steps 1-2 run where the output is (torch on a GPU); the centre finding runs on the small cell grid on the CPU.
+Ids of the result are at the input's resolution (H, W), uint16.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from instseg_core.base.instances import Instances, instances_from_labels
+from instseg_core.networks.dcme import GRID_SIZE
+
+
+@dataclass
+class VotingParams:
+    foreground_threshold: float = 0.5
+    bin_px: int = 4  # vote histogram cell size, pixels
+    peak_window: int = 5  # cells: a centre is the maximum of its peak_window x peak_window neighbourhood
+    min_votes: float = 40.0  # pixels voting within a centre's 3 x 3 cells
+    max_distance_px: float = 32.0  # votes further than this from every centre are left out
+    min_pixels: int = 32
+
+
+@dataclass
+class Centres:
+    """Centres found on the vote grid: `cell_label` (cells,) int32 centre index per cell (-1: too far from every
+    centre), `positions` (K, 2) float64 (x, y) pixels."""
+
+    cell_label: np.ndarray
+    positions: np.ndarray
+
+
+def find_centres(votes: np.ndarray, params: VotingParams) -> Centres:
+    """Centres from the (cells_h, cells_w) float32 vote histogram (steps 3-4 of the module docstring)."""
+    support = cv2.boxFilter(votes, -1, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    window = np.ones((params.peak_window, params.peak_window), np.uint8)
+    peaks = ((support >= cv2.dilate(support, window)) & (support >= params.min_votes)).astype(np.uint8)
+    count, components, _, centroids = cv2.connectedComponentsWithStats(peaks, connectivity=8)
+    if count <= 1:
+        return Centres(np.full(votes.size, -1, np.int32), np.zeros((0, 2)))
+    # nearest centre of every cell: distance transform to the peak pixels, labelled by the peak component
+    distance, nearest = cv2.distanceTransformWithLabels(1 - peaks, cv2.DIST_L2, cv2.DIST_MASK_5,
+                                                        labelType=cv2.DIST_LABEL_PIXEL)
+    # DIST_LABEL_PIXEL numbers the zero pixels (the peak cells) in row-major order: map them to components
+    peak_rows, peak_cols = np.nonzero(peaks)
+    pixel_to_component = np.concatenate([[0], components[peak_rows, peak_cols]]).astype(np.int32)
+    cell_label = pixel_to_component[nearest.ravel()] - 1
+    cell_label[distance.ravel() * params.bin_px > params.max_distance_px] = -1
+    positions = (centroids[1:] + 0.5) * params.bin_px  # component centroid in cells -> pixels
+    return Centres(cell_label.astype(np.int32), positions)
+
+
+def _classify(positions: np.ndarray, class_probs: np.ndarray, grid: int, pixel_blocks: np.ndarray,
+              labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(class index (K,) int64, class confidence (K,)) from the block holding each centre of mass (Eq. 2), or,
+    where that block is background, from the blocks under the instance's pixels (`pixel_blocks` (M,) flat block
+    index of each labelled pixel, `labels` (M,) its instance)."""
+    n1, rows, cols = class_probs.shape
+    count = len(positions)
+    gx = np.clip((positions[:, 0] // grid).astype(np.int64), 0, cols - 1)
+    gy = np.clip((positions[:, 1] // grid).astype(np.int64), 0, rows - 1)
+    block = class_probs[:, gy, gx]  # (n + 1, K)
+    outside = block[0] > 0.5
+    if outside.any():
+        pixels = np.bincount(labels * (rows * cols) + pixel_blocks, minlength=count * rows * cols)
+        mass = pixels.reshape(count, rows * cols) @ class_probs.reshape(n1, -1).T  # (K, n + 1) summed probs
+        block[:, outside] = (mass[outside] / np.maximum(mass[outside].sum(1, keepdims=True), 1e-6)).T
+    objects = block[1:]
+    index = objects.argmax(0)
+    confidence = objects.max(0) / np.maximum(objects.sum(0), 1e-6) * (1.0 - block[0])
+    return index.astype(np.int64), confidence
+
+
+def _instances(foreground: np.ndarray, cells: np.ndarray, fg_prob: np.ndarray, centres: Centres,
+               class_probs: np.ndarray, height: int, width: int, params: VotingParams) -> Instances:
+    """Step 5 from the foreground pixels (flat indices), their vote cells and foreground probabilities."""
+    labels = centres.cell_label[cells]
+    count = len(centres.positions)
+    kept = labels >= 0
+    sums = np.bincount(labels[kept], fg_prob[kept], count)
+    sizes = np.maximum(np.bincount(labels[kept], minlength=count), 1)
+    rows, cols = np.divmod(foreground[kept], width)
+    pixel_blocks = (rows // GRID_SIZE) * class_probs.shape[2] + cols // GRID_SIZE
+    classes, confidence = _classify(centres.positions, class_probs, GRID_SIZE, pixel_blocks, labels[kept])
+    scores = (confidence * sums / sizes).astype(np.float32)
+    order = np.argsort(-scores, kind="stable")
+    rank = np.empty(count, np.int64)
+    rank[order] = np.arange(count)
+    labels = np.where(labels >= 0, rank[np.maximum(labels, 0)], -1)
+    return instances_from_labels(foreground, labels, height, width, classes[order], scores[order], params.min_pixels)
+
+
+def decode_dcme(dense: np.ndarray, class_probs: np.ndarray, params: VotingParams | None = None) -> Instances:
+    """Instances at (H, W) from dense (3, H, W) and class_probs (n + 1, H/16, W/16), NumPy (see the module
+    docstring)."""
+    params = params or VotingParams()
+    _, height, width = dense.shape
+    foreground = np.flatnonzero(dense[2].ravel() >= params.foreground_threshold)
+    rows, cols = np.divmod(foreground, width)
+    cells_w, cells_h = -(-width // params.bin_px), -(-height // params.bin_px)
+    vote_x = cols + 0.5 + dense[0].ravel()[foreground]
+    vote_y = rows + 0.5 + dense[1].ravel()[foreground]
+    cell_x = np.clip((vote_x / params.bin_px).astype(np.int64), 0, cells_w - 1)
+    cell_y = np.clip((vote_y / params.bin_px).astype(np.int64), 0, cells_h - 1)
+    cells = cell_y * cells_w + cell_x
+    votes = np.bincount(cells, minlength=cells_h * cells_w).astype(np.float32).reshape(cells_h, cells_w)
+    centres = find_centres(votes, params)
+    return _instances(foreground, cells, dense[2].ravel()[foreground], centres, class_probs, height, width, params)
+
+
+def decode_dcme_torch(dense: Any, class_probs: Any, params: VotingParams | None = None) -> Instances:
+    """decode_dcme for torch tensors on any device: foreground and votes on the device, the centres on the CPU
+    (the cell grid is 1/16 of the pixels), then the instances from the pixels' labels."""
+    import torch
+
+    params = params or VotingParams()
+    _, height, width = dense.shape
+    dense = dense.float()
+    foreground = torch.nonzero(dense[2].reshape(-1) >= params.foreground_threshold).squeeze(1)
+    rows, cols = foreground // width, foreground % width
+    cells_w, cells_h = -(-width // params.bin_px), -(-height // params.bin_px)
+    vote_x = cols + 0.5 + dense[0].reshape(-1)[foreground]
+    vote_y = rows + 0.5 + dense[1].reshape(-1)[foreground]
+    cell_x = (vote_x / params.bin_px).long().clamp(0, cells_w - 1)
+    cell_y = (vote_y / params.bin_px).long().clamp(0, cells_h - 1)
+    cells = cell_y * cells_w + cell_x
+    votes = torch.bincount(cells, minlength=cells_h * cells_w).float().reshape(cells_h, cells_w)
+    centres = find_centres(votes.cpu().numpy(), params)
+    return _instances(foreground.cpu().numpy(), cells.cpu().numpy(), dense[2].reshape(-1)[foreground].cpu().numpy(),
+                      centres, class_probs.float().cpu().numpy(), height, width, params)
