@@ -149,16 +149,18 @@ def test_bad_frames_are_counted_and_skipped(ros_processes) -> None:
     assert totals["peak_rss_mb"] < 2000, totals
 
 
-def test_box2pix_model(ros_processes) -> None:
-    """model:=box2pix: the shipped Box2Pix ONNX model, decoded by NMS + pixel-to-box assignment."""
-    node = start_node(ros_processes, "model:=box2pix", "input_reliability:=reliable", "input_width:=512",
-                      "input_height:=256", "score_threshold:=0.3")
+@pytest.mark.parametrize(("model", "size"), [("box2pix", (512, 256)), ("dcme", (512, 256))])
+def test_other_streaming_models(ros_processes, model: str, size: tuple[int, int]) -> None:
+    """model:=box2pix (NMS + pixel-to-box assignment) and model:=dcme (centre voting + block classes): the
+    shipped ONNX graphs, streamed end to end."""
+    node = start_node(ros_processes, f"model:={model}", "input_reliability:=reliable", f"input_width:={size[0]}",
+                      f"input_height:={size[1]}", "score_threshold:=0.3")
     loaded = "".join(wait_until_loaded(node))
-    assert "box2pix" in loaded and "box2pix.onnx" in loaded
+    assert model in loaded and f"{model}.onnx" in loaded
     driver = ros_processes.start("drive-segmentation", "--kinds", "good,good", "--interval", "1.5", "--timeout", "30")
     result = ros_processes.wait(driver, timeout=120).result
     stop(node)
-    assert result["models"] == ["box2pix"] and result["stamps"] == [1000, 1001], result
+    assert result["models"] == [model] and result["stamps"] == [1000, 1001], result
     assert result["ids_ok"] and result["sizes"] == [[512, 256]]
     assert max(result["counts"]) >= 1 and "car" in result["classes"], result
     assert all(0.3 <= s <= 1.0 for s in result["scores"])

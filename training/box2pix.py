@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from instseg_core.base.classes import INSTANCE_CLASSES, label_ids
-from instseg_core.data.instance_training import load_split, object_centered_crop
+from instseg_core.data.instance_training import batch_images, load_split, object_centered_crop
 from instseg_core.losses.box2pix import Box2PixLoss, Box2PixLossConfig, dense_targets, relative_change
 from instseg_core.networks.box2pix import (
     Box2Pix,
@@ -50,16 +50,14 @@ from training.common import (
     git_commit,
     resume,
     run_epochs,
-    save_atomically,
+    save_shipped_checkpoint,
     training_manifest,
 )
 
 
 def make_batch(crops: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, list]:
     """Images (B, 3, H, W) float32 in [0, 1] (channels_last) and the DenseTargets of each crop."""
-    images = torch.from_numpy(np.stack([c[0] for c in crops])).permute(0, 3, 1, 2).float().div_(255)
-    return (images.contiguous(memory_format=torch.channels_last),
-            [dense_targets(instances, labels, ignore) for _, instances, labels, ignore in crops])
+    return batch_images(crops), [dense_targets(instances, labels, ignore) for _, instances, labels, ignore in crops]
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -147,10 +145,7 @@ def export(args: argparse.Namespace) -> Path:
     model_config = {**checkpoint["model_config"],
                     "extra": {**checkpoint["model_config"].get("extra", {}), "assignment": assignment}}
     out = export_onnx(model, args.out)
-    # float16 weights halve the file (46 -> 23 MB); load_state_dict copies them into the float32 network
-    weights = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    save_atomically({"model": weights, "model_config": model_config, "epoch": checkpoint["epoch"],
-                     "weights_dtype": "float16", "commit": git_commit()}, out.with_suffix(".pt"))
+    save_shipped_checkpoint(model, model_config, checkpoint["epoch"], out.with_suffix(".pt"))
     manifest = {
         "model": "box2pix",
         "model_config": model_config,

@@ -42,6 +42,16 @@ def save_atomically(obj: object, path: str | os.PathLike) -> None:
         torch.save(obj, temporary)
 
 
+def save_shipped_checkpoint(model: torch.nn.Module, model_config: dict, epoch: int, path: str | os.PathLike) -> Path:
+    """The checkpoint the repository ships (models/<name>.pt): float16 weights (half the size; load_state_dict
+    copies them into the float32 network), the model config, the epoch and the commit; written atomically. The
+    ONNX graphs are derived from it at set-up (training/derive_models.py)."""
+    weights = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    save_atomically({"model": weights, "model_config": model_config, "epoch": epoch, "weights_dtype": "float16",
+                     "commit": git_commit()}, path)
+    return Path(path)
+
+
 def resume(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
            rng: object) -> dict:
     """Load out/last.pt (if any) into model, optimizer and the NumPy/torch random states; returns the saved

@@ -34,7 +34,7 @@ import torch
 from instseg_core.base.classes import label_ids
 from instseg_core.base.instances import Instances, instances_from_labels, resize_instances
 from instseg_core.data.cityscapes import CityscapesDataset
-from instseg_core.data.instance_training import instance_targets, load_split, object_centered_crop
+from instseg_core.data.instance_training import batch_images, instance_targets, load_split, object_centered_crop
 from instseg_core.eval.cityscapes_instances import evaluate_instances, write_predictions
 from instseg_core.losses.dcme import DcmeLoss, DcmeLossConfig, centres_of_mass, dcme_targets
 from instseg_core.networks.dcme import INPUT_MULTIPLE, Dcme, DcmeConfig, DcmeInference, model_from_checkpoint
@@ -51,7 +51,7 @@ from training.common import (
     git_commit,
     resume,
     run_epochs,
-    save_atomically,
+    save_shipped_checkpoint,
     training_manifest,
 )
 
@@ -59,9 +59,8 @@ from training.common import (
 def make_batch(crops: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], classes: tuple[str, ...]
                ) -> tuple[torch.Tensor, list]:
     """Images (B, 3, H, W) float32 in [0, 1] (channels_last) and the DcmeTargets of each crop."""
-    images = torch.from_numpy(np.stack([c[0] for c in crops])).permute(0, 3, 1, 2).float().div_(255)
-    return (images.contiguous(memory_format=torch.channels_last),
-            [dcme_targets(instances, labels, ignore, classes) for _, instances, labels, ignore in crops])
+    return batch_images(crops), [dcme_targets(instances, labels, ignore, classes)
+                                 for _, instances, labels, ignore in crops]
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -214,9 +213,7 @@ def export(args: argparse.Namespace) -> Path:
     model_config = {**checkpoint["model_config"],
                     "extra": {**checkpoint["model_config"].get("extra", {}), "voting": asdict(_voting_params(args))}}
     out = export_onnx(model, args.out)
-    weights = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    save_atomically({"model": weights, "model_config": model_config, "epoch": checkpoint["epoch"],
-                     "weights_dtype": "float16", "commit": git_commit()}, out.with_suffix(".pt"))
+    save_shipped_checkpoint(model, model_config, checkpoint["epoch"], out.with_suffix(".pt"))
     oracles = {}
     for mode in ("instances", "classes"):
         path = run / f"oracle_{mode}_{Path(args.checkpoint).stem}.json"

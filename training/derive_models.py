@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import re
 import sys
 import tempfile
 from collections.abc import Callable
@@ -44,11 +45,14 @@ MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 STAMP = ".derived.json"
 RECIPE_VERSION = 2  # bump when a recipe below changes what it writes
 DEFAULT_CALIBRATION = {"images": 16, "width": 1024, "height": 512, "seed": 0, "split": "train"}
-# Layers kept in float32 in the int8 graphs (substrings of ONNX node names), and why:
+# Layers kept in float32 in the int8 graphs (regular expressions searched in ONNX node names), and why:
 # - Spatial Embeddings: the two output convolutions and their concatenation. One uint8 scale for all output
 #   channels (offsets in [-1, 1], sigmas, seed logits) leaves the pixel embeddings ~8 px coarse at 1024 wide
 #   and the clustering falls apart (AP50 0.138 -> 0.029 with everything quantised).
-KEEP_FLOAT = {"spatial_embeddings": ("output_conv", "/network/Concat"), "box2pix": ()}
+# - DCME: its last deconvolution and what follows (vectors scaled to pixels, the foreground sigmoid), for the same
+#   reason: the votes need the vectors to the pixel.
+KEEP_FLOAT = {"spatial_embeddings": ("output_conv", "^/network/Concat$"), "box2pix": (),
+              "dcme": ("output_conv", r"^/(Mul|Sigmoid|Concat|Slice|Softmax)(_\d+)?$")}
 
 
 def sha256(path: Path) -> str:
@@ -72,6 +76,9 @@ def export_checkpoint(model: str, source: Path, out: Path) -> None:
     elif model == "box2pix":
         from instseg_core.networks.box2pix import model_from_checkpoint  # type: ignore[no-redef]
         from training.box2pix import export_onnx  # type: ignore[no-redef]
+    elif model == "dcme":
+        from instseg_core.networks.dcme import model_from_checkpoint  # type: ignore[no-redef]
+        from training.dcme import export_onnx  # type: ignore[no-redef]
     else:
         raise ValueError(f"no export recipe for {model!r}")
     network, _ = load_checkpoint(source, model_from_checkpoint)
@@ -93,8 +100,8 @@ def calibration_frames(settings: dict) -> list[np.ndarray]:
 def quantize_onnx(source: Path, out: Path, inputs: list[np.ndarray], input_name: str = "image",
                   keep_float: tuple[str, ...] = ()) -> None:
     """Static int8 QDQ quantisation of the float32 ONNX `source` (per-channel int8 weights, uint8 activations,
-    MinMax calibration on `inputs`, each a (1, C, H, W) float32 network input). Nodes whose name contains one of
-    `keep_float` stay float32. Deterministic."""
+    MinMax calibration on `inputs`, each a (1, C, H, W) float32 network input). Nodes whose name matches one of
+    the regular expressions `keep_float` (re.search) stay float32. Deterministic."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -113,7 +120,7 @@ def quantize_onnx(source: Path, out: Path, inputs: list[np.ndarray], input_name:
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         excluded = [node.name for node in onnx.load(str(prepared)).graph.node
-                    if any(part in node.name for part in keep_float)]
+                    if any(re.search(pattern, node.name) for pattern in keep_float)]
         quantize_static(str(prepared), str(Path(temporary).resolve()), Inputs(), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         nodes_to_exclude=excluded)

@@ -48,7 +48,7 @@ from training.common import (
     git_commit,
     resume,
     run_epochs,
-    save_atomically,
+    save_shipped_checkpoint,
     training_manifest,
 )
 
@@ -139,8 +139,7 @@ def export(args: argparse.Namespace) -> Path:
     checkpoint["model_config"] = {**checkpoint["model_config"],
                                   "extra": {**checkpoint["model_config"].get("extra", {}), "clustering": clustering}}
     out = export_onnx(model, args.out)
-    save_atomically({"model": model.state_dict(), "model_config": checkpoint["model_config"],
-                     "epoch": checkpoint["epoch"], "commit": git_commit()}, out.with_suffix(".pt"))
+    save_shipped_checkpoint(model, checkpoint["model_config"], checkpoint["epoch"], out.with_suffix(".pt"))
     earlier = {}  # the learning curve of the runs this one continued from (e.g. the pre-training)
     for stage in args.stages:
         for file in sorted(Path(stage).glob("evaluation_*.json")):

@@ -114,12 +114,18 @@ def object_centered_crop(sample: InstanceSample, height: int, width: int, rng: n
     return tuple(np.ascontiguousarray(a) for a in arrays)  # type: ignore[return-value]
 
 
+def batch_images(crops: Sequence[tuple[np.ndarray, ...]]) -> torch.Tensor:
+    """The crops' images (each (H, W, 3) uint8, first in its tuple) as (B, 3, H, W) float32 in [0, 1],
+    channels_last."""
+    images = torch.from_numpy(np.stack([c[0] for c in crops])).permute(0, 3, 1, 2).float().div_(255)
+    return images.contiguous(memory_format=torch.channels_last)
+
+
 def to_batch(crops: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Stack crops: images (B, 3, H, W) float32 in [0, 1] (channels_last), instances (B, H, W) int64,
     labels (B, H, W) int64, ignore (B, H, W) bool."""
-    images = torch.from_numpy(np.stack([c[0] for c in crops])).permute(0, 3, 1, 2).float().div_(255)
-    return (images.contiguous(memory_format=torch.channels_last),
+    return (batch_images(crops),
             torch.from_numpy(np.stack([c[1] for c in crops]).astype(np.int64)),
             torch.from_numpy(np.stack([c[2] for c in crops]).astype(np.int64)),
             torch.from_numpy(np.stack([c[3] for c in crops])))
