@@ -1,4 +1,4 @@
-"""Show the shipped extreme-point model on held-out objects (docs/extreme_points_examples.png).
+"""Show the shipped extreme-point model on held-out objects (docs/extreme_points_examples.jpg).
 
     .venv/bin/python tools/annotation_preview.py [--model models/extreme_unet.onnx] [--seed 3]
 
@@ -27,7 +27,7 @@ TILE = 192
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="extreme_unet.onnx", help="a path, or a file name in the model folders")
-    parser.add_argument("--out", type=Path, default=Path("docs/extreme_points_examples.png"))
+    parser.add_argument("--out", type=Path, default=Path("docs/extreme_points_examples.jpg"))
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--count", type=int, default=12)
     args = parser.parse_args()

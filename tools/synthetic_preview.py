@@ -1,6 +1,6 @@
-"""Draw a few synthetic frames beside their instance masks (docs/synthetic_examples.png).
+"""Draw a few synthetic frames beside their instance masks (docs/synthetic_examples.jpg).
 
-    .venv/bin/python tools/synthetic_preview.py [--out docs/synthetic_examples.png] [--count 3] [--seed 0]
+    .venv/bin/python tools/synthetic_preview.py [--out docs/synthetic_examples.jpg] [--count 3] [--seed 0]
 
 Left: the generated image. Right: the gtFine colour image (official Cityscapes colours) with each
 instance of the 8 instance classes outlined in its own random colour and group regions hatched.
@@ -21,7 +21,7 @@ from instseg_core.data.cityscapes import CityscapesDataset
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("docs/synthetic_examples.png"))
+    parser.add_argument("--out", type=Path, default=Path("docs/synthetic_examples.jpg"))
     parser.add_argument("--count", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
