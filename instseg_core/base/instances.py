@@ -106,11 +106,14 @@ def filter_instances(instances: Instances, keep: np.ndarray) -> Instances:
 
 
 def instances_from_labels(foreground: np.ndarray, labels: np.ndarray, height: int, width: int,
-                          classes: np.ndarray, scores: np.ndarray, min_pixels: int = 1) -> Instances:
+                          classes: np.ndarray, scores: np.ndarray, min_pixels: int = 1,
+                          rows: np.ndarray | None = None, cols: np.ndarray | None = None) -> Instances:
     """Instances from per-pixel proposal labels: `foreground` (M,) flat pixel indices, `labels` (M,) int proposal
     index in [0, P) or -1 (none); `classes` (P,) int64 and `scores` (P,) float32 per proposal, highest score
     first. Proposals with fewer than `min_pixels` pixels are dropped; the others keep their order. Boxes are the
-    masks' extents, areas their pixel counts."""
+    masks' extents, areas their pixel counts. Linear in M: the extents come from per-instance row and column
+    occupancy tables ((K, H) and (K, W), one np.bincount each), not from sorting the pixels. `rows`, `cols` (M,):
+    the pixels' coordinates when the caller has them (else computed from `foreground`)."""
     count = len(scores)
     counts = np.bincount(labels + 1, minlength=count + 1)[1:]
     kept = np.flatnonzero(counts >= max(min_pixels, 1))
@@ -122,14 +125,15 @@ def instances_from_labels(foreground: np.ndarray, labels: np.ndarray, height: in
     id_flat = np.zeros(height * width, np.uint16)
     id_flat[foreground] = ids
     inside = ids > 0
-    pixels, ids = foreground[inside], ids[inside]
-    order = np.argsort(ids, kind="stable")  # radix sort on uint16; keeps row-major order within an instance
-    sorted_pixels = pixels[order]
-    starts = np.searchsorted(ids[order], np.arange(1, kept.size + 1))
-    rows, cols = sorted_pixels // width, sorted_pixels % width
-    ends = np.append(starts[1:], sorted_pixels.size) - 1
-    boxes = np.stack([np.minimum.reduceat(cols, starts), rows[starts],
-                      np.maximum.reduceat(cols, starts) + 1, rows[ends] + 1], 1).astype(np.int64)
+    ids = ids[inside].astype(np.int64) - 1
+    if rows is None or cols is None:
+        rows, cols = np.divmod(foreground[inside], width)
+    else:
+        rows, cols = rows[inside], cols[inside]
+    row_used = np.bincount(ids * height + rows, minlength=kept.size * height).reshape(kept.size, height) > 0
+    col_used = np.bincount(ids * width + cols, minlength=kept.size * width).reshape(kept.size, width) > 0
+    boxes = np.stack([col_used.argmax(1), row_used.argmax(1), width - col_used[:, ::-1].argmax(1),
+                      height - row_used[:, ::-1].argmax(1)], 1).astype(np.int64)
     return Instances(id_flat.reshape(height, width), np.asarray(classes)[kept], np.asarray(scores)[kept], boxes,
                      counts[kept].astype(np.int64))
 

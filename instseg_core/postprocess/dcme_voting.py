@@ -25,6 +25,7 @@ Ids of the result are at the input's resolution (H, W), uint16.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,11 +75,11 @@ def find_centres(votes: np.ndarray, params: VotingParams) -> Centres:
     return Centres(cell_label.astype(np.int32), positions)
 
 
-def _classify(positions: np.ndarray, class_probs: np.ndarray, grid: int, pixel_blocks: np.ndarray,
+def _classify(positions: np.ndarray, class_probs: np.ndarray, grid: int, pixel_blocks: Callable[[], np.ndarray],
               labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(class index (K,) int64, class confidence (K,)) from the block holding each centre of mass (Eq. 2), or,
-    where that block is background, from the blocks under the instance's pixels (`pixel_blocks` (M,) flat block
-    index of each labelled pixel, `labels` (M,) its instance)."""
+    where that block is background, from the blocks under the instance's pixels (`pixel_blocks()` (M,) flat block
+    index of each labelled pixel, computed only then; `labels` (M,) its instance)."""
     n1, rows, cols = class_probs.shape
     count = len(positions)
     gx = np.clip((positions[:, 0] // grid).astype(np.int64), 0, cols - 1)
@@ -86,7 +87,7 @@ def _classify(positions: np.ndarray, class_probs: np.ndarray, grid: int, pixel_b
     block = class_probs[:, gy, gx]  # (n + 1, K)
     outside = block[0] > 0.5
     if outside.any():
-        pixels = np.bincount(labels * (rows * cols) + pixel_blocks, minlength=count * rows * cols)
+        pixels = np.bincount(labels * (rows * cols) + pixel_blocks(), minlength=count * rows * cols)
         mass = pixels.reshape(count, rows * cols) @ class_probs.reshape(n1, -1).T  # (K, n + 1) summed probs
         block[:, outside] = (mass[outside] / np.maximum(mass[outside].sum(1, keepdims=True), 1e-6)).T
     objects = block[1:]
@@ -95,23 +96,38 @@ def _classify(positions: np.ndarray, class_probs: np.ndarray, grid: int, pixel_b
     return index.astype(np.int64), confidence
 
 
-def _instances(foreground: np.ndarray, cells: np.ndarray, fg_prob: np.ndarray, centres: Centres,
-               class_probs: np.ndarray, height: int, width: int, params: VotingParams) -> Instances:
-    """Step 5 from the foreground pixels (flat indices), their vote cells and foreground probabilities."""
-    labels = centres.cell_label[cells]
+def _instances(foreground: np.ndarray, rows: np.ndarray, cols: np.ndarray, cells: np.ndarray, fg_prob: np.ndarray,
+               centres: Centres, class_probs: np.ndarray, height: int, width: int, params: VotingParams) -> Instances:
+    """Step 5 from the foreground pixels (flat indices, rows, columns), their vote cells and foreground
+    probabilities."""
     count = len(centres.positions)
+    if count == 0:
+        return Instances.empty(height, width)
+    labels = centres.cell_label[cells]
     kept = labels >= 0
-    sums = np.bincount(labels[kept], fg_prob[kept], count)
-    sizes = np.maximum(np.bincount(labels[kept], minlength=count), 1)
-    rows, cols = np.divmod(foreground[kept], width)
-    pixel_blocks = (rows // GRID_SIZE) * class_probs.shape[2] + cols // GRID_SIZE
-    classes, confidence = _classify(centres.positions, class_probs, GRID_SIZE, pixel_blocks, labels[kept])
+    labels, foreground, rows, cols, fg_prob = (a[kept] for a in (labels, foreground, rows, cols, fg_prob))
+    sums = np.bincount(labels, fg_prob, count)
+    sizes = np.maximum(np.bincount(labels, minlength=count), 1)
+    classes, confidence = _classify(centres.positions, class_probs, GRID_SIZE,
+                                    lambda: (rows // GRID_SIZE) * class_probs.shape[2] + cols // GRID_SIZE, labels)
     scores = (confidence * sums / sizes).astype(np.float32)
     order = np.argsort(-scores, kind="stable")
     rank = np.empty(count, np.int64)
     rank[order] = np.arange(count)
-    labels = np.where(labels >= 0, rank[np.maximum(labels, 0)], -1)
-    return instances_from_labels(foreground, labels, height, width, classes[order], scores[order], params.min_pixels)
+    return instances_from_labels(foreground, rank[labels], height, width, classes[order], scores[order],
+                                 params.min_pixels, rows, cols)
+
+
+def _cells(rows: np.ndarray, cols: np.ndarray, dx: np.ndarray, dy: np.ndarray, height: int, width: int,
+           params: VotingParams) -> tuple[np.ndarray, int, int]:
+    """(flat vote cell per pixel (M,) int64, cells_h, cells_w): the cell the pixel's vector points into."""
+    cells_w, cells_h = -(-width // params.bin_px), -(-height // params.bin_px)
+    scale = np.float32(1.0 / params.bin_px)
+    cell_x = ((cols.astype(np.float32) + np.float32(0.5) + dx) * scale).astype(np.int32)
+    cell_y = ((rows.astype(np.float32) + np.float32(0.5) + dy) * scale).astype(np.int32)
+    np.clip(cell_x, 0, cells_w - 1, out=cell_x)
+    np.clip(cell_y, 0, cells_h - 1, out=cell_y)
+    return cell_y.astype(np.int64) * cells_w + cell_x, cells_h, cells_w
 
 
 def decode_dcme(dense: np.ndarray, class_probs: np.ndarray, params: VotingParams | None = None) -> Instances:
@@ -119,17 +135,13 @@ def decode_dcme(dense: np.ndarray, class_probs: np.ndarray, params: VotingParams
     docstring)."""
     params = params or VotingParams()
     _, height, width = dense.shape
-    foreground = np.flatnonzero(dense[2].ravel() >= params.foreground_threshold)
-    rows, cols = np.divmod(foreground, width)
-    cells_w, cells_h = -(-width // params.bin_px), -(-height // params.bin_px)
-    vote_x = cols + 0.5 + dense[0].ravel()[foreground]
-    vote_y = rows + 0.5 + dense[1].ravel()[foreground]
-    cell_x = np.clip((vote_x / params.bin_px).astype(np.int64), 0, cells_w - 1)
-    cell_y = np.clip((vote_y / params.bin_px).astype(np.int64), 0, cells_h - 1)
-    cells = cell_y * cells_w + cell_x
+    mask = dense[2] >= params.foreground_threshold
+    rows, cols = np.nonzero(mask)
+    foreground = rows * width + cols
+    cells, cells_h, cells_w = _cells(rows, cols, dense[0][mask], dense[1][mask], height, width, params)
     votes = np.bincount(cells, minlength=cells_h * cells_w).astype(np.float32).reshape(cells_h, cells_w)
     centres = find_centres(votes, params)
-    return _instances(foreground, cells, dense[2].ravel()[foreground], centres, class_probs, height, width, params)
+    return _instances(foreground, rows, cols, cells, dense[2][mask], centres, class_probs, height, width, params)
 
 
 def decode_dcme_torch(dense: Any, class_probs: Any, params: VotingParams | None = None) -> Instances:
@@ -140,15 +152,14 @@ def decode_dcme_torch(dense: Any, class_probs: Any, params: VotingParams | None 
     params = params or VotingParams()
     _, height, width = dense.shape
     dense = dense.float()
-    foreground = torch.nonzero(dense[2].reshape(-1) >= params.foreground_threshold).squeeze(1)
-    rows, cols = foreground // width, foreground % width
+    mask = dense[2] >= params.foreground_threshold
+    rows, cols = torch.nonzero(mask, as_tuple=True)
     cells_w, cells_h = -(-width // params.bin_px), -(-height // params.bin_px)
-    vote_x = cols + 0.5 + dense[0].reshape(-1)[foreground]
-    vote_y = rows + 0.5 + dense[1].reshape(-1)[foreground]
-    cell_x = (vote_x / params.bin_px).long().clamp(0, cells_w - 1)
-    cell_y = (vote_y / params.bin_px).long().clamp(0, cells_h - 1)
+    cell_x = ((cols + 0.5 + dense[0][mask]) / params.bin_px).long().clamp(0, cells_w - 1)
+    cell_y = ((rows + 0.5 + dense[1][mask]) / params.bin_px).long().clamp(0, cells_h - 1)
     cells = cell_y * cells_w + cell_x
     votes = torch.bincount(cells, minlength=cells_h * cells_w).float().reshape(cells_h, cells_w)
     centres = find_centres(votes.cpu().numpy(), params)
-    return _instances(foreground.cpu().numpy(), cells.cpu().numpy(), dense[2].reshape(-1)[foreground].cpu().numpy(),
+    rows_np, cols_np = rows.cpu().numpy(), cols.cpu().numpy()
+    return _instances(rows_np * width + cols_np, rows_np, cols_np, cells.cpu().numpy(), dense[2][mask].cpu().numpy(),
                       centres, class_probs.float().cpu().numpy(), height, width, params)
