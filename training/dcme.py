@@ -4,6 +4,7 @@
                                      [--crop 256 512 --batch 8 --lr 1e-3] [--amplitude 4] [--no-clip]
                                      [--shared-error] [--time-budget S] [--resume]
     python -m training.dcme evaluate --data ROOT --run RUN [--checkpoint last.pt|all] [--oracle instances|classes]
+    python -m training.dcme tune     --data ROOT --run RUN [--limit 20]
     python -m training.dcme export   --run RUN --out models/dcme.onnx
 
 Training (Watanabe and Wolf §IV): crops around objects, random mirroring, Adam with polynomial decay; the loss is
@@ -197,6 +198,40 @@ def evaluate(args: argparse.Namespace) -> dict:
     return result
 
 
+TUNING_GRID = {"foreground_threshold": (0.5, 0.7, 0.85), "min_votes": (40.0, 120.0), "max_distance_px": (32.0, 64.0)}
+
+
+def tune(args: argparse.Namespace) -> dict:
+    """Grid search of the decoding parameters (TUNING_GRID) on the first --limit val images: the network runs once
+    per image, each combination is decoded and scored with the official evaluator; prints the table and writes
+    RUN/tuning.json. The best AP50 goes to `export` by hand (its --foreground-threshold ... arguments)."""
+    import itertools
+
+    run = Path(args.run)
+    model, checkpoint = load_checkpoint(run / args.checkpoint)
+    adapter = DcmeAdapter(checkpoint["model_config"])
+    backend = TorchBackend(DcmeInference(model), threads=args.threads)
+    samples = list(CityscapesDataset(args.data, "val"))[:args.limit]
+    outputs = [backend.run(adapter.preprocess(sample.image)) for sample in samples]
+    results = []
+    for values in itertools.product(*TUNING_GRID.values()):
+        params = {**asdict(VotingParams()), **dict(zip(TUNING_GRID, values, strict=True))}
+        pred_dir = run / "tuning" / "predictions"
+        if pred_dir.exists():
+            shutil.rmtree(pred_dir)
+        for sample, raw in zip(samples, outputs, strict=True):
+            instances = adapter.decode(raw, params)
+            write_predictions(pred_dir, sample.stem, instances.masks(), adapter.label_ids[instances.classes],
+                              instances.scores)
+        evaluation = evaluate_instances([s.paths["instance_ids"] for s in samples], pred_dir, run / "tuning")
+        results.append({**dict(zip(TUNING_GRID, values, strict=True)), "ap": evaluation.ap, "ap50": evaluation.ap50})
+        print(" ".join(f"{k} {v}" for k, v in results[-1].items()), flush=True)
+    results.sort(key=lambda r: -r["ap50"])
+    (run / "tuning.json").write_text(json.dumps({"images": len(samples), "results": results}, indent=1))
+    print(f"best: {results[0]}")
+    return results[0]
+
+
 def export_onnx(model: Dcme, path: str | os.PathLike, height: int = 512, width: int = 1024) -> Path:
     """ONNX (opset 17) of DcmeInference: input 'image' (1, 3, H, W) float32 in [0, 1]; outputs 'dense' (1, 3, H, W)
     (dx, dy pixels, foreground probability) and 'classes' (1, n + 1, H/16, W/16); H and W dynamic (multiples of
@@ -259,6 +294,13 @@ def main(argv: list[str] | None = None) -> object:
                                                add_decode_arguments=add_voting_arguments)
     evaluate_parser.add_argument("--oracle", choices=("instances", "classes"), default=None,
                                  help="the paper's oracle experiments (Tables II and IV)")
+    tune_parser = commands.add_parser("tune", help="grid search of the decoding parameters on val images")
+    tune_parser.add_argument("--data", required=True)
+    tune_parser.add_argument("--run", required=True)
+    tune_parser.add_argument("--checkpoint", default="last.pt")
+    tune_parser.add_argument("--limit", type=int, default=20)
+    tune_parser.add_argument("--threads", type=int, default=2)
+    tune_parser.set_defaults(func=tune)
     args = parser.parse_args(argv)
     if args.command == "train" and __name__ == "__main__":
         ensure_malloc_tuning()
