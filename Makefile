@@ -136,18 +136,20 @@ train-box2pix: setup
 # DCME (Watanabe and Wolf): same data as Box2Pix; 16 epochs x 50 steps of 8 crops (~30 min on 2 cores, capped
 # at 37 min of training), the learning curve on 50 val images, the full val set, both oracle experiments, export.
 DCME_EPOCHS ?= 16
+DCME_VOTING ?= --min-votes 500 --max-distance-px 64  # the best AP50 of `tune` on the shipped run
 TRAIN_DCME := $(PY) -m training.dcme
 train-dcme: setup
 	$(VENV)/bin/instseg-synth $(B2P_DATA) --splits train=600 --seed 0 --jobs 2
 	$(VENV)/bin/instseg-synth $(B2P_DATA) --splits val=100 --seed 1 --jobs 2
 	$(TRAIN_DCME) train --data $(B2P_DATA) --out data/runs/dcme --epochs $(DCME_EPOCHS) --steps-per-epoch 50 \
 		--batch 8 --crop 256 512 --lr 1e-3 --keep-every 4 --time-budget 2200 --resume
-	$(TRAIN_DCME) evaluate --data $(B2P_DATA) --run data/runs/dcme --limit 50 \
+	$(TRAIN_DCME) tune --data $(B2P_DATA) --run data/runs/dcme --limit 20
+	$(TRAIN_DCME) evaluate --data $(B2P_DATA) --run data/runs/dcme --limit 50 $(DCME_VOTING) \
 		--checkpoint epoch_004.pt,epoch_008.pt,epoch_012.pt
-	$(TRAIN_DCME) evaluate --data $(B2P_DATA) --run data/runs/dcme --checkpoint last.pt
-	$(TRAIN_DCME) evaluate --data $(B2P_DATA) --run data/runs/dcme --checkpoint last.pt --oracle instances
-	$(TRAIN_DCME) evaluate --data $(B2P_DATA) --run data/runs/dcme --checkpoint last.pt --oracle classes
-	$(TRAIN_DCME) export --run data/runs/dcme --out models/dcme.onnx \
+	$(TRAIN_DCME) evaluate --data $(B2P_DATA) --run data/runs/dcme --checkpoint last.pt $(DCME_VOTING)
+	$(TRAIN_DCME) evaluate --data $(B2P_DATA) --run data/runs/dcme --checkpoint last.pt $(DCME_VOTING) --oracle instances
+	$(TRAIN_DCME) evaluate --data $(B2P_DATA) --run data/runs/dcme --checkpoint last.pt $(DCME_VOTING) --oracle classes
+	$(TRAIN_DCME) export --run data/runs/dcme --out models/dcme.onnx $(DCME_VOTING) \
 		--data-note "instseg-synth 1024x512: train=600 images seed 0, val=100 images seed 1 (held out)"
 
 colcon: setup

@@ -50,7 +50,7 @@ def test_derivation_is_up_to_date_and_deterministic(tmp_path: Path) -> None:
     assert int8_manifest["precision"] == "int8" and int8_manifest["quantisation"]["source"] == "box2pix.onnx"
 
 
-@pytest.mark.parametrize("model", ["spatial_embeddings", "box2pix"])
+@pytest.mark.parametrize("model", ["spatial_embeddings", "box2pix", "dcme"])
 def test_derived_onnx_matches_the_shipped_checkpoint(model: str, frame: np.ndarray) -> None:
     adapter_type = model_adapter(model)
     module, config = adapter_type.load_torch(MODELS / adapter_type.torch_file)

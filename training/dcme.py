@@ -198,7 +198,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     return result
 
 
-TUNING_GRID = {"foreground_threshold": (0.5, 0.7, 0.85), "min_votes": (40.0, 120.0), "max_distance_px": (32.0, 64.0)}
+TUNING_GRID = {"foreground_threshold": (0.5, 0.7), "min_votes": (40.0, 120.0, 250.0, 500.0),
+               "max_distance_px": (32.0, 64.0, 128.0)}
 
 
 def tune(args: argparse.Namespace) -> dict:

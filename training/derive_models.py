@@ -2,7 +2,8 @@
 shipped ones, during `make setup`.
 
 The repository ships each network once (see models/README.md):
-- `spatial_embeddings.pt`, `box2pix.pt`: PyTorch checkpoints with float16 weights (model_config inside);
+- `spatial_embeddings.pt`, `box2pix.pt`, `dcme.pt`: PyTorch checkpoints with float16 weights (model_config
+  inside);
 - `extreme_unet.fp16.onnx`: the extreme-point network as ONNX whose float weights are stored as float16, each
   followed by a Cast to float32 (a valid model, half the size; its training checkpoint was not kept);
 - `extreme_unet_int8.onnx`: the annotation default, kept as it is: its calibration crops are not cheap to remake.
@@ -10,10 +11,11 @@ The repository ships each network once (see models/README.md):
 Derived here, deterministically (same inputs, same pinned torch and onnxruntime -> the same bytes; the tests
 re-derive and compare):
 - `<model>.onnx` (float32) of each checkpoint, exported with the training code's `export_onnx`;
-- `<model>_int8.onnx` of each streaming model: static int8 QDQ quantisation (per-channel int8 weights, uint8
-  activations), calibrated on the first `calibration_images` training images of the synthetic generator
-  (`instseg-synth --seed 0`, split train) at the manifest's calibration size, and `<model>_int8.json`: the
-  float manifest with `precision` and the int8 evaluation recorded in the float manifest's `int8` entry;
+- `<model>_int8.onnx` of each streaming model (Spatial Embeddings, Box2Pix, DCME): static int8 QDQ quantisation
+  (per-channel int8 weights, uint8 activations), calibrated on the first `calibration_images` training images
+  of the synthetic generator (`instseg-synth --seed 0`, split train) at the manifest's calibration size, and
+  `<model>_int8.json`: the float manifest with `precision` and the int8 evaluation recorded in the float
+  manifest's `int8` entry;
 - `extreme_unet.onnx` (float32): the Casts folded back into float32 initializers.
 
 `python -m training.derive_models --evaluate-int8 DATA` scores the float32 and int8 graphs of each streaming
@@ -218,6 +220,8 @@ DERIVATIONS = (
     Derivation("box2pix.onnx", "box2pix.pt", lambda s, o: export_checkpoint("box2pix", s, o)),
     Derivation("box2pix_int8.onnx", "box2pix.onnx", lambda s, o: quantize_streaming_model("box2pix", s, o)),
     Derivation("extreme_unet.onnx", "extreme_unet.fp16.onnx", fold_weight_casts),
+    Derivation("dcme.onnx", "dcme.pt", lambda s, o: export_checkpoint("dcme", s, o)),
+    Derivation("dcme_int8.onnx", "dcme.onnx", lambda s, o: quantize_streaming_model("dcme", s, o)),
 )
 
 
@@ -249,7 +253,7 @@ def derive(models: Path = MODELS_DIR, force: bool = False, only: tuple[str, ...]
 
 
 def evaluate_int8(data: Path, models: Path = MODELS_DIR, limit: int | None = None,
-                  names: tuple[str, ...] = ("spatial_embeddings", "box2pix")) -> dict:
+                  names: tuple[str, ...] = ("spatial_embeddings", "box2pix", "dcme")) -> dict:
     """Official AP/AP50 of `<model>.onnx` and `<model>_int8.onnx` on DATA/val for each streaming model (ONNX
     Runtime, 2 threads, network input = image size, score threshold 0, the manifest's decoding defaults);
     written into each float manifest's `int8` entry. Returns {model: {'fp32': result, 'int8': result}}."""
@@ -287,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evaluate-int8", type=Path, metavar="DATA",
                         help="then score fp32 and int8 graphs on DATA/val and record it in the manifests")
     parser.add_argument("--limit", type=int, default=None, help="with --evaluate-int8: the first N val images")
-    parser.add_argument("--evaluate-models", nargs="+", default=["spatial_embeddings", "box2pix"],
+    parser.add_argument("--evaluate-models", nargs="+", default=["spatial_embeddings", "box2pix", "dcme"],
                         help="with --evaluate-int8: these models")
     args = parser.parse_args(argv)
     made = derive(args.models, args.force, tuple(args.only))
