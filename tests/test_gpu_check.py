@@ -31,7 +31,8 @@ def test_gpu_check_runs_tiny_on_cpu_with_only_torch_numpy_opencv(tmp_path: Path)
                 for row in result[section].values()]
         assert rows and all("error" not in row for row in rows), (name, result)
         assert all(row["median_ms"] > 0 for row in rows)
-        assert result["decoding"]["NumPy on the CPU"]["instances"] >= 4  # the drawn objects are decoded
+        # the drawn objects are decoded (DCME's shipped voting defaults need 500 votes: only the big ones at 256x128)
+        assert result["decoding"]["NumPy on the CPU"]["instances"] >= (1 if name == "dcme" else 4)
         assert result["training"]["fp32"]["images_per_s"] > 0
     assert set(report["imported"]) <= ALLOWED, sorted(set(report["imported"]) - ALLOWED)
     assert "| network" in done.stdout and "wrote" in done.stdout
