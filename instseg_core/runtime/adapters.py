@@ -53,6 +53,13 @@ class ModelAdapter:
         """Names of the decoding parameters `decode` accepts in `params`."""
         raise NotImplementedError
 
+    def _decoding(self, params_type: type, key: str, params: dict) -> Any:
+        """`params_type` (a dataclass) from the defaults tuned at export (model_config.extra[key], see the
+        manifest) overridden by `params`; names the dataclass does not have are ignored."""
+        known = {f.name for f in fields(params_type)}
+        defaults = self.config.get("extra", {}).get(key, {})
+        return params_type(**{k: v for k, v in {**defaults, **params}.items() if k in known})
+
     @classmethod
     def read_manifest(cls, onnx_path: str | os.PathLike) -> dict:
         """The `model_config` of the JSON manifest next to an ONNX file; ModelFileError naming the manifest
@@ -97,9 +104,7 @@ class SpatialEmbeddingsAdapter(ModelAdapter):
     def decode(self, raw: Any, params: dict) -> Instances:
         from instseg_core.postprocess.seed_clustering import ClusteringParams, cluster_seeds, cluster_seeds_torch
 
-        known = {f.name for f in fields(ClusteringParams)}
-        defaults = self.config.get("extra", {}).get("clustering", {})  # tuned at export, see the manifest
-        clustering = ClusteringParams(**{k: v for k, v in {**defaults, **params}.items() if k in known})
+        clustering = self._decoding(ClusteringParams, "clustering", params)
         n_sigma = int(self.config["n_sigma"])
         if isinstance(raw, np.ndarray):
             return cluster_seeds(raw[0], n_sigma, clustering)
@@ -154,9 +159,7 @@ class Box2PixAdapter(ModelAdapter):
             instances_from_assignment,
         )
 
-        known = {f.name for f in fields(AssignmentParams)}
-        defaults = self.config.get("extra", {}).get("assignment", {})  # tuned at export, see the manifest
-        assignment = AssignmentParams(**{k: v for k, v in {**defaults, **params}.items() if k in known})
+        assignment = self._decoding(AssignmentParams, "assignment", params)
         detections, semantic, offsets = raw
         height, width = semantic.shape[-2:]
         priors = self.priors(height, width)
@@ -198,9 +201,7 @@ class DcmeAdapter(ModelAdapter):
     def decode(self, raw: Any, params: dict) -> Instances:
         from instseg_core.postprocess.dcme_voting import VotingParams, decode_dcme, decode_dcme_torch
 
-        known = {f.name for f in fields(VotingParams)}
-        defaults = self.config.get("extra", {}).get("voting", {})  # tuned at export, see the manifest
-        voting = VotingParams(**{k: v for k, v in {**defaults, **params}.items() if k in known})
+        voting = self._decoding(VotingParams, "voting", params)
         dense, classes = raw
         if isinstance(dense, np.ndarray):
             return decode_dcme(dense[0], classes[0], voting)
