@@ -51,6 +51,7 @@ from training.common import (
     resume,
     run_epochs,
     save_shipped_checkpoint,
+    start_training,
     training_manifest,
 )
 
@@ -61,12 +62,7 @@ def make_batch(crops: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def train(args: argparse.Namespace) -> dict:
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    classes = tuple(args.classes)
-    samples = load_split(args.data, "train", classes, scale=args.scale, limit=args.limit)
+    out, classes, samples = start_training(args)
     model_config = Box2PixConfig(classes=classes)
     model = Box2Pix(model_config).to(memory_format=torch.channels_last)
     loss_config = Box2PixLossConfig(matching=args.matching, class_weighting=args.class_weighting, gamma=args.gamma,

@@ -52,6 +52,19 @@ def save_shipped_checkpoint(model: torch.nn.Module, model_config: dict, epoch: i
     return Path(path)
 
 
+def start_training(args: argparse.Namespace) -> tuple[Path, tuple[str, ...], list]:
+    """What every training command does first: torch threads and seed from the arguments, the run folder
+    (created), the class names and the training split loaded into memory. Returns (out, classes, samples)."""
+    from instseg_core.data.instance_training import load_split
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    classes = tuple(args.classes)
+    return out, classes, load_split(args.data, "train", classes, scale=args.scale, limit=args.limit)
+
+
 def resume(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
            rng: object) -> dict:
     """Load out/last.pt (if any) into model, optimizer and the NumPy/torch random states; returns the saved

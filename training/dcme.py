@@ -35,7 +35,7 @@ import torch
 from instseg_core.base.classes import label_ids
 from instseg_core.base.instances import Instances, instances_from_labels, resize_instances
 from instseg_core.data.cityscapes import CityscapesDataset
-from instseg_core.data.instance_training import batch_images, instance_targets, load_split, object_centered_crop
+from instseg_core.data.instance_training import batch_images, instance_targets, object_centered_crop
 from instseg_core.eval.cityscapes_instances import evaluate_instances, write_predictions
 from instseg_core.losses.dcme import DcmeLoss, DcmeLossConfig, centres_of_mass, dcme_targets
 from instseg_core.networks.dcme import INPUT_MULTIPLE, Dcme, DcmeConfig, DcmeInference, model_from_checkpoint
@@ -53,6 +53,7 @@ from training.common import (
     resume,
     run_epochs,
     save_shipped_checkpoint,
+    start_training,
     training_manifest,
 )
 
@@ -65,12 +66,7 @@ def make_batch(crops: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def train(args: argparse.Namespace) -> dict:
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    classes = tuple(args.classes)
-    samples = load_split(args.data, "train", classes, scale=args.scale, limit=args.limit)
+    out, classes, samples = start_training(args)
     model_config = DcmeConfig(classes=classes)
     model = Dcme(model_config).to(memory_format=torch.channels_last)
     loss_config = DcmeLossConfig(amplitude=args.amplitude, clip=not args.no_clip, independent=not args.shared_error)

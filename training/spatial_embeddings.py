@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from instseg_core.base.classes import label_ids
-from instseg_core.data.instance_training import load_split, object_centered_crop, to_batch
+from instseg_core.data.instance_training import object_centered_crop, to_batch
 from instseg_core.losses.spatial_embedding import SpatialEmbeddingLoss, SpatialEmbeddingLossConfig
 from instseg_core.networks.spatial_embeddings import (
     SpatialEmbeddings,
@@ -49,6 +49,7 @@ from training.common import (
     resume,
     run_epochs,
     save_shipped_checkpoint,
+    start_training,
     training_manifest,
 )
 
@@ -60,12 +61,7 @@ def _freeze_batch_norm(model: torch.nn.Module) -> None:
 
 
 def train(args: argparse.Namespace) -> dict:
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    classes = tuple(args.classes)
-    samples = load_split(args.data, "train", classes, scale=args.scale, limit=args.limit)
+    out, classes, samples = start_training(args)
     loss_config = SpatialEmbeddingLossConfig(learn_sigma=not args.fixed_sigma, center=args.center,
                                              foreground_weight=args.foreground_weight)
     model_config = SpatialEmbeddingsConfig(classes=classes, n_sigma=args.n_sigma, dropout_low=args.dropout_low,
