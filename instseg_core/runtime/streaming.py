@@ -24,6 +24,7 @@ between-frame series says whether memory is steady; `peak_rss_mb` (VmHWM) is the
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -40,6 +41,7 @@ COUNTERS = ("received", "processed", "dropped", "bad", "failed")
 TRANSPORT_COUNTERS = ("lost", "silent")
 
 
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 WARMUP_FRAMES = 3  # frames whose RSS is not part of the steady range (first runs allocate arenas and plans)
 
 
@@ -63,14 +65,6 @@ def peak_resident_mb() -> float:
     except (OSError, ValueError):
         pass
     return float("nan")
-
-
-try:
-    import os as _os
-
-    PAGE_SIZE = _os.sysconf("SC_PAGE_SIZE")
-except (AttributeError, ValueError, OSError):
-    PAGE_SIZE = 4096
 
 
 class BadFrameError(ValueError):
