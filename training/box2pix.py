@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from instseg_core.base.classes import INSTANCE_CLASSES, label_ids
-from instseg_core.data.instance_training import batch_images, load_split, object_centered_crop
+from instseg_core.data.instance_training import batch_images, load_split
 from instseg_core.losses.box2pix import Box2PixLoss, Box2PixLossConfig, dense_targets, relative_change
 from instseg_core.networks.box2pix import (
     Box2Pix,
@@ -62,7 +62,7 @@ def make_batch(crops: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def train(args: argparse.Namespace) -> dict:
-    out, classes, samples = start_training(args)
+    out, classes, sampler = start_training(args)
     model_config = Box2PixConfig(classes=classes)
     model = Box2Pix(model_config).to(memory_format=torch.channels_last)
     loss_config = Box2PixLossConfig(matching=args.matching, class_weighting=args.class_weighting, gamma=args.gamma,
@@ -70,18 +70,18 @@ def train(args: argparse.Namespace) -> dict:
     loss_fn = Box2PixLoss(loss_config)
     optimizer = torch.optim.Adam([*model.parameters(), *loss_fn.parameters()], lr=args.lr)
     priors = prior_boxes(args.crop[0], args.crop[1], model.priors_per_layer)
-    steps = args.steps_per_epoch or max(1, len(samples) // args.batch)
+    steps = args.steps_per_epoch or max(1, len(sampler.samples) // args.batch)
     state = {"epoch": 0, "history": [], "train_seconds": 0.0}
     rng = np.random.default_rng(args.seed)
     if args.resume:
         state = resume(out, model, optimizer, state, rng)
         if (out / "last.pt").exists():
             loss_fn.load_state_dict(torch.load(out / "last.pt", weights_only=False)["loss_state"])
-    print(f"{len(samples)} training images, {steps} steps of {args.batch} crops {args.crop} per epoch, "
+    print(f"{len(sampler.samples)} training images, {steps} steps of {args.batch} crops {args.crop} per epoch, "
           f"{len(priors)} priors per crop", flush=True)
 
     def train_step() -> tuple[float, dict]:
-        crops = [object_centered_crop(samples[rng.integers(len(samples))], *args.crop, rng) for _ in range(args.batch)]
+        crops = [sampler.crop(*args.crop, rng) for _ in range(args.batch)]
         images, targets = make_batch(crops)
         loss, parts = loss_fn(model(images), targets, priors)
         optimizer.zero_grad(set_to_none=True)

@@ -17,6 +17,7 @@ import torch
 
 from instseg_core.base.atomic_files import atomic_path
 from instseg_core.base.classes import INSTANCE_CLASSES
+from instseg_core.data.instance_training import CROP_MODES, CropSampler
 
 MALLOC_TUNING = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 
@@ -52,9 +53,10 @@ def save_shipped_checkpoint(model: torch.nn.Module, model_config: dict, epoch: i
     return Path(path)
 
 
-def start_training(args: argparse.Namespace) -> tuple[Path, tuple[str, ...], list]:
+def start_training(args: argparse.Namespace) -> tuple[Path, tuple[str, ...], CropSampler]:
     """What every training command does first: torch threads and seed from the arguments, the run folder
-    (created), the class names and the training split loaded into memory. Returns (out, classes, samples)."""
+    (created), the class names and the training split loaded into memory behind the --crops sampler.
+    Returns (out, classes, crop sampler)."""
     from instseg_core.data.instance_training import load_split
 
     torch.set_num_threads(args.threads)
@@ -62,7 +64,8 @@ def start_training(args: argparse.Namespace) -> tuple[Path, tuple[str, ...], lis
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     classes = tuple(args.classes)
-    return out, classes, load_split(args.data, "train", classes, scale=args.scale, limit=args.limit)
+    samples = load_split(args.data, "train", classes, scale=args.scale, limit=args.limit)
+    return out, classes, CropSampler(samples, getattr(args, "crops", "objects"), getattr(args, "anywhere_crops", 0.0))
 
 
 def resume(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
@@ -106,6 +109,10 @@ def add_common_train_arguments(parser: argparse.ArgumentParser, *, crop: tuple[i
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress-every", type=int, default=progress_every)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--crops", choices=CROP_MODES, default="objects",
+                        help="windows around random objects, or class-balanced (see data.instance_training)")
+    parser.add_argument("--anywhere-crops", type=float, default=0.0,
+                        help="fraction of windows placed anywhere in an image instead of around an object")
 
 
 def run_epochs(args: argparse.Namespace, out: Path, optimizer: torch.optim.Optimizer, state: dict, rng: object,

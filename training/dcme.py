@@ -35,7 +35,7 @@ import torch
 from instseg_core.base.classes import label_ids
 from instseg_core.base.instances import Instances, instances_from_labels, resize_instances
 from instseg_core.data.cityscapes import CityscapesDataset
-from instseg_core.data.instance_training import batch_images, instance_targets, object_centered_crop
+from instseg_core.data.instance_training import batch_images, instance_targets
 from instseg_core.eval.cityscapes_instances import evaluate_instances, write_predictions
 from instseg_core.losses.dcme import DcmeLoss, DcmeLossConfig, centres_of_mass, dcme_targets
 from instseg_core.networks.dcme import INPUT_MULTIPLE, Dcme, DcmeConfig, DcmeInference, model_from_checkpoint
@@ -66,21 +66,22 @@ def make_batch(crops: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def train(args: argparse.Namespace) -> dict:
-    out, classes, samples = start_training(args)
+    out, classes, sampler = start_training(args)
     model_config = DcmeConfig(classes=classes)
     model = Dcme(model_config).to(memory_format=torch.channels_last)
     loss_config = DcmeLossConfig(amplitude=args.amplitude, clip=not args.no_clip, independent=not args.shared_error)
     loss_fn = DcmeLoss(model_config.vector_scale, loss_config)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    steps = args.steps_per_epoch or max(1, len(samples) // args.batch)
+    steps = args.steps_per_epoch or max(1, len(sampler.samples) // args.batch)
     state = {"epoch": 0, "history": [], "train_seconds": 0.0}
     rng = np.random.default_rng(args.seed)
     if args.resume:
         state = resume(out, model, optimizer, state, rng)
-    print(f"{len(samples)} training images, {steps} steps of {args.batch} crops {args.crop} per epoch", flush=True)
+    print(f"{len(sampler.samples)} training images, {steps} steps of {args.batch} crops {args.crop} per epoch "
+          f"({args.crops} windows)", flush=True)
 
     def train_step() -> tuple[float, dict]:
-        crops = [object_centered_crop(samples[rng.integers(len(samples))], *args.crop, rng) for _ in range(args.batch)]
+        crops = [sampler.crop(*args.crop, rng) for _ in range(args.batch)]
         images, targets = make_batch(crops, classes)
         loss, parts = loss_fn(model(images), targets)
         optimizer.zero_grad(set_to_none=True)

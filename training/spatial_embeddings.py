@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from instseg_core.base.classes import label_ids
-from instseg_core.data.instance_training import object_centered_crop, to_batch
+from instseg_core.data.instance_training import to_batch
 from instseg_core.losses.spatial_embedding import SpatialEmbeddingLoss, SpatialEmbeddingLossConfig
 from instseg_core.networks.spatial_embeddings import (
     SpatialEmbeddings,
@@ -61,7 +61,7 @@ def _freeze_batch_norm(model: torch.nn.Module) -> None:
 
 
 def train(args: argparse.Namespace) -> dict:
-    out, classes, samples = start_training(args)
+    out, classes, sampler = start_training(args)
     loss_config = SpatialEmbeddingLossConfig(learn_sigma=not args.fixed_sigma, center=args.center,
                                              foreground_weight=args.foreground_weight)
     model_config = SpatialEmbeddingsConfig(classes=classes, n_sigma=args.n_sigma, dropout_low=args.dropout_low,
@@ -74,12 +74,13 @@ def train(args: argparse.Namespace) -> dict:
     model = model.to(memory_format=torch.channels_last)
     loss_fn = SpatialEmbeddingLoss(model_config.n_sigma, len(classes), loss_config)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps = args.steps_per_epoch or max(1, len(samples) // args.batch)
+    steps = args.steps_per_epoch or max(1, len(sampler.samples) // args.batch)
     state = {"epoch": 0, "history": [], "train_seconds": 0.0}
     rng = np.random.default_rng(args.seed)
     if args.resume:
         state = resume(out, model, optimizer, state, rng)
-    print(f"{len(samples)} training images, {steps} steps of {args.batch} crops {args.crop} per epoch", flush=True)
+    print(f"{len(sampler.samples)} training images, {steps} steps of {args.batch} crops {args.crop} per epoch "
+          f"({args.crops} windows)", flush=True)
 
     def start_epoch() -> None:
         model.train()
@@ -87,7 +88,7 @@ def train(args: argparse.Namespace) -> dict:
             _freeze_batch_norm(model)
 
     def train_step() -> tuple[float, dict]:
-        crops = [object_centered_crop(samples[rng.integers(len(samples))], *args.crop, rng) for _ in range(args.batch)]
+        crops = [sampler.crop(*args.crop, rng) for _ in range(args.batch)]
         images, instances, labels, ignore = to_batch(crops)
         loss, parts = loss_fn(model(images), instances, labels, ignore)
         optimizer.zero_grad(set_to_none=True)

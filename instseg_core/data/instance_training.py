@@ -1,4 +1,4 @@
-"""Training samples for the dense instance networks (Spatial Embeddings, Box2Pix): targets and crops.
+"""Training samples for the dense instance networks (Spatial Embeddings, Box2Pix, DCME): targets and crops.
 
 From a Cityscapes-format split, each image becomes
 - `image` (H, W, 3) uint8 RGB;
@@ -87,13 +87,16 @@ def load_split(root: str | os.PathLike | None, split: str, classes: Sequence[str
 
 
 def object_centered_crop(sample: InstanceSample, height: int, width: int, rng: np.random.Generator,
-                         flip: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """A (height, width) window around a random object (jittered by up to a quarter of the window; a random
-    window when the image has none), randomly mirrored. Windows larger than the image are zero-padded
-    (padding is background). Returns image, instances, labels, ignore of the window."""
+                         flip: bool = True, object_index: int | None = None,
+                         anywhere: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A (height, width) window around object `object_index` (a random object when None; jittered by up to a
+    quarter of the window), or anywhere in the image when `anywhere` or the image has no object; randomly
+    mirrored. Windows larger than the image are zero-padded (padding is background). Returns image, instances,
+    labels, ignore of the window."""
     image_h, image_w = sample.instances.shape
-    if len(sample.centers):
-        cx, cy = sample.centers[rng.integers(len(sample.centers))]
+    if len(sample.centers) and not anywhere:
+        index = rng.integers(len(sample.centers)) if object_index is None else object_index
+        cx, cy = sample.centers[index]
         cx += rng.uniform(-0.25, 0.25) * width
         cy += rng.uniform(-0.25, 0.25) * height
     else:
@@ -112,6 +115,54 @@ def object_centered_crop(sample: InstanceSample, height: int, width: int, rng: n
     if flip and rng.random() < 0.5:
         arrays = [a[:, ::-1] for a in arrays]
     return tuple(np.ascontiguousarray(a) for a in arrays)  # type: ignore[return-value]
+
+
+CROP_MODES = ("objects", "balanced")
+
+
+class CropSampler:
+    """Chooses the training windows of the dense instance networks.
+
+    'objects' (the default): a random image, then a random object of it, so frequent classes dominate (cars fill
+    most windows). 'balanced': a class drawn uniformly among the classes present in the split, then a random object
+    of that class anywhere in the split, so rare classes (bus, train, motorcycle) get as many windows as cars.
+    A fraction `anywhere_fraction` of the windows is placed anywhere in a random image instead (full-frame
+    context: sky, road and buildings that object-centred windows rarely show)."""
+
+    def __init__(self, samples: Sequence[InstanceSample], mode: str = "objects", anywhere_fraction: float = 0.0):
+        if mode not in CROP_MODES:
+            raise ValueError(f"crop mode {mode!r}: expected one of {CROP_MODES}")
+        if not 0.0 <= anywhere_fraction <= 1.0:
+            raise ValueError(f"anywhere_fraction {anywhere_fraction} is not in [0, 1]")
+        self.samples = list(samples)
+        self.mode = mode
+        self.anywhere_fraction = anywhere_fraction
+        objects: dict[int, list[tuple[int, int]]] = {}
+        for sample_index, sample in enumerate(self.samples):
+            for object_index, label in enumerate(object_classes(sample)):
+                objects.setdefault(int(label), []).append((sample_index, object_index))
+        self.objects_by_class = {label: np.array(pairs) for label, pairs in sorted(objects.items())}
+
+    def crop(self, height: int, width: int, rng: np.random.Generator
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One window (see object_centered_crop) chosen by the sampler's mode."""
+        if self.anywhere_fraction and rng.random() < self.anywhere_fraction:
+            return object_centered_crop(self.samples[rng.integers(len(self.samples))], height, width, rng,
+                                        anywhere=True)
+        if self.mode == "objects" or not self.objects_by_class:
+            return object_centered_crop(self.samples[rng.integers(len(self.samples))], height, width, rng)
+        pairs = list(self.objects_by_class.values())[rng.integers(len(self.objects_by_class))]
+        sample_index, object_index = pairs[rng.integers(len(pairs))]
+        return object_centered_crop(self.samples[sample_index], height, width, rng, object_index=int(object_index))
+
+
+def object_classes(sample: InstanceSample) -> np.ndarray:
+    """(K,) int64 class index (into the training classes) of each of the sample's objects 1..K."""
+    count = len(sample.centers)
+    classes = np.zeros(count, np.int64)
+    on_object = sample.instances > 0
+    classes[sample.instances[on_object] - 1] = sample.labels[on_object].astype(np.int64) - 1
+    return classes
 
 
 def batch_images(crops: Sequence[tuple[np.ndarray, ...]]) -> torch.Tensor:
