@@ -372,3 +372,14 @@ def to_rgb8(image: np.ndarray, encoding: str) -> np.ndarray:
     _check_array(image, encoding)
     conversion = _TO_RGB[encoding]
     return image if conversion is None else cv2.cvtColor(image, conversion)
+
+
+def decode_to_rgb8(msg: Any, msgtype: str, max_pixels: int | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a deserialised sensor_msgs Image or CompressedImage (`msgtype` names which, as in a
+    bag's connection: 'sensor_msgs/msg/CompressedImage' or '.../Image'); ImageCodecError for what cannot be
+    shown as RGB (e.g. mono16)."""
+    if msgtype.endswith("CompressedImage"):
+        image, encoding = compressed_to_numpy(msg, max_pixels)
+    else:
+        image, encoding = image_to_numpy(msg, max_pixels), msg.encoding
+    return to_rgb8(image, encoding)

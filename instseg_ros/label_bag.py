@@ -16,7 +16,9 @@ staging folder beside OUT, which becomes OUT only when the whole run succeeded. 
   gtFine polygons JSON, instanceIds, labelIds and color images (the Cityscapes layout: the reader,
   the official tools and our training commands load it);
 - annotations_coco.json: COCO instances with polygon segmentations, areas, boxes, categories with
-  Cityscapes label ids, and per annotation the extreme points, score and polygon IoU.
+  Cityscapes label ids, and per annotation the extreme points, score and polygon IoU;
+- clicks.json: the clicks that were labelled, keyed by frame index (what --clicks reads; the labelling
+  studio exports the same file).
 Errors are clear (one line on stderr, exit status 2, OUT untouched): a missing topic (available topics are
 listed), an unreadable or corrupt bag, malformed clicks, duplicate keys ("2" and "02"), frame indices or
 stamps that are not in the bag, frames that cannot be decoded (e.g. mono16) and points that are invalid for
@@ -29,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -46,11 +46,11 @@ from instseg_core.annotate.segmenter import (
     create_annotation_segmenter,
     validate_points,
 )
-from instseg_core.base.atomic_files import write_text_atomically
 from instseg_core.base.model_files import ModelFileError
-from instseg_core.data.cityscapes import name2label, write_sample
+from instseg_core.data.cityscapes import name2label
+from instseg_core.data.label_export import LabelExportError, LabelledFrame, LabelledObject, write_label_tree
 from instseg_core.data.recording import BagIntegrityError, verify_bag
-from instseg_ros.image_codec import ImageCodecError, compressed_to_numpy, image_to_numpy, to_rgb8
+from instseg_ros.image_codec import ImageCodecError, decode_to_rgb8
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 
@@ -128,14 +128,6 @@ def _key_kind(key: object) -> tuple[str, int]:
     return ("stamp", value) if len(text) >= 16 else ("index", value)
 
 
-def _decode(msg: object, msgtype: str) -> np.ndarray:
-    if msgtype.endswith("CompressedImage"):
-        image, encoding = compressed_to_numpy(msg)
-    else:
-        image, encoding = image_to_numpy(msg), msg.encoding
-    return to_rgb8(image, encoding)
-
-
 def _read_messages(reader: AnyReader, connections: list, bag: Path) -> Iterator[tuple[object, object]]:
     """(connection, deserialised message) in bag order; a bag that breaks while reading -> LabelError."""
     messages = reader.messages(connections=connections)
@@ -150,52 +142,34 @@ def _read_messages(reader: AnyReader, connections: list, bag: Path) -> Iterator[
         yield connection, msg
 
 
-def _atomic_json(path: Path, data: object) -> None:
-    write_text_atomically(path, json.dumps(data))
-
-
 def label_bag(bag: Path, topic: str, clicks: dict[str, list[Click]], out: Path, segmenter: ExtremePointSegmenter, *,
               split: str = "train", city: str = "labelled", progress: bool = True, skip_bad: bool = False,
               overwrite: bool = False) -> dict:
     """Label the clicked frames of `topic` in `bag` into the folder `out`; returns a summary.
 
-    All or nothing: everything is written into a sibling staging folder, which replaces `out` only when the
-    whole run succeeded; on any error `out` is as it was and the staging folder is removed. An existing `out`
-    is refused unless `overwrite`. With `skip_bad`, an entry that cannot be labelled (a frame that cannot be
-    decoded or is not in the bag, an object whose points are invalid for its frame) is left out and listed
-    in the summary's "skipped" with its reason, and the rest is labelled; without it, the first such entry
-    fails the run with a LabelError naming it."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise LabelError(f"{out} exists; choose a new folder or pass --overwrite (it is replaced only if the "
-                         "whole run succeeds)")
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    All or nothing (instseg_core.data.label_export.write_label_tree): everything is written into a sibling
+    staging folder, which replaces `out` only when the whole run succeeded; on any error `out` is as it was and
+    the staging folder is removed. An existing `out` is refused unless `overwrite`. With `skip_bad`, an entry
+    that cannot be labelled (a frame that cannot be decoded or is not in the bag, an object whose points are
+    invalid for its frame) is left out and listed in the summary's "skipped" with its reason, and the rest is
+    labelled; without it, the first such entry fails the run with a LabelError naming it."""
+    skipped: list[dict] = []
+    frames = _labelled_frames(bag, topic, clicks, segmenter, progress=progress, skip_bad=skip_bad, skipped=skipped)
     try:
-        summary = _label_into(bag, topic, clicks, staging, segmenter, split=split, city=city, progress=progress,
-                              skip_bad=skip_bad)
-        _publish(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return {**summary, "out": str(out)}
+        summary = write_label_tree(out, frames, split=split, city=city, overwrite=overwrite)
+    except LabelExportError as exc:
+        raise LabelError(str(exc)) from exc
+    return {"frames": summary["frames"], "objects": summary["objects"], "skipped": skipped, "out": summary["out"]}
 
 
-def _publish(staging: Path, out: Path) -> None:
-    """Replace `out` by `staging` with renames (an existing `out` goes only once the new one is in place)."""
-    previous = out.parent / f".{out.name}.previous-{os.getpid()}"
-    if out.exists():
-        os.replace(out, previous)
-    os.replace(staging, out)
-    shutil.rmtree(previous, ignore_errors=True)
-
-
-def _label_into(bag: Path, topic: str, clicks: dict[str, list[Click]], out: Path, segmenter: ExtremePointSegmenter,
-                *, split: str, city: str, progress: bool, skip_bad: bool) -> dict:
+def _labelled_frames(bag: Path, topic: str, clicks: dict[str, list[Click]], segmenter: ExtremePointSegmenter, *,
+                     progress: bool, skip_bad: bool, skipped: list[dict]) -> Iterator[LabelledFrame]:
+    """The clicked frames of the bag, segmented, in bag order; entries that cannot be labelled raise LabelError,
+    or with `skip_bad` are appended to `skipped` (key, object, reason). Raises at the end when clicked frames
+    are not in the bag (without `skip_bad`)."""
     wanted = {key: _key_kind(key) for key in clicks}
     by_index = {v: k for k, (kind, v) in wanted.items() if kind == "index"}
     by_stamp = {v: k for k, (kind, v) in wanted.items() if kind == "stamp"}
-    skipped: list[dict] = []
 
     def skip(key: str, reason: str, obj: int | None = None) -> None:
         where = f"clicks[{key!r}]" + (f"[{obj}]" if obj is not None else "")
@@ -222,8 +196,7 @@ def _label_into(bag: Path, topic: str, clicks: dict[str, list[Click]], out: Path
         if connections[0].msgtype not in IMAGE_TYPES:
             raise LabelError(f"topic {topic} carries {connections[0].msgtype}, not an image type {IMAGE_TYPES}")
         total = sum(c.msgcount for c in connections)
-        images, annotations, found = [], [], set()
-        categories: dict[int, str] = {}
+        found = set()
         bar = tqdm(total=total, desc=f"labelling {topic}", unit="frame", disable=not progress, file=sys.stderr)
         try:
             for index, (connection, msg) in enumerate(_read_messages(reader, connections, bag)):
@@ -234,7 +207,7 @@ def _label_into(bag: Path, topic: str, clicks: dict[str, list[Click]], out: Path
                     continue
                 found.add(key)
                 try:
-                    rgb = _decode(msg, connection.msgtype)
+                    rgb = decode_to_rgb8(msg, connection.msgtype)
                 except ImageCodecError as exc:
                     skip(key, f"frame {index}: cannot decode the image: {exc}")
                     continue
@@ -248,29 +221,9 @@ def _label_into(bag: Path, topic: str, clicks: dict[str, list[Click]], out: Path
                 if not valid:
                     continue
                 results = segmenter.segment_batch(rgb, [c.points for c in valid])
-                stem = f"{city}_000000_{index:06d}"
-                objects = [(c.class_name, r.polygon) for c, r in zip(valid, results, strict=True)
-                           if len(r.polygon) >= 3]
-                write_sample(out, split, city, stem, rgb, objects)
-                image_id = len(images) + 1
-                images.append({"id": image_id, "file_name": f"leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png",
-                               "height": int(rgb.shape[0]), "width": int(rgb.shape[1]), "frame_index": index,
-                               "stamp_ns": stamp, "frame_id": str(msg.header.frame_id)})
-                for click, result in zip(valid, results, strict=True):
-                    if len(result.polygon) < 3:
-                        continue
-                    label = name2label[click.class_name]
-                    categories[label.id] = label.name
-                    x0, y0 = result.polygon.min(axis=0)
-                    x1, y1 = result.polygon.max(axis=0)
-                    annotations.append({
-                        "id": len(annotations) + 1, "image_id": image_id, "category_id": label.id, "iscrowd": 0,
-                        "segmentation": [result.polygon.astype(float).reshape(-1).tolist()],
-                        "area": float(result.area),
-                        "bbox": [float(x0), float(y0), float(x1 - x0 + 1), float(y1 - y0 + 1)],
-                        "score": result.score, "polygon_iou": result.polygon_iou,
-                        "extreme_points": click.points.reshape(-1).tolist(),
-                    })
+                yield LabelledFrame(index, stamp, str(msg.header.frame_id), rgb, [
+                    LabelledObject(c.class_name, r.polygon, c.points, r.score, r.polygon_iou, r.area)
+                    for c, r in zip(valid, results, strict=True)])
         finally:
             bar.close()
     finally:
@@ -281,10 +234,6 @@ def _label_into(bag: Path, topic: str, clicks: dict[str, list[Click]], out: Path
                          + ", ".join(missing[:10]))
     for key in missing:
         skip(key, f"frame not in {topic} ({total} frames)")
-    coco = {"images": images, "annotations": annotations,
-            "categories": [{"id": i, "name": n} for i, n in sorted(categories.items())]}
-    _atomic_json(out / "annotations_coco.json", coco)
-    return {"frames": len(images), "objects": len(annotations), "skipped": skipped}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
