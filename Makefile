@@ -11,11 +11,12 @@ SETUP_INPUTS := pyproject.toml setup.py setup.cfg package.xml tools/setup.sh too
 	$(wildcard ros2_ws/src/instseg_interfaces/*.txt ros2_ws/src/instseg_interfaces/*.xml \
 	           ros2_ws/src/instseg_interfaces/msg/* ros2_ws/src/instseg_interfaces/srv/*)
 
-.PHONY: help setup test lint pytest demo bench gpu-check data train-extreme train-se train-box2pix train-dcme colcon clean distclean
+.PHONY: help setup test lint pytest demo studio bench gpu-check data train-extreme train-se train-box2pix train-dcme colcon clean distclean
 
 help:
 	@echo "make setup   create .venv: pinned deps, ROS 2 wheels, instseg_interfaces (idempotent)"
 	@echo "make demo    set up, then run the main job on the embedded default (see README)"
+	@echo "make studio  set up, then open the labelling studio on the demo camera bag (http://127.0.0.1:8080/)"
 	@echo "make test    set up, then ruff, import contracts, mypy and the whole test suite"
 	@echo "make bench   set up, then the benchmarks in bench/"
 	@echo "make gpu-check  on a CUDA machine (no set-up needed): every streaming model's GPU figures (bench/gpu_check.py)"
@@ -49,6 +50,14 @@ test: lint pytest
 # contact sheet, an MP4 and a table (tools/demo.py isolates itself).
 demo: setup
 	$(PY) tools/demo.py
+
+# The labelling studio on the demo camera bag (made by the demo's generator on first use), in-process
+# segmentation (no ROS graph: the studio is reached from this machine's browser, so it does not run in the
+# loopback-only namespace that rclpy processes need), proposals from Box2Pix.
+STUDIO_BAG := data/demo/camera
+studio: setup
+	$(PY) -c "from pathlib import Path; import sys; sys.path.insert(0, 'tools'); import demo; demo.ensure_camera_bag(Path('data/demo'), 60)"
+	$(VENV)/bin/instseg-studio $(STUDIO_BAG) --segmenter inprocess --proposals box2pix --port 8080
 
 bench: setup
 	$(PY) bench/bench_image_codec.py

@@ -22,8 +22,9 @@ setup(
     version="0.1.0",
     description="Real-time instance segmentation for ROS 2 and extreme-point annotation of bags",
     license="Apache-2.0",
-    packages=find_packages(include=["instseg_core", "instseg_core.*", "instseg_ros", "instseg_ros.*", "training",
-                                    "training.*"]),
+    packages=find_packages(include=["instseg_core", "instseg_core.*", "instseg_ros", "instseg_ros.*", "instseg_studio",
+                                    "instseg_studio.*", "training", "training.*"]),
+    package_data={"instseg_studio": ["static/*.html", "static/*.js", "static/*.css"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -46,6 +47,7 @@ setup(
             "segmentation_node = instseg_ros.segmentation_node:main",
             "segmentation_lifecycle_node = instseg_ros.segmentation_node:main_lifecycle",
             "instseg-bag = instseg_ros.bag_tools:main",
+            "instseg-studio = instseg_studio.cli:main",
         ],
     },
 )

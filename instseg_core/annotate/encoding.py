@@ -15,6 +15,7 @@ Conventions:
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import cv2
@@ -61,6 +62,21 @@ def extreme_points_from_mask(mask: np.ndarray) -> np.ndarray:
         [left, median_of(xs == left, ys)], [median_of(ys == top, xs), top],
         [right, median_of(xs == right, ys)], [median_of(ys == bottom, xs), bottom],
     ], dtype=np.int64)
+
+
+# The 24 ways to assign 4 clicks to (left, top, right, bottom).
+_ASSIGNMENTS = np.array(list(itertools.permutations(range(4))), np.int64)
+
+
+def order_extreme_points(points: np.ndarray) -> np.ndarray:
+    """(4, 2) float64: four clicks in any order, reordered to left, top, right, bottom.
+
+    The assignment maximises (x_right - x_left) + (y_bottom - y_top) over the 24 permutations, so that a
+    click that is both the leftmost and the topmost (a diagonal object) goes where it spans the box best."""
+    array = np.asarray(points, np.float64).reshape(4, 2)
+    chosen = array[_ASSIGNMENTS]  # (24, 4, 2): left, top, right, bottom of each assignment
+    spread = chosen[:, 2, 0] - chosen[:, 0, 0] + chosen[:, 3, 1] - chosen[:, 1, 1]
+    return chosen[int(np.argmax(spread))].copy()
 
 
 def crop_box(points: np.ndarray, relax_fraction: float = 0.1, relax_min: float = 4.0) -> CropBox:

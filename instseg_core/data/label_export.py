@@ -117,9 +117,10 @@ def _write_into(root: Path, frames: Iterable[LabelledFrame], split: str, city: s
             continue
         for obj in objects:
             check_class(obj.class_name)
+        polygons = [np.rint(np.asarray(o.polygon, np.float64)).astype(np.int32).reshape(-1, 2) for o in objects]
         stem = f"{city}_000000_{frame.index:06d}"
-        write_sample(root, split, city, stem, frame.rgb,
-                     [(o.class_name, np.asarray(o.polygon, np.int32)) for o in objects])
+        write_sample(root, split, city, stem, frame.rgb, [(o.class_name, p) for o, p in zip(objects, polygons,
+                                                                                           strict=True)])
         height, width = frame.rgb.shape[:2]
         image_id = len(images) + 1
         images.append({"id": image_id, "file_name": f"leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png",
@@ -127,10 +128,9 @@ def _write_into(root: Path, frames: Iterable[LabelledFrame], split: str, city: s
                        "stamp_ns": frame.stamp_ns, "frame_id": frame.frame_id})
         clicks[str(frame.index)] = [{"points": np.asarray(o.extreme_points, float).tolist(), "class": o.class_name}
                                     for o in objects]
-        for obj in objects:
+        for obj, polygon in zip(objects, polygons, strict=True):
             label = name2label[obj.class_name]
             categories[label.id] = label.name
-            polygon = np.asarray(obj.polygon)
             x0, y0 = polygon.min(axis=0)
             x1, y1 = polygon.max(axis=0)
             area = obj.area if obj.area is not None else polygon_area(polygon, (height, width))

@@ -1,0 +1,93 @@
+"""What the studio does for the operator beyond four clicks: propagation to the next frame and proposals.
+
+- `propagate`: the objects of one frame re-segmented on another from their extreme points, each shifted by the
+  object's motion. The motion is the median displacement of points tracked with pyramidal Lucas-Kanade optical
+  flow (OpenCV) from the object's polygon vertices and extreme points; where tracking fails the points stay.
+- `proposals`: the streaming segmenter's instances on the frame (any streaming model), each as a polygon with
+  its extreme points and class, for the operator to accept or reject.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import cv2
+import numpy as np
+
+from instseg_core.annotate.encoding import extreme_points_from_mask
+from instseg_core.annotate.segmenter import AnnotationError
+from instseg_core.postprocess.polygons import mask_to_polygon
+from instseg_studio.bag_frames import Frame
+from instseg_studio.segmenters import StudioSegmenter
+
+LK_PARAMS = {"winSize": (21, 21), "maxLevel": 3,
+             "criteria": (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01)}
+MAX_TRACKED_POINTS = 48
+
+
+def object_motion(previous_gray: np.ndarray, current_gray: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(2,) float32 median displacement (dx, dy) in pixels of `points` (N, 2) from one (H, W) uint8 image to the
+    next by Lucas-Kanade flow; (0, 0) when no point could be tracked."""
+    if len(points) > MAX_TRACKED_POINTS:
+        points = points[np.linspace(0, len(points) - 1, MAX_TRACKED_POINTS).astype(int)]
+    start = np.ascontiguousarray(points, np.float32).reshape(-1, 1, 2)
+    moved, status, _ = cv2.calcOpticalFlowPyrLK(previous_gray, current_gray, start, None, **LK_PARAMS)
+    if moved is None:
+        return np.zeros(2, np.float32)
+    good = status.reshape(-1) == 1
+    if not good.any():
+        return np.zeros(2, np.float32)
+    return np.median((moved - start).reshape(-1, 2)[good], axis=0).astype(np.float32)
+
+
+def propagate(objects: list[dict], previous: Frame, current: Frame, segmenter: StudioSegmenter) -> tuple[
+        list[dict], list[dict]]:
+    """(objects on `current`, failures): each of `objects` (session objects of `previous`) moved by its optical
+    flow motion and re-segmented from its shifted extreme points; an object whose points leave the frame or
+    cannot be segmented is reported in failures ({"id", "reason"}) instead."""
+    previous_gray = cv2.cvtColor(previous.rgb, cv2.COLOR_RGB2GRAY)
+    current_gray = cv2.cvtColor(current.rgb, cv2.COLOR_RGB2GRAY)
+    height, width = current.rgb.shape[:2]
+    moved_objects, failures = [], []
+    for obj in objects:
+        points = np.asarray(obj["points"], np.float32)
+        shift = object_motion(previous_gray, current_gray, np.concatenate([points, np.asarray(obj["polygon"],
+                                                                                              np.float32)]))
+        shifted = points + shift
+        shifted[:, 0] = np.clip(shifted[:, 0], 0, width - 1)
+        shifted[:, 1] = np.clip(shifted[:, 1], 0, height - 1)
+        try:
+            result = segmenter.segment(current, shifted, obj.get("tolerance", 1.0))
+        except AnnotationError as exc:
+            failures.append({"id": obj["id"], "reason": str(exc)})
+            continue
+        moved_objects.append({**obj, "points": result.points.tolist(), "polygon": result.polygon.tolist(),
+                              "score": result.score, "polygon_iou": result.polygon_iou, "source": "propagated",
+                              "motion": [float(shift[0]), float(shift[1])]})
+    return moved_objects, failures
+
+
+def proposals(streaming_segmenter: Any, frame: Frame, classes: tuple[str, ...], tolerance: float = 1.0,
+              min_area: int = 64) -> tuple[list[dict], float]:
+    """(proposals, milliseconds): the streaming segmenter's instances on `frame` whose class is one of `classes`
+    and that cover at least `min_area` pixels, best score first: {"class", "polygon", "points", "score",
+    "polygon_iou"} in image pixels."""
+    start = time.perf_counter()
+    result = streaming_segmenter(frame.rgb)
+    instances = result.instances
+    found = []
+    for k in np.argsort(-instances.scores):
+        name = result.class_names[k]
+        if name not in classes or instances.areas[k] < min_area:
+            continue
+        x0, y0, x1, y1 = (int(v) for v in instances.boxes[k])
+        window = instances.id_image[y0:y1, x0:x1] == k + 1
+        polygon, polygon_iou = mask_to_polygon(window, tolerance)
+        if len(polygon) < 3:
+            continue
+        points = extreme_points_from_mask(window) + np.array([x0, y0])
+        found.append({"class": name, "polygon": (polygon + np.array([x0, y0], np.int32)).tolist(),
+                      "points": points.tolist(), "score": float(instances.scores[k]),
+                      "polygon_iou": float(polygon_iou)})
+    return found, (time.perf_counter() - start) * 1e3

@@ -1,0 +1,167 @@
+"""How the studio turns four clicks into a polygon: through the annotation service node, or in-process.
+
+Both take the frame (instseg_studio.bag_frames.Frame), the 4 extreme points rounded to whole pixels (the
+service's int32 points; the in-process path rounds the same way, so both give the same polygon) and the polygon
+tolerance, and return a Segmentation. Bad points raise AnnotationError with the service's error codes.
+
+- `InProcessSegmenter`: the shipped extreme-point model on ONNX Runtime in the studio's own process
+  (`--segmenter inprocess`), for machines without a ROS graph.
+- `ServiceSegmenter`: a ROS 2 client of `extreme_point_node`'s `SegmentObject` service (`--segmenter service`,
+  the product's design and the default of `launch/labelling.launch.py`). Each frame's pixels are sent once;
+  later requests on the same frame carry only the points and name the frame by a header the studio makes
+  unique (stamp = the frame's receive time, frame_id = "instseg_studio/<index>"), which the node's frame cache
+  resolves. A cache miss (the node restarted, or evicted the frame) is answered by sending the pixels again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from instseg_core.annotate.encoding import order_extreme_points
+from instseg_core.annotate.segmenter import AnnotationError, ErrorCode, ExtremePointSegmenter, validate_points
+from instseg_studio.bag_frames import Frame
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """One object: polygon (N, 2) int32 image x, y; mean probability inside the mask; IoU of the polygon with
+    the mask; mask pixels; the points used (4, 2) int (left, top, right, bottom); milliseconds spent."""
+
+    polygon: np.ndarray
+    score: float
+    polygon_iou: float
+    area: int
+    points: np.ndarray
+    milliseconds: float
+
+
+def prepare_points(points: Any, image_shape: tuple[int, int]) -> np.ndarray:
+    """Four clicks in any order -> (4, 2) int64 left, top, right, bottom, validated for the image (AnnotationError
+    otherwise)."""
+    array = validate_points(points, image_shape)
+    return np.rint(order_extreme_points(array)).astype(np.int64)
+
+
+class StudioSegmenter(Protocol):
+    name: str
+
+    def segment(self, frame: Frame, points: Any, tolerance: float) -> Segmentation: ...
+
+    def close(self) -> None: ...
+
+
+class InProcessSegmenter:
+    """The annotation model in this process (see the module docstring)."""
+
+    name = "inprocess"
+
+    def __init__(self, segmenter: ExtremePointSegmenter) -> None:
+        self.segmenter = segmenter
+
+    def segment(self, frame: Frame, points: Any, tolerance: float) -> Segmentation:
+        start = time.perf_counter()
+        ordered = prepare_points(points, frame.rgb.shape[:2])
+        result = self.segmenter.segment(frame.rgb, ordered.astype(np.float64), polygon_tolerance=tolerance)
+        return Segmentation(result.polygon.astype(np.int32), result.score, result.polygon_iou, result.area, ordered,
+                            (time.perf_counter() - start) * 1e3)
+
+    def close(self) -> None:
+        pass
+
+
+class ServiceSegmenter:
+    """A client of extreme_point_node's SegmentObject service (see the module docstring). `service` is the
+    service's name (default /extreme_point_node/segment); `timeout` seconds per request."""
+
+    name = "service"
+
+    def __init__(self, service: str = "/extreme_point_node/segment", timeout: float = 10.0,
+                 wait_for_service: float = 30.0, frames_sent: int = 4) -> None:
+        import rclpy
+        from instseg_interfaces.srv import SegmentObject
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+
+        self._srv_type = SegmentObject
+        self.timeout = timeout
+        self._context = Context()
+        rclpy.init(context=self._context)
+        self._node = rclpy.create_node("instseg_studio", context=self._context)
+        self._client = self._node.create_client(SegmentObject, service)
+        self._executor = SingleThreadedExecutor(context=self._context)
+        self._executor.add_node(self._node)
+        self._thread = threading.Thread(target=self._spin, name="studio-ros", daemon=True)
+        self._thread.start()
+        self._sent: OrderedDict[int, None] = OrderedDict()
+        self._frames_sent = frames_sent
+        self._lock = threading.Lock()
+        if not self._client.wait_for_service(timeout_sec=wait_for_service):
+            self.close()
+            raise RuntimeError(f"the annotation service {service} did not appear within {wait_for_service:g} s; "
+                               "start extreme_point_node (launch/labelling.launch.py does) or use --segmenter "
+                               "inprocess")
+
+    def _spin(self) -> None:
+        from rclpy.executors import ExternalShutdownException
+
+        try:
+            while self._context.ok():
+                self._executor.spin_once(timeout_sec=0.1)
+        except (ExternalShutdownException, RuntimeError):
+            pass
+
+    def _request(self, frame: Frame, points: np.ndarray, tolerance: float, with_pixels: bool) -> Any:
+        from instseg_ros.image_codec import numpy_to_image
+
+        request = self._srv_type.Request()
+        if with_pixels:
+            request.image = numpy_to_image(frame.rgb, "rgb8")
+        request.image.header.stamp.sec = frame.timestamp_ns // 10**9
+        request.image.header.stamp.nanosec = frame.timestamp_ns % 10**9
+        request.image.header.frame_id = f"instseg_studio/{frame.index}"
+        request.extreme_points = [int(v) for v in points.reshape(-1)]
+        request.polygon_tolerance = float(tolerance)
+        request.crop_mask = True
+        done = threading.Event()
+        future = self._client.call_async(request)
+        future.add_done_callback(lambda _: done.set())
+        if not done.wait(self.timeout):
+            self._client.remove_pending_request(future)
+            raise AnnotationError(ErrorCode.INTERNAL_ERROR, f"the annotation service did not answer in "
+                                                            f"{self.timeout:g} s")
+        return future.result()
+
+    def segment(self, frame: Frame, points: Any, tolerance: float) -> Segmentation:
+        start = time.perf_counter()
+        ordered = prepare_points(points, frame.rgb.shape[:2])
+        with self._lock:
+            cached = frame.index in self._sent
+        response = self._request(frame, ordered, tolerance, with_pixels=not cached)
+        if cached and not response.success and response.error_code == ErrorCode.BAD_IMAGE:
+            response = self._request(frame, ordered, tolerance, with_pixels=True)  # the node forgot the frame
+        if not response.success:
+            raise AnnotationError(ErrorCode(response.error_code), response.message)
+        with self._lock:
+            self._sent[frame.index] = None
+            self._sent.move_to_end(frame.index)
+            while len(self._sent) > self._frames_sent:
+                self._sent.popitem(last=False)
+        polygon = np.asarray(response.polygon, np.int32).reshape(-1, 2)
+        area = int(np.count_nonzero(np.asarray(response.mask.data)))
+        return Segmentation(polygon, float(response.score), float(response.polygon_iou), area, ordered,
+                            (time.perf_counter() - start) * 1e3)
+
+    def close(self) -> None:
+        import rclpy
+
+        if self._context.ok():
+            rclpy.shutdown(context=self._context)
+        self._thread.join(timeout=2)
+        self._executor.shutdown()
+        self._node.destroy_node()

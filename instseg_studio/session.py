@@ -1,0 +1,159 @@
+"""The studio's session: every object of every frame, saved atomically to one JSON file after each change.
+
+File `OUT/studio_session.json`:
+
+    {"format": "instseg-studio-session/1", "bag": "...", "topic": "/camera/image_raw", "version": 17,
+     "frames": {"12": {"stamp_ns": 1700000000400000000, "objects": [OBJECT, ...]}}}
+
+OBJECT: {"id": "o7", "class": "car", "points": [[x, y] x 4: left, top, right, bottom], "polygon": [[x, y], ...],
+"tolerance": 1.0, "score": 0.93, "polygon_iou": 0.97, "hidden": false, "source": "clicks"} in image pixels.
+`version` grows by one with every saved change. A change names the version it was made on; a change made on
+an older version (another browser tab saved in between) is refused with VersionConflictError instead of silently
+overwriting the other tab's work. Killing the server at any moment leaves the last saved version on disk: the
+file is replaced by rename, never written in place.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+from instseg_core.base.atomic_files import write_text_atomically
+from instseg_core.data.label_export import LabelExportError, check_class
+
+SESSION_FORMAT = "instseg-studio-session/1"
+SESSION_FILE = "studio_session.json"
+OBJECT_SOURCES = ("clicks", "propagated", "proposal")
+MAX_OBJECTS_PER_FRAME = 1000
+MAX_POLYGON_VERTICES = 10000
+
+
+class SessionError(ValueError):
+    """A session file or a change that cannot be used; the message says what is wrong."""
+
+
+class VersionConflictError(SessionError):
+    """The change was made on an older version of the session than the one saved."""
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or abs(value) > 1e7:
+        raise SessionError(f"{where}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _points(value: Any, where: str, count: int | None = None) -> list[list[float]]:
+    if not isinstance(value, list) or (count is not None and len(value) != count):
+        raise SessionError(f"{where}: expected a list of {count or 'n'} [x, y] points")
+    if len(value) > MAX_POLYGON_VERTICES:
+        raise SessionError(f"{where}: more than {MAX_POLYGON_VERTICES} points")
+    points = []
+    for k, point in enumerate(value):
+        if not isinstance(point, list) or len(point) != 2:
+            raise SessionError(f"{where}[{k}]: expected [x, y], got {point!r}")
+        points.append([_number(point[0], f"{where}[{k}]"), _number(point[1], f"{where}[{k}]")])
+    return points
+
+
+def validate_object(obj: Any, classes: tuple[str, ...], where: str) -> dict:
+    """A clean copy of one OBJECT (see the module docstring), or SessionError naming the field."""
+    if not isinstance(obj, dict):
+        raise SessionError(f"{where}: expected an object, got {type(obj).__name__}")
+    object_id = obj.get("id")
+    if not isinstance(object_id, str) or not 0 < len(object_id) <= 64:
+        raise SessionError(f"{where}.id: expected a short string")
+    name = obj.get("class")
+    if name not in classes:
+        raise SessionError(f"{where}.class: {name!r} is not one of the studio's classes")
+    polygon = _points(obj.get("polygon"), f"{where}.polygon")
+    if len(polygon) < 3:
+        raise SessionError(f"{where}.polygon: at least 3 vertices are needed")
+    source = obj.get("source", "clicks")
+    if source not in OBJECT_SOURCES:
+        raise SessionError(f"{where}.source: {source!r} is not one of {OBJECT_SOURCES}")
+    clean = {"id": object_id, "class": name, "points": _points(obj.get("points"), f"{where}.points", 4),
+             "polygon": [[round(x, 2), round(y, 2)] for x, y in polygon],
+             "tolerance": _number(obj.get("tolerance", 1.0), f"{where}.tolerance"),
+             "hidden": bool(obj.get("hidden", False)), "source": source}
+    for key in ("score", "polygon_iou"):
+        if obj.get(key) is not None:
+            clean[key] = _number(obj[key], f"{where}.{key}")
+    return clean
+
+
+class Session:
+    """The session of one bag topic, kept in memory and on disk (`path`); thread-safe."""
+
+    def __init__(self, path: Path, bag: str, topic: str, classes: tuple[str, ...]) -> None:
+        for name in classes:
+            try:
+                check_class(name)
+            except LabelExportError as exc:
+                raise SessionError(f"class list: {exc}") from exc
+        self.path = Path(path)
+        self.bag, self.topic, self.classes = bag, topic, classes
+        self._lock = threading.Lock()
+        self.version = 0
+        self.frames: dict[int, dict] = {}
+        if self.path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError) as exc:
+            raise SessionError(f"session file {self.path} cannot be read ({exc}); move it away to start a new "
+                               "session") from exc
+        if not isinstance(data, dict) or data.get("format") != SESSION_FORMAT:
+            raise SessionError(f"{self.path} is not a studio session ({SESSION_FORMAT})")
+        if data.get("topic") != self.topic:
+            raise SessionError(f"{self.path} labels topic {data.get('topic')!r}, not {self.topic!r}; use another "
+                               "--out folder or --topic")
+        version = data.get("version")
+        frames = data.get("frames")
+        if not isinstance(version, int) or version < 0 or not isinstance(frames, dict):
+            raise SessionError(f"{self.path}: damaged (version or frames missing)")
+        loaded = {}
+        for key, frame in frames.items():
+            if not str(key).isdigit() or not isinstance(frame, dict) or not isinstance(frame.get("objects"), list):
+                raise SessionError(f"{self.path}: frames[{key!r}] is damaged")
+            objects = [validate_object(o, self.classes, f"{self.path}: frames[{key}].objects[{k}]")
+                       for k, o in enumerate(frame["objects"])]
+            loaded[int(key)] = {"stamp_ns": int(frame.get("stamp_ns") or 0), "objects": objects}
+        self.version, self.frames = version, loaded
+
+    def objects(self, index: int) -> list[dict]:
+        with self._lock:
+            return [dict(o) for o in self.frames.get(index, {}).get("objects", [])]
+
+    def labelled_frames(self) -> list[int]:
+        """Indices of the frames that hold at least one object, ascending."""
+        with self._lock:
+            return sorted(k for k, f in self.frames.items() if f["objects"])
+
+    def set_objects(self, index: int, stamp_ns: int, objects: Any, base_version: Any) -> int:
+        """Replace frame `index`'s objects (validated) if `base_version` is the saved version; save; return the
+        new version. VersionConflictError when another change was saved since `base_version`."""
+        if not isinstance(objects, list) or len(objects) > MAX_OBJECTS_PER_FRAME:
+            raise SessionError(f"objects: expected a list of at most {MAX_OBJECTS_PER_FRAME} objects")
+        clean = [validate_object(o, self.classes, f"objects[{k}]") for k, o in enumerate(objects)]
+        if len({o["id"] for o in clean}) != len(clean):
+            raise SessionError("objects: two objects share an id")
+        with self._lock:
+            if base_version != self.version:
+                raise VersionConflictError(f"the session was changed elsewhere (another tab?): it is at version "
+                                      f"{self.version}, this change was made on version {base_version}. Reload "
+                                      "the page to see the saved state; nothing was overwritten.")
+            frames = dict(self.frames)
+            frames[index] = {"stamp_ns": int(stamp_ns), "objects": clean}
+            self._save(frames, self.version + 1)
+            self.frames, self.version = frames, self.version + 1
+            return self.version
+
+    def _save(self, frames: dict[int, dict], version: int) -> None:
+        data = {"format": SESSION_FORMAT, "bag": self.bag, "topic": self.topic, "version": version,
+                "frames": {str(k): frames[k] for k in sorted(frames) if frames[k]["objects"]}}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(self.path, json.dumps(data, indent=1))
