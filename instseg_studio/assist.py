@@ -1,8 +1,8 @@
 """What the studio does for the operator beyond four clicks: propagation to the next frame and proposals.
 
 - `propagate`: the objects of one frame re-segmented on another from their extreme points, each shifted by the
-  object's motion. The motion is the median displacement of points tracked with pyramidal Lucas-Kanade optical
-  flow (OpenCV) from the object's polygon vertices and extreme points; where tracking fails the points stay.
+  object's motion: the median displacement of corners inside the object tracked with pyramidal Lucas-Kanade
+  optical flow (OpenCV, forward-backward checked); where tracking fails the points stay.
 - `proposals`: the streaming segmenter's instances on the frame (any streaming model), each as a polygon with
   its extreme points and class, for the operator to accept or reject.
 """
@@ -26,16 +26,29 @@ LK_PARAMS = {"winSize": (21, 21), "maxLevel": 3,
 MAX_TRACKED_POINTS = 48
 
 
-def object_motion(previous_gray: np.ndarray, current_gray: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """(2,) float32 median displacement (dx, dy) in pixels of `points` (N, 2) from one (H, W) uint8 image to the
-    next by Lucas-Kanade flow; (0, 0) when no point could be tracked."""
-    if len(points) > MAX_TRACKED_POINTS:
-        points = points[np.linspace(0, len(points) - 1, MAX_TRACKED_POINTS).astype(int)]
-    start = np.ascontiguousarray(points, np.float32).reshape(-1, 1, 2)
+def object_motion(previous_gray: np.ndarray, current_gray: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+    """(2,) float32 median displacement (dx, dy) in pixels of the object inside `polygon` (N, 2) from one (H, W)
+    uint8 image to the next; (0, 0) when nothing could be tracked.
+
+    Tracked are corners (Shi-Tomasi) inside the polygon shrunk by 2 pixels, so that the background seen at the
+    object's border does not pull the estimate, by Lucas-Kanade flow with a forward-backward check (a point that
+    does not come back to within 1 pixel of where it started is dropped)."""
+    mask = np.zeros(previous_gray.shape, np.uint8)
+    cv2.fillPoly(mask, [np.asarray(polygon, np.int32).reshape(-1, 1, 2)], 255)
+    mask = cv2.erode(mask, np.ones((5, 5), np.uint8))
+    start = cv2.goodFeaturesToTrack(previous_gray, MAX_TRACKED_POINTS, 0.01, 3, mask=mask)
+    if start is None:
+        ys, xs = np.nonzero(mask)
+        if not len(xs):
+            return np.zeros(2, np.float32)
+        start = np.array([[[xs.mean(), ys.mean()]]], np.float32)
+    start = start.astype(np.float32)
     moved, status, _ = cv2.calcOpticalFlowPyrLK(previous_gray, current_gray, start, None, **LK_PARAMS)
     if moved is None:
         return np.zeros(2, np.float32)
-    good = status.reshape(-1) == 1
+    back, back_status, _ = cv2.calcOpticalFlowPyrLK(current_gray, previous_gray, moved, None, **LK_PARAMS)
+    round_trip = np.linalg.norm((back - start).reshape(-1, 2), axis=1)
+    good = (status.reshape(-1) == 1) & (back_status.reshape(-1) == 1) & (round_trip < 1.0)
     if not good.any():
         return np.zeros(2, np.float32)
     return np.median((moved - start).reshape(-1, 2)[good], axis=0).astype(np.float32)
@@ -52,8 +65,7 @@ def propagate(objects: list[dict], previous: Frame, current: Frame, segmenter: S
     moved_objects, failures = [], []
     for obj in objects:
         points = np.asarray(obj["points"], np.float32)
-        shift = object_motion(previous_gray, current_gray, np.concatenate([points, np.asarray(obj["polygon"],
-                                                                                              np.float32)]))
+        shift = object_motion(previous_gray, current_gray, np.asarray(obj["polygon"], np.float32))
         shifted = points + shift
         shifted[:, 0] = np.clip(shifted[:, 0], 0, width - 1)
         shifted[:, 1] = np.clip(shifted[:, 1], 0, height - 1)
