@@ -163,7 +163,8 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
     def info() -> dict:
         return {"bag": str(studio.frames.bag), "topic": studio.frames.topic, "topics": studio.frames.image_topics,
                 "frames": len(studio.frames), "classes": list(studio.session.classes),
-                "segmenter": studio.segmenter.name, "proposals": studio.streaming is not None,
+                "segmenter": studio.segmenter.name, "segmenter_stats": dict(studio.segmenter.stats),
+                "proposals": studio.streaming is not None,
                 "version": studio.session.version, "out": str(studio.out), "counters": dict(studio.counters)}
 
     @app.get("/api/timeline")

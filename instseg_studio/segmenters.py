@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -50,6 +50,7 @@ def prepare_points(points: Any, image_shape: tuple[int, int]) -> np.ndarray:
 
 class StudioSegmenter(Protocol):
     name: str
+    stats: Counter
 
     def segment(self, frame: Frame, points: Any, tolerance: float) -> Segmentation: ...
 
@@ -63,11 +64,13 @@ class InProcessSegmenter:
 
     def __init__(self, segmenter: ExtremePointSegmenter) -> None:
         self.segmenter = segmenter
+        self.stats: Counter = Counter()
 
     def segment(self, frame: Frame, points: Any, tolerance: float) -> Segmentation:
         start = time.perf_counter()
         ordered = prepare_points(points, frame.rgb.shape[:2])
         result = self.segmenter.segment(frame.rgb, ordered.astype(np.float64), polygon_tolerance=tolerance)
+        self.stats["requests"] += 1
         return Segmentation(result.polygon.astype(np.int32), result.score, result.polygon_iou, result.area, ordered,
                             (time.perf_counter() - start) * 1e3)
 
@@ -99,6 +102,7 @@ class ServiceSegmenter:
         self._thread = threading.Thread(target=self._spin, name="studio-ros", daemon=True)
         self._thread.start()
         self._sent: OrderedDict[int, None] = OrderedDict()
+        self.stats: Counter = Counter()  # requests; with_pixels: those that carried the frame's pixels
         self._frames_sent = frames_sent
         self._lock = threading.Lock()
         if not self._client.wait_for_service(timeout_sec=wait_for_service):
@@ -128,6 +132,8 @@ class ServiceSegmenter:
         request.extreme_points = [int(v) for v in points.reshape(-1)]
         request.polygon_tolerance = float(tolerance)
         request.crop_mask = True
+        self.stats["requests"] += 1
+        self.stats["with_pixels"] += int(with_pixels)
         done = threading.Event()
         future = self._client.call_async(request)
         future.add_done_callback(lambda _: done.set())

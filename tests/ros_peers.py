@@ -471,7 +471,18 @@ def drive_segmentation(args: argparse.Namespace) -> None:
         publisher.publish(frame)
         spin_until(node, lambda: False, args.interval)
     good = kinds.count("good")
-    spin_until(node, lambda: len(instances) >= good, args.settle)
+    # Done when every good frame's results arrived, or when the last good frame's results arrived on every output:
+    # the node answers frames in order and its outputs are ordered, so an earlier frame missing by then (a
+    # best-effort camera's first frame, sent before discovery completed) will not come any more.
+    last_good = max((1000 + k for k, kind in enumerate(kinds) if kind == "good"), default=None)
+
+    def complete() -> bool:
+        if len(instances) >= good:
+            return True
+        streams = [instances, ids] + ([overlays] if args.overlay else [])
+        return last_good is not None and all(any(m.header.stamp.sec == last_good for m in s) for s in streams)
+
+    spin_until(node, complete, args.settle)
     spin_until(node, lambda: False, 1.5 + args.linger)  # one more diagnostics period (and --linger)
     last = {kv.key: kv.value for kv in diagnostics[-1].status[0].values} if diagnostics else {}
     report(
@@ -489,11 +500,15 @@ def drive_segmentation(args: argparse.Namespace) -> None:
 
 
 def stream_frames(args: argparse.Namespace) -> None:
-    """Publish one --size rgb8 frame with fresh stamps at --rate Hz for --duration s (best effort)."""
+    """Publish one --size rgb8 frame with fresh stamps at --rate Hz for --duration s (best effort), or with
+    --until-outputs N until the segmentation node has published N results (at most --duration s)."""
     width, height = (int(v) for v in args.size.split("x"))
     node = Node("frame_streamer")
     qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
     publisher = node.create_publisher(Image, "image", qos)
+    outputs: list = []
+    if args.until_outputs:
+        node.create_subscription(InstanceArray, "/segmentation_node/instances", outputs.append, RELIABLE)
     if not wait_for_subscribers(node, publisher, args.timeout):
         report(error="no subscriber appeared")
         return
@@ -501,11 +516,14 @@ def stream_frames(args: argparse.Namespace) -> None:
     msg = numpy_to_image(frame, "rgb8")
     start, sent = time.monotonic(), 0
     while time.monotonic() - start < args.duration:
+        if args.until_outputs and len(outputs) >= args.until_outputs:
+            break
         msg.header.stamp = node.get_clock().now().to_msg()
         publisher.publish(msg)
         sent += 1
+        rclpy.spin_once(node, timeout_sec=max(0.0, start + sent / args.rate - time.monotonic()))
         time.sleep(max(0.0, start + sent / args.rate - time.monotonic()))
-    report(sent=sent, seconds=time.monotonic() - start)
+    report(sent=sent, seconds=time.monotonic() - start, outputs=len(outputs))
 
 
 def set_params(args: argparse.Namespace) -> None:
@@ -609,6 +627,8 @@ def main() -> None:
                         help="drive-segmentation: QoS of its subscriptions to the node's outputs")
     parser.add_argument("--rate", type=float, default=15.0, help="stream-frames: Hz")
     parser.add_argument("--duration", type=float, default=10.0, help="stream-frames: seconds")
+    parser.add_argument("--until-outputs", type=int, default=0,
+                        help="stream-frames: stop once the segmentation node published this many results")
     parser.add_argument("--target", default="/segmentation_node", help="set-params: node name")
     parser.add_argument("--params", default="", help="set-params: name=value,...")
     args = parser.parse_args()

@@ -13,6 +13,17 @@ for tool in cmake g++ make "$PYTHON"; do
   command -v "$tool" >/dev/null || { echo "setup: '$tool' not found (Debian: apt-get install cmake g++ make python3-venv)" >&2; exit 1; }
 done
 
+# The studio's browser tests drive Debian's chromium through its chromedriver (no browser download at run time).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    step "installing chromium and chromium-driver (Debian) for the studio's browser tests"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "setup: chromium/chromedriver missing; the studio's browser test will fail until you run" \
+         "'sudo apt-get install chromium chromium-driver'" >&2
+  fi
+fi
+
 if [ ! -x "$PY" ]; then
   step "creating $VENV"
   "$PYTHON" -m venv "$VENV"

@@ -339,7 +339,9 @@ function startDrag(event, obj, kind, k) {
     }
     return;
   }
-  state.drag = { id: obj.id, kind, k, moved: false };
+  // the handle keeps its offset to the pointer: grabbing it off-centre does not make it jump
+  const origin = kind === "vertex" ? obj.polygon[k] : obj.points[k];
+  state.drag = { id: obj.id, kind, k, moved: false, grab: imagePoint(event), origin: [...origin] };
 }
 
 function onMouseMove(event) {
@@ -347,7 +349,8 @@ function onMouseMove(event) {
   if (!drag) return;
   const obj = state.objects.find((o) => o.id === drag.id);
   if (!obj) return;
-  const [x, y] = imagePoint(event);
+  const [mx, my] = imagePoint(event);
+  const x = drag.origin[0] + mx - drag.grab[0], y = drag.origin[1] + my - drag.grab[1];
   const point = [Math.max(0, Math.min(state.frame.width - 1, x)), Math.max(0, Math.min(state.frame.height - 1, y))];
   if (!drag.moved) { drag.before = clone(state.objects); drag.moved = true; }
   if (drag.kind === "vertex") obj.polygon[drag.k] = point;
@@ -355,7 +358,8 @@ function onMouseMove(event) {
   render();
 }
 
-async function onMouseUp() {
+async function onMouseUp(event) {
+  onMouseMove(event);   // the release point is the final position, whatever moves were reported before it
   const drag = state.drag;
   state.drag = null;
   if (!drag || !drag.moved) return;
