@@ -60,7 +60,7 @@ def make_segmenter(args: argparse.Namespace) -> object:
             if args.segmenter == "service":
                 raise
             print(f"instseg-studio: {exc}; segmenting in-process instead", file=sys.stderr, flush=True)
-    return InProcessSegmenter(create_annotation_segmenter(args.model_file, threads=args.threads))
+    return InProcessSegmenter(create_annotation_segmenter(args.model_file, threads=args.threads, spin_wait=False))
 
 
 def build_studio(args: argparse.Namespace) -> object:

@@ -198,9 +198,9 @@ function render() {
     const polygon = selected.polygon;
     polygon.forEach((a, k) => {
       const b = polygon[(k + 1) % polygon.length];
+      // Ctrl+click on an edge inserts a vertex; a plain click passes through (it may be a new object's point)
       const edge = element("line", { x1: a[0], y1: a[1], x2: b[0], y2: b[1], class: "edge" }, svg);
-      edge.addEventListener("dblclick", (event) => insertVertex(event, selected, k));
-      edge.addEventListener("mousedown", (event) => event.stopPropagation());
+      edge.addEventListener("mousedown", (event) => { if (event.ctrlKey) insertVertex(event, selected, k); });
     });
     polygon.forEach(([x, y], k) => {
       const vertex = element("circle", { cx: x, cy: y, r, class: "vertex", "data-vertex": k }, svg);
@@ -292,11 +292,13 @@ async function segment(points, tolerance) {
 
 async function addClick(point) {
   if (!insideImage(point)) return;
+  if (!state.clicks.length) state.selected = null;   // a new object: the selected one's handles step aside
   state.clicks.push(point);
   render();
   if (state.clicks.length < 4) return;
   const points = state.clicks;
   const index = state.index;
+  const clicked = performance.now();
   try {
     const result = await segment(points, 1.0);
     if (state.index !== index) return;
@@ -305,8 +307,9 @@ async function addClick(point) {
                   source: "clicks" };
     state.clicks = [];
     state.selected = obj.id;
-    await commit([...state.objects, obj]);
-    window.studioTimings.push({ what: "polygon", ms: result.milliseconds });
+    const saved = commit([...state.objects, obj]);   // draws the polygon at once, then saves
+    window.studioTimings.push({ what: "polygon", ms: performance.now() - clicked, server_ms: result.milliseconds });
+    await saved;
   } catch (error) {
     state.clicks = [];
     render();
@@ -352,6 +355,7 @@ function onMouseMove(event) {
   const [mx, my] = imagePoint(event);
   const x = drag.origin[0] + mx - drag.grab[0], y = drag.origin[1] + my - drag.grab[1];
   const point = [Math.max(0, Math.min(state.frame.width - 1, x)), Math.max(0, Math.min(state.frame.height - 1, y))];
+  if (!drag.moved && point[0] === drag.origin[0] && point[1] === drag.origin[1]) return;
   if (!drag.moved) { drag.before = clone(state.objects); drag.moved = true; }
   if (drag.kind === "vertex") obj.polygon[drag.k] = point;
   else obj.points[drag.k] = point;
@@ -362,7 +366,8 @@ async function onMouseUp(event) {
   onMouseMove(event);   // the release point is the final position, whatever moves were reported before it
   const drag = state.drag;
   state.drag = null;
-  if (!drag || !drag.moved) return;
+  if (!drag) return;
+  if (!drag.moved) { addClick(drag.grab); return; }   // a click on a handle, not a drag: a new object's point
   const obj = state.objects.find((o) => o.id === drag.id);
   const edited = clone(state.objects);
   state.objects = drag.before;   // the undo entry starts from the state before the drag
@@ -374,7 +379,7 @@ async function onMouseUp(event) {
 }
 
 function onStageMouseDown(event) {
-  if (event.button !== 0 || !state.frame) return;
+  if (event.button !== 0 || !state.frame || event.ctrlKey) return;
   const point = imagePoint(event);
   if (event.shiftKey) {   // select the topmost object under the pointer
     const hit = [...state.objects].reverse().find((o) => !o.hidden && pointInPolygon(point, o.polygon));

@@ -1,0 +1,229 @@
+"""The labelling studio's speed, measured in a real browser (headless chromium driven by Selenium).
+
+    .venv/bin/python bench/bench_studio.py [--frames 12] [--objects 3] [--index-frames 10000]
+
+Rows (median and p95 in ms over the operator's actions, and ratios against baselines timed in the same run):
+- click 4 -> polygon drawn, 2048x1024 frames: from the 4th click's handler to the polygon on the page, with the
+  in-process segmenter and with extreme_point_node's service (pixels sent once per frame, then points only);
+  baseline: the same segmentation called directly in Python (no HTTP, no browser);
+- next frame shown (2048x1024 rgb8 from an MCAP bag): from the key press to the decoded image on the page;
+  baseline: reading, decoding and JPEG-encoding the frame in Python;
+- opening a bag of --index-frames frames: the first time (index built from the MCAP message indexes) and again
+  (index read from the cache), against reading every message of the topic.
+Everything runs inside a loopback-only network namespace (the service mode starts rclpy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(__file__))
+from instseg_ros import isolation
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_bags(root: Path, frames: int, index_frames: int) -> tuple[Path, list, Path]:
+    """(2 MP bag, per frame the extreme points of its largest objects, small bag of index_frames frames)."""
+    import cv2
+    import numpy as np
+
+    from instseg_core.annotate.encoding import extreme_points_from_mask
+    from instseg_core.data.bags import write_image_bag
+    from instseg_core.data.cityscapes import PolygonObject, visible_masks
+    from instseg_core.data.synth_cli import sequence_frames
+
+    images, clicks = [], []
+    for _, frame in sequence_frames(5, "val", 0, frames, width=1024, height=512, fps=10.0, ego_speed=6.0):
+        polygons = [PolygonObject(label, np.asarray(p)) for label, p in frame.objects]
+        masks = [cv2.resize(m.astype(np.uint8), (2048, 1024), interpolation=cv2.INTER_NEAREST).astype(bool)
+                 for p, m in zip(polygons, visible_masks(512, 1024, polygons), strict=True)
+                 if p.label in ("car", "person", "truck", "bus") and m.sum() > 800]
+        masks.sort(key=lambda m: -int(m.sum()))
+        images.append(cv2.resize(frame.rgb, (2048, 1024), interpolation=cv2.INTER_LINEAR))
+        clicks.append([extreme_points_from_mask(m).tolist() for m in masks])
+    big = root / "camera_2mp"
+    write_image_bag(big, images, rate_hz=10.0, storage="mcap")
+    small = root / "camera_long"
+    tiny = np.zeros((80, 160, 3), np.uint8)
+    write_image_bag(small, (tiny for _ in range(index_frames)), rate_hz=30.0, storage="mcap")
+    return big, clicks, small
+
+
+def start_studio(bag: Path, out: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "instseg_studio.cli", str(bag), "--port", "0", "--out", str(out),
+                             *extra], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.search(r"serving (http://127\.0\.0\.1:\d+/)", line)
+    if not match:
+        proc.kill()
+        sys.exit(f"bench_studio: the studio did not start: {line}")
+    return proc, match.group(1)
+
+
+def browser_session(url: str, clicks: list, objects: int) -> dict[str, list[float]]:
+    """Drive the page: on each frame click `objects` objects, then go to the next frame. Returns the page's
+    timings per kind."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    profile = tempfile.mkdtemp(prefix="bench_studio_chromium_")
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1400,900", f"--user-data-dir={profile}"):
+        options.add_argument(argument)
+    options.binary_location = "/usr/bin/chromium"
+    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    wait = WebDriverWait(driver, 120)
+    try:
+        driver.get(url)
+        wait.until(lambda d: d.execute_script("return document.body.dataset.ready") == "true")
+        overlay = driver.find_element(By.ID, "overlay")
+        body = driver.find_element(By.TAG_NAME, "body")
+        width, height = overlay.size["width"], overlay.size["height"]
+        scale = width / 2048
+        for index, points_of_frame in enumerate(clicks):
+            for number, points in enumerate(points_of_frame[:objects], start=1):
+                for x, y in points:
+                    ActionChains(driver).move_to_element_with_offset(
+                        overlay, round((x + 0.5) * scale - width / 2), round((y + 0.5) * scale - height / 2)).click() \
+                        .perform()
+                try:
+                    wait.until(lambda d, n=number: d.execute_script(
+                        "return window.studioState.objects.length === arguments[0] && window.studioState.busy === 0",
+                        n))
+                except Exception:
+                    state = driver.execute_script("return [window.studioState.clicks, window.studioState.busy, "
+                                                  "document.getElementById('message').textContent]")
+                    sys.exit(f"bench_studio: frame {index}, object {number} was not made: {state}, points {points}")
+            if index + 1 < len(clicks):
+                body.send_keys(Keys.ARROW_RIGHT)
+                wait.until(lambda d, k=index + 1: d.execute_script(
+                    "return window.studioState.frame.index === arguments[0] && window.studioState.busy === 0", k))
+        timings = driver.execute_script("return window.studioTimings")
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+    result: dict[str, list[float]] = {}
+    for entry in timings:
+        result.setdefault(entry["what"], []).append(float(entry["ms"]))
+        if "server_ms" in entry:
+            result.setdefault("server", []).append(float(entry["server_ms"]))
+    result["frame"] = result.get("frame", [])[1:]  # the first frame is the page load
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=12)
+    parser.add_argument("--objects", type=int, default=3)
+    parser.add_argument("--index-frames", type=int, default=10000)
+    args = parser.parse_args()
+    isolation.ensure_isolated()
+    import numpy as np
+    from benchlib import print_table, summarize
+
+    from instseg_core.annotate.segmenter import create_annotation_segmenter
+    from instseg_studio.bag_frames import BagFrames
+    from instseg_studio.segmenters import InProcessSegmenter
+
+    root = Path(tempfile.mkdtemp(prefix="bench_studio_"))
+    try:
+        print(f"writing bags ({args.frames} frames at 2048x1024, {args.index_frames} small frames) ...", flush=True)
+        big, clicks, small = make_bags(root, args.frames, args.index_frames)
+
+        # baselines in Python: segmentation without HTTP/browser, frame read + JPEG without the page
+        import cv2
+
+        frames = BagFrames(big)
+        local = InProcessSegmenter(create_annotation_segmenter())
+        direct_polygon, direct_frame = [], []
+        for index, points_of_frame in enumerate(clicks):
+            start = time.perf_counter()
+            frame = BagFrames._read(frames, index)
+            cv2.imencode(".jpg", cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+            direct_frame.append((time.perf_counter() - start) * 1e3)
+            for points in points_of_frame[:args.objects]:
+                start = time.perf_counter()
+                local.segment(frame, points, 1.0)
+                direct_polygon.append((time.perf_counter() - start) * 1e3)
+        frames.close()
+
+        # opening the long bag: first (index from the MCAP message indexes), again (cached), reading everything
+        cache = root / "index_cache"
+        start = time.perf_counter()
+        long_bag = BagFrames(small, cache_dir=cache)
+        first_open = (time.perf_counter() - start) * 1e3
+        start = time.perf_counter()
+        BagFrames(small, cache_dir=cache).close()
+        cached_open = (time.perf_counter() - start) * 1e3
+        start = time.perf_counter()
+        long_bag._timestamps_by_reading(None)
+        read_all = (time.perf_counter() - start) * 1e3
+        long_bag.close()
+
+        results = {}
+        studio, url = start_studio(big, root / "out_inprocess", "--segmenter", "inprocess")
+        try:
+            results["inprocess"] = browser_session(url, clicks, args.objects)
+        finally:
+            studio.send_signal(signal.SIGTERM)
+            studio.wait(timeout=30)
+        node = subprocess.Popen([sys.executable, str(REPO / "instseg_ros" / "extreme_point_node.py")],
+                                stderr=subprocess.PIPE, text=True, cwd=REPO)
+        assert node.stderr is not None
+        for line in node.stderr:
+            if "serving" in line:
+                break
+        studio, url = start_studio(big, root / "out_service", "--segmenter", "service")
+        try:
+            results["service"] = browser_session(url, clicks, args.objects)
+        finally:
+            studio.send_signal(signal.SIGTERM)
+            studio.wait(timeout=30)
+            node.send_signal(signal.SIGINT)
+            node.wait(timeout=30)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    base_polygon, _ = summarize(direct_polygon)
+    base_frame, _ = summarize(direct_frame)
+    rows = []
+    for mode in ("inprocess", "service"):
+        median, p95 = summarize(results[mode]["polygon"])
+        rows.append([f"click 4 -> polygon drawn ({mode})", len(results[mode]["polygon"]), median, p95,
+                     median / base_polygon])
+        median, p95 = summarize(results[mode]["server"])
+        rows.append([f"  of which the server's segmentation ({mode})", len(results[mode]["server"]), median, p95,
+                     median / base_polygon])
+    rows.append(["  baseline: segmentation in Python", len(direct_polygon), base_polygon,
+                 float(np.percentile(direct_polygon, 95)), 1.0])
+    frame_times = results["inprocess"]["frame"] + results["service"]["frame"]
+    median, p95 = summarize(frame_times)
+    rows.append(["next frame shown", len(frame_times), median, p95, median / base_frame])
+    rows.append(["  baseline: read + decode + JPEG in Python", len(direct_frame), base_frame,
+                 float(np.percentile(direct_frame, 95)), 1.0])
+    rows.append([f"open a {args.index_frames}-frame bag, first time", 1, first_open, first_open, first_open / read_all])
+    rows.append([f"open a {args.index_frames}-frame bag, cached index", 1, cached_open, cached_open,
+                 cached_open / read_all])
+    rows.append(["  baseline: read every message of the topic", 1, read_all, read_all, 1.0])
+    print_table(["action (2048x1024 frames)", "n", "median ms", "p95 ms", "ratio to baseline"], rows,
+                f"Labelling studio in headless chromium ({os.cpu_count()} cores)")
+
+
+if __name__ == "__main__":
+    main()
