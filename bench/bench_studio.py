@@ -16,6 +16,7 @@ Everything runs inside a loopback-only network namespace (the service mode start
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import shutil
@@ -99,9 +100,8 @@ def browser_session(url: str, clicks: list, objects: int) -> dict[str, list[floa
         for index, points_of_frame in enumerate(clicks):
             for number, points in enumerate(points_of_frame[:objects], start=1):
                 for x, y in points:
-                    ActionChains(driver).move_to_element_with_offset(
-                        overlay, round((x + 0.5) * scale - width / 2), round((y + 0.5) * scale - height / 2)).click() \
-                        .perform()
+                    offset = (math.floor((x + 0.5) * scale - width / 2), math.floor((y + 0.5) * scale - height / 2))
+                    ActionChains(driver).move_to_element_with_offset(overlay, *offset).click().perform()
                 try:
                     wait.until(lambda d, n=number: d.execute_script(
                         "return window.studioState.objects.length === arguments[0] && window.studioState.busy === 0",

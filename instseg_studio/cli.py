@@ -81,7 +81,7 @@ def build_studio(args: argparse.Namespace) -> object:
         bar.n = done
         bar.refresh()
 
-    frames = BagFrames(args.bag, args.topic, cache_dir=out, progress=progress)
+    frames = BagFrames(args.bag, args.topic or None, cache_dir=out, progress=progress)
     if bar is not None:
         bar.close()
     classes = read_labels(Path(args.labels)) if args.labels else tuple(INSTANCE_CLASSES)
@@ -110,8 +110,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="instseg-studio", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("bag")
-    parser.add_argument("--topic", default=None)
-    parser.add_argument("--out", default=None, help="session and export folder (default: BAG.studio)")
+    parser.add_argument("--topic", default=None, help="image topic (empty or absent: the bag's only one)")
+    parser.add_argument("--out", default=None, help="session and export folder (empty or absent: BAG.studio)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0: any free port")
     parser.add_argument("--segmenter", choices=("auto", "service", "inprocess"), default="auto")

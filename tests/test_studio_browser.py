@@ -4,6 +4,7 @@ headless browser (Debian's chromium + chromedriver through Selenium), all inside
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -166,9 +167,9 @@ def test_an_operator_labels_in_the_browser(bag: tuple[Path, GroundTruth], tmp_pa
         scale = overlay.size["width"] / 512
 
         def at(x: float, y: float) -> tuple[int, int]:
-            """Offset from the overlay's centre (Selenium's origin) of image pixel (x, y)."""
-            return (round((x + 0.5) * scale - overlay.size["width"] / 2),
-                    round((y + 0.5) * scale - overlay.size["height"] / 2))
+            """Offset from the overlay's centre (Selenium's origin) of image pixel (x, y), inside the element."""
+            return (math.floor((x + 0.5) * scale - overlay.size["width"] / 2),
+                    math.floor((y + 0.5) * scale - overlay.size["height"] / 2))
 
         def wait_saved(count: int) -> None:
             wait.until(lambda d: d.execute_script("return window.studioState.busy") == 0

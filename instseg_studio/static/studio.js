@@ -142,10 +142,6 @@ function imagePoint(event) {
   return [Math.round(p.x), Math.round(p.y)];
 }
 
-function insideImage([x, y]) {
-  return state.frame && x >= 0 && y >= 0 && x < state.frame.width && y < state.frame.height;
-}
-
 function pointInPolygon([x, y], polygon) {
   let inside = false;
   for (let i = 0, j = polygon.length - 1; i < polygon.length; j = i++) {
@@ -290,8 +286,10 @@ async function segment(points, tolerance) {
   } finally { busy(-1); }
 }
 
-async function addClick(point) {
-  if (!insideImage(point)) return;
+async function addClick([x, y]) {
+  if (!state.frame) return;
+  // the overlay covers exactly the image: a click on its last pixel column may round to the width; keep it inside
+  const point = [Math.max(0, Math.min(state.frame.width - 1, x)), Math.max(0, Math.min(state.frame.height - 1, y))];
   if (!state.clicks.length) state.selected = null;   // a new object: the selected one's handles step aside
   state.clicks.push(point);
   render();

@@ -1,0 +1,106 @@
+"""docs/studio.jpg: the labelling studio in headless chromium, as an operator leaves it.
+
+    .venv/bin/python tools/studio_screenshot.py [--out docs/studio.jpg]
+
+Writes a synthetic camera sequence (1024x512, seed 5) as a bag, opens its frame 3, clicks the extreme points
+of the five largest objects of the instance classes (from the generator's ground truth; classes set with keys),
+asks Box2Pix for proposals, and saves the page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "studio.jpg")
+    parser.add_argument("--frame", type=int, default=3)
+    args = parser.parse_args()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from instseg_core.annotate.encoding import extreme_points_from_mask
+    from instseg_core.data.bags import write_image_bag
+    from instseg_core.data.cityscapes import PolygonObject, visible_masks
+    from instseg_core.data.synth_cli import sequence_frames
+
+    work = Path(tempfile.mkdtemp(prefix="studio_screenshot_"))
+    images, objects = [], []
+    for _, frame in sequence_frames(5, "val", 0, args.frame + 1, width=1024, height=512, fps=10.0, ego_speed=6.0):
+        polygons = [PolygonObject(label, np.asarray(p)) for label, p in frame.objects]
+        images.append(frame.rgb)
+        objects = [(p.label, m) for p, m in zip(polygons, visible_masks(512, 1024, polygons), strict=True)
+                   if p.label in ("car", "person", "rider", "truck", "bus", "train", "motorcycle", "bicycle")
+                   and m.sum() > 600]
+    objects.sort(key=lambda item: -int(item[1].sum()))
+    write_image_bag(work / "camera", images, rate_hz=10.0)
+    studio = subprocess.Popen([sys.executable, "-m", "instseg_studio.cli", str(work / "camera"), "--port", "0",
+                               "--out", str(work / "out"), "--segmenter", "inprocess", "--proposals", "box2pix"],
+                              stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert studio.stdout is not None
+    url = re.search(r"(http://127\.0\.0\.1:\d+/)", studio.stdout.readline()).group(1)  # type: ignore[union-attr]
+    options = webdriver.ChromeOptions()
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1500,820",
+                     f"--user-data-dir={work / 'chromium'}"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    wait = WebDriverWait(driver, 120)
+    idle = "return window.studioState.busy === 0"
+    try:
+        driver.get(url)
+        wait.until(lambda d: d.execute_script("return document.body.dataset.ready") == "true")
+        body = driver.find_element(By.TAG_NAME, "body")
+        body.send_keys(Keys.END)
+        wait.until(lambda d: d.execute_script(f"return window.studioState.frame.index === {args.frame}"))
+        classes = driver.execute_script("return window.studioState.info.classes")
+        overlay = driver.find_element(By.ID, "overlay")
+        scale = overlay.size["width"] / 1024
+        for number, (name, mask) in enumerate(objects[:5], start=1):
+            body.send_keys(Keys.ESCAPE)
+            body.send_keys(str(classes.index(name) + 1))
+            for x, y in extreme_points_from_mask(mask):
+                ActionChains(driver).move_to_element_with_offset(
+                    overlay, math.floor((x + 0.5) * scale - overlay.size["width"] / 2),
+                    math.floor((y + 0.5) * scale - overlay.size["height"] / 2)).click().perform()
+            try:
+                wait.until(lambda d, n=number: d.execute_script(f"return window.studioState.objects.length === {n}")
+                           and d.execute_script(idle))
+            except Exception:
+                sys.exit(f"{name} was not made: " + driver.execute_script(
+                    "return JSON.stringify([window.studioState.clicks, "
+                    "document.getElementById('message').textContent])"))
+        body.send_keys("p")
+        wait.until(lambda d: d.execute_script("return window.studioState.proposals.length > 0") and
+                   d.execute_script(idle))
+        time.sleep(0.3)  # let the page paint the last change before the capture
+        png = driver.get_screenshot_as_png()
+    finally:
+        driver.quit()
+        studio.terminate()
+        studio.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+    image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    cv2.imwrite(str(args.out), image, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    print(f"wrote {args.out} ({args.out.stat().st_size // 1024} kB)")
+
+
+if __name__ == "__main__":
+    main()
