@@ -157,6 +157,10 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
+    @app.get("/favicon.ico")
+    def favicon() -> Response:
+        return Response(status_code=204)
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/api/info")

@@ -193,8 +193,10 @@ def test_an_operator_labels_in_the_browser(bag: tuple[Path, GroundTruth], tmp_pa
         # drag a vertex of the selected (last) object (one away from its extreme-point handles), then undo it
         version = state("version")
         before = saved[-1]["polygon"]
-        handles = np.asarray(saved[-1]["points"], float)
-        far = max(range(len(before)), key=lambda j: np.linalg.norm(handles - before[j], axis=1).min())
+        # the vertex farthest from the handles and from its neighbours (a handle drawn over it would take the drag)
+        others = [np.asarray(saved[-1]["points"], float)]
+        far = max(range(len(before)), key=lambda j: np.linalg.norm(
+            np.concatenate([*others, np.delete(np.asarray(before, float), j, axis=0)]) - before[j], axis=1).min())
         vertex = driver.find_element(By.CSS_SELECTOR, f"circle.vertex[data-vertex='{far}']")
         ActionChains(driver).click_and_hold(vertex).move_by_offset(round(6 * scale), round(4 * scale)) \
             .release().perform()

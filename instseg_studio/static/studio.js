@@ -10,6 +10,7 @@ const PALETTE = ["#ff3b3b", "#ff9f1a", "#2f9bff", "#b45cff", "#19d3c5", "#ffe14d
 const state = {
   info: null, timestamps: [], labelled: new Set(), index: 0, frame: null, objects: [], version: 0,
   selected: null, clicks: [], proposals: [], undo: [], redo: [], drag: null, busy: 0, newClass: null,
+  view: { zoom: 1, x: 0, y: 0 }, pan: null,
 };
 window.studioState = state;         // for the browser tests and the benchmark
 window.studioTimings = [];          // {what, ms}: measured in the page (bench/bench_studio.py reads them)
@@ -166,10 +167,9 @@ function element(name, attributes, parent) {
   return node;
 }
 
-function handleRadius() {
-  const svg = $("overlay");
-  const scale = state.frame ? state.frame.width / Math.max(1, svg.clientWidth) : 1;
-  return 4 * scale;
+function handleRadius() {   // 4 screen pixels, in image pixels, whatever the zoom
+  const shown = $("overlay").getBoundingClientRect().width;
+  return 4 * (state.frame ? state.frame.width / Math.max(1, shown) : 1);
 }
 
 function render() {
@@ -430,6 +430,11 @@ async function exportSession() {
   } catch (error) { showMessage(error.message); } finally { busy(-1); }
 }
 
+function stageCentre() {
+  const box = $("stage").getBoundingClientRect();
+  return [box.left + box.width / 2, box.top + box.height / 2];
+}
+
 function nextLabelled() {
   const after = [...state.labelled].sort((a, b) => a - b).find((k) => k > state.index);
   if (after !== undefined) goTo(after);
@@ -465,10 +470,53 @@ function onKey(event) {
     h: () => state.selected && toggleHidden(state.selected), c: copyPrevious, p: loadProposals,
     Enter: () => acceptProposal(0), r: () => rejectProposal(0), e: exportSession,
     "?": () => { $("help").hidden = !$("help").hidden; },
+    "+": () => zoomAt(1.25, ...stageCentre()), "=": () => zoomAt(1.25, ...stageCentre()),
+    "-": () => zoomAt(0.8, ...stageCentre()), "0": resetView,
   };
   const action = actions[key] || actions[key.toLowerCase()];
   if (action) { event.preventDefault(); action(); return; }
   if (/^[1-9]$/.test(key) && state.info.classes[Number(key) - 1]) setClass(state.info.classes[Number(key) - 1]);
+}
+
+// ---- zoom and pan (the viewport is scaled by CSS; getScreenCTM keeps clicks in image pixels) -------------
+
+function applyView() {
+  const { zoom, x, y } = state.view;
+  $("viewport").style.transform = `translate(${x}px, ${y}px) scale(${zoom})`;
+  render();
+}
+
+function zoomAt(factor, clientX, clientY) {
+  const view = state.view;
+  const zoom = Math.max(1, Math.min(16, view.zoom * factor));
+  const box = $("stage").getBoundingClientRect();
+  // keep the point under the pointer where it is: the viewport's transform origin is the stage's centre
+  const cx = clientX - box.left - box.width / 2, cy = clientY - box.top - box.height / 2;
+  view.x = cx - ((cx - view.x) * zoom) / view.zoom;
+  view.y = cy - ((cy - view.y) * zoom) / view.zoom;
+  view.zoom = zoom;
+  if (zoom === 1) { view.x = 0; view.y = 0; }
+  applyView();
+}
+
+function resetView() { state.view = { zoom: 1, x: 0, y: 0 }; applyView(); }
+
+function onWheel(event) {
+  event.preventDefault();
+  zoomAt(event.deltaY < 0 ? 1.25 : 0.8, event.clientX, event.clientY);
+}
+
+function onPanStart(event) {
+  if (event.button !== 1 && event.button !== 2) return;   // middle or right button drags the view
+  event.preventDefault();
+  state.pan = { x: event.clientX - state.view.x, y: event.clientY - state.view.y };
+}
+
+function onPanMove(event) {
+  if (!state.pan) return;
+  state.view.x = event.clientX - state.pan.x;
+  state.view.y = event.clientY - state.pan.y;
+  $("viewport").style.transform = `translate(${state.view.x}px, ${state.view.y}px) scale(${state.view.zoom})`;
 }
 
 // ---- start --------------------------------------------------------------------------------------------
@@ -508,8 +556,11 @@ async function start() {
   $("help-button").addEventListener("click", () => { $("help").hidden = !$("help").hidden; });
   $("help-close").addEventListener("click", () => { $("help").hidden = true; });
   $("overlay").addEventListener("mousedown", onStageMouseDown);
-  window.addEventListener("mousemove", onMouseMove);
-  window.addEventListener("mouseup", onMouseUp);
+  $("stage").addEventListener("wheel", onWheel, { passive: false });
+  $("stage").addEventListener("mousedown", onPanStart);
+  $("stage").addEventListener("contextmenu", (event) => event.preventDefault());
+  window.addEventListener("mousemove", (event) => { onPanMove(event); onMouseMove(event); });
+  window.addEventListener("mouseup", (event) => { if (state.pan) { state.pan = null; return; } onMouseUp(event); });
   window.addEventListener("keydown", onKey);
   window.addEventListener("resize", () => { drawTimeline(); render(); });
   drawTimeline();
