@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -176,11 +177,22 @@ def evaluate_checkpoints(args: argparse.Namespace, segmenter_for: Callable[[dict
     from training.evaluation import evaluate_network
 
     run = Path(args.run)
-    results = {}
+    results: dict = {}
+    by_epoch: dict[int, str] = {}  # epoch -> checkpoint evaluated: last.pt and epoch_NNN.pt of one epoch are equal
     for name in checkpoint_names(run, args.checkpoint):
         model, checkpoint = load(run / name)
-        result = evaluate_network(segmenter_for(checkpoint, model), args.data, run / "evaluation" / Path(name).stem,
-                                  limit=args.limit, scale=args.scale, multiple=multiple)
+        out_dir = run / "evaluation" / Path(name).stem
+        same = by_epoch.get(checkpoint["epoch"])
+        if same is not None:
+            result = dict(results[same])
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for file in (run / "evaluation" / Path(same).stem).glob("*.json"):
+                shutil.copy2(file, out_dir / file.name)
+            print(f"{name}: the weights of {same} (epoch {checkpoint['epoch']}), not evaluated again", flush=True)
+        else:
+            result = evaluate_network(segmenter_for(checkpoint, model), args.data, out_dir, limit=args.limit,
+                                      scale=args.scale, multiple=multiple)
+            by_epoch[checkpoint["epoch"]] = name
         result["epoch"] = checkpoint["epoch"]
         result["train_seconds"] = checkpoint["state"]["train_seconds"]
         results[name] = result
