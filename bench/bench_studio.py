@@ -176,25 +176,24 @@ def main() -> None:
         read_all = (time.perf_counter() - start) * 1e3
         long_bag.close()
 
-        results = {}
-        studio, url = start_studio(big, root / "out_inprocess", "--segmenter", "inprocess")
-        try:
-            results["inprocess"] = browser_session(url, clicks, args.objects)
-        finally:
-            studio.send_signal(signal.SIGTERM)
-            studio.wait(timeout=30)
+        def session_with(mode: str) -> dict[str, list[float]]:
+            studio, url = start_studio(big, root / f"out_{mode}", "--segmenter", mode)
+            try:
+                return browser_session(url, clicks, args.objects)
+            finally:
+                studio.send_signal(signal.SIGTERM)
+                studio.wait(timeout=30)
+
+        results = {"inprocess": session_with("inprocess")}
         node = subprocess.Popen([sys.executable, str(REPO / "instseg_ros" / "extreme_point_node.py")],
                                 stderr=subprocess.PIPE, text=True, cwd=REPO)
         assert node.stderr is not None
         for line in node.stderr:
             if "serving" in line:
                 break
-        studio, url = start_studio(big, root / "out_service", "--segmenter", "service")
         try:
-            results["service"] = browser_session(url, clicks, args.objects)
+            results["service"] = session_with("service")
         finally:
-            studio.send_signal(signal.SIGTERM)
-            studio.wait(timeout=30)
             node.send_signal(signal.SIGINT)
             node.wait(timeout=30)
     finally:
