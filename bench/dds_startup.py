@@ -15,6 +15,10 @@ its own topic/service name; both sides' participants are destroyed after each ro
 nothing in --timeout seconds counts as a stall. For oneshot rounds side B also times its publish until
 every subscriber acknowledged it (what `instseg-bag play` waits for before it exits).
 
+--fresh-processes measures what the test peers do instead: every round starts two new processes (a publisher
+at 10 Hz or a service server, and a subscriber or client that reports when the first message or response
+arrived, counted from its node creation) and ends by killing side B with SIGKILL, as a test's clean-up may.
+
 The script isolates itself (loopback-only network namespace with a private /dev/shm, its own
 ROS_DOMAIN_ID); --shared-shm leaves /dev/shm shared with the host (the isolation before, the baseline).
 --json prints one JSON line instead of the table (used by tests/test_isolation.py).
@@ -123,6 +127,59 @@ def round_a(index: int, kind: str, timeout: float) -> float | None:
     return took
 
 
+def fresh_side(role: str, kind: str, name: str, timeout: float) -> None:
+    """One side of a --fresh-processes round, in its own process: 'b' serves until killed; 'a' prints the
+    seconds from its node's creation to the first message / response ('null' after `timeout`) and exits."""
+    from std_msgs.msg import String
+    from std_srvs.srv import Trigger
+
+    _context, node, executor = _participant(f"fresh_{role}_{os.getpid()}")
+    start = time.monotonic()
+    if role == "b":
+        publisher = None
+        if kind == "pubsub":
+            publisher = node.create_publisher(String, name, _reliable())  # type: ignore[attr-defined]
+        else:
+            node.create_service(Trigger, name,  # type: ignore[attr-defined]
+                                lambda request, response: setattr(response, "success", True) or response)
+        while True:
+            if publisher is not None:
+                publisher.publish(String(data="x"))
+            executor.spin_once(timeout_sec=0.1)  # type: ignore[attr-defined]
+    received: list = []
+    future = None
+    if kind == "pubsub":
+        node.create_subscription(String, name, received.append, _reliable())  # type: ignore[attr-defined]
+    else:
+        client = node.create_client(Trigger, name)  # type: ignore[attr-defined]
+    while time.monotonic() - start < timeout and not received:
+        if kind == "service":
+            if future is None and client.service_is_ready():
+                future = client.call_async(Trigger.Request())
+            if future is not None and future.done():
+                received.append(future.result())
+        executor.spin_once(timeout_sec=0.01)  # type: ignore[attr-defined]
+    print(json.dumps(time.monotonic() - start if received else None), flush=True)
+    os._exit(0)
+
+
+def fresh_rounds(count: int, timeout: float) -> dict[str, list[float | None]]:
+    """--fresh-processes: `count` rounds per kind, two new processes each (see the module docstring)."""
+    results: dict[str, list[float | None]] = {"pubsub (fresh processes)": [], "service (fresh processes)": []}
+    for index in range(count):
+        for kind in ("pubsub", "service"):
+            name = f"fresh_{kind}_{index}"
+            command = [sys.executable, __file__, "--fresh-side"]
+            side_b = subprocess.Popen([*command, "b", kind, name, "0"], stdout=subprocess.DEVNULL)
+            side_a = subprocess.run([*command, "a", kind, name, str(timeout)], capture_output=True, text=True,
+                                    timeout=timeout + 60)
+            side_b.kill()
+            side_b.wait()
+            lines = side_a.stdout.strip().splitlines()
+            results[f"{kind} (fresh processes)"].append(json.loads(lines[-1]) if lines else None)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=50)
@@ -132,16 +189,34 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--payload-bytes", type=int, default=16,
                         help="size of each published message (6291456 = a 2 MP rgb8 frame)")
+    parser.add_argument("--fresh-processes", action="store_true",
+                        help="two new processes per round (pubsub and service), as the test peers")
     parser.add_argument("--side-b", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--fresh-side", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side_b:
         side_b(args.payload_bytes)
         return
+    if args.fresh_side:
+        role, kind, name, timeout = args.fresh_side
+        fresh_side(role, kind, name, float(timeout))
+        return
     isolation.ensure_isolated(private_shm=not args.shared_shm)
-    child = subprocess.Popen([sys.executable, __file__, "--side-b", "--payload-bytes", str(args.payload_bytes)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
     results: dict[str, list[float | None]] = {}
     acked: list[float | None] = []
+    if args.fresh_processes:
+        results = fresh_rounds(args.count, args.timeout)
+    else:
+        results, acked = long_lived_rounds(args)
+    summarise(args, results, acked)
+
+
+def long_lived_rounds(args: argparse.Namespace) -> tuple[dict[str, list[float | None]], list[float | None]]:
+    """The default rounds: side B in one long-lived child, side A in this process (see the module docstring)."""
+    results: dict[str, list[float | None]] = {}
+    acked: list[float | None] = []
+    child = subprocess.Popen([sys.executable, __file__, "--side-b", "--payload-bytes", str(args.payload_bytes)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
     try:
         for kind in args.kinds.split(","):
             results[kind] = []
@@ -159,6 +234,11 @@ def main() -> None:
     finally:
         child.stdin.close()  # type: ignore[union-attr]
         child.wait(timeout=30)
+    return results, acked
+
+
+def summarise(args: argparse.Namespace, results: dict[str, list[float | None]], acked: list[float | None]) -> None:
+    """Print the table (or with --json one JSON line) of the rounds."""
     summary = {}
     for kind, times in results.items():
         ok = sorted(t for t in times if t is not None)
