@@ -21,8 +21,8 @@ from instseg_core.postprocess.polygons import mask_to_polygon
 from instseg_studio.bag_frames import Frame
 from instseg_studio.segmenters import StudioSegmenter
 
-LK_PARAMS = {"winSize": (21, 21), "maxLevel": 3,
-             "criteria": (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01)}
+LK_WINDOW, LK_LEVELS = (21, 21), 3
+LK_CRITERIA = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01)
 MAX_TRACKED_POINTS = 48
 
 
@@ -43,10 +43,12 @@ def object_motion(previous_gray: np.ndarray, current_gray: np.ndarray, polygon: 
             return np.zeros(2, np.float32)
         start = np.array([[[xs.mean(), ys.mean()]]], np.float32)
     start = start.astype(np.float32)
-    moved, status, _ = cv2.calcOpticalFlowPyrLK(previous_gray, current_gray, start, None, **LK_PARAMS)
+    moved, status, _ = cv2.calcOpticalFlowPyrLK(previous_gray, current_gray, start, None, winSize=LK_WINDOW,
+                                                 maxLevel=LK_LEVELS, criteria=LK_CRITERIA)
     if moved is None:
         return np.zeros(2, np.float32)
-    back, back_status, _ = cv2.calcOpticalFlowPyrLK(current_gray, previous_gray, moved, None, **LK_PARAMS)
+    back, back_status, _ = cv2.calcOpticalFlowPyrLK(current_gray, previous_gray, moved, None, winSize=LK_WINDOW,
+                                                      maxLevel=LK_LEVELS, criteria=LK_CRITERIA)
     round_trip = np.linalg.norm((back - start).reshape(-1, 2), axis=1)
     good = (status.reshape(-1) == 1) & (back_status.reshape(-1) == 1) & (round_trip < 1.0)
     if not good.any():

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rosbags.highlevel import AnyReader
@@ -214,6 +215,7 @@ class BagFrames:
         timestamp = int(self.timestamps[index])
         # frames sharing a timestamp: the n-th of them, as in bag order
         nth = index - int(np.searchsorted(self.timestamps, timestamp, side="left"))
+        msg: Any = None
         try:
             for n, (connection, _, rawdata) in enumerate(self._reader.messages(
                     connections=self.connections, start=timestamp, stop=timestamp + 1)):

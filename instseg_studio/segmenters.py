@@ -96,7 +96,7 @@ class ServiceSegmenter:
         self._context = Context()
         rclpy.init(context=self._context)
         self._node = rclpy.create_node("instseg_studio", context=self._context)
-        self._client = self._node.create_client(SegmentObject, service)
+        self._client: Any = self._node.create_client(SegmentObject, service)
         self._executor = SingleThreadedExecutor(context=self._context)
         self._executor.add_node(self._node)
         self._thread = threading.Thread(target=self._spin, name="studio-ros", daemon=True)
