@@ -91,6 +91,8 @@ const redo = () => undoRedo(state.redo, state.undo, (e) => e.after);
 
 // ---- frames ---------------------------------------------------------------------------------------------
 
+const prefetch = new Image();
+
 async function goTo(index) {
   const n = state.timestamps.length;
   if (!n) return;
@@ -117,6 +119,7 @@ async function goTo(index) {
     showMessage("");
     render();
     window.studioTimings.push({ what: "frame", ms: performance.now() - started });
+    if (index + 1 < n) prefetch.src = `/api/frames/${index + 1}/image`;   // the likely next frame, into the cache
   } catch (error) {
     showMessage(error instanceof ApiError ? error.message : `frame ${index} could not be shown`);
   } finally { busy(-1); }
