@@ -68,6 +68,7 @@ bench: setup
 	$(PY) bench/bench_spatial_embeddings.py
 	$(PY) bench/bench_box2pix.py
 	$(PY) bench/bench_streaming.py
+	$(PY) bench/bench_studio.py
 
 # Needs only PyTorch (CUDA build), NumPy and OpenCV: uses .venv's Python when there is one, else python3.
 GPU_PY := $(if $(wildcard $(PY)),$(PY),python3)
