@@ -7,6 +7,7 @@ File `OUT/studio_session.json`:
 
 OBJECT: {"id": "o7", "class": "car", "points": [[x, y] x 4: left, top, right, bottom], "polygon": [[x, y], ...],
 "tolerance": 1.0, "score": 0.93, "polygon_iou": 0.97, "hidden": false, "source": "clicks"} in image pixels.
+A session belongs to one bag (checked by its folder or file name, so a moved bag keeps its session) and topic.
 `version` grows by one with every saved change. A change names the version it was made on; a change made on
 an older version (another browser tab saved in between) is refused with VersionConflictError instead of silently
 overwriting the other tab's work. Killing the server at any moment leaves the last saved version on disk: the
@@ -108,6 +109,9 @@ class Session:
                                "session") from exc
         if not isinstance(data, dict) or data.get("format") != SESSION_FORMAT:
             raise SessionError(f"{self.path} is not a studio session ({SESSION_FORMAT})")
+        if Path(str(data.get("bag"))).name != Path(self.bag).name:
+            raise SessionError(f"{self.path} labels the bag {data.get('bag')!r}, not {self.bag!r}; use another --out "
+                               "folder for this bag")
         if data.get("topic") != self.topic:
             raise SessionError(f"{self.path} labels topic {data.get('topic')!r}, not {self.topic!r}; use another "
                                "--out folder or --topic")

@@ -161,8 +161,12 @@ def test_session_refuses_malformed_objects(tmp_path: Path, objects: object, mess
 
 @pytest.mark.parametrize("content, message", [
     ("{not json", "cannot be read"), ('{"format": "other"}', "not a studio session"),
-    ('{"format": "instseg-studio-session/1", "topic": "/other", "version": 1, "frames": {}}', "labels topic"),
-    ('{"format": "instseg-studio-session/1", "topic": "/cam", "version": 1, "frames": {"x": {}}}', "damaged"),
+    ('{"format": "instseg-studio-session/1", "bag": "bag", "topic": "/other", "version": 1, "frames": {}}',
+     "labels topic"),
+    ('{"format": "instseg-studio-session/1", "bag": "/elsewhere/other", "topic": "/cam", "version": 1, "frames": {}}',
+     "labels the bag"),
+    ('{"format": "instseg-studio-session/1", "bag": "/moved/bag", "topic": "/cam", "version": 1, "frames": {"x": {}}}',
+     "damaged"),
 ])
 def test_a_bad_session_file_is_named_and_left_alone(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / SESSION_FILE
