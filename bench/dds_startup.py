@@ -103,18 +103,27 @@ def side_b(payload_bytes: int) -> None:
 
 def round_a(index: int, kind: str, timeout: float) -> float | None:
     """Side A of one round: seconds to the first message / response, or None for a stall."""
-    from std_msgs.msg import String
-    from std_srvs.srv import Trigger
 
     context, node, executor = _participant(f"startup_a_{index}")
     start = time.monotonic()
-    name = f"startup_{kind}_{index}"
+    took = _first_arrival(node, executor, kind, f"startup_{kind}_{index}", start, timeout)
+    _close(context, node, executor)
+    return took
+
+
+def _first_arrival(node: object, executor: object, kind: str, name: str, start: float,
+                   timeout: float) -> float | None:
+    """Side A's wait: subscribe to `name` (pubsub, oneshot) or call the service `name` once it is ready; seconds
+    from `start` (monotonic) to the first message or response, None after `timeout`."""
+    from std_msgs.msg import String
+    from std_srvs.srv import Trigger
+
     received: list = []
+    future = None
     if kind in ("pubsub", "oneshot"):
         node.create_subscription(String, name, received.append, _reliable())  # type: ignore[attr-defined]
     else:
         client = node.create_client(Trigger, name)  # type: ignore[attr-defined]
-        future = None
     while time.monotonic() - start < timeout and not received:
         if kind == "service":
             if future is None and client.service_is_ready():
@@ -122,9 +131,7 @@ def round_a(index: int, kind: str, timeout: float) -> float | None:
             if future is not None and future.done():
                 received.append(future.result())
         executor.spin_once(timeout_sec=0.01)  # type: ignore[attr-defined]
-    took = time.monotonic() - start if received else None
-    _close(context, node, executor)
-    return took
+    return time.monotonic() - start if received else None
 
 
 def fresh_side(role: str, kind: str, name: str, timeout: float) -> None:
@@ -146,20 +153,7 @@ def fresh_side(role: str, kind: str, name: str, timeout: float) -> None:
             if publisher is not None:
                 publisher.publish(String(data="x"))
             executor.spin_once(timeout_sec=0.1)  # type: ignore[attr-defined]
-    received: list = []
-    future = None
-    if kind == "pubsub":
-        node.create_subscription(String, name, received.append, _reliable())  # type: ignore[attr-defined]
-    else:
-        client = node.create_client(Trigger, name)  # type: ignore[attr-defined]
-    while time.monotonic() - start < timeout and not received:
-        if kind == "service":
-            if future is None and client.service_is_ready():
-                future = client.call_async(Trigger.Request())
-            if future is not None and future.done():
-                received.append(future.result())
-        executor.spin_once(timeout_sec=0.01)  # type: ignore[attr-defined]
-    print(json.dumps(time.monotonic() - start if received else None), flush=True)
+    print(json.dumps(_first_arrival(node, executor, kind, name, start, timeout)), flush=True)
     os._exit(0)
 
 
