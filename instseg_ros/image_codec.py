@@ -374,6 +374,10 @@ def to_rgb8(image: np.ndarray, encoding: str) -> np.ndarray:
     return image if conversion is None else cv2.cvtColor(image, conversion)
 
 
+# The message types decode_to_rgb8 reads, as a bag's connections name them.
+IMAGE_MSGTYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+
+
 def decode_to_rgb8(msg: Any, msgtype: str, max_pixels: int | None = None) -> np.ndarray:
     """(H, W, 3) uint8 RGB of a deserialised sensor_msgs Image or CompressedImage (`msgtype` names which, as in a
     bag's connection: 'sensor_msgs/msg/CompressedImage' or '.../Image'); ImageCodecError for what cannot be

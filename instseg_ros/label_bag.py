@@ -50,9 +50,7 @@ from instseg_core.base.model_files import ModelFileError
 from instseg_core.data.cityscapes import name2label
 from instseg_core.data.label_export import LabelExportError, LabelledFrame, LabelledObject, write_label_tree
 from instseg_core.data.recording import BagIntegrityError, verify_bag
-from instseg_ros.image_codec import ImageCodecError, decode_to_rgb8
-
-IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+from instseg_ros.image_codec import IMAGE_MSGTYPES, ImageCodecError, decode_to_rgb8
 
 
 class LabelError(RuntimeError):
@@ -193,8 +191,8 @@ def _labelled_frames(bag: Path, topic: str, clicks: dict[str, list[Click]], segm
         if not connections:
             available = sorted({f"{c.topic} ({c.msgtype})" for c in reader.connections})
             raise LabelError(f"topic {topic} is not in {bag}; it has: {', '.join(available) or 'no topics'}")
-        if connections[0].msgtype not in IMAGE_TYPES:
-            raise LabelError(f"topic {topic} carries {connections[0].msgtype}, not an image type {IMAGE_TYPES}")
+        if connections[0].msgtype not in IMAGE_MSGTYPES:
+            raise LabelError(f"topic {topic} carries {connections[0].msgtype}, not an image type {IMAGE_MSGTYPES}")
         total = sum(c.msgcount for c in connections)
         found = set()
         bar = tqdm(total=total, desc=f"labelling {topic}", unit="frame", disable=not progress, file=sys.stderr)

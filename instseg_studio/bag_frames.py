@@ -27,9 +27,8 @@ import numpy as np
 from rosbags.highlevel import AnyReader
 
 from instseg_core.base.atomic_files import write_text_atomically
-from instseg_ros.image_codec import ImageCodecError, decode_to_rgb8
+from instseg_ros.image_codec import IMAGE_MSGTYPES, ImageCodecError, decode_to_rgb8
 
-IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 INDEX_FORMAT = "instseg-studio-index/1"
 
 
@@ -115,7 +114,7 @@ class BagFrames:
             self._reader.open()
         except Exception as exc:  # rosbags raises several types for unreadable or corrupt bags
             raise BagFramesError(f"cannot read bag {self.bag}: {exc}") from exc
-        self.image_topics = sorted({c.topic for c in self._reader.connections if c.msgtype in IMAGE_TYPES})
+        self.image_topics = sorted({c.topic for c in self._reader.connections if c.msgtype in IMAGE_MSGTYPES})
         if topic is None:
             if len(self.image_topics) != 1:
                 self._reader.close()
@@ -127,7 +126,7 @@ class BagFrames:
             available = sorted({f"{c.topic} ({c.msgtype})" for c in self._reader.connections})
             self._reader.close()
             raise BagFramesError(f"topic {topic} is not in {self.bag}; it has: {', '.join(available) or 'no topics'}")
-        if self.connections[0].msgtype not in IMAGE_TYPES:
+        if self.connections[0].msgtype not in IMAGE_MSGTYPES:
             self._reader.close()
             raise BagFramesError(f"topic {topic} carries {self.connections[0].msgtype}, not an image type")
         self.topic = topic

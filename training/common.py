@@ -18,7 +18,7 @@ import torch
 
 from instseg_core.base.atomic_files import atomic_path
 from instseg_core.base.classes import INSTANCE_CLASSES
-from instseg_core.data.instance_training import CROP_MODES, CropSampler
+from instseg_core.data.instance_training import CROP_MODES, CropSampler, load_split
 
 MALLOC_TUNING = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 
@@ -58,15 +58,13 @@ def start_training(args: argparse.Namespace) -> tuple[Path, tuple[str, ...], Cro
     """What every training command does first: torch threads and seed from the arguments, the run folder
     (created), the class names and the training split loaded into memory behind the --crops sampler.
     Returns (out, classes, crop sampler)."""
-    from instseg_core.data.instance_training import load_split
-
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     classes = tuple(args.classes)
     samples = load_split(args.data, "train", classes, scale=args.scale, limit=args.limit)
-    return out, classes, CropSampler(samples, getattr(args, "crops", "objects"), getattr(args, "anywhere_crops", 0.0))
+    return out, classes, CropSampler(samples, args.crops, args.anywhere_crops)
 
 
 def resume(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,

@@ -142,6 +142,7 @@ class CropSampler:
             for object_index, label in enumerate(object_classes(sample)):
                 objects.setdefault(int(label), []).append((sample_index, object_index))
         self.objects_by_class = {label: np.array(pairs) for label, pairs in sorted(objects.items())}
+        self._class_objects = list(self.objects_by_class.values())
 
     def crop(self, height: int, width: int, rng: np.random.Generator
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -151,7 +152,7 @@ class CropSampler:
                                         anywhere=True)
         if self.mode == "objects" or not self.objects_by_class:
             return object_centered_crop(self.samples[rng.integers(len(self.samples))], height, width, rng)
-        pairs = list(self.objects_by_class.values())[rng.integers(len(self.objects_by_class))]
+        pairs = self._class_objects[rng.integers(len(self._class_objects))]
         sample_index, object_index = pairs[rng.integers(len(pairs))]
         return object_centered_crop(self.samples[sample_index], height, width, rng, object_index=int(object_index))
 
