@@ -158,7 +158,7 @@ class BagFrames:
                     return np.asarray(saved["timestamps"], np.int64)
             except (OSError, ValueError):
                 pass  # a stale or damaged cache is rebuilt
-        timestamps = self._timestamps_from_indexes(key)
+        timestamps = self._timestamps_from_indexes()
         if timestamps is None:
             timestamps = self._timestamps_by_reading(progress)
         array = np.sort(np.asarray(timestamps, np.int64), kind="stable")
@@ -167,7 +167,7 @@ class BagFrames:
             write_text_atomically(cache, json.dumps({"key": key, "timestamps": array.tolist()}))
         return array
 
-    def _timestamps_from_indexes(self, key: dict) -> list[int] | None:
+    def _timestamps_from_indexes(self) -> list[int] | None:
         files = bag_files(self.bag)
         times: list[int] = []
         for path in files:

@@ -63,7 +63,7 @@ def test_index_from_the_storage_indexes_equals_reading_every_message(storage: st
     expected = [START_NS + round(k * 1e9 / 10) for k in range(3)]
     assert frames.timestamps.tolist() == expected
     assert frames._timestamps_by_reading(None) == expected
-    assert frames._timestamps_from_indexes(frames._index_key()) == expected
+    assert frames._timestamps_from_indexes() == expected
     assert np.array_equal(frames.frame(2).rgb, gt.images[2])
 
 
