@@ -16,7 +16,6 @@ Everything runs inside a loopback-only network namespace (the service mode start
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import shutil
@@ -75,33 +74,24 @@ def start_studio(bag: Path, out: Path, *extra: str) -> tuple[subprocess.Popen, s
 def browser_session(url: str, clicks: list, objects: int) -> dict[str, list[float]]:
     """Drive the page: on each frame click `objects` objects, then go to the next frame. Returns the page's
     timings per kind."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    options = webdriver.ChromeOptions()
+    from instseg_studio.headless import chromium, click_image
+
     profile = tempfile.mkdtemp(prefix="bench_studio_chromium_")
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1400,900", f"--user-data-dir={profile}"):
-        options.add_argument(argument)
-    options.binary_location = "/usr/bin/chromium"
-    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    driver = chromium(Path(profile))
     wait = WebDriverWait(driver, 120)
     try:
         driver.get(url)
         wait.until(lambda d: d.execute_script("return document.body.dataset.ready") == "true")
         overlay = driver.find_element(By.ID, "overlay")
         body = driver.find_element(By.TAG_NAME, "body")
-        width, height = overlay.size["width"], overlay.size["height"]
-        scale = width / 2048
         for index, points_of_frame in enumerate(clicks):
             for number, points in enumerate(points_of_frame[:objects], start=1):
                 for x, y in points:
-                    offset = (math.floor((x + 0.5) * scale - width / 2), math.floor((y + 0.5) * scale - height / 2))
-                    ActionChains(driver).move_to_element_with_offset(overlay, *offset).click().perform()
+                    click_image(driver, overlay, 2048, x, y)
                 try:
                     wait.until(lambda d, n=number: d.execute_script(
                         "return window.studioState.objects.length === arguments[0] && window.studioState.busy === 0",

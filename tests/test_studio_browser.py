@@ -4,7 +4,6 @@ headless browser (Debian's chromium + chromedriver through Selenium), all inside
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -25,11 +24,11 @@ from instseg_core.annotate.segmenter import create_annotation_segmenter
 from instseg_core.data.cityscapes import CityscapesDataset
 from instseg_core.eval.binary_metrics import iou
 from instseg_studio.bag_frames import BagFrames
+from instseg_studio.headless import CHROMEDRIVER, CHROMIUM, chromium, click_image
 from instseg_studio.segmenters import InProcessSegmenter
 
 REPO = Path(__file__).resolve().parents[1]
 NODE = REPO / "instseg_ros" / "extreme_point_node.py"
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +139,6 @@ def test_an_operator_labels_in_the_browser(bag: tuple[Path, GroundTruth], tmp_pa
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
         pytest.fail("the browser tests need Debian's chromium and chromium-driver: apt-get install chromium "
                     "chromium-driver (tools/setup.sh does it when run as root, .ci/run always)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -150,12 +147,7 @@ def test_an_operator_labels_in_the_browser(bag: tuple[Path, GroundTruth], tmp_pa
     gt = bag[1]
     studio = StudioProcess(bag[0], tmp_path, "--segmenter", "inprocess")
     studios.append(studio)
-    options = webdriver.ChromeOptions()
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1400,900", f"--user-data-dir={tmp_path / 'chromium'}"):
-        options.add_argument(argument)
-    options.binary_location = CHROMIUM
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver = chromium(tmp_path / "chromium")
     wait = WebDriverWait(driver, 60)
     state = lambda script: driver.execute_script(f"return window.studioState.{script}")  # noqa: E731
     api = studio.http
@@ -165,11 +157,6 @@ def test_an_operator_labels_in_the_browser(bag: tuple[Path, GroundTruth], tmp_pa
         overlay = driver.find_element(By.ID, "overlay")
         body = driver.find_element(By.TAG_NAME, "body")
         scale = overlay.size["width"] / 512
-
-        def at(x: float, y: float) -> tuple[int, int]:
-            """Offset from the overlay's centre (Selenium's origin) of image pixel (x, y), inside the element."""
-            return (math.floor((x + 0.5) * scale - overlay.size["width"] / 2),
-                    math.floor((y + 0.5) * scale - overlay.size["height"] / 2))
 
         def wait_saved(count: int) -> None:
             wait.until(lambda d: d.execute_script("return window.studioState.busy") == 0
@@ -182,7 +169,7 @@ def test_an_operator_labels_in_the_browser(bag: tuple[Path, GroundTruth], tmp_pa
             body.send_keys(Keys.ESCAPE)  # deselect: a class key now sets the class of new objects only
             body.send_keys("3" if gt.objects[0][k][0] == "car" else "1")
             for point in np.asarray(gt.extreme_points(0, k))[rng.permutation(4)]:
-                ActionChains(driver).move_to_element_with_offset(overlay, *at(*point)).click().perform()
+                click_image(driver, overlay, 512, *point)
             wait_saved(number)
             wait.until(lambda d, n=number: state("objects.length") == n)
         saved = api.get("/api/frames/0").json()["objects"]

@@ -10,7 +10,6 @@ asks Box2Pix for proposals, and saves the page.
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import shutil
 import subprocess
@@ -30,9 +29,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "studio.jpg")
     parser.add_argument("--frame", type=int, default=3)
     args = parser.parse_args()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.action_chains import ActionChains
+    from instseg_ros import isolation
+
+    isolation.ensure_isolated()  # chromium and the studio stay on loopback
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
@@ -41,6 +40,7 @@ def main() -> None:
     from instseg_core.data.bags import write_image_bag
     from instseg_core.data.cityscapes import PolygonObject, visible_masks
     from instseg_core.data.synth_cli import sequence_frames
+    from instseg_studio.headless import chromium, click_image
 
     work = Path(tempfile.mkdtemp(prefix="studio_screenshot_"))
     images, objects = [], []
@@ -57,11 +57,7 @@ def main() -> None:
                               stdout=subprocess.PIPE, text=True, cwd=REPO)
     assert studio.stdout is not None
     url = re.search(r"(http://127\.0\.0\.1:\d+/)", studio.stdout.readline()).group(1)  # type: ignore[union-attr]
-    options = webdriver.ChromeOptions()
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1500,820",
-                     f"--user-data-dir={work / 'chromium'}"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    driver = chromium(work / "chromium", window=(1500, 820))
     wait = WebDriverWait(driver, 120)
     idle = "return window.studioState.busy === 0"
     try:
@@ -72,14 +68,11 @@ def main() -> None:
         wait.until(lambda d: d.execute_script(f"return window.studioState.frame.index === {args.frame}"))
         classes = driver.execute_script("return window.studioState.info.classes")
         overlay = driver.find_element(By.ID, "overlay")
-        scale = overlay.size["width"] / 1024
         for number, (name, mask) in enumerate(objects[:5], start=1):
             body.send_keys(Keys.ESCAPE)
             body.send_keys(str(classes.index(name) + 1))
             for x, y in extreme_points_from_mask(mask):
-                ActionChains(driver).move_to_element_with_offset(
-                    overlay, math.floor((x + 0.5) * scale - overlay.size["width"] / 2),
-                    math.floor((y + 0.5) * scale - overlay.size["height"] / 2)).click().perform()
+                click_image(driver, overlay, 1024, x, y)
             try:
                 wait.until(lambda d, n=number: d.execute_script(f"return window.studioState.objects.length === {n}")
                            and d.execute_script(idle))
