@@ -6,7 +6,9 @@ Service `~/segment` (instseg_interfaces/srv/SegmentObject). Parameters:
   intra-op threads), threshold (double, 0.5), polygon_tolerance (double, 1.0 px: Douglas-Peucker
   epsilon), max_image_pixels (int, 16777216), max_concurrent (int, 2: requests segmented at once),
   frame_cache (int, 4: frames remembered for requests without pixels; 0 = off), spin_wait (bool, true:
-  ONNX Runtime's worker threads busy-wait between runs; false frees the cores between requests).
+  ONNX Runtime's worker threads busy-wait between runs; false frees the cores between requests), refine
+  (string, "none": "grabcut" moves the network's uncertain border pixels to the colour edge with OpenCV
+  GrabCut, see instseg_core.annotate.refine; about 10-30 ms more per object).
 
 Masks: with crop_mask in the request the response's mask covers only the object's bounding box
 (`mask_roi`), a few kB; without it, the whole image (2 MB at 2048x1024, a sizeable part of a round trip).
@@ -71,6 +73,7 @@ class ExtremePointNode(Node):
         self.declare_parameter("max_concurrent", 2, describe(description="requests segmented at the same time"))
         self.declare_parameter("spin_wait", True, describe(description="ONNX Runtime threads busy-wait between runs"))
         self.declare_parameter("frame_cache", 4, describe(description="frames kept for requests without pixels"))
+        self.declare_parameter("refine", "none", describe(description="none | grabcut: refine the network's border"))
         get = self.get_parameter
         threads, threshold = int(get("threads").value), float(get("threshold").value)
         tolerance = float(get("polygon_tolerance").value)
@@ -80,7 +83,7 @@ class ExtremePointNode(Node):
                              f"polygon_tolerance={tolerance} max_image_pixels={self.max_pixels}")
         self.segmenter = create_annotation_segmenter(get("model_file").value or None, threads=threads,
                                                      spin_wait=bool(get("spin_wait").value), threshold=threshold,
-                                                     polygon_tolerance=tolerance)
+                                                     polygon_tolerance=tolerance, refine=str(get("refine").value))
         start = time.perf_counter()
         self.segmenter.warmup()
         self.errors: Counter[str] = Counter()

@@ -60,7 +60,8 @@ def make_segmenter(args: argparse.Namespace) -> object:
             if args.segmenter == "service":
                 raise
             print(f"instseg-studio: {exc}; segmenting in-process instead", file=sys.stderr, flush=True)
-    return InProcessSegmenter(create_annotation_segmenter(args.model_file, threads=args.threads, spin_wait=False))
+    return InProcessSegmenter(create_annotation_segmenter(args.model_file, threads=args.threads, spin_wait=False,
+                                                          refine=args.refine))
 
 
 def build_studio(args: argparse.Namespace) -> object:
@@ -121,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--labels", default=None, help="file of class names, one per line")
     parser.add_argument("--proposals", default=None, choices=("spatial_embeddings", "box2pix", "dcme"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--refine", choices=("none", "grabcut"), default="none",
+                        help="in-process: GrabCut refinement of the network's border (the service has its own "
+                             "`refine` parameter)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="instseg-studio: %(message)s")
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)

@@ -5,8 +5,7 @@ The repository ships each network once (see models/README.md):
 - `spatial_embeddings.pt`, `box2pix.pt`, `dcme.pt`: PyTorch checkpoints with float16 weights (model_config
   inside);
 - `extreme_unet.fp16.onnx`: the extreme-point network as ONNX whose float weights are stored as float16, each
-  followed by a Cast to float32 (a valid model, half the size; its training checkpoint was not kept);
-- `extreme_unet_int8.onnx`: the annotation default, kept as it is: its calibration crops are not cheap to remake.
+  followed by a Cast to float32 (a valid model, half the size).
 
 Derived here, deterministically (same inputs, same pinned torch and onnxruntime -> the same bytes; the tests
 re-derive and compare):
@@ -16,7 +15,11 @@ re-derive and compare):
   of the synthetic generator (`instseg-synth --seed 0`, split train) at the manifest's calibration size, and
   `<model>_int8.json`: the float manifest with `precision` and the int8 evaluation recorded in the float
   manifest's `int8` entry;
-- `extreme_unet.onnx` (float32): the Casts folded back into float32 initializers.
+- `extreme_unet.onnx` (float32): the Casts folded back into float32 initializers;
+- `extreme_unet_int8.onnx`, the annotation default, and its manifest: static int8 QDQ quantisation of
+  `extreme_unet.onnx` like the streaming models', calibrated on EXTREME_CALIBRATION domain-randomised object
+  crops (instseg_core.data.randomised_objects, rendered in memory in a few seconds); its held-out figures come
+  from the float manifest's `int8` entry.
 
 `python -m training.derive_models --evaluate-int8 DATA` scores the float32 and int8 graphs of each streaming
 model on DATA's val split with the official evaluator (same run, same settings) and records both in the float
@@ -47,6 +50,7 @@ MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 STAMP = ".derived.json"
 RECIPE_VERSION = 2  # bump when a recipe below changes what it writes
 DEFAULT_CALIBRATION = {"images": 16, "width": 1024, "height": 512, "seed": 0, "split": "train"}
+EXTREME_CALIBRATION = {"randomised_crops": 256, "seed": 7}
 # Layers kept in float32 in the int8 graphs (regular expressions searched in ONNX node names), and why:
 # - Spatial Embeddings: the two output convolutions and their concatenation. One uint8 scale for all output
 #   channels (offsets in [-1, 1], sigmas, seed logits) leaves the pixel embeddings ~8 px coarse at 1024 wide
@@ -150,6 +154,26 @@ def quantize_streaming_model(model: str, source: Path, out: Path) -> None:
     write_text_atomically(out.with_suffix(".json"), json.dumps(int8_manifest, indent=1))
 
 
+def quantize_extreme_model(source: Path, out: Path) -> None:
+    """`extreme_unet_int8.onnx` and its manifest from the float32 `extreme_unet.onnx` (see the module docstring)."""
+    from instseg_core.annotate.encoding import encode
+    from training.extreme_point_crops import randomised_crops
+
+    manifest = json.loads(source.with_suffix(".json").read_text())
+    int8_entry = manifest.get("int8", {})
+    settings = {**EXTREME_CALIBRATION, **int8_entry.get("calibration", {})}
+    images, _, points = randomised_crops(settings["seed"], 0, settings["randomised_crops"])
+    inputs = [encode(image, point)[None] for image, point in zip(images, points, strict=True)]
+    quantize_onnx(source, out, inputs, input_name="input")
+    int8_manifest = {**manifest, "precision": "int8",
+                     "quantisation": {"source": source.name, "format": "static QDQ, per-channel int8 weights, "
+                                      "uint8 activations, MinMax calibration", "calibration": settings,
+                                      "derived_by": "python -m training.derive_models"},
+                     **{key: value for key, value in int8_entry.items() if key != "calibration"}}
+    int8_manifest.pop("int8", None)
+    write_text_atomically(out.with_suffix(".json"), json.dumps(int8_manifest, indent=1))
+
+
 def fold_weight_casts(source: Path, out: Path) -> None:
     """The float32 model of an ONNX file whose weights are float16 initializers followed by Cast(to=FLOAT):
     each such Cast is removed and its output becomes a float32 initializer (exact: float16 -> float32)."""
@@ -220,6 +244,7 @@ DERIVATIONS = (
     Derivation("box2pix.onnx", "box2pix.pt", lambda s, o: export_checkpoint("box2pix", s, o)),
     Derivation("box2pix_int8.onnx", "box2pix.onnx", lambda s, o: quantize_streaming_model("box2pix", s, o)),
     Derivation("extreme_unet.onnx", "extreme_unet.fp16.onnx", fold_weight_casts),
+    Derivation("extreme_unet_int8.onnx", "extreme_unet.onnx", quantize_extreme_model),
     Derivation("dcme.onnx", "dcme.pt", lambda s, o: export_checkpoint("dcme", s, o)),
     Derivation("dcme_int8.onnx", "dcme.onnx", lambda s, o: quantize_streaming_model("dcme", s, o)),
 )

@@ -25,7 +25,8 @@ from instseg_core.data.cityscapes import CityscapesDataset, read_polygons, visib
 class CropSet:
     """N object crops: images (N, 128, 128, 3) uint8 RGB; masks (N, 128, 128) uint8 0/1; points
     (N, 4, 2) float32 extreme points in crop pixels (left, top, right, bottom); classes (N,) int16 index
-    into ANNOTATION_CLASSES; areas (N,) int32 visible pixels in the full image."""
+    into ANNOTATION_CLASSES, or RANDOMISED_CLASS; areas (N,) int32 visible pixels in the full image (0 for
+    randomised objects, whose canvas is not an image)."""
 
     images: np.ndarray
     masks: np.ndarray
@@ -35,6 +36,11 @@ class CropSet:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    @classmethod
+    def concatenate(cls, sets: list[CropSet]) -> CropSet:
+        return cls(*(np.concatenate([getattr(s, field) for s in sets]) for field in
+                     ("images", "masks", "points", "classes", "areas")))
 
     def subset(self, index: np.ndarray | slice) -> CropSet:
         return CropSet(self.images[index], self.masks[index], self.points[index], self.classes[index],
@@ -80,10 +86,52 @@ def build_crops(root: str | os.PathLike | None, split: str, *, min_area: int = 1
                    np.asarray(classes, np.int16), np.asarray(areas, np.int32))
 
 
+def randomised_crops(seed: int, start: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Samples start..start+count-1 of the set drawn with `seed`, cropped as at inference:
+    images (N, 128, 128, 3) uint8, masks (N, 128, 128) uint8 0/1, points (N, 4, 2) float32 crop pixels."""
+    from instseg_core.data.randomised_objects import render_object, sample_rng
+
+    images, masks, points = [], [], []
+    for index in range(start, start + count):
+        sample = render_object(sample_rng(seed, index))
+        extreme = extreme_points_from_mask(sample.mask)
+        box = crop_box(extreme)
+        images.append(crop(sample.image, box))
+        masks.append((crop(sample.mask.astype(np.float32), box) > 0.5).astype(np.uint8))
+        points.append(points_in_crop(extreme, box))
+    return np.stack(images), np.stack(masks), np.stack(points).astype(np.float32)
+
+
+RANDOMISED_CLASS = -1  # CropSet.classes of a domain-randomised object (no street class)
+
+
+def build_randomised_crops(count: int, seed: int, jobs: int = 1) -> CropSet:
+    """`count` domain-randomised object crops (instseg_core.data.randomised_objects) drawn with `seed`,
+    rendered in `jobs` processes; identical for any `jobs` (every sample has its own seeded Generator)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    chunk = 250
+    starts = list(range(0, count, chunk))
+    sizes = [min(chunk, count - start) for start in starts]
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as pool:
+            parts = list(pool.map(randomised_crops, [seed] * len(starts), starts, sizes))
+    else:
+        parts = [randomised_crops(seed, start, size) for start, size in zip(starts, sizes, strict=True)]
+    images, masks, points = (np.concatenate([part[k] for part in parts]) for k in range(3))
+    areas = np.full(count, 0, np.int32)
+    return CropSet(images, masks, points, np.full(count, RANDOMISED_CLASS, np.int16), areas)
+
+
 def augment(image: np.ndarray, mask: np.ndarray, points: np.ndarray, rng: np.random.Generator, *,
-            jitter: float = 2.0, max_rotation: float = 15.0, flip: bool = True
+            jitter: float = 2.0, max_rotation: float = 15.0, flip: bool = True, photometric: float = 0.0
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Training augmentation of one crop: point jitter (crop pixels), horizontal flip, rotation (degrees)."""
+    """Training augmentation of one crop: point jitter (crop pixels), horizontal flip, rotation (degrees),
+    and with probability `photometric` the colour/blur/noise/JPEG jitter of the randomised objects."""
+    if photometric > 0 and rng.random() < photometric:
+        from instseg_core.data.randomised_objects import photometric_jitter
+
+        image = photometric_jitter(rng, image)
     points = points + rng.uniform(-jitter, jitter, points.shape).astype(np.float32)
     if flip and rng.random() < 0.5:
         image, mask = image[:, ::-1], mask[:, ::-1]

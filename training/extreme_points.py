@@ -32,17 +32,29 @@ from instseg_core.eval.binary_metrics import BinarySegmentationMetrics
 from instseg_core.losses.binary_mask import LOSSES
 from instseg_core.networks.extreme_unet import ExtremeUNet, SigmoidOutput, deployable
 from training.common import ensure_malloc_tuning, export_graph, git_commit, resumable, resume, save_atomically
-from training.extreme_point_crops import ANNOTATION_CLASSES, CropSet, augment, build_crops
+from training.extreme_point_crops import (
+    ANNOTATION_CLASSES,
+    RANDOMISED_CLASS,
+    CropSet,
+    augment,
+    build_crops,
+    build_randomised_crops,
+)
 
 VARIANTS = {"extreme": 4, "box": 3}  # input channels
-def batch_inputs(crops: CropSet, index: np.ndarray, variant: str, rng: np.random.Generator | None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, C, 128, 128) inputs and (B, 1, 128, 128) targets; augmented when `rng` is given."""
+def class_name(index: int) -> str:
+    return "randomised" if index == RANDOMISED_CLASS else ANNOTATION_CLASSES[index]
+
+
+def batch_inputs(crops: CropSet, index: np.ndarray, variant: str, rng: np.random.Generator | None,
+                 photometric: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, 128, 128) inputs and (B, 1, 128, 128) targets; augmented when `rng` is given (photometric
+    jitter with that probability)."""
     inputs, targets = [], []
     for i in index:
         image, mask, points = crops.images[i], crops.masks[i], crops.points[i]
         if rng is not None:
-            image, mask, points = augment(image, mask, points, rng)
+            image, mask, points = augment(image, mask, points, rng, photometric=photometric)
         inputs.append(encode(image, points if variant == "extreme" else None))
         targets.append(mask[None])
     x = torch.from_numpy(np.stack(inputs)).contiguous(memory_format=torch.channels_last)
@@ -63,7 +75,7 @@ def evaluate_network(probabilities: Callable[[np.ndarray], np.ndarray], crops: C
         index = np.arange(start, min(start + batch_size, len(crops)))
         x, y = batch_inputs(crops, index, variant, None)
         prediction = probabilities(np.ascontiguousarray(x.numpy())) > 0.5
-        metrics.add_batch(prediction, y.numpy()[:, 0] > 0.5, [ANNOTATION_CLASSES[c] for c in crops.classes[index]])
+        metrics.add_batch(prediction, y.numpy()[:, 0] > 0.5, [class_name(c) for c in crops.classes[index]])
     return metrics.result()
 
 
@@ -72,10 +84,13 @@ def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    train_crops = CropSet.load(Path(args.crops) / "train.npz")
-    val_crops = CropSet.load(Path(args.crops) / "val.npz")
+    train_crops = CropSet.concatenate([CropSet.load(path) for path in
+                                       [Path(args.crops) / "train.npz", *args.extra_train_crops]])
+    val_sets = {"street": CropSet.load(Path(args.crops) / "val.npz")}
+    val_sets.update({Path(path).parent.name: CropSet.load(path) for path in args.extra_val_crops})
     if args.limit:
-        train_crops, val_crops = train_crops.subset(slice(args.limit)), val_crops.subset(slice(args.limit))
+        train_crops = train_crops.subset(np.random.default_rng(0).permutation(len(train_crops))[:args.limit])
+        val_sets = {name: crops.subset(slice(args.limit)) for name, crops in val_sets.items()}
     model = ExtremeUNet(VARIANTS[args.variant]).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     loss_fn = LOSSES[args.loss]
@@ -91,7 +106,8 @@ def train(args: argparse.Namespace) -> dict:
         losses = []
         batches = max(1, len(order) // args.batch_size)
         for b in range(batches):
-            x, y = batch_inputs(train_crops, order[b * args.batch_size:(b + 1) * args.batch_size], args.variant, rng)
+            x, y = batch_inputs(train_crops, order[b * args.batch_size:(b + 1) * args.batch_size], args.variant, rng,
+                                args.photometric)
             loss = loss_fn(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -100,23 +116,27 @@ def train(args: argparse.Namespace) -> dict:
             if args.progress_every and (b + 1) % args.progress_every == 0:
                 print(f"  epoch {epoch} batch {b + 1}/{batches} loss {np.mean(losses[-args.progress_every:]):.4f}",
                       flush=True)
-        metrics = evaluate_model(model, val_crops, args.variant)
+        all_metrics = {name: evaluate_model(model, crops, args.variant) for name, crops in val_sets.items()}
+        metrics = all_metrics["street"]
+        selection = float(np.mean([m["aIoU"] for m in all_metrics.values()]))
         seconds = time.perf_counter() - start
         state["train_seconds"] += seconds
         state["epoch"] = epoch
         entry = {"epoch": epoch, "loss": float(np.mean(losses)), "val_aIoU": metrics["aIoU"],
-                 "val_iIoU": metrics["iIoU"], "val_mIoU": metrics["mIoU"], "seconds": seconds}
+                 "val_iIoU": metrics["iIoU"], "val_mIoU": metrics["mIoU"], "seconds": seconds,
+                 **{f"val_aIoU_{name}": m["aIoU"] for name, m in all_metrics.items() if name != "street"}}
         state["history"].append(entry)
-        improved = metrics["aIoU"] > state["best_aiou"]
+        improved = selection > state["best_aiou"]
         if improved:
-            state["best_aiou"], state["best_epoch"] = metrics["aIoU"], epoch
+            state["best_aiou"], state["best_epoch"] = selection, epoch
             save_atomically({"model": model.state_dict(), "variant": args.variant, "config": config,
                              "metrics": metrics, "epoch": epoch}, out / "best.pt")
         save_atomically({"model": model.state_dict(), "state": state, "variant": args.variant, "config": config,
                          **resumable(optimizer, rng)}, out / "last.pt")
         (out / "history.json").write_text(json.dumps({"config": config, **state}, indent=1))
+        others = "".join(f" {name} {m['aIoU']:.4f}" for name, m in all_metrics.items() if name != "street")
         print(f"epoch {epoch}/{args.epochs} loss {entry['loss']:.4f} val aIoU {metrics['aIoU']:.4f} "
-              f"iIoU {metrics['iIoU']:.4f} ({seconds:.0f} s){' best' if improved else ''}", flush=True)
+              f"iIoU {metrics['iIoU']:.4f}{others} ({seconds:.0f} s){' best' if improved else ''}", flush=True)
     return state
 
 
@@ -251,6 +271,18 @@ def prepare(args: argparse.Namespace) -> None:
               + ", ".join(f"{c} {n}" for c, n in zip(ANNOTATION_CLASSES, counts, strict=True)), flush=True)
 
 
+def randomise(args: argparse.Namespace) -> None:
+    """Writes OUT/crops.npz: `count` domain-randomised object crops drawn with `seed`."""
+    start = time.perf_counter()
+    crops = build_randomised_crops(args.count, args.seed, args.jobs)
+    crops.save(Path(args.out) / "crops.npz")
+    (Path(args.out) / "manifest.json").write_text(json.dumps(
+        {"generator": "instseg_core.data.randomised_objects", "count": args.count, "seed": args.seed,
+         "commit": git_commit()}, indent=1))
+    print(f"{args.out}: {len(crops)} randomised crops (seed {args.seed}) in {time.perf_counter() - start:.0f} s",
+          flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training.extreme_points", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(required=True)
@@ -259,6 +291,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--min-area", type=int, default=150)
     p.set_defaults(func=prepare)
+    p = sub.add_parser("randomise", help="render domain-randomised object crops (training data, or its own val)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=2)
+    p.set_defaults(func=randomise)
     p = sub.add_parser("train")
     p.add_argument("--crops", required=True)
     p.add_argument("--out", required=True)
@@ -270,6 +308,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--limit", type=int, default=0, help="use only the first N crops of each split (smoke tests)")
+    p.add_argument("--extra-train-crops", nargs="*", default=[], help="more CropSet .npz files to train on")
+    p.add_argument("--extra-val-crops", nargs="*", default=[],
+                   help="more CropSet .npz files to validate on; the best epoch has the best mean aIoU over all")
+    p.add_argument("--photometric", type=float, default=0.0,
+                   help="probability of colour/blur/noise/JPEG jitter per training crop")
     p.add_argument("--progress-every", type=int, default=20)
     p.add_argument("--resume", action="store_true")
     p.set_defaults(func=train)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from instseg_core.annotate.encoding import CROP_SIZE, crop, crop_box, encode, paste_back, points_in_crop
+from instseg_core.annotate.refine import grabcut_refine
 from instseg_core.base.instances import mask_box
 from instseg_core.base.model_files import find_model
 from instseg_core.postprocess.polygons import mask_to_polygon
@@ -30,6 +31,7 @@ from instseg_core.runtime.backends import InferenceBackend, OnnxRuntimeBackend, 
 
 # The shipped default: the same held-out aIoU as the fp32 graph (0.918), ~1.5x faster on 2 cores.
 DEFAULT_ANNOTATION_MODEL = "extreme_unet_int8.onnx"
+REFINEMENTS = ("none", "grabcut")
 
 
 class ErrorCode(enum.IntEnum):
@@ -116,12 +118,14 @@ class ExtremePointSegmenter:
 
     backend: an OnnxRuntimeBackend or TorchBackend mapping (N, C, 128, 128) float32 to (N, 1, 128, 128)
     probabilities; channels: C, 4 for the extreme-point model (RGB + points), 3 for the box-only baseline
-    (default: the graph's declared input channels).
+    (default: the graph's declared input channels); refine: "none", or "grabcut" to move the network's
+    uncertain border pixels to the colour edge with OpenCV GrabCut seeded by its probabilities
+    (instseg_core.annotate.refine; about 10-30 ms more per object).
     """
 
     def __init__(self, backend: InferenceBackend, *, channels: int | None = None,
                  threshold: float = 0.5, polygon_tolerance: float = 1.0, point_mode: str = "circle",
-                 relax_fraction: float = 0.1, relax_min: float = 4.0) -> None:
+                 relax_fraction: float = 0.1, relax_min: float = 4.0, refine: str = "none") -> None:
         self.backend = backend
         declared: tuple[int | None, ...] = getattr(backend, "input_shape", None) or ()
         self.channels = int(channels or (declared[1] or 0 if len(declared) > 1 else 0))
@@ -134,6 +138,9 @@ class ExtremePointSegmenter:
         self.polygon_tolerance = polygon_tolerance
         self.point_mode = point_mode
         self.relax = (relax_fraction, relax_min)
+        if refine not in REFINEMENTS:
+            raise ValueError(f"refine must be one of {', '.join(REFINEMENTS)}, not {refine!r}")
+        self.refine = refine
 
     def probabilities(self, inputs: np.ndarray) -> np.ndarray:
         """(N, C, 128, 128) float32 network inputs -> (N, 128, 128) float32 foreground probabilities."""
@@ -160,12 +167,15 @@ class ExtremePointSegmenter:
         start = time.perf_counter()
         validated = [validate_points(p, image.shape[:2]) for p in objects]
         boxes = [crop_box(p, *self.relax) for p in validated]
-        inputs = np.stack([
-            encode(crop(image, box), points_in_crop(p, box) if self.use_points else None, self.point_mode)
-            for p, box in zip(validated, boxes, strict=True)
-        ])
+        crops = [crop(image, box) for box in boxes]
+        crop_points = [points_in_crop(p, box) for p, box in zip(validated, boxes, strict=True)]
+        inputs = np.stack([encode(rgb, points if self.use_points else None, self.point_mode)
+                           for rgb, points in zip(crops, crop_points, strict=True)])
         encoded = time.perf_counter()
         probabilities = self.probabilities(inputs)
+        if self.refine == "grabcut":
+            probabilities = np.stack([grabcut_refine(rgb, probability, points) for rgb, probability, points
+                                      in zip(crops, probabilities, crop_points, strict=True)])
         inferred = time.perf_counter()
         results = []
         for probability, box in zip(probabilities, boxes, strict=True):

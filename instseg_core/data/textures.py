@@ -1,12 +1,19 @@
-"""Textures for the synthetic street scenes: procedural noise and real photographs.
+"""Textures for the synthetic scenes: procedural noise and real photographs.
 
-The photographs are the ones scikit-image ships inside its package (skimage/data/*.png, *.jpg), read
-straight from the installed package directory, so nothing is ever downloaded. All randomness comes
-from the numpy Generator passed in. Images are float32 RGB in [0, 1], shape (H, W, 3), unless stated.
+The photographs are the ones that ship inside installed packages (scikit-image's skimage/data, scikit-learn's
+sample images, matplotlib's sample data), read straight from the package directories, so nothing is ever
+downloaded. All randomness comes from the numpy Generator passed in. Images are float32 RGB in [0, 1],
+shape (H, W, 3), unless stated.
+
+Two disjoint pools serve the extreme-point model: TRAINING_PHOTOS texture its randomised training objects;
+HELD_OUT_PHOTOS are the photographs of its real and cut-and-paste evaluation sets and are never used to
+train it. (The street generator's billboards predate that split and show some held-out photographs as flat
+pictures on walls; no object of theirs is ever textured with one.)
 """
 
 from __future__ import annotations
 
+import importlib.util
 from functools import cache
 from pathlib import Path
 
@@ -14,27 +21,50 @@ import cv2
 import numpy as np
 from PIL import Image
 
-# Photographs shipped in scikit-image's wheel (its "legacy" data set; no fetch needed).
+# name -> (package, file inside the package's data folder). scikit-image's are its "legacy" data set,
+# shipped in the wheel (no fetch needed).
 PHOTOS = {
-    "brick": "brick.png", "grass": "grass.png", "gravel": "gravel.png", "coffee": "coffee.png",
-    "astronaut": "astronaut.png", "chelsea": "chelsea.png", "rocket": "rocket.jpg", "camera": "camera.png",
-    "coins": "coins.png", "page": "page.png", "hubble": "hubble_deep_field.jpg",
+    "brick": ("skimage", "brick.png"), "grass": ("skimage", "grass.png"), "gravel": ("skimage", "gravel.png"),
+    "coffee": ("skimage", "coffee.png"), "astronaut": ("skimage", "astronaut.png"),
+    "chelsea": ("skimage", "chelsea.png"), "rocket": ("skimage", "rocket.jpg"), "camera": ("skimage", "camera.png"),
+    "coins": ("skimage", "coins.png"), "page": ("skimage", "page.png"),
+    "hubble": ("skimage", "hubble_deep_field.jpg"), "horse": ("skimage", "horse.png"),
+    "motorcycle": ("skimage", "motorcycle_left.png"), "moon": ("skimage", "moon.png"),
+    "ihc": ("skimage", "ihc.png"), "retina": ("skimage", "retina.jpg"), "cell": ("skimage", "cell.png"),
+    "color": ("skimage", "color.png"), "text": ("skimage", "text.png"),
+    "china": ("sklearn", "china.jpg"), "flower": ("sklearn", "flower.jpg"),
+    "grace_hopper": ("matplotlib", "grace_hopper.jpg"), "present": ("matplotlib", "Minduka_Present_Blue_Pack.png"),
 }
 BILLBOARD_PHOTOS = ("coffee", "astronaut", "chelsea", "rocket", "hubble", "camera", "page", "coins")
+TRAINING_PHOTOS = ("brick", "grass", "gravel", "coins", "page", "hubble", "moon", "ihc", "retina", "cell", "color",
+                   "text", "china", "flower", "present")
+HELD_OUT_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "rocket", "motorcycle", "grace_hopper")
 
 
-def _skimage_data_dir() -> Path:
-    import skimage
+_DATA_FOLDERS = {"skimage": "data", "sklearn": "datasets/images", "matplotlib": "mpl-data/sample_data"}
 
-    return Path(skimage.__file__).parent / "data"
+
+def package_data_dir(package: str) -> Path:
+    """The folder of an installed package's bundled sample images (found without importing the package)."""
+    if package not in _DATA_FOLDERS:
+        raise ValueError(f"no photographs known in package {package!r}")
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"package {package} is not installed; run make setup")
+    return Path(spec.origin).parent / _DATA_FOLDERS[package]
+
+
+def photo_path(name: str) -> Path:
+    package, file = PHOTOS[name]
+    return package_data_dir(package) / file
 
 
 @cache
 def photo(name: str) -> np.ndarray:
-    """A scikit-image photograph as float32 RGB in [0, 1] (grey ones replicated to 3 channels)."""
-    path = _skimage_data_dir() / PHOTOS[name]
+    """A packaged photograph as float32 RGB in [0, 1] (grey ones replicated to 3 channels)."""
+    path = photo_path(name)
     if not path.is_file():
-        raise FileNotFoundError(f"scikit-image photograph {path} is missing; reinstall scikit-image")
+        raise FileNotFoundError(f"photograph {path} is missing; reinstall {PHOTOS[name][0]} (make setup)")
     with Image.open(path) as image:  # PIL, not OpenCV: libpng warns about these files' ICC profiles
         return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
 

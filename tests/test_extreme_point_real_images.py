@@ -1,0 +1,170 @@
+"""Issue 15: the extreme-point model's randomised training data, the GrabCut steps, the real-image proxies and the
+shipped model on them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from instseg_core.annotate.encoding import CROP_SIZE, extreme_points_from_mask
+from instseg_core.annotate.refine import grabcut_from_points, grabcut_refine
+from instseg_core.annotate.segmenter import create_annotation_segmenter
+from instseg_core.data import randomised_objects, textures
+from instseg_core.data.randomised_objects import render_object, sample_rng
+from training import extreme_point_proxies as proxies
+from training.extreme_point_crops import randomised_crops
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+def test_randomised_objects_are_reproducible_per_sample() -> None:
+    first, again, other = (render_object(sample_rng(3, index)) for index in (5, 5, 6))
+    assert np.array_equal(first.image, again.image) and np.array_equal(first.mask, again.mask)
+    assert first.image.shape[:2] != other.image.shape[:2] or not np.array_equal(first.image, other.image)
+    # the crops of a range do not depend on how the range is cut into calls (the sets are rendered in chunks)
+    whole = randomised_crops(3, 4, 4)
+    parts = [randomised_crops(3, 4, 2), randomised_crops(3, 6, 2)]
+    for k in range(3):
+        assert np.array_equal(whole[k], np.concatenate([parts[0][k], parts[1][k]]))
+
+
+def _edge_strength(image: np.ndarray, mask: np.ndarray) -> float:
+    """Mean colour-gradient magnitude on the mask's outline."""
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    gradient = np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1))
+    outline = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+    return float(gradient[outline].mean())
+
+
+def test_randomised_masks_follow_the_rendered_pixels() -> None:
+    """The visible mask lies inside the unoccluded object, keeps enough pixels, and its outline sits on the image's
+    edges: shifting it by 4 pixels loses most of the edge strength (so a misplaced mask would fail)."""
+    on_mask, shifted = [], []
+    kinds = set()
+    for index in range(40):
+        sample = render_object(sample_rng(11, index))
+        kinds.add(sample.kind)
+        assert sample.mask.shape == sample.image.shape[:2] and sample.image.dtype == np.uint8
+        assert not np.any(sample.mask & ~sample.full), "visible pixels outside the object"
+        assert np.count_nonzero(sample.mask) >= randomised_objects.MIN_VISIBLE_PIXELS
+        on_mask.append(_edge_strength(sample.image, sample.mask))
+        shifted.append(_edge_strength(sample.image, np.roll(sample.mask, (4, 4), axis=(0, 1))))
+    assert np.median(on_mask) > 1.5 * np.median(shifted), (np.median(on_mask), np.median(shifted))
+    assert len(kinds) >= 5, kinds
+
+
+def test_randomised_crops_put_the_points_on_the_object() -> None:
+    images, masks, points = randomised_crops(0, 0, 12)
+    assert images.shape == (12, CROP_SIZE, CROP_SIZE, 3) and masks.shape == (12, CROP_SIZE, CROP_SIZE)
+    for mask, crop_points in zip(masks, points, strict=True):
+        for x, y in np.round(crop_points).astype(int):
+            assert mask[max(0, y - 2):y + 3, max(0, x - 2):x + 3].any()
+
+
+def test_randomised_objects_use_training_photographs_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No photograph of the real or cut-and-paste evaluation sets ever textures a training object."""
+    used: list[str] = []
+    original = textures.photo.__wrapped__
+
+    def recording_photo(name: str) -> np.ndarray:
+        used.append(name)
+        return original(name)
+
+    textures._scaled_photo.cache_clear()
+    monkeypatch.setattr(textures, "photo", recording_photo)
+    monkeypatch.setattr(randomised_objects, "photo", recording_photo)
+    try:
+        for index in range(30):
+            render_object(sample_rng(5, index))
+    finally:
+        textures._scaled_photo.cache_clear()
+    assert used, "no photograph was used at all"
+    assert set(used) <= set(textures.TRAINING_PHOTOS) | {"horse"}, set(used) - set(textures.TRAINING_PHOTOS)
+    assert not set(textures.TRAINING_PHOTOS) & set(textures.HELD_OUT_PHOTOS)
+
+
+def _disc_crop() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A textured disc on a textured background of another colour: RGB crop, true mask, extreme points."""
+    rng = np.random.default_rng(0)
+    image = np.clip(rng.normal(60, 12, (CROP_SIZE, CROP_SIZE, 3)), 0, 255).astype(np.uint8)
+    truth = np.zeros((CROP_SIZE, CROP_SIZE), np.uint8)
+    cv2.circle(truth, (64, 64), 52, 1, -1)
+    image[truth > 0] = np.clip(rng.normal((200, 150, 60), 12, (int(truth.sum()), 3)), 0, 255).astype(np.uint8)
+    return image, truth.astype(bool), extreme_points_from_mask(truth).astype(np.float64)
+
+
+def test_grabcut_refinement_moves_a_blurred_border_to_the_edge() -> None:
+    image, truth, points = _disc_crop()
+    too_big = np.zeros((CROP_SIZE, CROP_SIZE), np.float32)
+    cv2.circle(too_big, (64, 64), 56, 1.0, -1)
+    # the network's soft, too generous answer: 4 pixels too wide at 0.5, but uncertain (< 0.9) there
+    blurred = cv2.GaussianBlur(too_big, (0, 0), 3)
+    before = proxies.iou(blurred > 0.5, truth)
+    after = proxies.iou(grabcut_refine(image, blurred, points) > 0.5, truth)
+    assert after > before + 0.1 and after > 0.97, (before, after)
+    alone = grabcut_from_points(image, points) > 0.5
+    assert proxies.iou(alone, truth) > 0.9
+
+
+def test_segmenter_refine_option() -> None:
+    with pytest.raises(ValueError, match="refine"):
+        create_annotation_segmenter(MODELS / "extreme_unet.onnx", refine="magic")
+    image = np.zeros((200, 300, 3), np.uint8)
+    image[50:150, 100:220] = (220, 40, 40)
+    truth = np.zeros((200, 300), bool)
+    truth[50:150, 100:220] = True
+    points = extreme_points_from_mask(truth)
+    refined = create_annotation_segmenter(MODELS / "extreme_unet.onnx", refine="grabcut").segment(image, points)
+    assert proxies.iou(refined.mask, truth) > 0.9
+
+
+@pytest.fixture(scope="module")
+def real_objects() -> list[proxies.ProxyObject]:
+    return proxies.load_real_photos()
+
+
+def test_real_set_loads_every_labelled_object(real_objects: list[proxies.ProxyObject]) -> None:
+    document = json.loads(proxies.REAL_PHOTOS.read_text())
+    assert len(real_objects) == len(document["objects"]) >= 12
+    for obj in real_objects:
+        area = np.count_nonzero(obj.mask)
+        assert 200 < area < obj.mask.size, obj.name
+    assert all("licence" in image for image in document["images"].values())
+    labels = {obj.label for obj in real_objects}
+    assert {"person", "bus"} <= labels
+
+
+def test_a_changed_photograph_is_refused(tmp_path: Path) -> None:
+    document = json.loads(proxies.REAL_PHOTOS.read_text())
+    first = next(iter(document["images"].values()))
+    first["sha256"] = "0" * 64
+    changed = tmp_path / "real.json"
+    changed.write_text(json.dumps(document))
+    with pytest.raises(ValueError, match="sha256"):
+        proxies.load_real_photos(changed)
+
+
+def test_cut_and_paste_is_seeded_and_keeps_the_object(real_objects: list[proxies.ProxyObject]) -> None:
+    subset = real_objects[:3]
+    first, again = proxies.cut_and_paste(subset, 2, seed=4), proxies.cut_and_paste(subset, 2, seed=4)
+    assert len(first) == len(again) >= 5
+    for a, b in zip(first, again, strict=True):
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
+        assert np.count_nonzero(a.mask) >= 50
+    rectangle = np.pad(np.ones((5, 7), bool), 3)
+    blank = np.zeros((*rectangle.shape, 3), np.uint8)
+    boxed = proxies.evaluate(proxies.box_method, [proxies.ProxyObject("box", "box", blank, rectangle)])
+    assert boxed["mean_iou"] == 1.0
+
+
+def test_shipped_default_model_on_the_real_set(real_objects: list[proxies.ProxyObject]) -> None:
+    """The shipped int8 default keeps the figures its manifest claims on the real photographs (within 0.01)."""
+    manifest = json.loads((MODELS / "extreme_unet_int8.json").read_text())
+    claimed = manifest["proxies"]["real_photographs"]
+    measured = proxies.evaluate(proxies.network_method(MODELS / "extreme_unet_int8.onnx"), real_objects)
+    assert abs(measured["mean_iou"] - claimed) < 0.01, (measured["mean_iou"], claimed)
+    assert measured["mean_iou"] >= 0.70

