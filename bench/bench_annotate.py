@@ -1,6 +1,7 @@
 """Extreme-point annotation latency on a 2048x1024 frame: in-process and through the ROS 2 service.
 
     .venv/bin/python bench/bench_annotate.py [--model models/extreme_unet.onnx] [--requests 40]
+        [--previous-model OLD.onnx] [--in-process-only]
 
 In-process: the full request per object (validate, crop, encode, network, paste back, threshold,
 polygon) with ONNX Runtime (2 threads, the product path; fp32 and, when models/<name>_int8.onnx
@@ -50,7 +51,8 @@ def objects_of_a_frame() -> tuple[np.ndarray, list[np.ndarray]]:
     return frame.rgb, points
 
 
-def in_process(model_path: Path, rgb: np.ndarray, points: list[np.ndarray], repeats: int) -> list[list]:
+def in_process(model_path: Path, rgb: np.ndarray, points: list[np.ndarray], repeats: int,
+               previous: Path | None = None) -> list[list]:
     from instseg_core.annotate.segmenter import (
         ExtremePointSegmenter,
         annotation_segmenter_from_module,
@@ -65,6 +67,11 @@ def in_process(model_path: Path, rgb: np.ndarray, points: list[np.ndarray], repe
     if int8_path.is_file():
         backends.append(("ONNX Runtime int8 QDQ (2 threads)",
                          lambda: create_annotation_segmenter(int8_path, threads=2)))
+        backends.append(("ONNX Runtime int8 QDQ + GrabCut refinement",
+                         lambda: create_annotation_segmenter(int8_path, threads=2, refine="grabcut")))
+    if previous is not None:
+        backends.append((f"ONNX Runtime, previous model {previous.name}",
+                         lambda: create_annotation_segmenter(previous, threads=2)))
     backends.append(("PyTorch eager fp32 (2 threads)", lambda: annotation_segmenter_from_module(
         ExtremeUNet(create_annotation_segmenter(model_path).channels), threads=2)))
     rows, medians = [], {}
@@ -177,13 +184,18 @@ def main() -> None:
                         help="the fp32 model; its _int8 sibling is measured too when present")
     parser.add_argument("--repeats", type=int, default=60)
     parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--previous-model", type=Path, default=None,
+                        help="an earlier graph to time in the same run (e.g. the int8 model shipped before)")
+    parser.add_argument("--in-process-only", action="store_true", help="skip the ROS 2 service round trips")
     args = parser.parse_args()
     isolation.ensure_isolated()
     rgb, points = objects_of_a_frame()
-    rows = in_process(args.model, rgb, points, args.repeats)
+    rows = in_process(args.model, rgb, points, args.repeats, args.previous_model)
     print_table(["backend", "p50 ms/object", "p95 ms", "network ms", "batched ms/object", "vs PyTorch",
                  f"p50 <= {IN_PROCESS_TARGET_MS:g} ms"], rows,
                 title=f"In-process request, 2048x1024 frame, {len(points)} objects cycled, {os.cpu_count()} cores")
+    if args.in_process_only:
+        return
     int8 = args.model.with_name(args.model.stem + "_int8.onnx")
     default = int8 if int8.is_file() else args.model
     every = ("frame_full", "frame_crop", "cached_crop")

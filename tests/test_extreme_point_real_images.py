@@ -57,6 +57,17 @@ def test_randomised_masks_follow_the_rendered_pixels() -> None:
     assert len(kinds) >= 5, kinds
 
 
+def test_truncated_objects_reach_the_canvas_border() -> None:
+    """truncate=1: every object is cut by the canvas on one side, as at the edge of a camera image; truncate=0
+    (the default) draws no extra random number, so earlier data sets stay the same."""
+    for index in range(6):
+        sample = render_object(sample_rng(8, index), truncate=1.0)
+        edges = (sample.mask[0].any(), sample.mask[-1].any(), sample.mask[:, 0].any(), sample.mask[:, -1].any())
+        assert any(edges), index
+    plain, default = render_object(sample_rng(8, 0), truncate=0.0), render_object(sample_rng(8, 0))
+    assert np.array_equal(plain.image, default.image)
+
+
 def test_randomised_crops_put_the_points_on_the_object() -> None:
     images, masks, points = randomised_crops(0, 0, 12)
     assert images.shape == (12, CROP_SIZE, CROP_SIZE, 3) and masks.shape == (12, CROP_SIZE, CROP_SIZE)

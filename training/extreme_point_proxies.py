@@ -217,6 +217,30 @@ def proxy_table(models: list[str], crops_dir: str | os.PathLike, refine_models: 
     return "\n".join(header + lines), results
 
 
+def record(manifest_path: Path, table: str, results: dict) -> None:
+    """Write the proxy figures of the manifest's fp32 and int8 graphs into it (the int8 manifest that set-up
+    derives copies its `int8` entry)."""
+    from instseg_core.base.atomic_files import write_text_atomically
+    from training.common import git_commit
+
+    def figures(row: dict) -> dict:
+        return {"real_photographs": row["real"]["mean_iou"], "cut_and_paste": row["cut_and_paste"]["mean_iou"],
+                "street_val_aIoU": row["street_val_aIoU"], "real_per_object": row["real"]["per_object"]}
+
+    manifest = json.loads(manifest_path.read_text())
+    baselines = {name: figures(row) for name, row in results.items() if not name.startswith("extreme_unet")}
+    common = {"table": table, "baselines": baselines, "commit": git_commit(),
+              "reproduce": "python -m training.extreme_point_proxies --models models/extreme_unet.onnx "
+                           "models/extreme_unet_int8.onnx --refine-models models/extreme_unet_int8.onnx --record "
+                           "models/extreme_unet.json"}
+    stem = manifest_path.stem
+    if f"{stem}.onnx" in results:
+        manifest["proxies"] = {**figures(results[f"{stem}.onnx"]), **common}
+    if f"{stem}_int8.onnx" in results:
+        manifest.setdefault("int8", {})["proxies"] = {**figures(results[f"{stem}_int8.onnx"]), **common}
+    write_text_atomically(manifest_path, json.dumps(manifest, indent=1))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training.extreme_point_proxies",
                                      description=__doc__.split("\n\n")[0])
@@ -228,9 +252,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--markdown", help="write the table here")
     parser.add_argument("--json", help="write every figure, per object, here")
+    parser.add_argument("--record", help="a model manifest (models/extreme_unet.json): the rows of extreme_unet.onnx "
+                                         "and extreme_unet_int8.onnx go into its `proxies` and `int8.proxies`")
     args = parser.parse_args(argv)
     table, results = proxy_table(args.models, args.crops, args.refine_models, args.per_object, args.seed)
     print(table)
+    if args.record:
+        record(Path(args.record), table, results)
     if args.markdown:
         Path(args.markdown).write_text(table + "\n")
     if args.json:

@@ -179,12 +179,39 @@ def export(args: argparse.Namespace) -> Path:
                      "train_seconds": history["train_seconds"], "history": history["history"],
                      "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}"},
         "data": getattr(args, "data_note", ""), "commit": git_commit(),
-        "reproduce": "make train-extreme (see Makefile: instseg-synth, then python -m training.extreme_points "
-                     "prepare/train/export/ablation)",
+        "randomised_crops": [json.loads((Path(p).parent / "manifest.json").read_text())
+                             for p in history["config"].get("extra_train_crops", [])
+                             if (Path(p).parent / "manifest.json").is_file()],
+        "reproduce": "make train-extreme (see Makefile: instseg-synth, python -m training.extreme_points "
+                     "prepare/randomise/train/ship, python -m training.extreme_point_proxies)",
     }
     out.with_suffix(".json").write_text(json.dumps(manifest, indent=1))
     print(f"wrote {out} and {out.with_suffix('.json')}")
     return out
+
+
+def ship(args: argparse.Namespace) -> None:
+    """The run's best checkpoint into the models folder as the repository ships it: extreme_unet.fp16.onnx (float16
+    weights) and extreme_unet.json; then extreme_unet.onnx and extreme_unet_int8.onnx are derived from it exactly
+    as set-up derives them (training.derive_models)."""
+    import tempfile
+
+    from training.derive_models import derive, store_weights_as_float16
+
+    models = Path(args.models)
+    with tempfile.TemporaryDirectory() as scratch:
+        fp32 = export(argparse.Namespace(run=args.run, out=Path(scratch) / "extreme_unet.onnx",
+                                         data_note=args.data_note))
+        store_weights_as_float16(fp32, models / "extreme_unet.fp16.onnx")
+        manifest = json.loads(fp32.with_suffix(".json").read_text())
+    earlier = models / "extreme_unet.json"
+    if earlier.is_file():  # keep the figures recorded for this same network (proxies, int8)
+        previous = json.loads(earlier.read_text())
+        if previous.get("training", {}).get("history") == manifest["training"]["history"]:
+            manifest.update({k: v for k, v in previous.items() if k in ("proxies", "int8")})
+    (models / "extreme_unet.json").write_text(json.dumps(manifest, indent=1))
+    made = derive(models, only=("extreme_unet.onnx", "extreme_unet_int8.onnx"))
+    print(f"shipped {models / 'extreme_unet.fp16.onnx'}; derived {', '.join(made) or 'nothing new'}")
 
 
 def quantize(args: argparse.Namespace) -> Path:
@@ -274,10 +301,11 @@ def prepare(args: argparse.Namespace) -> None:
 def randomise(args: argparse.Namespace) -> None:
     """Writes OUT/crops.npz: `count` domain-randomised object crops drawn with `seed`."""
     start = time.perf_counter()
-    crops = build_randomised_crops(args.count, args.seed, args.jobs)
+    crops = build_randomised_crops(args.count, args.seed, args.jobs, args.truncate)
     crops.save(Path(args.out) / "crops.npz")
     (Path(args.out) / "manifest.json").write_text(json.dumps(
         {"generator": "instseg_core.data.randomised_objects", "count": args.count, "seed": args.seed,
+         "truncate": args.truncate,
          "commit": git_commit()}, indent=1))
     print(f"{args.out}: {len(crops)} randomised crops (seed {args.seed}) in {time.perf_counter() - start:.0f} s",
           flush=True)
@@ -296,6 +324,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--truncate", type=float, default=0.0,
+                   help="share of objects cut by the canvas border (objects at the edge of a camera image)")
     p.set_defaults(func=randomise)
     p = sub.add_parser("train")
     p.add_argument("--crops", required=True)
@@ -325,6 +355,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--data-note", default="")
     p.set_defaults(func=export)
+    p = sub.add_parser("ship", help="the run's best checkpoint into models/ as shipped (float16 ONNX + manifest), "
+                                    "then derive fp32 and int8 as set-up does")
+    p.add_argument("--run", required=True)
+    p.add_argument("--models", default="models")
+    p.add_argument("--data-note", default="")
+    p.set_defaults(func=ship)
     p = sub.add_parser("quantize", help="static int8 (QDQ) quantisation of an exported ONNX model")
     p.add_argument("--model", required=True)
     p.add_argument("--crops", required=True)

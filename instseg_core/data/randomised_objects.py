@@ -334,13 +334,37 @@ def photometric_jitter(rng: np.random.Generator, image: np.ndarray) -> np.ndarra
     return out
 
 
-def render_object(rng: np.random.Generator) -> RandomisedObject:
-    """One randomised object on its own canvas; see the module docstring. Retries internally until the
-    visible object has at least MIN_VISIBLE_PIXELS pixels."""
+def render_object(rng: np.random.Generator, truncate: float = 0.0) -> RandomisedObject:
+    """One randomised object on its own canvas; see the module docstring. With probability `truncate` the
+    canvas ends inside the object (5-45 % of its extent cut off on one side), as for objects at the border of
+    a camera image: the crop then reaches past the canvas and is zero there, as at inference. Retries
+    internally until the visible object has at least MIN_VISIBLE_PIXELS pixels."""
     while True:
         sample = _render_once(rng)
+        if truncate > 0 and rng.random() < truncate:
+            sample = _truncated(rng, sample)
         if np.count_nonzero(sample.mask) >= MIN_VISIBLE_PIXELS:
             return sample
+
+
+def _truncated(rng: np.random.Generator, sample: RandomisedObject) -> RandomisedObject:
+    """The sample with its canvas cut through the object on a random side."""
+    ys, xs = np.nonzero(sample.mask)
+    if xs.size == 0:
+        return sample
+    fraction = rng.uniform(0.05, 0.45)
+    side = int(rng.integers(4))
+    rows, cols = slice(None), slice(None)
+    if side == 0:
+        cols = slice(int(xs.min() + fraction * (xs.max() - xs.min())), None)
+    elif side == 1:
+        cols = slice(None, int(xs.max() - fraction * (xs.max() - xs.min())) + 1)
+    elif side == 2:
+        rows = slice(int(ys.min() + fraction * (ys.max() - ys.min())), None)
+    else:
+        rows = slice(None, int(ys.max() - fraction * (ys.max() - ys.min())) + 1)
+    return RandomisedObject(np.ascontiguousarray(sample.image[rows, cols]), sample.mask[rows, cols].copy(),
+                            sample.full[rows, cols].copy(), sample.kind)
 
 
 def _render_once(rng: np.random.Generator) -> RandomisedObject:
