@@ -35,14 +35,16 @@ def frame() -> np.ndarray:
 
 def test_derivation_is_up_to_date_and_deterministic(tmp_path: Path) -> None:
     """Set-up derived every file from the shipped sources (the stamp agrees); deriving again from copies of the
-    sources gives the same bytes (the fp32 export, the fold of the extreme-point model's float16 weights); the
+    sources gives the same bytes (the fp32 export, the fold of the extreme-point model's float16 weights, its int8
+    graph calibrated on rendered randomised crops); the
     int8 quantisation gives the same bytes twice from the same calibration inputs (here two small frames on the
     DCME graph, to keep the test short; set-up calibrates on 16 rendered training frames)."""
     assert derive_models.derive(MODELS) == [], "set-up left a derived model file out of date"
-    for name in ("spatial_embeddings.pt", "spatial_embeddings.json", "extreme_unet.fp16.onnx"):
+    for name in ("spatial_embeddings.pt", "spatial_embeddings.json", "extreme_unet.fp16.onnx", "extreme_unet.json"):
         shutil.copy(MODELS / name, tmp_path / name)
-    made = derive_models.derive(tmp_path, only=("spatial_embeddings.onnx", "extreme_unet.onnx"))
-    assert made == ["spatial_embeddings.onnx", "extreme_unet.onnx"]
+    made = derive_models.derive(tmp_path, only=("spatial_embeddings.onnx", "extreme_unet.onnx",
+                                                "extreme_unet_int8.onnx"))
+    assert made == ["spatial_embeddings.onnx", "extreme_unet.onnx", "extreme_unet_int8.onnx"]
     for name in made:
         assert sha256(tmp_path / name) == sha256(MODELS / name), f"{name} differs when derived again"
     assert derive_models.derive(tmp_path, only=tuple(made)) == [], "an up-to-date file was made again"

@@ -50,12 +50,14 @@ def write_clicks(path: Path, objects: list, keys: list[str]) -> Path:
     return path
 
 
-@pytest.mark.parametrize("topic", ["/camera/image_raw", "/camera/image_raw/compressed"])
-def test_label_bag_writes_coco_and_cityscapes(camera_bag: tuple, tmp_path: Path, topic: str) -> None:
+@pytest.mark.parametrize(("topic", "refine"),
+                         [("/camera/image_raw", "none"), ("/camera/image_raw/compressed", "grabcut")])
+def test_label_bag_writes_coco_and_cityscapes(camera_bag: tuple, tmp_path: Path, topic: str, refine: str) -> None:
     bag, images, objects = camera_bag
     keys = ["0", str(stamp(1)), f"{stamp(2) // 10**9}.{stamp(2) % 10**9:09d}"]  # index, ns, seconds
     clicks = write_clicks(tmp_path / "clicks.json", objects, keys)
-    label_bag.main([str(bag), "--topic", topic, "--clicks", str(clicks), "--out", str(tmp_path / "out"), "--quiet"])
+    label_bag.main([str(bag), "--topic", topic, "--clicks", str(clicks), "--out", str(tmp_path / "out"), "--quiet",
+                    "--refine", refine])
     coco = COCO(str(tmp_path / "out" / "annotations_coco.json"))
     assert len(coco.imgs) == 3
     assert len(coco.anns) == sum(len(o) for o in objects)

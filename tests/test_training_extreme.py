@@ -12,7 +12,7 @@ import torch
 
 from instseg_core.losses.binary_mask import LOSSES, average_distance_loss
 from instseg_core.networks.extreme_unet import ExtremeUNet
-from training import extreme_points
+from training import derive_models, extreme_points
 from training.extreme_point_crops import CropSet, build_crops
 
 pytestmark = pytest.mark.slow
@@ -98,3 +98,31 @@ def test_box_only_model_takes_rgb_only() -> None:
 
 def test_build_crops_limit(synthetic_tree: Path) -> None:
     assert len(build_crops(synthetic_tree, "train", limit=1)) < len(build_crops(synthetic_tree, "train"))
+
+
+def test_randomised_crops_train_and_ship(crops_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The issue-15 path in small: randomised crops (with truncation) rendered by the command, training on them
+    beside the street crops with photometric jitter and an extra validation set, then `ship`: float16 ONNX and
+    manifest, with the fp32 and int8 graphs derived as set-up derives them."""
+    randomised = tmp_path / "randomised"
+    extreme_points.main(["randomise", "--out", str(randomised), "--count", "24", "--seed", "3", "--jobs", "1",
+                         "--truncate", "0.5"])
+    assert json.loads((randomised / "manifest.json").read_text())["truncate"] == 0.5
+    assert len(CropSet.load(randomised / "crops.npz")) == 24
+    run = tmp_path / "run"
+    extreme_points.main(["train", "--crops", str(crops_dir), "--out", str(run), "--epochs", "2", "--batch-size",
+                         "8", "--limit", "32", "--progress-every", "0", "--photometric", "1.0",
+                         "--extra-train-crops", str(randomised / "crops.npz"),
+                         "--extra-val-crops", str(randomised / "crops.npz")])
+    history = json.loads((run / "history.json").read_text())
+    assert all("val_aIoU_randomised" in entry for entry in history["history"])
+    models = tmp_path / "models"
+    models.mkdir()
+    # set-up calibrates on 256 crops; 16 keep the test short
+    monkeypatch.setattr(derive_models, "EXTREME_CALIBRATION", {"randomised_crops": 16, "seed": 7})
+    extreme_points.main(["ship", "--run", str(run), "--models", str(models)])
+    manifest = json.loads((models / "extreme_unet.json").read_text())
+    assert manifest["randomised_crops"][0]["count"] == 24
+    for name in ("extreme_unet.fp16.onnx", "extreme_unet.onnx", "extreme_unet_int8.onnx", "extreme_unet_int8.json"):
+        assert (models / name).is_file(), name
+    assert json.loads((models / "extreme_unet_int8.json").read_text())["precision"] == "int8"
