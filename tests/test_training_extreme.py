@@ -116,13 +116,20 @@ def test_randomised_crops_train_and_ship(crops_dir: Path, tmp_path: Path, monkey
                          "--extra-val-crops", str(randomised / "crops.npz")])
     history = json.loads((run / "history.json").read_text())
     assert all("val_aIoU_randomised" in entry for entry in history["history"])
+    extreme_points.main(["average", "--run", str(run), "--epochs", "1", "2", "--crops", str(crops_dir),
+                         "--extra-train-crops", str(randomised / "crops.npz"), "--bn-batches", "2"])
+    averaged = torch.load(run / "averaged.pt", weights_only=False)
+    first, second = (torch.load(run / f"epoch{e}.pt", weights_only=False)["model"] for e in (1, 2))
+    name = "encoders.0.0.weight"
+    assert torch.allclose(averaged["model"][name], (first[name] + second[name]) / 2)
+    assert averaged["averaged_epochs"] == [1, 2]
     models = tmp_path / "models"
     models.mkdir()
     # set-up calibrates on 256 crops; 16 keep the test short
     monkeypatch.setattr(derive_models, "EXTREME_CALIBRATION", {"randomised_crops": 16, "seed": 7})
-    extreme_points.main(["ship", "--run", str(run), "--models", str(models)])
+    extreme_points.main(["ship", "--run", str(run), "--models", str(models), "--checkpoint", "averaged.pt"])
     manifest = json.loads((models / "extreme_unet.json").read_text())
-    assert manifest["randomised_crops"][0]["count"] == 24
+    assert manifest["randomised_crops"][0]["count"] == 24 and manifest["averaged_epochs"] == [1, 2]
     for name in ("extreme_unet.fp16.onnx", "extreme_unet.onnx", "extreme_unet_int8.onnx", "extreme_unet_int8.json"):
         assert (models / name).is_file(), name
     assert json.loads((models / "extreme_unet_int8.json").read_text())["precision"] == "int8"

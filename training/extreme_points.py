@@ -133,6 +133,8 @@ def train(args: argparse.Namespace) -> dict:
                              "metrics": metrics, "epoch": epoch}, out / "best.pt")
         save_atomically({"model": model.state_dict(), "state": state, "variant": args.variant, "config": config,
                          **resumable(optimizer, rng)}, out / "last.pt")
+        save_atomically({"model": model.state_dict(), "variant": args.variant, "config": config, "metrics": metrics,
+                         "epoch": epoch}, out / f"epoch{epoch}.pt")  # for weight averaging
         (out / "history.json").write_text(json.dumps({"config": config, **state}, indent=1))
         others = "".join(f" {name} {m['aIoU']:.4f}" for name, m in all_metrics.items() if name != "street")
         print(f"epoch {epoch}/{args.epochs} loss {entry['loss']:.4f} val aIoU {metrics['aIoU']:.4f} "
@@ -148,7 +150,7 @@ def load_run(run: str | os.PathLike, which: str = "best.pt") -> tuple[ExtremeUNe
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-    model, checkpoint = load_run(args.run)
+    model, checkpoint = load_run(args.run, args.checkpoint)
     crops = CropSet.load(Path(args.crops) / "val.npz")
     result = evaluate_model(model.to(memory_format=torch.channels_last), crops, checkpoint["variant"])
     print(json.dumps({k: v for k, v in result.items() if k != "border_histogram"}, indent=1))
@@ -165,8 +167,9 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike) -> Path:
 
 
 def export(args: argparse.Namespace) -> Path:
-    """ONNX export of the run's best checkpoint (see export_onnx) plus a JSON manifest beside it."""
-    model, checkpoint = load_run(args.run)
+    """ONNX export of the run's best checkpoint, or of `--checkpoint` (see export_onnx), plus a JSON manifest
+    beside it."""
+    model, checkpoint = load_run(args.run, getattr(args, "checkpoint", None) or "best.pt")
     out = export_onnx(model, args.out)
     channels = VARIANTS[checkpoint["variant"]]
     history = json.loads((Path(args.run) / "history.json").read_text())
@@ -174,6 +177,7 @@ def export(args: argparse.Namespace) -> Path:
         "model": "extreme_unet", "variant": checkpoint["variant"], "input": [1, channels, 128, 128],
         "input_encoding": "RGB (v/255-0.5)/0.25" + (" + extreme-point circles r=4" if channels == 4 else ""),
         "output": "foreground probability (1, 1, 128, 128)", "best_epoch": checkpoint["epoch"],
+        "averaged_epochs": checkpoint.get("averaged_epochs"),
         "val_metrics": {k: v for k, v in checkpoint["metrics"].items() if k != "border_histogram"},
         "training": {"config": history["config"], "epochs_run": history["epoch"],
                      "train_seconds": history["train_seconds"], "history": history["history"],
@@ -190,6 +194,47 @@ def export(args: argparse.Namespace) -> Path:
     return out
 
 
+def average(args: argparse.Namespace) -> Path:
+    """RUN/averaged.pt: the mean of the weights of the given epochs (RUN/epoch<N>.pt), with the batch-norm
+    running statistics re-estimated on `bn_batches` batches of training crops (seeded, no augmentation); it is
+    evaluated on the val sets like an epoch and stored in best.pt's format, with "averaged_epochs"."""
+    torch.manual_seed(args.seed)
+    run = Path(args.run)
+    checkpoints = [torch.load(run / f"epoch{epoch}.pt", weights_only=False) for epoch in args.epochs]
+    model = ExtremeUNet(VARIANTS[checkpoints[0]["variant"]])
+    averaged = {}
+    for name, value in checkpoints[0]["model"].items():
+        if value.is_floating_point():
+            averaged[name] = torch.stack([c["model"][name].float() for c in checkpoints]).mean(0).to(value.dtype)
+        else:
+            averaged[name] = value
+    model.load_state_dict(averaged)
+    train_crops = CropSet.concatenate([CropSet.load(path) for path in
+                                       [Path(args.crops) / "train.npz", *args.extra_train_crops]])
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average over the batches below
+    model.train()
+    order = np.random.default_rng(args.seed).permutation(len(train_crops))
+    with torch.no_grad():
+        for b in range(args.bn_batches):
+            x, _ = batch_inputs(train_crops, order[b * 32:(b + 1) * 32], checkpoints[0]["variant"], None)
+            model(x)
+    model.eval()
+    val_sets = {"street": CropSet.load(Path(args.crops) / "val.npz")}
+    val_sets.update({Path(path).parent.name: CropSet.load(path) for path in args.extra_val_crops})
+    all_metrics = {name: evaluate_model(model, crops, checkpoints[0]["variant"]) for name, crops in val_sets.items()}
+    out = run / "averaged.pt"
+    save_atomically({"model": model.state_dict(), "variant": checkpoints[0]["variant"],
+                     "config": checkpoints[-1]["config"], "metrics": all_metrics["street"],
+                     "epoch": max(args.epochs), "averaged_epochs": list(args.epochs),
+                     "val_aIoU": {name: m["aIoU"] for name, m in all_metrics.items()}}, out)
+    print(f"{out}: epochs {args.epochs} averaged; val aIoU " +
+          ", ".join(f"{name} {m['aIoU']:.4f}" for name, m in all_metrics.items()), flush=True)
+    return out
+
+
 def ship(args: argparse.Namespace) -> None:
     """The run's best checkpoint into the models folder as the repository ships it: extreme_unet.fp16.onnx (float16
     weights) and extreme_unet.json; then extreme_unet.onnx and extreme_unet_int8.onnx are derived from it exactly
@@ -201,7 +246,7 @@ def ship(args: argparse.Namespace) -> None:
     models = Path(args.models)
     with tempfile.TemporaryDirectory() as scratch:
         fp32 = export(argparse.Namespace(run=args.run, out=Path(scratch) / "extreme_unet.onnx",
-                                         data_note=args.data_note))
+                                         data_note=args.data_note, checkpoint=args.checkpoint))
         store_weights_as_float16(fp32, models / "extreme_unet.fp16.onnx")
         manifest = json.loads(fp32.with_suffix(".json").read_text())
     earlier = models / "extreme_unet.json"
@@ -347,6 +392,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resume", action="store_true")
     p.set_defaults(func=train)
     p = sub.add_parser("evaluate")
+    p.add_argument("--checkpoint", default="best.pt")
     p.add_argument("--run", required=True)
     p.add_argument("--crops", required=True)
     p.set_defaults(func=evaluate)
@@ -360,7 +406,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--run", required=True)
     p.add_argument("--models", default="models")
     p.add_argument("--data-note", default="")
+    p.add_argument("--checkpoint", default="best.pt", help="a checkpoint file of the run (e.g. averaged.pt)")
     p.set_defaults(func=ship)
+    p = sub.add_parser("average", help="average the weights of some epochs of a run (batch-norm statistics "
+                                       "re-estimated on training crops) into RUN/averaged.pt")
+    p.add_argument("--run", required=True)
+    p.add_argument("--epochs", type=int, nargs="+", required=True)
+    p.add_argument("--crops", required=True, help="the folder with train.npz and val.npz (street crops)")
+    p.add_argument("--extra-train-crops", nargs="*", default=[])
+    p.add_argument("--extra-val-crops", nargs="*", default=[])
+    p.add_argument("--bn-batches", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=average)
     p = sub.add_parser("quantize", help="static int8 (QDQ) quantisation of an exported ONNX model")
     p.add_argument("--model", required=True)
     p.add_argument("--crops", required=True)
