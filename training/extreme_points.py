@@ -98,6 +98,8 @@ def train(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(args.seed)
     if args.resume:
         state = resume(out, model, optimizer, state, rng)
+        for group in optimizer.param_groups:  # --lr applies to the epochs run now (a lower rate to finish)
+            group["lr"] = args.lr
     config = {k: v for k, v in vars(args).items() if k not in ("func", "resume")}
     for epoch in range(state["epoch"] + 1, args.epochs + 1):
         model.train()
