@@ -23,15 +23,16 @@ from instseg_core.runtime import create_segmenter
 # sha256 of the outputs below (onnxruntime 1.31.1). Pinned on 2026-12-01 before the core-layout move;
 # re-pinned on 2026-12-02 when each network came to be shipped once with float16 weights and its ONNX graphs
 # derived at set-up (the float32 graphs now hold the float16-rounded weights; the int8 graphs are new); DCME
-# re-pinned on 2026-12-02 for its retrained model (48 epochs).
+# re-pinned on 2026-12-02 for its retrained model (48 epochs); the extreme-point graphs re-pinned on 2026-12-02 for
+# the model retrained on street + domain-randomised crops (issue 15).
 PINNED = {
     "spatial_embeddings": "916f4c27e315820206104e5a76ff4ab385585d0f6a3bd811219b9c5d2e21fa80",
     "box2pix": "82ff30be260880627c2b6be1cd6f2a0f33ef76fe8356878e44cf34e6a532e172",
     "spatial_embeddings_int8": "d304b40acf4c8d8785e4b273175b5065419248441f480f1e045952f1671f4786",
     "box2pix_int8": "bbaf3a20df852eac32dbb74328cf38009d4730f130a605a655d5c507d128d0f2",
     "dcme": "c9cffca60438db09b2714ce7b287e4bbeebd7563cb675fed038d567268e4fffe",
-    "extreme_unet_int8.onnx": "a69ba10a01fba11924d18975a92fa7462dfdb102fff970c1dd7f569d1a1c4740",
-    "extreme_unet.onnx": "b8e4a1493691ea423f70f63bec96fa5db8203bf1478ef49801391a404d486461",
+    "extreme_unet_int8.onnx": "d94992cd8a733a6082c1a3df0f82ba1a5b17dd855a92368e7da5c1a5c7c422a3",
+    "extreme_unet.onnx": "359a2b1a511a77fc23054941b06afffef09c3e5e8c40ce4e00ca0d1ecf88f961",
 }
 
 
