@@ -483,7 +483,18 @@ def drive_segmentation(args: argparse.Namespace) -> None:
         return last_good is not None and all(any(m.header.stamp.sec == last_good for m in s) for s in streams)
 
     spin_until(node, complete, args.settle)
-    spin_until(node, lambda: False, 1.5 + args.linger)  # one more diagnostics period (and --linger)
+
+    def diagnostics_caught_up() -> bool:
+        """The newest /diagnostics message was published after the last frame that was answered (its
+        `processed` counter covers every result received), so its counters are final."""
+        if not diagnostics:
+            return False
+        processed = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}.get("processed", "")
+        return processed.isdigit() and int(processed) >= len(instances)
+
+    spin_until(node, diagnostics_caught_up, 10.0)  # the node publishes diagnostics every second
+    if args.linger:
+        spin_until(node, lambda: False, args.linger)
     last = {kv.key: kv.value for kv in diagnostics[-1].status[0].values} if diagnostics else {}
     report(
         stamps=[m.header.stamp.sec for m in instances], frame_ids=sorted({m.header.frame_id for m in instances}),
