@@ -79,15 +79,22 @@ def evaluate_network(probabilities: Callable[[np.ndarray], np.ndarray], crops: C
     return metrics.result()
 
 
+def load_crop_sets(crops_dir: str | os.PathLike, extra_train: list, extra_val: list
+                   ) -> tuple[CropSet, dict[str, CropSet]]:
+    """(training crops: CROPS_DIR/train.npz and `extra_train` concatenated, {name: val crops}: "street" for
+    CROPS_DIR/val.npz, then each of `extra_val` named by its folder)."""
+    train_crops = CropSet.concatenate([CropSet.load(path) for path in [Path(crops_dir) / "train.npz", *extra_train]])
+    val_sets = {"street": CropSet.load(Path(crops_dir) / "val.npz")}
+    val_sets.update({Path(path).parent.name: CropSet.load(path) for path in extra_val})
+    return train_crops, val_sets
+
+
 def train(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    train_crops = CropSet.concatenate([CropSet.load(path) for path in
-                                       [Path(args.crops) / "train.npz", *args.extra_train_crops]])
-    val_sets = {"street": CropSet.load(Path(args.crops) / "val.npz")}
-    val_sets.update({Path(path).parent.name: CropSet.load(path) for path in args.extra_val_crops})
+    train_crops, val_sets = load_crop_sets(args.crops, args.extra_train_crops, args.extra_val_crops)
     if args.limit:
         train_crops = train_crops.subset(np.random.default_rng(0).permutation(len(train_crops))[:args.limit])
         val_sets = {name: crops.subset(slice(args.limit)) for name, crops in val_sets.items()}
@@ -171,7 +178,7 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike) -> Path:
 def export(args: argparse.Namespace) -> Path:
     """ONNX export of the run's best checkpoint, or of `--checkpoint` (see export_onnx), plus a JSON manifest
     beside it."""
-    model, checkpoint = load_run(args.run, getattr(args, "checkpoint", None) or "best.pt")
+    model, checkpoint = load_run(args.run, args.checkpoint)
     out = export_onnx(model, args.out)
     channels = VARIANTS[checkpoint["variant"]]
     history = json.loads((Path(args.run) / "history.json").read_text())
@@ -211,8 +218,7 @@ def average(args: argparse.Namespace) -> Path:
         else:
             averaged[name] = value
     model.load_state_dict(averaged)
-    train_crops = CropSet.concatenate([CropSet.load(path) for path in
-                                       [Path(args.crops) / "train.npz", *args.extra_train_crops]])
+    train_crops, val_sets = load_crop_sets(args.crops, args.extra_train_crops, args.extra_val_crops)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.reset_running_stats()
@@ -224,8 +230,6 @@ def average(args: argparse.Namespace) -> Path:
             x, _ = batch_inputs(train_crops, order[b * 32:(b + 1) * 32], checkpoints[0]["variant"], None)
             model(x)
     model.eval()
-    val_sets = {"street": CropSet.load(Path(args.crops) / "val.npz")}
-    val_sets.update({Path(path).parent.name: CropSet.load(path) for path in args.extra_val_crops})
     all_metrics = {name: evaluate_model(model, crops, checkpoints[0]["variant"]) for name, crops in val_sets.items()}
     out = run / "averaged.pt"
     save_atomically({"model": model.state_dict(), "variant": checkpoints[0]["variant"],
@@ -384,7 +388,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--limit", type=int, default=0, help="use only the first N crops of each split (smoke tests)")
+    p.add_argument("--limit", type=int, default=0,
+                   help="use only N training crops (a seeded random choice) and the first N of each val set "
+                        "(smoke tests)")
     p.add_argument("--extra-train-crops", nargs="*", default=[], help="more CropSet .npz files to train on")
     p.add_argument("--extra-val-crops", nargs="*", default=[],
                    help="more CropSet .npz files to validate on; the best epoch has the best mean aIoU over all")
@@ -402,6 +408,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--run", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--data-note", default="")
+    p.add_argument("--checkpoint", default="best.pt", help="a checkpoint file of the run (e.g. averaged.pt)")
     p.set_defaults(func=export)
     p = sub.add_parser("ship", help="the run's best checkpoint into models/ as shipped (float16 ONNX + manifest), "
                                     "then derive fp32 and int8 as set-up does")
