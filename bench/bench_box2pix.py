@@ -10,7 +10,8 @@ synthetic scene at 512x256 and at 1024x512, and for 2048x1024 mosaics of four sc
   NumPy (1 thread) and torch on the CPU; the baseline is the paper's formulation taken literally, one
   pixels x boxes cost matrix and an argmin (NumPy), on the same detections;
 - DCME: voting for centres + grouping + block classes (instseg_core.postprocess.dcme_voting), NumPy and torch on
-  the CPU, from a perfect output with 2 px vector noise; the baseline groups the same foreground pixels the
+  the CPU, with the shipped model's decoding parameters (fragment joining included), from a perfect output with
+  2 px vector noise; the baseline groups the same foreground pixels the
   straightforward way, one pixels x centres distance matrix and an argmin (NumPy), on the same centres;
 - Spatial Embeddings: seed clustering (NumPy, --threads threads), for comparison.
 Goals on 2 cores: Box2Pix and DCME post-processing <= 30 ms at 2048x1024 with ~30 objects.
@@ -19,10 +20,12 @@ Goals on 2 cores: Box2Pix and DCME post-processing <= 30 ms at 2048x1024 with ~3
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
 import warnings
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -187,8 +190,17 @@ def matrix_grouping(dense: np.ndarray, params: VotingParams) -> np.ndarray:
     return np.where(distance[np.arange(len(best)), best] <= params.max_distance_px, best, -1)
 
 
+def shipped_voting() -> VotingParams:
+    """The decoding parameters the shipped DCME model runs with (models/dcme.json model_config.extra.voting, e.g. its
+    fragment joining), else the defaults."""
+    manifest = REPO / "models" / "dcme.json"
+    stored = json.loads(manifest.read_text())["model_config"]["extra"].get("voting", {}) if manifest.exists() else {}
+    known = {f.name for f in fields(VotingParams)}
+    return VotingParams(**{k: v for k, v in stored.items() if k in known})
+
+
 def dcme_rows(case: str, instances: np.ndarray, labels: np.ndarray) -> list[list]:
-    params = VotingParams()
+    params = shipped_voting()
     dense, class_probs = ideal_dcme_output(instances, labels, CLASSES, noise_px=2.0)
     found = len(decode_dcme(dense, class_probs, params))
     baseline = time_call("dcme matrix", lambda: matrix_grouping(dense, params), repeats=5, warmup=1)

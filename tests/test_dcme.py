@@ -26,7 +26,7 @@ from instseg_core.losses.dcme import (
     vector_loss,
 )
 from instseg_core.networks.dcme import Dcme, DcmeInference
-from instseg_core.postprocess.dcme_voting import decode_dcme, decode_dcme_torch
+from instseg_core.postprocess.dcme_voting import VotingParams, decode_dcme, decode_dcme_torch, join_fragments
 from instseg_core.runtime import create_segmenter
 from instseg_core.runtime.adapters import DcmeAdapter
 from instseg_core.runtime.backends import TorchBackend
@@ -72,6 +72,44 @@ def test_a_perfect_vector_field_decodes_to_the_ground_truth() -> None:
             assert np.array_equal(decoded.id_image == ids[0], mask), k
             assert CLASSES[decoded.classes[ids[0] - 1]] == objects[k - 1][0]
         assert np.all(decoded.scores > 0.9)
+
+
+def test_a_big_object_whose_votes_split_comes_back_whole() -> None:
+    """Step 4b: a bus whose left half votes 12 px left of its centre of mass and right half 12 px right (two vote
+    peaks, as a big object's scattered votes make) is two instances without fragment joining and one with it;
+    the car touching it and the person stay whole and apart (whole objects have no offset), on NumPy and torch."""
+    objects = [("bus", [(40, 60, 280, 160)]), ("car", [(280, 90, 400, 160)]), ("person", [(440, 40, 470, 140)])]
+    instances, labels, ignore = labelled(objects)
+    dense, probs = perfect_output(instances, labels, ignore)
+    bus = instances == 1
+    centre_x = 160.0  # the bus's centre of mass: x in [40, 280)
+    cols = np.broadcast_to(np.arange(dense.shape[2]) + 0.5, bus.shape)
+    dense[0][bus] = np.where(cols[bus] < centre_x, centre_x - 12, centre_x + 12) - cols[bus]
+    split = decode_dcme(dense, probs, VotingParams(fragment_offset=0.0))
+    assert len(np.unique(split.id_image[bus])) == 2
+    params = VotingParams(fragment_offset=0.3)
+    for decoded in (decode_dcme(dense, probs, params),
+                    decode_dcme_torch(torch.from_numpy(dense), torch.from_numpy(probs), params)):
+        assert len(decoded) == 3
+        for k in range(1, 4):
+            ids = np.unique(decoded.id_image[instances == k])
+            assert len(ids) == 1 and ids[0] > 0, (k, ids)
+            assert np.array_equal(decoded.id_image == ids[0], instances == k), k
+            assert CLASSES[decoded.classes[ids[0] - 1]] == objects[k - 1][0]
+
+
+def test_join_fragments_needs_an_offset_and_a_union_that_halves_it() -> None:
+    """join_fragments on the sums of two halves of a 20 x 10 bar: halves that vote for the bar's centre join; the
+    same halves voting for their own centres (two whole objects) do not; a fragment whose vote target has no group
+    within reach stays alone; fragment_offset 0 joins nothing."""
+    sizes = np.array([100.0, 100.0])
+    pixel_sums = np.array([[5.0, 5.0], [15.0, 5.0]]) * 100  # left half centred at (5, 5), right at (15, 5)
+    centre = np.array([[10.0, 5.0], [10.0, 5.0]]) * 100
+    assert list(join_fragments(sizes, pixel_sums, centre, 0.3)) in ([1, 1], [0, 0])
+    assert list(join_fragments(sizes, pixel_sums, pixel_sums, 0.3)) == [0, 1]
+    far = np.array([[500.0, 500.0], [500.0, 500.0]]) * 100
+    assert list(join_fragments(sizes, pixel_sums, far, 0.3)) == [0, 1]
+    assert list(join_fragments(sizes, pixel_sums, centre, 0.0)) == [0, 1]
 
 
 def test_block_classes_follow_the_priority_list() -> None:
@@ -207,6 +245,26 @@ def test_training_resumes_ablations_train_and_oracles_evaluate(synthetic_tree: P
     segmenter = create_segmenter("dcme", model_file=onnx_path, threads=1, score_threshold=0.0)
     assert segmenter(cv2.imread(str(next(synthetic_tree.rglob("*_leftImg8bit.png"))))[..., ::-1].copy()
                      ).instances.id_image.shape == (256, 512)
+    # fine-tuning a shipped model (float16 weights, no optimizer state, no run folder): --init, and the export
+    # carries the learning curve and training of the stages it continued from (a run folder or a manifest)
+    finetune = tmp_path / "finetune"
+    shipped = onnx_path.with_suffix(".pt")
+    dcme.main(["train", "--data", str(synthetic_tree), "--out", str(finetune), *SMALL, "--epochs", "1",
+               "--init", str(shipped)])
+    assert f"initialised from {shipped}" in capsys.readouterr().out
+    assert json.loads((finetune / "history.json").read_text())["initialised_from"]["epoch"] == 2
+    dcme.main(["train", "--data", str(synthetic_tree), "--out", str(finetune), *SMALL, "--epochs", "2",
+               "--init", str(shipped), "--resume"])
+    assert "resumed" in capsys.readouterr().out  # --resume with a last.pt wins over --init
+    onnx_path = dcme.main(["export", "--run", str(finetune), "--out", str(tmp_path / "ft" / "dcme.onnx"),
+                           "--stages", str(run), str(onnx_path.with_suffix(".json"))])
+    manifest = json.loads(onnx_path.with_suffix(".json").read_text())
+    assert "run/last.pt" in manifest["learning_curve"] and "dcme/last.pt" in manifest["learning_curve"]
+    assert manifest["earlier_stages"]["run/training"]["epochs"] == 2
+    assert manifest["earlier_stages"]["dcme/training"]["epochs"] == 2
+    with pytest.raises(SystemExit, match="not a checkpoint"):
+        dcme.main(["train", "--data", str(synthetic_tree), "--out", str(tmp_path / "bad"), *SMALL, "--epochs", "1",
+                   "--init", str(onnx_path.with_suffix(".json"))])
 
 
 def test_instance_oracle_keeps_the_ground_truth_masks(synthetic_tree: Path) -> None:

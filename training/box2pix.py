@@ -48,7 +48,7 @@ from training.common import (
     evaluate_checkpoints,
     export_graph,
     git_commit,
-    resume,
+    resume_or_initialise,
     run_epochs,
     save_shipped_checkpoint,
     start_training,
@@ -73,10 +73,9 @@ def train(args: argparse.Namespace) -> dict:
     steps = args.steps_per_epoch or max(1, len(sampler.samples) // args.batch)
     state = {"epoch": 0, "history": [], "train_seconds": 0.0}
     rng = np.random.default_rng(args.seed)
-    if args.resume:
-        state = resume(out, model, optimizer, state, rng)
-        if (out / "last.pt").exists():
-            loss_fn.load_state_dict(torch.load(out / "last.pt", weights_only=False)["loss_state"])
+    state = resume_or_initialise(args, out, model, optimizer, state, rng)
+    if args.resume and (out / "last.pt").exists():
+        loss_fn.load_state_dict(torch.load(out / "last.pt", weights_only=False)["loss_state"])
     print(f"{len(sampler.samples)} training images, {steps} steps of {args.batch} crops {args.crop} per epoch, "
           f"{len(priors)} priors per crop", flush=True)
 
@@ -151,7 +150,7 @@ def export(args: argparse.Namespace) -> Path:
                   "(1, H, W) uint8 argmax class; offsets (1, 2, H, W) pixels to the box centre; see "
                   "instseg_core.networks.box2pix",
         "priors_per_layer": model.priors_per_layer,
-        **training_manifest(run, args.checkpoint, checkpoint),
+        **training_manifest(run, args.checkpoint, checkpoint, args.stages),
         "data": args.data_note, "commit": git_commit(),
         "reproduce": "make train-box2pix (see Makefile)",
     }

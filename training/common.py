@@ -83,6 +83,28 @@ def resume(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
     return checkpoint["state"]
 
 
+def resume_or_initialise(args: argparse.Namespace, out: Path, model: torch.nn.Module,
+                         optimizer: torch.optim.Optimizer, state: dict, rng: object) -> dict:
+    """How a training command starts: with --resume and a last.pt in `out`, exactly where that run stopped
+    (`resume`); otherwise, with --init CHECKPOINT, from that checkpoint's weights (a run's or a shipped float16
+    .pt; a fresh optimizer and a learning-rate schedule of --epochs new epochs, so fine-tuning a shipped model
+    needs neither its optimizer state nor its run folder); otherwise from scratch. Returns the training state."""
+    if args.resume and (Path(out) / "last.pt").exists():
+        return resume(out, model, optimizer, state, rng)
+    if getattr(args, "init", None):
+        try:
+            checkpoint = torch.load(args.init, weights_only=False)
+        except Exception as error:  # any unreadable file is the same user error
+            raise SystemExit(f"--init {args.init}: not a checkpoint with model weights ({error})") from None
+        if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+            raise SystemExit(f"--init {args.init}: not a checkpoint with model weights")
+        model.load_state_dict(checkpoint["model"])  # float16 weights are copied into the float32 parameters
+        print(f"initialised from {args.init} (its epoch {checkpoint.get('epoch')})", flush=True)
+        return {**state, "initialised_from": {"path": str(args.init), "epoch": checkpoint.get("epoch"),
+                                              "commit": checkpoint.get("commit")}}
+    return state
+
+
 def resumable(optimizer: torch.optim.Optimizer, rng: object) -> dict:
     """What last.pt needs beyond the model to continue exactly: optimizer and random states."""
     return {"optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
@@ -108,6 +130,9 @@ def add_common_train_arguments(parser: argparse.ArgumentParser, *, crop: tuple[i
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress-every", type=int, default=progress_every)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--init", default=None, metavar="CHECKPOINT",
+                        help="start from these weights (e.g. the shipped models/<name>.pt) with a fresh optimizer; "
+                             "ignored when --resume finds a last.pt")
     parser.add_argument("--crops", choices=CROP_MODES, default="objects",
                         help="windows around random objects, or class-balanced (see data.instance_training)")
     parser.add_argument("--anywhere-crops", type=float, default=0.0,
@@ -234,6 +259,9 @@ def add_model_commands(commands: argparse._SubParsersAction, *, train: Callable,
     export_parser.add_argument("--checkpoint", default="last.pt")
     export_parser.add_argument("--out", required=True)
     export_parser.add_argument("--data-note", default="")
+    export_parser.add_argument("--stages", nargs="*", default=[],
+                               help="the runs (folders, or manifests of models exported from them) this one continued "
+                                    "from, oldest first: their learning curves and training go into the manifest")
     add_decode_arguments(export_parser)
     export_parser.set_defaults(func=export)
     return train_parser, evaluate_parser, export_parser
@@ -255,20 +283,48 @@ def export_graph(module: torch.nn.Module, path: str | os.PathLike, outputs: dict
     return path
 
 
-def training_manifest(run: Path, checkpoint_name: str, checkpoint: dict, earlier: dict | None = None) -> dict:
+def earlier_stages(stages: list[str]) -> dict:
+    """What a run continued from (an exported model's --stages): for each stage, a run folder (its evaluation_*.json
+    and history.json) or the JSON manifest of a model exported from it (its learning curve and training), the
+    learning-curve entries as '<stage>/<checkpoint>' and a '<stage>/training' summary (epochs, seconds, config)."""
+    earlier: dict = {}
+    for stage in stages:
+        path = Path(stage)
+        if path.is_file():  # a manifest: the run folder itself may be gone
+            manifest = json.loads(path.read_text())
+            earlier.update({f"{path.stem}/{k}": v for k, v in manifest.get("learning_curve", {}).items()})
+            training = manifest.get("training", {})
+            earlier[f"{path.stem}/training"] = {"epochs": training.get("epochs_run"),
+                                                "train_seconds": training.get("train_seconds"),
+                                                "config": training.get("config"), "manifest": path.name}
+            continue
+        for file in sorted(path.glob("evaluation_*.json")):
+            earlier.update({f"{path.name}/{k}": v for k, v in json.loads(file.read_text()).items()})
+        history_file = path / "history.json"
+        if history_file.is_file():
+            stage_history = json.loads(history_file.read_text())
+            earlier[f"{path.name}/training"] = {"epochs": stage_history["epoch"],
+                                               "train_seconds": stage_history["train_seconds"],
+                                               "config": stage_history["config"]}
+    return earlier
+
+
+def training_manifest(run: Path, checkpoint_name: str, checkpoint: dict, stages: list[str] | None = None) -> dict:
     """The manifest entries every exported model has about its training: the checkpoint and epoch, the run's
-    config, loss config, history and time, the machine, the checkpoint's evaluation and the learning curve (the
-    run's evaluation_*.json, plus `earlier` results of the runs it continued from)."""
+    config, loss config, history and time, the machine, the checkpoint's evaluation, the earlier `stages` the run
+    continued from (`earlier_stages`) and the learning curve (theirs, then the run's evaluation_*.json)."""
     history = json.loads((Path(run) / "history.json").read_text())
     metrics = run_metrics(run)
-    curve = {**(earlier or {}), **metrics}
+    earlier = earlier_stages(list(stages or []))
+    curve = {**earlier, **metrics}
     return {
         "checkpoint": checkpoint_name, "epoch": checkpoint["epoch"],
         "training": {"config": history["config"], "loss_config": checkpoint["loss_config"],
                      "epochs_run": history["epoch"], "train_seconds": history["train_seconds"],
-                     "history": history["history"],
+                     "history": history["history"], "stages": list(stages or []),
                      "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}"},
         "evaluation": metrics.get(checkpoint_name, {}),
         "learning_curve": {name: {k: r[k] for k in ("epoch", "ap", "ap50", "train_seconds")}
                            for name, r in curve.items() if "ap" in r},
+        "earlier_stages": {name: r for name, r in earlier.items() if "ap" not in r},
     }

@@ -46,7 +46,7 @@ from training.common import (
     evaluate_checkpoints,
     export_graph,
     git_commit,
-    resume,
+    resume_or_initialise,
     run_epochs,
     save_shipped_checkpoint,
     start_training,
@@ -67,18 +67,15 @@ def train(args: argparse.Namespace) -> dict:
     model_config = SpatialEmbeddingsConfig(classes=classes, n_sigma=args.n_sigma, dropout_low=args.dropout_low,
                                            dropout_high=args.dropout_high)
     model = SpatialEmbeddings(model_config)
-    if args.finetune_from:
-        source = torch.load(Path(args.finetune_from) / "last.pt", weights_only=False)
-        model.load_state_dict(source["model"])
-        print(f"fine-tuning from {args.finetune_from} (epoch {source['state']['epoch']})", flush=True)
+    if args.finetune_from:  # the pre-training run's last weights (the shared --init with a run folder)
+        args.init = str(Path(args.finetune_from) / "last.pt")
     model = model.to(memory_format=torch.channels_last)
     loss_fn = SpatialEmbeddingLoss(model_config.n_sigma, len(classes), loss_config)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps = args.steps_per_epoch or max(1, len(sampler.samples) // args.batch)
     state = {"epoch": 0, "history": [], "train_seconds": 0.0}
     rng = np.random.default_rng(args.seed)
-    if args.resume:
-        state = resume(out, model, optimizer, state, rng)
+    state = resume_or_initialise(args, out, model, optimizer, state, rng)
     print(f"{len(sampler.samples)} training images, {steps} steps of {args.batch} crops {args.crop} per epoch "
           f"({args.crops} windows)", flush=True)
 
@@ -137,18 +134,6 @@ def export(args: argparse.Namespace) -> Path:
                                   "extra": {**checkpoint["model_config"].get("extra", {}), "clustering": clustering}}
     out = export_onnx(model, args.out)
     save_shipped_checkpoint(model, checkpoint["model_config"], checkpoint["epoch"], out.with_suffix(".pt"))
-    earlier = {}  # the learning curve of the runs this one continued from (e.g. the pre-training)
-    for stage in args.stages:
-        for file in sorted(Path(stage).glob("evaluation_*.json")):
-            earlier.update({f"{Path(stage).name}/{k}": v for k, v in json.loads(file.read_text()).items()})
-        history_file = Path(stage) / "history.json"
-        if history_file.is_file():
-            stage_history = json.loads(history_file.read_text())
-            earlier[f"{Path(stage).name}/training"] = {"epochs": stage_history["epoch"],
-                                                      "train_seconds": stage_history["train_seconds"],
-                                                      "config": stage_history["config"]}
-    training = training_manifest(run, args.checkpoint, checkpoint, earlier)
-    training["training"]["stages"] = args.stages
     manifest = {
         "model": "spatial_embeddings",
         "model_config": checkpoint["model_config"],
@@ -157,8 +142,7 @@ def export(args: argparse.Namespace) -> Path:
         "output": "raw (1, 2 + n_sigma + n_classes, H, W): tanh offsets, sigma raw, seed logits; "
                   "see instseg_core.networks.spatial_embeddings",
         "pixel_spacing": 1 / 1024,
-        **training,
-        "earlier_stages": {name: r for name, r in earlier.items() if "ap" not in r},
+        **training_manifest(run, args.checkpoint, checkpoint, args.stages),
         "data": args.data_note, "commit": git_commit(),
         "reproduce": "make train-se (see Makefile)",
     }
@@ -191,10 +175,8 @@ def main(argv: list[str] | None = None) -> object:
     """Run one command; returns its result (training state, evaluation results or the ONNX path)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    _, _, export_parser = add_model_commands(commands, train=train, evaluate=evaluate, export=export,
-                                             add_train_arguments=add_train_arguments,
-                                             add_decode_arguments=add_clustering_arguments)
-    export_parser.add_argument("--stages", nargs="*", default=[], help="other runs this one continued from")
+    add_model_commands(commands, train=train, evaluate=evaluate, export=export,
+                       add_train_arguments=add_train_arguments, add_decode_arguments=add_clustering_arguments)
     args = parser.parse_args(argv)
     if args.command == "train" and __name__ == "__main__":
         ensure_malloc_tuning()

@@ -12,6 +12,13 @@ dense (3, H, W) float32 (dx, dy in pixels to the pixel's centre of mass; foregro
 4. Grouping: every cell takes the nearest centre (cv2.distanceTransformWithLabels over the cell grid, so the work
    is per cell, not per pixel and centre); a pixel joins the centre of the cell its vote fell in, unless that cell
    is further than `max_distance_px` from every centre.
+4b. Fragments (not in the paper; `fragment_offset` > 0): the votes of a big object scatter over several peaks and
+   split it. A group of pixels that is a whole object points at its own centre of mass; a fragment points outside
+   itself, at the centre of the whole. So each group's offset |centre of mass of its pixels - mean of their vote
+   targets| / sqrt(pixels) is measured, and a group whose offset is at least `fragment_offset` joins the group
+   (with a centre of mass within 3 sqrt(pixels) of its mean vote target) whose union has the smallest offset,
+   when that union's offset is below half its own; repeated until nothing joins. The sums are additive, so each
+   test is O(1) on per-group sums. Two whole objects side by side are never joined (neither has an offset).
 5. Class and score (§III): the class is the encoder's class of the grid block holding the centre of mass (Eq. 2),
    the most probable object class there; score = that class's probability among the object classes x the block's
    object probability (1 - background) x the instance's mean foreground probability. Where the encoder calls that
@@ -44,15 +51,21 @@ class VotingParams:
     min_votes: float = 40.0  # pixels voting within a centre's 3 x 3 cells
     max_distance_px: float = 32.0  # votes further than this from every centre are left out
     min_pixels: int = 32
+    fragment_offset: float = 0.0  # step 4b: join groups whose offset / sqrt(pixels) is at least this (0: off)
+
+
+FRAGMENT_SEARCH = 3.0  # step 4b: candidate groups have their centre of mass within this many sqrt(pixels)
+FRAGMENT_GAIN = 0.5  # step 4b: a union must at least halve the fragment's offset
 
 
 @dataclass
 class Centres:
     """Centres found on the vote grid: `cell_label` (cells,) int32 centre index per cell (-1: too far from every
-    centre), `positions` (K, 2) float64 (x, y) pixels."""
+    centre), `positions` (K, 2) float64 (x, y) pixels, `votes` the (cells_h, cells_w) float32 vote histogram."""
 
     cell_label: np.ndarray
     positions: np.ndarray
+    votes: np.ndarray
 
 
 def find_centres(votes: np.ndarray, params: VotingParams) -> Centres:
@@ -62,7 +75,7 @@ def find_centres(votes: np.ndarray, params: VotingParams) -> Centres:
     peaks = ((support >= cv2.dilate(support, window)) & (support >= params.min_votes)).astype(np.uint8)
     count, components, _, centroids = cv2.connectedComponentsWithStats(peaks, connectivity=8)
     if count <= 1:
-        return Centres(np.full(votes.size, -1, np.int32), np.zeros((0, 2)))
+        return Centres(np.full(votes.size, -1, np.int32), np.zeros((0, 2)), votes)
     # nearest centre of every cell: distance transform to the peak pixels, labelled by the peak component
     distance, nearest = cv2.distanceTransformWithLabels(1 - peaks, cv2.DIST_L2, cv2.DIST_MASK_5,
                                                         labelType=cv2.DIST_LABEL_PIXEL)
@@ -72,7 +85,70 @@ def find_centres(votes: np.ndarray, params: VotingParams) -> Centres:
     cell_label = pixel_to_component[nearest.ravel()] - 1
     cell_label[distance.ravel() * params.bin_px > params.max_distance_px] = -1
     positions = (centroids[1:] + 0.5) * params.bin_px  # component centroid in cells -> pixels
-    return Centres(cell_label.astype(np.int32), positions)
+    return Centres(cell_label.astype(np.int32), positions, votes)
+
+
+def _offsets(sums: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Step 4b's offset of groups from their sums (..., 4) (sum of x, y, vote x, vote y) and sizes (...)."""
+    mean = sums / sizes[..., None]
+    return np.hypot(mean[..., 0] - mean[..., 2], mean[..., 1] - mean[..., 3]) / np.sqrt(sizes)
+
+
+def join_fragments(sizes: np.ndarray, pixel_sums: np.ndarray, vote_sums: np.ndarray, min_offset: float) -> np.ndarray:
+    """Step 4b on the groups' sums: (K,) int64 group each of K groups ends in (itself when not joined). `sizes` (K,)
+    pixels per group; `pixel_sums` (K, 2) the sums of its pixels' centres (x, y) and `vote_sums` (K, 2) of their
+    vote targets, pixels. Groups are joined on copies of the sums, which add up."""
+    count = len(sizes)
+    root = np.arange(count)
+    if count < 2 or min_offset <= 0:
+        return root
+    sizes = np.asarray(sizes, np.float64).copy()
+    sums = np.concatenate([pixel_sums, vote_sums], 1).astype(np.float64)
+    alive = sizes > 0
+    while True:
+        groups = np.flatnonzero(alive)
+        offsets = _offsets(sums[groups], sizes[groups])
+        joined = False
+        for fragment in groups[np.argsort(-offsets, kind="stable")]:
+            offset = _offsets(sums[fragment], sizes[fragment])
+            if offset < min_offset:
+                break
+            others = groups[groups != fragment]
+            target = sums[fragment, 2:] / sizes[fragment]
+            centres = sums[others, :2] / sizes[others, None]
+            reach = FRAGMENT_SEARCH * np.sqrt(np.maximum(sizes[others], sizes[fragment]))
+            others = others[np.hypot(*(centres - target).T) < reach]
+            if others.size == 0:
+                continue
+            union = _offsets(sums[others] + sums[fragment], sizes[others] + sizes[fragment])
+            best = int(union.argmin())
+            if union[best] < FRAGMENT_GAIN * offset:
+                into = others[best]
+                sums[into] += sums[fragment]
+                sizes[into] += sizes[fragment]
+                alive[fragment] = False
+                root[root == fragment] = into
+                joined = True
+                break
+        if not joined:
+            return root
+
+
+def _group_sums(labels: np.ndarray, rows: np.ndarray, cols: np.ndarray, centres: Centres, count: int,
+                bin_px: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sizes (K,), pixel_sums (K, 2), vote_sums (K, 2)) of the groups for step 4b. A pixel's group is the label of
+    its vote cell, so the vote sums come from the vote histogram over the cells (each cell's centre times its
+    votes: the targets to within bin_px / 2), not from another pass over the pixels."""
+    sizes = np.bincount(labels, minlength=count).astype(np.float64)
+    pixel_sums = np.stack([np.bincount(labels, cols, count), np.bincount(labels, rows, count)], 1)
+    pixel_sums += 0.5 * sizes[:, None]  # pixel centres
+    cells = np.flatnonzero((centres.votes.ravel() > 0) & (centres.cell_label >= 0))
+    cell_y, cell_x = np.divmod(cells, centres.votes.shape[1])
+    votes = centres.votes.ravel()[cells].astype(np.float64)
+    cell_groups = centres.cell_label[cells]
+    vote_sums = np.stack([np.bincount(cell_groups, votes * (cell_x + 0.5) * bin_px, count),
+                          np.bincount(cell_groups, votes * (cell_y + 0.5) * bin_px, count)], 1)
+    return sizes, pixel_sums, vote_sums
 
 
 def _classify(positions: np.ndarray, class_probs: np.ndarray, grid: int, pixel_blocks: Callable[[], np.ndarray],
@@ -106,9 +182,21 @@ def _instances(foreground: np.ndarray, rows: np.ndarray, cols: np.ndarray, cells
     labels = centres.cell_label[cells]
     kept = labels >= 0
     labels, foreground, rows, cols, fg_prob = (a[kept] for a in (labels, foreground, rows, cols, fg_prob))
+    positions = centres.positions
+    if params.fragment_offset > 0 and count > 1:
+        root = join_fragments(*_group_sums(labels, rows, cols, centres, count, params.bin_px), params.fragment_offset)
+        if (root != np.arange(count)).any():
+            roots, labels_of_root = np.unique(root, return_inverse=True)
+            weights = np.bincount(labels, minlength=count).astype(np.float64)
+            weight_sum = np.maximum(np.bincount(labels_of_root, weights, len(roots)), 1.0)
+            # a joined group's centre: the members' vote peaks weighted by their pixels (Eq. 2 classifies there)
+            positions = np.stack([np.bincount(labels_of_root, weights * positions[:, i], len(roots)) / weight_sum
+                                  for i in (0, 1)], 1)
+            labels = labels_of_root[labels]
+            count = len(roots)
     sums = np.bincount(labels, fg_prob, count)
     sizes = np.maximum(np.bincount(labels, minlength=count), 1)
-    classes, confidence = _classify(centres.positions, class_probs, GRID_SIZE,
+    classes, confidence = _classify(positions, class_probs, GRID_SIZE,
                                     lambda: (rows // GRID_SIZE) * class_probs.shape[2] + cols // GRID_SIZE, labels)
     scores = (confidence * sums / sizes).astype(np.float32)
     order = np.argsort(-scores, kind="stable")
