@@ -4,11 +4,17 @@ For each shipped network a fixed synthetic frame (generator seed 777, itself pin
 through the product path (ONNX Runtime on CPU, one thread, so reductions run in a fixed order) and the
 discrete outputs are hashed: the id image, the classes, and the polygons. A deliberate change of a model, of
 the decoding or of onnxruntime's version shows here and is re-pinned in the same commit, with the reason.
+
+The int8 graphs of the streaming networks are not hashed: ONNX Runtime picks its int8 kernels by the CPU
+(AVX2, AVX-VNNI, AVX512-VNNI), and on 2026-12-02 a machine with AVX512-VNNI gave other Spatial Embeddings and
+Box2Pix int8 outputs than the pins made on earlier machines, with the same code. Their test checks what holds on
+every CPU: the int8 graph finds the float32 graph's objects on the pinned frame.
 """
 
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,13 +30,12 @@ from instseg_core.runtime import create_segmenter
 # re-pinned on 2026-12-02 when each network came to be shipped once with float16 weights and its ONNX graphs
 # derived at set-up (the float32 graphs now hold the float16-rounded weights; the int8 graphs are new); DCME
 # re-pinned on 2026-12-02 for its retrained model (48 epochs); the extreme-point graphs re-pinned on 2026-12-02 for
-# the model retrained on street + domain-randomised crops (issue 15).
+# the model retrained on street + domain-randomised crops (issue 15); DCME re-pinned on 2026-12-02 for its
+# fine-tuned model and its decoding with fragment joining.
 PINNED = {
     "spatial_embeddings": "916f4c27e315820206104e5a76ff4ab385585d0f6a3bd811219b9c5d2e21fa80",
     "box2pix": "82ff30be260880627c2b6be1cd6f2a0f33ef76fe8356878e44cf34e6a532e172",
-    "spatial_embeddings_int8": "d304b40acf4c8d8785e4b273175b5065419248441f480f1e045952f1671f4786",
-    "box2pix_int8": "bbaf3a20df852eac32dbb74328cf38009d4730f130a605a655d5c507d128d0f2",
-    "dcme": "c9cffca60438db09b2714ce7b287e4bbeebd7563cb675fed038d567268e4fffe",
+    "dcme": "5a2c51368df9b532bc435fe3d0b1504572929ceb24e23470c81e8edfd52afe9d",
     "extreme_unet_int8.onnx": "d94992cd8a733a6082c1a3df0f82ba1a5b17dd855a92368e7da5c1a5c7c422a3",
     "extreme_unet.onnx": "359a2b1a511a77fc23054941b06afffef09c3e5e8c40ce4e00ca0d1ecf88f961",
 }
@@ -53,19 +58,36 @@ def frame() -> tuple[np.ndarray, list[np.ndarray]]:
     return rendered.rgb, visible_masks(512, 1024, objects)
 
 
-@pytest.mark.parametrize(("model", "int8"), [("spatial_embeddings", False), ("box2pix", False), ("dcme", False),
-                                            ("spatial_embeddings", True), ("box2pix", True)])
-def test_streaming_model_outputs_are_pinned(frame: tuple[np.ndarray, list[np.ndarray]], model: str,
-                                            int8: bool) -> None:
+def segment_pinned_frame(frame: tuple[np.ndarray, list[np.ndarray]], model: str, int8: bool) -> Any:
     segmenter = create_segmenter(model, backend="onnxruntime", threads=1, input_size=(1024, 512),
                                  score_threshold=0.3, int8=int8)
-    model = model + ("_int8" if int8 else "")
-    result = segmenter(frame[0])
-    assert len(result.instances) >= (1 if model == "dcme" else 3), f"{model} finds almost nothing on the pinned frame"
+    return segmenter(frame[0])
+
+
+@pytest.mark.parametrize("model", ["spatial_embeddings", "box2pix", "dcme"])
+def test_streaming_model_outputs_are_pinned(frame: tuple[np.ndarray, list[np.ndarray]], model: str) -> None:
+    result = segment_pinned_frame(frame, model, int8=False)
+    assert len(result.instances) >= 3, f"{model} finds almost nothing on the pinned frame"
     polygons = [np.asarray(p, np.int32) for p in result.polygons(1.0)]
     value = digest(result.instances.id_image, result.instances.classes, result.instances.boxes,
                    np.round(result.instances.scores, 3), *polygons)
     assert value == PINNED[model], f"{model}: outputs changed ({value})"
+
+
+@pytest.mark.parametrize("model", ["spatial_embeddings", "box2pix", "dcme"])
+def test_int8_graphs_find_the_float_graphs_objects(frame: tuple[np.ndarray, list[np.ndarray]], model: str) -> None:
+    """At least 3 in 4 of the float32 graph's instances on the pinned frame have an int8 instance of the same class
+    with IoU > 0.5, and the int8 graph finds no more than half as many again (2026-12-02, AVX512-VNNI: 9 of 10,
+    6 of 7 and 4 of 4)."""
+    reference = segment_pinned_frame(frame, model, int8=False).instances
+    quantised = segment_pinned_frame(frame, model, int8=True).instances
+    found = 0
+    for mask, label in zip(reference.masks(), reference.classes, strict=True):
+        same_class = [other for other, other_label in zip(quantised.masks(), quantised.classes, strict=True)
+                      if other_label == label]
+        found += any(np.count_nonzero(mask & other) > 0.5 * np.count_nonzero(mask | other) for other in same_class)
+    assert found >= 0.75 * len(reference), f"{model} int8 finds {found} of the float graph's {len(reference)}"
+    assert len(quantised) <= 1.5 * len(reference), f"{model} int8: {len(quantised)} vs {len(reference)} instances"
 
 
 @pytest.mark.parametrize("file", ["extreme_unet_int8.onnx", "extreme_unet.onnx"])
