@@ -140,8 +140,8 @@ def _group_sums(labels: np.ndarray, rows: np.ndarray, cols: np.ndarray, centres:
     its vote cell, so the vote sums come from the vote histogram over the cells (each cell's centre times its
     votes: the targets to within bin_px / 2), not from another pass over the pixels."""
     sizes = np.bincount(labels, minlength=count).astype(np.float64)
-    pixel_sums = np.stack([np.bincount(labels, cols, count), np.bincount(labels, rows, count)], 1)
-    pixel_sums += 0.5 * sizes[:, None]  # pixel centres
+    half = 0.5 * sizes  # pixel centres
+    pixel_sums = np.stack([np.bincount(labels, cols, count) + half, np.bincount(labels, rows, count) + half], 1)
     cells = np.flatnonzero((centres.votes.ravel() > 0) & (centres.cell_label >= 0))
     cell_y, cell_x = np.divmod(cells, centres.votes.shape[1])
     votes = centres.votes.ravel()[cells].astype(np.float64)
