@@ -20,12 +20,10 @@ Goals on 2 cores: Box2Pix and DCME post-processing <= 30 ms at 2048x1024 with ~3
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import warnings
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +50,7 @@ from instseg_core.postprocess.box_assignment import (
 )
 from instseg_core.postprocess.dcme_voting import VotingParams, decode_dcme, decode_dcme_torch, find_centres
 from instseg_core.postprocess.seed_clustering import ClusteringParams, cluster_seeds
+from instseg_core.runtime.adapters import DcmeAdapter
 from instseg_core.testing.ideal_outputs import (
     ideal_box2pix_output,
     ideal_dcme_output,
@@ -190,17 +189,9 @@ def matrix_grouping(dense: np.ndarray, params: VotingParams) -> np.ndarray:
     return np.where(distance[np.arange(len(best)), best] <= params.max_distance_px, best, -1)
 
 
-def shipped_voting() -> VotingParams:
-    """The decoding parameters the shipped DCME model runs with (models/dcme.json model_config.extra.voting, e.g. its
-    fragment joining), else the defaults."""
-    manifest = REPO / "models" / "dcme.json"
-    stored = json.loads(manifest.read_text())["model_config"]["extra"].get("voting", {}) if manifest.exists() else {}
-    known = {f.name for f in fields(VotingParams)}
-    return VotingParams(**{k: v for k, v in stored.items() if k in known})
-
-
 def dcme_rows(case: str, instances: np.ndarray, labels: np.ndarray) -> list[list]:
-    params = shipped_voting()
+    # the shipped model's decoding parameters (models/dcme.json), as the node runs them
+    params = DcmeAdapter(DcmeAdapter.read_manifest(REPO / "models" / "dcme.onnx")).voting()
     dense, class_probs = ideal_dcme_output(instances, labels, CLASSES, noise_px=2.0)
     found = len(decode_dcme(dense, class_probs, params))
     baseline = time_call("dcme matrix", lambda: matrix_grouping(dense, params), repeats=5, warmup=1)

@@ -184,10 +184,10 @@ def _instances(foreground: np.ndarray, rows: np.ndarray, cols: np.ndarray, cells
     labels, foreground, rows, cols, fg_prob = (a[kept] for a in (labels, foreground, rows, cols, fg_prob))
     positions = centres.positions
     if params.fragment_offset > 0 and count > 1:
-        root = join_fragments(*_group_sums(labels, rows, cols, centres, count, params.bin_px), params.fragment_offset)
+        weights, pixel_sums, vote_sums = _group_sums(labels, rows, cols, centres, count, params.bin_px)
+        root = join_fragments(weights, pixel_sums, vote_sums, params.fragment_offset)
         if (root != np.arange(count)).any():
             roots, labels_of_root = np.unique(root, return_inverse=True)
-            weights = np.bincount(labels, minlength=count).astype(np.float64)
             weight_sum = np.maximum(np.bincount(labels_of_root, weights, len(roots)), 1.0)
             # a joined group's centre: the members' vote peaks weighted by their pixels (Eq. 2 classifies there)
             positions = np.stack([np.bincount(labels_of_root, weights * positions[:, i], len(roots)) / weight_sum

@@ -198,10 +198,17 @@ class DcmeAdapter(ModelAdapter):
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
         return rgb_to_unit_nchw(rgb)
 
-    def decode(self, raw: Any, params: dict) -> Instances:
-        from instseg_core.postprocess.dcme_voting import VotingParams, decode_dcme, decode_dcme_torch
+    def voting(self, params: dict | None = None) -> Any:
+        """The VotingParams decode uses: the model's tuned defaults (model_config.extra.voting) overridden by
+        `params`."""
+        from instseg_core.postprocess.dcme_voting import VotingParams
 
-        voting = self._decoding(VotingParams, "voting", params)
+        return self._decoding(VotingParams, "voting", params or {})
+
+    def decode(self, raw: Any, params: dict) -> Instances:
+        from instseg_core.postprocess.dcme_voting import decode_dcme, decode_dcme_torch
+
+        voting = self.voting(params)
         dense, classes = raw
         if isinstance(dense, np.ndarray):
             return decode_dcme(dense[0], classes[0], voting)
