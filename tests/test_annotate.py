@@ -11,8 +11,10 @@ import torch
 
 from instseg_core.annotate.encoding import (
     CropBox,
+    colour_prior,
     crop,
     crop_box,
+    encode,
     extreme_points_from_mask,
     paste_back,
     point_channel,
@@ -94,6 +96,51 @@ def test_point_channel_modes() -> None:
     assert gaussian[20, 10] == pytest.approx(1.0) and 0 < gaussian[20, 13] < 1
     with pytest.raises(ValueError):
         point_channel(points, "square")
+
+
+def test_colour_prior_separates_the_objects_colours_from_the_margins() -> None:
+    """A red disc on a blue-green ground, with some ground inside the points' box: the disc's colour scores
+    high, the ground low (it fills the margin), the margin itself 0; black zero fill past the image border
+    does not count as background colour."""
+    rng = np.random.default_rng(0)
+    crop_rgb = np.empty((128, 128, 3), np.uint8)
+    crop_rgb[:] = (20, 120, 160)
+    crop_rgb = np.clip(crop_rgb + rng.normal(0, 6, crop_rgb.shape), 0, 255).astype(np.uint8)
+    disc = np.zeros((128, 128), np.uint8)
+    cv2.circle(disc, (64, 64), 50, 1, -1)
+    crop_rgb[disc > 0] = (200, 30, 40)
+    points = np.array([[14, 64], [64, 14], [114, 64], [64, 114]], np.float32)
+    prior = colour_prior(crop_rgb, points)
+    assert prior.shape == (128, 128) and prior.dtype == np.float32
+    assert prior[64, 64] > 0.9 and prior[20, 20] < 0.5  # disc vs. ground inside the box (a corner)
+    assert prior[2, 2] == 0.0 and prior[125, 64] == 0.0  # the margin
+    np.testing.assert_array_equal(prior, colour_prior(crop_rgb, points))
+    # a black object at the image border: the zero fill in the margin must not make black look like background
+    dark = crop_rgb.copy()
+    dark[disc > 0] = 0
+    dark[:, :10] = 0  # past the image's left border
+    assert colour_prior(dark, points)[64, 64] > 0.9
+    encoded = encode(crop_rgb, points, channels=5)
+    assert encoded.shape == (5, 128, 128)
+    np.testing.assert_array_equal(encoded[:4], encode(crop_rgb, points))
+    np.testing.assert_array_equal(encoded[4], prior)
+    with pytest.raises(ValueError, match="5 channels without points"):
+        encode(crop_rgb, None, channels=5)
+
+
+def test_five_channel_graph_gets_the_colour_prior(tmp_path: Path) -> None:
+    """The segmenter reads the channel count from the graph and encodes the colour prior for 5."""
+    torch.manual_seed(0)
+    model = ExtremeUNet(5).eval()
+    path = export_onnx(model, tmp_path / "prior.onnx")
+    segmenter = create_annotation_segmenter(path)
+    assert segmenter.channels == 5
+    image = (np.random.default_rng(5).random((200, 260, 3)) * 255).astype(np.uint8)
+    points = [[30, 100], [120, 20], [230, 90], [110, 180]]
+    by_onnx = segmenter.segment(image, points)
+    by_torch = annotation_segmenter_from_module(model).segment(image, points)
+    assert by_onnx.image_shape == (200, 260)
+    assert np.count_nonzero(by_onnx.mask != by_torch.mask) <= 2
 
 
 def test_augment_keeps_points_on_the_object() -> None:

@@ -68,7 +68,7 @@ def test_resume_reproduces_an_uninterrupted_run(crops_dir: Path, tmp_path: Path)
 
 
 def test_export_manifest_and_ablation(crops_dir: Path, tmp_path: Path) -> None:
-    for variant in ("extreme", "box"):
+    for variant in ("extreme", "box", "extreme_prior"):
         extreme_points.main(["train", "--crops", str(crops_dir), "--out", str(tmp_path / variant), "--variant",
                              variant, "--epochs", "1", "--batch-size", "8", "--limit", "8", "--progress-every", "0"])
     model_path = tmp_path / "model.onnx"
@@ -88,6 +88,9 @@ def test_export_manifest_and_ablation(crops_dir: Path, tmp_path: Path) -> None:
     assert int8_path.stat().st_size < model_path.stat().st_size / 2, "int8 weights"
     table = extreme_points.ablation_table([tmp_path / "extreme", tmp_path / "box"], crops_dir)
     assert "| extreme (average_distance) |" in table and "| box (average_distance) |" in table
+    extreme_points.main(["export", "--run", str(tmp_path / "extreme_prior"), "--out", str(tmp_path / "prior.onnx")])
+    prior_manifest = json.loads((tmp_path / "prior.json").read_text())
+    assert prior_manifest["input"] == [1, 5, 128, 128] and "colour prior" in prior_manifest["input_encoding"]
 
 
 def test_box_only_model_takes_rgb_only() -> None:

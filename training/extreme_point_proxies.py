@@ -23,6 +23,7 @@ import argparse
 import hashlib
 import json
 import os
+import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -170,10 +171,10 @@ def street_val_aiou(model: str | os.PathLike, crops_dir: str | os.PathLike, refi
     from instseg_core.annotate.segmenter import create_annotation_segmenter
     from instseg_core.eval.binary_metrics import BinarySegmentationMetrics
     from training.extreme_point_crops import CropSet
-    from training.extreme_points import batch_inputs, class_name
+    from training.extreme_points import batch_inputs, class_name, variant_of
 
     segmenter = create_annotation_segmenter(model)
-    variant = "extreme" if segmenter.channels == 4 else "box"
+    variant = variant_of(segmenter.channels)
     crops = CropSet.load(Path(crops_dir) / "val.npz")
     metrics = BinarySegmentationMetrics()
     for start in range(0, len(crops), 32):
@@ -188,13 +189,16 @@ def street_val_aiou(model: str | os.PathLike, crops_dir: str | os.PathLike, refi
 
 
 def proxy_table(models: list[str], crops_dir: str | os.PathLike, refine_models: list[str] | None = None,
-                per_object: int = 7, seed: int = 0) -> tuple[str, dict]:
-    """Markdown table (rows: methods; columns: the three proxies) and the raw results."""
+                per_object: int = 7, seed: int = 0, names: dict[str, str] | None = None) -> tuple[str, dict]:
+    """Markdown table (rows: methods; columns: the three proxies) and the raw results; `names` renames a
+    model's row (default: its file name)."""
+    names = names or {}
     real = load_real_photos()
     pasted = cut_and_paste(real, per_object, seed)
     rows: list[tuple[str, Method, Callable[[], float | None]]] = []
     for model in models:
-        rows.append((Path(model).name, network_method(model), lambda m=model: street_val_aiou(m, crops_dir)))
+        rows.append((names.get(model, Path(model).name), network_method(model),
+                     lambda m=model: street_val_aiou(m, crops_dir)))
     for model in refine_models or []:
         rows.append((f"{Path(model).name} + GrabCut refinement", network_method(model, "grabcut"),
                      lambda m=model: street_val_aiou(m, crops_dir, "grabcut")))
@@ -241,10 +245,26 @@ def record(manifest_path: Path, table: str, results: dict) -> None:
     write_text_atomically(manifest_path, json.dumps(manifest, indent=1))
 
 
+def export_checkpoints(checkpoints: list[str], scratch: Path) -> list[str]:
+    """Each training checkpoint RUN/FILE.pt exported to scratch/RUN/FILE.onnx (fp32)."""
+    from training.extreme_points import export_onnx, load_run
+
+    exported = []
+    for checkpoint in map(Path, checkpoints):
+        model, _ = load_run(checkpoint.parent, checkpoint.name)
+        out = scratch / checkpoint.parent.name / f"{checkpoint.stem}.onnx"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        exported.append(str(export_onnx(model, out)))
+    return exported
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training.extreme_point_proxies",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", required=True, help="exported extreme-point graphs (.onnx)")
+    parser.add_argument("--models", nargs="*", default=[], help="exported extreme-point graphs (.onnx)")
+    parser.add_argument("--checkpoints", nargs="*", default=[],
+                        help="training checkpoints (RUN/epoch3.pt, RUN/best.pt): each is exported to a temporary "
+                             "fp32 graph and measured as a row named RUN/FILE")
     parser.add_argument("--refine-models", nargs="*", default=[],
                         help="graphs also evaluated with GrabCut refinement")
     parser.add_argument("--crops", default="data/extreme_points_crops", help="folder with the street val.npz")
@@ -255,7 +275,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--record", help="a model manifest (models/extreme_unet.json): the rows of extreme_unet.onnx "
                                          "and extreme_unet_int8.onnx go into its `proxies` and `int8.proxies`")
     args = parser.parse_args(argv)
-    table, results = proxy_table(args.models, args.crops, args.refine_models, args.per_object, args.seed)
+    if not args.models and not args.checkpoints:
+        parser.error("give --models or --checkpoints")
+    with tempfile.TemporaryDirectory() as scratch:
+        exported = export_checkpoints(args.checkpoints, Path(scratch))
+        table, results = proxy_table([*args.models, *exported], args.crops, args.refine_models, args.per_object,
+                                     args.seed, dict(zip(exported, args.checkpoints, strict=True)))
     print(table)
     if args.record:
         record(Path(args.record), table, results)

@@ -41,7 +41,14 @@ from training.extreme_point_crops import (
     build_randomised_crops,
 )
 
-VARIANTS = {"extreme": 4, "box": 3}  # input channels
+# input channels (instseg_core.annotate.encoding.CHANNEL_LAYOUTS)
+VARIANTS = {"extreme": 4, "box": 3, "extreme_prior": 5}
+
+
+def variant_of(channels: int) -> str:
+    """The variant whose network takes `channels` input channels."""
+    return {c: v for v, c in VARIANTS.items()}[channels]
+
 def class_name(index: int) -> str:
     return "randomised" if index == RANDOMISED_CLASS else ANNOTATION_CLASSES[index]
 
@@ -55,7 +62,7 @@ def batch_inputs(crops: CropSet, index: np.ndarray, variant: str, rng: np.random
         image, mask, points = crops.images[i], crops.masks[i], crops.points[i]
         if rng is not None:
             image, mask, points = augment(image, mask, points, rng, photometric=photometric)
-        inputs.append(encode(image, points if variant == "extreme" else None))
+        inputs.append(encode(image, None if variant == "box" else points, channels=VARIANTS[variant]))
         targets.append(mask[None])
     x = torch.from_numpy(np.stack(inputs)).contiguous(memory_format=torch.channels_last)
     return x, torch.from_numpy(np.stack(targets).astype(np.float32))
@@ -184,7 +191,8 @@ def export(args: argparse.Namespace) -> Path:
     history = json.loads((Path(args.run) / "history.json").read_text())
     manifest = {
         "model": "extreme_unet", "variant": checkpoint["variant"], "input": [1, channels, 128, 128],
-        "input_encoding": "RGB (v/255-0.5)/0.25" + (" + extreme-point circles r=4" if channels == 4 else ""),
+        "input_encoding": "RGB (v/255-0.5)/0.25" + (" + extreme-point circles r=4" if channels >= 4 else "")
+                          + (" + colour prior (16 bins per channel)" if channels == 5 else ""),
         "output": "foreground probability (1, 1, 128, 128)", "best_epoch": checkpoint["epoch"],
         "averaged_epochs": checkpoint.get("averaged_epochs"),
         "val_metrics": {k: v for k, v in checkpoint["metrics"].items() if k != "border_histogram"},
@@ -272,7 +280,7 @@ def quantize(args: argparse.Namespace) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     source, out = Path(args.model), Path(args.out)
-    variant = "extreme" if create_annotation_segmenter(source).channels == 4 else "box"
+    variant = variant_of(create_annotation_segmenter(source).channels)
     calibration = CropSet.load(Path(args.crops) / "train.npz")
     chosen = np.random.default_rng(0).permutation(len(calibration))[: args.calibration_crops]
 

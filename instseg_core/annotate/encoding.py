@@ -10,7 +10,8 @@ Conventions:
   sending box corner (x0, y0) to crop pixel (0, 0) and (x1, y1) to (127, 127);
 - network input: (C, 128, 128) float32: RGB as (v / 255 - 0.5) / 0.25, then for the extreme-point model
   the point channel: 1.0 inside a filled circle of `radius` crop pixels around each point (paper), or
-  DEXTR's Gaussians exp(-d^2 / (2 sigma^2)).
+  DEXTR's Gaussians exp(-d^2 / (2 sigma^2)); then for the colour-prior model (5 channels) the colour prior in
+  [0, 1] (`colour_prior`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ CROP_SIZE = 128
 RGB_MEAN, RGB_STD = 0.5, 0.25
 POINT_RADIUS = 4.0
 GAUSSIAN_SIGMA = 3.0
+PRIOR_BINS = 16
+# Network input channels -> what they carry (the segmenter and training pick the encoding by this count).
+CHANNEL_LAYOUTS = {3: "RGB", 4: "RGB + extreme points", 5: "RGB + extreme points + colour prior"}
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,37 @@ def point_channel(crop_points: np.ndarray, mode: str = "circle", radius: float =
     raise ValueError(f"point channel mode must be 'circle' or 'gaussian', got {mode!r}")
 
 
+def outside_points_box(crop_points: np.ndarray) -> np.ndarray:
+    """(128, 128) bool: crop pixels outside the points' box (the relaxation margin), with a 1-pixel tolerance."""
+    points = np.asarray(crop_points, np.float64)
+    (u0, v0), (u1, v1) = np.floor(points.min(axis=0)) - 1, np.ceil(points.max(axis=0)) + 1
+    vs, us = np.ogrid[0:CROP_SIZE, 0:CROP_SIZE]
+    return (us < u0) | (us > u1) | (vs < v0) | (vs > v1)
+
+
+def colour_prior(crop_rgb: np.ndarray, crop_points: np.ndarray, bins: int = PRIOR_BINS) -> np.ndarray:
+    """(128, 128) float32 in (0, 1): how much more often each pixel's colour occurs inside the points' box than
+    in the relaxation margin around it, fg / (fg + bg) of the two normalised colour histograms (`bins` per RGB
+    channel, add-one smoothed); 0 in the margin itself.
+
+    It is the colour model GrabCut starts from, computed once (about 0.4 ms): a cue of this image's own colours
+    that does not depend on what the network learned about objects. Margin pixels that are exactly black are
+    left out of the background histogram: they are mostly the zero fill past the image border.
+    """
+    quantised = (crop_rgb.astype(np.uint16) * bins // 256).astype(np.int32)
+    index = (quantised[..., 0] * bins + quantised[..., 1]) * bins + quantised[..., 2]
+    margin = outside_points_box(crop_points)
+    background = margin & (crop_rgb.any(axis=2))
+    size = bins**3
+    inside = np.bincount(index[~margin], minlength=size) + 1.0
+    outside = np.bincount(index[background], minlength=size) + 1.0
+    inside /= inside.sum()
+    outside /= outside.sum()
+    prior = (inside / (inside + outside)).astype(np.float32)[index]
+    prior[margin] = 0.0
+    return prior
+
+
 def normalise_rgb(crop_rgb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """(128, 128, 3) uint8 RGB -> (3, 128, 128) float32 (v / 255 - RGB_MEAN) / RGB_STD, written into `out`
     when given."""
@@ -128,12 +163,19 @@ def normalise_rgb(crop_rgb: np.ndarray, out: np.ndarray | None = None) -> np.nda
     return out
 
 
-def encode(crop_rgb: np.ndarray, crop_points: np.ndarray | None, mode: str = "circle") -> np.ndarray:
-    """Network input (C, 128, 128) float32: normalised RGB, plus the point channel unless points is None."""
-    encoded = np.empty((3 if crop_points is None else 4, *crop_rgb.shape[:2]), np.float32)
+def encode(crop_rgb: np.ndarray, crop_points: np.ndarray | None, mode: str = "circle",
+           channels: int | None = None) -> np.ndarray:
+    """Network input (C, 128, 128) float32 (see CHANNEL_LAYOUTS): normalised RGB, the point channel unless
+    points is None, and the colour prior when `channels` is 5 (default: 3 without points, 4 with)."""
+    channels = channels or (3 if crop_points is None else 4)
+    if channels not in CHANNEL_LAYOUTS or (channels > 3) != (crop_points is not None):
+        raise ValueError(f"cannot encode {channels} channels {'without' if crop_points is None else 'with'} points")
+    encoded = np.empty((channels, *crop_rgb.shape[:2]), np.float32)
     normalise_rgb(crop_rgb, encoded[:3])
     if crop_points is not None:
         encoded[3] = point_channel(crop_points, mode)
+    if channels == 5:
+        encoded[4] = colour_prior(crop_rgb, crop_points)
     return encoded
 
 

@@ -17,20 +17,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from instseg_core.annotate.encoding import CROP_SIZE
+from instseg_core.annotate.encoding import CROP_SIZE, outside_points_box
 
 
 def _point_discs(trimap: np.ndarray, crop_points: np.ndarray, radius: int = 2) -> None:
     for u, v in np.asarray(crop_points, np.float64):
         cv2.circle(trimap, (round(float(u)), round(float(v))), radius, cv2.GC_FGD, -1)
-
-
-def _outside_box(crop_points: np.ndarray) -> np.ndarray:
-    """(128, 128) bool: pixels outside the points' box (the relaxation margin), with a 1-pixel tolerance."""
-    points = np.asarray(crop_points, np.float64)
-    (u0, v0), (u1, v1) = np.floor(points.min(axis=0)) - 1, np.ceil(points.max(axis=0)) + 1
-    vs, us = np.mgrid[0:CROP_SIZE, 0:CROP_SIZE]
-    return (us < u0) | (us > u1) | (vs < v0) | (vs > v1)
 
 
 def _run(crop_rgb: np.ndarray, trimap: np.ndarray, iterations: int) -> np.ndarray:
@@ -50,7 +42,7 @@ def grabcut_refine(crop_rgb: np.ndarray, probability: np.ndarray, crop_points: n
     trimap = np.where(probability >= 0.5, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
     trimap[probability >= sure] = cv2.GC_FGD
     trimap[probability <= 1.0 - sure] = cv2.GC_BGD
-    trimap[_outside_box(crop_points)] = cv2.GC_BGD
+    trimap[outside_points_box(crop_points)] = cv2.GC_BGD
     _point_discs(trimap, crop_points)
     return _run(crop_rgb, trimap, iterations)
 
@@ -58,6 +50,6 @@ def grabcut_refine(crop_rgb: np.ndarray, probability: np.ndarray, crop_points: n
 def grabcut_from_points(crop_rgb: np.ndarray, crop_points: np.ndarray, *, iterations: int = 5) -> np.ndarray:
     """(128, 128, 3) uint8 RGB crop and (4, 2) crop points -> (128, 128) float32 0/1 mask, GrabCut alone."""
     trimap = np.full((CROP_SIZE, CROP_SIZE), cv2.GC_PR_FGD, np.uint8)
-    trimap[_outside_box(crop_points)] = cv2.GC_BGD
+    trimap[outside_points_box(crop_points)] = cv2.GC_BGD
     _point_discs(trimap, crop_points)
     return _run(crop_rgb, trimap, iterations)

@@ -22,7 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from instseg_core.annotate.encoding import CROP_SIZE, crop, crop_box, encode, paste_back, points_in_crop
+from instseg_core.annotate.encoding import (
+    CHANNEL_LAYOUTS,
+    CROP_SIZE,
+    crop,
+    crop_box,
+    encode,
+    paste_back,
+    points_in_crop,
+)
 from instseg_core.annotate.refine import grabcut_refine
 from instseg_core.base.instances import mask_box
 from instseg_core.base.model_files import find_model
@@ -117,10 +125,10 @@ class ExtremePointSegmenter:
     """The annotation pipeline around a runtime backend (thread-safe: it keeps no per-call state).
 
     backend: an OnnxRuntimeBackend or TorchBackend mapping (N, C, 128, 128) float32 to (N, 1, 128, 128)
-    probabilities; channels: C, 4 for the extreme-point model (RGB + points), 3 for the box-only baseline
-    (default: the graph's declared input channels); refine: "none", or "grabcut" to move the network's
-    uncertain border pixels to the colour edge with OpenCV GrabCut seeded by its probabilities
-    (instseg_core.annotate.refine; about 10-30 ms more per object).
+    probabilities; channels: C, 4 for the extreme-point model (RGB + points), 5 with the colour prior as well,
+    3 for the box-only baseline (encoding.CHANNEL_LAYOUTS; default: the graph's declared input channels);
+    refine: "none", or "grabcut" to move the network's uncertain border pixels to the colour edge with OpenCV
+    GrabCut seeded by its probabilities (instseg_core.annotate.refine; about 10-30 ms more per object).
     """
 
     def __init__(self, backend: InferenceBackend, *, channels: int | None = None,
@@ -129,11 +137,11 @@ class ExtremePointSegmenter:
         self.backend = backend
         declared: tuple[int | None, ...] = getattr(backend, "input_shape", None) or ()
         self.channels = int(channels or (declared[1] or 0 if len(declared) > 1 else 0))
-        if self.channels not in (3, 4):
-            raise ValueError(f"the annotation network must take 3 or 4 input channels, not {self.channels}")
+        if self.channels not in CHANNEL_LAYOUTS:
+            raise ValueError(f"the annotation network must take 3, 4 or 5 input channels, not {self.channels}")
         # a graph exported with a fixed batch of 1 is run once per object
         self.fixed_batch = len(declared) > 0 and declared[0] == 1
-        self.use_points = self.channels == 4
+        self.use_points = self.channels >= 4
         self.threshold = threshold
         self.polygon_tolerance = polygon_tolerance
         self.point_mode = point_mode
@@ -169,7 +177,7 @@ class ExtremePointSegmenter:
         boxes = [crop_box(p, *self.relax) for p in validated]
         crops = [crop(image, box) for box in boxes]
         crop_points = [points_in_crop(p, box) for p, box in zip(validated, boxes, strict=True)]
-        inputs = np.stack([encode(rgb, points if self.use_points else None, self.point_mode)
+        inputs = np.stack([encode(rgb, points if self.use_points else None, self.point_mode, self.channels)
                            for rgb, points in zip(crops, crop_points, strict=True)])
         encoded = time.perf_counter()
         probabilities = self.probabilities(inputs)
