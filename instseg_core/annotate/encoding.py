@@ -174,8 +174,8 @@ def encode(crop_rgb: np.ndarray, crop_points: np.ndarray | None, mode: str = "ci
     normalise_rgb(crop_rgb, encoded[:3])
     if crop_points is not None:
         encoded[3] = point_channel(crop_points, mode)
-    if channels == 5:
-        encoded[4] = colour_prior(crop_rgb, crop_points)
+        if channels == 5:
+            encoded[4] = colour_prior(crop_rgb, crop_points)
     return encoded
 
 
