@@ -17,7 +17,9 @@ every subscriber acknowledged it (what `instseg-bag play` waits for before it ex
 
 --fresh-processes measures what the test peers do instead: every round starts two new processes (a publisher
 at 10 Hz or a service server, and a subscriber or client that reports when the first message or response
-arrived, counted from its node creation) and ends by killing side B with SIGKILL, as a test's clean-up may.
+arrived, counted from its node creation) and ends by killing side B with SIGKILL, as a test's clean-up may;
+the shared-memory files the two leave behind are then removed (instseg_ros.fastdds_shm), as the test harness
+does between tests.
 
 The script isolates itself (loopback-only network namespace with a private /dev/shm, its own
 ROS_DOMAIN_ID); --shared-shm leaves /dev/shm shared with the host (the isolation before, the baseline).
@@ -33,9 +35,10 @@ import select
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
-from instseg_ros import isolation
+from instseg_ros import fastdds_shm, isolation
 
 
 def _participant(name: str) -> tuple[object, object, object]:
@@ -153,25 +156,67 @@ def fresh_side(role: str, kind: str, name: str, timeout: float) -> None:
             if publisher is not None:
                 publisher.publish(String(data="x"))
             executor.spin_once(timeout_sec=0.1)  # type: ignore[attr-defined]
-    print(json.dumps(_first_arrival(node, executor, kind, name, start, timeout)), flush=True)
+    took = _first_arrival(node, executor, kind, name, start, timeout)
+    if took is None:  # what this participant discovered: other nodes (participants), and the topic's endpoints
+        peers = node.get_node_names_and_namespaces()  # type: ignore[attr-defined]
+        topics = dict(node.get_topic_names_and_types())  # type: ignore[attr-defined]
+        print(f"stalled side a: nodes {peers}; topics {sorted(topics)}", file=sys.stderr, flush=True)
+    print(json.dumps(took), flush=True)
     os._exit(0)
 
 
-def fresh_rounds(count: int, timeout: float) -> dict[str, list[float | None]]:
-    """--fresh-processes: `count` rounds per kind, two new processes each (see the module docstring)."""
+def fresh_rounds(count: int, timeout: float, stall_dumps: Path | None = None,
+                 clean_shm: bool = True) -> dict[str, list[float | None]]:
+    """--fresh-processes: `count` rounds per kind, two new processes each (see the module docstring). With
+    `stall_dumps`, a round whose side A has not answered within half its timeout (a round takes well under 1 s)
+    gets both sides' sockets, shared-memory files and native stacks written there (dump_stall) while they are
+    still stuck."""
     results: dict[str, list[float | None]] = {"pubsub (fresh processes)": [], "service (fresh processes)": []}
     for index in range(count):
         for kind in ("pubsub", "service"):
             name = f"fresh_{kind}_{index}"
             command = [sys.executable, __file__, "--fresh-side"]
             side_b = subprocess.Popen([*command, "b", kind, name, "0"], stdout=subprocess.DEVNULL)
-            side_a = subprocess.run([*command, "a", kind, name, str(timeout)], capture_output=True, text=True,
-                                    timeout=timeout + 60)
+            side_a = subprocess.Popen([*command, "a", kind, name, str(timeout)], stdout=subprocess.PIPE, text=True)
+            try:
+                output, _ = side_a.communicate(timeout=timeout / 2 if stall_dumps else timeout + 60)
+            except subprocess.TimeoutExpired:
+                if stall_dumps is not None:
+                    dump_stall(stall_dumps / f"{kind}_{index}", {"a": side_a.pid, "b": side_b.pid})
+                output, _ = side_a.communicate(timeout=60)
             side_b.kill()
             side_b.wait()
-            lines = side_a.stdout.strip().splitlines()
+            if clean_shm:  # side A exited without DDS clean-up and side B was killed: their shared-memory
+                fastdds_shm.remove_dead_files()  # files stay (~17 MB each) unless removed
+            lines = output.strip().splitlines()
             results[f"{kind} (fresh processes)"].append(json.loads(lines[-1]) if lines else None)
     return results
+
+
+def dump_stall(directory: Path, processes: dict[str, int]) -> None:
+    """What a stalled round's processes are doing: the namespace's sockets (/proc/net tables) and each process's
+    file descriptors (socket inodes, shared-memory files), the files in /dev/shm (Fast DDS's shared-memory
+    segments and port locks), then each process's threads' native stacks (gdb, slower, so last)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tables = {name: Path(f"/proc/net/{name}").read_text() for name in ("udp", "tcp", "unix")}
+    (directory / "net.txt").write_text("".join(f"== {name}\n{text}" for name, text in tables.items()))
+    shm = sorted(os.listdir("/dev/shm"))
+    (directory / "dev_shm.txt").write_text("\n".join(f"{n} {os.stat('/dev/shm/' + n).st_size}" for n in shm) + "\n")
+    descriptors = {}
+    for role, pid in processes.items():
+        lines = []
+        for fd in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
+            try:
+                lines.append(f"{fd} -> {os.readlink(f'/proc/{pid}/fd/{fd}')}")
+            except OSError:
+                continue
+        descriptors[role] = "\n".join(lines)
+    for role, pid in processes.items():
+        stacks = subprocess.run(["gdb", "-p", str(pid), "-batch", "-nx", "-ex", "set pagination off",
+                                 "-ex", "thread apply all bt"], capture_output=True, text=True, timeout=120)
+        (directory / f"side_{role}_{pid}.txt").write_text(
+            f"== fds\n{descriptors[role]}\n== gdb\n{stacks.stdout}{stacks.stderr[-2000:]}\n")
+    print(f"stall: dumped {', '.join(f'{r}={p}' for r, p in processes.items())} into {directory}", flush=True)
 
 
 def main() -> None:
@@ -185,6 +230,8 @@ def main() -> None:
                         help="size of each published message (6291456 = a 2 MP rgb8 frame)")
     parser.add_argument("--fresh-processes", action="store_true",
                         help="two new processes per round (pubsub and service), as the test peers")
+    parser.add_argument("--stall-dumps", type=Path,
+                        help="--fresh-processes: write a stalled round's stacks, sockets and /dev/shm files here")
     parser.add_argument("--side-b", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--fresh-side", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -199,7 +246,7 @@ def main() -> None:
     results: dict[str, list[float | None]] = {}
     acked: list[float | None] = []
     if args.fresh_processes:
-        results = fresh_rounds(args.count, args.timeout)
+        results = fresh_rounds(args.count, args.timeout, args.stall_dumps, clean_shm=not args.shared_shm)
     else:
         results, acked = long_lived_rounds(args)
     summarise(args, results, acked)

@@ -23,7 +23,7 @@ Command line (also installed as `instseg-isolated`):
     python -m instseg_ros.isolation [--domain-id N] -- COMMAND [ARG...]
 
 runs COMMAND inside a new loopback-only namespace with ROS_DOMAIN_ID, RMW_IMPLEMENTATION and
-FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA set (see `ros_environment`).
+FASTDDS_BUILTIN_TRANSPORTS set (see `ros_environment` and LOCAL_TRANSPORTS).
 """
 
 from __future__ import annotations
@@ -50,12 +50,18 @@ SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 IFF_LOOPBACK = 0x8
 
-# Environment every isolated ROS process gets. LARGE_DATA makes Fast DDS carry big samples (6 MB
-# frames) over TCP/shared memory instead of fragmenting them over UDP, where they get dropped.
-# ROS_AUTOMATIC_DISCOVERY_RANGE is left unset on purpose: LOCALHOST defeats LARGE_DATA.
+# Fast DDS transports of every isolated run (all its processes share one host): UDPv4 for discovery and
+# shared memory for data, with 8 MB buffers. Fast DDS's default 512 kB shared-memory buffers drop big samples
+# (2 MP rgb8 frames at 30 Hz, best effort: 134 of 150 lost); with 8 MB none of 150 is lost. LARGE_DATA, used
+# before, carries them too, but its TCP channel negotiation races when two participants start together: a
+# pair of fresh processes then stays deaf in one direction for good (3 of ~100 start-ups under CPU load,
+# 8 of ~90 with tcp_negotiation_timeout=500; none of 300 without TCP). See docs/testing.md and docs/ros.md.
+LOCAL_TRANSPORTS = "DEFAULT?sockets_size=8MB"
+# Environment every isolated ROS process gets. ROS_AUTOMATIC_DISCOVERY_RANGE is left unset on purpose (the
+# namespace is loopback-only anyway, and LOCALHOST defeats LARGE_DATA for a caller who chooses it).
 ROS_ENV_DEFAULTS: Mapping[str, str] = {
     "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
-    "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA",
+    "FASTDDS_BUILTIN_TRANSPORTS": LOCAL_TRANSPORTS,
 }
 # Valid DDS domain ids with the default port mapping on Linux are 0..101; 0 is everyone's default.
 DOMAIN_ID_RANGE = (1, 101)

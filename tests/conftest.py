@@ -15,13 +15,13 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from instseg_ros import isolation
+from instseg_ros import fastdds_shm, isolation
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
@@ -113,6 +113,14 @@ class RosProcesses:
             )
         return PeerResult(proc.args[2:], proc.returncode, json.loads(lines[-1]), stdout, stderr)
 
+    def wait_until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        """Check `condition` every 20 ms until it holds; fail the test naming `what` after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                pytest.fail(f"{what} did not appear within {timeout} s")
+            time.sleep(0.02)
+
     def signal_and_wait(self, proc: subprocess.Popen, sig: int, limit: float = 10.0) -> tuple[float, str]:
         """Send `sig` to a node and wait for it to exit: (seconds from the signal to the exit, the rest of its
         stderr). Fails the test when it is still running `limit` s later."""
@@ -141,7 +149,10 @@ class RosProcesses:
 
 @pytest.fixture
 def ros_processes() -> Iterator[RosProcesses]:
-    """Real ROS 2 peer processes on a ROS_DOMAIN_ID of this test's own, inside the isolated namespace."""
+    """Real ROS 2 peer processes on a ROS_DOMAIN_ID of this test's own, inside the isolated namespace.
+
+    After the test its processes are stopped (killed if they do not stop), and the shared-memory files of
+    dead participants are removed (instseg_ros.fastdds_shm): killed ones leave theirs (~17 MB each)."""
     domain_id = allocate_domain_id()
     env = isolation.ros_environment(domain_id)
     env["PYTHONUNBUFFERED"] = "1"
@@ -151,3 +162,5 @@ def ros_processes() -> Iterator[RosProcesses]:
         yield group
     finally:
         group.stop_all()
+        if os.environ.get(isolation.ISOLATED_MARKER):  # our private /dev/shm, never the host's
+            fastdds_shm.remove_dead_files()

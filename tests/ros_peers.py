@@ -99,41 +99,19 @@ def wait_for_subscribers(node: Node, publisher, timeout: float) -> bool:
 
 
 def discovered_client(node: Node, srv_type: type, name: str, timeout: float, **kwargs: object) -> object | None:
-    """A service client whose server has been discovered, or None after `timeout` s.
-
-    Fast DDS discovery of a new client was seen to stall for the whole timeout although the server was up
-    (about 1 run of the suite in 10; cause not found, see docs/testing.md). A stalled client is destroyed and
-    created again every 15 s, which re-announces its endpoints."""
-    deadline = time.monotonic() + timeout
-    while True:
-        client = node.create_client(srv_type, name, **kwargs)
-        if client.wait_for_service(timeout_sec=min(15.0, max(0.0, deadline - time.monotonic()))):
-            return client
-        node.destroy_client(client)
-        if time.monotonic() >= deadline:
-            return None
-        print(f"service {name} not discovered yet; re-creating the client", file=sys.stderr, flush=True)
+    """A service client whose server has been discovered, or None after `timeout` s."""
+    client = node.create_client(srv_type, name, **kwargs)
+    return client if client.wait_for_service(timeout_sec=timeout) else None
 
 
 def receive(node: Node, msg_type: type, topic: str, count: int, timeout: float, qos: QoSProfile = RELIABLE,
             announce: bool = False) -> list:
-    """Subscribe and spin until `count` messages arrived or `timeout` s passed; returns what arrived.
-
-    As with service clients (discovered_client), discovery between two test processes was seen to stall (a
-    publisher saw no subscriber for 30 s). While nothing has arrived, the subscription is re-created every
-    10 s, which re-announces it."""
+    """Subscribe and spin until `count` messages arrived or `timeout` s passed; returns what arrived."""
     received: list = []
-    deadline = time.monotonic() + timeout
-    subscription = node.create_subscription(msg_type, topic, received.append, qos)
+    node.create_subscription(msg_type, topic, received.append, qos)
     if announce:
         print("ready", flush=True)
-    while not spin_until(node, lambda: len(received) >= count, min(10.0, max(0.0, deadline - time.monotonic()))):
-        if time.monotonic() >= deadline:
-            break
-        if not received:
-            print(f"nothing on {topic} yet; re-creating the subscription", file=sys.stderr, flush=True)
-            node.destroy_subscription(subscription)
-            subscription = node.create_subscription(msg_type, topic, received.append, qos)
+    spin_until(node, lambda: len(received) >= count, timeout)
     return received
 
 
@@ -542,17 +520,11 @@ def set_params(args: argparse.Namespace) -> None:
     from rclpy.parameter import Parameter
     from rclpy.parameter_client import AsyncParameterClient
 
-    deadline = time.monotonic() + args.timeout
-    while True:  # a client node re-created while undiscovered, as in discovered_client
-        node = Node("parameter_setter")
-        client = AsyncParameterClient(node, args.target)
-        if client.wait_for_services(timeout_sec=min(15.0, max(0.0, deadline - time.monotonic()))):
-            break
-        node.destroy_node()
-        if time.monotonic() >= deadline:
-            report(error="parameter services not available")
-            return
-        print("parameter services not discovered yet; re-creating the client", file=sys.stderr, flush=True)
+    node = Node("parameter_setter")
+    client = AsyncParameterClient(node, args.target)
+    if not client.wait_for_services(timeout_sec=args.timeout):
+        report(error="parameter services not available")
+        return
     results = {}
     for item in args.params.split(","):
         name, value = item.split("=")

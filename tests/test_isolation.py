@@ -35,9 +35,9 @@ def test_cli_runs_command_in_a_new_loopback_only_namespace() -> None:
     assert probe["up"] == {"lo": True}
     assert probe["netns"] != os.readlink("/proc/self/ns/net"), "the CLI must create a namespace of its own"
     assert probe["domain"] == "17"
-    assert probe["transports"] == "LARGE_DATA"
+    assert probe["transports"] == isolation.LOCAL_TRANSPORTS == "DEFAULT?sockets_size=8MB"
     assert probe["rmw"] == "rmw_fastrtps_cpp"
-    assert probe["range"] is None, "LOCALHOST discovery range defeats LARGE_DATA and must be dropped"
+    assert probe["range"] is None, "a discovery range of the caller's (LOCALHOST defeats LARGE_DATA) is dropped"
 
 
 def test_cli_errors() -> None:
@@ -86,15 +86,58 @@ def test_isolated_runs_have_a_private_dev_shm(tmp_path) -> None:
 @pytest.mark.slow
 @pytest.mark.ros
 def test_dds_start_ups_in_a_row_deliver_within_2_s(ros_processes) -> None:
-    """10 start-ups each of publisher/subscriber (10 Hz), one-shot publisher, and service client/server, in a
-    row, fresh participants on both sides: the first message (or response) arrives within 2 s every time
-    (bench/dds_startup.py; `make bench` runs 50 of each)."""
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "dds_startup.py"), "--count", "10", "--json",
-                             "--timeout", "10"], capture_output=True, text=True, timeout=400, env=ros_processes.env)
+    """50 start-ups each of publisher/subscriber (10 Hz), one-shot publisher and service client/server, in a
+    row, fresh participants on both sides each time, started together (as two nodes of a launch file): the
+    first message (or response) arrives within 2 s every time with the isolated runner's transports. With
+    LARGE_DATA, about 1 start-up in 30 to 200 stayed deaf for good (docs/testing.md)."""
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "dds_startup.py"), "--count", "50", "--json",
+                             "--timeout", "10"], capture_output=True, text=True, timeout=600, env=ros_processes.env)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     for kind in ("pubsub", "oneshot", "service"):
         times = summary[kind]["times_s"]
-        assert len(times) == 10 and summary[kind]["stalls"] == 0, (kind, times)
+        assert len(times) == 50 and summary[kind]["stalls"] == 0, (kind, times)
         assert max(times) <= 2.0, (kind, times)
     assert all(t is not None and t <= 2.0 for t in summary["oneshot"]["acked_s"]), summary["oneshot"]["acked_s"]
+
+
+def test_fastdds_shm_clean_removes_only_dead_participants_files(tmp_path: Path) -> None:
+    """Files whose lock nobody holds go (with their port semaphore); a held lock keeps its files; other
+    files stay."""
+    import fcntl
+
+    from instseg_ros import fastdds_shm
+
+    for name in ("fastdds_0123456789abcdef", "fastdds_0123456789abcdef_el", "fastdds_port7001",
+                 "fastdds_port7001_el", "sem.fastdds_port7001_mutex", "fastdds_fedcba9876543210",
+                 "fastdds_fedcba9876543210_el", "lttng-ust-wait-6", "fastdds_port7000"):
+        (tmp_path / name).write_bytes(b"x")
+    with open(tmp_path / "fastdds_fedcba9876543210_el") as alive:
+        fcntl.flock(alive, fcntl.LOCK_EX)  # a running participant holds its lock
+        removed = fastdds_shm.remove_dead_files(tmp_path)
+    assert sorted(p.name for p in removed) == ["fastdds_0123456789abcdef", "fastdds_0123456789abcdef_el",
+                                                "fastdds_port7001", "fastdds_port7001_el",
+                                                "sem.fastdds_port7001_mutex"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fastdds_fedcba9876543210", "fastdds_fedcba9876543210_el",
+                                                          "fastdds_port7000", "lttng-ust-wait-6"]
+
+
+@pytest.mark.ros
+def test_fastdds_shm_clean_after_a_real_participant_is_killed(ros_processes) -> None:
+    """A DDS participant killed with SIGKILL leaves its segment (~17 MB) and ports in /dev/shm; the clean-up
+    removes exactly those and nothing of a live participant."""
+    from instseg_ros import fastdds_shm
+
+    shm = Path("/dev/shm")
+    before = set(shm.iterdir())
+    server = ros_processes.start("--fresh-side", "b", "service", "shm_probe", "0",
+                                 script=REPO / "bench" / "dds_startup.py")
+    ros_processes.wait_until(lambda: any(p.name.startswith("fastdds_port") for p in set(shm.iterdir()) - before),
+                             timeout=30, what="the participant's shared-memory port")
+    left = {p for p in set(shm.iterdir()) - before if p.name.startswith(("fastdds_", "sem.fastdds_"))}
+    assert not left & set(fastdds_shm.dead_files(shm)), "a live participant's files are not dead"
+    server.kill()
+    server.wait()
+    assert {p.name for p in left} <= {p.name for p in shm.iterdir()}, "SIGKILL leaves the files behind"
+    assert set(fastdds_shm.remove_dead_files(shm)) >= left
+    assert not any(p.exists() for p in left)

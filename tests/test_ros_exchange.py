@@ -19,7 +19,7 @@ def test_ros_process_sees_only_loopback(ros_processes) -> None:
     result = ros_processes.wait(ros_processes.start("net-info"), timeout=30).result
     assert result["interfaces"] == {"lo": True}
     assert result["domain_id"] == str(ros_processes.domain_id)
-    assert result["transports"] == "LARGE_DATA"
+    assert result["transports"] == isolation.LOCAL_TRANSPORTS
     assert result["node"] == "/net_info"
 
 
