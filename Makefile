@@ -80,18 +80,19 @@ DATA_ARGS ?= --splits train=200,val=50 --jobs 2
 data: setup
 	$(VENV)/bin/instseg-synth data/synthetic $(DATA_ARGS)
 
-# The shipped extreme-point model (issue 15): the synthetic street crops (train 600 images seed 0, held-out val
+# The shipped extreme-point model (issue 15), with the colour-prior input channel (variant extreme_prior, 5 input
+# channels): the synthetic street crops (train 600 images seed 0, held-out val
 # 100 images seed 1) and domain-randomised object crops (instseg_core/data/randomised_objects.py): epoch 1 on the
 # street crops + 20,000 randomised ones (seed 0), epochs 2-4 adding 6,000 more (seed 2, half of them cut by the
 # canvas border like objects at the edge of a camera image) and the street crops twice, epoch 4 at a tenth of the
-# learning rate; photometric jitter; ~100 min on 2 CPU cores. The best epoch (mean aIoU over the street val and 1,000 randomised val crops, seed 1) is
+# learning rate; photometric jitter; ~75-100 min on 2 CPU cores. The best epoch (mean aIoU over the street val and 1,000 randomised val crops, seed 1) is
 # shipped as float16 ONNX, the fp32 and int8 graphs are derived as set-up derives them, and the three proxies
 # (real photographs, cut-and-paste, street val) go into the manifest and docs/extreme_points_proxies.md.
 EXTREME_CROPS := data/extreme_points_crops
 EXTREME_RANDOMISED := data/extreme_randomised
-EXTREME_RUN := data/runs/extreme_dr
+EXTREME_RUN := data/runs/extreme_prior
 TRAIN_EXTREME := $(PY) -m training.extreme_points
-EXTREME_TRAIN_ARGS := --crops $(EXTREME_CROPS) --out $(EXTREME_RUN) --variant extreme --photometric 0.5 \
+EXTREME_TRAIN_ARGS := --crops $(EXTREME_CROPS) --out $(EXTREME_RUN) --variant extreme_prior --photometric 0.5 \
 	--extra-val-crops $(EXTREME_RANDOMISED)/val/crops.npz --resume --progress-every 100
 train-extreme: setup
 	$(VENV)/bin/instseg-synth data/synthetic --splits train=600 --seed 0 --jobs 2

@@ -163,7 +163,8 @@ def quantize_extreme_model(source: Path, out: Path) -> None:
     int8_entry = manifest.get("int8", {})
     settings = {**EXTREME_CALIBRATION, **int8_entry.get("calibration", {})}
     images, _, points = randomised_crops(settings["seed"], 0, settings["randomised_crops"])
-    inputs = [encode(image, point)[None] for image, point in zip(images, points, strict=True)]
+    channels = int(manifest["input"][1])  # 4, or 5 with the colour prior
+    inputs = [encode(image, point, channels=channels)[None] for image, point in zip(images, points, strict=True)]
     quantize_onnx(source, out, inputs, input_name="input")
     int8_manifest = {**manifest, "precision": "int8",
                      "quantisation": {"source": source.name, "format": "static QDQ, per-channel int8 weights, "
