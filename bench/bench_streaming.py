@@ -95,7 +95,6 @@ def main() -> None:
     args = parser.parse_args()
     isolation.ensure_isolated()
     os.environ.setdefault("ROS_DOMAIN_ID", "71")
-    os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
     import rclpy
 
     rclpy.init()

@@ -90,7 +90,8 @@ def run_publisher(args: argparse.Namespace) -> None:
 
     print(
         "instseg demo (foundation stage). The streaming segmentation node is not there yet, so this runs\n"
-        "the image-transport half of the main job: 2048x1024 rgb8 frames -> codec -> Fast DDS (LARGE_DATA)\n"
+        "the image-transport half of the main job: 2048x1024 rgb8 frames -> codec -> Fast DDS "
+        f"({os.environ.get('FASTDDS_BUILTIN_TRANSPORTS')})\n"
         "-> a subscriber process -> codec, inside a loopback-only network namespace "
         f"(ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}).\n", flush=True,
     )

@@ -48,7 +48,7 @@ class NodeProcess:
 
     def start(self, timeout: float = 120.0) -> NodeProcess:
         self.proc = subprocess.Popen(self.args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                                     env={**os.environ, "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"})
+                                     env=dict(os.environ))
         loaded = threading.Event()
 
         def read() -> None:
