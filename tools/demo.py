@@ -70,7 +70,6 @@ def main() -> None:
     args = parser.parse_args()
     isolation.ensure_isolated()
     os.environ.setdefault("ROS_DOMAIN_ID", "72")
-    os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
     args.out.mkdir(parents=True, exist_ok=True)
     bag = ensure_camera_bag(args.out, args.frames)
 
