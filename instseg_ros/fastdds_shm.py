@@ -42,17 +42,15 @@ def _lock_is_free(lock_file: Path) -> bool:
 
 
 def dead_files(directory: Path = SHM_DIR) -> list[Path]:
-    """The Fast DDS files in `directory` whose owner is gone: for each free lock file `<name>_el`/`_sl`, the
-    lock file itself, `<name>` and `sem.<name>_mutex` (those that exist), sorted."""
-    found: set[Path] = set()
-    for lock_file in directory.glob("fastdds_*"):
-        if not lock_file.name.endswith(LOCK_SUFFIXES) or not _lock_is_free(lock_file):
-            continue
-        name = lock_file.name[:-3]
-        for candidate in (lock_file, directory / name, directory / f"sem.{name}_mutex",
-                          *(directory / f"{name}{suffix}" for suffix in LOCK_SUFFIXES)):
-            if candidate.exists():
-                found.add(candidate)
+    """The Fast DDS files in `directory` whose owner is gone: for each `<name>` whose lock files (`<name>_el`,
+    `<name>_sl`) exist and are all free, those lock files, `<name>` and `sem.<name>_mutex` (those that exist),
+    sorted. A name with one lock still held (a port with a live reader) is kept whole."""
+    names = {lock.name[:-3] for lock in directory.glob("fastdds_*") if lock.name.endswith(LOCK_SUFFIXES)}
+    found: list[Path] = []
+    for name in names:
+        locks = [path for path in (directory / f"{name}{suffix}" for suffix in LOCK_SUFFIXES) if path.exists()]
+        if locks and all(_lock_is_free(lock) for lock in locks):
+            found += [path for path in (*locks, directory / name, directory / f"sem.{name}_mutex") if path.exists()]
     return sorted(found)
 
 

@@ -102,24 +102,28 @@ def test_dds_start_ups_in_a_row_deliver_within_2_s(ros_processes) -> None:
 
 
 def test_fastdds_shm_clean_removes_only_dead_participants_files(tmp_path: Path) -> None:
-    """Files whose lock nobody holds go (with their port semaphore); a held lock keeps its files; other
-    files stay."""
+    """Files whose locks nobody holds go (with their port semaphore); a held lock, exclusive or shared, keeps
+    its files; other files stay."""
     import fcntl
 
     from instseg_ros import fastdds_shm
 
     for name in ("fastdds_0123456789abcdef", "fastdds_0123456789abcdef_el", "fastdds_port7001",
                  "fastdds_port7001_el", "sem.fastdds_port7001_mutex", "fastdds_fedcba9876543210",
-                 "fastdds_fedcba9876543210_el", "lttng-ust-wait-6", "fastdds_port7000"):
+                 "fastdds_fedcba9876543210_el", "lttng-ust-wait-6", "fastdds_port7000", "fastdds_port7002",
+                 "fastdds_port7002_el", "fastdds_port7002_sl"):
         (tmp_path / name).write_bytes(b"x")
-    with open(tmp_path / "fastdds_fedcba9876543210_el") as alive:
+    with open(tmp_path / "fastdds_fedcba9876543210_el") as alive, open(tmp_path / "fastdds_port7002_sl") as reader:
         fcntl.flock(alive, fcntl.LOCK_EX)  # a running participant holds its lock
+        fcntl.flock(reader, fcntl.LOCK_SH)  # a live reader of a port whose exclusive lock is free
         removed = fastdds_shm.remove_dead_files(tmp_path)
     assert sorted(p.name for p in removed) == ["fastdds_0123456789abcdef", "fastdds_0123456789abcdef_el",
                                                 "fastdds_port7001", "fastdds_port7001_el",
                                                 "sem.fastdds_port7001_mutex"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fastdds_fedcba9876543210", "fastdds_fedcba9876543210_el",
-                                                          "fastdds_port7000", "lttng-ust-wait-6"]
+                                                          "fastdds_port7000", "fastdds_port7002",
+                                                          "fastdds_port7002_el", "fastdds_port7002_sl",
+                                                          "lttng-ust-wait-6"]
 
 
 @pytest.mark.ros

@@ -73,9 +73,8 @@ def train(args: argparse.Namespace) -> dict:
     steps = args.steps_per_epoch or max(1, len(sampler.samples) // args.batch)
     state = {"epoch": 0, "history": [], "train_seconds": 0.0}
     rng = np.random.default_rng(args.seed)
-    state = resume_or_initialise(args, out, model, optimizer, state, rng)
-    if args.resume and (out / "last.pt").exists():
-        loss_fn.load_state_dict(torch.load(out / "last.pt", weights_only=False)["loss_state"])
+    state = resume_or_initialise(args, out, model, optimizer, state, rng,
+                                 restore=lambda checkpoint: loss_fn.load_state_dict(checkpoint["loss_state"]))
     print(f"{len(sampler.samples)} training images, {steps} steps of {args.batch} crops {args.crop} per epoch, "
           f"{len(priors)} priors per crop", flush=True)
 

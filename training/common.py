@@ -68,8 +68,9 @@ def start_training(args: argparse.Namespace) -> tuple[Path, tuple[str, ...], Cro
 
 
 def resume(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
-           rng: object) -> dict:
-    """Load out/last.pt (if any) into model, optimizer and the NumPy/torch random states; returns the saved
+           rng: object, restore: Callable[[dict], None] | None = None) -> dict:
+    """Load out/last.pt (if any) into model, optimizer and the NumPy/torch random states, and hand the loaded
+    checkpoint to `restore` for what else a model keeps there (Box2Pix: its loss state); returns the saved
     training state, or `state` when there is no checkpoint."""
     path = Path(out) / "last.pt"
     if not path.exists():
@@ -79,18 +80,22 @@ def resume(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
     optimizer.load_state_dict(checkpoint["optimizer"])
     rng.bit_generator.state = checkpoint["rng"]
     torch.set_rng_state(checkpoint["torch_rng"])
+    if restore is not None:
+        restore(checkpoint)
     print(f"resumed {path} after epoch {checkpoint['state']['epoch']}", flush=True)
     return checkpoint["state"]
 
 
 def resume_or_initialise(args: argparse.Namespace, out: Path, model: torch.nn.Module,
-                         optimizer: torch.optim.Optimizer, state: dict, rng: object) -> dict:
+                         optimizer: torch.optim.Optimizer, state: dict, rng: object,
+                         restore: Callable[[dict], None] | None = None) -> dict:
     """How a training command starts: with --resume and a last.pt in `out`, exactly where that run stopped
-    (`resume`); otherwise, with --init CHECKPOINT, from that checkpoint's weights (a run's or a shipped float16
-    .pt; a fresh optimizer and a learning-rate schedule of --epochs new epochs, so fine-tuning a shipped model
-    needs neither its optimizer state nor its run folder); otherwise from scratch. Returns the training state."""
+    (`resume`, which passes the checkpoint to `restore`); otherwise, with --init CHECKPOINT, from that
+    checkpoint's weights (a run's or a shipped float16 .pt; a fresh optimizer and a learning-rate schedule of
+    --epochs new epochs, so fine-tuning a shipped model needs neither its optimizer state nor its run folder);
+    otherwise from scratch. Returns the training state."""
     if args.resume and (Path(out) / "last.pt").exists():
-        return resume(out, model, optimizer, state, rng)
+        return resume(out, model, optimizer, state, rng, restore)
     if getattr(args, "init", None):
         try:
             checkpoint = torch.load(args.init, weights_only=False)
