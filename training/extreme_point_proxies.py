@@ -2,13 +2,16 @@
 
     python -m training.extreme_point_proxies --models models/extreme_unet_int8.onnx ... [--markdown FILE]
 
-Three sets, reported in one table (mean IoU over objects, at full image resolution):
+Four sets, reported in one table (mean IoU over objects, at full image resolution):
 
 - **street val**: the held-out synthetic street validation crops (in-domain; aIoU at 128 x 128 as in the
   paper, the figure every earlier manifest gives);
 - **real photographs**: eval_sets/real_photos.json, objects in photographs that ship inside installed packages
   (scikit-image, matplotlib) and in the pinned ultralytics wheel that set-up downloads (never installed), with
-  polygons made here (see docs/extreme_points_real_images.md for how);
+  polygons made here (see docs/extreme_points_real_images.md for how): the real TEST set;
+- **real val**: eval_sets/real_photos_val.json, other objects in other photographs, labelled the same way: the set
+  that chooses between training recipes and checkpoints (`--sets real_val street` leaves the test sets out while
+  choosing), so that the test figures are not figures of a selection;
 - **cut-and-paste**: the same real objects, cut out along their polygons, rescaled (long side 48-320 px) and
   pasted, with a half-pixel blended edge, on patches of other held-out photographs (seeded).
 
@@ -38,7 +41,9 @@ from instseg_core.data.textures import HELD_OUT_PHOTOS, photo_patch
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_PHOTOS = REPO / "eval_sets" / "real_photos.json"
-# The ultralytics wheel is downloaded by set-up (pyproject.toml's `photos` group), never installed.
+REAL_PHOTOS_VAL = REPO / "eval_sets" / "real_photos_val.json"
+# The ultralytics, insightface and imgaug wheels are downloaded by set-up (pyproject.toml's `photos` group), never
+# installed.
 PHOTO_WHEELS = REPO / "data" / "photos"
 
 
@@ -188,13 +193,26 @@ def street_val_aiou(model: str | os.PathLike, crops_dir: str | os.PathLike, refi
     return float(metrics.result()["aIoU"])
 
 
+SETS = ("real", "real_val", "cut_and_paste", "street")
+_COLUMNS = {"real": "real photographs (test)", "real_val": "real val", "cut_and_paste": "cut-and-paste",
+            "street": "synthetic street val"}
+
+
 def proxy_table(models: list[str], crops_dir: str | os.PathLike, refine_models: list[str] | None = None,
-                per_object: int = 7, seed: int = 0, names: dict[str, str] | None = None) -> tuple[str, dict]:
-    """Markdown table (rows: methods; columns: the three proxies) and the raw results; `names` renames a
-    model's row (default: its file name)."""
+                per_object: int = 7, seed: int = 0, names: dict[str, str] | None = None,
+                sets: tuple[str, ...] = SETS) -> tuple[str, dict]:
+    """Markdown table (rows: methods; columns: the proxies in `sets`, a subset of SETS) and the raw results;
+    `names` renames a model's row (default: its file name)."""
     names = names or {}
-    real = load_real_photos()
-    pasted = cut_and_paste(real, per_object, seed)
+    objects: dict[str, list[ProxyObject]] = {}
+    if "real" in sets or "cut_and_paste" in sets:
+        real = load_real_photos()
+        if "real" in sets:
+            objects["real"] = real
+        if "cut_and_paste" in sets:
+            objects["cut_and_paste"] = cut_and_paste(real, per_object, seed)
+    if "real_val" in sets:
+        objects["real_val"] = load_real_photos(REAL_PHOTOS_VAL)
     rows: list[tuple[str, Method, Callable[[], float | None]]] = []
     for model in models:
         rows.append((names.get(model, Path(model).name), network_method(model),
@@ -204,19 +222,26 @@ def proxy_table(models: list[str], crops_dir: str | os.PathLike, refine_models: 
                      lambda m=model: street_val_aiou(m, crops_dir, "grabcut")))
     rows.append(("GrabCut from the same points", grabcut_method, lambda: None))
     rows.append(("the points' box as the mask", box_method, lambda: None))
+    columns = [name for name in SETS if name in sets]
     results, lines = {}, []
     for name, method, street in rows:
-        real_result, pasted_result = evaluate(method, real), evaluate(method, pasted)
-        street_value = street()
-        results[name] = {"street_val_aIoU": street_value, "real": real_result, "cut_and_paste": pasted_result}
-        street_text = "" if street_value is None else f"{street_value:.3f}"
-        lines.append(f"| {name} | {real_result['mean_iou']:.3f} | {pasted_result['mean_iou']:.3f} | {street_text} |")
+        row: dict = {key: evaluate(method, objects[key]) for key in columns if key != "street"}
+        row["street_val_aIoU"] = street() if "street" in sets else None
+        results[name] = row
+        cells = [f"{row[key]['mean_iou']:.3f}" if key != "street" else
+                 ("" if row["street_val_aIoU"] is None else f"{row['street_val_aIoU']:.3f}") for key in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    counts = {key: len(found) for key, found in objects.items()}
+    described = {"real": f"{counts.get('real')} objects in real photographs (the test set)",
+                 "real_val": f"{counts.get('real_val')} other objects in other real photographs (the validation set)",
+                 "cut_and_paste": f"{counts.get('cut_and_paste')} cut-and-paste objects (seed {seed})"}
     header = [
-        f"Mean IoU from the 4 extreme points of each ground-truth mask: {len(real)} objects in real photographs, "
-        f"{len(pasted)} cut-and-paste objects (seed {seed}); street val: aIoU of the synthetic val crops at 128 x 128.",
+        "Mean IoU from the 4 extreme points of each ground-truth mask: "
+        + "; ".join(described[key] for key in columns if key != "street")
+        + ("; street val: aIoU of the synthetic val crops at 128 x 128." if "street" in sets else "."),
         "",
-        "| method | real photographs | cut-and-paste | synthetic street val |",
-        "|---|---|---|---|",
+        "| method | " + " | ".join(_COLUMNS[key] for key in columns) + " |",
+        "|---|" + "---|" * len(columns),
     ]
     return "\n".join(header + lines), results
 
@@ -228,8 +253,9 @@ def record(manifest_path: Path, table: str, results: dict) -> None:
     from training.common import git_commit
 
     def figures(row: dict) -> dict:
-        return {"real_photographs": row["real"]["mean_iou"], "cut_and_paste": row["cut_and_paste"]["mean_iou"],
-                "street_val_aIoU": row["street_val_aIoU"], "real_per_object": row["real"]["per_object"]}
+        return {"real_photographs": row["real"]["mean_iou"], "real_val": row["real_val"]["mean_iou"],
+                "cut_and_paste": row["cut_and_paste"]["mean_iou"], "street_val_aIoU": row["street_val_aIoU"],
+                "real_per_object": row["real"]["per_object"], "real_val_per_object": row["real_val"]["per_object"]}
 
     manifest = json.loads(manifest_path.read_text())
     baselines = {name: figures(row) for name, row in results.items() if not name.startswith("extreme_unet")}
@@ -270,6 +296,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--crops", default="data/extreme_points_crops", help="folder with the street val.npz")
     parser.add_argument("--per-object", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS),
+                        help="the proxies to measure (choosing a checkpoint: real_val street)")
     parser.add_argument("--markdown", help="write the table here")
     parser.add_argument("--json", help="write every figure, per object, here")
     parser.add_argument("--record", help="a model manifest (models/extreme_unet.json): the rows of extreme_unet.onnx "
@@ -277,10 +305,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.models and not args.checkpoints:
         parser.error("give --models or --checkpoints")
+    if args.record and set(args.sets) != set(SETS):
+        parser.error("--record needs every set")
     with tempfile.TemporaryDirectory() as scratch:
         exported = export_checkpoints(args.checkpoints, Path(scratch))
         table, results = proxy_table([*args.models, *exported], args.crops, args.refine_models, args.per_object,
-                                     args.seed, dict(zip(exported, args.checkpoints, strict=True)))
+                                     args.seed, dict(zip(exported, args.checkpoints, strict=True)), tuple(args.sets))
     print(table)
     if args.record:
         record(Path(args.record), table, results)

@@ -360,11 +360,11 @@ def prepare(args: argparse.Namespace) -> None:
 def randomise(args: argparse.Namespace) -> None:
     """Writes OUT/crops.npz: `count` domain-randomised object crops drawn with `seed`."""
     start = time.perf_counter()
-    crops = build_randomised_crops(args.count, args.seed, args.jobs, args.truncate)
+    crops = build_randomised_crops(args.count, args.seed, args.jobs, args.truncate, args.neighbours)
     crops.save(Path(args.out) / "crops.npz")
     (Path(args.out) / "manifest.json").write_text(json.dumps(
         {"generator": "instseg_core.data.randomised_objects", "count": args.count, "seed": args.seed,
-         "truncate": args.truncate,
+         "truncate": args.truncate, "neighbours": args.neighbours,
          "commit": git_commit()}, indent=1))
     print(f"{args.out}: {len(crops)} randomised crops (seed {args.seed}) in {time.perf_counter() - start:.0f} s",
           flush=True)
@@ -385,6 +385,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--truncate", type=float, default=0.0,
                    help="share of objects cut by the canvas border (objects at the edge of a camera image)")
+    p.add_argument("--neighbours", type=float, default=0.0,
+                   help="share of objects with 1-2 objects of the same family beside them (behind or in front)")
     p.set_defaults(func=randomise)
     p = sub.add_parser("train")
     p.add_argument("--crops", required=True)

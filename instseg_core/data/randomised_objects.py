@@ -12,6 +12,9 @@ it from its surroundings:
 - the background is another photograph, noise or a smooth gradient; clutter shapes are drawn around the
   border, some with the object's own texture (the same colour as the object right at its edge), a
   cast shadow may darken the ground beside it, occluders may cross it;
+- optionally (`neighbours`), one or two other objects of the same family and about the same size stand right
+  beside it, behind it or in front of it (a pedestrian in a group, cars in a row, people at a table), some in
+  the same appearance: only the four points tell which one is meant;
 - the edge is blended over 0-1.5 pixels, and the whole canvas gets colour, contrast and gamma changes,
   blur, sensor noise, JPEG artefacts or a loss of resolution.
 
@@ -334,13 +337,15 @@ def photometric_jitter(rng: np.random.Generator, image: np.ndarray) -> np.ndarra
     return out
 
 
-def render_object(rng: np.random.Generator, truncate: float = 0.0) -> RandomisedObject:
+def render_object(rng: np.random.Generator, truncate: float = 0.0, neighbours: float = 0.0) -> RandomisedObject:
     """One randomised object on its own canvas; see the module docstring. With probability `truncate` the
     canvas ends inside the object (5-45 % of its extent cut off on one side), as for objects at the border of
-    a camera image: the crop then reaches past the canvas and is zero there, as at inference. Retries
-    internally until the visible object has at least MIN_VISIBLE_PIXELS pixels."""
+    a camera image: the crop then reaches past the canvas and is zero there, as at inference. With
+    probability `neighbours` one or two objects of the same family stand beside it (behind or in front).
+    Retries internally until the visible object has at least MIN_VISIBLE_PIXELS pixels. With both
+    probabilities 0 no random number is drawn for them, so older sets render unchanged."""
     while True:
-        sample = _render_once(rng)
+        sample = _render_once(rng, neighbours)
         if truncate > 0 and rng.random() < truncate:
             sample = _truncated(rng, sample)
         if np.count_nonzero(sample.mask) >= MIN_VISIBLE_PIXELS:
@@ -367,7 +372,40 @@ def _truncated(rng: np.random.Generator, sample: RandomisedObject) -> Randomised
                             sample.full[rows, cols].copy(), sample.kind)
 
 
-def _render_once(rng: np.random.Generator) -> RandomisedObject:
+@dataclass
+class _Neighbour:
+    """An object of the target's family beside it: its colours (h, w, 3), mask (h, w), canvas position."""
+
+    rgb: np.ndarray
+    mask: np.ndarray
+    x: int
+    y: int
+    in_front: bool
+
+
+def _neighbours(rng: np.random.Generator, kind: str, appearance: np.ndarray, ox: int, oy: int, h: int,
+                w: int) -> list[_Neighbour]:
+    """1-2 objects of family `kind`, 0.7-1.25 times the target's (h, w), their centres 0.35-0.95 of its width
+    to the left or right (a third of them: of its height above or below), half of them in front of it; a
+    quarter have the target's own appearance."""
+    found = []
+    for _ in range(int(rng.integers(1, 3))):
+        nh, nw = max(8, int(h * rng.uniform(0.7, 1.25))), max(8, int(w * rng.uniform(0.7, 1.25)))
+        drawing, mask = SILHOUETTES[kind][1](rng, nh, nw)
+        same = rng.random() < 0.25
+        rgb = cv2.resize(appearance, (nw, nh)) if same else _object_appearance(rng, drawing, nh, nw)
+        side = float(rng.choice([-1.0, 1.0]))
+        if rng.random() < 2 / 3:
+            cx = ox + w / 2 + side * w * rng.uniform(0.35, 0.95)
+            cy = oy + h / 2 + h * rng.uniform(-0.15, 0.15)
+        else:
+            cx = ox + w / 2 + w * rng.uniform(-0.15, 0.15)
+            cy = oy + h / 2 + side * h * rng.uniform(0.35, 0.95)
+        found.append(_Neighbour(rgb, mask, int(cx - nw / 2), int(cy - nh / 2), bool(rng.random() < 0.5)))
+    return found
+
+
+def _render_once(rng: np.random.Generator, neighbours: float = 0.0) -> RandomisedObject:
     long_side = float(np.exp(rng.uniform(np.log(24), np.log(320))))
     aspect = float(np.exp(rng.uniform(np.log(0.3), np.log(3.0))))
     h = max(8, int(long_side if aspect < 1 else long_side / aspect))
@@ -389,6 +427,12 @@ def _render_once(rng: np.random.Generator) -> RandomisedObject:
         cx = ox + w / 2 + math.cos(angle) * w * rng.uniform(0.35, 0.7) - cw / 2
         cy = oy + h / 2 + math.sin(angle) * h * rng.uniform(0.35, 0.7) - ch / 2
         _place(canvas, None, look, clutter, int(cx), int(cy))
+    beside = (_neighbours(rng, kind, appearance, ox, oy, h, w)
+              if neighbours > 0 and rng.random() < neighbours else [])
+    edge_sigma = float(rng.choice([0, 0, 0.5, 1.0, 1.5])) if beside else 0.0
+    for neighbour in beside:
+        if not neighbour.in_front:
+            _place(canvas, None, neighbour.rgb, neighbour.mask, neighbour.x, neighbour.y, edge_sigma)
     if rng.random() < 0.3:  # cast shadow on the ground beside the object
         shadow = np.zeros((height, width), np.float32)
         shift = int(rng.uniform(-0.4, 0.4) * w)
@@ -399,6 +443,9 @@ def _render_once(rng: np.random.Generator) -> RandomisedObject:
         canvas *= (1 - rng.uniform(0.3, 0.7) * shadow)[..., None]
     full = _place(canvas, None, appearance, mask, ox, oy, alpha_sigma=float(rng.choice([0, 0, 0.5, 1.0, 1.5])))
     visible = full.copy()
+    for neighbour in beside:
+        if neighbour.in_front:
+            visible &= ~_place(canvas, None, neighbour.rgb, neighbour.mask, neighbour.x, neighbour.y, edge_sigma)
     if rng.random() < 0.35:  # occluders crossing the object
         for _ in range(int(rng.integers(1, 3))):
             kh, kw = int(h * rng.uniform(0.15, 0.6)) + 4, int(w * rng.uniform(0.15, 0.6)) + 4
@@ -408,8 +455,8 @@ def _render_once(rng: np.random.Generator) -> RandomisedObject:
             ky = int(oy + rng.uniform(-0.2, 1.0) * h - kh / 2)
             covered = _place(canvas, None, look, occluder, kx, ky)
             visible &= ~covered
-        if np.count_nonzero(visible) < 0.4 * np.count_nonzero(full):
-            visible = np.zeros_like(full)  # mostly hidden: rejected by render_object
+    if np.count_nonzero(visible) < 0.4 * np.count_nonzero(full):
+        visible = np.zeros_like(full)  # mostly hidden: rejected by render_object
     image = photometric_jitter(rng, canvas)
     return RandomisedObject(image, visible, full, kind)
 
