@@ -138,6 +138,19 @@ def test_grabcut_refinement_moves_a_blurred_border_to_the_edge() -> None:
     assert proxies.iou(alone, truth) > 0.9
 
 
+def test_grabcut_gives_the_same_mask_every_time() -> None:
+    """GrabCut's k-means start draws from OpenCV's random generator; seeded, the baseline is reproducible
+    whatever ran before it (unseeded, this crop's mask changed from call to call)."""
+    image, _, points = _disc_crop()
+    rng = np.random.default_rng(1)
+    image = np.clip(image.astype(np.int16) + rng.integers(-60, 60, image.shape), 0, 255).astype(np.uint8)
+    first = grabcut_from_points(image, points)
+    cv2.randu(np.zeros((64, 64), np.float32), 0, 1)  # moves OpenCV's generator on, as other calls would
+    assert np.array_equal(first, grabcut_from_points(image, points))
+    probability = np.full((CROP_SIZE, CROP_SIZE), 0.5, np.float32)
+    assert np.array_equal(grabcut_refine(image, probability, points), grabcut_refine(image, probability, points))
+
+
 def test_segmenter_refine_option() -> None:
     with pytest.raises(ValueError, match="refine"):
         create_annotation_segmenter(MODELS / "extreme_unet.onnx", refine="magic")
@@ -208,8 +221,8 @@ def test_cut_and_paste_is_seeded_and_keeps_the_object(real_objects: list[proxies
 def test_shipped_default_model_on_the_real_set(real_objects: list[proxies.ProxyObject]) -> None:
     """The shipped int8 default keeps the figure its manifest claims on the real photographs (within 0.01), meets
     issue 15's first target (0.70), and beats GrabCut from the same points, the model it replaced (both recorded
-    in the same run) and the points' box. (The second target, GrabCut + 0.10, is not reached yet: see
-    docs/extreme_points_real_images.md.)"""
+    in the same run) and the points' box. (The second target, GrabCut + 0.10, is reached on the validation set
+    but not on this one: see docs/extreme_points_real_images.md.)"""
     manifest = json.loads((MODELS / "extreme_unet_int8.json").read_text())
     claimed = manifest["proxies"]["real_photographs"]
     measured = proxies.evaluate(proxies.network_method(MODELS / "extreme_unet_int8.onnx"), real_objects)
@@ -220,3 +233,17 @@ def test_shipped_default_model_on_the_real_set(real_objects: list[proxies.ProxyO
     assert measured["mean_iou"] >= 0.70
     assert measured["mean_iou"] > baselines["GrabCut from the same points"]["real_photographs"] + 0.05
     assert measured["mean_iou"] > baselines["the points' box as the mask"]["real_photographs"]
+
+
+def test_shipped_default_model_on_the_real_validation_set() -> None:
+    """On the validation photographs (cluttered: people overlapping at a card table) the shipped int8 default keeps
+    its claimed figure (within 0.01), reaches 0.70 and GrabCut + 0.10 from the same points."""
+    manifest = json.loads((MODELS / "extreme_unet_int8.json").read_text())
+    claimed = manifest["proxies"]["real_val"]
+    validation = proxies.load_real_photos(proxies.REAL_PHOTOS_VAL)
+    measured = proxies.evaluate(proxies.network_method(MODELS / "extreme_unet_int8.onnx"), validation)
+    assert abs(measured["mean_iou"] - claimed) < 0.01, (measured["mean_iou"], claimed)
+    grabcut = proxies.evaluate(proxies.grabcut_method, validation)["mean_iou"]
+    assert abs(grabcut - manifest["proxies"]["baselines"]["GrabCut from the same points"]["real_val"]) < 1e-6
+    assert measured["mean_iou"] >= 0.70
+    assert measured["mean_iou"] >= grabcut + 0.10
