@@ -113,7 +113,8 @@ train-extreme: setup
 		images seed 0, val=100 images seed 1 (held out); randomised object crops: 20000 seed 0, 6000 seed 2 \
 		(truncate 0.5), val 1000 seed 1"
 	$(PY) -m training.extreme_point_proxies --models models/extreme_unet.onnx models/extreme_unet_int8.onnx \
-		--refine-models models/extreme_unet_int8.onnx --crops $(EXTREME_CROPS) --record models/extreme_unet.json \
+		--unflipped-models models/extreme_unet_int8.onnx --refine-models models/extreme_unet_int8.onnx \
+		--crops $(EXTREME_CROPS) --record models/extreme_unet.json \
 		--markdown docs/extreme_points_proxies.md
 	$(PY) -m training.derive_models --only extreme_unet_int8.onnx
 

@@ -67,11 +67,13 @@ def in_process(model_path: Path, rgb: np.ndarray, points: list[np.ndarray], repe
     if int8_path.is_file():
         backends.append(("ONNX Runtime int8 QDQ (2 threads)",
                          lambda: create_annotation_segmenter(int8_path, threads=2)))
+        backends.append(("ONNX Runtime int8 QDQ, one pass (flip none)",
+                         lambda: create_annotation_segmenter(int8_path, threads=2, flip="none")))
         backends.append(("ONNX Runtime int8 QDQ + GrabCut refinement",
                          lambda: create_annotation_segmenter(int8_path, threads=2, refine="grabcut")))
     if previous is not None:
-        backends.append((f"ONNX Runtime, previous model {previous.name}",
-                         lambda: create_annotation_segmenter(previous, threads=2)))
+        backends.append((f"ONNX Runtime, previous model {previous.name} (one pass, as it shipped)",
+                         lambda: create_annotation_segmenter(previous, threads=2, flip="none")))
     backends.append(("PyTorch eager fp32 (2 threads)", lambda: annotation_segmenter_from_module(
         ExtremeUNet(create_annotation_segmenter(model_path).channels), threads=2)))
     rows, medians = [], {}
@@ -202,8 +204,8 @@ def main() -> None:
     default = int8 if int8.is_file() else args.model
     every = ("frame_full", "frame_crop", "cached_crop")
     rows = service_rows(f"{default.name}", service(default, rgb, points, args.requests), every)
-    rows += service_rows(f"{default.name}, glibc malloc defaults in the node",
-                         service(default, rgb, points, args.requests, allocator_defaults=True), every)
+    rows += service_rows(f"{default.name}, one pass (flip:=none)",
+                         service(default, rgb, points, args.requests, ("flip:=none",)), every)
     if default != args.model:
         rows += service_rows(args.model.name, service(args.model, rgb, points, args.requests), ("frame_crop",))
     transports = os.environ["FASTDDS_BUILTIN_TRANSPORTS"]

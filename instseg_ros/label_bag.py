@@ -245,6 +245,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="a path, or a file name in the model folders; default: the shipped extreme_unet_int8.onnx")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--polygon-tolerance", type=float, default=1.0)
+    parser.add_argument("--flip", choices=("union", "none"), default="union",
+                        help="union: also segment the mirrored crop and keep the larger probability per pixel "
+                             "(default; ~3 ms more per object); none: one network pass")
     parser.add_argument("--refine", choices=("none", "grabcut"), default="none",
                         help="GrabCut refinement of the network's border (instseg_core.annotate.refine)")
     parser.add_argument("--split", default="train", choices=["train", "val", "test"])
@@ -260,7 +263,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         clicks = parse_clicks(json.loads(args.clicks.read_text()))
         segmenter = create_annotation_segmenter(args.model_file, threads=args.threads,
-                                                polygon_tolerance=args.polygon_tolerance, refine=args.refine)
+                                                polygon_tolerance=args.polygon_tolerance, refine=args.refine,
+                                                flip=args.flip)
         summary = label_bag(args.bag, args.topic, clicks, args.out, segmenter, split=args.split, city=args.city,
                             progress=not args.quiet, skip_bad=args.skip_bad, overwrite=args.overwrite)
     except (LabelError, ModelFileError, OSError, json.JSONDecodeError) as exc:

@@ -61,7 +61,7 @@ def make_segmenter(args: argparse.Namespace) -> object:
                 raise
             print(f"instseg-studio: {exc}; segmenting in-process instead", file=sys.stderr, flush=True)
     return InProcessSegmenter(create_annotation_segmenter(args.model_file, threads=args.threads, spin_wait=False,
-                                                          refine=args.refine))
+                                                          refine=args.refine, flip=args.flip))
 
 
 def build_studio(args: argparse.Namespace) -> object:
@@ -122,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--labels", default=None, help="file of class names, one per line")
     parser.add_argument("--proposals", default=None, choices=("spatial_embeddings", "box2pix", "dcme"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--flip", choices=("union", "none"), default="union",
+                        help="union: also segment the mirrored crop and keep the larger probability per pixel "
+                             "(default; ~3 ms more per object); none: one network pass")
     parser.add_argument("--refine", choices=("none", "grabcut"), default="none",
                         help="in-process: GrabCut refinement of the network's border (the service has its own "
                              "`refine` parameter)")

@@ -265,6 +265,28 @@ def test_batch_equals_single_calls(untrained: tuple[ExtremeUNet, Path]) -> None:
         segmenter.segment(image.astype(np.float32), objects[0])
 
 
+def test_flip_union_takes_the_larger_probability_of_crop_and_mirror() -> None:
+    """flip "union" (the default): per pixel, the larger of the network's probability on the crop and on its mirror
+    image mirrored back, so its mask holds the one-pass mask; a bad value is refused."""
+    union = create_annotation_segmenter("extreme_unet_int8.onnx", threads=1)
+    single = create_annotation_segmenter("extreme_unet_int8.onnx", threads=1, flip="none")
+    assert union.flip == "union" and single.flip == "none"
+    rng = np.random.default_rng(3)
+    image = np.clip(rng.normal(90, 20, (200, 260, 3)), 0, 255).astype(np.uint8)
+    cv2.ellipse(image, (120, 100), (70, 40), 20, 0, 360, (210, 170, 60), -1)
+    points = np.array([[50, 100], [120, 60], [190, 100], [120, 140]], np.float64)
+    box = crop_box(points)
+    inputs = encode(crop(image, box), points_in_crop(points, box), channels=union.channels)[None]
+    mirrored = single.probabilities(np.ascontiguousarray(inputs[..., ::-1]))[..., ::-1]
+    np.testing.assert_allclose(union.crop_probabilities(inputs), np.maximum(single.probabilities(inputs), mirrored),
+                               atol=1e-6)
+    assert not np.allclose(mirrored, single.probabilities(inputs), atol=1e-3)  # the mirror sees something else
+    with_union, one_pass = union.segment(image, points), single.segment(image, points)
+    assert not np.any(one_pass.mask & ~with_union.mask)
+    with pytest.raises(ValueError, match="flip"):
+        create_annotation_segmenter("extreme_unet_int8.onnx", flip="both")
+
+
 def test_crop_set_from_polygons_counts_signs_and_lights(synthetic_tree: Path) -> None:
     crops = build_crops(synthetic_tree, "val")
     assert len(crops) > 10 and crops.images.shape[1:] == (128, 128, 3) and crops.masks.max() == 1

@@ -222,8 +222,8 @@ def test_cut_and_paste_is_seeded_and_keeps_the_object(real_objects: list[proxies
 def test_shipped_default_model_on_the_real_set(real_objects: list[proxies.ProxyObject]) -> None:
     """The shipped int8 default keeps the figure its manifest claims on the real photographs (within 0.01), meets
     issue 15's first target (0.70), and beats GrabCut from the same points, the model it replaced (both recorded
-    in the same run) and the points' box. (The second target, GrabCut + 0.10, is reached on the validation set
-    but not on this one: see docs/extreme_points_real_images.md.)"""
+    in the same run) and the points' box, with the pipeline's default flip union. (The second target, GrabCut +
+    0.10, is reached on the validation set but not quite on this one: see docs/extreme_points_real_images.md.)"""
     manifest = json.loads((MODELS / "extreme_unet_int8.json").read_text())
     claimed = manifest["proxies"]["real_photographs"]
     measured = proxies.evaluate(proxies.network_method(MODELS / "extreme_unet_int8.onnx"), real_objects)
@@ -232,7 +232,7 @@ def test_shipped_default_model_on_the_real_set(real_objects: list[proxies.ProxyO
     previous = baselines.get("previous_extreme_unet_int8.onnx", {"real_photographs": 0.593})  # measured 2026-12-02
     assert measured["mean_iou"] > previous["real_photographs"] + 0.03
     assert measured["mean_iou"] >= 0.70
-    assert measured["mean_iou"] > baselines["GrabCut from the same points"]["real_photographs"] + 0.05
+    assert measured["mean_iou"] > baselines["GrabCut from the same points"]["real_photographs"] + 0.08
     assert measured["mean_iou"] > baselines["the points' box as the mask"]["real_photographs"]
 
 

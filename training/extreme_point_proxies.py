@@ -131,10 +131,10 @@ def cut_and_paste(objects: list[ProxyObject], per_object: int = 7, seed: int = 0
 Method = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def network_method(model: str | os.PathLike, refine: str = "none") -> Method:
+def network_method(model: str | os.PathLike, refine: str = "none", flip: str = "union") -> Method:
     from instseg_core.annotate.segmenter import create_annotation_segmenter
 
-    segmenter = create_annotation_segmenter(model, refine=refine)
+    segmenter = create_annotation_segmenter(model, refine=refine, flip=flip)
     return lambda image, points: segmenter.segment(image, points).mask
 
 
@@ -170,22 +170,24 @@ def evaluate(method: Method, objects: list[ProxyObject]) -> dict:
     return {"mean_iou": float(np.mean(list(scores.values()))), "objects": len(scores), "per_object": scores}
 
 
-def street_val_aiou(model: str | os.PathLike, crops_dir: str | os.PathLike, refine: str = "none") -> float:
-    """aIoU at 128 x 128 on the synthetic street validation crops (CropSet val.npz), as in the manifests."""
+def street_val_aiou(model: str | os.PathLike, crops_dir: str | os.PathLike, refine: str = "none",
+                    flip: str = "union") -> float:
+    """aIoU at 128 x 128 on the synthetic street validation crops (CropSet val.npz), with the pipeline's flip
+    (see ExtremePointSegmenter; the training history's figures are without it)."""
     from instseg_core.annotate.refine import grabcut_refine
     from instseg_core.annotate.segmenter import create_annotation_segmenter
     from instseg_core.eval.binary_metrics import BinarySegmentationMetrics
     from training.extreme_point_crops import CropSet
     from training.extreme_points import batch_inputs, class_name, variant_of
 
-    segmenter = create_annotation_segmenter(model)
+    segmenter = create_annotation_segmenter(model, flip=flip)
     variant = variant_of(segmenter.channels)
     crops = CropSet.load(Path(crops_dir) / "val.npz")
     metrics = BinarySegmentationMetrics()
     for start in range(0, len(crops), 32):
         index = np.arange(start, min(start + 32, len(crops)))
         x, y = batch_inputs(crops, index, variant, None)
-        probability = segmenter.probabilities(np.ascontiguousarray(x.numpy()))
+        probability = segmenter.crop_probabilities(np.ascontiguousarray(x.numpy()))
         if refine == "grabcut":
             probability = np.stack([grabcut_refine(crops.images[i], p, crops.points[i])
                                     for i, p in zip(index, probability, strict=True)])
@@ -200,9 +202,10 @@ _COLUMNS = {"real": "real photographs (test)", "real_val": "real val", "cut_and_
 
 def proxy_table(models: list[str], crops_dir: str | os.PathLike, refine_models: list[str] | None = None,
                 per_object: int = 7, seed: int = 0, names: dict[str, str] | None = None,
-                sets: tuple[str, ...] = SETS) -> tuple[str, dict]:
+                sets: tuple[str, ...] = SETS, unflipped_models: list[str] | None = None) -> tuple[str, dict]:
     """Markdown table (rows: methods; columns: the proxies in `sets`, a subset of SETS) and the raw results;
-    `names` renames a model's row (default: its file name)."""
+    `names` renames a model's row (default: its file name). Networks run as the pipeline runs them (flip union);
+    `unflipped_models` get rows without it."""
     names = names or {}
     objects: dict[str, list[ProxyObject]] = {}
     if "real" in sets or "cut_and_paste" in sets:
@@ -217,6 +220,9 @@ def proxy_table(models: list[str], crops_dir: str | os.PathLike, refine_models: 
     for model in models:
         rows.append((names.get(model, Path(model).name), network_method(model),
                      lambda m=model: street_val_aiou(m, crops_dir)))
+    for model in unflipped_models or []:
+        rows.append((f"{names.get(model, Path(model).name)} without the flip union", network_method(model, flip="none"),
+                     lambda m=model: street_val_aiou(m, crops_dir, flip="none")))
     for model in refine_models or []:
         rows.append((f"{Path(model).name} + GrabCut refinement", network_method(model, "grabcut"),
                      lambda m=model: street_val_aiou(m, crops_dir, "grabcut")))
@@ -293,6 +299,8 @@ def main(argv: list[str] | None = None) -> None:
                              "fp32 graph and measured as a row named RUN/FILE")
     parser.add_argument("--refine-models", nargs="*", default=[],
                         help="graphs also evaluated with GrabCut refinement")
+    parser.add_argument("--unflipped-models", nargs="*", default=[],
+                        help="graphs also evaluated without the flip union (one network pass per object)")
     parser.add_argument("--crops", default="data/extreme_points_crops", help="folder with the street val.npz")
     parser.add_argument("--per-object", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
@@ -310,7 +318,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         exported = export_checkpoints(args.checkpoints, Path(scratch))
         table, results = proxy_table([*args.models, *exported], args.crops, args.refine_models, args.per_object,
-                                     args.seed, dict(zip(exported, args.checkpoints, strict=True)), tuple(args.sets))
+                                     args.seed, dict(zip(exported, args.checkpoints, strict=True)), tuple(args.sets),
+                                     args.unflipped_models)
     print(table)
     if args.record:
         record(Path(args.record), table, results)
