@@ -206,6 +206,8 @@ def main() -> None:
     rows = service_rows(f"{default.name}", service(default, rgb, points, args.requests), every)
     rows += service_rows(f"{default.name}, one pass (flip:=none)",
                          service(default, rgb, points, args.requests, ("flip:=none",)), every)
+    rows += service_rows(f"{default.name}, glibc malloc defaults in the node",
+                         service(default, rgb, points, args.requests, allocator_defaults=True), ("frame_crop",))
     if default != args.model:
         rows += service_rows(args.model.name, service(args.model, rgb, points, args.requests), ("frame_crop",))
     transports = os.environ["FASTDDS_BUILTIN_TRANSPORTS"]

@@ -49,6 +49,7 @@ def variant_of(channels: int) -> str:
     """The variant whose network takes `channels` input channels."""
     return {c: v for v, c in VARIANTS.items()}[channels]
 
+
 def class_name(index: int) -> str:
     return "randomised" if index == RANDOMISED_CLASS else ANNOTATION_CLASSES[index]
 
