@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -21,6 +23,7 @@ from instseg_core.annotate.encoding import (
     points_in_crop,
 )
 from instseg_core.annotate.segmenter import (
+    DEFAULT_RELAX_FRACTION,
     AnnotationError,
     ErrorCode,
     annotation_segmenter_from_module,
@@ -192,6 +195,24 @@ def test_model_load_errors_name_the_path(tmp_path: Path) -> None:
     corrupt.write_bytes(b"\x08\x01garbage" * 100)
     with pytest.raises(ModelFileError, match=r"corrupt\.onnx"):
         create_annotation_segmenter(corrupt)
+
+
+def test_crop_relaxation_comes_from_the_manifest(untrained: tuple[ExtremeUNet, Path], tmp_path: Path) -> None:
+    """The pipeline crops with the margin the graph's manifest names (crop_relax), 10 % without one, an explicit
+    option wins, and a manifest with a value that is not a fraction is refused naming the file."""
+    graph = tmp_path / "graph.onnx"
+    shutil.copyfile(untrained[1], graph)
+    assert create_annotation_segmenter(graph).relax[0] == DEFAULT_RELAX_FRACTION == 0.1
+    graph.with_suffix(".json").write_text(json.dumps({"model": "extreme_unet", "crop_relax": 0.2}))
+    assert create_annotation_segmenter(graph).relax[0] == 0.2
+    assert create_annotation_segmenter(graph, relax_fraction=0.15).relax[0] == 0.15
+    for bad in ("0.2", 0, 1.5, True, None):
+        graph.with_suffix(".json").write_text(json.dumps({"crop_relax": bad}))
+        with pytest.raises(ModelFileError, match=r"graph\.json: crop_relax"):
+            create_annotation_segmenter(graph)
+    graph.with_suffix(".json").write_text("{not json")
+    with pytest.raises(ModelFileError, match=r"graph\.json"):
+        create_annotation_segmenter(graph)
 
 
 def test_onnx_runtime_matches_pytorch(untrained: tuple[ExtremeUNet, Path]) -> None:

@@ -103,6 +103,21 @@ def test_build_crops_limit(synthetic_tree: Path) -> None:
     assert len(build_crops(synthetic_tree, "train", limit=1)) < len(build_crops(synthetic_tree, "train"))
 
 
+def test_build_crops_relaxation_range(synthetic_tree: Path) -> None:
+    """A relaxation range cuts the same objects with margins drawn from it (seeded); the default is the fixed 10 %."""
+    fixed = build_crops(synthetic_tree, "val")
+    assert all(np.array_equal(getattr(fixed, k), getattr(build_crops(synthetic_tree, "val", relax=(0.1, 0.1)), k))
+               for k in ("images", "masks", "points"))
+    wide = build_crops(synthetic_tree, "val", relax=(0.1, 0.3))
+    again = build_crops(synthetic_tree, "val", relax=(0.1, 0.3))
+    assert np.array_equal(wide.images, again.images) and np.array_equal(wide.classes, fixed.classes)
+    # a wider margin shows the object smaller in the 128 x 128 crop, never larger
+    wide_span, fixed_span = ((p.max(axis=1) - p.min(axis=1)).max(axis=1) for p in (wide.points, fixed.points))
+    assert np.all(wide_span <= fixed_span + 0.5) and np.mean(wide_span < fixed_span - 2) > 0.5
+    with pytest.raises(ValueError, match="relaxation range"):
+        build_crops(synthetic_tree, "val", relax=(0.3, 0.1))
+
+
 def test_randomised_crops_train_and_ship(crops_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The issue-15 path in small: randomised crops (with truncation) rendered by the command, training on them
     beside the street crops with photometric jitter and an extra validation set, then `ship`: float16 ONNX and

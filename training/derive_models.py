@@ -18,7 +18,8 @@ re-derive and compare):
 - `extreme_unet.onnx` (float32): the Casts folded back into float32 initializers;
 - `extreme_unet_int8.onnx`, the annotation default, and its manifest: static int8 QDQ quantisation of
   `extreme_unet.onnx` like the streaming models', calibrated on EXTREME_CALIBRATION domain-randomised object
-  crops (instseg_core.data.randomised_objects, rendered in memory in a few seconds); its held-out figures come
+  crops (instseg_core.data.randomised_objects, rendered in memory in a few seconds, cut with the manifest's
+  crop_relax as the pipeline cuts them); its held-out figures come
   from the float manifest's `int8` entry.
 
 `python -m training.derive_models --evaluate-int8 DATA` scores the float32 and int8 graphs of each streaming
@@ -157,18 +158,21 @@ def quantize_streaming_model(model: str, source: Path, out: Path) -> None:
 def quantize_extreme_model(source: Path, out: Path) -> None:
     """`extreme_unet_int8.onnx` and its manifest from the float32 `extreme_unet.onnx` (see the module docstring)."""
     from instseg_core.annotate.encoding import encode
+    from instseg_core.annotate.segmenter import DEFAULT_RELAX_FRACTION
     from training.extreme_point_crops import randomised_crops
 
     manifest = json.loads(source.with_suffix(".json").read_text())
     int8_entry = manifest.get("int8", {})
     settings = {**EXTREME_CALIBRATION, **int8_entry.get("calibration", {})}
-    images, _, points = randomised_crops(settings["seed"], 0, settings["randomised_crops"])
+    relax = float(manifest.get("crop_relax", DEFAULT_RELAX_FRACTION))  # cut as the pipeline will cut them
+    images, _, points = randomised_crops(settings["seed"], 0, settings["randomised_crops"], relax=(relax, relax))
     channels = int(manifest["input"][1])  # 4, or 5 with the colour prior
     inputs = [encode(image, point, channels=channels)[None] for image, point in zip(images, points, strict=True)]
     quantize_onnx(source, out, inputs, input_name="input")
     int8_manifest = {**manifest, "precision": "int8",
                      "quantisation": {"source": source.name, "format": "static QDQ, per-channel int8 weights, "
-                                      "uint8 activations, MinMax calibration", "calibration": settings,
+                                      "uint8 activations, MinMax calibration",
+                                      "calibration": {**settings, "crop_relax": relax},
                                       "derived_by": "python -m training.derive_models"},
                      **{key: value for key, value in int8_entry.items() if key != "calibration"}}
     int8_manifest.pop("int8", None)

@@ -57,10 +57,25 @@ class CropSet:
             return cls(data["images"], data["masks"], data["points"], data["classes"], data["areas"])
 
 
-def build_crops(root: str | os.PathLike | None, split: str, *, min_area: int = 150, relax_fraction: float = 0.1,
-                relax_min: float = 4.0, limit: int | None = None) -> CropSet:
-    """Crops of every visible object of the 9 classes in a split (at most `limit` images)."""
+RELAX_SEED = 7  # the stream of relaxation fractions (`relax` ranges), apart from every other random draw
+
+
+def relax_fractions(relax: tuple[float, float], *key: int) -> np.random.Generator | None:
+    """None for a fixed relaxation (low == high), else the Generator of the fractions drawn for `key`."""
+    low, high = relax
+    if not 0.0 <= low <= high:
+        raise ValueError(f"the relaxation range must be 0 <= low <= high, not {relax}")
+    return None if low == high else np.random.default_rng(np.random.SeedSequence([RELAX_SEED, *key]))
+
+
+def build_crops(root: str | os.PathLike | None, split: str, *, min_area: int = 150,
+                relax: tuple[float, float] = (0.1, 0.1), relax_min: float = 4.0, limit: int | None = None
+                ) -> CropSet:
+    """Crops of every visible object of the 9 classes in a split (at most `limit` images). Each crop box is
+    relaxed by a fraction drawn uniformly from `relax` (low, high) of the points' box, seeded (RELAX_SEED, so the
+    crops are reproducible); (0.1, 0.1), the default, is the pipeline's fixed 10 %."""
     images, masks, points, classes, areas = [], [], [], [], []
+    fractions = relax_fractions(relax)
     dataset = CityscapesDataset(root, split)
     for sample in list(dataset)[:limit]:
         height, width, objects = read_polygons(sample.paths["polygons"])
@@ -73,7 +88,8 @@ def build_crops(root: str | os.PathLike | None, split: str, *, min_area: int = 1
             if area < min_area:
                 continue
             extreme = extreme_points_from_mask(mask)
-            box = crop_box(extreme, relax_fraction, relax_min)
+            fraction = relax[0] if fractions is None else float(fractions.uniform(*relax))
+            box = crop_box(extreme, fraction, relax_min)
             images.append(crop(image, box))
             masks.append((crop(mask.astype(np.float32), box) > 0.5).astype(np.uint8))
             points.append(points_in_crop(extreme, box))
@@ -86,10 +102,11 @@ def build_crops(root: str | os.PathLike | None, split: str, *, min_area: int = 1
                    np.asarray(classes, np.int16), np.asarray(areas, np.int32))
 
 
-def randomised_crops(seed: int, start: int, count: int, truncate: float = 0.0, neighbours: float = 0.0
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def randomised_crops(seed: int, start: int, count: int, truncate: float = 0.0, neighbours: float = 0.0,
+                     relax: tuple[float, float] = (0.1, 0.1)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Samples start..start+count-1 of the set drawn with `seed` (`truncate`, `neighbours`: see render_object),
-    cropped as at inference:
+    cropped as at inference, with the relaxation fraction drawn from `relax` (see build_crops; the draw is apart
+    from the sample's own Generator, so a range changes only the crop window, never the rendered object):
     images (N, 128, 128, 3) uint8, masks (N, 128, 128) uint8 0/1, points (N, 4, 2) float32 crop pixels."""
     from instseg_core.data.randomised_objects import render_object, sample_rng
 
@@ -97,7 +114,8 @@ def randomised_crops(seed: int, start: int, count: int, truncate: float = 0.0, n
     for index in range(start, start + count):
         sample = render_object(sample_rng(seed, index), truncate, neighbours)
         extreme = extreme_points_from_mask(sample.mask)
-        box = crop_box(extreme)
+        fractions = relax_fractions(relax, seed, index)
+        box = crop_box(extreme, relax[0] if fractions is None else float(fractions.uniform(*relax)))
         images.append(crop(sample.image, box))
         masks.append((crop(sample.mask.astype(np.float32), box) > 0.5).astype(np.uint8))
         points.append(points_in_crop(extreme, box))
@@ -108,7 +126,7 @@ RANDOMISED_CLASS = -1  # CropSet.classes of a domain-randomised object (no stree
 
 
 def build_randomised_crops(count: int, seed: int, jobs: int = 1, truncate: float = 0.0,
-                           neighbours: float = 0.0) -> CropSet:
+                           neighbours: float = 0.0, relax: tuple[float, float] = (0.1, 0.1)) -> CropSet:
     """`count` domain-randomised object crops (instseg_core.data.randomised_objects) drawn with `seed`,
     rendered in `jobs` processes; identical for any `jobs` (every sample has its own seeded Generator)."""
     from concurrent.futures import ProcessPoolExecutor
@@ -119,9 +137,9 @@ def build_randomised_crops(count: int, seed: int, jobs: int = 1, truncate: float
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as pool:
             parts = list(pool.map(randomised_crops, [seed] * len(starts), starts, sizes, [truncate] * len(starts),
-                                  [neighbours] * len(starts)))
+                                  [neighbours] * len(starts), [relax] * len(starts)))
     else:
-        parts = [randomised_crops(seed, start, size, truncate, neighbours)
+        parts = [randomised_crops(seed, start, size, truncate, neighbours, relax)
                  for start, size in zip(starts, sizes, strict=True)]
     images, masks, points = (np.concatenate([part[k] for part in parts]) for k in range(3))
     areas = np.full(count, 0, np.int32)

@@ -27,7 +27,11 @@ import numpy as np
 import torch
 
 from instseg_core.annotate.encoding import encode
-from instseg_core.annotate.segmenter import annotation_segmenter_from_module, create_annotation_segmenter
+from instseg_core.annotate.segmenter import (
+    DEFAULT_RELAX_FRACTION,
+    annotation_segmenter_from_module,
+    create_annotation_segmenter,
+)
 from instseg_core.eval.binary_metrics import BinarySegmentationMetrics
 from instseg_core.losses.binary_mask import LOSSES
 from instseg_core.networks.extreme_unet import ExtremeUNet, SigmoidOutput, deployable
@@ -194,7 +198,9 @@ def export(args: argparse.Namespace) -> Path:
         "model": "extreme_unet", "variant": checkpoint["variant"], "input": [1, channels, 128, 128],
         "input_encoding": "RGB (v/255-0.5)/0.25" + (" + extreme-point circles r=4" if channels >= 4 else "")
                           + (" + colour prior (16 bins per channel)" if channels == 5 else ""),
-        "output": "foreground probability (1, 1, 128, 128)", "best_epoch": checkpoint["epoch"],
+        "output": "foreground probability (1, 1, 128, 128)",
+        "crop_relax": getattr(args, "crop_relax", DEFAULT_RELAX_FRACTION),
+        "best_epoch": checkpoint["epoch"],
         "averaged_epochs": checkpoint.get("averaged_epochs"),
         "val_metrics": {k: v for k, v in checkpoint["metrics"].items() if k != "border_histogram"},
         "training": {"config": history["config"], "epochs_run": history["epoch"],
@@ -261,7 +267,8 @@ def ship(args: argparse.Namespace) -> None:
     models = Path(args.models)
     with tempfile.TemporaryDirectory() as scratch:
         fp32 = export(argparse.Namespace(run=args.run, out=Path(scratch) / "extreme_unet.onnx",
-                                         data_note=args.data_note, checkpoint=args.checkpoint))
+                                         data_note=args.data_note, checkpoint=args.checkpoint,
+                                         crop_relax=args.crop_relax))
         store_weights_as_float16(fp32, models / "extreme_unet.fp16.onnx")
         manifest = json.loads(fp32.with_suffix(".json").read_text())
     earlier = models / "extreme_unet.json"
@@ -351,7 +358,7 @@ def prepare(args: argparse.Namespace) -> None:
     out = Path(args.out)
     for split in ("train", "val"):
         start = time.perf_counter()
-        crops = build_crops(args.data, split, min_area=args.min_area)
+        crops = build_crops(args.data, split, min_area=args.min_area, relax=tuple(args.relax))
         crops.save(out / f"{split}.npz")
         counts = np.bincount(crops.classes, minlength=len(ANNOTATION_CLASSES))
         print(f"{split}: {len(crops)} crops in {time.perf_counter() - start:.0f} s; "
@@ -361,14 +368,21 @@ def prepare(args: argparse.Namespace) -> None:
 def randomise(args: argparse.Namespace) -> None:
     """Writes OUT/crops.npz: `count` domain-randomised object crops drawn with `seed`."""
     start = time.perf_counter()
-    crops = build_randomised_crops(args.count, args.seed, args.jobs, args.truncate, args.neighbours)
+    crops = build_randomised_crops(args.count, args.seed, args.jobs, args.truncate, args.neighbours,
+                                   tuple(args.relax))
     crops.save(Path(args.out) / "crops.npz")
     (Path(args.out) / "manifest.json").write_text(json.dumps(
         {"generator": "instseg_core.data.randomised_objects", "count": args.count, "seed": args.seed,
-         "truncate": args.truncate, "neighbours": args.neighbours,
+         "truncate": args.truncate, "neighbours": args.neighbours, "relax": list(args.relax),
          "commit": git_commit()}, indent=1))
     print(f"{args.out}: {len(crops)} randomised crops (seed {args.seed}) in {time.perf_counter() - start:.0f} s",
           flush=True)
+
+
+CROP_RELAX_HELP = ("the crop relaxation fraction the pipeline runs this network with, recorded in the manifest as "
+                   "crop_relax (create_annotation_segmenter reads it)")
+RELAX_HELP = ("the crop box's relaxation margin, a fraction of the points' box drawn uniformly per object from "
+              "[LOW, HIGH] (seeded); default 0.1 0.1, the pipeline's fixed 10 %%")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -378,6 +392,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--min-area", type=int, default=150)
+    p.add_argument("--relax", type=float, nargs=2, default=[0.1, 0.1], metavar=("LOW", "HIGH"), help=RELAX_HELP)
     p.set_defaults(func=prepare)
     p = sub.add_parser("randomise", help="render domain-randomised object crops (training data, or its own val)")
     p.add_argument("--out", required=True)
@@ -388,6 +403,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="share of objects cut by the canvas border (objects at the edge of a camera image)")
     p.add_argument("--neighbours", type=float, default=0.0,
                    help="share of objects with 1-2 objects of the same family beside them (behind or in front)")
+    p.add_argument("--relax", type=float, nargs=2, default=[0.1, 0.1], metavar=("LOW", "HIGH"), help=RELAX_HELP)
     p.set_defaults(func=randomise)
     p = sub.add_parser("train")
     p.add_argument("--crops", required=True)
@@ -420,6 +436,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--data-note", default="")
     p.add_argument("--checkpoint", default="best.pt", help="a checkpoint file of the run (e.g. averaged.pt)")
+    p.add_argument("--crop-relax", type=float, default=DEFAULT_RELAX_FRACTION, help=CROP_RELAX_HELP)
     p.set_defaults(func=export)
     p = sub.add_parser("ship", help="the run's best checkpoint into models/ as shipped (float16 ONNX + manifest), "
                                     "then derive fp32 and int8 as set-up does")
@@ -427,6 +444,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", default="models")
     p.add_argument("--data-note", default="")
     p.add_argument("--checkpoint", default="best.pt", help="a checkpoint file of the run (e.g. averaged.pt)")
+    p.add_argument("--crop-relax", type=float, default=DEFAULT_RELAX_FRACTION, help=CROP_RELAX_HELP)
     p.set_defaults(func=ship)
     p = sub.add_parser("average", help="average the weights of some epochs of a run (batch-norm statistics "
                                        "re-estimated on training crops) into RUN/averaged.pt")

@@ -14,10 +14,12 @@ SigmoidOutput (`annotation_segmenter_from_module`, for training, parity checks a
 from __future__ import annotations
 
 import enum
+import json
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,12 +35,15 @@ from instseg_core.annotate.encoding import (
 )
 from instseg_core.annotate.refine import grabcut_refine
 from instseg_core.base.instances import mask_box
-from instseg_core.base.model_files import find_model
+from instseg_core.base.model_files import ModelFileError, find_model
 from instseg_core.postprocess.polygons import mask_to_polygon
 from instseg_core.runtime.backends import InferenceBackend, OnnxRuntimeBackend, TorchBackend
 
-# The shipped default: the same held-out aIoU as the fp32 graph (0.918), ~1.5x faster on 2 cores.
+# The shipped default: the same held-out aIoU as the fp32 graph (0.916), ~1.5x faster on 2 cores.
 DEFAULT_ANNOTATION_MODEL = "extreme_unet_int8.onnx"
+# The crop's relaxation margin around the points' box, as a fraction of the box (encoding.crop_box), for a graph
+# whose manifest names none: DEXTR's 10 %, which every model before the context-trained one was trained and run with.
+DEFAULT_RELAX_FRACTION = 0.1
 REFINEMENTS = ("none", "grabcut")
 FLIPS = ("union", "none")
 
@@ -128,17 +133,20 @@ class ExtremePointSegmenter:
     backend: an OnnxRuntimeBackend or TorchBackend mapping (N, C, 128, 128) float32 to (N, 1, 128, 128)
     probabilities; channels: C, 4 for the extreme-point model (RGB + points), 5 with the colour prior as well,
     3 for the box-only baseline (encoding.CHANNEL_LAYOUTS; default: the graph's declared input channels);
+    relax_fraction, relax_min: the crop box is the points' box enlarged on every side by max(relax_fraction * its
+    size, relax_min pixels) (encoding.crop_box); create_annotation_segmenter takes the fraction from the graph's
+    manifest (`crop_relax`), the margin the network was chosen to run with;
     refine: "none", or "grabcut" to move the network's uncertain border pixels to the colour edge with OpenCV
     GrabCut seeded by its probabilities (instseg_core.annotate.refine; about 10-30 ms more per object);
     flip: "union" (default) runs the network on the crop and on its mirror image in one batch and keeps, per pixel,
     the larger of the two probabilities (the mirror's map mirrored back): the model misses different parts of an
-    object in each, and their union scored 0.02-0.03 higher on every real-image proxy
+    object in each, and their union scored 0.015-0.03 higher on the real test and cut-and-paste proxies
     (docs/extreme_points_real_images.md), for about 3 ms more per object; "none" runs it once.
     """
 
     def __init__(self, backend: InferenceBackend, *, channels: int | None = None,
                  threshold: float = 0.5, polygon_tolerance: float = 1.0, point_mode: str = "circle",
-                 relax_fraction: float = 0.1, relax_min: float = 4.0, refine: str = "none",
+                 relax_fraction: float = DEFAULT_RELAX_FRACTION, relax_min: float = 4.0, refine: str = "none",
                  flip: str = "union") -> None:
         self.backend = backend
         declared: tuple[int | None, ...] = getattr(backend, "input_shape", None) or ()
@@ -158,6 +166,9 @@ class ExtremePointSegmenter:
         if flip not in FLIPS:
             raise ValueError(f"flip must be one of {', '.join(FLIPS)}, not {flip!r}")
         self.flip = flip
+        if not 0.0 <= relax_fraction <= 1.0 or relax_min < 0:
+            raise ValueError(f"the crop relaxation must be a fraction in [0, 1] and a margin >= 0 pixels, not "
+                             f"{relax_fraction!r}, {relax_min!r}")
 
     def probabilities(self, inputs: np.ndarray) -> np.ndarray:
         """(N, C, 128, 128) float32 network inputs -> (N, 128, 128) float32 foreground probabilities."""
@@ -179,6 +190,7 @@ class ExtremePointSegmenter:
         zeros = np.zeros((1, self.channels, CROP_SIZE, CROP_SIZE), np.float32)
         for _ in range(runs):
             self.probabilities(zeros)
+
     def segment(self, image: np.ndarray, points: Sequence[Sequence[float]] | np.ndarray,
                 polygon_tolerance: float | None = None) -> AnnotationResult:
         """Segment one object; raises AnnotationError for bad points."""
@@ -232,12 +244,32 @@ def create_annotation_segmenter(model_file: str | os.PathLike | None = None, *, 
     """The product path: an exported extreme-point graph on ONNX Runtime (CPU, `threads` intra-op threads).
 
     model_file: a path or a bare file name (instseg_core.base.model_files.find_model); default the shipped
-    DEFAULT_ANNOTATION_MODEL. `options` go to ExtremePointSegmenter (threshold, polygon_tolerance, ...).
-    Raises ModelFileError naming the file when it is missing or not a loadable graph.
+    DEFAULT_ANNOTATION_MODEL. `options` go to ExtremePointSegmenter (threshold, polygon_tolerance, ...); without
+    `relax_fraction` the graph's manifest says it (manifest_crop_relax).
+    Raises ModelFileError naming the file when it is missing or not a loadable graph, or its manifest's `crop_relax`
+    is not a fraction.
     """
     path = find_model(model_file or DEFAULT_ANNOTATION_MODEL)
+    options.setdefault("relax_fraction", manifest_crop_relax(path))
     return ExtremePointSegmenter(OnnxRuntimeBackend(path, threads=threads, spin_wait=spin_wait),
                                  **options)  # type: ignore[arg-type]
+
+
+def manifest_crop_relax(model_path: str | os.PathLike) -> float:
+    """The crop relaxation fraction that the manifest beside a graph (`<model>.json`, key `crop_relax`) gives; the
+    network was trained on a range of margins and this one was chosen for it on the real validation set
+    (docs/extreme_points_real_images.md). DEFAULT_RELAX_FRACTION when there is no manifest or no such key.
+    Raises ModelFileError when the manifest cannot be read or the value is not a number in (0, 1]."""
+    manifest_path = Path(model_path).with_suffix(".json")
+    if not manifest_path.is_file():
+        return DEFAULT_RELAX_FRACTION
+    try:
+        value = json.loads(manifest_path.read_text()).get("crop_relax", DEFAULT_RELAX_FRACTION)
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelFileError(f"{manifest_path}: cannot read the model manifest: {exc}") from exc
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+        raise ModelFileError(f"{manifest_path}: crop_relax must be a fraction in (0, 1], not {value!r}")
+    return float(value)
 
 
 def annotation_segmenter_from_module(model: Any, *, threads: int = 0,
