@@ -280,3 +280,18 @@ def test_shipped_default_model_on_the_real_validation_set() -> None:
     pooled = weights @ [manifest["proxies"]["real_photographs"], measured["mean_iou"]]
     pooled_grabcut = weights @ [grabcut_figures["real_photographs"], grabcut]
     assert pooled >= pooled_grabcut + 0.10, (pooled, pooled_grabcut)
+
+
+def test_proxies_can_run_every_network_with_another_margin() -> None:
+    """`crop_relax` overrides the manifest's margin for every network row (how the candidate margins of
+    docs/extreme_points_real_images.md are measured); the manifest's own value gives the default figures."""
+    int8 = str(MODELS / "extreme_unet_int8.onnx")
+    manifest = json.loads((MODELS / "extreme_unet_int8.json").read_text())
+    figures = {margin: proxies.proxy_table([int8], "unused", sets=("real_val",), crop_relax=margin)[1]
+               for margin in (None, manifest["crop_relax"], 0.1)}
+    own, same, narrow = (figures[m]["extreme_unet_int8.onnx"]["real_val"]["mean_iou"]
+                         for m in (None, manifest["crop_relax"], 0.1))
+    assert own == same and abs(own - manifest["proxies"]["real_val"]) < 0.01
+    assert narrow != own
+    grabcut = [figures[m]["GrabCut from the same points"]["real_val"]["mean_iou"] for m in figures]
+    assert len(set(grabcut)) == 1, "GrabCut keeps its own crop whatever the networks' margin"

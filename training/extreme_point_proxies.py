@@ -134,10 +134,16 @@ def cut_and_paste(objects: list[ProxyObject], per_object: int = 7, seed: int = 0
 Method = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def network_method(model: str | os.PathLike, refine: str = "none", flip: str = "union") -> Method:
+def _margin(crop_relax: float | None) -> dict:
+    """create_annotation_segmenter's options for a crop margin: None keeps the graph's manifest's."""
+    return {} if crop_relax is None else {"relax_fraction": crop_relax}
+
+
+def network_method(model: str | os.PathLike, refine: str = "none", flip: str = "union",
+                   crop_relax: float | None = None) -> Method:
     from instseg_core.annotate.segmenter import create_annotation_segmenter
 
-    segmenter = create_annotation_segmenter(model, refine=refine, flip=flip)
+    segmenter = create_annotation_segmenter(model, refine=refine, flip=flip, **_margin(crop_relax))
     return lambda image, points: segmenter.segment(image, points).mask
 
 
@@ -181,16 +187,16 @@ def street_val_crops(street_data: str, relax_fraction: float) -> CropSet:
 
 
 def street_val_aiou(model: str | os.PathLike, street_data: str | os.PathLike, refine: str = "none",
-                    flip: str = "union") -> float:
+                    flip: str = "union", crop_relax: float | None = None) -> float:
     """aIoU at 128 x 128 on the synthetic street validation objects (the val split of the tree `street_data`),
-    cropped and run as the pipeline crops and runs them: its relaxation (the graph's manifest) and flip (see
-    ExtremePointSegmenter; the training history's figures are without the flip, at 0.1)."""
+    cropped and run as the pipeline crops and runs them: its relaxation (the graph's manifest, or `crop_relax`) and
+    flip (see ExtremePointSegmenter; the training history's figures are without the flip, at 0.1)."""
     from instseg_core.annotate.refine import grabcut_refine
     from instseg_core.annotate.segmenter import create_annotation_segmenter
     from instseg_core.eval.binary_metrics import BinarySegmentationMetrics
     from training.extreme_points import batch_inputs, class_name, variant_of
 
-    segmenter = create_annotation_segmenter(model, flip=flip)
+    segmenter = create_annotation_segmenter(model, flip=flip, **_margin(crop_relax))
     variant = variant_of(segmenter.channels)
     crops = street_val_crops(str(street_data), segmenter.relax[0])
     metrics = BinarySegmentationMetrics()
@@ -212,10 +218,12 @@ _COLUMNS = {"real": "real photographs (test)", "real_val": "real val", "cut_and_
 
 def proxy_table(models: list[str], street_data: str | os.PathLike, refine_models: list[str] | None = None,
                 per_object: int = 7, seed: int = 0, names: dict[str, str] | None = None,
-                sets: tuple[str, ...] = SETS, unflipped_models: list[str] | None = None) -> tuple[str, dict]:
+                sets: tuple[str, ...] = SETS, unflipped_models: list[str] | None = None,
+                crop_relax: float | None = None) -> tuple[str, dict]:
     """Markdown table (rows: methods; columns: the proxies in `sets`, a subset of SETS) and the raw results;
     `names` renames a model's row (default: its file name). Networks run as the pipeline runs them (flip union);
-    `unflipped_models` get rows without it."""
+    `unflipped_models` get rows without it. `crop_relax` runs every network with that crop margin instead of its
+    manifest's (comparing margins, or checkpoints whose temporary graphs have the default)."""
     names = names or {}
     objects: dict[str, list[ProxyObject]] = {}
     if "real" in sets or "cut_and_paste" in sets:
@@ -228,14 +236,16 @@ def proxy_table(models: list[str], street_data: str | os.PathLike, refine_models
         objects["real_val"] = load_real_photos(REAL_PHOTOS_VAL)
     rows: list[tuple[str, Method, Callable[[], float | None]]] = []
     for model in models:
-        rows.append((names.get(model, Path(model).name), network_method(model),
-                     lambda m=model: street_val_aiou(m, street_data)))
+        rows.append((names.get(model, Path(model).name), network_method(model, crop_relax=crop_relax),
+                     lambda m=model: street_val_aiou(m, street_data, crop_relax=crop_relax)))
     for model in unflipped_models or []:
-        rows.append((f"{names.get(model, Path(model).name)} without the flip union", network_method(model, flip="none"),
-                     lambda m=model: street_val_aiou(m, street_data, flip="none")))
+        rows.append((f"{names.get(model, Path(model).name)} without the flip union",
+                     network_method(model, flip="none", crop_relax=crop_relax),
+                     lambda m=model: street_val_aiou(m, street_data, flip="none", crop_relax=crop_relax)))
     for model in refine_models or []:
-        rows.append((f"{Path(model).name} + GrabCut refinement", network_method(model, "grabcut"),
-                     lambda m=model: street_val_aiou(m, street_data, "grabcut")))
+        rows.append((f"{Path(model).name} + GrabCut refinement",
+                     network_method(model, "grabcut", crop_relax=crop_relax),
+                     lambda m=model: street_val_aiou(m, street_data, "grabcut", crop_relax=crop_relax)))
     rows.append(("GrabCut from the same points", grabcut_method, lambda: None))
     rows.append(("the points' box as the mask", box_method, lambda: None))
     columns = [name for name in SETS if name in sets]
@@ -314,6 +324,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="graphs also evaluated without the flip union (one network pass per object)")
     parser.add_argument("--street-data", default="data/synthetic",
                         help="the synthetic Cityscapes-format tree whose val split is the street proxy")
+    parser.add_argument("--crop-relax", type=float, default=None,
+                        help="run every network with this crop margin (a fraction of the points' box) instead of the "
+                             "one its manifest gives (checkpoints: 0.1); GrabCut keeps its 10 %% crop")
     parser.add_argument("--per-object", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS),
@@ -325,13 +338,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.models and not args.checkpoints:
         parser.error("give --models or --checkpoints")
-    if args.record and set(args.sets) != set(SETS):
-        parser.error("--record needs every set")
+    if args.record and (set(args.sets) != set(SETS) or args.crop_relax is not None):
+        parser.error("--record needs every set, with each graph's own crop margin")
     with tempfile.TemporaryDirectory() as scratch:
         exported = export_checkpoints(args.checkpoints, Path(scratch))
         table, results = proxy_table([*args.models, *exported], args.street_data, args.refine_models, args.per_object,
                                      args.seed, dict(zip(exported, args.checkpoints, strict=True)), tuple(args.sets),
-                                     args.unflipped_models)
+                                     args.unflipped_models, args.crop_relax)
     print(table)
     if args.record:
         record(Path(args.record), table, results)
