@@ -85,15 +85,17 @@ image = np.zeros((100, 120, 3), np.uint8)
 image[30:70, 40:90] = 200
 mask = annotation.segment(image, [[40, 50], [65, 30], [89, 50], [65, 69]]).mask
 print(json.dumps({"core": instseg_core.__file__, "model": str(segmenter.model_file),
-                  "annotation_model": str(annotation.backend.path), "instances": len(result.instances),
+                  "annotation_model": str(annotation.backend.path), "crop_relax": annotation.relax[0],
+                  "instances": len(result.instances),
                   "mask_shape": list(mask.shape)}))
 """
 
 
 @pytest.mark.parametrize("source", ["without-source", "with-source"])
 def test_overlay_finds_its_models_from_anywhere(colcon_install: Path, source: str, tmp_path: Path) -> None:
-    """Installed in a colcon overlay, the library finds the shipped models in share/instseg_ros/models, from a
-    different working directory, with the source checkout importable (first on the path) or not at all."""
+    """Installed in a colcon overlay, the library finds the shipped models (and their manifests) in
+    share/instseg_ros/models, from a different working directory, with the source checkout importable (first on the
+    path) or not at all."""
     pythonpath = f"PYTHONPATH={REPO}:$PYTHONPATH " if source == "with-source" else ""
     probe = tmp_path / "probe.py"
     probe.write_text(OVERLAY_PROBE)
@@ -110,4 +112,6 @@ def test_overlay_finds_its_models_from_anywhere(colcon_install: Path, source: st
     # AMENT_PREFIX_PATH names the overlay, whose share directory comes before the source tree either way
     assert found["model"] == str(share / "spatial_embeddings.onnx")
     assert found["annotation_model"] == str(share / "extreme_unet_int8.onnx")
+    # the manifest is installed beside the graph, so the installed pipeline crops with the model's own margin
+    assert found["crop_relax"] == json.loads((share / "extreme_unet_int8.json").read_text())["crop_relax"] == 0.25
     assert found["mask_shape"] == [100, 120]
