@@ -41,6 +41,8 @@ from rosbags.highlevel import AnyReader
 from tqdm import tqdm
 
 from instseg_core.annotate.segmenter import (
+    FLIPS,
+    REFINEMENTS,
     AnnotationError,
     ExtremePointSegmenter,
     create_annotation_segmenter,
@@ -245,10 +247,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="a path, or a file name in the model folders; default: the shipped extreme_unet_int8.onnx")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--polygon-tolerance", type=float, default=1.0)
-    parser.add_argument("--flip", choices=("union", "none"), default="union",
+    parser.add_argument("--flip", choices=FLIPS, default="union",
                         help="union: also segment the mirrored crop and keep the larger probability per pixel "
                              "(default; ~3 ms more per object); none: one network pass")
-    parser.add_argument("--refine", choices=("none", "grabcut"), default="none",
+    parser.add_argument("--refine", choices=REFINEMENTS, default="none",
                         help="GrabCut refinement of the network's border (instseg_core.annotate.refine)")
     parser.add_argument("--split", default="train", choices=["train", "val", "test"])
     parser.add_argument("--city", default="labelled")

@@ -158,13 +158,13 @@ def quantize_streaming_model(model: str, source: Path, out: Path) -> None:
 def quantize_extreme_model(source: Path, out: Path) -> None:
     """`extreme_unet_int8.onnx` and its manifest from the float32 `extreme_unet.onnx` (see the module docstring)."""
     from instseg_core.annotate.encoding import encode
-    from instseg_core.annotate.segmenter import DEFAULT_RELAX_FRACTION
+    from instseg_core.annotate.segmenter import manifest_crop_relax
     from training.extreme_point_crops import randomised_crops
 
     manifest = json.loads(source.with_suffix(".json").read_text())
     int8_entry = manifest.get("int8", {})
     settings = {**EXTREME_CALIBRATION, **int8_entry.get("calibration", {})}
-    relax = float(manifest.get("crop_relax", DEFAULT_RELAX_FRACTION))  # cut as the pipeline will cut them
+    relax = manifest_crop_relax(source)  # cut as the pipeline will cut them
     images, _, points = randomised_crops(settings["seed"], 0, settings["randomised_crops"], relax=(relax, relax))
     channels = int(manifest["input"][1])  # 4, or 5 with the colour prior
     inputs = [encode(image, point, channels=channels)[None] for image, point in zip(images, points, strict=True)]

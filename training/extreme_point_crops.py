@@ -10,6 +10,7 @@ resampled to 128 x 128 (instseg_core.annotate.encoding). The result is cached as
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -60,12 +61,16 @@ class CropSet:
 RELAX_SEED = 7  # the stream of relaxation fractions (`relax` ranges), apart from every other random draw
 
 
-def relax_fractions(relax: tuple[float, float], *key: int) -> np.random.Generator | None:
-    """None for a fixed relaxation (low == high), else the Generator of the fractions drawn for `key`."""
+def relax_fractions(relax: tuple[float, float], *key: int) -> Callable[[], float]:
+    """The draw of relaxation fractions for `key`: each call gives the next one, uniform in `relax` (low, high) from
+    its own seeded stream, or low itself when low == high (then nothing is drawn)."""
     low, high = relax
     if not 0.0 <= low <= high:
         raise ValueError(f"the relaxation range must be 0 <= low <= high, not {relax}")
-    return None if low == high else np.random.default_rng(np.random.SeedSequence([RELAX_SEED, *key]))
+    if low == high:
+        return lambda: low
+    generator = np.random.default_rng(np.random.SeedSequence([RELAX_SEED, *key]))
+    return lambda: float(generator.uniform(low, high))
 
 
 def build_crops(root: str | os.PathLike | None, split: str, *, min_area: int = 150,
@@ -75,7 +80,7 @@ def build_crops(root: str | os.PathLike | None, split: str, *, min_area: int = 1
     relaxed by a fraction drawn uniformly from `relax` (low, high) of the points' box, seeded (RELAX_SEED, so the
     crops are reproducible); (0.1, 0.1), the default, is the pipeline's fixed 10 %."""
     images, masks, points, classes, areas = [], [], [], [], []
-    fractions = relax_fractions(relax)
+    next_fraction = relax_fractions(relax)
     dataset = CityscapesDataset(root, split)
     for sample in list(dataset)[:limit]:
         height, width, objects = read_polygons(sample.paths["polygons"])
@@ -88,8 +93,7 @@ def build_crops(root: str | os.PathLike | None, split: str, *, min_area: int = 1
             if area < min_area:
                 continue
             extreme = extreme_points_from_mask(mask)
-            fraction = relax[0] if fractions is None else float(fractions.uniform(*relax))
-            box = crop_box(extreme, fraction, relax_min)
+            box = crop_box(extreme, next_fraction(), relax_min)
             images.append(crop(image, box))
             masks.append((crop(mask.astype(np.float32), box) > 0.5).astype(np.uint8))
             points.append(points_in_crop(extreme, box))
@@ -114,8 +118,7 @@ def randomised_crops(seed: int, start: int, count: int, truncate: float = 0.0, n
     for index in range(start, start + count):
         sample = render_object(sample_rng(seed, index), truncate, neighbours)
         extreme = extreme_points_from_mask(sample.mask)
-        fractions = relax_fractions(relax, seed, index)
-        box = crop_box(extreme, relax[0] if fractions is None else float(fractions.uniform(*relax)))
+        box = crop_box(extreme, relax_fractions(relax, seed, index)())
         images.append(crop(sample.image, box))
         masks.append((crop(sample.mask.astype(np.float32), box) > 0.5).astype(np.uint8))
         points.append(points_in_crop(extreme, box))

