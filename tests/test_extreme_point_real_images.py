@@ -162,6 +162,22 @@ def test_grabcut_refinement_moves_a_blurred_border_to_the_edge() -> None:
     assert proxies.iou(alone, truth) > 0.9
 
 
+def test_full_image_grabcut_baseline_finds_a_clear_object_and_repeats() -> None:
+    """The second GrabCut baseline (full image, rectangle mode) segments a clear disc in a larger image and gives
+    the same mask on every call, whatever ran before it."""
+    crop_image, crop_truth, _ = _disc_crop()
+    image = np.zeros((200, 300, 3), np.uint8)
+    image[:] = crop_image[:10, :10].mean(axis=(0, 1)).astype(np.uint8)
+    image[40:40 + CROP_SIZE, 100:100 + CROP_SIZE] = crop_image
+    truth = np.zeros((200, 300), bool)
+    truth[40:40 + CROP_SIZE, 100:100 + CROP_SIZE] = crop_truth
+    points = extreme_points_from_mask(truth).astype(np.float64)
+    first = proxies.grabcut_full_image_method(image, points)
+    assert first.shape == truth.shape and proxies.iou(first, truth) > 0.95
+    cv2.randu(np.zeros((64, 64), np.float32), 0, 1)
+    assert np.array_equal(first, proxies.grabcut_full_image_method(image, points))
+
+
 def test_grabcut_gives_the_same_mask_every_time() -> None:
     """GrabCut's k-means start draws from OpenCV's random generator; seeded, the baseline is reproducible
     whatever ran before it (unseeded, this crop's mask changed from call to call)."""

@@ -7,6 +7,8 @@ truncated set's recipe) with the target outline in red and the four extreme poin
 docs/extreme_points_real.jpg: every object of eval_sets/real_photos.json, cropped around it: the ground truth
 outline in turquoise, the shipped model's polygon in yellow, the four points in red, the IoU written on the tile.
 docs/extreme_points_real_val.jpg: the same for eval_sets/real_photos_val.json (the validation set).
+docs/extreme_points_real_by_others.jpg: the same for eval_sets/real_labelled_by_others.json (the second test set,
+labelled by other people).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import numpy as np
 from instseg_core.annotate.encoding import extreme_points_from_mask
 from instseg_core.annotate.segmenter import create_annotation_segmenter
 from training.extreme_point_crops import randomised_crops
-from training.extreme_point_proxies import REAL_PHOTOS, REAL_PHOTOS_VAL, iou, load_real_photos
+from training.extreme_point_proxies import REAL_PHOTOS_VAL, iou, load_real_photos
+from training.labelled_by_others import load_labelled_by_others
+from training.photo_archives import ProxyObject
 
 TILE = 192
 
@@ -41,10 +45,10 @@ def randomised_grid(out: Path) -> None:
     cv2.imwrite(str(out), cv2.cvtColor(np.concatenate(rows), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
 
 
-def real_grid(model: str, out: Path, objects: str | Path = REAL_PHOTOS) -> None:
+def real_grid(model: str, out: Path, objects: list[ProxyObject]) -> None:
     segmenter = create_annotation_segmenter(model)
     tiles = []
-    for obj in load_real_photos(objects):
+    for obj in objects:
         points = extreme_points_from_mask(obj.mask)
         result = segmenter.segment(obj.image, points)
         ys, xs = np.nonzero(obj.mask)
@@ -81,10 +85,12 @@ def main() -> None:
     parser.add_argument("--docs", type=Path, default=Path("docs"))
     args = parser.parse_args()
     randomised_grid(args.docs / "randomised_objects.jpg")
-    real_grid(args.model, args.docs / "extreme_points_real.jpg")
-    real_grid(args.model, args.docs / "extreme_points_real_val.jpg", REAL_PHOTOS_VAL)
-    print(f"wrote {args.docs / 'randomised_objects.jpg'}, {args.docs / 'extreme_points_real.jpg'} and "
-          f"{args.docs / 'extreme_points_real_val.jpg'}")
+    written = {"extreme_points_real.jpg": load_real_photos(),
+               "extreme_points_real_val.jpg": load_real_photos(REAL_PHOTOS_VAL),
+               "extreme_points_real_by_others.jpg": load_labelled_by_others()}
+    for name, objects in written.items():
+        real_grid(args.model, args.docs / name, objects)
+    print("wrote", ", ".join(str(args.docs / name) for name in ["randomised_objects.jpg", *written]))
 
 
 if __name__ == "__main__":

@@ -44,8 +44,10 @@ pip_install --group pyproject.toml:ros --group pyproject.toml:runtime --group py
 
 step "photographs of the real evaluation sets: $(group photos | tr '\n' ' ')(downloaded into data/photos, not installed)"
 mkdir -p "$ROOT/data/photos"
+# labelme as its source archive: its examples (photographs with their polygons) are not in its wheel
 # shellcheck disable=SC2046
-"$PY" -m pip download --quiet --disable-pip-version-check --no-deps --dest "$ROOT/data/photos" $(group photos)
+"$PY" -m pip download --quiet --disable-pip-version-check --no-deps --no-binary labelme --dest "$ROOT/data/photos" \
+  $(group photos)
 
 step "repairing the ROS wheels' cmake exports"
 "$PY" tools/repair_ros_cmake_exports.py "$VENV"
