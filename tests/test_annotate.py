@@ -131,6 +131,29 @@ def test_colour_prior_separates_the_objects_colours_from_the_margins() -> None:
         encode(crop_rgb, None, channels=5)
 
 
+def test_colour_prior_foreground_regions() -> None:
+    """A red diamond whose box corners are the same grey as half the margin: read from the whole box, grey looks
+    half like foreground; read from the points' hull (the diamond), it is background; "box_and_hull" is the mean of
+    the two; encode passes the choice on, and an unknown region is refused."""
+    crop_rgb = np.full((128, 128, 3), (40, 160, 60), np.uint8)
+    crop_rgb[:, :64] = (128, 128, 128)  # half of the margin is grey, like the box corners below
+    crop_rgb[14:115, 14:115] = (128, 128, 128)
+    points = np.array([[14, 64], [64, 14], [114, 64], [64, 114]], np.float32)
+    diamond = np.zeros((128, 128), np.uint8)
+    cv2.fillConvexPoly(diamond, points.astype(np.int32), 1)
+    crop_rgb[diamond > 0] = (200, 30, 40)
+    box, hull, both = (colour_prior(crop_rgb, points, foreground=f) for f in ("box", "hull", "box_and_hull"))
+    np.testing.assert_array_equal(box, colour_prior(crop_rgb, points))  # "box" is the default
+    corner = (20, 20)  # grey, inside the points' box, outside the diamond
+    assert hull[corner] < 0.1 < box[corner]
+    assert hull[64, 64] > 0.95 and box[64, 64] > 0.95
+    np.testing.assert_allclose(both, 0.5 * (box + hull), rtol=1e-6)
+    assert hull[2, 2] == both[2, 2] == 0.0  # the margin stays 0
+    np.testing.assert_array_equal(encode(crop_rgb, points, channels=5, prior_foreground="hull")[4], hull)
+    with pytest.raises(ValueError, match="foreground must be one of box, hull, box_and_hull"):
+        colour_prior(crop_rgb, points, foreground="quad")
+
+
 def test_five_channel_graph_gets_the_colour_prior(tmp_path: Path) -> None:
     """The segmenter reads the channel count from the graph and encodes the colour prior for 5."""
     torch.manual_seed(0)
@@ -213,6 +236,24 @@ def test_crop_relaxation_comes_from_the_manifest(untrained: tuple[ExtremeUNet, P
     graph.with_suffix(".json").write_text("{not json")
     with pytest.raises(ModelFileError, match=r"graph\.json"):
         create_annotation_segmenter(graph)
+
+
+def test_colour_prior_foreground_comes_from_the_manifest(tmp_path: Path) -> None:
+    """A 5-channel graph's colour prior reads its foreground where its manifest says (colour_prior_foreground),
+    the whole box without one; an explicit option wins; an unknown region is refused naming the manifest."""
+    torch.manual_seed(0)
+    graph = export_onnx(ExtremeUNet(5).eval(), tmp_path / "graph.onnx")
+    assert create_annotation_segmenter(graph).prior_foreground == "box"
+    graph.with_suffix(".json").write_text(json.dumps({"colour_prior_foreground": "box_and_hull"}))
+    segmenter = create_annotation_segmenter(graph)
+    assert segmenter.prior_foreground == "box_and_hull"
+    assert create_annotation_segmenter(graph, prior_foreground="hull").prior_foreground == "hull"
+    with pytest.raises(ValueError, match="prior_foreground must be one of"):
+        create_annotation_segmenter(graph, prior_foreground="quad")
+    for bad in ("quad", 1, None):
+        graph.with_suffix(".json").write_text(json.dumps({"colour_prior_foreground": bad}))
+        with pytest.raises(ModelFileError, match=r"graph\.json: colour_prior_foreground"):
+            create_annotation_segmenter(graph)
 
 
 def test_onnx_runtime_matches_pytorch(untrained: tuple[ExtremeUNet, Path]) -> None:

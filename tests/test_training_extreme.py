@@ -69,8 +69,10 @@ def test_resume_reproduces_an_uninterrupted_run(crops_dir: Path, tmp_path: Path)
 
 def test_export_manifest_and_ablation(crops_dir: Path, tmp_path: Path) -> None:
     for variant in ("extreme", "box", "extreme_prior"):
+        prior = ["--prior-foreground", "box_and_hull"] if variant == "extreme_prior" else []
         extreme_points.main(["train", "--crops", str(crops_dir), "--out", str(tmp_path / variant), "--variant",
-                             variant, "--epochs", "1", "--batch-size", "8", "--limit", "8", "--progress-every", "0"])
+                             variant, "--epochs", "1", "--batch-size", "8", "--limit", "8", "--progress-every", "0",
+                             *prior])
     model_path = tmp_path / "model.onnx"
     extreme_points.main(["export", "--run", str(tmp_path / "extreme"), "--out", str(model_path)])
     manifest = json.loads(model_path.with_suffix(".json").read_text())
@@ -91,6 +93,13 @@ def test_export_manifest_and_ablation(crops_dir: Path, tmp_path: Path) -> None:
     extreme_points.main(["export", "--run", str(tmp_path / "extreme_prior"), "--out", str(tmp_path / "prior.onnx")])
     prior_manifest = json.loads((tmp_path / "prior.json").read_text())
     assert prior_manifest["input"] == [1, 5, 128, 128] and "colour prior" in prior_manifest["input_encoding"]
+    # the colour prior's foreground is recorded as the run trained it, or as `--prior-foreground` says
+    assert prior_manifest["colour_prior_foreground"] == "box_and_hull"
+    assert "foreground: box_and_hull" in prior_manifest["input_encoding"]
+    assert manifest["colour_prior_foreground"] == "box"  # runs from before the option, and 4-channel ones
+    extreme_points.main(["export", "--run", str(tmp_path / "extreme_prior"), "--out", str(tmp_path / "hull.onnx"),
+                         "--prior-foreground", "hull"])
+    assert json.loads((tmp_path / "hull.json").read_text())["colour_prior_foreground"] == "hull"
 
 
 def test_box_only_model_takes_rgb_only() -> None:

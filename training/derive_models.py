@@ -158,21 +158,24 @@ def quantize_streaming_model(model: str, source: Path, out: Path) -> None:
 def quantize_extreme_model(source: Path, out: Path) -> None:
     """`extreme_unet_int8.onnx` and its manifest from the float32 `extreme_unet.onnx` (see the module docstring)."""
     from instseg_core.annotate.encoding import encode
-    from instseg_core.annotate.segmenter import manifest_crop_relax
+    from instseg_core.annotate.segmenter import manifest_crop_relax, manifest_prior_foreground
     from training.extreme_point_crops import randomised_crops
 
     manifest = json.loads(source.with_suffix(".json").read_text())
     int8_entry = manifest.get("int8", {})
     settings = {**EXTREME_CALIBRATION, **int8_entry.get("calibration", {})}
-    relax = manifest_crop_relax(source)  # cut as the pipeline will cut them
+    relax = manifest_crop_relax(source)  # cut and encoded as the pipeline will cut and encode them
+    prior_foreground = manifest_prior_foreground(source)
     images, _, points = randomised_crops(settings["seed"], 0, settings["randomised_crops"], relax=(relax, relax))
     channels = int(manifest["input"][1])  # 4, or 5 with the colour prior
-    inputs = [encode(image, point, channels=channels)[None] for image, point in zip(images, points, strict=True)]
+    inputs = [encode(image, point, channels=channels, prior_foreground=prior_foreground)[None]
+              for image, point in zip(images, points, strict=True)]
     quantize_onnx(source, out, inputs, input_name="input")
     int8_manifest = {**manifest, "precision": "int8",
                      "quantisation": {"source": source.name, "format": "static QDQ, per-channel int8 weights, "
                                       "uint8 activations, MinMax calibration",
-                                      "calibration": {**settings, "crop_relax": relax},
+                                      "calibration": {**settings, "crop_relax": relax,
+                                                      "colour_prior_foreground": prior_foreground},
                                       "derived_by": "python -m training.derive_models"},
                      **{key: value for key, value in int8_entry.items() if key != "calibration"}}
     int8_manifest.pop("int8", None)

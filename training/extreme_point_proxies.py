@@ -39,7 +39,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from instseg_core.annotate.encoding import crop, crop_box, extreme_points_from_mask, paste_back, points_in_crop
+from instseg_core.annotate.encoding import (
+    PRIOR_FOREGROUNDS,
+    crop,
+    crop_box,
+    extreme_points_from_mask,
+    paste_back,
+    points_in_crop,
+)
 from instseg_core.annotate.refine import grabcut_from_points
 from instseg_core.data.textures import HELD_OUT_PHOTOS, photo_patch
 from training.extreme_point_crops import CropSet, build_crops
@@ -139,16 +146,18 @@ def cut_and_paste(objects: list[ProxyObject], per_object: int = 7, seed: int = 0
 Method = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def _margin(crop_relax: float | None) -> dict:
-    """create_annotation_segmenter's options for a crop margin: None keeps the graph's manifest's."""
-    return {} if crop_relax is None else {"relax_fraction": crop_relax}
+def _margin(crop_relax: float | None, prior_foreground: str | None = None) -> dict:
+    """create_annotation_segmenter's options for a crop margin and a colour-prior foreground: None keeps the graph's
+    manifest's."""
+    return ({} if crop_relax is None else {"relax_fraction": crop_relax}) | (
+        {} if prior_foreground is None else {"prior_foreground": prior_foreground})
 
 
 def network_method(model: str | os.PathLike, refine: str = "none", flip: str = "union",
-                   crop_relax: float | None = None) -> Method:
+                   crop_relax: float | None = None, prior_foreground: str | None = None) -> Method:
     from instseg_core.annotate.segmenter import create_annotation_segmenter
 
-    segmenter = create_annotation_segmenter(model, refine=refine, flip=flip, **_margin(crop_relax))
+    segmenter = create_annotation_segmenter(model, refine=refine, flip=flip, **_margin(crop_relax, prior_foreground))
     return lambda image, points: segmenter.segment(image, points).mask
 
 
@@ -207,22 +216,23 @@ def street_val_crops(street_data: str, relax_fraction: float) -> CropSet:
 
 
 def street_val_aiou(model: str | os.PathLike, street_data: str | os.PathLike, refine: str = "none",
-                    flip: str = "union", crop_relax: float | None = None) -> float:
+                    flip: str = "union", crop_relax: float | None = None, prior_foreground: str | None = None) -> float:
     """aIoU at 128 x 128 on the synthetic street validation objects (the val split of the tree `street_data`),
     cropped and run as the pipeline crops and runs them: its relaxation (the graph's manifest, or `crop_relax`) and
-    flip (see ExtremePointSegmenter; the training history's figures are without the flip, at 0.1)."""
+    flip and colour-prior foreground (see ExtremePointSegmenter; the training history's figures are without the flip,
+    at 0.1)."""
     from instseg_core.annotate.refine import grabcut_refine
     from instseg_core.annotate.segmenter import create_annotation_segmenter
     from instseg_core.eval.binary_metrics import BinarySegmentationMetrics
     from training.extreme_points import batch_inputs, class_name, variant_of
 
-    segmenter = create_annotation_segmenter(model, flip=flip, **_margin(crop_relax))
+    segmenter = create_annotation_segmenter(model, flip=flip, **_margin(crop_relax, prior_foreground))
     variant = variant_of(segmenter.channels)
     crops = street_val_crops(str(street_data), segmenter.relax[0])
     metrics = BinarySegmentationMetrics()
     for start in range(0, len(crops), 32):
         index = np.arange(start, min(start + 32, len(crops)))
-        x, y = batch_inputs(crops, index, variant, None)
+        x, y = batch_inputs(crops, index, variant, None, prior_foreground=segmenter.prior_foreground)
         probability = segmenter.crop_probabilities(np.ascontiguousarray(x.numpy()))
         if refine == "grabcut":
             probability = np.stack([grabcut_refine(crops.images[i], p, crops.points[i])
@@ -239,11 +249,12 @@ _COLUMNS = {"real": "real photographs (test)", "real_by_others": "real, labelled
 def proxy_table(models: list[str], street_data: str | os.PathLike, refine_models: list[str] | None = None,
                 per_object: int = 7, seed: int = 0, names: dict[str, str] | None = None,
                 sets: tuple[str, ...] = SETS, unflipped_models: list[str] | None = None,
-                crop_relax: float | None = None) -> tuple[str, dict]:
+                crop_relax: float | None = None, prior_foreground: str | None = None) -> tuple[str, dict]:
     """Markdown table (rows: methods; columns: the proxies in `sets`, a subset of SETS) and the raw results;
     `names` renames a model's row (default: its file name). Networks run as the pipeline runs them (flip union);
     `unflipped_models` get rows without it. `crop_relax` runs every network with that crop margin instead of its
-    manifest's (comparing margins, or checkpoints whose temporary graphs have the default)."""
+    manifest's (comparing margins, or checkpoints whose temporary graphs have the default), and `prior_foreground`
+    with that colour-prior foreground."""
     names = names or {}
     objects: dict[str, list[ProxyObject]] = {}
     if "real" in sets or "cut_and_paste" in sets:
@@ -257,17 +268,16 @@ def proxy_table(models: list[str], street_data: str | os.PathLike, refine_models
     if "real_val" in sets:
         objects["real_val"] = load_real_photos(REAL_PHOTOS_VAL)
     rows: list[tuple[str, Method, Callable[[], float | None]]] = []
+    def network_row(name: str, model: str, refine: str = "none", flip: str = "union") -> None:
+        rows.append((name, network_method(model, refine, flip, crop_relax, prior_foreground),
+                     lambda: street_val_aiou(model, street_data, refine, flip, crop_relax, prior_foreground)))
+
     for model in models:
-        rows.append((names.get(model, Path(model).name), network_method(model, crop_relax=crop_relax),
-                     lambda m=model: street_val_aiou(m, street_data, crop_relax=crop_relax)))
+        network_row(names.get(model, Path(model).name), model)
     for model in unflipped_models or []:
-        rows.append((f"{names.get(model, Path(model).name)} without the flip union",
-                     network_method(model, flip="none", crop_relax=crop_relax),
-                     lambda m=model: street_val_aiou(m, street_data, flip="none", crop_relax=crop_relax)))
+        network_row(f"{names.get(model, Path(model).name)} without the flip union", model, flip="none")
     for model in refine_models or []:
-        rows.append((f"{Path(model).name} + GrabCut refinement",
-                     network_method(model, "grabcut", crop_relax=crop_relax),
-                     lambda m=model: street_val_aiou(m, street_data, "grabcut", crop_relax=crop_relax)))
+        network_row(f"{Path(model).name} + GrabCut refinement", model, refine="grabcut")
     rows.append(("GrabCut from the same points", grabcut_method, lambda: None))
     rows.append(("GrabCut on the full image, rectangle mode", grabcut_full_image_method, lambda: None))
     rows.append(("the points' box as the mask", box_method, lambda: None))
@@ -355,6 +365,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--crop-relax", type=float, default=None,
                         help="run every network with this crop margin (a fraction of the points' box) instead of the "
                              "one its manifest gives (checkpoints: 0.1); GrabCut keeps its 10 %% crop")
+    parser.add_argument("--prior-foreground", choices=PRIOR_FOREGROUNDS, default=None,
+                        help="run every network with this colour-prior foreground instead of its manifest's")
     parser.add_argument("--per-object", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS),
@@ -366,13 +378,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.models and not args.checkpoints:
         parser.error("give --models or --checkpoints")
-    if args.record and (set(args.sets) != set(SETS) or args.crop_relax is not None):
-        parser.error("--record needs every set, with each graph's own crop margin")
+    if args.record and (set(args.sets) != set(SETS) or args.crop_relax is not None
+                        or args.prior_foreground is not None):
+        parser.error("--record needs every set, with each graph's own crop margin and colour prior")
     with tempfile.TemporaryDirectory() as scratch:
         exported = export_checkpoints(args.checkpoints, Path(scratch))
         table, results = proxy_table([*args.models, *exported], args.street_data, args.refine_models, args.per_object,
                                      args.seed, dict(zip(exported, args.checkpoints, strict=True)), tuple(args.sets),
-                                     args.unflipped_models, args.crop_relax)
+                                     args.unflipped_models, args.crop_relax, args.prior_foreground)
     print(table)
     if args.record:
         record(Path(args.record), table, results)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from instseg_core.annotate.encoding import encode
+from instseg_core.annotate.encoding import PRIOR_FOREGROUNDS, encode
 from instseg_core.annotate.segmenter import (
     DEFAULT_RELAX_FRACTION,
     annotation_segmenter_from_module,
@@ -58,34 +58,43 @@ def class_name(index: int) -> str:
     return "randomised" if index == RANDOMISED_CLASS else ANNOTATION_CLASSES[index]
 
 
+def trained_prior_foreground(checkpoint: dict) -> str:
+    """The colour-prior foreground a checkpoint was trained with ("box" for runs from before the option)."""
+    return str(checkpoint.get("config", {}).get("prior_foreground", "box"))
+
+
 def batch_inputs(crops: CropSet, index: np.ndarray, variant: str, rng: np.random.Generator | None,
-                 photometric: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                 photometric: float = 0.0, prior_foreground: str = "box") -> tuple[torch.Tensor, torch.Tensor]:
     """(B, C, 128, 128) inputs and (B, 1, 128, 128) targets; augmented when `rng` is given (photometric
-    jitter with that probability)."""
+    jitter with that probability); the colour prior (5 channels) reads its foreground from `prior_foreground`
+    (encoding.PRIOR_FOREGROUNDS)."""
     inputs, targets = [], []
     for i in index:
         image, mask, points = crops.images[i], crops.masks[i], crops.points[i]
         if rng is not None:
             image, mask, points = augment(image, mask, points, rng, photometric=photometric)
-        inputs.append(encode(image, None if variant == "box" else points, channels=VARIANTS[variant]))
+        inputs.append(encode(image, None if variant == "box" else points, channels=VARIANTS[variant],
+                             prior_foreground=prior_foreground))
         targets.append(mask[None])
     x = torch.from_numpy(np.stack(inputs)).contiguous(memory_format=torch.channels_last)
     return x, torch.from_numpy(np.stack(targets).astype(np.float32))
 
 
-def evaluate_model(model: torch.nn.Module, crops: CropSet, variant: str, batch_size: int = 32) -> dict:
+def evaluate_model(model: torch.nn.Module, crops: CropSet, variant: str, batch_size: int = 32,
+                   prior_foreground: str = "box") -> dict:
     """aIoU (batches of `batch_size`), mIoU, iIoU, border error at 128 x 128, with the model in eval mode."""
-    return evaluate_network(annotation_segmenter_from_module(model).probabilities, crops, variant, batch_size)
+    return evaluate_network(annotation_segmenter_from_module(model).probabilities, crops, variant, batch_size,
+                            prior_foreground)
 
 
 def evaluate_network(probabilities: Callable[[np.ndarray], np.ndarray], crops: CropSet, variant: str,
-                     batch_size: int = 32) -> dict:
+                     batch_size: int = 32, prior_foreground: str = "box") -> dict:
     """The metrics of evaluate_model for any network: (N, C, 128, 128) inputs -> (N, 128, 128) probabilities
     (e.g. an ExtremePointSegmenter's `probabilities`)."""
     metrics = BinarySegmentationMetrics()
     for start in range(0, len(crops), batch_size):
         index = np.arange(start, min(start + batch_size, len(crops)))
-        x, y = batch_inputs(crops, index, variant, None)
+        x, y = batch_inputs(crops, index, variant, None, prior_foreground=prior_foreground)
         prediction = probabilities(np.ascontiguousarray(x.numpy())) > 0.5
         metrics.add_batch(prediction, y.numpy()[:, 0] > 0.5, [class_name(c) for c in crops.classes[index]])
     return metrics.result()
@@ -115,6 +124,7 @@ def train(args: argparse.Namespace) -> dict:
     loss_fn = LOSSES[args.loss]
     state = {"epoch": 0, "best_aiou": -1.0, "best_epoch": -1, "history": [], "train_seconds": 0.0}
     rng = np.random.default_rng(args.seed)
+    prior_foreground = getattr(args, "prior_foreground", "box")
     if args.resume:
         state = resume(out, model, optimizer, state, rng)
         for group in optimizer.param_groups:  # --lr applies to the epochs run now (a lower rate to finish)
@@ -128,7 +138,7 @@ def train(args: argparse.Namespace) -> dict:
         batches = max(1, len(order) // args.batch_size)
         for b in range(batches):
             x, y = batch_inputs(train_crops, order[b * args.batch_size:(b + 1) * args.batch_size], args.variant, rng,
-                                args.photometric)
+                                args.photometric, prior_foreground)
             loss = loss_fn(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -137,7 +147,8 @@ def train(args: argparse.Namespace) -> dict:
             if args.progress_every and (b + 1) % args.progress_every == 0:
                 print(f"  epoch {epoch} batch {b + 1}/{batches} loss {np.mean(losses[-args.progress_every:]):.4f}",
                       flush=True)
-        all_metrics = {name: evaluate_model(model, crops, args.variant) for name, crops in val_sets.items()}
+        all_metrics = {name: evaluate_model(model, crops, args.variant, prior_foreground=prior_foreground)
+                       for name, crops in val_sets.items()}
         metrics = all_metrics["street"]
         selection = float(np.mean([m["aIoU"] for m in all_metrics.values()]))
         seconds = time.perf_counter() - start
@@ -173,7 +184,8 @@ def load_run(run: str | os.PathLike, which: str = "best.pt") -> tuple[ExtremeUNe
 def evaluate(args: argparse.Namespace) -> dict:
     model, checkpoint = load_run(args.run, args.checkpoint)
     crops = CropSet.load(Path(args.crops) / "val.npz")
-    result = evaluate_model(model.to(memory_format=torch.channels_last), crops, checkpoint["variant"])
+    result = evaluate_model(model.to(memory_format=torch.channels_last), crops, checkpoint["variant"],
+                            prior_foreground=trained_prior_foreground(checkpoint))
     print(json.dumps({k: v for k, v in result.items() if k != "border_histogram"}, indent=1))
     return result
 
@@ -194,12 +206,15 @@ def export(args: argparse.Namespace) -> Path:
     out = export_onnx(model, args.out)
     channels = VARIANTS[checkpoint["variant"]]
     history = json.loads((Path(args.run) / "history.json").read_text())
+    prior_foreground = getattr(args, "prior_foreground", None) or trained_prior_foreground(checkpoint)
     manifest = {
         "model": "extreme_unet", "variant": checkpoint["variant"], "input": [1, channels, 128, 128],
         "input_encoding": "RGB (v/255-0.5)/0.25" + (" + extreme-point circles r=4" if channels >= 4 else "")
-                          + (" + colour prior (16 bins per channel)" if channels == 5 else ""),
+                          + (f" + colour prior (16 bins per channel, foreground: {prior_foreground})"
+                             if channels == 5 else ""),
         "output": "foreground probability (1, 1, 128, 128)",
         "crop_relax": getattr(args, "crop_relax", DEFAULT_RELAX_FRACTION),
+        "colour_prior_foreground": prior_foreground,
         "best_epoch": checkpoint["epoch"],
         "averaged_epochs": checkpoint.get("averaged_epochs"),
         "val_metrics": {k: v for k, v in checkpoint["metrics"].items() if k != "border_histogram"},
@@ -242,10 +257,13 @@ def average(args: argparse.Namespace) -> Path:
     order = np.random.default_rng(args.seed).permutation(len(train_crops))
     with torch.no_grad():
         for b in range(args.bn_batches):
-            x, _ = batch_inputs(train_crops, order[b * 32:(b + 1) * 32], checkpoints[0]["variant"], None)
+            x, _ = batch_inputs(train_crops, order[b * 32:(b + 1) * 32], checkpoints[0]["variant"], None,
+                                prior_foreground=trained_prior_foreground(checkpoints[0]))
             model(x)
     model.eval()
-    all_metrics = {name: evaluate_model(model, crops, checkpoints[0]["variant"]) for name, crops in val_sets.items()}
+    all_metrics = {name: evaluate_model(model, crops, checkpoints[0]["variant"],
+                                        prior_foreground=trained_prior_foreground(checkpoints[0]))
+                   for name, crops in val_sets.items()}
     out = run / "averaged.pt"
     save_atomically({"model": model.state_dict(), "variant": checkpoints[0]["variant"],
                      "config": checkpoints[-1]["config"], "metrics": all_metrics["street"],
@@ -268,7 +286,8 @@ def ship(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         fp32 = export(argparse.Namespace(run=args.run, out=Path(scratch) / "extreme_unet.onnx",
                                          data_note=args.data_note, checkpoint=args.checkpoint,
-                                         crop_relax=args.crop_relax))
+                                         crop_relax=args.crop_relax,
+                                         prior_foreground=getattr(args, "prior_foreground", None)))
         store_weights_as_float16(fp32, models / "extreme_unet.fp16.onnx")
         manifest = json.loads(fp32.with_suffix(".json").read_text())
     earlier = models / "extreme_unet.json"
@@ -288,7 +307,8 @@ def quantize(args: argparse.Namespace) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     source, out = Path(args.model), Path(args.out)
-    variant = variant_of(create_annotation_segmenter(source).channels)
+    fp32_segmenter = create_annotation_segmenter(source)
+    variant, prior_foreground = variant_of(fp32_segmenter.channels), fp32_segmenter.prior_foreground
     calibration = CropSet.load(Path(args.crops) / "train.npz")
     chosen = np.random.default_rng(0).permutation(len(calibration))[: args.calibration_crops]
 
@@ -300,7 +320,8 @@ def quantize(args: argparse.Namespace) -> Path:
             start = next(self.batches, None)
             if start is None:
                 return None
-            return {"input": batch_inputs(calibration, chosen[start:start + 8], variant, None)[0].numpy()}
+            return {"input": batch_inputs(calibration, chosen[start:start + 8], variant, None,
+                                          prior_foreground=prior_foreground)[0].numpy()}
 
     prepared = out.with_suffix(".prep.onnx")
     quant_pre_process(str(source), str(prepared))
@@ -308,7 +329,8 @@ def quantize(args: argparse.Namespace) -> Path:
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     prepared.unlink()
     val = CropSet.load(Path(args.crops) / "val.npz")
-    metrics = {name: evaluate_network(create_annotation_segmenter(path).probabilities, val, variant) for name, path in
+    metrics = {name: evaluate_network(create_annotation_segmenter(path).probabilities, val, variant,
+                                      prior_foreground=prior_foreground) for name, path in
                (("fp32", source), ("int8", out))}
     manifest = json.loads(source.with_suffix(".json").read_text())
     manifest.update({
@@ -336,7 +358,8 @@ def ablation_table(runs: list, crops_dir: str | os.PathLike) -> str:
     rows = []
     for run in runs:
         model, checkpoint = load_run(run)
-        result = evaluate_model(model.to(memory_format=torch.channels_last), crops, checkpoint["variant"])
+        result = evaluate_model(model.to(memory_format=torch.channels_last), crops, checkpoint["variant"],
+                            prior_foreground=trained_prior_foreground(checkpoint))
         history = json.loads((Path(run) / "history.json").read_text())
         per_class = " / ".join(f"{result['per_class_iou'].get(c, float('nan')):.3f}"
                                for c in ("car", "person", "bicycle", "traffic sign"))
@@ -381,6 +404,8 @@ def randomise(args: argparse.Namespace) -> None:
 
 CROP_RELAX_HELP = ("the crop relaxation fraction the pipeline runs this network with, recorded in the manifest as "
                    "crop_relax (create_annotation_segmenter reads it)")
+PRIOR_FOREGROUND_HELP = ("where the colour prior reads the foreground's colours (5-channel models; "
+                         "instseg_core.annotate.encoding.colour_prior)")
 RELAX_HELP = ("the crop box's relaxation margin, a fraction of the points' box drawn uniformly per object from "
               "[LOW, HIGH] (seeded); default 0.1 0.1, the pipeline's fixed 10 %%")
 
@@ -424,6 +449,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--photometric", type=float, default=0.0,
                    help="probability of colour/blur/noise/JPEG jitter per training crop")
     p.add_argument("--progress-every", type=int, default=20)
+    p.add_argument("--prior-foreground", choices=PRIOR_FOREGROUNDS, default="box", help=PRIOR_FOREGROUND_HELP)
     p.add_argument("--resume", action="store_true")
     p.set_defaults(func=train)
     p = sub.add_parser("evaluate")
@@ -437,6 +463,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-note", default="")
     p.add_argument("--checkpoint", default="best.pt", help="a checkpoint file of the run (e.g. averaged.pt)")
     p.add_argument("--crop-relax", type=float, default=DEFAULT_RELAX_FRACTION, help=CROP_RELAX_HELP)
+    p.add_argument("--prior-foreground", choices=PRIOR_FOREGROUNDS, default=None,
+                   help="recorded in the manifest as colour_prior_foreground (create_annotation_segmenter reads "
+                        "it); default: what the run was trained with")
     p.set_defaults(func=export)
     p = sub.add_parser("ship", help="the run's best checkpoint into models/ as shipped (float16 ONNX + manifest), "
                                     "then derive fp32 and int8 as set-up does")
@@ -445,6 +474,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-note", default="")
     p.add_argument("--checkpoint", default="best.pt", help="a checkpoint file of the run (e.g. averaged.pt)")
     p.add_argument("--crop-relax", type=float, default=DEFAULT_RELAX_FRACTION, help=CROP_RELAX_HELP)
+    p.add_argument("--prior-foreground", choices=PRIOR_FOREGROUNDS, default=None,
+                   help="recorded in the manifest as colour_prior_foreground (create_annotation_segmenter reads "
+                        "it); default: what the run was trained with")
     p.set_defaults(func=ship)
     p = sub.add_parser("average", help="average the weights of some epochs of a run (batch-norm statistics "
                                        "re-estimated on training crops) into RUN/averaged.pt")

@@ -27,6 +27,7 @@ import numpy as np
 from instseg_core.annotate.encoding import (
     CHANNEL_LAYOUTS,
     CROP_SIZE,
+    PRIOR_FOREGROUNDS,
     crop,
     crop_box,
     encode,
@@ -136,6 +137,9 @@ class ExtremePointSegmenter:
     relax_fraction, relax_min: the crop box is the points' box enlarged on every side by max(relax_fraction * its
     size, relax_min pixels) (encoding.crop_box); create_annotation_segmenter takes the fraction from the graph's
     manifest (`crop_relax`), the margin the network was chosen to run with;
+    prior_foreground: where the colour prior (5-channel models) reads the foreground's colours, one of
+    encoding.PRIOR_FOREGROUNDS; create_annotation_segmenter takes it from the manifest (`colour_prior_foreground`,
+    default "box");
     refine: "none", or "grabcut" to move the network's uncertain border pixels to the colour edge with OpenCV
     GrabCut seeded by its probabilities (instseg_core.annotate.refine; about 10-30 ms more per object);
     flip: "union" (default) runs the network on the crop and on its mirror image in one batch and keeps, per pixel,
@@ -147,7 +151,7 @@ class ExtremePointSegmenter:
     def __init__(self, backend: InferenceBackend, *, channels: int | None = None,
                  threshold: float = 0.5, polygon_tolerance: float = 1.0, point_mode: str = "circle",
                  relax_fraction: float = DEFAULT_RELAX_FRACTION, relax_min: float = 4.0, refine: str = "none",
-                 flip: str = "union") -> None:
+                 flip: str = "union", prior_foreground: str = "box") -> None:
         self.backend = backend
         declared: tuple[int | None, ...] = getattr(backend, "input_shape", None) or ()
         self.channels = int(channels or (declared[1] or 0 if len(declared) > 1 else 0))
@@ -166,6 +170,10 @@ class ExtremePointSegmenter:
         if flip not in FLIPS:
             raise ValueError(f"flip must be one of {', '.join(FLIPS)}, not {flip!r}")
         self.flip = flip
+        if prior_foreground not in PRIOR_FOREGROUNDS:
+            raise ValueError(f"prior_foreground must be one of {', '.join(PRIOR_FOREGROUNDS)}, "
+                             f"not {prior_foreground!r}")
+        self.prior_foreground = prior_foreground
         if not 0.0 <= relax_fraction <= 1.0 or relax_min < 0:
             raise ValueError(f"the crop relaxation must be a fraction in [0, 1] and a margin >= 0 pixels, not "
                              f"{relax_fraction!r}, {relax_min!r}")
@@ -208,7 +216,8 @@ class ExtremePointSegmenter:
         boxes = [crop_box(p, *self.relax) for p in validated]
         crops = [crop(image, box) for box in boxes]
         crop_points = [points_in_crop(p, box) for p, box in zip(validated, boxes, strict=True)]
-        inputs = np.stack([encode(rgb, points if self.use_points else None, self.point_mode, self.channels)
+        inputs = np.stack([encode(rgb, points if self.use_points else None, self.point_mode, self.channels,
+                                  self.prior_foreground)
                            for rgb, points in zip(crops, crop_points, strict=True)])
         encoded = time.perf_counter()
         probabilities = self.crop_probabilities(inputs)
@@ -245,14 +254,28 @@ def create_annotation_segmenter(model_file: str | os.PathLike | None = None, *, 
 
     model_file: a path or a bare file name (instseg_core.base.model_files.find_model); default the shipped
     DEFAULT_ANNOTATION_MODEL. `options` go to ExtremePointSegmenter (threshold, polygon_tolerance, ...); without
-    `relax_fraction` the graph's manifest says it (manifest_crop_relax).
+    `relax_fraction` or `prior_foreground` the graph's manifest says them (manifest_crop_relax,
+    manifest_prior_foreground).
     Raises ModelFileError naming the file when it is missing or not a loadable graph, or its manifest's `crop_relax`
-    is not a fraction.
+    is not a fraction or its `colour_prior_foreground` not one of encoding.PRIOR_FOREGROUNDS.
     """
     path = find_model(model_file or DEFAULT_ANNOTATION_MODEL)
     options.setdefault("relax_fraction", manifest_crop_relax(path))
+    options.setdefault("prior_foreground", manifest_prior_foreground(path))
     return ExtremePointSegmenter(OnnxRuntimeBackend(path, threads=threads, spin_wait=spin_wait),
                                  **options)  # type: ignore[arg-type]
+
+
+def _manifest_value(model_path: str | os.PathLike, key: str, default: Any) -> tuple[Any, Path]:
+    """`key` of the manifest beside a graph (`<model>.json`), `default` without a manifest or the key; and the
+    manifest's path. Raises ModelFileError when the manifest cannot be read."""
+    manifest_path = Path(model_path).with_suffix(".json")
+    if not manifest_path.is_file():
+        return default, manifest_path
+    try:
+        return json.loads(manifest_path.read_text()).get(key, default), manifest_path
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelFileError(f"{manifest_path}: cannot read the model manifest: {exc}") from exc
 
 
 def manifest_crop_relax(model_path: str | os.PathLike) -> float:
@@ -260,16 +283,21 @@ def manifest_crop_relax(model_path: str | os.PathLike) -> float:
     network was trained on a range of margins and this one was chosen for it on the real validation set
     (docs/extreme_points_real_images.md). DEFAULT_RELAX_FRACTION when there is no manifest or no such key.
     Raises ModelFileError when the manifest cannot be read or the value is not a number in (0, 1]."""
-    manifest_path = Path(model_path).with_suffix(".json")
-    if not manifest_path.is_file():
-        return DEFAULT_RELAX_FRACTION
-    try:
-        value = json.loads(manifest_path.read_text()).get("crop_relax", DEFAULT_RELAX_FRACTION)
-    except (OSError, ValueError, AttributeError) as exc:
-        raise ModelFileError(f"{manifest_path}: cannot read the model manifest: {exc}") from exc
+    value, manifest_path = _manifest_value(model_path, "crop_relax", DEFAULT_RELAX_FRACTION)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
         raise ModelFileError(f"{manifest_path}: crop_relax must be a fraction in (0, 1], not {value!r}")
     return float(value)
+
+
+def manifest_prior_foreground(model_path: str | os.PathLike) -> str:
+    """Where the graph's colour prior reads the foreground (`colour_prior_foreground` in the manifest beside it,
+    one of encoding.PRIOR_FOREGROUNDS); "box" when there is no manifest or no such key. Raises ModelFileError
+    when the manifest cannot be read or names another region."""
+    value, manifest_path = _manifest_value(model_path, "colour_prior_foreground", "box")
+    if value not in PRIOR_FOREGROUNDS:
+        raise ModelFileError(f"{manifest_path}: colour_prior_foreground must be one of "
+                             f"{', '.join(PRIOR_FOREGROUNDS)}, not {value!r}")
+    return str(value)
 
 
 def annotation_segmenter_from_module(model: Any, *, threads: int = 0,
