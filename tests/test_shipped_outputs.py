@@ -34,13 +34,14 @@ from instseg_core.runtime import create_segmenter
 # fine-tuned model and its decoding with fragment joining; the extreme-point graphs re-pinned on 2026-12-02 for
 # the model with the colour-prior input channel (issue 15), again for its fifth epoch (chosen on the real
 # validation set), again for the pipeline's flip union (the network also sees the mirrored crop), and again for
-# its seventh epoch, trained on and run with a wider crop margin (crop_relax 0.25).
+# its seventh epoch, trained on and run with a wider crop margin (crop_relax 0.25), and again for its eighth epoch,
+# trained on and run with the colour prior read from the points' box and their hull (colour_prior_foreground).
 PINNED = {
     "spatial_embeddings": "916f4c27e315820206104e5a76ff4ab385585d0f6a3bd811219b9c5d2e21fa80",
     "box2pix": "82ff30be260880627c2b6be1cd6f2a0f33ef76fe8356878e44cf34e6a532e172",
     "dcme": "5a2c51368df9b532bc435fe3d0b1504572929ceb24e23470c81e8edfd52afe9d",
-    "extreme_unet_int8.onnx": "2329df87047e383fd04c9c33bbff4f5a8332c5b696a90a002edff5f626caea21",
-    "extreme_unet.onnx": "569dbb39f7af0a738e21bd5516af116938f4e62c4c7a9e8a8c895893b15142f3",
+    "extreme_unet_int8.onnx": "2a9a50ed3da4498b42ceb1b83e46572a1c1666f02ee6b6bde7fdcb47386b3740",
+    "extreme_unet.onnx": "bf55eea867c1839683e113c94b148224bae0c1707ca19573e8e51f7b55be3260",
 }
 
 
