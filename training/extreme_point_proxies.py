@@ -47,7 +47,7 @@ from instseg_core.annotate.encoding import (
     paste_back,
     points_in_crop,
 )
-from instseg_core.annotate.refine import grabcut_from_points
+from instseg_core.annotate.refine import grabcut_from_points, seeded_grabcut
 from instseg_core.data.textures import HELD_OUT_PHOTOS, photo_patch
 from training.extreme_point_crops import CropSet, build_crops
 from training.labelled_by_others import load_labelled_by_others
@@ -146,7 +146,7 @@ def cut_and_paste(objects: list[ProxyObject], per_object: int = 7, seed: int = 0
 Method = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def _margin(crop_relax: float | None, prior_foreground: str | None = None) -> dict:
+def _overrides(crop_relax: float | None, prior_foreground: str | None = None) -> dict:
     """create_annotation_segmenter's options for a crop margin and a colour-prior foreground: None keeps the graph's
     manifest's."""
     return ({} if crop_relax is None else {"relax_fraction": crop_relax}) | (
@@ -157,7 +157,7 @@ def network_method(model: str | os.PathLike, refine: str = "none", flip: str = "
                    crop_relax: float | None = None, prior_foreground: str | None = None) -> Method:
     from instseg_core.annotate.segmenter import create_annotation_segmenter
 
-    segmenter = create_annotation_segmenter(model, refine=refine, flip=flip, **_margin(crop_relax, prior_foreground))
+    segmenter = create_annotation_segmenter(model, refine=refine, flip=flip, **_overrides(crop_relax, prior_foreground))
     return lambda image, points: segmenter.segment(image, points).mask
 
 
@@ -173,17 +173,13 @@ def grabcut_method(image: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 def grabcut_full_image_method(image: np.ndarray, points: np.ndarray) -> np.ndarray:
     """OpenCV GrabCut as a newcomer would call it: on the full-resolution image, in rectangle mode, the rectangle
-    being the points' box plus one pixel, 5 iterations (seeded like refine.py's, so reproducible). Slower than the
+    being the points' box plus one pixel, 5 iterations (seeded_grabcut, so reproducible). Slower than the
     crop version (hundreds of ms on large objects) and a different baseline: reported beside it, not instead."""
     height, width = image.shape[:2]
     (x0, y0), (x1, y1) = points.min(axis=0).astype(int), points.max(axis=0).astype(int)
     x0, y0, x1, y1 = max(x0 - 1, 0), max(y0 - 1, 0), min(x1 + 1, width - 1), min(y1 + 1, height - 1)
-    labels = np.zeros((height, width), np.uint8)
-    background, foreground = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    cv2.setRNGSeed(0)
-    cv2.grabCut(np.ascontiguousarray(image[..., ::-1]), labels, (int(x0), int(y0), int(x1 - x0 + 1), int(y1 - y0 + 1)),
-                background, foreground, 5, cv2.GC_INIT_WITH_RECT)
-    return (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+    return seeded_grabcut(image, np.zeros((height, width), np.uint8),
+                          (int(x0), int(y0), int(x1 - x0 + 1), int(y1 - y0 + 1)), 5)
 
 
 def box_method(image: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -226,7 +222,7 @@ def street_val_aiou(model: str | os.PathLike, street_data: str | os.PathLike, re
     from instseg_core.eval.binary_metrics import BinarySegmentationMetrics
     from training.extreme_points import batch_inputs, class_name, variant_of
 
-    segmenter = create_annotation_segmenter(model, flip=flip, **_margin(crop_relax, prior_foreground))
+    segmenter = create_annotation_segmenter(model, flip=flip, **_overrides(crop_relax, prior_foreground))
     variant = variant_of(segmenter.channels)
     crops = street_val_crops(str(street_data), segmenter.relax[0])
     metrics = BinarySegmentationMetrics()

@@ -13,7 +13,7 @@ network's probabilities.
 
 GrabCut initialises its colour models with k-means drawn from OpenCV's random generator, so without a seed the
 same crop gives a different mask from call to call (and the baseline's mean IoU over a small set moved by up to
-0.07 with what ran before it in the process). `_run` seeds the calling thread's generator first, so both are
+0.07 with what ran before it in the process). `seeded_grabcut` seeds the calling thread's generator first, so both are
 deterministic.
 """
 
@@ -30,15 +30,23 @@ def _point_discs(trimap: np.ndarray, crop_points: np.ndarray, radius: int = 2) -
         cv2.circle(trimap, (round(float(u)), round(float(v))), radius, cv2.GC_FGD, -1)
 
 
+def seeded_grabcut(rgb: np.ndarray, labels: np.ndarray, rectangle: tuple[int, int, int, int] | None,
+                   iterations: int) -> np.ndarray:
+    """OpenCV GrabCut on an (H, W, 3) uint8 RGB image, seeded first (the module docstring says why): from the
+    (H, W) uint8 GC_* `labels` when `rectangle` is None, else from `rectangle` (x, y, width, height in pixels),
+    `labels` then only receiving the result. Returns the (H, W) bool foreground (certain or probable)."""
+    background, foreground = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)  # k-means initialisation: the same image gives the same mask
+    cv2.grabCut(np.ascontiguousarray(rgb[..., ::-1]), labels, rectangle, background, foreground, iterations,
+                cv2.GC_INIT_WITH_MASK if rectangle is None else cv2.GC_INIT_WITH_RECT)
+    return (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+
+
 def _run(crop_rgb: np.ndarray, trimap: np.ndarray, iterations: int) -> np.ndarray:
     if not np.any((trimap == cv2.GC_BGD) | (trimap == cv2.GC_PR_BGD)) or not np.any(
             (trimap == cv2.GC_FGD) | (trimap == cv2.GC_PR_FGD)):
         return ((trimap == cv2.GC_FGD) | (trimap == cv2.GC_PR_FGD)).astype(np.float32)
-    background, foreground = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    bgr = np.ascontiguousarray(crop_rgb[..., ::-1])
-    cv2.setRNGSeed(0)  # k-means initialisation: the same crop gives the same mask
-    cv2.grabCut(bgr, trimap, None, background, foreground, iterations, cv2.GC_INIT_WITH_MASK)
-    return ((trimap == cv2.GC_FGD) | (trimap == cv2.GC_PR_FGD)).astype(np.float32)
+    return seeded_grabcut(crop_rgb, trimap, None, iterations).astype(np.float32)
 
 
 def grabcut_refine(crop_rgb: np.ndarray, probability: np.ndarray, crop_points: np.ndarray, *,
