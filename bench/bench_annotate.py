@@ -19,6 +19,7 @@ The script isolates itself in a loopback-only network namespace before rclpy sta
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -58,7 +59,7 @@ def in_process(model_path: Path, rgb: np.ndarray, points: list[np.ndarray], repe
         annotation_segmenter_from_module,
         create_annotation_segmenter,
     )
-    from instseg_core.networks.extreme_unet import ExtremeUNet
+    from training.extreme_points import build_network
 
     # Built lazily, in this order: PyTorch's OpenMP pool keeps spinning after it runs and would slow
     # ONNX Runtime's threads if it were created first.
@@ -72,10 +73,13 @@ def in_process(model_path: Path, rgb: np.ndarray, points: list[np.ndarray], repe
         backends.append(("ONNX Runtime int8 QDQ + GrabCut refinement",
                          lambda: create_annotation_segmenter(int8_path, threads=2, refine="grabcut")))
     if previous is not None:
-        backends.append((f"ONNX Runtime, previous model {previous.name} (one pass, as it shipped)",
+        backends.append((f"ONNX Runtime, previous model {previous.name} (2 threads)",
+                         lambda: create_annotation_segmenter(previous, threads=2)))
+        backends.append((f"ONNX Runtime, previous model {previous.name}, one pass (flip none)",
                          lambda: create_annotation_segmenter(previous, threads=2, flip="none")))
+    architecture = json.loads(model_path.with_suffix(".json").read_text()).get("architecture", "unet")
     backends.append(("PyTorch eager fp32 (2 threads)", lambda: annotation_segmenter_from_module(
-        ExtremeUNet(create_annotation_segmenter(model_path).channels), threads=2)))
+        build_network(architecture, create_annotation_segmenter(model_path).channels), threads=2)))
     rows, medians = [], {}
     for name, make_segmenter in backends:
         segmenter = make_segmenter()

