@@ -110,3 +110,17 @@ def test_training_the_pretrained_network_reduces_the_loss_resumes_and_exports(sy
                                                                   checkpoint="epoch4.pt"))
     manifest = json.loads(out.with_suffix(".json").read_text())
     assert manifest["architecture"] == "efficientnet_lite0" and manifest["input"] == [1, 5, 128, 128]
+
+
+def test_frozen_encoder_batch_norm_keeps_its_statistics_while_the_decoder_learns() -> None:
+    torch.manual_seed(2)
+    model = ExtremeEfficientNetUNet(5, pretrained=False)
+    model.train()
+    frozen = extreme_points.freeze_encoder_batch_norm(model)
+    assert frozen == sum(isinstance(m, torch.nn.BatchNorm2d) for m in [*model.stem.modules(), *model.blocks.modules()])
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running_mean" in k}
+    model(torch.randn(4, 5, 128, 128) * 3 + 1)
+    after = model.state_dict()
+    changed = {k for k, v in before.items() if not torch.equal(v, after[k])}
+    assert changed and all(not k.startswith(("stem.", "blocks.")) for k in changed), changed
+    assert extreme_points.freeze_encoder_batch_norm(extreme_points.build_network("unet", 5)) == 0

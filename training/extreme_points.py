@@ -68,6 +68,18 @@ def architecture_of(checkpoint: dict) -> str:
     return str(checkpoint.get("config", {}).get("architecture", "unet"))
 
 
+def freeze_encoder_batch_norm(model: torch.nn.Module) -> int:
+    """Puts the batch norms of a pretrained encoder (the modules `stem` and `blocks`) in eval mode, so that they
+    normalise with their ImageNet running statistics instead of re-estimating them on synthetic crops (their scale
+    and shift still train). Call after each `model.train()`; returns how many were frozen (0 without an encoder)."""
+    frozen = 0
+    for name, module in model.named_modules():
+        if name.split(".")[0] in ("stem", "blocks") and isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()
+            frozen += 1
+    return frozen
+
+
 def parameter_groups(model: torch.nn.Module, lr: float, encoder_lr_scale: float) -> list[dict]:
     """Adam parameter groups: a pretrained encoder (the modules `stem` and `blocks`) at `lr * encoder_lr_scale`,
     everything else at `lr`; one group for networks without one."""
@@ -165,6 +177,8 @@ def train(args: argparse.Namespace) -> dict:
     config = {k: v for k, v in vars(args).items() if k not in ("func", "resume")}
     for epoch in range(state["epoch"] + 1, args.epochs + 1):
         model.train()
+        if getattr(args, "freeze_encoder_bn", False):
+            freeze_encoder_batch_norm(model)
         start = time.perf_counter()
         order = rng.permutation(len(train_crops))
         losses = []
@@ -490,6 +504,8 @@ def main(argv: list[str] | None = None) -> None:
                         "(instseg_core/networks/extreme_efficientnet.py)")
     p.add_argument("--encoder-lr-scale", type=float, default=1.0,
                    help="the pretrained encoder's learning rate as a fraction of --lr")
+    p.add_argument("--freeze-encoder-bn", action="store_true",
+                   help="keep the pretrained encoder's batch-norm statistics (ImageNet's), not re-estimating them")
     p.add_argument("--resume", action="store_true")
     p.set_defaults(func=train)
     p = sub.add_parser("evaluate")
