@@ -49,6 +49,8 @@ from training.extreme_point_crops import (
 VARIANTS = {"extreme": 4, "box": 3, "extreme_prior": 5}
 # the networks: the paper's U-Net from scratch, or EfficientNet-Lite0 (ImageNet weights) under a U-Net decoder
 ARCHITECTURES = ("unet", "efficientnet_lite0")
+# the modules of a pretrained encoder (ExtremeEfficientNetUNet's); the U-Net has none
+ENCODER_MODULES = ("stem", "blocks")
 
 
 def build_network(architecture: str, channels: int, pretrained: bool = False) -> torch.nn.Module:
@@ -69,21 +71,21 @@ def architecture_of(checkpoint: dict) -> str:
 
 
 def freeze_encoder_batch_norm(model: torch.nn.Module) -> int:
-    """Puts the batch norms of a pretrained encoder (the modules `stem` and `blocks`) in eval mode, so that they
+    """Puts the batch norms of a pretrained encoder (ENCODER_MODULES) in eval mode, so that they
     normalise with their ImageNet running statistics instead of re-estimating them on synthetic crops (their scale
     and shift still train). Call after each `model.train()`; returns how many were frozen (0 without an encoder)."""
     frozen = 0
     for name, module in model.named_modules():
-        if name.split(".")[0] in ("stem", "blocks") and isinstance(module, torch.nn.BatchNorm2d):
+        if name.split(".")[0] in ENCODER_MODULES and isinstance(module, torch.nn.BatchNorm2d):
             module.eval()
             frozen += 1
     return frozen
 
 
 def parameter_groups(model: torch.nn.Module, lr: float, encoder_lr_scale: float) -> list[dict]:
-    """Adam parameter groups: a pretrained encoder (the modules `stem` and `blocks`) at `lr * encoder_lr_scale`,
+    """Adam parameter groups: a pretrained encoder (ENCODER_MODULES) at `lr * encoder_lr_scale`,
     everything else at `lr`; one group for networks without one."""
-    encoder = [p for name, p in model.named_parameters() if name.split(".")[0] in ("stem", "blocks")]
+    encoder = [p for name, p in model.named_parameters() if name.split(".")[0] in ENCODER_MODULES]
     if not encoder:
         return [{"params": list(model.parameters()), "lr": lr, "lr_scale": 1.0}]
     ids = {id(p) for p in encoder}
