@@ -124,3 +124,20 @@ def test_frozen_encoder_batch_norm_keeps_its_statistics_while_the_decoder_learns
     changed = {k for k, v in before.items() if not torch.equal(v, after[k])}
     assert changed and all(not k.startswith(("stem.", "blocks.")) for k in changed), changed
     assert extreme_points.freeze_encoder_batch_norm(extreme_points.build_network("unet", 5)) == 0
+
+
+@pytest.mark.slow
+def test_a_runs_first_call_with_resume_starts_from_the_imagenet_weights(synthetic_tree: Path, tmp_path: Path) -> None:
+    """The Makefile passes --resume to every call; the first finds no last.pt and must still start pretrained."""
+    crops = tmp_path / "crops"
+    extreme_points.main(["prepare", "--data", str(synthetic_tree), "--out", str(crops)])
+    run = tmp_path / "run"
+    extreme_points.main(["train", "--crops", str(crops), "--out", str(run), "--batch-size", "8", "--limit", "8",
+                         "--progress-every", "0", "--variant", "extreme_prior", "--architecture", "efficientnet_lite0",
+                         "--encoder-lr-scale", "0.1", "--lr", "1e-5", "--epochs", "1", "--resume"])
+    trained = torch.load(run / "epoch1.pt", weights_only=False)["model"]
+    imagenet = torch.load(pretrained_weights_path(), map_location="cpu", weights_only=True)
+    for block in (1, 5, 15):
+        ours = trained[f"blocks.{block}._depthwise_conv.weight"]
+        theirs = imagenet[f"_blocks.{block}._depthwise_conv.weight"]
+        assert float(torch.corrcoef(torch.stack([ours.flatten(), theirs.flatten()]))[0, 1]) > 0.99, block

@@ -165,8 +165,8 @@ def train(args: argparse.Namespace) -> dict:
         train_crops = train_crops.subset(np.random.default_rng(0).permutation(len(train_crops))[:args.limit])
         val_sets = {name: crops.subset(slice(args.limit)) for name, crops in val_sets.items()}
     architecture = getattr(args, "architecture", "unet")
-    model = build_network(architecture, VARIANTS[args.variant], pretrained=not args.resume
-                          ).to(memory_format=torch.channels_last)
+    # pretrained weights always: --resume finds no last.pt on a run's first call, and resume() replaces them anyway
+    model = build_network(architecture, VARIANTS[args.variant], pretrained=True).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(parameter_groups(model, args.lr, getattr(args, "encoder_lr_scale", 1.0)))
     loss_fn = LOSSES[args.loss]
     state = {"epoch": 0, "best_aiou": -1.0, "best_epoch": -1, "history": [], "train_seconds": 0.0}
