@@ -302,8 +302,8 @@ def manifest_prior_foreground(model_path: str | os.PathLike) -> str:
 
 def annotation_segmenter_from_module(model: Any, *, threads: int = 0,
                                      **options: float | str) -> ExtremePointSegmenter:
-    """PyTorch eager on CPU for an ExtremeUNet (logits) being trained or compared; `threads` 0 keeps torch's
-    thread count."""
+    """PyTorch eager on CPU for an extreme-point network (logits; ExtremeUNet, ExtremeEfficientNetUNet) being
+    trained or compared; `threads` 0 keeps torch's thread count."""
     from instseg_core.networks.extreme_unet import SigmoidOutput
 
     channels = int(model.in_channels)
