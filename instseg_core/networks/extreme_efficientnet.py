@@ -29,8 +29,10 @@ TAP_BLOCKS = (0, 2, 4, 10, 15)  # the last block of each stride (2, 4, 8, 16, 32
 TAP_CHANNELS = (16, 24, 40, 112, 320)
 DECODER_CHANNELS = (96, 64, 40, 24, 16)  # after the upsampling to stride 16, 8, 4, 2, 1
 FULL_RESOLUTION_CHANNELS = 16
-# The pretrained stem expects RGB as (v - 127) / 128; our encoding gives (v - 127.5) / 63.75, about twice that.
+# The pretrained stem expects RGB as (v - 127) / 128; our encoding gives (v - 127.5) / 63.75: theirs is ours times
+# RGB_INPUT_SCALE plus RGB_INPUT_OFFSET (0.5 / 128, a grey offset folded into the stem's batch-norm mean).
 RGB_INPUT_SCALE = 63.75 / 128.0
+RGB_INPUT_OFFSET = 0.5 / 128.0
 
 
 def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -54,8 +56,9 @@ class ExtremeEfficientNetUNet(nn.Module):
     """EfficientNet-Lite0 encoder + U-Net decoder for one object crop; see the module docstring.
 
     `pretrained=True` loads the ImageNet weights into the encoder: the stem's RGB filters are scaled to our RGB
-    normalisation, and its filters for the extra input channels (points, colour prior) start at zero, so the
-    network starts as the ImageNet encoder does on the photograph alone (as DEXTR initialises its extra channel)."""
+    normalisation (and its batch-norm mean shifted by the grey offset between the two), and its filters for the
+    extra input channels (points, colour prior) start at zero, so the network starts as the ImageNet encoder does
+    on the photograph alone (as DEXTR initialises its extra channel)."""
 
     def __init__(self, in_channels: int = 5, pretrained: bool = False) -> None:
         super().__init__()
@@ -69,7 +72,9 @@ class ExtremeEfficientNetUNet(nn.Module):
         with torch.no_grad():
             encoder._conv_stem.weight.zero_()
             encoder._conv_stem.weight[:, :3] = stem.weight * (RGB_INPUT_SCALE if pretrained else 1.0)
-            if not pretrained:
+            if pretrained:  # the offset's contribution to each stem feature, away from the zero padding
+                encoder._bn0.running_mean -= stem.weight.sum(dim=(1, 2, 3)) * RGB_INPUT_OFFSET
+            else:
                 nn.init.kaiming_normal_(encoder._conv_stem.weight, nonlinearity="relu")
         self.stem = nn.Sequential(encoder._conv_stem, encoder._bn0, encoder._swish)
         self.blocks = nn.ModuleList(encoder._blocks[: TAP_BLOCKS[-1] + 1])
