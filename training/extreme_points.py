@@ -51,6 +51,9 @@ VARIANTS = {"extreme": 4, "box": 3, "extreme_prior": 5}
 ARCHITECTURES = ("unet", "efficientnet_lite0")
 # the modules of a pretrained encoder (ExtremeEfficientNetUNet's); the U-Net has none
 ENCODER_MODULES = ("stem", "blocks")
+# what --frozen-encoder fixes: the pretrained blocks; the stem still trains, as it must learn to pass the point and
+# colour-prior channels (zero at the start) into the features
+FROZEN_ENCODER_MODULES = ("blocks",)
 
 
 def build_network(architecture: str, channels: int, pretrained: bool = False) -> torch.nn.Module:
@@ -82,14 +85,32 @@ def freeze_encoder_batch_norm(model: torch.nn.Module) -> int:
     return frozen
 
 
+def freeze_encoder(model: torch.nn.Module) -> int:
+    """Fixes a pretrained encoder's blocks (FROZEN_ENCODER_MODULES): no gradients for their weights, and their
+    batch norms in eval mode (ImageNet's statistics). Features trained on real photographs then stay what they were,
+    and only the stem and the decoder learn from the synthetic crops (Hinterstoisser et al. 2018, "On pre-trained
+    image features and synthetic images for deep learning"). Call after each `model.train()`; returns how many
+    parameters it froze (0 without an encoder)."""
+    frozen = 0
+    for name, module in model.named_modules():
+        if name.split(".")[0] in FROZEN_ENCODER_MODULES and isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()
+    for name, parameter in model.named_parameters():
+        if name.split(".")[0] in FROZEN_ENCODER_MODULES:
+            parameter.requires_grad_(False)
+            frozen += 1
+    return frozen
+
+
 def parameter_groups(model: torch.nn.Module, lr: float, encoder_lr_scale: float) -> list[dict]:
     """Adam parameter groups: a pretrained encoder (ENCODER_MODULES) at `lr * encoder_lr_scale`,
-    everything else at `lr`; one group for networks without one."""
-    encoder = [p for name, p in model.named_parameters() if name.split(".")[0] in ENCODER_MODULES]
+    everything else at `lr`; one group for networks without one. Frozen parameters (freeze_encoder) are left out."""
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    encoder = [p for name, p in trainable if name.split(".")[0] in ENCODER_MODULES]
     if not encoder:
-        return [{"params": list(model.parameters()), "lr": lr, "lr_scale": 1.0}]
+        return [{"params": [p for _, p in trainable], "lr": lr, "lr_scale": 1.0}]
     ids = {id(p) for p in encoder}
-    rest = [p for p in model.parameters() if id(p) not in ids]
+    rest = [p for _, p in trainable if id(p) not in ids]
     return [{"params": rest, "lr": lr, "lr_scale": 1.0},
             {"params": encoder, "lr": lr * encoder_lr_scale, "lr_scale": encoder_lr_scale}]
 
@@ -167,6 +188,8 @@ def train(args: argparse.Namespace) -> dict:
     architecture = getattr(args, "architecture", "unet")
     # pretrained weights always: --resume finds no last.pt on a run's first call, and resume() replaces them anyway
     model = build_network(architecture, VARIANTS[args.variant], pretrained=True).to(memory_format=torch.channels_last)
+    if getattr(args, "frozen_encoder", False):
+        freeze_encoder(model)
     optimizer = torch.optim.Adam(parameter_groups(model, args.lr, getattr(args, "encoder_lr_scale", 1.0)))
     loss_fn = LOSSES[args.loss]
     state = {"epoch": 0, "best_aiou": -1.0, "best_epoch": -1, "history": [], "train_seconds": 0.0}
@@ -181,6 +204,8 @@ def train(args: argparse.Namespace) -> dict:
         model.train()
         if getattr(args, "freeze_encoder_bn", False):
             freeze_encoder_batch_norm(model)
+        if getattr(args, "frozen_encoder", False):
+            freeze_encoder(model)
         start = time.perf_counter()
         order = rng.permutation(len(train_crops))
         losses = []
@@ -508,6 +533,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="the pretrained encoder's learning rate as a fraction of --lr")
     p.add_argument("--freeze-encoder-bn", action="store_true",
                    help="keep the pretrained encoder's batch-norm statistics (ImageNet's), not re-estimating them")
+    p.add_argument("--frozen-encoder", action="store_true",
+                   help="fix the pretrained encoder's blocks (weights and batch-norm statistics); the stem and the "
+                        "decoder train")
     p.add_argument("--resume", action="store_true")
     p.set_defaults(func=train)
     p = sub.add_parser("evaluate")
