@@ -15,7 +15,11 @@ from efficientnet_lite_pytorch import EfficientNet
 
 from instseg_core.annotate.encoding import encode
 from instseg_core.networks import extreme_efficientnet
-from instseg_core.networks.extreme_efficientnet import ExtremeEfficientNetUNet, pretrained_weights_path
+from instseg_core.networks.extreme_efficientnet import (
+    ExtremeEfficientNetUNet,
+    ExtremeUNetWithImageNetFeatures,
+    pretrained_weights_path,
+)
 from instseg_core.networks.extreme_unet import deployable
 from training import extreme_points
 from training.extreme_point_crops import CropSet
@@ -165,3 +169,46 @@ def test_a_runs_first_call_with_resume_starts_from_the_imagenet_weights(syntheti
         ours = trained[f"blocks.{block}._depthwise_conv.weight"]
         theirs = imagenet[f"_blocks.{block}._depthwise_conv.weight"]
         assert float(torch.corrcoef(torch.stack([ours.flatten(), theirs.flatten()]))[0, 1]) > 0.99, block
+
+
+def test_unet_with_imagenet_features_starts_as_the_unet_it_is_initialised_from(tmp_path: Path) -> None:
+    torch.manual_seed(4)
+    unet = extreme_points.build_network("unet", 5).eval()
+    for module in unet.modules():  # non-trivial batch-norm statistics, as a trained U-Net has
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    torch.save({"model": unet.state_dict(), "epoch": 8}, tmp_path / "unet.pt")
+    hybrid = extreme_points.build_network("unet_imagenet", 5, pretrained=True)
+    assert isinstance(hybrid, ExtremeUNetWithImageNetFeatures)
+    imagenet_stem = hybrid.stem[0].weight.clone()
+    origin = extreme_points.initialise_from(hybrid, tmp_path / "unet.pt")
+    assert origin["epoch"] == 8 and origin["architecture"] == "unet"
+    assert torch.equal(hybrid.stem[0].weight, imagenet_stem), "the U-Net's checkpoint must not touch the encoder"
+    x = torch.randn(2, 5, 128, 128)
+    with torch.no_grad():
+        np.testing.assert_allclose(hybrid.eval()(x).numpy(), unet(x).numpy(), atol=1e-5)
+        # the ImageNet features do reach the output once the injections are non-zero
+        torch.nn.init.normal_(hybrid.injections[2].weight, std=0.1)
+        assert float((hybrid(x) - unet(x)).abs().max()) > 1e-3
+    # deployable (pixel-shuffle upsampling) computes the same function
+    with torch.no_grad():
+        np.testing.assert_allclose(deployable(hybrid)(x).numpy(), hybrid(x).numpy(), atol=1e-4)
+    torch.save({"model": ExtremeEfficientNetUNet(5).state_dict()}, tmp_path / "other.pt")
+    with pytest.raises(SystemExit, match="do not fit"):
+        extreme_points.initialise_from(extreme_points.build_network("unet_imagenet", 5), tmp_path / "other.pt")
+
+
+def test_train_only_the_injections_leaves_the_unet_and_encoder_as_they_were() -> None:
+    torch.manual_seed(5)
+    model = ExtremeUNetWithImageNetFeatures(5, pretrained=False)
+    model.train()
+    assert extreme_points.train_only(model, ["injections"]) == len(list(model.injections.parameters()))
+    optimizer = torch.optim.Adam(extreme_points.parameter_groups(model, 1e-2, 0.0))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model(torch.randn(2, 5, 128, 128)).square().mean().backward()
+    optimizer.step()
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("injections.") for k in changed), changed
+    with pytest.raises(SystemExit, match="no module"):
+        extreme_points.train_only(model, ["decoderz"])

@@ -48,7 +48,7 @@ from training.extreme_point_crops import (
 # input channels (instseg_core.annotate.encoding.CHANNEL_LAYOUTS)
 VARIANTS = {"extreme": 4, "box": 3, "extreme_prior": 5}
 # the networks: the paper's U-Net from scratch, or EfficientNet-Lite0 (ImageNet weights) under a U-Net decoder
-ARCHITECTURES = ("unet", "efficientnet_lite0")
+ARCHITECTURES = ("unet", "efficientnet_lite0", "unet_imagenet")
 # the modules of a pretrained encoder (ExtremeEfficientNetUNet's); the U-Net has none
 ENCODER_MODULES = ("stem", "blocks")
 # what --frozen-encoder fixes: the pretrained blocks; the stem still trains, as it must learn to pass the point and
@@ -65,7 +65,34 @@ def build_network(architecture: str, channels: int, pretrained: bool = False) ->
         from instseg_core.networks.extreme_efficientnet import ExtremeEfficientNetUNet
 
         return ExtremeEfficientNetUNet(channels, pretrained=pretrained)
+    if architecture == "unet_imagenet":
+        from instseg_core.networks.extreme_efficientnet import ExtremeUNetWithImageNetFeatures
+
+        return ExtremeUNetWithImageNetFeatures(channels, pretrained=pretrained)
     raise ValueError(f"unknown architecture {architecture!r}; expected one of {ARCHITECTURES}")
+
+
+def initialise_from(model: torch.nn.Module, path: str | Path) -> dict:
+    """Loads the weights of another run's checkpoint into `model` (train --init) and returns where they came from.
+    The checkpoint may lack only the modules `model`'s class declares as ADDED_MODULES (a U-Net's epoch into
+    ExtremeUNetWithImageNetFeatures, whose added modules keep their own start); anything else missing or left
+    over is an error."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        weights = checkpoint["model"]
+    except Exception as error:  # any unreadable file is the same user error
+        raise SystemExit(f"--init {path}: not a checkpoint with model weights ({error})") from None
+    added = tuple(getattr(model, "ADDED_MODULES", ()))
+    try:
+        result = model.load_state_dict(weights, strict=False)
+    except RuntimeError as error:  # a tensor of another shape
+        raise SystemExit(f"--init {path}: its weights do not fit this network ({str(error)[:300]})") from None
+    missing = [key for key in result.missing_keys if key.split(".")[0] not in added]
+    if missing or result.unexpected_keys:
+        raise SystemExit(f"--init {path}: its weights do not fit this network (missing {missing[:3]}, unexpected "
+                         f"{result.unexpected_keys[:3]}); was it trained with another architecture or variant?")
+    print(f"initialised from {path} (its epoch {checkpoint.get('epoch')})", flush=True)
+    return {"path": str(path), "epoch": checkpoint.get("epoch"), "architecture": architecture_of(checkpoint)}
 
 
 def architecture_of(checkpoint: dict) -> str:
@@ -100,6 +127,26 @@ def freeze_encoder(model: torch.nn.Module) -> int:
             parameter.requires_grad_(False)
             frozen += 1
     return frozen
+
+
+def train_only(model: torch.nn.Module, modules: list[str]) -> int:
+    """Fixes every parameter and batch-norm statistic outside the top-level `modules` (train --train-only), e.g.
+    only the `injections` of ExtremeUNetWithImageNetFeatures learn while a shipped U-Net stays as it was. Call after
+    each `model.train()`; returns how many parameters still train."""
+    names = {name for name, _ in model.named_children()}
+    if not set(modules) <= names:
+        raise SystemExit(f"--train-only: this network has no module {sorted(set(modules) - names)}; it has "
+                         f"{sorted(names)}")
+    for name, module in model.named_modules():
+        if name and name.split(".")[0] not in modules and isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()
+    trainable = 0
+    for name, parameter in model.named_parameters():
+        if name.split(".")[0] not in modules:
+            parameter.requires_grad_(False)
+        else:
+            trainable += 1
+    return trainable
 
 
 def parameter_groups(model: torch.nn.Module, lr: float, encoder_lr_scale: float) -> list[dict]:
@@ -190,11 +237,15 @@ def train(args: argparse.Namespace) -> dict:
     model = build_network(architecture, VARIANTS[args.variant], pretrained=True).to(memory_format=torch.channels_last)
     if getattr(args, "frozen_encoder", False):
         freeze_encoder(model)
+    if getattr(args, "train_only", None):
+        train_only(model, args.train_only)
     optimizer = torch.optim.Adam(parameter_groups(model, args.lr, getattr(args, "encoder_lr_scale", 1.0)))
     loss_fn = LOSSES[args.loss]
     state = {"epoch": 0, "best_aiou": -1.0, "best_epoch": -1, "history": [], "train_seconds": 0.0}
     rng = np.random.default_rng(args.seed)
     prior_foreground = getattr(args, "prior_foreground", "box")
+    if getattr(args, "init", None) and not (args.resume and (out / "last.pt").exists()):
+        state = {**state, "initialised_from": initialise_from(model, args.init)}
     if args.resume:
         state = resume(out, model, optimizer, state, rng)
         for group in optimizer.param_groups:  # --lr applies to the epochs run now (a lower rate to finish)
@@ -206,6 +257,8 @@ def train(args: argparse.Namespace) -> dict:
             freeze_encoder_batch_norm(model)
         if getattr(args, "frozen_encoder", False):
             freeze_encoder(model)
+        if getattr(args, "train_only", None):
+            train_only(model, args.train_only)
         start = time.perf_counter()
         order = rng.permutation(len(train_crops))
         losses = []
@@ -527,8 +580,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prior-foreground", choices=PRIOR_FOREGROUNDS, default="box", help=PRIOR_FOREGROUND_HELP)
     p.add_argument("--architecture", choices=ARCHITECTURES, default="unet",
                    help="unet: the paper's U-Net from scratch; efficientnet_lite0: ImageNet-pretrained "
-                        "EfficientNet-Lite0 encoder under a U-Net decoder "
-                        "(instseg_core/networks/extreme_efficientnet.py)")
+                        "EfficientNet-Lite0 encoder under a U-Net decoder; unet_imagenet: the U-Net fed the "
+                        "features of a (frozen) ImageNet EfficientNet-Lite0 (instseg_core/networks/"
+                        "extreme_efficientnet.py)")
     p.add_argument("--encoder-lr-scale", type=float, default=1.0,
                    help="the pretrained encoder's learning rate as a fraction of --lr")
     p.add_argument("--freeze-encoder-bn", action="store_true",
@@ -536,6 +590,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--frozen-encoder", action="store_true",
                    help="fix the pretrained encoder's blocks (weights and batch-norm statistics); the stem and the "
                         "decoder train")
+    p.add_argument("--train-only", nargs="+", default=None, metavar="MODULE",
+                   help="train only these top-level modules (e.g. injections); everything else keeps its weights "
+                        "and batch-norm statistics")
+    p.add_argument("--init", default=None, metavar="CHECKPOINT",
+                   help="start from another run's weights (e.g. data/runs/extreme_prior/epoch8.pt for --architecture "
+                        "unet_imagenet); ignored when --resume finds a last.pt")
     p.add_argument("--resume", action="store_true")
     p.set_defaults(func=train)
     p = sub.add_parser("evaluate")

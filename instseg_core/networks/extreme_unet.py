@@ -61,10 +61,24 @@ class ExtremeUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) float32, H and W divisible by 16 -> (B, 1, H, W) logits."""
+        return self.decode(self.encode(x))
+
+    def encode(self, x: torch.Tensor, added: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """The encoder's features at strides 1, 2, 4, 8 and 16; `added[i]`, when given, is added to the pooled
+        input of level i + 1 (same shape: (B, widths[i], H / 2**(i + 1), W / 2**(i + 1)))."""
         skips = []
         for index, encoder in enumerate(self.encoders):
-            x = encoder(x if index == 0 else self.pool(x))
+            if index == 0:
+                x = encoder(x)
+            else:
+                x = self.pool(x)
+                x = encoder(x if added is None else x + added[index - 1])
             skips.append(x)
+        return skips
+
+    def decode(self, skips: list[torch.Tensor]) -> torch.Tensor:
+        """`encode`'s features -> (B, 1, H, W) logits."""
+        x = skips[-1]
         for upsample, decoder, skip in zip(self.upsamplers, self.decoders, reversed(skips[:-1]), strict=True):
             x = decoder(torch.cat([upsample(x), skip], dim=1))
         return self.head(x)
