@@ -277,6 +277,31 @@ def test_cut_and_paste_is_seeded_and_keeps_the_object(real_objects: list[proxies
     assert boxed["mean_iou"] == 1.0
 
 
+def test_point_jitter_moves_every_methods_clicks_the_same_way_within_its_bound() -> None:
+    mask = np.zeros((60, 80), bool)
+    mask[5:45, 2:62] = True  # 60 px wide: points move by up to 3 px at 5 %, the left ones clipped at x = 0
+    image = np.zeros((*mask.shape, 3), np.uint8)
+    exact = extreme_points_from_mask(mask).astype(np.float64)
+    seen: dict[str, list[np.ndarray]] = {"a": [], "b": []}
+
+    def recording(key: str) -> proxies.Method:
+        def method(img: np.ndarray, points: np.ndarray) -> np.ndarray:
+            seen[key].append(points.copy())
+            return mask
+        return method
+
+    obj = proxies.ProxyObject("rectangle", "box", image, mask)
+    assert proxies.evaluate(recording("a"), [obj], point_jitter=0.05, repeats=3, seed=1)["mean_iou"] == 1.0
+    proxies.evaluate(recording("b"), [obj], point_jitter=0.05, repeats=3, seed=1)
+    assert len(seen["a"]) == 3 and all(np.array_equal(a, b) for a, b in zip(seen["a"], seen["b"], strict=True))
+    assert not np.array_equal(seen["a"][0], seen["a"][1]), "each repeat is another draw"
+    for points in seen["a"]:
+        assert np.abs(points - exact).max() <= 0.05 * 60 + 1e-9 and points.min() >= 0
+        assert not np.allclose(points, exact)
+    proxies.evaluate(recording("a"), [obj], point_jitter=0.0)
+    assert np.array_equal(seen["a"][-1], exact)
+
+
 def test_shipped_default_model_on_the_real_set(real_objects: list[proxies.ProxyObject]) -> None:
     """The shipped int8 default keeps the figure its manifest claims on the real photographs (within 0.01), meets
     issue 15's first target (0.70), and beats GrabCut from the same points, the model it replaced (both recorded

@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -195,12 +196,33 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.count_nonzero(a & b) / union) if union else 1.0
 
 
-def evaluate(method: Method, objects: list[ProxyObject]) -> dict:
-    """Mean IoU of `method` over `objects` (extreme points from each ground-truth mask), and per object."""
+def jittered_points(points: np.ndarray, jitter: float, rng: np.random.Generator,
+                    image_shape: tuple[int, int]) -> np.ndarray:
+    """(4, 2) float64 image points (x, y) each moved by up to ±`jitter` times the points' box's longer side in x
+    and y (uniform), then clipped into the image: clicks a few pixels off, as an operator's are."""
+    size = float((points.max(axis=0) - points.min(axis=0)).max())
+    moved = points + rng.uniform(-jitter, jitter, points.shape) * size
+    height, width = image_shape
+    return np.column_stack([moved[:, 0].clip(0, width - 1), moved[:, 1].clip(0, height - 1)])
+
+
+def evaluate(method: Method, objects: list[ProxyObject], point_jitter: float = 0.0, repeats: int = 3,
+             seed: int = 0) -> dict:
+    """Mean IoU of `method` over `objects` (extreme points from each ground-truth mask), and per object. With
+    `point_jitter` > 0 the points are moved first (jittered_points), and each object's IoU is the mean over
+    `repeats` draws (repeat r uses a Generator seeded (seed, r), so every method sees the same clicks)."""
     scores = {}
     for obj in objects:
         points = extreme_points_from_mask(obj.mask).astype(np.float64)
-        scores[obj.name] = iou(method(obj.image, points), obj.mask)
+        if point_jitter <= 0:
+            scores[obj.name] = iou(method(obj.image, points), obj.mask)
+            continue
+        draws = []
+        for repeat in range(repeats):
+            rng = np.random.default_rng([seed, repeat, zlib.crc32(obj.name.encode())])
+            draws.append(iou(method(obj.image, jittered_points(points, point_jitter, rng, obj.mask.shape)),
+                             obj.mask))
+        scores[obj.name] = float(np.mean(draws))
     return {"mean_iou": float(np.mean(list(scores.values()))), "objects": len(scores), "per_object": scores}
 
 
@@ -245,12 +267,14 @@ _COLUMNS = {"real": "real photographs (test)", "real_by_others": "real, labelled
 def proxy_table(models: list[str], street_data: str | os.PathLike, refine_models: list[str] | None = None,
                 per_object: int = 7, seed: int = 0, names: dict[str, str] | None = None,
                 sets: tuple[str, ...] = SETS, unflipped_models: list[str] | None = None,
-                crop_relax: float | None = None, prior_foreground: str | None = None) -> tuple[str, dict]:
+                crop_relax: float | None = None, prior_foreground: str | None = None,
+                point_jitter: float = 0.0) -> tuple[str, dict]:
     """Markdown table (rows: methods; columns: the proxies in `sets`, a subset of SETS) and the raw results;
     `names` renames a model's row (default: its file name). Networks run as the pipeline runs them (flip union);
     `unflipped_models` get rows without it. `crop_relax` runs every network with that crop margin instead of its
     manifest's (comparing margins, or checkpoints whose temporary graphs have the default), and `prior_foreground`
-    with that colour-prior foreground."""
+    with that colour-prior foreground. `point_jitter` > 0 moves the real sets' points as clicks would be (evaluate;
+    the street figure keeps exact points)."""
     names = names or {}
     objects: dict[str, list[ProxyObject]] = {}
     if "real" in sets or "cut_and_paste" in sets:
@@ -280,7 +304,7 @@ def proxy_table(models: list[str], street_data: str | os.PathLike, refine_models
     columns = [name for name in SETS if name in sets]
     results, lines = {}, []
     for name, method, street in rows:
-        row: dict = {key: evaluate(method, objects[key]) for key in columns if key != "street"}
+        row: dict = {key: evaluate(method, objects[key], point_jitter, seed=seed) for key in columns if key != "street"}
         row["street_val_aIoU"] = street() if "street" in sets else None
         results[name] = row
         cells = [f"{row[key]['mean_iou']:.3f}" if key != "street" else
@@ -293,7 +317,9 @@ def proxy_table(models: list[str], street_data: str | os.PathLike, refine_models
                  "real_val": f"{counts.get('real_val')} other objects in other real photographs (the validation set)",
                  "cut_and_paste": f"{counts.get('cut_and_paste')} cut-and-paste objects (seed {seed})"}
     header = [
-        "Mean IoU from the 4 extreme points of each ground-truth mask: "
+        "Mean IoU from the 4 extreme points of each ground-truth mask"
+        + (f", each moved by up to ±{point_jitter:.0%} of the object's size (3 draws per object)" if point_jitter
+           else "") + ": "
         + "; ".join(described[key] for key in columns if key != "street")
         + ("; street val: aIoU of the synthetic val objects at 128 x 128, cropped with each graph's margin "
            "(crop_relax)." if "street" in sets else "."),
@@ -363,6 +389,9 @@ def main(argv: list[str] | None = None) -> None:
                              "one its manifest gives (checkpoints: 0.1); GrabCut keeps its 10 %% crop")
     parser.add_argument("--prior-foreground", choices=PRIOR_FOREGROUNDS, default=None,
                         help="run every network with this colour-prior foreground instead of its manifest's")
+    parser.add_argument("--point-jitter", type=float, default=0.0,
+                        help="move each extreme point by up to this fraction of the object's size (3 seeded draws per "
+                             "object, the same for every method), as an operator's clicks are off")
     parser.add_argument("--per-object", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS),
@@ -375,13 +404,14 @@ def main(argv: list[str] | None = None) -> None:
     if not args.models and not args.checkpoints:
         parser.error("give --models or --checkpoints")
     if args.record and (set(args.sets) != set(SETS) or args.crop_relax is not None
-                        or args.prior_foreground is not None):
-        parser.error("--record needs every set, with each graph's own crop margin and colour prior")
+                        or args.prior_foreground is not None or args.point_jitter):
+        parser.error("--record needs every set, with each graph's own crop margin and colour prior, exact points")
     with tempfile.TemporaryDirectory() as scratch:
         exported = export_checkpoints(args.checkpoints, Path(scratch))
         table, results = proxy_table([*args.models, *exported], args.street_data, args.refine_models, args.per_object,
                                      args.seed, dict(zip(exported, args.checkpoints, strict=True)), tuple(args.sets),
-                                     args.unflipped_models, args.crop_relax, args.prior_foreground)
+                                     args.unflipped_models, args.crop_relax, args.prior_foreground,
+                                     args.point_jitter)
     print(table)
     if args.record:
         record(Path(args.record), table, results)
