@@ -20,7 +20,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import numpy as np
@@ -112,41 +112,37 @@ def freeze_encoder_batch_norm(model: torch.nn.Module) -> int:
     return frozen
 
 
-def freeze_encoder(model: torch.nn.Module) -> int:
-    """Fixes a pretrained encoder's blocks (FROZEN_ENCODER_MODULES): no gradients for their weights, and their
-    batch norms in eval mode (ImageNet's statistics). Features trained on real photographs then stay what they were,
-    and only the stem and the decoder learn from the synthetic crops (Hinterstoisser et al. 2018, "On pre-trained
-    image features and synthetic images for deep learning"). Call after each `model.train()`; returns how many
-    parameters it froze (0 without an encoder)."""
-    frozen = 0
+def fix_modules(model: torch.nn.Module, modules: Collection[str]) -> int:
+    """Fixes the top-level `modules` of `model`: no gradients for their parameters, and their batch norms in eval
+    mode (they keep their running statistics). Call after each `model.train()`; returns how many parameters it
+    fixed."""
     for name, module in model.named_modules():
-        if name.split(".")[0] in FROZEN_ENCODER_MODULES and isinstance(module, torch.nn.BatchNorm2d):
+        if name and name.split(".")[0] in modules and isinstance(module, torch.nn.BatchNorm2d):
             module.eval()
-    for name, parameter in model.named_parameters():
-        if name.split(".")[0] in FROZEN_ENCODER_MODULES:
-            parameter.requires_grad_(False)
-            frozen += 1
-    return frozen
+    fixed = [parameter for name, parameter in model.named_parameters() if name.split(".")[0] in modules]
+    for parameter in fixed:
+        parameter.requires_grad_(False)
+    return len(fixed)
+
+
+def freeze_encoder(model: torch.nn.Module) -> int:
+    """Fixes a pretrained encoder's blocks (FROZEN_ENCODER_MODULES, fix_modules): features trained on real
+    photographs then stay what they were, and only the stem and the decoder learn from the synthetic crops
+    (Hinterstoisser et al. 2018, "On pre-trained image features and synthetic images for deep learning"). Call after
+    each `model.train()`; returns how many parameters it froze (0 without an encoder)."""
+    return fix_modules(model, FROZEN_ENCODER_MODULES)
 
 
 def train_only(model: torch.nn.Module, modules: list[str]) -> int:
-    """Fixes every parameter and batch-norm statistic outside the top-level `modules` (train --train-only), e.g.
-    only the `injections` of ExtremeUNetWithImageNetFeatures learn while a shipped U-Net stays as it was. Call after
-    each `model.train()`; returns how many parameters still train."""
+    """Fixes every top-level module but `modules` (train --train-only, fix_modules), e.g. only the `injections` of
+    ExtremeUNetWithImageNetFeatures learn while a shipped U-Net stays as it was. Call after each `model.train()`;
+    returns how many parameters still train."""
     names = {name for name, _ in model.named_children()}
     if not set(modules) <= names:
         raise SystemExit(f"--train-only: this network has no module {sorted(set(modules) - names)}; it has "
                          f"{sorted(names)}")
-    for name, module in model.named_modules():
-        if name and name.split(".")[0] not in modules and isinstance(module, torch.nn.BatchNorm2d):
-            module.eval()
-    trainable = 0
-    for name, parameter in model.named_parameters():
-        if name.split(".")[0] not in modules:
-            parameter.requires_grad_(False)
-        else:
-            trainable += 1
-    return trainable
+    fix_modules(model, names - set(modules))
+    return sum(1 for parameter in model.parameters() if parameter.requires_grad)
 
 
 def parameter_groups(model: torch.nn.Module, lr: float, encoder_lr_scale: float) -> list[dict]:
