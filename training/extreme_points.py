@@ -104,21 +104,23 @@ def freeze_encoder_batch_norm(model: torch.nn.Module) -> int:
     """Puts the batch norms of a pretrained encoder (ENCODER_MODULES) in eval mode, so that they
     normalise with their ImageNet running statistics instead of re-estimating them on synthetic crops (their scale
     and shift still train). Call after each `model.train()`; returns how many were frozen (0 without an encoder)."""
-    frozen = 0
-    for name, module in model.named_modules():
-        if name.split(".")[0] in ENCODER_MODULES and isinstance(module, torch.nn.BatchNorm2d):
-            module.eval()
-            frozen += 1
-    return frozen
+    return batch_norms_to_eval(model, ENCODER_MODULES)
+
+
+def batch_norms_to_eval(model: torch.nn.Module, modules: Collection[str]) -> int:
+    """Puts the batch norms inside the top-level `modules` of `model` in eval mode (they normalise with their
+    running statistics and stop updating them); returns how many."""
+    norms = [module for name, module in model.named_modules()
+             if name.split(".")[0] in modules and isinstance(module, torch.nn.BatchNorm2d)]
+    for norm in norms:
+        norm.eval()
+    return len(norms)
 
 
 def fix_modules(model: torch.nn.Module, modules: Collection[str]) -> int:
     """Fixes the top-level `modules` of `model`: no gradients for their parameters, and their batch norms in eval
-    mode (they keep their running statistics). Call after each `model.train()`; returns how many parameters it
-    fixed."""
-    for name, module in model.named_modules():
-        if name and name.split(".")[0] in modules and isinstance(module, torch.nn.BatchNorm2d):
-            module.eval()
+    mode (batch_norms_to_eval). Call after each `model.train()`; returns how many parameters it fixed."""
+    batch_norms_to_eval(model, modules)
     fixed = [parameter for name, parameter in model.named_parameters() if name.split(".")[0] in modules]
     for parameter in fixed:
         parameter.requires_grad_(False)
@@ -231,10 +233,17 @@ def train(args: argparse.Namespace) -> dict:
     architecture = getattr(args, "architecture", "unet")
     # pretrained weights always: --resume finds no last.pt on a run's first call, and resume() replaces them anyway
     model = build_network(architecture, VARIANTS[args.variant], pretrained=True).to(memory_format=torch.channels_last)
-    if getattr(args, "frozen_encoder", False):
-        freeze_encoder(model)
-    if getattr(args, "train_only", None):
-        train_only(model, args.train_only)
+
+    def hold_fixed() -> None:
+        """What the options keep from training: before the optimizer is built, and after each model.train()."""
+        if getattr(args, "freeze_encoder_bn", False):
+            freeze_encoder_batch_norm(model)
+        if getattr(args, "frozen_encoder", False):
+            freeze_encoder(model)
+        if getattr(args, "train_only", None):
+            train_only(model, args.train_only)
+
+    hold_fixed()
     optimizer = torch.optim.Adam(parameter_groups(model, args.lr, getattr(args, "encoder_lr_scale", 1.0)))
     loss_fn = LOSSES[args.loss]
     state = {"epoch": 0, "best_aiou": -1.0, "best_epoch": -1, "history": [], "train_seconds": 0.0}
@@ -249,12 +258,7 @@ def train(args: argparse.Namespace) -> dict:
     config = {k: v for k, v in vars(args).items() if k not in ("func", "resume")}
     for epoch in range(state["epoch"] + 1, args.epochs + 1):
         model.train()
-        if getattr(args, "freeze_encoder_bn", False):
-            freeze_encoder_batch_norm(model)
-        if getattr(args, "frozen_encoder", False):
-            freeze_encoder(model)
-        if getattr(args, "train_only", None):
-            train_only(model, args.train_only)
+        hold_fixed()
         start = time.perf_counter()
         order = rng.permutation(len(train_crops))
         losses = []

@@ -80,6 +80,18 @@ def lite0_encoder(in_channels: int, pretrained: bool, blocks: int) -> tuple[nn.S
     return nn.Sequential(encoder._conv_stem, encoder._bn0, encoder._swish), nn.ModuleList(encoder._blocks[:blocks])
 
 
+def lite0_taps(stem: nn.Module, blocks: nn.ModuleList, x: torch.Tensor) -> list[torch.Tensor]:
+    """The features after each of TAP_BLOCKS that `blocks` holds: strides 2, 4, 8, 16 (and 32), with the channels
+    of TAP_CHANNELS."""
+    taps = []
+    features = stem(x)
+    for index, block in enumerate(blocks):
+        features = block(features)
+        if index in TAP_BLOCKS:
+            taps.append(features)
+    return taps
+
+
 class ExtremeEfficientNetUNet(nn.Module):
     """EfficientNet-Lite0 encoder + U-Net decoder for one object crop; see the module docstring.
 
@@ -103,12 +115,7 @@ class ExtremeEfficientNetUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) float32, H and W divisible by 32 -> (B, 1, H, W) logits."""
-        skips = [self.full_resolution(x)]
-        features = self.stem(x)
-        for index, block in enumerate(self.blocks):
-            features = block(features)
-            if index in TAP_BLOCKS:
-                skips.append(features)
+        skips = [self.full_resolution(x), *lite0_taps(self.stem, self.blocks, x)]
         features = skips.pop()
         for upsample, decoder, skip in zip(self.upsamplers, self.decoders, reversed(skips), strict=True):
             features = decoder(torch.cat([upsample(features), skip], dim=1))
@@ -142,11 +149,6 @@ class ExtremeUNetWithImageNetFeatures(ExtremeUNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) float32, H and W divisible by 16 -> (B, 1, H, W) logits."""
-        taps = []
-        features = self.stem(x[:, :3])
-        for index, block in enumerate(self.blocks):
-            features = block(features)
-            if index in TAP_BLOCKS:
-                taps.append(features)
+        taps = lite0_taps(self.stem, self.blocks, x[:, :3])
         return self.decode(self.encode(x, [injection(tap) for injection, tap in zip(self.injections, taps,
                                                                                       strict=True)]))
