@@ -210,7 +210,8 @@ def evaluate(method: Method, objects: list[ProxyObject], point_jitter: float = 0
              seed: int = 0) -> dict:
     """Mean IoU of `method` over `objects` (extreme points from each ground-truth mask), and per object. With
     `point_jitter` > 0 the points are moved first (jittered_points), and each object's IoU is the mean over
-    `repeats` draws (repeat r uses a Generator seeded (seed, r), so every method sees the same clicks)."""
+    `repeats` draws (repeat r of an object uses a Generator seeded (seed, r, the CRC-32 of its name), so every
+    method sees the same clicks)."""
     scores = {}
     for obj in objects:
         points = extreme_points_from_mask(obj.mask).astype(np.float64)
