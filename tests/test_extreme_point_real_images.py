@@ -350,11 +350,24 @@ def test_proxies_can_run_every_network_with_another_margin() -> None:
     docs/extreme_points_real_images.md are measured); the manifest's own value gives the default figures."""
     int8 = str(MODELS / "extreme_unet_int8.onnx")
     manifest = json.loads((MODELS / "extreme_unet_int8.json").read_text())
-    figures = {margin: proxies.proxy_table([int8], "unused", sets=("real_val",), crop_relax=margin)[1]
+    figures = {margin: proxies.proxy_table([int8], "unused", sets=("real_val",), crop_relax=margin,
+                                           baselines=("grabcut",))[1]
                for margin in (None, manifest["crop_relax"], 0.1)}
+    assert [row for row in figures[None] if "GrabCut" in row] == ["GrabCut from the same points"]
     own, same, narrow = (figures[m]["extreme_unet_int8.onnx"]["real_val"]["mean_iou"]
                          for m in (None, manifest["crop_relax"], 0.1))
     assert own == same and abs(own - manifest["proxies"]["real_val"]) < 0.01
     assert narrow != own
     grabcut = [figures[m]["GrabCut from the same points"]["real_val"]["mean_iou"] for m in figures]
     assert len(set(grabcut)) == 1, "GrabCut keeps its own crop whatever the networks' margin"
+
+
+def test_recording_proxies_needs_the_whole_table(capsys: pytest.CaptureFixture[str]) -> None:
+    """A manifest's `proxies` are only written from every set and every baseline row, as the docs' table has them:
+    a partial table is refused before anything runs."""
+    manifest = str(MODELS / "extreme_unet.json")
+    for partial in (["--sets", "real_val"], ["--baselines", "grabcut"], ["--point-jitter", "0.02"]):
+        with pytest.raises(SystemExit) as exit_info:
+            proxies.main(["--models", str(MODELS / "extreme_unet.onnx"), "--record", manifest, *partial])
+        assert exit_info.value.code == 2
+        assert "--record needs every set and baseline" in capsys.readouterr().err

@@ -265,17 +265,26 @@ _COLUMNS = {"real": "real photographs (test)", "real_by_others": "real, labelled
             "real_val": "real val", "cut_and_paste": "cut-and-paste", "street": "synthetic street val"}
 
 
+BASELINES: dict[str, tuple[str, Method]] = {
+    "grabcut": ("GrabCut from the same points", grabcut_method),
+    "grabcut_full_image": ("GrabCut on the full image, rectangle mode", grabcut_full_image_method),
+    "box": ("the points' box as the mask", box_method),
+}
+"""The rows without a network: key -> (row name, method)."""
+
+
 def proxy_table(models: list[str], street_data: str | os.PathLike, refine_models: list[str] | None = None,
                 per_object: int = 7, seed: int = 0, names: dict[str, str] | None = None,
                 sets: tuple[str, ...] = SETS, unflipped_models: list[str] | None = None,
                 crop_relax: float | None = None, prior_foreground: str | None = None,
-                point_jitter: float = 0.0) -> tuple[str, dict]:
+                point_jitter: float = 0.0, baselines: tuple[str, ...] = tuple(BASELINES)) -> tuple[str, dict]:
     """Markdown table (rows: methods; columns: the proxies in `sets`, a subset of SETS) and the raw results;
     `names` renames a model's row (default: its file name). Networks run as the pipeline runs them (flip union);
     `unflipped_models` get rows without it. `crop_relax` runs every network with that crop margin instead of its
     manifest's (comparing margins, or checkpoints whose temporary graphs have the default), and `prior_foreground`
     with that colour-prior foreground. `point_jitter` > 0 moves the real sets' points as clicks would be (evaluate;
-    the street figure keeps exact points)."""
+    the street figure keeps exact points). `baselines` (keys of BASELINES) are the methods without a network that
+    get rows; full-image GrabCut takes about 30 s on the validation set alone."""
     names = names or {}
     objects: dict[str, list[ProxyObject]] = {}
     if "real" in sets or "cut_and_paste" in sets:
@@ -299,9 +308,9 @@ def proxy_table(models: list[str], street_data: str | os.PathLike, refine_models
         network_row(f"{names.get(model, Path(model).name)} without the flip union", model, flip="none")
     for model in refine_models or []:
         network_row(f"{Path(model).name} + GrabCut refinement", model, refine="grabcut")
-    rows.append(("GrabCut from the same points", grabcut_method, lambda: None))
-    rows.append(("GrabCut on the full image, rectangle mode", grabcut_full_image_method, lambda: None))
-    rows.append(("the points' box as the mask", box_method, lambda: None))
+    for baseline in baselines:
+        name, method = BASELINES[baseline]
+        rows.append((name, method, lambda: None))
     columns = [name for name in SETS if name in sets]
     results, lines = {}, []
     for name, method, street in rows:
@@ -393,6 +402,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--point-jitter", type=float, default=0.0,
                         help="move each extreme point by up to this fraction of the object's size (3 seeded draws per "
                              "object, the same for every method), as an operator's clicks are off")
+    parser.add_argument("--baselines", nargs="*", choices=tuple(BASELINES), default=list(BASELINES),
+                        help="the rows without a network (none: only the networks, e.g. comparing checkpoints)")
     parser.add_argument("--per-object", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS),
@@ -404,15 +415,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.models and not args.checkpoints:
         parser.error("give --models or --checkpoints")
-    if args.record and (set(args.sets) != set(SETS) or args.crop_relax is not None
+    if args.record and (set(args.sets) != set(SETS) or set(args.baselines) != set(BASELINES)
+                        or args.crop_relax is not None
                         or args.prior_foreground is not None or args.point_jitter):
-        parser.error("--record needs every set, with each graph's own crop margin and colour prior, exact points")
+        parser.error("--record needs every set and baseline, with each graph's own crop margin and colour prior, "
+                     "exact points")
     with tempfile.TemporaryDirectory() as scratch:
         exported = export_checkpoints(args.checkpoints, Path(scratch))
         table, results = proxy_table([*args.models, *exported], args.street_data, args.refine_models, args.per_object,
                                      args.seed, dict(zip(exported, args.checkpoints, strict=True)), tuple(args.sets),
                                      args.unflipped_models, args.crop_relax, args.prior_foreground,
-                                     args.point_jitter)
+                                     args.point_jitter, tuple(args.baselines))
     print(table)
     if args.record:
         record(Path(args.record), table, results)
