@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
-import httpx
+import httpx2 as httpx
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
