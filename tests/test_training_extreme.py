@@ -10,10 +10,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from instseg_core.annotate.encoding import extreme_points_from_mask
 from instseg_core.losses.binary_mask import LOSSES, average_distance_loss
 from instseg_core.networks.extreme_unet import ExtremeUNet
 from training import derive_models, extreme_points
-from training.extreme_point_crops import CropSet, build_crops
+from training.extreme_point_crops import RANDOMISED_CLASS, CropSet, build_crops, crops_of_labelled_objects
 
 pytestmark = pytest.mark.slow
 
@@ -160,3 +161,25 @@ def test_randomised_crops_train_and_ship(crops_dir: Path, tmp_path: Path, monkey
     for name in ("extreme_unet.fp16.onnx", "extreme_unet.onnx", "extreme_unet_int8.onnx", "extreme_unet_int8.json"):
         assert (models / name).is_file(), name
     assert json.loads((models / "extreme_unet_int8.json").read_text())["precision"] == "int8"
+
+
+def test_crops_of_labelled_objects_follow_their_masks_and_mirror_every_second() -> None:
+    """Crops of objects labelled in full images (the real fine-tuning experiment): the points are the crop mask's
+    extreme points, the margins vary, odd crops show the object mirrored, and a seed gives the same crops."""
+    image = np.zeros((200, 300, 3), np.uint8)
+    image[..., 0] = np.arange(300, dtype=np.uint8)[None, :] // 2  # a horizontal ramp: mirroring shows in the pixels
+    mask = np.zeros((200, 300), bool)
+    mask[40:160, 60:90] = True  # an L: the long bar on the left, the foot to the right
+    mask[130:160, 60:200] = True
+    crops = crops_of_labelled_objects([(image, mask)], 6, (0.1, 0.3), seed=5)
+    assert len(crops) == 6 and set(crops.classes.tolist()) == {RANDOMISED_CLASS}
+    for k in range(6):
+        assert np.abs(extreme_points_from_mask(crops.masks[k] > 0) - crops.points[k]).max() <= 1.5
+        left_heavy = crops.masks[k][:, :64].sum() > crops.masks[k][:, 64:].sum()
+        assert left_heavy == (k % 2 == 0), k
+        ramp_rises = crops.images[k][64, 120, 0] > crops.images[k][64, 8, 0]
+        assert ramp_rises == (k % 2 == 0), k
+    widths = {round(float(np.ptp(crops.points[k][:, 0])), 1) for k in range(6)}
+    assert len(widths) > 1, "each crop draws its own margin"
+    again = crops_of_labelled_objects([(image, mask)], 6, (0.1, 0.3), seed=5)
+    assert np.array_equal(again.images, crops.images) and np.array_equal(again.points, crops.points)

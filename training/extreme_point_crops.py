@@ -172,3 +172,32 @@ def augment(image: np.ndarray, mask: np.ndarray, points: np.ndarray, rng: np.ran
         mask = cv2.warpAffine(np.ascontiguousarray(mask), matrix, mask.shape[::-1], flags=cv2.INTER_NEAREST)
         points = (points @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32)
     return np.ascontiguousarray(image), np.ascontiguousarray(mask), points
+
+
+def crops_of_labelled_objects(objects: list[tuple[np.ndarray, np.ndarray]], variants: int,
+                              relax: tuple[float, float], seed: int) -> CropSet:
+    """`variants` crops of each labelled object of a full image, given as (image (H, W, 3) uint8 RGB, visible
+    mask (H, W) bool): the extreme points of its mask; each crop's margin drawn uniformly from `relax` by a
+    Generator seeded with `seed`; every second crop mirrored (the points' left and right swapped). Class
+    RANDOMISED_CLASS and area 0, as the randomised crops have, so training treats them alike."""
+    rng = np.random.default_rng(seed)
+    images, masks, points = [], [], []
+    for image, mask in objects:
+        extreme = extreme_points_from_mask(mask).astype(np.float64)
+        for variant in range(variants):
+            view, view_mask, these = image, mask.astype(np.float32), extreme
+            if variant % 2:
+                view, view_mask = np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(view_mask[:, ::-1])
+                these = extreme.copy()
+                these[:, 0] = image.shape[1] - 1 - these[:, 0]
+                these = these[[2, 1, 0, 3]]  # left and right swap
+            box = crop_box(these, rng.uniform(*relax))
+            images.append(crop(view, box))
+            masks.append((crop(view_mask, box) > 0.5).astype(np.uint8))
+            points.append(points_in_crop(these, box))
+    count = len(images)
+    if not count:
+        return CropSet(np.zeros((0, 128, 128, 3), np.uint8), np.zeros((0, 128, 128), np.uint8),
+                       np.zeros((0, 4, 2), np.float32), np.zeros(0, np.int16), np.zeros(0, np.int32))
+    return CropSet(np.stack(images), np.stack(masks), np.stack(points).astype(np.float32),
+                   np.full(count, RANDOMISED_CLASS, np.int16), np.zeros(count, np.int32))
