@@ -43,6 +43,11 @@ class CropSet:
         return cls(*(np.concatenate([getattr(s, field) for s in sets]) for field in
                      ("images", "masks", "points", "classes", "areas")))
 
+    @classmethod
+    def empty(cls) -> CropSet:
+        return cls(np.zeros((0, 128, 128, 3), np.uint8), np.zeros((0, 128, 128), np.uint8),
+                   np.zeros((0, 4, 2), np.float32), np.zeros(0, np.int16), np.zeros(0, np.int32))
+
     def subset(self, index: np.ndarray | slice) -> CropSet:
         return CropSet(self.images[index], self.masks[index], self.points[index], self.classes[index],
                        self.areas[index])
@@ -100,8 +105,7 @@ def build_crops(root: str | os.PathLike | None, split: str, *, min_area: int = 1
             classes.append(ANNOTATION_CLASSES.index(obj.label))
             areas.append(area)
     if not images:
-        return CropSet(np.zeros((0, 128, 128, 3), np.uint8), np.zeros((0, 128, 128), np.uint8),
-                       np.zeros((0, 4, 2), np.float32), np.zeros(0, np.int16), np.zeros(0, np.int32))
+        return CropSet.empty()
     return CropSet(np.stack(images), np.stack(masks), np.stack(points).astype(np.float32),
                    np.asarray(classes, np.int16), np.asarray(areas, np.int32))
 
@@ -197,7 +201,6 @@ def crops_of_labelled_objects(objects: list[tuple[np.ndarray, np.ndarray]], vari
             points.append(points_in_crop(these, box))
     count = len(images)
     if not count:
-        return CropSet(np.zeros((0, 128, 128, 3), np.uint8), np.zeros((0, 128, 128), np.uint8),
-                       np.zeros((0, 4, 2), np.float32), np.zeros(0, np.int16), np.zeros(0, np.int32))
+        return CropSet.empty()
     return CropSet(np.stack(images), np.stack(masks), np.stack(points).astype(np.float32),
                    np.full(count, RANDOMISED_CLASS, np.int16), np.zeros(count, np.int32))
