@@ -153,6 +153,14 @@ def build_randomised_crops(count: int, seed: int, jobs: int = 1, truncate: float
     return CropSet(images, masks, points, np.full(count, RANDOMISED_CLASS, np.int16), areas)
 
 
+def mirrored_points(points: np.ndarray, width: int) -> np.ndarray:
+    """(4, 2) extreme points (left, top, right, bottom; x, y) of an image `width` pixels wide, as they are in its
+    left-right mirror image: x -> width - 1 - x, and the left and right points swap. Same dtype, a new array."""
+    mirrored = points[[2, 1, 0, 3]]  # left and right swap (fancy indexing copies)
+    mirrored[:, 0] = width - 1 - mirrored[:, 0]
+    return mirrored
+
+
 def augment(image: np.ndarray, mask: np.ndarray, points: np.ndarray, rng: np.random.Generator, *,
             jitter: float = 2.0, max_rotation: float = 15.0, flip: bool = True, photometric: float = 0.0
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -165,9 +173,7 @@ def augment(image: np.ndarray, mask: np.ndarray, points: np.ndarray, rng: np.ran
     points = points + rng.uniform(-jitter, jitter, points.shape).astype(np.float32)
     if flip and rng.random() < 0.5:
         image, mask = image[:, ::-1], mask[:, ::-1]
-        points = points.copy()
-        points[:, 0] = image.shape[1] - 1 - points[:, 0]
-        points = points[[2, 1, 0, 3]]  # left and right swap
+        points = mirrored_points(points, image.shape[1])
     angle = rng.uniform(-max_rotation, max_rotation)
     if abs(angle) > 0.5:
         centre = ((image.shape[1] - 1) / 2, (image.shape[0] - 1) / 2)
@@ -192,9 +198,7 @@ def crops_of_labelled_objects(objects: list[tuple[np.ndarray, np.ndarray]], vari
             view, view_mask, these = image, mask.astype(np.float32), extreme
             if variant % 2:
                 view, view_mask = np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(view_mask[:, ::-1])
-                these = extreme.copy()
-                these[:, 0] = image.shape[1] - 1 - these[:, 0]
-                these = these[[2, 1, 0, 3]]  # left and right swap
+                these = mirrored_points(extreme, image.shape[1])
             box = crop_box(these, rng.uniform(*relax))
             images.append(crop(view, box))
             masks.append((crop(view_mask, box) > 0.5).astype(np.uint8))
