@@ -13,8 +13,14 @@ damaged bag is refused instead of played. Record subscribes to serialized messag
 into MCAP splits of --split-seconds, each with chunk CRCs, closed and listed in metadata.yaml as it ends: a
 recorder killed by SIGKILL leaves a readable bag that lacks at most the last split. Message definitions of
 this package's interfaces are registered from their .msg files, so InstanceArray bags open in other tools
-too. Both stop cleanly on SIGINT/SIGTERM. Corrupt or missing bags and unknown topics give a one-line error
-and exit status 2.
+too. Both stop cleanly on SIGINT/SIGTERM.
+
+Exit status (instseg_core.base.command_exit): 0 only when everything asked was done; 2 with one line on stderr
+for corrupt or missing bags, unknown topics and a recording stopped by a failed write (a full or read-only disk:
+the line names the path, the errno and the free space; the finished splits stay listed in metadata.yaml, the
+unfinished one is removed, and the JSON summary of what was kept is still printed, with "error"); 1 with one line
+for an internal error, its traceback in a log file (or on stderr with --debug). While recording, a warning goes
+to stderr when the free space falls below --low-space-warning seconds of recording at the current rate.
 """
 
 from __future__ import annotations
@@ -34,13 +40,16 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from instseg_core.base.command_exit import EXIT_DONE, InputError, add_debug_argument, debug_requested, failure_status
 from instseg_core.data.bags import interface_typestore
-from instseg_core.data.recording import BagIntegrityError, SplitBagWriter, verify_bag
+from instseg_core.data.recording import BagIntegrityError, BagWriteError, LowSpaceWatch, SplitBagWriter, verify_bag
 from instseg_ros.spinning import finish_process
 
+COMMAND = "instseg-bag"
 
-class BagToolError(RuntimeError):
-    """A problem the user must fix (bad bag, unknown topic); printed without a traceback."""
+
+class BagToolError(InputError):
+    """A problem the user must fix (bad bag, unknown topic, full disk); printed without a traceback, status 2."""
 
 
 def message_class(msgtype: str) -> type:
@@ -167,6 +176,8 @@ def record(args: argparse.Namespace, node: Node, stop: threading.Event, executor
         raise BagToolError(f"no publisher for {missing} appeared within {args.wait} s")
     lock = threading.Lock()
     writer = SplitBagWriter(out, interface_typestore(), split_seconds=args.split_seconds)
+    watch = LowSpaceWatch(out, horizon_s=args.low_space_warning)
+    failures: list[BagWriteError] = []
     try:
         for topic in args.topics:
             writer.add_topic(topic, types[topic])
@@ -174,17 +185,31 @@ def record(args: argparse.Namespace, node: Node, stop: threading.Event, executor
         def callback(topic: str) -> object:
             def write(data: bytes) -> None:
                 with lock:
-                    writer.write(topic, node.get_clock().now().nanoseconds, data)
+                    if failures:
+                        return
+                    try:
+                        writer.write(topic, node.get_clock().now().nanoseconds, data)
+                    except BagWriteError as exc:  # a full disk: stop recording, keep what is finished
+                        failures.append(exc)
             return write
 
         subscriptions = [node.create_subscription(message_class(types[topic]), topic, callback(topic),
                                                   _qos(args.reliability, 100), raw=True) for topic in args.topics]
         end = time.monotonic() + args.duration if args.duration else float("inf")
         matched = False
-        while not stop.is_set() and time.monotonic() < end:
+        while not stop.is_set() and not failures and time.monotonic() < end:
             executor.spin_once(timeout_sec=0.1)
             with lock:
-                writer.tick(node.get_clock().now().nanoseconds)
+                if failures:
+                    break
+                try:
+                    writer.tick(node.get_clock().now().nanoseconds)
+                except BagWriteError as exc:
+                    failures.append(exc)
+                    break
+                warning = watch.check(time.monotonic(), writer.bytes_received)
+            if warning:
+                print(f"{COMMAND}: warning: {warning}", file=sys.stderr, flush=True)
             if not matched and all(s.get_publisher_count() > 0 for s in subscriptions):
                 matched = True  # what a caller waits for before it starts the publishers' sources
                 print("instseg-bag: recording, every topic matched", file=sys.stderr, flush=True)
@@ -194,8 +219,17 @@ def record(args: argparse.Namespace, node: Node, stop: threading.Event, executor
                         break
     finally:
         with lock:
-            writer.close()
-    return {"recorded": writer.counts, "path": str(out), "splits": len(writer.closed)}
+            try:
+                writer.close()
+            except BagWriteError as exc:
+                if not failures:
+                    failures.append(exc)
+    summary = {"recorded": writer.counts, "path": str(out), "splits": len(writer.closed)}
+    if failures:  # what was kept, for scripts; then the one line and status 2
+        kept = {topic: sum(s.counts.get(topic, 0) for s in writer.closed) for topic in writer.topics}
+        print(json.dumps({**summary, "recorded": kept, "error": str(failures[0])}), flush=True)
+        raise BagToolError(str(failures[0])) from failures[0]
+    return summary
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -226,6 +260,11 @@ def main(argv: list[str] | None = None) -> None:
     record_parser.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the topics")
     record_parser.add_argument("--reliability", choices=("reliable", "best_effort"), default="best_effort",
                                help="best_effort (default) also receives from reliable publishers")
+    record_parser.add_argument("--low-space-warning", type=float, default=300.0, metavar="S",
+                               help="warn when the free space holds less than S seconds of recording at the current "
+                                    "rate (0: never)")
+    for command_parser in (play_parser, record_parser):
+        add_debug_argument(command_parser)
     args = parser.parse_args(argv)
     if args.command == "play" and args.rate <= 0:
         parser.error("--rate must be positive")
@@ -236,22 +275,21 @@ def main(argv: list[str] | None = None) -> None:
     node = Node(f"instseg_bag_{args.command}")
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    status = 0
+    status = EXIT_DONE
     try:
         result = play(args, node, stop) if args.command == "play" else record(args, node, stop, executor)
         print(json.dumps(result), flush=True)
-    except BagToolError as exc:
-        print(f"instseg-bag: {exc}", file=sys.stderr, flush=True)
-        status = 2
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except ExternalShutdownException:  # the context was shut down from outside: a requested stop
         pass
+    except (Exception, KeyboardInterrupt) as exc:  # every other end is a failure, with its line and status
+        status = failure_status(COMMAND, exc, debug=debug_requested(args))
     finally:
         def teardown() -> None:
             executor.shutdown()
             node.destroy_node()
             rclpy.try_shutdown()
 
-        finish_process(teardown, "instseg-bag", status)
+        finish_process(teardown, COMMAND, status)
 
 
 if __name__ == "__main__":

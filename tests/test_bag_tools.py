@@ -3,6 +3,7 @@ writer (the mcap library), damaged bags and unknown topics."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from small_filesystems import SCRIPT as SMALL_FILESYSTEM
+from small_filesystems import small_filesystem_arguments
 
 from instseg_core.data.bags import write_image_bag
 
@@ -135,6 +138,39 @@ def test_a_killed_recorder_leaves_a_readable_bag_missing_at_most_the_last_split(
     assert ns == sorted(ns) and len(set(ns)) == len(ns)
     # at most the open split (1 s = 20 frames, + one 0.1 s tick) and a couple of best-effort drops are missing
     assert sent - 25 <= len(ns) <= sent, (sent, len(ns))
+
+
+def test_recording_into_a_full_disk_stops_with_the_reason_and_keeps_the_finished_splits(ros_processes,
+                                                                                       tmp_path: Path) -> None:
+    """Issue 33: a 256x128 camera at 20 Hz (2 MB/s) recorded in 0.25 s splits into a 4 MB tmpfs. The recorder warns
+    while space is low, stops at ENOSPC with exit status 2 and one line naming the path and the free space, prints
+    the JSON summary of what it kept, and leaves a readable bag: every finished split listed in metadata.yaml, no
+    .part file (before: status 0, no summary, no message, a .part left behind)."""
+    from rosbags.highlevel import AnyReader
+
+    from instseg_core.data.recording import verify_bag
+
+    disk, out = tmp_path / "disk", tmp_path / "disk" / "recording"
+    kept_bag = tmp_path / "copied" / "recording"  # what the tmpfs held when the recorder ended
+    streamer = ros_processes.start("stream-frames", "--size", "256x128", "--rate", "20", "--duration", "30",
+                                   "--timeout", "30")
+    recorder = ros_processes.start(*small_filesystem_arguments(disk, 4 << 20, [
+        sys.executable, str(BAG_TOOL), "record", str(out), "--topics", "/image", "--wait", "30",
+        "--split-seconds", "0.25"], copy_to=kept_bag.parent), script=SMALL_FILESYSTEM)
+    stdout, stderr = recorder.communicate(timeout=60)
+    assert recorder.returncode == 2, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("instseg-bag: recording into")]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr
+    assert str(out) in errors[0] and "No space left on device" in errors[0] and "MB free" in errors[0], errors
+    assert "instseg-bag: warning: only" in stderr, "the low-space warning comes before the disk is full"
+    summary = json.loads(stdout.splitlines()[-1])
+    assert summary["error"] in errors[0] and summary["splits"] >= 1, summary
+    assert not list(kept_bag.glob(".*.part")), "the unfinished split is removed"
+    assert verify_bag(kept_bag).verified == tuple(sorted(p.name for p in kept_bag.glob("*.mcap")))
+    with AnyReader([kept_bag]) as reader:
+        kept = sum(1 for _ in reader.messages())
+    assert kept == summary["recorded"]["/image"] > 0, (kept, summary)
+    assert streamer.poll() is None, "the camera was still sending: the disk, not the camera, ended the recording"
 
 
 def test_a_corrupted_recording_is_refused_by_play_and_label(ros_processes, tmp_path: Path) -> None:

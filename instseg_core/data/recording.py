@@ -7,6 +7,12 @@ atomically after every closed split and lists the closed splits only. So whateve
 (SIGKILL, power loss), the directory is a readable bag of everything but the split that was open: at most
 the last `split_seconds` are lost. `tick(now)` closes the open split on time even when no message arrives.
 
+A write that fails (ENOSPC on a full disk, EROFS, EIO) stops the recording cleanly: the unfinished split's `.part`
+file is removed (its bytes are cut off mid-record, and removing it frees the space metadata.yaml needs), every
+finished split stays listed in metadata.yaml, and `BagWriteError` names the path, the errno and the free space.
+`LowSpaceWatch` warns before that happens: when the free space falls below the next minutes of recording at the
+current rate.
+
 Every chunk carries the CRC32 of its uncompressed records (rosbags' own writer writes 0, "not computed"), and
 `verify_bag` checks them: a bit flipped inside a recorded frame is reported instead of being played or
 labelled. MCAP files of other writers without CRCs, and sqlite3 bags, cannot be checked (`verify_bag` says
@@ -16,8 +22,11 @@ definitions from the rosbags type store (`ros2msg`), so other MCAP tools decode 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import zlib
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,12 +34,34 @@ from typing import Any
 import yaml
 
 from instseg_core.base.atomic_files import write_text_atomically
+from instseg_core.base.command_exit import InputError, os_error_line
 
 PART_SUFFIX = ".mcap.part"
 
 
 class BagIntegrityError(RuntimeError):
     """A recorded file is damaged (a chunk CRC does not match, or the file ends in the middle)."""
+
+
+class BagWriteError(InputError):
+    """Recording stopped because a write failed (a full or read-only disk); the message names the path, the errno,
+    the free space and what was kept. `errno` is the failed write's."""
+
+    def __init__(self, message: str, errno: int | None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Bytes free for this user on the file system of `path`; None when it cannot be asked."""
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def megabytes(count: float | None) -> str:
+    return "unknown" if count is None else f"{count / 1e6:.1f} MB"
 
 
 @dataclass
@@ -64,6 +95,8 @@ class SplitBagWriter:
         self._writer: Any = None
         self._stream: Any = None
         self._channels: dict[str, int] = {}
+        self.bytes_received = 0  # serialized message bytes passed to write(): the recording's data rate
+        self.failure: BagWriteError | None = None
 
     def add_topic(self, topic: str, msgtype: str) -> None:
         """Declare a topic before writing to it (its type must be in the type store)."""
@@ -75,27 +108,47 @@ class SplitBagWriter:
         if topic not in self.topics:
             raise KeyError(f"topic {topic} was not added")
         self.tick(timestamp_ns)
-        if self._open is None:
-            self._start_split(timestamp_ns)
+        if self.failure is not None:
+            raise self.failure
+        self.bytes_received += len(data)
+        try:
+            if self._open is None:
+                self._start_split(timestamp_ns)
+            if topic not in self._channels:
+                self._channels[topic] = self._register(topic)
+            self._writer.add_message(self._channels[topic], log_time=timestamp_ns, data=data,
+                                     publish_time=timestamp_ns)
+        except OSError as exc:
+            self._stop_after(exc)
         split = self._open
         assert split is not None
-        if topic not in self._channels:
-            self._channels[topic] = self._register(topic)
-        self._writer.add_message(self._channels[topic], log_time=timestamp_ns, data=data, publish_time=timestamp_ns)
         split.count += 1
         split.counts[topic] = split.counts.get(topic, 0) + 1
         split.end_ns = max(split.end_ns, timestamp_ns)
 
     def tick(self, now_ns: int) -> None:
-        """Close the open split if it is `split_seconds` old (call this periodically, e.g. every 100 ms)."""
+        """Close the open split if it is `split_seconds` old (call this periodically, e.g. every 100 ms).
+        BagWriteError when closing it fails (see `write`)."""
         if self._open is not None and now_ns - self._open.start_ns >= self.split_ns:
             self._close_split()
 
     def close(self) -> None:
-        """Close the open split (if any) and write the final metadata."""
+        """Close the open split (if any) and write the final metadata; BagWriteError when that fails, or when the
+        recording had stopped at a failed write before."""
         if self._open is not None:
             self._close_split()
-        self._write_metadata()
+        if self.failure is not None:
+            raise self.failure
+        try:
+            self._write_metadata()
+        except OSError as exc:
+            self._stop_after(exc)
+
+    @property
+    def bytes_on_disk(self) -> int:
+        """Bytes of the finished splits and of what the open split has written so far."""
+        closed = sum(s.path.stat().st_size for s in self.closed if s.path.exists())
+        return closed + (self._stream.tell() if self._stream is not None else 0)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -123,17 +176,50 @@ class SplitBagWriter:
         schema = self._writer.register_schema(name=msgtype, encoding="ros2msg", data=msgdef.encode())
         return int(self._writer.register_channel(topic=topic, message_encoding="cdr", schema_id=schema))
 
+    def _part_path(self, split: _Split) -> Path:
+        return self.path / f".{split.path.stem}{PART_SUFFIX}"
+
     def _close_split(self) -> None:
         split = self._open
         assert split is not None
-        self._writer.finish()
-        self._stream.flush()
-        os.fsync(self._stream.fileno())
-        self._stream.close()
-        os.replace(self.path / f".{split.path.stem}{PART_SUFFIX}", split.path)
+        try:
+            self._writer.finish()
+            self._stream.flush()
+            os.fsync(self._stream.fileno())
+            self._stream.close()
+            os.replace(self._part_path(split), split.path)
+        except OSError as exc:
+            self._stop_after(exc)
         self.closed.append(split)
         self._open, self._writer, self._stream = None, None, None
-        self._write_metadata()
+        try:
+            self._write_metadata()
+        except OSError as exc:
+            self._stop_after(exc)
+
+    def _stop_after(self, exc: OSError) -> None:
+        """A write failed: remove the unfinished split's .part (cut off mid-record; removing it frees the space),
+        make metadata.yaml list every finished split, and raise (and keep) BagWriteError saying what happened."""
+        free = free_bytes(self.path)
+        lost = ""
+        if self._open is not None:
+            split, stream = self._open, self._stream
+            self._open, self._writer, self._stream = None, None, None
+            if stream is not None:
+                with contextlib.suppress(OSError):  # its buffered bytes cannot be written either; closed regardless
+                    stream.close()
+            self._part_path(split).unlink(missing_ok=True)
+            lost = f"; the unfinished split {self._part_path(split).name} ({split.count} messages) was removed"
+        try:
+            self._write_metadata()
+            listed = f"{len(self.closed)} finished splits ({sum(s.count for s in self.closed)} messages) are " \
+                     "kept and listed in metadata.yaml"
+        except OSError as again:
+            listed = f"metadata.yaml could not be rewritten either ({os_error_line(again)})"
+        self.failure = BagWriteError(
+            f"recording into {self.path} stopped: {os_error_line(exc)}; {megabytes(free)} free on its file system "
+            f"at the failure{lost}; {listed}", exc.errno)
+        raise self.failure from exc
 
     def _write_metadata(self) -> None:
         """metadata.yaml of the closed splits (rosbag2 version 9, as rosbags and ros2 bag read it)."""
@@ -167,6 +253,42 @@ class SplitBagWriter:
         }
         write_text_atomically(self.path / "metadata.yaml",
                               yaml.safe_dump({"rosbag2_bagfile_information": info}, sort_keys=False))
+
+
+class LowSpaceWatch:
+    """Warns before the disk fills: `check(now_s, bytes_received)` returns a warning when the free space on the file
+    system of `path` is less than `horizon_s` seconds of recording at the current rate (the bytes received over
+    the last `window_s` seconds), and again each time the time left has halved since the last warning; else None.
+    Asks the file system at most every `every_s` seconds."""
+
+    def __init__(self, path: str | os.PathLike, horizon_s: float = 300.0, window_s: float = 10.0,
+                 every_s: float = 1.0) -> None:
+        self.path = Path(path)
+        self.horizon_s, self.window_s, self.every_s = horizon_s, window_s, every_s
+        self._samples: deque[tuple[float, int]] = deque()
+        self._checked_at = float("-inf")
+        self._warned_left_s = float("inf")
+
+    def check(self, now_s: float, bytes_received: int) -> str | None:
+        self._samples.append((now_s, bytes_received))
+        while now_s - self._samples[0][0] > self.window_s:
+            self._samples.popleft()
+        if self.horizon_s <= 0 or now_s - self._checked_at < self.every_s:
+            return None
+        self._checked_at = now_s
+        (t0, b0), (t1, b1) = self._samples[0], self._samples[-1]
+        if t1 - t0 < min(1.0, self.window_s) or b1 <= b0:
+            return None
+        rate = (b1 - b0) / (t1 - t0)
+        free = free_bytes(self.path)
+        if free is None:
+            return None
+        left_s = free / rate
+        if left_s >= self.horizon_s or left_s > self._warned_left_s / 2:
+            return None
+        self._warned_left_s = left_s
+        return (f"only {megabytes(free)} free on the file system of {self.path}: about {left_s:.0f} s of recording "
+                f"at the current {megabytes(rate)}/s")
 
 
 @dataclass(frozen=True)
