@@ -23,13 +23,17 @@ import json
 import os
 from dataclasses import asdict
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 
 from instseg_core.base.classes import label_ids
 from instseg_core.data.instance_training import to_batch
+from instseg_core.data.real_context import RealContextMix, mixed_window
 from instseg_core.losses.spatial_embedding import SpatialEmbeddingLoss, SpatialEmbeddingLossConfig
+from instseg_core.networks.espnetv2 import load_espnetv2_cityscapes
+from instseg_core.networks.espnetv2_embeddings import ESPNetv2Embeddings
 from instseg_core.networks.spatial_embeddings import (
     SpatialEmbeddings,
     SpatialEmbeddingsConfig,
@@ -65,13 +69,21 @@ def train(args: argparse.Namespace) -> dict:
     loss_config = SpatialEmbeddingLossConfig(learn_sigma=not args.fixed_sigma, center=args.center,
                                              foreground_weight=args.foreground_weight)
     model_config = SpatialEmbeddingsConfig(classes=classes, n_sigma=args.n_sigma, dropout_low=args.dropout_low,
-                                           dropout_high=args.dropout_high)
+                                           dropout_high=args.dropout_high, backbone=args.backbone,
+                                           train_semantic=args.train_semantic)
     model = SpatialEmbeddings(model_config)
+    if args.backbone == "espnetv2":
+        semantic = cast(ESPNetv2Embeddings, model.network).semantic
+        try:
+            semantic.load_state_dict(load_espnetv2_cityscapes(args.semantic_weights).state_dict())
+        except (OSError, ValueError, RuntimeError) as error:
+            raise SystemExit(f"--semantic-weights {args.semantic_weights}: {error}") from None
+    mix = RealContextMix(args.negative_windows, args.real_backgrounds, args.photometric)
     if args.finetune_from:  # the pre-training run's last weights (the shared --init with a run folder)
         args.init = str(Path(args.finetune_from) / "last.pt")
     model = model.to(memory_format=torch.channels_last)
     loss_fn = SpatialEmbeddingLoss(model_config.n_sigma, len(classes), loss_config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps = args.steps_per_epoch or max(1, len(sampler.samples) // args.batch)
     state = {"epoch": 0, "history": [], "train_seconds": 0.0}
     rng = np.random.default_rng(args.seed)
@@ -85,7 +97,7 @@ def train(args: argparse.Namespace) -> dict:
             _freeze_batch_norm(model)
 
     def train_step() -> tuple[float, dict]:
-        crops = [sampler.crop(*args.crop, rng) for _ in range(args.batch)]
+        crops = [mixed_window(sampler, *args.crop, rng, mix) for _ in range(args.batch)]
         images, instances, labels, ignore = to_batch(crops)
         loss, parts = loss_fn(model(images), instances, labels, ignore)
         optimizer.zero_grad(set_to_none=True)
@@ -162,6 +174,23 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dropout-high", type=float, default=0.3)
     parser.add_argument("--finetune-from", default="", help="start from RUN/last.pt (the pre-training run)")
     parser.add_argument("--freeze-bn", action="store_true", help="keep batch-norm statistics fixed")
+    parser.add_argument("--backbone", choices=("erfnet", "espnetv2"), default="erfnet",
+                        help="erfnet (the paper's network) or espnetv2 (real-Cityscapes semantic branch + instance "
+                             "head; instseg_core.networks.espnetv2_embeddings)")
+    parser.add_argument("--semantic-weights", default=str(ESPNETV2_WEIGHTS),
+                        help="espnetv2: the Cityscapes ESPNetv2 state dict the semantic branch starts from")
+    parser.add_argument("--train-semantic", action="store_true",
+                        help="espnetv2: train the semantic branch too (default: frozen)")
+    parser.add_argument("--negative-windows", type=float, default=0.0,
+                        help="fraction of windows from real photographs without people or vehicles "
+                             "(instseg_core.data.real_context)")
+    parser.add_argument("--real-backgrounds", type=float, default=0.0,
+                        help="fraction of synthetic windows whose background is replaced by a real photograph")
+    parser.add_argument("--photometric", type=float, default=0.0,
+                        help="fraction of windows given photometric jitter")
+
+
+ESPNETV2_WEIGHTS = Path(__file__).resolve().parent.parent / "models" / "espnetv2_s2_cityscapes.fp16.pt"
 
 
 def add_clustering_arguments(parser: argparse.ArgumentParser) -> None:

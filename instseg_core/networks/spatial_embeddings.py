@@ -14,7 +14,8 @@ that equals ours at 2048 x 1024 and keeps the same spacing at any other size, so
 distance in pixels everywhere and an offset can reach at most 1024 pixels. The embedding of a pixel is
 e = tanh(offset) + coordinate.
 
-Input: (B, 3, H, W) float32 RGB in [0, 1] (as the reference code: image / 255), H and W multiples of 8.
+Input: (B, 3, H, W) float32 RGB in [0, 1] (as the reference code: image / 255), H and W multiples of 8 (16 for
+the ESPNetv2 backbone, instseg_core.networks.espnetv2_embeddings, which has the same outputs).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch import nn
 from instseg_core.base.classes import INSTANCE_CLASSES
 from instseg_core.networks.embedding_coding import PIXEL_SPACING
 from instseg_core.networks.erfnet import BranchedERFNet
+from instseg_core.networks.espnetv2_embeddings import ESPNetv2Embeddings
 
 
 @dataclass
@@ -39,6 +41,9 @@ class SpatialEmbeddingsConfig:
     dropout_low: float = 0.03
     dropout_high: float = 0.3
     extra: dict = field(default_factory=dict)
+    backbone: str = "erfnet"  # 'erfnet' (the paper's) or 'espnetv2' (real-data encoder, espnetv2_embeddings)
+    espnetv2_scale: float = 2.0
+    train_semantic: bool = False  # espnetv2: train the semantic branch too (default: frozen)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -60,9 +65,16 @@ class SpatialEmbeddings(nn.Module):
         self.config = config or SpatialEmbeddingsConfig()
         if self.config.n_sigma not in (1, 2):
             raise ValueError(f"n_sigma must be 1 or 2, got {self.config.n_sigma}")
-        self.network = BranchedERFNet([2 + self.config.n_sigma, len(self.config.classes)],
-                                      self.config.dropout_low, self.config.dropout_high)
-        self.init_output()
+        self.network: nn.Module
+        if self.config.backbone == "espnetv2":
+            self.network = ESPNetv2Embeddings(self.config.classes, self.config.n_sigma, self.config.espnetv2_scale,
+                                              train_semantic=self.config.train_semantic)
+        elif self.config.backbone == "erfnet":
+            self.network = BranchedERFNet([2 + self.config.n_sigma, len(self.config.classes)],
+                                          self.config.dropout_low, self.config.dropout_high)
+            self.init_output()
+        else:
+            raise ValueError(f"unknown backbone {self.config.backbone!r}; use 'erfnet' or 'espnetv2'")
 
     @property
     def n_sigma(self) -> int:
@@ -72,10 +84,14 @@ class SpatialEmbeddings(nn.Module):
     def n_classes(self) -> int:
         return len(self.config.classes)
 
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the optimiser updates: everything, except a frozen ESPNetv2 semantic branch."""
+        return [p for p in self.parameters() if p.requires_grad]
+
     def init_output(self) -> None:
-        """Reference initialisation: zero offsets (every pixel is its own embedding) and sigma raw = 1
+        """ERFNet version: reference initialisation: zero offsets (every pixel is its own embedding) and sigma raw = 1
         (bandwidth e^10, a margin of ~0.02 px: nothing clusters until the network learns to)."""
-        conv = cast(nn.Conv2d, self.network.decoders[0].output_conv)
+        conv = cast(nn.Conv2d, cast(BranchedERFNet, self.network).decoders[0].output_conv)
         assert conv.bias is not None  # ERFNet's output convolution has a bias
         with torch.no_grad():
             conv.weight[:, 0:2].fill_(0)

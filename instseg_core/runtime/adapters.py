@@ -92,6 +92,11 @@ class SpatialEmbeddingsAdapter(ModelAdapter):
     int8_onnx_file = "spatial_embeddings_int8.onnx"
     input_multiple = 8
 
+    def __init__(self, config: dict) -> None:
+        super().__init__(config)
+        if config.get("backbone") == "espnetv2":
+            self.input_multiple = 16  # ESPNetv2 down-samples four times
+
     @classmethod
     def load_torch(cls, path: str | os.PathLike) -> tuple[object, dict]:
         from instseg_core.networks.spatial_embeddings import model_from_checkpoint
