@@ -26,6 +26,7 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -64,6 +65,16 @@ class SegmentationResult:
             polygon, _ = mask_to_polygon(window, tolerance)
             polygons.append(polygon + np.array([x0, y0], np.int32))
         return polygons
+
+
+@dataclass
+class RawOutput:
+    """The network's raw output for one image (NumPy array, or a torch tensor on a GPU backend) and the time spent
+    to make it (ms)."""
+
+    output: Any
+    preprocess_ms: float
+    inference_ms: float
 
 
 class Segmenter:
@@ -121,6 +132,17 @@ class Segmenter:
         return size_w, size_h
 
     def __call__(self, rgb: np.ndarray) -> SegmentationResult:
+        start = time.perf_counter()
+        raw = self.infer_raw(rgb)
+        inferred = time.perf_counter()
+        result = self.decode_raw(raw, rgb.shape[1], rgb.shape[0])
+        result.timing_ms = {"preprocess": raw.preprocess_ms, "inference": raw.inference_ms,
+                            "postprocess": (time.perf_counter() - inferred) * 1e3,
+                            "total": (time.perf_counter() - start) * 1e3}
+        return result
+
+    def infer_raw(self, rgb: np.ndarray) -> RawOutput:
+        """Pre-process and run the network: the raw output at network resolution (ValueError for a bad image)."""
         if not (isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
                 and rgb.shape[0] > 0 and rgb.shape[1] > 0):
             raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {getattr(rgb, 'dtype', type(rgb))} "
@@ -137,18 +159,24 @@ class Segmenter:
                 raw = run_tensor(network_input)  # decoded on the GPU
             else:
                 raw = self.backend.run(network_input)
-            inferred = time.perf_counter()
-            instances = self.adapter.decode(raw, self.decode_params)
-        keep = instances.scores >= self.score_threshold
+        return RawOutput(raw, (preprocessed - start) * 1e3, (time.perf_counter() - preprocessed) * 1e3)
+
+    def decode_raw(self, raw: RawOutput, width: int, height: int, decode_params: dict | None = None,
+                   score_threshold: float | None = None) -> SegmentationResult:
+        """Instances of a raw output for a width x height image: decoded with this segmenter's decoding parameters
+        (or `decode_params` over them), instances below its score threshold (or `score_threshold`) or of other
+        classes dropped, mapped to the image's size. Decoding one output several ways (a calibration sweep) costs
+        no further network run."""
+        params = self.decode_params if decode_params is None else {**self.decode_params, **decode_params}
+        threshold = self.score_threshold if score_threshold is None else score_threshold
+        with self._lock:
+            instances = self.adapter.decode(raw.output, params)
+        keep = instances.scores >= threshold
         if self.keep_classes is not None:
             keep &= np.isin(instances.classes, self.keep_classes)
-        instances = filter_instances(instances, keep)
-        instances = resize_instances(instances, width, height)
-        done = time.perf_counter()
-        timing = {"preprocess": (preprocessed - start) * 1e3, "inference": (inferred - preprocessed) * 1e3,
-                  "postprocess": (done - inferred) * 1e3, "total": (done - start) * 1e3}
+        instances = resize_instances(filter_instances(instances, keep), width, height)
         return SegmentationResult(instances, [self.adapter.classes[c] for c in instances.classes],
-                                  self.adapter.label_ids[instances.classes], timing)
+                                  self.adapter.label_ids[instances.classes])
 
     def describe(self) -> str:
         return f"{self.adapter.name} on {self.backend.describe()}"
