@@ -58,7 +58,13 @@ EXTREME_CALIBRATION = {"randomised_crops": 256, "seed": 7}
 #   and the clustering falls apart (AP50 0.138 -> 0.029 with everything quantised).
 # - DCME: its last deconvolution and what follows (vectors scaled to pixels, the foreground sigmoid), for the same
 #   reason: the votes need the vectors to the pixel.
-KEEP_FLOAT = {"spatial_embeddings": ("output_conv", "^/network/Concat$"), "box2pix": (),
+# - Spatial Embeddings on ESPNetv2 (instseg_core.networks.espnetv2_embeddings): its output convolution and the
+#   ops of its own forward (normalisation, the seeds' softmax x sigmoid as logits, the final upsampling), for the
+#   same reason; the semantic branch and the head's convolutions are quantised.
+KEEP_FLOAT = {"spatial_embeddings": ("output_conv", "^/network/Concat$", "^/network/output/",
+                                     r"^/network/(Sub|Div|Softmax|Sigmoid|Mul|Clip|Log|Log1p|Neg|Concat|Resize|"
+                                     r"Gather|Slice|Shape|Add)(_\d+)?$"),
+              "box2pix": (),
               "dcme": ("output_conv", r"^/(Mul|Sigmoid|Concat|Slice|Softmax)(_\d+)?$")}
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from instseg_core.data.instance_training import CropSampler
 from instseg_core.data.randomised_objects import photometric_jitter
-from instseg_core.data.textures import photo_patch
+from instseg_core.data.textures import photo_window
 
 # Packaged photographs with no person, rider or vehicle in them (textures.PHOTOS names); astronaut, camera,
 # grace_hopper (people), motorcycle and rocket (vehicles) are left out.
@@ -52,7 +52,7 @@ class RealContextMix:
 def _photo_window(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """(H, W, 3) uint8 window of a random negative photograph at a random scale (0.5-2), maybe mirrored."""
     name = NEGATIVE_PHOTOS[int(rng.integers(len(NEGATIVE_PHOTOS)))]
-    patch = photo_patch(rng, name, height, width, scale=float(rng.uniform(0.5, 2.0)))
+    patch = photo_window(rng, name, height, width, scale=float(rng.uniform(0.5, 2.0)))
     if rng.random() < 0.5:
         patch = patch[:, ::-1]
     return np.clip(patch * 255 + 0.5, 0, 255).astype(np.uint8)

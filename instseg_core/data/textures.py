@@ -94,6 +94,18 @@ def photo_patch(rng: np.random.Generator, name: str, height: int, width: int, sc
     return source[np.ix_(_mirror_indices(y0, int(height), src_h), _mirror_indices(x0, int(width), src_w))]
 
 
+def photo_window(rng: np.random.Generator, name: str, height: int, width: int, scale: float = 1.0) -> np.ndarray:
+    """(H, W, 3) float32 window of a photograph seen at `scale` (any float): the matching region of the original,
+    mirror-tiled where the photograph is too small, resized to the window. Caches nothing but the original."""
+    source = photo(name)
+    src_h, src_w = source.shape[:2]
+    region_h, region_w = max(1, round(height / scale)), max(1, round(width / scale))
+    y0, x0 = int(rng.integers(0, 2 * src_h)), int(rng.integers(0, 2 * src_w))
+    region = source[np.ix_(_mirror_indices(y0, region_h, src_h), _mirror_indices(x0, region_w, src_w))]
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.resize(region, (int(width), int(height)), interpolation=interpolation)
+
+
 @cache
 def _scaled_photo(name: str, scale: float) -> np.ndarray:
     source = photo(name)
