@@ -3,10 +3,14 @@
 overlay contact sheet (PNG), a short MP4 and a table (fps, latency p50/p95, drops) are written.
 
     .venv/bin/python tools/demo.py [--out data/demo] [--frames 60] [--rate 1.0] [--input 1024x512]
+                                   [--video FILE.mp4]
 
 The camera bag (data/demo/camera, 1024x512 at 10 Hz, MCAP) is generated on the first run. The node keeps
 only the newest frame, so on 2 CPU cores it segments a few frames per second and drops the rest, as it
 would on a vehicle. The script isolates itself in a loopback-only network namespace before rclpy starts.
+
+`--video FILE` plays a video instead (any file OpenCV reads, e.g. a dashcam clip): its first `--frames` frames are
+written once into a camera bag (data/demo/video_<name>, the video's frame rate) and played the same way.
 """
 
 from __future__ import annotations
@@ -44,6 +48,32 @@ def ensure_camera_bag(out: Path, frames: int) -> Path:
     return bag
 
 
+def video_camera_bag(video: Path, out: Path, frames: int) -> Path:
+    """A camera bag (sensor_msgs/Image rgb8 on /camera/image_raw, the video's frame rate) of the first `frames`
+    frames of `video`, written on the first use. SystemExit naming the file when OpenCV cannot read it."""
+    from instseg_core.data.bags import write_image_bag
+
+    bag = out / f"video_{video.stem}"
+    if (bag / "metadata.yaml").is_file():
+        return bag
+    capture = cv2.VideoCapture(str(video))
+    if not capture.isOpened():
+        raise SystemExit(f"demo: cannot read the video {video}")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 10.0
+    rgb_frames = []
+    while len(rgb_frames) < frames:
+        ok, bgr = capture.read()
+        if not ok:
+            break
+        rgb_frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    capture.release()
+    if not rgb_frames:
+        raise SystemExit(f"demo: no frame could be decoded from {video}")
+    print(f"writing {len(rgb_frames)} frames of {video} ({fps:.1f} Hz) into {bag}", flush=True)
+    write_image_bag(bag, rgb_frames, rate_hz=fps, overwrite=True)
+    return bag
+
+
 def contact_sheet(frames: list[np.ndarray], columns: int = 4, rows: int = 3, width: int = 512) -> np.ndarray:
     """A grid of up to columns x rows frames, evenly picked, each resized to `width`."""
     picked = [frames[int(i)] for i in np.linspace(0, len(frames) - 1, min(len(frames), columns * rows))]
@@ -67,11 +97,15 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--rate", type=float, default=1.0, help="playback rate (1.0 = real time, 10 Hz)")
     parser.add_argument("--input", default="1024x512", help="network input WxH")
+    parser.add_argument("--video", type=Path, default=None, help="play this video instead of the synthetic bag")
     args = parser.parse_args()
     isolation.ensure_isolated()
     os.environ.setdefault("ROS_DOMAIN_ID", "72")
     args.out.mkdir(parents=True, exist_ok=True)
-    bag = ensure_camera_bag(args.out, args.frames)
+    if args.video:
+        bag = video_camera_bag(args.video, args.out, args.frames)
+    else:
+        bag = ensure_camera_bag(args.out, args.frames)
 
     import rclpy
     from streamlib import NodeProcess, Observer
@@ -102,9 +136,10 @@ def main() -> None:
     played = sum(json.loads(player.stdout.strip().splitlines()[-1])["published"].values())
     if not observer.overlays:
         sys.exit("demo: no overlay arrived; see the node log:\n" + "".join(node.log))
-    sheet = args.out / "contact_sheet.png"
+    prefix = f"{args.video.stem}_" if args.video else ""
+    sheet = args.out / f"{prefix}contact_sheet.png"
     cv2.imwrite(str(sheet), cv2.cvtColor(contact_sheet(observer.overlays), cv2.COLOR_RGB2BGR))
-    video = args.out / "overlay.mp4"
+    video = args.out / f"{prefix}overlay.mp4"
     write_mp4(observer.overlays, video, fps=max(1.0, observer.fps()))
     latency = summarize(observer.latencies_ms)
     instances = [len(m.instances) for _, m in observer.arrays]
