@@ -278,9 +278,13 @@ def run_command(*args: str | Path) -> subprocess.CompletedProcess:
 
 def test_command_end_to_end_with_the_shipped_model(synthetic_yolo_set: tuple[Path, int], tmp_path: Path) -> None:
     root, objects = synthetic_yolo_set
+    manifest = tmp_path / "model.json"
+    manifest.write_text(json.dumps({"model": "spatial_embeddings", "kept": 1}))
     result = run_command("--data", root, "--json", tmp_path / "report.json", "--markdown",
-                         "--overlays", tmp_path / "overlays")
+                         "--overlays", tmp_path / "overlays", "--record", manifest, "--record-name", "fixture")
     assert result.returncode == 0, result.stderr
+    recorded = json.loads(manifest.read_text())
+    assert recorded["kept"] == 1 and recorded["real_validation"]["fixture fp32 own"]["images"] == 2
     assert "input size own" in result.stdout and "| model | input |" in result.stdout
     report = json.loads((tmp_path / "report.json").read_text())
     assert {"recall", "precision", "ap50", "predictions_per_image", "ground_truth_per_image", "per_class",

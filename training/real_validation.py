@@ -168,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-bad", action="store_true", help="skip (and count) images that cannot be read")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the report (atomically)")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table row")
+    parser.add_argument("--record", type=Path, default=None, metavar="MANIFEST",
+                        help="also store the headline figures in this model manifest's 'real_validation' entry, "
+                             "under --record-name")
+    parser.add_argument("--record-name", default="coco_people_vehicles",
+                        help="the name of the labelled set in the manifest (default coco_people_vehicles)")
     parser.add_argument("--overlays", type=Path, default=None, metavar="DIR",
                         help="one JPEG per image: predictions in colour, ground truth in white")
     return parser
@@ -234,7 +239,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                "data": [str(p) for p in (args.data, args.coco, args.image_dir) if p is not None],
                "timing": timing}
         write_text_atomically(args.json, json.dumps({**report.to_dict(), "run": run}, indent=1) + "\n")
+    if args.record is not None:
+        record_in_manifest(args.record, args, report, "own" if args.input_size is None else input_size)
     return 0
+
+
+def record_in_manifest(manifest_path: Path, args: argparse.Namespace, report: RealSetReport, input_size: str) -> None:
+    """Store the headline figures in the manifest's `real_validation` entry under '<set> <precision> <input>'
+    (atomically; the rest of the manifest untouched)."""
+    manifest = json.loads(manifest_path.read_text())
+    figures = report.to_dict()
+    key = f"{args.record_name} {'int8' if args.int8 else 'fp32'} {input_size}"
+    manifest.setdefault("real_validation", {})[key] = {
+        name: figures[name] for name in ("images", "recall", "precision", "ap50", "predictions_per_image",
+                                         "ground_truth_per_image") if name in figures}
+    manifest["real_validation"][key].update({
+        "score_threshold": args.score_threshold, "min_gt_area": args.min_gt_area,
+        "reproduce": f"python -m training.real_validation --data <{args.record_name}> --model {args.model}"
+                     f"{' --int8' if args.int8 else ''} --input-size {input_size} --record {manifest_path.name}"})
+    write_text_atomically(manifest_path, json.dumps(manifest, indent=1))
 
 
 if __name__ == "__main__":
