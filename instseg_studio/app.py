@@ -15,14 +15,19 @@ API (all JSON unless said otherwise; errors are {"error": message} with a 4xx st
 
 Safety: requests whose Host is not one of the server's own names, or whose Origin is another site, are refused
 (403; DNS rebinding and cross-site requests), as are writes that are not `application/json` (415: an HTML form
-of another site cannot send JSON) and bodies over 1 MB (413). Every refusal and error is counted (/api/info).
-The server reads only the bag and the output folder; the page's files come from the package.
+of another site cannot send JSON) and bodies over 1 MB (413). Requests are bounded by construction: the body limit
+is enforced while the body is read (`BoundedBody`, so a chunked upload without Content-Length is refused after
+1 MB, never read whole), and JSON nested deeper than 32 levels is refused (400) before it is parsed. A save that
+the disk refuses (full, read-only: an OSError) answers 507 "not saved: <reason>" and changes nothing; the page
+keeps the change as unsaved and offers to retry. Every refusal and error is counted (/api/info). The server reads
+only the bag and the output folder; the page's files come from the package.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import uuid
 from collections import Counter
@@ -32,11 +37,15 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from instseg_core.annotate.segmenter import AnnotationError
+from instseg_core.base.command_exit import describe
 from instseg_core.data.label_export import LabelExportError, LabelledFrame, LabelledObject, write_label_tree
 from instseg_studio.assist import propagate, proposals
 from instseg_studio.bag_frames import BagFrames, BagFramesError
@@ -45,6 +54,7 @@ from instseg_studio.session import Session, SessionError, VersionConflictError
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_BODY_BYTES = 1 << 20
+MAX_JSON_DEPTH = 32  # the API's deepest value is 4 levels down ({"objects": [{"polygon": [[x, y]]}]})
 JPEG_QUALITY = 90
 log = logging.getLogger("instseg_studio")
 
@@ -94,13 +104,78 @@ def _tolerance(value: Any) -> float:
     return float(value)
 
 
+class RequestGuard:
+    """ASGI middleware in front of every route (module docstring, Safety): refuses requests for another Host or
+    from another Origin (403), writes that are not JSON (415) and declared bodies over `max_bytes` (413), each
+    counted in `counters`; and counts the body while the route receives it, raising RequestError 413 in the reader
+    once it passes `max_bytes`, whether or not a Content-Length was declared (chunked uploads). So at most
+    `max_bytes` and one received piece are ever held. (A pure ASGI middleware: Starlette's BaseHTTPMiddleware
+    would wrap an error raised while receiving into an ExceptionGroup the routes' error handlers do not see.)"""
+
+    def __init__(self, app: ASGIApp, allowed_hosts: set[str], counters: Counter,
+                 max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app, self.allowed_hosts, self.counters, self.max_bytes = app, allowed_hosts, counters, max_bytes
+        self.allowed_origins = {f"http://{host}" for host in allowed_hosts}
+
+    def refusal(self, method: str, headers: Headers) -> tuple[str, int, str] | None:
+        """(reason, status, counter) when the request is refused before it reaches a route, else None."""
+        host = headers.get("host", "")
+        if host not in self.allowed_hosts:
+            return f"unknown Host {host!r}", 403, "refused_host"
+        origin = headers.get("origin")
+        if origin is not None and origin not in self.allowed_origins:
+            return f"cross-site request from {origin!r}", 403, "refused_origin"
+        if method not in ("GET", "HEAD"):
+            if headers.get("content-type", "").split(";")[0].strip() != "application/json":
+                return "writes must be application/json", 415, "refused_content_type"
+            declared = headers.get("content-length")
+            if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+                return f"request body over {self.max_bytes} bytes", 413, "refused_size"
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refused = self.refusal(scope["method"], Headers(scope=scope))
+        if refused is not None:
+            reason, status, counter = refused
+            self.counters[counter] += 1
+            log.warning("refused a request: %s", reason)
+            await JSONResponse({"error": reason}, status_code=status)(scope, receive, send)
+            return
+        received = 0
+
+        async def bounded_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise RequestError(f"request body over {self.max_bytes} bytes", 413)
+            return message
+
+        await self.app(scope, bounded_receive, send)
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+def json_depth(body: bytes) -> int:
+    """How deeply the arrays and objects of a JSON text nest (0 for a scalar), counted on the bytes without
+    parsing (brackets inside strings do not count): deep nesting is refused before the recursive parser sees it."""
+    brackets = np.frombuffer(_JSON_STRING.sub(b"", body), np.uint8)
+    steps = np.isin(brackets, (ord("["), ord("{"))).astype(np.int32) - np.isin(brackets, (ord("]"), ord("}")))
+    return int(np.cumsum(steps).max(initial=0))
+
+
 async def _json_body(request: Request) -> dict:
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise RequestError(f"request body over {MAX_BODY_BYTES} bytes", 413)
+    body = await request.body()  # bounded by BoundedBody
+    if (depth := json_depth(body)) > MAX_JSON_DEPTH:
+        raise RequestError(f"request JSON nests {depth} levels deep; at most {MAX_JSON_DEPTH} are accepted")
     try:
         data = json.loads(body or b"{}")
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise RequestError(f"request body is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise RequestError("request body must be a JSON object")
@@ -111,32 +186,11 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
     """The FastAPI application over `studio`; `allowed_hosts` are the Host header values (host:port) the
     server answers to."""
     app = FastAPI(title="instseg studio", docs_url=None, redoc_url=None, openapi_url=None)
-    allowed_origins = {f"http://{host}" for host in allowed_hosts}
-
-    def refuse(reason: str, status: int, counter: str) -> JSONResponse:
-        studio.counters[counter] += 1
-        log.warning("refused a request: %s", reason)
-        return JSONResponse({"error": reason}, status_code=status)
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Callable) -> Response:
-        host = request.headers.get("host", "")
-        if host not in allowed_hosts:
-            return refuse(f"unknown Host {host!r}", 403, "refused_host")
-        origin = request.headers.get("origin")
-        if origin is not None and origin not in allowed_origins:
-            return refuse(f"cross-site request from {origin!r}", 403, "refused_origin")
-        if request.method not in ("GET", "HEAD"):
-            if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-                return refuse("writes must be application/json", 415, "refused_content_type")
-            declared = request.headers.get("content-length")
-            if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
-                return refuse(f"request body over {MAX_BODY_BYTES} bytes", 413, "refused_size")
-        return await call_next(request)
+    app.add_middleware(RequestGuard, allowed_hosts=allowed_hosts, counters=studio.counters, max_bytes=MAX_BODY_BYTES)
 
     @app.exception_handler(RequestError)
     async def request_error(_: Request, exc: RequestError) -> JSONResponse:
-        studio.counters["bad_requests"] += 1
+        studio.counters["refused_size" if exc.status == 413 else "bad_requests"] += 1
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
     @app.exception_handler(Exception)
@@ -204,6 +258,10 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
             raise RequestError(str(exc), 409) from exc
         except SessionError as exc:
             raise RequestError(str(exc)) from exc
+        except OSError as exc:  # a full or read-only disk: nothing changed, the page keeps the change as unsaved
+            studio.counters["save_failures"] += 1
+            log.warning("frame %d not saved: %s", index, describe(exc))
+            raise RequestError(f"not saved: {describe(exc)}", 507) from exc
         return {"version": version}
 
     @app.post("/api/segment")
@@ -265,3 +323,5 @@ def export_session(studio: Studio, overwrite: bool = True) -> dict:
         return write_label_tree(studio.out / "export", frames(), overwrite=overwrite)
     except (LabelExportError, BagFramesError) as exc:
         raise RequestError(f"export failed, nothing written: {exc}", 422) from exc
+    except OSError as exc:
+        raise RequestError(f"export failed, nothing written: {describe(exc)}", 507) from exc

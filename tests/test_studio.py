@@ -21,7 +21,7 @@ from instseg_core.data.cityscapes import CityscapesDataset
 from instseg_core.eval.binary_metrics import iou
 from instseg_ros import label_bag
 from instseg_studio import bag_frames
-from instseg_studio.app import Studio, create_app
+from instseg_studio.app import Studio, create_app, json_depth
 from instseg_studio.bag_frames import BagFrames, BagFramesError
 from instseg_studio.segmenters import InProcessSegmenter
 from instseg_studio.session import SESSION_FILE, Session, SessionError
@@ -213,6 +213,8 @@ def test_objects_are_saved_and_versions_checked(client: TestClient) -> None:
      415, "application/json"),
     ("post", "/api/segment", {"headers": JSON, "content": "{" + " " * (2 << 20) + "}"}, 413, "over"),
     ("post", "/api/segment", {"headers": JSON, "content": "{nope"}, 400, "not JSON"),
+    ("post", "/api/segment", {"headers": JSON, "content": "[" * 100_000 + "]" * 100_000}, 400, "100000 levels deep"),
+    ("post", "/api/segment", {"headers": JSON, "content": '{"a": ' * 33 + "1" + "}" * 33}, 400, "33 levels deep"),
     ("post", "/api/segment", {"headers": JSON, "content": "[1, 2]"}, 400, "JSON object"),
     ("post", "/api/segment", {"json": {"frame": 9, "points": []}}, 404, "frame must be an index"),
     ("post", "/api/segment", {"json": {"frame": 0, "points": [["a", 1]]}}, 422, "4 pairs of numbers"),
@@ -234,6 +236,12 @@ def test_hostile_and_bad_requests_get_a_clear_refusal(client: TestClient, method
     body = response.json()
     assert message in (body.get("error") or body.get("detail", "")), body
     assert client.get("/api/info").status_code == 200, "the server keeps serving"
+
+
+def test_json_depth_counts_brackets_outside_strings_only() -> None:
+    assert json_depth(b'{"frame": 0, "points": [[1, 2], [3, 4]]}') == 3
+    assert json_depth(b'{"note": "[[[[{{{{ \\" ]]]", "k": [1]}') == 2  # an escaped quote does not end the string
+    assert json_depth(b"7") == json_depth(b"") == 0
 
 
 def test_copying_objects_to_the_next_frame_follows_them(client: TestClient, bag: tuple[Path, GroundTruth]) -> None:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -18,6 +20,8 @@ import httpx2 as httpx
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
+from small_filesystems import SCRIPT as SMALL_FILESYSTEM
+from small_filesystems import is_read_only, small_filesystem_arguments
 from studio_fixtures import GroundTruth, sequence_bag
 
 from instseg_core.annotate.segmenter import create_annotation_segmenter
@@ -40,10 +44,11 @@ def bag(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, GroundTruth]:
 class StudioProcess:
     """`instseg-studio` started as a console user would, on a free port; `url` once it serves."""
 
-    def __init__(self, bag: Path, out: Path, *extra: str, env: dict | None = None) -> None:
+    def __init__(self, bag: Path, out: Path, *extra: str, env: dict | None = None,
+                 command_prefix: Sequence[str] = ()) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "instseg_studio.cli", str(bag), "--port", "0", "--out", str(out), *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+            [*command_prefix, sys.executable, "-m", "instseg_studio.cli", str(bag), "--port", "0", "--out", str(out),
+             *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()  # printed once the socket listens and the studio is built
         match = re.search(r"serving (http://127\.0\.0\.1:\d+/)", line)
@@ -109,6 +114,46 @@ def test_a_bad_session_file_stops_the_studio_with_the_reason(bag: tuple[Path, Gr
     assert (tmp_path / "studio_session.json").read_text() == "{half", "the file is left for the operator"
 
 
+def _peak_rss_mb(pid: int) -> float:
+    return int(re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1)) / 1024
+
+
+def _chunked_upload(url: str, path: str, total_bytes: int, piece: int = 1 << 16) -> tuple[int, bytes]:
+    """POST `total_bytes` of JSON whitespace with Transfer-Encoding: chunked (no Content-Length), stopping when
+    the server answers or stops taking bytes; returns (bytes sent, the start of the answer)."""
+    host, port = re.match(r"http://([^:/]+):(\d+)/", url).groups()  # type: ignore[union-attr]
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n".encode())
+        chunk = f"{piece:x}\r\n".encode() + b" " * piece + b"\r\n"
+        sent = 0
+        try:
+            while sent < total_bytes and not select.select([sock], [], [], 0)[0]:
+                sock.sendall(chunk)
+                sent += piece
+            if sent >= total_bytes:
+                sock.sendall(b"0\r\n\r\n")
+        except OSError:  # the server closed the connection, or stopped reading (the socket timeout)
+            pass
+        return sent, sock.recv(4096)
+
+
+def test_a_chunked_upload_is_refused_at_the_limit_without_being_read(bag: tuple[Path, GroundTruth], tmp_path: Path,
+                                                                    studios: list[StudioProcess]) -> None:
+    """Issue 33: a 64 MB chunked upload (no Content-Length) is answered 413 once 1 MB has arrived; the client gets
+    to send only what the sockets buffer, and the server's peak memory stays put. Before, the whole body was read
+    into memory first (a 256 MB upload: all of it sent, peak RSS 149 -> 662 MB; now 6 MB sent, 149 -> 150 MB)."""
+    studio = StudioProcess(bag[0], tmp_path, "--segmenter", "inprocess")
+    studios.append(studio)
+    peak_before = _peak_rss_mb(studio.proc.pid)
+    sent, answer = _chunked_upload(studio.url, "/api/segment", 64 << 20)
+    assert answer.startswith(b"HTTP/1.1 413"), answer
+    assert sent < 16 << 20, f"the client sent {sent >> 20} MB before the refusal"
+    assert _peak_rss_mb(studio.proc.pid) - peak_before < 16
+    counters = studio.http.get("/api/info").json()["counters"]
+    assert counters["refused_size"] == 1 and "internal_errors" not in counters, counters
+
+
 @pytest.mark.ros
 def test_the_service_node_and_in_process_give_the_same_polygons(bag: tuple[Path, GroundTruth], tmp_path: Path,
                                                                  ros_processes, studios: list[StudioProcess]) -> None:
@@ -133,27 +178,38 @@ def test_the_service_node_and_in_process_give_the_same_polygons(bag: tuple[Path,
     assert summary == {"served": 6, "refused": {}}, summary
 
 
-@pytest.mark.slow
-def test_an_operator_labels_in_the_browser(bag: tuple[Path, GroundTruth], tmp_path: Path,
-                                           studios: list[StudioProcess]) -> None:
+def open_page(studio: StudioProcess, profile: Path) -> tuple:
+    """Headless chromium showing the studio's page, once the page is ready: (driver, a 60 s WebDriverWait)."""
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
         pytest.fail("the browser tests need Debian's chromium and chromium-driver: apt-get install chromium "
                     "chromium-driver (tools/setup.sh does it when run as root, .ci/run always)")
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = chromium(profile)
+    wait = WebDriverWait(driver, 60)
+    try:
+        driver.get(studio.url)
+        wait.until(lambda d: d.execute_script("return document.body.dataset.ready") == "true")
+    except BaseException:
+        driver.quit()
+        raise
+    return driver, wait
+
+
+@pytest.mark.slow
+def test_an_operator_labels_in_the_browser(bag: tuple[Path, GroundTruth], tmp_path: Path,
+                                           studios: list[StudioProcess]) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import WebDriverWait
 
     gt = bag[1]
     studio = StudioProcess(bag[0], tmp_path, "--segmenter", "inprocess")
     studios.append(studio)
-    driver = chromium(tmp_path / "chromium")
-    wait = WebDriverWait(driver, 60)
+    driver, wait = open_page(studio, tmp_path / "chromium")
     state = lambda script: driver.execute_script(f"return window.studioState.{script}")  # noqa: E731
     api = studio.http
     try:
-        driver.get(studio.url)
-        wait.until(lambda d: d.execute_script("return document.body.dataset.ready") == "true")
         overlay = driver.find_element(By.ID, "overlay")
         body = driver.find_element(By.TAG_NAME, "body")
         scale = overlay.size["width"] / 512
@@ -215,6 +271,66 @@ def test_an_operator_labels_in_the_browser(bag: tuple[Path, GroundTruth], tmp_pa
         assert len(list(CityscapesDataset(export, "train"))) == 2
         driver.save_screenshot(str(tmp_path / "studio.png"))
         assert api.get("/api/info").json()["counters"].get("internal_errors", 0) == 0
+    finally:
+        driver.quit()
+        shutil.rmtree(tmp_path / "chromium", ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_change_the_disk_refuses_stays_in_the_page_until_it_is_saved(bag: tuple[Path, GroundTruth], tmp_path: Path,
+                                                                       studios: list[StudioProcess]) -> None:
+    """Issue 33: the output folder's disk is remounted read-only mid-session (a real tmpfs in the studio's own mount
+    namespace, tests/small_filesystems.py). The save answers 507 "not saved: [Errno 30 EROFS] Read-only file
+    system"; the page keeps drawing the new object under a banner, still has it after moving to another frame and
+    back, and saves it with "Retry saving" once the disk is writable again. Before: a 500 "internal error", and
+    moving to another frame lost the object."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    gt = bag[1]
+    disk = tmp_path / "disk"
+    studio = StudioProcess(bag[0], disk, "--segmenter", "inprocess",
+                           command_prefix=[sys.executable, str(SMALL_FILESYSTEM),
+                                           *small_filesystem_arguments(disk, 16 << 20)])
+    studios.append(studio)
+    driver, wait = open_page(studio, tmp_path / "chromium")
+    state = lambda script: driver.execute_script(f"return window.studioState.{script}")  # noqa: E731
+    try:
+        overlay = driver.find_element(By.ID, "overlay")
+        body = driver.find_element(By.TAG_NAME, "body")
+        banner = driver.find_element(By.ID, "unsaved")
+        largest = sorted(range(len(gt.objects[0])), key=lambda k: -gt.objects[0][k][1].sum())[:2]
+
+        def add_object(k: int) -> None:
+            body.send_keys(Keys.ESCAPE)
+            for point in gt.extreme_points(0, k):
+                click_image(driver, overlay, 512, *point)
+
+        def on_frame(index: int) -> None:
+            wait.until(lambda d: state("busy") == 0 and state("frame && window.studioState.frame.index") == index)
+
+        add_object(largest[0])
+        wait.until(lambda d: state("busy") == 0 and state("version") == 1)
+        os.kill(studio.proc.pid, signal.SIGUSR1)  # the disk is remounted read-only
+        wait.until(lambda d: is_read_only(studio.proc.pid, disk))
+        add_object(largest[1])
+        wait.until(lambda d: banner.is_displayed())
+        assert "not saved: [Errno 30 EROFS] Read-only file system" in banner.text, banner.text
+        assert "NOT SAVED" in driver.find_element(By.ID, "status").text
+        assert state("objects.length") == 2 and len(studio.http.get("/api/frames/0").json()["objects"]) == 1
+        body.send_keys(Keys.ARROW_RIGHT)
+        on_frame(1)
+        body.send_keys(Keys.ARROW_LEFT)
+        on_frame(0)
+        assert state("objects.length") == 2 and banner.is_displayed(), "moving to another frame keeps the change"
+        os.kill(studio.proc.pid, signal.SIGUSR2)  # writable again
+        wait.until(lambda d: not is_read_only(studio.proc.pid, disk))
+        driver.find_element(By.ID, "retry-button").click()
+        wait.until(lambda d: not banner.is_displayed() and state("busy") == 0)
+        saved = studio.http.get("/api/frames/0").json()["objects"]
+        assert len(saved) == 2 and state("version") == 2
+        counters = studio.http.get("/api/info").json()["counters"]
+        assert counters["save_failures"] == 1 and "internal_errors" not in counters, counters
     finally:
         driver.quit()
         shutil.rmtree(tmp_path / "chromium", ignore_errors=True)

@@ -11,6 +11,7 @@ const state = {
   info: null, timestamps: [], labelled: new Set(), index: 0, frame: null, objects: [], version: 0,
   selected: null, clicks: [], proposals: [], undo: [], redo: [], drag: null, busy: 0, newClass: null,
   view: { zoom: 1, x: 0, y: 0 }, pan: null,
+  unsaved: new Map(),   // frame index -> { objects, reason }: changes the server could not save (kept until saved)
 };
 window.studioState = state;         // for the browser tests and the benchmark
 window.studioTimings = [];          // {what, ms}: measured in the page (bench/bench_studio.py reads them)
@@ -42,8 +43,11 @@ function setStatus() {
   const n = state.timestamps.length;
   const t = n ? (state.timestamps[state.index] / 1e9).toFixed(3) : "";
   $("frame-label").textContent = `frame ${state.index + 1} / ${n}  ·  t = ${t} s`;
-  $("status").textContent = (state.busy ? "working…  " : "") + `saved v${state.version}` +
+  const unsaved = state.unsaved.size;
+  $("status").textContent = (state.busy ? "working…  " : "") +
+    (unsaved ? `NOT SAVED (${unsaved} frame${unsaved > 1 ? "s" : ""})` : `saved v${state.version}`) +
     (state.clicks.length ? `  ·  click ${state.clicks.length}/4` : "");
+  $("status").classList.toggle("unsaved", unsaved > 0);
 }
 
 function busy(delta) { state.busy += delta; setStatus(); }
@@ -59,6 +63,17 @@ function clone(objects) { return JSON.parse(JSON.stringify(objects)); }
 
 let saveQueue = Promise.resolve();
 
+function showUnsaved() {
+  const frames = [...state.unsaved.keys()].sort((a, b) => a - b);
+  $("unsaved").hidden = !frames.length;
+  if (frames.length) {
+    const reason = state.unsaved.get(frames[frames.length - 1]).reason;
+    $("unsaved-text").textContent = `${reason}. Unsaved changes on frame${frames.length > 1 ? "s" : ""} ` +
+      `${frames.map((k) => k + 1).join(", ")} are kept in this page until they are saved.`;
+  }
+  setStatus();
+}
+
 function commit(objects, { record = true, index = state.index } = {}) {
   const before = clone(index === state.index ? state.objects : []);
   const after = clone(objects);
@@ -70,13 +85,24 @@ function commit(objects, { record = true, index = state.index } = {}) {
       state.version = result.version;
       if (after.length) state.labelled.add(index); else state.labelled.delete(index);
       if (record) { state.undo.push({ index, before, after }); state.redo = []; }
+      if (state.unsaved.delete(index)) showUnsaved();
       drawTimeline();
     } catch (error) {
-      showMessage(error.message);
-      if (error.status === 409 && index === state.index) { state.objects = before; render(); }
+      if (error.status === 409) {
+        showMessage(error.message);
+        if (index === state.index) { state.objects = before; render(); }
+      } else {   // not saved (a full or read-only disk, a lost connection): keep the change, drawn, marked unsaved
+        const reason = error instanceof ApiError ? error.message : `not saved: ${error.message}`;
+        state.unsaved.set(index, { objects: after, reason });
+        showUnsaved();
+      }
     } finally { busy(-1); }
   });
   return saveQueue;
+}
+
+async function retryUnsaved() {
+  for (const [index, entry] of [...state.unsaved]) await commit(entry.objects, { record: false, index });
 }
 
 async function undoRedo(from, to, pick) {
@@ -111,7 +137,8 @@ async function goTo(index) {
                                        (image.src = `/api/frames/${index}/image`, loaded)]);
     if (state.index !== index) return;   // the operator moved on meanwhile
     state.frame = frame;
-    state.objects = frame.objects;
+    // a change the server could not save is shown instead of the saved objects: moving on never loses it
+    state.objects = state.unsaved.has(index) ? clone(state.unsaved.get(index).objects) : frame.objects;
     state.version = Math.max(state.version, frame.version);
     const svg = $("overlay");
     svg.setAttribute("viewBox", `-0.5 -0.5 ${frame.width} ${frame.height}`);
@@ -556,6 +583,8 @@ async function start() {
   $("prev-button").addEventListener("click", () => goTo(state.index - 1));
   $("next-button").addEventListener("click", () => goTo(state.index + 1));
   $("export-button").addEventListener("click", exportSession);
+  $("retry-button").addEventListener("click", retryUnsaved);
+  window.addEventListener("beforeunload", (event) => { if (state.unsaved.size) event.preventDefault(); });
   $("help-button").addEventListener("click", () => { $("help").hidden = !$("help").hidden; });
   $("help-close").addEventListener("click", () => { $("help").hidden = true; });
   $("overlay").addEventListener("mousedown", onStageMouseDown);
