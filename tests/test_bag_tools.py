@@ -154,9 +154,9 @@ def test_recording_into_a_full_disk_stops_with_the_reason_and_keeps_the_finished
     kept_bag = tmp_path / "copied" / "recording"  # what the tmpfs held when the recorder ended
     streamer = ros_processes.start("stream-frames", "--size", "256x128", "--rate", "20", "--duration", "30",
                                    "--timeout", "30")
-    recorder = ros_processes.start(*small_filesystem_arguments(disk, 4 << 20, [
-        sys.executable, str(BAG_TOOL), "record", str(out), "--topics", "/image", "--wait", "30",
-        "--split-seconds", "0.25"], copy_to=kept_bag.parent), script=SMALL_FILESYSTEM)
+    recorder = ros_processes.start(*small_filesystem_arguments(disk, 4 << 20, copy_to=kept_bag.parent),
+                                   sys.executable, str(BAG_TOOL), "record", str(out), "--topics", "/image", "--wait",
+                                   "30", "--split-seconds", "0.25", script=SMALL_FILESYSTEM)
     stdout, stderr = recorder.communicate(timeout=60)
     assert recorder.returncode == 2, stderr
     errors = [line for line in stderr.splitlines() if line.startswith("instseg-bag: recording into")]
