@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from instseg_core.base.classes import INSTANCE_CLASSES, label_ids
+from instseg_core.base.command_exit import add_debug_argument
 from instseg_core.data.instance_training import batch_images, load_split
 from instseg_core.losses.box2pix import Box2PixLoss, Box2PixLossConfig, dense_targets, relative_change
 from instseg_core.networks.box2pix import (
@@ -48,6 +49,8 @@ from training.common import (
     evaluate_checkpoints,
     export_graph,
     git_commit,
+    guarded,
+    load_checkpoint_file,
     resume_or_initialise,
     run_epochs,
     save_shipped_checkpoint,
@@ -98,7 +101,7 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[Box2Pix, dict]:
-    checkpoint = torch.load(path, weights_only=False)
+    checkpoint = load_checkpoint_file(path)
     return model_from_checkpoint(checkpoint), checkpoint
 
 
@@ -225,7 +228,8 @@ def main(argv: list[str] | None = None) -> object:
     coverage_parser.add_argument("--scale", type=float, default=1.0)
     coverage_parser.add_argument("--threshold", type=float, default=0.7)
     coverage_parser.add_argument("--limit", type=int, default=None)
-    coverage_parser.set_defaults(func=coverage)
+    add_debug_argument(coverage_parser)
+    coverage_parser.set_defaults(func=guarded(coverage, "coverage"))
     args = parser.parse_args(argv)
     if args.command == "train" and __name__ == "__main__":
         ensure_malloc_tuning()

@@ -1,4 +1,10 @@
-"""Helpers shared by the training commands."""
+"""Helpers shared by the training commands.
+
+Every sub-command runs under `guarded` (instseg_core.base.command_exit): exit status 0 only when it did everything
+asked; a checkpoint that cannot be used (`CheckpointError`: missing, truncated, not a checkpoint, weights of another
+network), a bad sample (`SampleError`) or an OSError is one line naming the file and status 2; anything else is
+"internal error" and status 1, its traceback in a log file (or on stderr with --debug).
+"""
 
 from __future__ import annotations
 
@@ -18,9 +24,64 @@ import torch
 
 from instseg_core.base.atomic_files import atomic_path
 from instseg_core.base.classes import INSTANCE_CLASSES
+from instseg_core.base.command_exit import InputError, add_debug_argument, debug_requested, run_command
 from instseg_core.data.instance_training import CROP_MODES, CropSampler, load_split
 
 MALLOC_TUNING = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
+
+
+class CheckpointError(InputError):
+    """A checkpoint that cannot be used (missing, truncated or damaged, not a checkpoint, weights that do not fit);
+    the message names the file."""
+
+
+def command_name(command: Callable, subcommand: str) -> str:
+    """'training.box2pix train': the module that defines `command` (also under `python -m`) and the sub-command."""
+    module = command.__module__
+    if module == "__main__":
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec is not None else Path(sys.argv[0]).stem
+    return f"{module} {subcommand}"
+
+
+def guarded(command: Callable[[argparse.Namespace], object], subcommand: str) -> Callable[[argparse.Namespace], object]:
+    """`command(args)` under the exit rule (module docstring): its result, or one line on stderr starting with
+    `command_name` and CommandExit (status 2 for input errors, 1 for internal errors)."""
+    name = command_name(command, subcommand)
+
+    def run(args: argparse.Namespace) -> object:
+        return run_command(name, lambda: command(args), debug=debug_requested(args))
+    return run
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (torch's run over many lines), or its type."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def load_checkpoint_file(path: str | os.PathLike, what: str = "checkpoint") -> dict:
+    """torch.load of a checkpoint with model weights, or CheckpointError naming the file (`what` says which
+    argument gave it): missing, unreadable (truncated, damaged: torch's own message does not name the file), or
+    not a dict with "model"."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path}: no such file")
+    try:
+        checkpoint = torch.load(path, weights_only=False)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"{what} {path} ({path.stat().st_size} bytes) is not a checkpoint torch can read: "
+                              f"{first_line(exc)} (truncated or damaged?)") from exc
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+        raise CheckpointError(f"{what} {path}: not a checkpoint with model weights")
+    return checkpoint
+
+
+def load_weights(model: torch.nn.Module, checkpoint: dict, path: str | os.PathLike, what: str = "checkpoint") -> None:
+    """model.load_state_dict(checkpoint["model"]), or CheckpointError naming the file when the weights do not fit."""
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{what} {path}: its weights do not fit this network ({str(exc)[:300]})") from exc
 
 
 def ensure_malloc_tuning() -> None:
@@ -63,7 +124,13 @@ def start_training(args: argparse.Namespace) -> tuple[Path, tuple[str, ...], Cro
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     classes = tuple(args.classes)
-    samples = load_split(args.data, "train", classes, scale=args.scale, limit=args.limit)
+    skipped: list[dict] = []
+    samples = load_split(args.data, "train", classes, scale=args.scale, limit=args.limit,
+                         skip_bad=getattr(args, "skip_bad", False), skipped=skipped)
+    if skipped:
+        print(f"skipped {len(skipped)} bad training sample(s) of {len(samples) + len(skipped)} (--skip-bad; listed "
+              "in history.json)", flush=True)
+    args.skipped_samples = skipped  # run_epochs writes them into history.json
     return out, classes, CropSampler(samples, args.crops, args.anywhere_crops)
 
 
@@ -75,8 +142,11 @@ def resume(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
     path = Path(out) / "last.pt"
     if not path.exists():
         return state
-    checkpoint = torch.load(path, weights_only=False)
-    model.load_state_dict(checkpoint["model"])
+    checkpoint = load_checkpoint_file(path, "--resume")
+    missing = [key for key in ("optimizer", "rng", "torch_rng", "state") if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"--resume {path}: not a resumable checkpoint (it lacks {', '.join(missing)})")
+    load_weights(model, checkpoint, path, "--resume")
     optimizer.load_state_dict(checkpoint["optimizer"])
     rng.bit_generator.state = checkpoint["rng"]
     torch.set_rng_state(checkpoint["torch_rng"])
@@ -97,13 +167,8 @@ def resume_or_initialise(args: argparse.Namespace, out: Path, model: torch.nn.Mo
     if args.resume and (Path(out) / "last.pt").exists():
         return resume(out, model, optimizer, state, rng, restore)
     if getattr(args, "init", None):
-        try:
-            checkpoint = torch.load(args.init, weights_only=False)
-        except Exception as error:  # any unreadable file is the same user error
-            raise SystemExit(f"--init {args.init}: not a checkpoint with model weights ({error})") from None
-        if not isinstance(checkpoint, dict) or "model" not in checkpoint:
-            raise SystemExit(f"--init {args.init}: not a checkpoint with model weights")
-        model.load_state_dict(checkpoint["model"])  # float16 weights are copied into the float32 parameters
+        checkpoint = load_checkpoint_file(args.init, "--init")
+        load_weights(model, checkpoint, args.init, "--init")  # float16 weights are copied into the float32 parameters
         print(f"initialised from {args.init} (its epoch {checkpoint.get('epoch')})", flush=True)
         return {**state, "initialised_from": {"path": str(args.init), "epoch": checkpoint.get("epoch"),
                                               "commit": checkpoint.get("commit")}}
@@ -142,6 +207,10 @@ def add_common_train_arguments(parser: argparse.ArgumentParser, *, crop: tuple[i
                         help="windows around random objects, or class-balanced (see data.instance_training)")
     parser.add_argument("--anywhere-crops", type=float, default=0.0,
                         help="fraction of windows placed anywhere in an image instead of around an object")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave out training samples whose image or labels do not decode or differ in size "
+                             "(each named on stderr, listed in history.json) instead of stopping at the first")
+    add_debug_argument(parser)
 
 
 def run_epochs(args: argparse.Namespace, out: Path, optimizer: torch.optim.Optimizer, state: dict, rng: object,
@@ -154,7 +223,8 @@ def run_epochs(args: argparse.Namespace, out: Path, optimizer: torch.optim.Optim
     mean parts, `extra_entry()`), `epoch_NNN.pt` every --keep-every epochs and a resumable `last.pt` (both
     `checkpoint()` plus epoch, state, config and commit), history.json. Stops early when --time-budget
     training seconds are spent. Returns the training state."""
-    config = {k: v for k, v in vars(args).items() if k not in ("func", "resume")}
+    config = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "skipped_samples", "debug")}
+    skipped = {"skipped_samples": args.skipped_samples} if getattr(args, "skipped_samples", None) else {}
     for epoch in range(state["epoch"] + 1, args.epochs + 1):
         if args.time_budget and state["train_seconds"] >= args.time_budget:
             print(f"time budget of {args.time_budget} s spent after epoch {state['epoch']}", flush=True)
@@ -184,7 +254,7 @@ def run_epochs(args: argparse.Namespace, out: Path, optimizer: torch.optim.Optim
         if args.keep_every and epoch % args.keep_every == 0:
             save_atomically(saved, out / f"epoch_{epoch:03d}.pt")
         save_atomically({**saved, **resumable(optimizer, rng)}, out / "last.pt")
-        (out / "history.json").write_text(json.dumps({"config": config, **state}, indent=1))
+        (out / "history.json").write_text(json.dumps({"config": config, **state, **skipped}, indent=1))
         print(f"epoch {epoch}/{args.epochs} lr {lr:.2e} loss {entry['loss']:.4f} ("
               + " ".join(f"{k} {v:.4f}" for k, v in parts_sum.items()) + f") {seconds:.0f} s", flush=True)
     return state
@@ -208,7 +278,16 @@ def evaluate_checkpoints(args: argparse.Namespace, segmenter_for: Callable[[dict
     results: dict = {}
     by_epoch: dict[int, str] = {}  # epoch -> checkpoint evaluated: last.pt and epoch_NNN.pt of one epoch are equal
     for name in checkpoint_names(run, args.checkpoint):
-        model, checkpoint = load(run / name)
+        path = run / name
+        if not path.is_file():
+            raise CheckpointError(f"--checkpoint {path}: no such file")
+        try:
+            model, checkpoint = load(path)
+        except CheckpointError:
+            raise
+        except Exception as exc:  # torch's message for a truncated file names no file
+            raise CheckpointError(f"--checkpoint {path} cannot be loaded: {first_line(exc)} (truncated or "
+                                  "damaged?)") from exc
         out_dir = run / "evaluation" / Path(name).stem
         same = by_epoch.get(checkpoint["epoch"])
         if same is not None:
@@ -248,7 +327,7 @@ def add_model_commands(commands: argparse._SubParsersAction, *, train: Callable,
     for model-specific additions."""
     train_parser = commands.add_parser("train", help="train (or fine-tune) a network")
     add_train_arguments(train_parser)
-    train_parser.set_defaults(func=train)
+    train_parser.set_defaults(func=guarded(train, "train"))
     evaluate_parser = commands.add_parser("evaluate", help="official Cityscapes AP/AP50 of a run on a split")
     evaluate_parser.add_argument("--data", required=True)
     evaluate_parser.add_argument("--run", required=True)
@@ -258,7 +337,8 @@ def add_model_commands(commands: argparse._SubParsersAction, *, train: Callable,
     add_decode_arguments(evaluate_parser)
     evaluate_parser.add_argument("--limit", type=int, default=None)
     evaluate_parser.add_argument("--threads", type=int, default=2)
-    evaluate_parser.set_defaults(func=evaluate)
+    add_debug_argument(evaluate_parser)
+    evaluate_parser.set_defaults(func=guarded(evaluate, "evaluate"))
     export_parser = commands.add_parser("export", help="ONNX + .pt + JSON manifest")
     export_parser.add_argument("--run", required=True)
     export_parser.add_argument("--checkpoint", default="last.pt")
@@ -268,7 +348,8 @@ def add_model_commands(commands: argparse._SubParsersAction, *, train: Callable,
                                help="the runs (folders, or manifests of models exported from them) this one continued "
                                     "from, oldest first: their learning curves and training go into the manifest")
     add_decode_arguments(export_parser)
-    export_parser.set_defaults(func=export)
+    add_debug_argument(export_parser)
+    export_parser.set_defaults(func=guarded(export, "export"))
     return train_parser, evaluate_parser, export_parser
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from instseg_core.base.classes import label_ids
+from instseg_core.base.command_exit import add_debug_argument
 from instseg_core.base.instances import Instances, instances_from_labels, resize_instances
 from instseg_core.data.cityscapes import CityscapesDataset
 from instseg_core.data.instance_training import batch_images, instance_targets
@@ -50,6 +51,8 @@ from training.common import (
     evaluate_checkpoints,
     export_graph,
     git_commit,
+    guarded,
+    load_checkpoint_file,
     resume_or_initialise,
     run_epochs,
     save_shipped_checkpoint,
@@ -95,7 +98,7 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[Dcme, dict]:
-    checkpoint = torch.load(path, weights_only=False)
+    checkpoint = load_checkpoint_file(path)
     return model_from_checkpoint(checkpoint), checkpoint
 
 
@@ -299,7 +302,8 @@ def main(argv: list[str] | None = None) -> object:
     tune_parser.add_argument("--checkpoint", default="last.pt")
     tune_parser.add_argument("--limit", type=int, default=20)
     tune_parser.add_argument("--threads", type=int, default=2)
-    tune_parser.set_defaults(func=tune)
+    add_debug_argument(tune_parser)
+    tune_parser.set_defaults(func=guarded(tune, "tune"))
     args = parser.parse_args(argv)
     if args.command == "train" and __name__ == "__main__":
         ensure_malloc_tuning()

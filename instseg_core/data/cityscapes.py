@@ -10,7 +10,9 @@ so ids, trainIds, categories and colours are exactly Cityscapes'. Conventions:
 - boxes are (x0, y0, x1, y1) in pixels, inclusive of the first and exclusive of the last pixel;
 - images are RGB uint8, shape (H, W, 3).
 
-The reader works on a real Cityscapes tree unchanged: pass its root, or set CITYSCAPES_DATASET.
+The reader works on a real Cityscapes tree unchanged: pass its root, or set CITYSCAPES_DATASET. A file that exists
+but does not decode (truncated, damaged) is a `SampleError` naming it (a missing one stays FileNotFoundError), and
+`CityscapesSample.check_sizes` refuses label images whose size is not their image's.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from PIL import Image, ImageDraw
 
 from instseg_core.base.atomic_files import write_bytes_atomically
 from instseg_core.base.classes import INSTANCE_CLASSES, INSTANCE_LABEL_IDS
+from instseg_core.base.command_exit import InputError
 from instseg_core.base.instances import masks_to_boxes
 
 __all__ = [
@@ -40,6 +43,7 @@ __all__ = [
     "CityscapesSample",
     "Label",
     "PolygonObject",
+    "SampleError",
     "dataset_root",
     "id2label",
     "labels",
@@ -52,6 +56,11 @@ __all__ = [
 ]
 
 SPLITS = ("train", "val", "test")
+
+
+class SampleError(InputError):
+    """A sample that cannot be used: a file that does not decode, or label images of another size than the image;
+    the message names the file and what is wrong."""
 # A polygon labelled "<class>group" (e.g. "persongroup") covers several objects annotated together.
 GROUP_SUFFIX = "group"
 
@@ -252,11 +261,24 @@ class CityscapesSample:
     def polygons(self) -> list[PolygonObject]:
         return read_polygons(self.paths["polygons"])[2]
 
+    def check_sizes(self, *kinds: str) -> None:
+        """Decode the image and the label images `kinds` (default: instance_ids and label_ids) and check that they
+        have the image's size; SampleError naming the file otherwise (a label image of another size would be
+        misaligned with every pixel of its image)."""
+        height, width = self.image.shape[:2]
+        for kind in kinds or ("instance_ids", "label_ids"):
+            label_height, label_width = getattr(self, kind).shape[:2]
+            if (label_height, label_width) != (height, width):
+                raise SampleError(f"{self.paths[kind]} is {label_width}x{label_height}, but its image "
+                                  f"{self.paths['image']} is {width}x{height}")
+
 
 def _read_png(path: Path, flags: int) -> np.ndarray:
     image = cv2.imread(str(path), flags)
     if image is None:
-        raise FileNotFoundError(f"cannot read image {path}")
+        if not path.is_file():
+            raise FileNotFoundError(f"cannot read image {path}: no such file")
+        raise SampleError(f"cannot decode image {path} ({path.stat().st_size} bytes): truncated or damaged")
     return image
 
 

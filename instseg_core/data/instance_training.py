@@ -8,12 +8,14 @@ From a Cityscapes-format split, each image becomes
   background nor a single object.
 Objects of instance classes not in `classes` count as background. `scale` resizes everything (area
 interpolation for the image, nearest for the maps), e.g. 0.5 to train on 2048 x 1024 Cityscapes at
-1024 x 512.
+1024 x 512. Every sample is checked when it is read: its image and instanceIds must decode and have one size, or
+`load_split` stops with a SampleError naming the file (with `skip_bad`, the sample is left out and listed).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,7 +23,7 @@ import cv2
 import numpy as np
 import torch
 
-from instseg_core.data.cityscapes import CityscapesDataset, name2label
+from instseg_core.data.cityscapes import CityscapesDataset, SampleError, name2label
 
 
 @dataclass
@@ -68,11 +70,24 @@ def _centers(instances: np.ndarray) -> np.ndarray:
 
 
 def load_split(root: str | os.PathLike | None, split: str, classes: Sequence[str], *, scale: float = 1.0,
-               limit: int | None = None) -> list[InstanceSample]:
-    """Every annotated image of `split` (first `limit`), loaded into memory with its targets."""
+               limit: int | None = None, skip_bad: bool = False,
+               skipped: list[dict] | None = None) -> list[InstanceSample]:
+    """Every annotated image of `split` (first `limit`), loaded into memory with its targets. A sample whose image
+    or instanceIds does not decode, or whose instanceIds is not the image's size, raises SampleError naming the
+    file; with `skip_bad` it is left out instead, reported on stderr and appended to `skipped` ({"sample",
+    "reason"})."""
     dataset = CityscapesDataset(root, split)
     samples = []
+    bad: list[dict] = [] if skipped is None else skipped
     for sample in list(dataset)[:limit]:
+        try:
+            sample.check_sizes("instance_ids")
+        except SampleError as exc:
+            if not skip_bad:
+                raise SampleError(f"{exc} (--skip-bad leaves such samples out)") from exc
+            bad.append({"sample": f"{sample.city}/{sample.stem}", "reason": str(exc)})
+            print(f"skipped a bad sample: {exc}", file=sys.stderr, flush=True)
+            continue
         image, instance_ids = sample.image, sample.instance_ids
         if scale != 1.0:
             size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
@@ -82,7 +97,8 @@ def load_split(root: str | os.PathLike | None, split: str, classes: Sequence[str
         samples.append(InstanceSample(f"{sample.city}/{sample.stem}", image, instances, labels, ignore,
                                       _centers(instances)))
     if not samples:
-        raise FileNotFoundError(f"no annotated images in split {split!r} of {dataset.root}")
+        raise FileNotFoundError(f"no {'usable ' if bad else ''}annotated images in split {split!r} of {dataset.root}"
+                                + (f" ({len(bad)} bad ones skipped)" if bad else ""))
     return samples
 
 
