@@ -54,10 +54,11 @@ from instseg_core.annotate.segmenter import (
     ErrorCode,
     create_annotation_segmenter,
 )
+from instseg_core.base.command_exit import EXIT_DONE, debug_requested, failure_status
 from instseg_core.base.model_files import ModelFileError
 from instseg_ros.allocator import keep_large_buffers
 from instseg_ros.image_codec import ImageCodecError, image_to_numpy, numpy_to_image, to_rgb8
-from instseg_ros.spinning import end_node_process, init_node_process, spin_until_shutdown
+from instseg_ros.spinning import end_node_process, failures_status, init_node_process, spin_until_shutdown
 
 
 class ExtremePointNode(Node):
@@ -174,11 +175,15 @@ def print_summary(served: int, refused: dict[str, int]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point (`ros2 run instseg_ros extreme_point_node`, or `.venv/bin/extreme_point_node`)."""
+    """Entry point (`ros2 run instseg_ros extreme_point_node`, or `.venv/bin/extreme_point_node`). Exit status 0
+    after a clean stop; 2 with one line for a parameter or model it cannot start with; 1 with one line for an
+    internal error (its traceback in a log file, or on stderr with INSTSEG_DEBUG=1) and after a clean stop when
+    requests failed with INTERNAL_ERROR (instseg_core.base.command_exit)."""
     keep_large_buffers()  # 6 MB requests: reuse warm heap pages instead of fresh mmaps (see allocator.py)
     init_node_process(argv)
     node: ExtremePointNode | None = None
     executor: MultiThreadedExecutor | None = None
+    status = EXIT_DONE
     try:  # a signal can arrive at any moment from here on: every step below may be cut short
         try:
             node = ExtremePointNode()
@@ -193,15 +198,19 @@ def main(argv: list[str] | None = None) -> None:
         spin_until_shutdown(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except Exception:
+    except Exception as exc:
+        # after a signal shut the context down while the node or executor was being built (rcl refuses to create
+        # entities then), a clean stop like any other; else an internal error: one line, the traceback logged
         if rclpy.ok():
-            raise
-        # a signal shut the context down while the node or executor was being built (rcl refuses to create
-        # entities then): a clean stop like any other
+            status = failure_status("extreme_point_node", exc, debug=debug_requested())
     finally:
         if sys.exc_info()[0] is not SystemExit:
-            print_summary(node.served if node else 0, dict(node.errors) if node else {})
-        end_node_process(executor, node, "extreme_point_node", clean=sys.exc_info()[0] is None)
+            refused = dict(node.errors) if node else {}
+            print_summary(node.served if node else 0, refused)
+            if status == EXIT_DONE:
+                status = failures_status("extreme_point_node", refused.get(ErrorCode.INTERNAL_ERROR.name, 0),
+                                         "requests")
+        end_node_process(executor, node, "extreme_point_node", clean=sys.exc_info()[0] is None, status=status)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,10 @@ staging folder beside OUT, which becomes OUT only when the whole run succeeded. 
   studio exports the same file).
 Errors are clear (one line on stderr, exit status 2, OUT untouched): a missing topic (available topics are
 listed), an unreadable or corrupt bag, malformed clicks, duplicate keys ("2" and "02"), frame indices or
-stamps that are not in the bag, frames that cannot be decoded (e.g. mono16) and points that are invalid for
-their frame (the key and the reason are named). With --skip-bad such entries are left out instead, each
+stamps that are not in the bag, frames that cannot be decoded (e.g. mono16), points that are invalid for
+their frame (the key and the reason are named) and files that cannot be read or written (the errno and the
+file). Anything else is an internal error: one line, exit status 1, the traceback in a log file (or on stderr
+with --debug; instseg_core.base.command_exit). With --skip-bad such entries are left out instead, each
 reported on stderr and in the summary's "skipped" list, and the rest is labelled (exit status 0).
 On success the summary is one JSON line on stdout: frames, objects, skipped, out.
 """
@@ -48,6 +50,7 @@ from instseg_core.annotate.segmenter import (
     create_annotation_segmenter,
     validate_points,
 )
+from instseg_core.base.command_exit import add_debug_argument, debug_requested, run_command
 from instseg_core.base.model_files import ModelFileError
 from instseg_core.data.cityscapes import name2label
 from instseg_core.data.label_export import LabelExportError, LabelledFrame, LabelledObject, write_label_tree
@@ -259,19 +262,24 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="leave out entries that cannot be labelled (each is reported) instead of failing")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --out folder (only once the whole run has succeeded)")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     if "_" in args.city:
         parser.error("--city must not contain '_' (Cityscapes file names split on it)")
-    try:
-        clicks = parse_clicks(json.loads(args.clicks.read_text()))
+
+    def run() -> dict:
+        try:
+            data = json.loads(args.clicks.read_text())
+        except json.JSONDecodeError as exc:
+            raise LabelError(f"{args.clicks} is not JSON: {exc}") from exc
+        clicks = parse_clicks(data)
         segmenter = create_annotation_segmenter(args.model_file, threads=args.threads,
                                                 polygon_tolerance=args.polygon_tolerance, refine=args.refine,
                                                 flip=args.flip)
-        summary = label_bag(args.bag, args.topic, clicks, args.out, segmenter, split=args.split, city=args.city,
-                            progress=not args.quiet, skip_bad=args.skip_bad, overwrite=args.overwrite)
-    except (LabelError, ModelFileError, OSError, json.JSONDecodeError) as exc:
-        print(f"instseg-label: {exc}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        return label_bag(args.bag, args.topic, clicks, args.out, segmenter, split=args.split,
+                         city=args.city, progress=not args.quiet, skip_bad=args.skip_bad, overwrite=args.overwrite)
+
+    summary = run_command("instseg-label", run, debug=debug_requested(args), input_errors=(LabelError, ModelFileError))
     print(json.dumps(summary))
 
 

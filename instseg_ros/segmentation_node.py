@@ -57,13 +57,14 @@ from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image, RegionOfInterest
 
+from instseg_core.base.command_exit import EXIT_DONE, debug_requested, failure_status
 from instseg_core.postprocess.overlay import render_overlay
 from instseg_core.runtime import BACKENDS, MODELS, BackendUnavailableError, ModelFileError, create_segmenter
 from instseg_core.runtime.segmenter import SegmentationResult, Segmenter
 from instseg_core.runtime.streaming import COUNTERS, TRANSPORT_COUNTERS, BadFrameError, FrameStats, LatestFrameWorker
 from instseg_ros.allocator import keep_large_buffers
 from instseg_ros.image_codec import ImageCodecError, compressed_to_numpy, image_to_numpy, numpy_to_image, to_rgb8
-from instseg_ros.spinning import end_node_process, init_node_process, spin_until_shutdown
+from instseg_ros.spinning import end_node_process, failures_status, init_node_process, spin_until_shutdown
 
 RUNTIME_PARAMETERS = ("score_threshold", "overlay_alpha")
 RELIABILITY = {"best_available": ReliabilityPolicy.BEST_AVAILABLE, "reliable": ReliabilityPolicy.RELIABLE,
@@ -472,10 +473,14 @@ def print_summary(s: dict) -> None:
 
 
 def run(node_class: type, argv: list[str] | None = None) -> None:
+    """The node's process: exit status 0 after a clean stop; 2 with one line for a parameter, model or backend it
+    cannot start with; 1 with one line for an internal error (its traceback in a log file, or on stderr with
+    INSTSEG_DEBUG=1) and after a clean stop when frames failed (instseg_core.base.command_exit)."""
     keep_large_buffers()  # multi-MB frames in and id images out: reuse warm heap pages (see allocator.py)
     init_node_process(argv)
     node = None
     executor: SingleThreadedExecutor | None = None
+    status = EXIT_DONE
     try:  # a signal can arrive at any moment from here on: every step below may be cut short
         try:
             node = node_class()
@@ -491,17 +496,20 @@ def run(node_class: type, argv: list[str] | None = None) -> None:
         spin_until_shutdown(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except Exception:
+    except Exception as exc:
+        # after a signal shut the context down while the node or executor was being built (rcl refuses to create
+        # entities then), a clean stop like any other; else an internal error: one line, the traceback logged
         if rclpy.ok():
-            raise
-        # a signal shut the context down while the node or executor was being built (rcl refuses to create
-        # entities then): a clean stop like any other
+            status = failure_status("segmentation_node", exc, debug=debug_requested())
     finally:
         if node is not None:
             node.stop()
         if sys.exc_info()[0] is not SystemExit:
-            print_summary(node.stats.snapshot() if node is not None else FrameStats().snapshot())
-        end_node_process(executor, node, "segmentation_node", clean=sys.exc_info()[0] is None)
+            summary = node.stats.snapshot() if node is not None else FrameStats().snapshot()
+            print_summary(summary)
+            if status == EXIT_DONE:
+                status = failures_status("segmentation_node", summary["failed"], "frames")
+        end_node_process(executor, node, "segmentation_node", clean=sys.exc_info()[0] is None, status=status)
 
 
 def main(argv: list[str] | None = None) -> None:

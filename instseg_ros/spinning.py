@@ -26,6 +26,8 @@ import rclpy
 from rclpy.executors import Executor
 from rclpy.node import Node
 
+from instseg_core.base.command_exit import EXIT_DONE, EXIT_INTERNAL_ERROR
+
 POLL_S = 0.1
 
 
@@ -90,12 +92,13 @@ def exit_now(status: int = 0) -> NoReturn:
     os._exit(status)
 
 
-def end_node_process(executor: Executor | None, node: Node | None, name: str, clean: bool) -> None:
-    """The end of a node's main(), from its `finally`. On a clean stop (`clean`: no exception propagating) the
-    process ends at once with status 0, without deleting its DDS participant: that deletion blocked, holding
-    the GIL, for seconds in about 1 start in 30 under a loaded test suite, and other participants notice the
-    node gone by its lease instead. While an exception propagates (the exit status 2 of a failed start), the
-    executor, node and context are destroyed in place and the exception goes on."""
+def end_node_process(executor: Executor | None, node: Node | None, name: str, clean: bool,
+                     status: int = 0) -> None:
+    """The end of a node's main(), from its `finally`. When no exception propagates (`clean`), the process ends at
+    once with `status` (0: a clean stop; the node has printed why otherwise), without deleting its DDS participant:
+    that deletion blocked, holding the GIL, for seconds in about 1 start in 30 under a loaded test suite, and other
+    participants notice the node gone by its lease instead. While an exception propagates (the exit status 2 of a
+    failed start), the executor, node and context are destroyed in place and the exception goes on."""
 
     def teardown() -> None:
         if executor is not None:
@@ -105,5 +108,15 @@ def end_node_process(executor: Executor | None, node: Node | None, name: str, cl
         rclpy.try_shutdown()
 
     if clean:  # everything is written: end without deleting the DDS participant (see finish_process)
-        exit_now(0)
+        exit_now(status)
     teardown()
+
+
+def failures_status(name: str, failures: int, what: str) -> int:
+    """The exit status of a node that stopped cleanly: 0, or with `failures` internal errors (frames that failed,
+    requests answered INTERNAL_ERROR) one line saying so and 1: the summary alone must not look like a success."""
+    if not failures:
+        return EXIT_DONE
+    print(f"{name}: {failures} {what} failed with an internal error (logged above); exit status 1", file=sys.stderr,
+          flush=True)
+    return EXIT_INTERNAL_ERROR

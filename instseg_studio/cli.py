@@ -15,7 +15,9 @@ replaces the Cityscapes instance classes by the Cityscapes class names listed in
 MODEL (spatial_embeddings, box2pix or dcme) lets the operator ask the streaming model for proposals.
 
 The server binds 127.0.0.1 unless --host says otherwise (with a warning: the studio has no login). Exit status
-2 with one line on stderr for a bag, topic, session or model that cannot be used; nothing is written then.
+(instseg_core.base.command_exit): 0 after SIGINT or SIGTERM stopped the server; 2 with one line on stderr for a
+bag, topic, session, model, port or file that cannot be used (nothing is written then); 1 with one line for an
+internal error, its traceback in a log file (or on stderr with --debug).
 """
 
 from __future__ import annotations
@@ -23,12 +25,24 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from instseg_core.base.classes import INSTANCE_CLASSES
+from instseg_core.base.command_exit import (
+    EXIT_DONE,
+    InputError,
+    add_debug_argument,
+    debug_requested,
+    describe,
+    failure_status,
+    run_command,
+)
+
+COMMAND = "instseg-studio"
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -128,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--refine", choices=("none", "grabcut"), default="none",
                         help="in-process: GrabCut refinement of the network's border (the service has its own "
                              "`refine` parameter)")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="instseg-studio: %(message)s")
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
@@ -135,19 +150,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     import uvicorn
 
     from instseg_core.base.model_files import ModelFileError
+    from instseg_core.runtime.backends import BackendUnavailableError
     from instseg_studio.app import create_app
     from instseg_studio.bag_frames import BagFramesError
+    from instseg_studio.segmenters import ServiceUnavailableError
     from instseg_studio.session import SessionError
 
-    try:
-        sock = bind(args.host, args.port)
-    except OSError as exc:
-        sys.exit(_fail(f"cannot listen on {args.host}:{args.port}: {exc}"))
-    try:
-        studio = build_studio(args)
-    except (BagFramesError, SessionError, ModelFileError, ValueError, OSError, RuntimeError) as exc:
-        sock.close()
-        sys.exit(_fail(str(exc)))
+    def start() -> tuple[socket.socket, object]:
+        try:
+            sock = bind(args.host, args.port)
+        except OSError as exc:
+            raise InputError(f"cannot listen on {args.host}:{args.port}: {describe(exc)}") from exc
+        try:
+            return sock, build_studio(args)
+        except BaseException:
+            sock.close()
+            raise
+
+    sock, studio = run_command(COMMAND, start, debug=debug_requested(args),
+                               input_errors=(BagFramesError, SessionError, ModelFileError, BackendUnavailableError,
+                                             ServiceUnavailableError, ValueError))
     port = sock.getsockname()[1]
     names = {args.host, *(LOOPBACK_HOSTS if args.host in LOOPBACK_HOSTS else ())}
     allowed = {f"{name}:{port}" for name in names} | {f"[{name}]:{port}" for name in names if ":" in name}
@@ -160,17 +182,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"instseg-studio: {len(studio.frames)} frames of {studio.frames.topic}, segmenter "  # type: ignore[attr-defined]
           f"{studio.segmenter.name}; serving http://{shown}:{port}/", flush=True)  # type: ignore[attr-defined]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    # uvicorn stops on SIGINT/SIGTERM and then raises the signal again with the handler it found: with these, a
+    # requested stop ends here with status 0 instead of a KeyboardInterrupt traceback or death by SIGTERM
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_: None)
+    status = EXIT_DONE
     try:
         server.run(sockets=[sock])
+    except Exception as exc:
+        status = failure_status(COMMAND, exc, debug=debug_requested(args))
     finally:
         studio.segmenter.close()  # type: ignore[attr-defined]
         studio.frames.close()  # type: ignore[attr-defined]
-    os._exit(0)  # rclpy/ONNX Runtime threads must not hold the exit (see instseg_ros.spinning)
-
-
-def _fail(message: str) -> int:
-    print(f"instseg-studio: {message}", file=sys.stderr, flush=True)
-    return 2
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(status)  # rclpy/ONNX Runtime threads must not hold the exit (see instseg_ros.spinning)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,10 @@ from instseg_core.annotate.segmenter import AnnotationError, ErrorCode, ExtremeP
 from instseg_studio.bag_frames import Frame
 
 
+class ServiceUnavailableError(RuntimeError):
+    """The annotation service did not appear in time (a problem of the set-up, not of the studio)."""
+
+
 @dataclass(frozen=True)
 class Segmentation:
     """One object: polygon (N, 2) int32 image x, y; mean probability inside the mask; IoU of the polygon with
@@ -107,9 +111,9 @@ class ServiceSegmenter:
         self._lock = threading.Lock()
         if not self._client.wait_for_service(timeout_sec=wait_for_service):
             self.close()
-            raise RuntimeError(f"the annotation service {service} did not appear within {wait_for_service:g} s; "
-                               "start extreme_point_node (launch/labelling.launch.py does) or use --segmenter "
-                               "inprocess")
+            raise ServiceUnavailableError(f"the annotation service {service} did not appear within "
+                                          f"{wait_for_service:g} s; start extreme_point_node "
+                                          "(launch/labelling.launch.py does) or use --segmenter inprocess")
 
     def _spin(self) -> None:
         from rclpy.executors import ExternalShutdownException

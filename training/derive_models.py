@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from instseg_core.base.atomic_files import atomic_path, write_text_atomically
+from instseg_core.base.command_exit import EXIT_DONE, add_debug_argument, debug_requested, run_command
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 STAMP = ".derived.json"
@@ -332,13 +333,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="with --evaluate-int8: the first N val images")
     parser.add_argument("--evaluate-models", nargs="+", default=["spatial_embeddings", "box2pix", "dcme"],
                         help="with --evaluate-int8: these models")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
-    made = derive(args.models, args.force, tuple(args.only))
-    print(f"derived model files: {', '.join(made) if made else 'all up to date'}")
-    if args.evaluate_int8:
-        evaluate_int8(args.evaluate_int8, args.models, args.limit, tuple(args.evaluate_models))
-        derive(args.models)  # the int8 manifests take the new figures
-    return 0
+
+    def run() -> int:
+        made = derive(args.models, args.force, tuple(args.only))
+        print(f"derived model files: {', '.join(made) if made else 'all up to date'}")
+        if args.evaluate_int8:
+            evaluate_int8(args.evaluate_int8, args.models, args.limit, tuple(args.evaluate_models))
+            derive(args.models)  # the int8 manifests take the new figures
+        return EXIT_DONE
+
+    return run_command("training.derive_models", run, debug=debug_requested(args))
 
 
 if __name__ == "__main__":

@@ -32,10 +32,19 @@ from instseg_core.annotate.segmenter import (
     annotation_segmenter_from_module,
     create_annotation_segmenter,
 )
+from instseg_core.base.command_exit import add_debug_argument
 from instseg_core.eval.binary_metrics import BinarySegmentationMetrics
 from instseg_core.losses.binary_mask import LOSSES
 from instseg_core.networks.extreme_unet import ExtremeUNet, SigmoidOutput, deployable
-from training.common import ensure_malloc_tuning, export_graph, git_commit, resumable, resume, save_atomically
+from training.common import (
+    ensure_malloc_tuning,
+    export_graph,
+    git_commit,
+    guarded,
+    resumable,
+    resume,
+    save_atomically,
+)
 from training.extreme_point_crops import (
     ANNOTATION_CLASSES,
     RANDOMISED_CLASS,
@@ -255,7 +264,7 @@ def train(args: argparse.Namespace) -> dict:
         state = resume(out, model, optimizer, state, rng)
         for group in optimizer.param_groups:  # --lr applies to the epochs run now (a lower rate to finish)
             group["lr"] = args.lr * group.get("lr_scale", 1.0)
-    config = {k: v for k, v in vars(args).items() if k not in ("func", "resume")}
+    config = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "debug")}
     for epoch in range(state["epoch"] + 1, args.epochs + 1):
         model.train()
         hold_fixed()
@@ -645,8 +654,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--crops", required=True)
     p.add_argument("--markdown")
     p.set_defaults(func=ablation)
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
-    args.func(args)
+    guarded(args.func, argv_command(argv))(args)
+
+
+def argv_command(argv: list[str] | None) -> str:
+    """The sub-command named on the command line (for the one line of a failure)."""
+    return next((word for word in (sys.argv[1:] if argv is None else argv) if not word.startswith("-")), "")
 
 
 if __name__ == "__main__":

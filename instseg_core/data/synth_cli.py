@@ -8,7 +8,9 @@ Images of split s, index i come from SeedSequence([seed, s, i]); sequence k of a
 SeedSequence([seed, s, 10**6 + k]), so splits never share a scene and the output does not depend on
 --jobs. Still images are named {city}_{i:06d}_000019 (Cityscapes annotates the 20th frame of a
 snippet); sequence frames {city}_{k:06d}_{frame:06d} under leftImg8bit_sequence/ (annotations, with
---sequence-gt, under gtFine_sequence/).
+--sequence-gt, under gtFine_sequence/). Exit status 0 when everything was written; 2 with one line for a file that
+cannot be written (errno, file); 1 with one line for an internal error, its traceback in a log file (or on stderr
+with --debug; instseg_core.base.command_exit).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from instseg_core.base.command_exit import add_debug_argument, debug_requested, run_command
 from instseg_core.data.bags import STORAGES, write_image_bag
 from instseg_core.data.cityscapes import SPLITS, write_sample
 from instseg_core.data.synthetic import Frame, make_scene, render
@@ -141,9 +144,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--bag-storage", choices=sorted(STORAGES), default="mcap")
     parser.add_argument("--encoding", choices=["rgb8", "bgr8"], default="rgb8")
     parser.add_argument("--compressed", action="store_true", help="add a JPEG CompressedImage topic")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     if args.width < 64 or args.height < 32:
         parser.error("--width/--height too small (at least 64x32)")
+    run_command("instseg-synth", lambda: _generate(args), debug=debug_requested(args))
+
+
+def _generate(args: argparse.Namespace) -> None:
     if args.sequence:
         summary = generate_sequence(args.out, args.split, args.sequence, seed=args.seed, index=args.sequence_index,
                                     width=args.width, height=args.height, fps=args.fps, ego_speed=args.ego_speed,
