@@ -23,7 +23,7 @@ setup(
     description="Real-time instance segmentation for ROS 2 and extreme-point annotation of bags",
     license="Apache-2.0",
     packages=find_packages(include=["instseg_core", "instseg_core.*", "instseg_ros", "instseg_ros.*", "instseg_studio",
-                                    "instseg_studio.*", "training", "training.*"]),
+                                    "instseg_studio.*", "instseg_fleet", "instseg_fleet.*", "training", "training.*"]),
     package_data={"instseg_studio": ["static/*.html", "static/*.js", "static/*.css"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
@@ -48,6 +48,7 @@ setup(
             "segmentation_lifecycle_node = instseg_ros.segmentation_node:main_lifecycle",
             "instseg-bag = instseg_ros.bag_tools:main",
             "instseg-studio = instseg_studio.cli:main",
+            "instseg-fleet = instseg_fleet.cli:main",
         ],
     },
 )

@@ -4,12 +4,15 @@
   object's motion: the median displacement of corners inside the object tracked with pyramidal Lucas-Kanade
   optical flow (OpenCV, forward-backward checked); where tracking fails the points stay.
 - `proposals`: the streaming segmenter's instances on the frame (any streaming model), each as a polygon with
-  its extreme points and class, for the operator to accept or reject.
+  its extreme points and class, for the operator to accept or reject; or, for a session pre-labelled by
+  `instseg-fleet prelabel`, the proposals stored in the session (`StoredProposals`).
 """
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import cv2
@@ -82,18 +85,16 @@ def propagate(objects: list[dict], previous: Frame, current: Frame, segmenter: S
     return moved_objects, failures
 
 
-def proposals(streaming_segmenter: Any, frame: Frame, classes: tuple[str, ...], tolerance: float = 1.0,
-              min_area: int = 64) -> tuple[list[dict], float]:
-    """(proposals, milliseconds): the streaming segmenter's instances on `frame` whose class is one of `classes`
-    and that cover at least `min_area` pixels, best score first: {"class", "polygon", "points", "score",
-    "polygon_iou"} in image pixels."""
-    start = time.perf_counter()
-    result = streaming_segmenter(frame.rgb)
+def proposals_from_result(result: Any, classes: tuple[str, ...], tolerance: float = 1.0, min_area: int = 64,
+                          min_score: float = 0.0) -> list[dict]:
+    """The instances of a streaming segmenter's `result` (instseg_core.runtime.SegmentationResult) as proposals,
+    best score first: those whose class is one of `classes`, that cover at least `min_area` pixels and score at
+    least `min_score`, each {"class", "polygon", "points", "score", "polygon_iou", "area"} in image pixels."""
     instances = result.instances
     found = []
     for k in np.argsort(-instances.scores):
         name = result.class_names[k]
-        if name not in classes or instances.areas[k] < min_area:
+        if name not in classes or instances.areas[k] < min_area or instances.scores[k] < min_score:
             continue
         x0, y0, x1, y1 = (int(v) for v in instances.boxes[k])
         window = instances.id_image[y0:y1, x0:x1] == k + 1
@@ -103,5 +104,45 @@ def proposals(streaming_segmenter: Any, frame: Frame, classes: tuple[str, ...], 
         points = extreme_points_from_mask(window) + np.array([x0, y0])
         found.append({"class": name, "polygon": (polygon + np.array([x0, y0], np.int32)).tolist(),
                       "points": points.tolist(), "score": float(instances.scores[k]),
-                      "polygon_iou": float(polygon_iou)})
+                      "polygon_iou": float(polygon_iou), "area": int(instances.areas[k])})
+    return found
+
+
+class StoredProposals:
+    """The proposal source of a session pre-labelled by `instseg-fleet prelabel`: frames with proposals stored in
+    the session get those (less the ones the operator already accepted), other frames the live streaming model
+    `live` builds (a factory; None: no proposals there)."""
+
+    def __init__(self, session: Any, live: Callable[[], Any] | None = None) -> None:
+        self.session, self._live_factory, self._live = session, live, None
+
+    def for_frame(self, index: int) -> list[dict] | None:
+        """The stored proposals of frame `index` not yet accepted as objects, or None when it has none stored."""
+        stored = self.session.proposals(index)
+        if stored is None:
+            return None
+        accepted = {json.dumps(o["polygon"]) for o in self.session.objects(index) if o.get("source") == "proposal"}
+        return [p for p in stored if json.dumps(p["polygon"]) not in accepted]
+
+    def live(self) -> Any:
+        """The live streaming segmenter (built on first use), or None when there is none."""
+        if self._live is None and self._live_factory is not None:
+            self._live = self._live_factory()
+        return self._live
+
+
+def proposals(streaming_segmenter: Any, frame: Frame, classes: tuple[str, ...], tolerance: float = 1.0,
+              min_area: int = 64) -> tuple[list[dict], float]:
+    """(proposals, milliseconds): the streaming segmenter's instances on `frame` whose class is one of `classes`
+    and that cover at least `min_area` pixels, best score first: {"class", "polygon", "points", "score",
+    "polygon_iou", "area"} in image pixels. A `StoredProposals` source answers from the session where it can."""
+    start = time.perf_counter()
+    if isinstance(streaming_segmenter, StoredProposals):
+        stored = streaming_segmenter.for_frame(frame.index)
+        if stored is not None:
+            return [p for p in stored if p["class"] in classes], (time.perf_counter() - start) * 1e3
+        streaming_segmenter = streaming_segmenter.live()
+        if streaming_segmenter is None:
+            return [], (time.perf_counter() - start) * 1e3
+    found = proposals_from_result(streaming_segmenter(frame.rgb), classes, tolerance, min_area)
     return found, (time.perf_counter() - start) * 1e3

@@ -18,7 +18,7 @@ import json
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ import numpy as np
 from rosbags.highlevel import AnyReader
 
 from instseg_core.base.atomic_files import write_text_atomically
+from instseg_core.base.command_exit import describe
 from instseg_ros.image_codec import IMAGE_MSGTYPES, ImageCodecError, decode_to_rgb8
 
 INDEX_FORMAT = "instseg-studio-index/1"
@@ -113,7 +114,7 @@ class BagFrames:
             self._reader = AnyReader([self.bag])
             self._reader.open()
         except Exception as exc:  # rosbags raises several types for unreadable or corrupt bags
-            raise BagFramesError(f"cannot read bag {self.bag}: {exc}") from exc
+            raise BagFramesError(f"cannot read bag {self.bag}: {describe(exc)}") from exc
         self.image_topics = sorted({c.topic for c in self._reader.connections if c.msgtype in IMAGE_MSGTYPES})
         if topic is None:
             if len(self.image_topics) != 1:
@@ -189,7 +190,7 @@ class BagFrames:
                     progress(len(times), total)
         except Exception as exc:  # truncated or corrupt data
             if not times:
-                raise BagFramesError(f"cannot read bag {self.bag}: {exc}") from exc
+                raise BagFramesError(f"cannot read bag {self.bag}: {describe(exc)}") from exc
         if progress is not None:
             progress(len(times), total)
         return times
@@ -210,6 +211,42 @@ class BagFrames:
                 self._cache.popitem(last=False)
             return frame
 
+    def iter_frames(self, stride: int = 1) -> Iterator[tuple[int, Frame | None, str | None]]:
+        """(index, frame, None) for every `stride`-th frame (0, stride, 2 stride, ...) read in one pass through the
+        bag (much faster than `frame` per index for a whole bag), or (index, None, reason) for a frame that cannot
+        be read or decoded. Once the bag's data cannot be read any further, every remaining wanted frame is
+        reported with that reason. Frames are not cached. The bag is locked while the iterator runs: consume it to
+        the end (or close it) before calling `frame`."""
+        if stride < 1:
+            raise ValueError(f"stride must be >= 1, got {stride}")
+        index, failed = 0, None
+        with self._lock:
+            try:
+                for index, (connection, timestamp, rawdata) in enumerate(
+                        self._reader.messages(connections=self.connections)):
+                    if index >= len(self.timestamps):
+                        break
+                    if index % stride:
+                        continue
+                    if int(timestamp) != int(self.timestamps[index]):
+                        failed = f"frame {index}: the bag's messages are not in index order"
+                        break
+                    try:
+                        msg: Any = self._reader.deserialize(rawdata, connection.msgtype)
+                        rgb = decode_to_rgb8(msg, self.msgtype)
+                    except Exception as exc:  # a damaged message of any kind is one bad frame
+                        yield index, None, f"frame {index} cannot be decoded: {describe(exc)}"
+                        continue
+                    stamp = int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec)
+                    yield index, Frame(index, int(timestamp), stamp, str(msg.header.frame_id), rgb), None
+                else:
+                    index = len(self.timestamps)
+            except Exception as exc:  # truncated or corrupt data: the rest of the bag cannot be read
+                failed = f"cannot read {self.bag} from frame {index} on: {describe(exc)}"
+        if failed is not None:
+            for rest in range(index + (-index % stride), len(self.timestamps), stride):
+                yield rest, None, failed
+
     def _read(self, index: int) -> Frame:
         timestamp = int(self.timestamps[index])
         # frames sharing a timestamp: the n-th of them, as in bag order
@@ -226,7 +263,7 @@ class BagFrames:
         except BagFramesError:
             raise
         except Exception as exc:  # truncated or corrupt data
-            raise BagFramesError(f"cannot read frame {index} of {self.bag}: {exc}") from exc
+            raise BagFramesError(f"cannot read frame {index} of {self.bag}: {describe(exc)}") from exc
         try:
             rgb = decode_to_rgb8(msg, self.msgtype)
         except ImageCodecError as exc:

@@ -12,7 +12,9 @@ Segmentation: `service` calls extreme_point_node's SegmentObject (start the node
 launch/labelling.launch.py); `inprocess` runs the same model in this process, for machines without a ROS graph;
 `auto` (default) uses the service when it answers within --service-wait seconds, else in-process. --labels
 replaces the Cityscapes instance classes by the Cityscapes class names listed in FILE (one per line). --proposals
-MODEL (spatial_embeddings, box2pix or dcme) lets the operator ask the streaming model for proposals.
+MODEL (spatial_embeddings, box2pix or dcme) lets the operator ask the streaming model for proposals. A session
+pre-labelled by `instseg-fleet prelabel` (--out DIR/<bag>) offers its stored proposals on the frames that have them
+(P), and the --proposals model's on the others.
 
 The server binds 127.0.0.1 unless --host says otherwise (with a warning: the studio has no login). Exit status
 (instseg_core.base.command_exit): 0 after SIGINT or SIGTERM stopped the server; 2 with one line on stderr for a
@@ -107,6 +109,13 @@ def build_studio(args: argparse.Namespace) -> object:
 
         def streaming() -> object:
             return create_segmenter(args.proposals, threads=args.threads, score_threshold=0.3)
+    if session.proposed_frames():  # pre-labelled by instseg-fleet: P shows the stored proposals first
+        from instseg_studio.assist import StoredProposals
+
+        live = streaming
+
+        def streaming() -> object:
+            return StoredProposals(session, live)
     segmenter = make_segmenter(args)
     return Studio(frames, session, segmenter, out, streaming)  # type: ignore[arg-type]
 

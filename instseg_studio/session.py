@@ -7,6 +7,12 @@ File `OUT/studio_session.json`:
 
 OBJECT: {"id": "o7", "class": "car", "points": [[x, y] x 4: left, top, right, bottom], "polygon": [[x, y], ...],
 "tolerance": 1.0, "score": 0.93, "polygon_iou": 0.97, "hidden": false, "source": "clicks"} in image pixels.
+A frame may also carry, written beforehand by `instseg-fleet prelabel` (instseg_fleet):
+"proposals": [PROPOSAL, ...], a model's instances not yet accepted by the operator, PROPOSAL = {"class",
+"polygon", "points" (4 extreme points), "score", "polygon_iou", "area" (mask pixels)}; and "mining": {"reason":
+"why this frame was chosen", numbers...}. Both are kept as they are when the operator changes the frame's objects
+(an accepted proposal becomes an OBJECT with "source": "proposal"); older sessions simply have neither. Proposals
+of a class the session does not label (`instseg-studio --labels`) are left out when it is loaded.
 A session belongs to one bag (checked by its folder or file name, so a moved bag keeps its session) and topic.
 `version` grows by one with every saved change. A change names the version it was made on; a change made on
 an older version (another browser tab saved in between) is refused with VersionConflictError instead of silently
@@ -84,6 +90,40 @@ def validate_object(obj: Any, classes: tuple[str, ...], where: str) -> dict:
     return clean
 
 
+def validate_proposal(proposal: Any, classes: tuple[str, ...], where: str) -> dict:
+    """A clean copy of one PROPOSAL (see the module docstring), or SessionError naming the field."""
+    if not isinstance(proposal, dict):
+        raise SessionError(f"{where}: expected an object, got {type(proposal).__name__}")
+    if proposal.get("class") not in classes:
+        raise SessionError(f"{where}.class: {proposal.get('class')!r} is not one of the studio's classes")
+    polygon = _points(proposal.get("polygon"), f"{where}.polygon")
+    if len(polygon) < 3:
+        raise SessionError(f"{where}.polygon: at least 3 vertices are needed")
+    clean = {"class": proposal["class"], "polygon": [[round(x, 2), round(y, 2)] for x, y in polygon],
+             "points": _points(proposal.get("points"), f"{where}.points", 4),
+             "score": _number(proposal.get("score"), f"{where}.score")}
+    for key in ("polygon_iou", "area"):
+        if proposal.get(key) is not None:
+            clean[key] = _number(proposal[key], f"{where}.{key}")
+    return clean
+
+
+def validate_mining(mining: Any, where: str) -> dict:
+    """A clean copy of a frame's "mining" note: {"reason": str, other keys: numbers or strings}."""
+    if not isinstance(mining, dict) or not isinstance(mining.get("reason"), str):
+        raise SessionError(f"{where}: expected {{\"reason\": str, ...}}")
+    clean: dict[str, Any] = {}
+    for key, value in mining.items():
+        if not isinstance(key, str) or len(key) > 64:
+            raise SessionError(f"{where}: bad key {key!r}")
+        clean[key] = value[:1000] if isinstance(value, str) else _number(value, f"{where}.{key}")
+    return clean
+
+
+def _has_content(frame: dict) -> bool:
+    return bool(frame["objects"] or frame.get("proposals") or frame.get("mining"))
+
+
 class Session:
     """The session of one bag topic, kept in memory and on disk (`path`); thread-safe."""
 
@@ -126,11 +166,71 @@ class Session:
             objects = [validate_object(o, self.classes, f"{self.path}: frames[{key}].objects[{k}]")
                        for k, o in enumerate(frame["objects"])]
             loaded[int(key)] = {"stamp_ns": int(frame.get("stamp_ns") or 0), "objects": objects}
+            if frame.get("proposals") is not None or frame.get("mining") is not None:
+                try:
+                    loaded[int(key)].update(self._extras(frame.get("proposals"), frame.get("mining"),
+                                                         f"{self.path}: frames[{key}]"))
+                except SessionError as exc:
+                    raise SessionError(f"{exc} (damaged)") from exc
         self.version, self.frames = version, loaded
+
+    def _extras(self, proposals: Any, mining: Any, where: str) -> dict:
+        """The validated "proposals" and "mining" entries of one frame (absent ones left out)."""
+        extras: dict[str, Any] = {}
+        if proposals is not None:
+            if not isinstance(proposals, list) or len(proposals) > MAX_OBJECTS_PER_FRAME:
+                raise SessionError(f"{where}.proposals: expected a list of at most {MAX_OBJECTS_PER_FRAME}")
+            # a proposal of a class this session does not label (--labels) is left out, not an error
+            extras["proposals"] = [validate_proposal(p, self.classes, f"{where}.proposals[{k}]")
+                                   for k, p in enumerate(proposals)
+                                   if not isinstance(p, dict) or p.get("class") in self.classes]
+        if mining is not None:
+            extras["mining"] = validate_mining(mining, f"{where}.mining")
+        return extras
 
     def objects(self, index: int) -> list[dict]:
         with self._lock:
             return [dict(o) for o in self.frames.get(index, {}).get("objects", [])]
+
+    def proposals(self, index: int) -> list[dict] | None:
+        """The proposals stored for frame `index` (copies), or None when none were stored for it."""
+        with self._lock:
+            stored = self.frames.get(index, {}).get("proposals")
+            return None if stored is None else [dict(p) for p in stored]
+
+    def mining(self, index: int) -> dict | None:
+        """Why frame `index` was chosen for labelling ({"reason", ...}), or None."""
+        with self._lock:
+            note = self.frames.get(index, {}).get("mining")
+            return None if note is None else dict(note)
+
+    def proposed_frames(self) -> list[int]:
+        """Indices of the frames with stored proposals (possibly an empty list of them), ascending."""
+        with self._lock:
+            return sorted(k for k, f in self.frames.items() if "proposals" in f)
+
+    def set_proposals(self, entries: dict[int, dict], base_version: Any) -> int:
+        """Store proposals and mining notes of many frames in one saved change: `entries` maps a frame index to
+        {"stamp_ns", "proposals": [PROPOSAL], "mining": {...} (optional)}; the frames' objects stay as they are.
+        Returns the new version; VersionConflictError as for `set_objects`."""
+        clean = {}
+        for index, entry in entries.items():
+            if not isinstance(index, int) or index < 0 or not isinstance(entry, dict):
+                raise SessionError(f"proposals of frame {index!r}: expected a frame index and an object")
+            clean[index] = (int(entry.get("stamp_ns") or 0),
+                            self._extras(entry.get("proposals", []), entry.get("mining"), f"frames[{index}]"))
+        with self._lock:
+            if base_version != self.version:
+                raise VersionConflictError(f"the session was changed elsewhere: it is at version {self.version}, "
+                                           f"this change was made on version {base_version}")
+            frames = dict(self.frames)
+            for index, (stamp_ns, extras) in clean.items():
+                previous = frames.get(index, {"stamp_ns": stamp_ns, "objects": []})
+                frames[index] = {**{k: v for k, v in previous.items() if k not in ("proposals", "mining")},
+                                 "stamp_ns": stamp_ns or previous["stamp_ns"], **extras}
+            self._save(frames, self.version + 1)
+            self.frames, self.version = frames, self.version + 1
+            return self.version
 
     def labelled_frames(self) -> list[int]:
         """Indices of the frames that hold at least one object, ascending."""
@@ -151,13 +251,14 @@ class Session:
                                       f"{self.version}, this change was made on version {base_version}. Reload "
                                       "the page to see the saved state; nothing was overwritten.")
             frames = dict(self.frames)
-            frames[index] = {"stamp_ns": int(stamp_ns), "objects": clean}
+            kept = {k: v for k, v in frames.get(index, {}).items() if k in ("proposals", "mining")}
+            frames[index] = {"stamp_ns": int(stamp_ns), "objects": clean, **kept}
             self._save(frames, self.version + 1)
             self.frames, self.version = frames, self.version + 1
             return self.version
 
     def _save(self, frames: dict[int, dict], version: int) -> None:
         data = {"format": SESSION_FORMAT, "bag": self.bag, "topic": self.topic, "version": version,
-                "frames": {str(k): frames[k] for k in sorted(frames) if frames[k]["objects"]}}
+                "frames": {str(k): frames[k] for k in sorted(frames) if _has_content(frames[k])}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomically(self.path, json.dumps(data, indent=1))

@@ -62,7 +62,7 @@ def test_every_dependency_is_pinned_exactly() -> None:
 def test_every_module_imports_and_says_what_it_is() -> None:
     """Every module of the three packages imports, and has a docstring (the docs point at them)."""
     missing = []
-    for package_name in ("instseg_core", "instseg_ros", "training"):
+    for package_name in ("instseg_core", "instseg_ros", "instseg_fleet", "training"):
         package = importlib.import_module(package_name)
         for info in pkgutil.walk_packages(package.__path__, f"{package_name}."):
             module = importlib.import_module(info.name)

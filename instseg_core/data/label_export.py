@@ -76,6 +76,22 @@ def check_class(name: str) -> str:
     return name
 
 
+def coco_annotation(annotation_id: int, image_id: int, obj: LabelledObject, polygon: np.ndarray,
+                    shape: tuple[int, int]) -> dict:
+    """The COCO annotation of `obj` whose polygon, rounded to pixels, is `polygon` (N, 2) int32 x, y in an image of
+    `shape` (H, W): category = Cityscapes label id, polygon segmentation, bbox [x, y, w, h], area (the mask's when
+    known, else the filled polygon's), and the extreme points, score and polygon IoU (None when unknown)."""
+    label = name2label[check_class(obj.class_name)]
+    x0, y0 = polygon.min(axis=0)
+    x1, y1 = polygon.max(axis=0)
+    area = obj.area if obj.area is not None else polygon_area(polygon, shape)
+    return {"id": annotation_id, "image_id": image_id, "category_id": label.id, "iscrowd": 0,
+            "segmentation": [polygon.astype(float).reshape(-1).tolist()], "area": float(area),
+            "bbox": [float(x0), float(y0), float(x1 - x0 + 1), float(y1 - y0 + 1)],
+            "score": obj.score, "polygon_iou": obj.polygon_iou,
+            "extreme_points": np.asarray(obj.extreme_points, float).reshape(-1).tolist()}
+
+
 def write_label_tree(out: str | os.PathLike, frames: Iterable[LabelledFrame], *, split: str = "train",
                      city: str = "labelled", overwrite: bool = False) -> dict:
     """Write `frames` (those with at least one object) as a Cityscapes tree + COCO + clicks under `out`.
@@ -129,18 +145,8 @@ def _write_into(root: Path, frames: Iterable[LabelledFrame], split: str, city: s
         clicks[str(frame.index)] = [{"points": np.asarray(o.extreme_points, float).tolist(), "class": o.class_name}
                                     for o in objects]
         for obj, polygon in zip(objects, polygons, strict=True):
-            label = name2label[obj.class_name]
-            categories[label.id] = label.name
-            x0, y0 = polygon.min(axis=0)
-            x1, y1 = polygon.max(axis=0)
-            area = obj.area if obj.area is not None else polygon_area(polygon, (height, width))
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": label.id, "iscrowd": 0,
-                "segmentation": [polygon.astype(float).reshape(-1).tolist()], "area": float(area),
-                "bbox": [float(x0), float(y0), float(x1 - x0 + 1), float(y1 - y0 + 1)],
-                "score": obj.score, "polygon_iou": obj.polygon_iou,
-                "extreme_points": np.asarray(obj.extreme_points, float).reshape(-1).tolist(),
-            })
+            annotations.append(coco_annotation(len(annotations) + 1, image_id, obj, polygon, (height, width)))
+            categories[annotations[-1]["category_id"]] = obj.class_name
     coco = {"images": images, "annotations": annotations,
             "categories": [{"id": i, "name": n} for i, n in sorted(categories.items())]}
     write_text_atomically(root / "annotations_coco.json", json.dumps(coco))
