@@ -78,7 +78,7 @@ def train(args: argparse.Namespace) -> dict:
             semantic.load_state_dict(load_espnetv2_cityscapes(args.semantic_weights).state_dict())
         except (OSError, ValueError, RuntimeError) as error:
             raise SystemExit(f"--semantic-weights {args.semantic_weights}: {error}") from None
-    mix = RealContextMix(args.negative_windows, args.real_backgrounds, args.photometric)
+    mix = RealContextMix(args.negative_windows, args.real_backgrounds, args.photometric, tuple(args.zoom))
     if args.finetune_from:  # the pre-training run's last weights (the shared --init with a run folder)
         args.init = str(Path(args.finetune_from) / "last.pt")
     model = model.to(memory_format=torch.channels_last)
@@ -188,6 +188,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of synthetic windows whose background is replaced by a real photograph")
     parser.add_argument("--photometric", type=float, default=0.0,
                         help="fraction of windows given photometric jitter")
+    parser.add_argument("--zoom", type=float, nargs=2, default=(1.0, 1.0), metavar=("LOW", "HIGH"),
+                        help="see each synthetic window at a scale drawn log-uniformly from [LOW, HIGH] (> 1 zooms "
+                             "in: objects as large as in close-up photographs)")
 
 
 ESPNETV2_WEIGHTS = Path(__file__).resolve().parent.parent / "models" / "espnetv2_s2_cityscapes.fp16.pt"

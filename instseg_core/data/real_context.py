@@ -7,9 +7,11 @@ Every draw comes from the numpy Generator passed in, so a run's windows are repr
   with empty targets: the network must stay silent there.
 - `with_real_background`: a synthetic window whose background pixels (no object, no group region) are replaced by
   a real photograph, so the objects stand on real textures.
-- `mixed_window`: what a training step draws: a synthetic window from the crop sampler, replaced by a negative
-  window with probability `negative_fraction`, given a real background with probability `background_fraction`,
-  then photometric jitter (colour, contrast, gamma, blur, noise, resolution loss, JPEG) with probability
+- `mixed_window`: what a training step draws: a synthetic window from the crop sampler, seen at a scale drawn
+  log-uniformly from `scale_range` (a window of (H / s, W / s) resized to H x W: s > 1 zooms in, so objects appear
+  as large as in close-up photographs, where a person can fill the frame), replaced by a negative window with
+  probability `negative_fraction`, given a real background with probability `background_fraction`, then
+  photometric jitter (colour, contrast, gamma, blur, noise, resolution loss, JPEG) with probability
   `photometric`.
 
 A window is the crop sampler's tuple: image (H, W, 3) uint8 RGB, instances (H, W) int32, labels (H, W) uint8,
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from instseg_core.data.instance_training import CropSampler
@@ -41,8 +44,11 @@ class RealContextMix:
     negative_fraction: float = 0.0
     background_fraction: float = 0.0
     photometric: float = 0.0
+    scale_range: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.scale_range[0] <= self.scale_range[1]:
+            raise ValueError(f"scale range {self.scale_range} must be 0 < low <= high")
         for name in ("negative_fraction", "background_fraction", "photometric"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -72,13 +78,30 @@ def with_real_background(rng: np.random.Generator, window: Window) -> Window:
     return np.where(keep[..., None], image, real), instances, labels, ignore
 
 
+def scaled_window(sampler: CropSampler, height: int, width: int, rng: np.random.Generator,
+                  scale_range: tuple[float, float]) -> Window:
+    """A sampler window seen at a scale drawn log-uniformly from `scale_range` (1: the sampler's own window)."""
+    low, high = scale_range
+    if low == high == 1.0:
+        return sampler.crop(height, width, rng)
+    scale = float(np.exp(rng.uniform(np.log(low), np.log(high))))
+    source_h, source_w = max(1, round(height / scale)), max(1, round(width / scale))
+    image, instances, labels, ignore = sampler.crop(source_h, source_w, rng)
+    size = (width, height)
+    smooth = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return (cv2.resize(image, size, interpolation=smooth),
+            cv2.resize(instances, size, interpolation=cv2.INTER_NEAREST),
+            cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST),
+            cv2.resize(ignore.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool))
+
+
 def mixed_window(sampler: CropSampler, height: int, width: int, rng: np.random.Generator,
                  mix: RealContextMix) -> Window:
     """One training window (see the module docstring)."""
     if mix.negative_fraction and rng.random() < mix.negative_fraction:
         window = negative_window(rng, height, width)
     else:
-        window = sampler.crop(height, width, rng)
+        window = scaled_window(sampler, height, width, rng, mix.scale_range)
         if mix.background_fraction and rng.random() < mix.background_fraction:
             window = with_real_background(rng, window)
     if mix.photometric and rng.random() < mix.photometric:
