@@ -151,3 +151,23 @@ def test_training_command_with_the_espnetv2_backbone(synthetic_tree: Path, tmp_p
     spatial_embeddings.main([*args, "--epochs", "3"])
     assert "resumed" in capsys.readouterr().out
     assert torch.load(tmp_path / "last.pt", weights_only=False)["epoch"] == 3
+
+
+def test_zoomed_windows_show_larger_objects(synthetic_tree: Path) -> None:
+    from instseg_core.data.real_context import scaled_window
+
+    sampler = CropSampler(load_split(synthetic_tree, "train", INSTANCE_CLASSES))
+
+    def objects_seen(scale: float) -> tuple[float, int]:
+        """(mean object area in pixels, number of objects) over 8 windows."""
+        rng = np.random.default_rng(5)
+        areas = []
+        for _ in range(8):
+            image, instances, labels, ignore = scaled_window(sampler, 64, 128, rng, (scale, scale))
+            assert image.shape == (64, 128, 3) and instances.shape == labels.shape == ignore.shape == (64, 128)
+            assert set(np.unique(labels[instances > 0])) <= set(range(1, len(INSTANCE_CLASSES) + 1))
+            areas += [np.count_nonzero(instances == k) for k in np.unique(instances) if k > 0]
+        return float(np.mean(areas)), len(areas)
+
+    (zoomed_area, zoomed_count), (plain_area, plain_count) = objects_seen(2.5), objects_seen(1.0)
+    assert zoomed_area > 1.3 * plain_area and zoomed_count < plain_count  # larger, fewer (clipped by the window)
