@@ -172,7 +172,7 @@ def _failure(exc: BaseException, max_retries: int) -> tuple[str, str]:
 def run_on_ray(ray: Any, plans: Sequence[BagPlan], settings: Settings, options: RayOptions,
                events: Events | None = None) -> tuple[list[BagOutcome], dict]:
     """Pre-label the 'todo' bags of `plans` on Ray's actors; returns (one outcome per bag, run facts: workers,
-    threads per worker, seconds to start the workers, seconds of work)."""
+    threads per worker, seconds to start the workers, seconds of work, milliseconds of each frame in a worker)."""
     events = events or Events()
     cluster_cpus = float(ray.cluster_resources().get("CPU", 1.0))
     count = options.workers or max(1, int(cluster_cpus // options.cpus_per_worker))
@@ -185,8 +185,8 @@ def run_on_ray(ray: Any, plans: Sequence[BagPlan], settings: Settings, options: 
         facts = ray.get([a.ready.remote() for a in actors])
     except ray.exceptions.RayError as exc:
         raise RayStartError(f"the workers could not start: {str(exc).splitlines()[-1]}") from exc
-    run = {"workers": count, "threads_per_worker": facts[0]["threads"],
-           "start_seconds": time.perf_counter() - started}
+    run: dict[str, Any] = {"workers": count, "threads_per_worker": facts[0]["threads"],
+                           "start_seconds": time.perf_counter() - started, "frame_ms": []}
     work_start = time.perf_counter()
     states = {p.name: _BagState(p) for p in plans if p.state == "todo"}
     queue: deque[tuple[str, str, list[int]]] = deque(("scan", name, []) for name in states)
@@ -260,6 +260,8 @@ def run_on_ray(ray: Any, plans: Sequence[BagPlan], settings: Settings, options: 
                 state.results[result.index] = result
                 if result.error:
                     log.warning("%s: %s", name, result.error)
+                else:
+                    run["frame_ms"].append(result.milliseconds)
             events.frames(len(indices))
             state.pending -= 1
         if state.pending == 0 and state.scan is not None:

@@ -452,10 +452,12 @@ def remove_stale_staging(plan: BagPlan) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def run_plain(plans: Sequence[BagPlan], settings: Settings, threads: int = 1,
-              on_frames: Callable[[int], None] = lambda _: None) -> list[BagOutcome]:
-    """The whole work in a plain loop in this process, with one FrameWorker (the benchmark's baseline)."""
-    worker = FrameWorker(settings, threads)
+def run_plain(plans: Sequence[BagPlan], settings: Settings, worker: FrameWorker | None = None,
+              on_results: Callable[[list[FrameResult]], None] = lambda _: None) -> list[BagOutcome]:
+    """The whole work in a plain loop in this process, with one FrameWorker (`worker`, or one with one thread made
+    here): the benchmark's baseline. `on_results` gets each chunk's FrameResults."""
+    own = worker is None
+    worker = worker or FrameWorker(settings, 1)
     outcomes = []
     try:
         for plan in plans:
@@ -469,10 +471,11 @@ def run_plain(plans: Sequence[BagPlan], settings: Settings, threads: int = 1,
                 continue
             results: dict[int, FrameResult] = {}
             for piece in chunks(scan.candidates, settings.chunk):
-                for result in worker.segment(str(plan.path), plan.topic, piece):
-                    results[result.index] = result
-                on_frames(len(piece))
+                done = worker.segment(str(plan.path), plan.topic, piece)
+                results.update((r.index, r) for r in done)
+                on_results(done)
             outcomes.append(write_bag(plan, scan, results, settings, seconds=time.perf_counter() - start))
     finally:
-        worker.close()
+        if own:
+            worker.close()
     return outcomes

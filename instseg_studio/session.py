@@ -233,9 +233,11 @@ class Session:
             return self.version
 
     def labelled_frames(self) -> list[int]:
-        """Indices of the frames that hold at least one object, ascending."""
+        """Indices of the frames that hold at least one object or were chosen for labelling by `instseg-fleet`
+        (stored proposals or a mining note), ascending: the frames the timeline marks and N visits (the export
+        writes only those with objects)."""
         with self._lock:
-            return sorted(k for k, f in self.frames.items() if f["objects"])
+            return sorted(k for k, f in self.frames.items() if _has_content(f))
 
     def set_objects(self, index: int, stamp_ns: int, objects: Any, base_version: Any) -> int:
         """Replace frame `index`'s objects (validated) if `base_version` is the saved version; save; return the

@@ -104,6 +104,7 @@ def test_prelabel_writes_sessions_the_studio_opens_and_reports_the_corrupt_bag(f
         client = TestClient(create_app(studio, {"testserver"}))  # type: ignore[arg-type]
         info = client.get("/api/info").json()
         assert info["frames"] == FRAMES and info["proposals"] is True
+        assert client.get("/api/timeline").json()["labelled"] == chosen  # marked on the timeline, N visits them
         expected = expected_proposals(bags / name, chosen, "mine:2")
         coco = COCO(str(out / name / "predictions_coco.json"))
         assert len(coco.getAnnIds()) == sum(len(v) for v in expected.values()) > 0

@@ -1,0 +1,132 @@
+"""instseg-fleet on this machine: frames/s with 1 and 2 Ray workers, and Ray's overhead against a plain loop.
+
+    .venv/bin/python bench/bench_fleet.py [--bags 4] [--frames 12] [--size 1024x512] [--input 512x256]
+                                          [--repeats 3] [--model spatial_embeddings]
+
+Writes --bags synthetic camera bags (--frames frames each, --size, moving street sequences) and pre-labels every
+frame of them (`every:1`) --repeats times in each of three ways, interleaved (so that a change of load on the
+machine hits all three alike):
+
+- plain loop (baseline): the same work (instseg_fleet.work: read, segment, proposals, write the outputs) in this
+  process, one FrameWorker, ONNX Runtime with 1 thread;
+- Ray, 1 worker: one actor granted 1 CPU (so 1 ONNX Runtime thread), on a local Ray with 2 CPUs;
+- Ray, 2 workers: two such actors.
+
+frames/s = frames segmented / seconds of work (from the first call to the last bag written; the model load and
+Ray's start are not in it, they are reported apart). Per run: median and p95 of the milliseconds each frame took
+inside its worker. Ratios: frames/s against the plain loop, and 2 workers against 1 (scaling). Goals on 2 cores:
+2 workers >= 1.6 x 1 worker; 1 worker within 15 % of the plain loop. The process isolates itself in a
+loopback-only network namespace first (instseg_ros.isolation), on top of Ray binding 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from benchlib import print_table, summarize
+
+
+def make_bags(root: Path, bags: int, frames: int, size: tuple[int, int]) -> list[Path]:
+    from instseg_core.data.bags import write_image_bag
+    from instseg_core.data.synth_cli import sequence_frames
+
+    paths = []
+    for k in range(bags):
+        images = [f.rgb for _, f in sequence_frames(100 + k, "val", 0, frames, width=size[0], height=size[1],
+                                                    fps=10.0, ego_speed=6.0)]
+        paths.append(write_image_bag(root / f"drive_{k:02d}", images, rate_hz=10.0).path)
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bags", type=int, default=4)
+    parser.add_argument("--frames", type=int, default=12)
+    parser.add_argument("--size", default="1024x512")
+    parser.add_argument("--input", default="512x256")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default="spatial_embeddings")
+    args = parser.parse_args()
+    size = tuple(int(v) for v in args.size.split("x"))
+    input_size = tuple(int(v) for v in args.input.split("x"))
+
+    from instseg_ros import isolation
+
+    isolation.ensure_isolated()
+
+    from instseg_fleet.cluster import RayOptions, run_on_ray, start_ray, stop_ray
+    from instseg_fleet.work import FrameWorker, Settings, plan_bags, run_plain
+
+    settings = Settings(frames="every:1", model=args.model, input_size=input_size)  # type: ignore[arg-type]
+    root = Path(tempfile.mkdtemp(prefix="bench_fleet_"))
+    try:
+        bags = make_bags(root / "bags", args.bags, args.frames, size)  # type: ignore[arg-type]
+        total_frames = args.bags * args.frames
+        cases = {"plain loop, 1 thread (baseline)": [], "Ray, 1 worker": [], "Ray, 2 workers": []}
+        frame_ms: dict[str, list[float]] = {name: [] for name in cases}
+        start_seconds: dict[str, list[float]] = {name: [] for name in cases}
+        began = time.perf_counter()
+        options = RayOptions(num_cpus=2, max_retries=0)
+        ray = start_ray(options)
+        ray_start = time.perf_counter() - began
+        worker = FrameWorker(settings, 1)
+        try:
+            for repeat in range(args.repeats):
+                for name in cases:
+                    out = root / f"out_{repeat}_{len(cases[name])}_{name.split(',')[0].replace(' ', '_')}"
+                    plans = plan_bags([str(b) for b in bags], out, settings)
+                    if name.startswith("plain"):
+                        collected = frame_ms[name]
+                        started = time.perf_counter()
+                        outcomes = run_plain(plans, settings, worker, on_results=lambda rs, into=collected: into.extend(
+                            r.milliseconds for r in rs))
+                        seconds = time.perf_counter() - started
+                        start_seconds[name].append(0.0)
+                    else:
+                        workers = 1 if "1 worker" in name else 2
+                        outcomes, run = run_on_ray(ray, plans, settings,
+                                                   RayOptions(num_cpus=2, workers=workers, max_retries=0))
+                        seconds = run["work_seconds"]
+                        frame_ms[name] += run["frame_ms"]
+                        start_seconds[name].append(run["start_seconds"])
+                    segmented = sum(o.segmented for o in outcomes if o.state == "done")
+                    assert segmented == total_frames, (name, [o.reason for o in outcomes])
+                    cases[name].append(segmented / seconds)
+                    print(f"repeat {repeat + 1}/{args.repeats} {name}: {segmented / seconds:.2f} frames/s "
+                          f"({seconds:.1f} s)", flush=True)
+                    shutil.rmtree(out, ignore_errors=True)
+        finally:
+            worker.close()
+            stop_ray(options)
+        baseline = float(np.median(cases["plain loop, 1 thread (baseline)"]))
+        one = float(np.median(cases["Ray, 1 worker"]))
+        rows = []
+        for name, rates in cases.items():
+            median_ms, p95_ms = summarize(frame_ms[name])
+            rates_array = np.asarray(rates)
+            rows.append([name, len(rates), total_frames, float(np.median(rates_array)),
+                         float(np.percentile(rates_array, 5)), median_ms, p95_ms,
+                         float(np.median(rates_array)) / baseline, float(np.median(start_seconds[name]))])
+        print_table(["case", "runs", "frames per run", "frames/s median", "frames/s p5 (slowest runs)",
+                     "ms per frame median", "ms per frame p95", "ratio to plain loop", "worker start s"], rows,
+                    title=f"{args.bags} bags x {args.frames} frames {args.size} -> {args.input} input, "
+                          f"{args.model}, every:1, {os.cpu_count()} CPUs")
+        two = float(np.median(cases["Ray, 2 workers"]))
+        print(f"\nscaling 2 workers / 1 worker: {two / one:.2f} (goal >= 1.6)")
+        print(f"Ray's overhead at 1 worker against the plain loop: {100 * (1 - one / baseline):.1f} % (goal <= 15 %)")
+        print(f"local Ray start (ray.init, 2 CPUs): {ray_start:.1f} s")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
