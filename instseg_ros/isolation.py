@@ -37,6 +37,9 @@ import socket
 import struct
 import sys
 from collections.abc import Mapping, Sequence
+from typing import NoReturn
+
+from instseg_core.base.command_exit import EXIT_BAD_INPUT, describe
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
@@ -199,13 +202,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("no COMMAND given")
     try:
         enter_isolated_namespace()
+        env = ros_environment(args.domain_id)
     except (IsolationError, OSError) as exc:
-        sys.exit(f"instseg-isolated: {exc}")
-    env = ros_environment(args.domain_id)
+        _fail(f"instseg-isolated: {exc}")
     try:
         os.execvpe(command[0], command, env)
     except OSError as exc:
-        sys.exit(f"instseg-isolated: cannot run {command[0]!r}: {exc}")
+        _fail(f"instseg-isolated: cannot run {command[0]!r}: {describe(exc)}")
+
+
+def _fail(line: str) -> NoReturn:
+    """One line on stderr and exit status 2 (instseg_core.base.command_exit: the namespace or the command is a
+    problem of the machine or the input, not of this runner)."""
+    print(line, file=sys.stderr, flush=True)
+    sys.exit(EXIT_BAD_INPUT)
 
 
 if __name__ == "__main__":
