@@ -45,7 +45,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from instseg_core.annotate.segmenter import AnnotationError
-from instseg_core.base.command_exit import describe
+from instseg_core.base.command_exit import describe, os_error_line
 from instseg_core.data.label_export import LabelExportError, LabelledFrame, LabelledObject, write_label_tree
 from instseg_studio.assist import propagate, proposals
 from instseg_studio.bag_frames import BagFrames, BagFramesError
@@ -190,7 +190,8 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
 
     @app.exception_handler(RequestError)
     async def request_error(_: Request, exc: RequestError) -> JSONResponse:
-        studio.counters["refused_size" if exc.status == 413 else "bad_requests"] += 1
+        if exc.status < 500:  # a failing server counts its own failures (save_failures)
+            studio.counters["refused_size" if exc.status == 413 else "bad_requests"] += 1
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
     @app.exception_handler(Exception)
@@ -260,8 +261,9 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
             raise RequestError(str(exc)) from exc
         except OSError as exc:  # a full or read-only disk: nothing changed, the page keeps the change as unsaved
             studio.counters["save_failures"] += 1
-            log.warning("frame %d not saved: %s", index, describe(exc))
-            raise RequestError(f"not saved: {describe(exc)}", 507) from exc
+            reason = os_error_line(OSError(exc.errno, exc.strerror or str(exc), str(studio.session.path)))
+            log.warning("frame %d not saved: %s", index, reason)  # the session file, not its temporary file
+            raise RequestError(f"not saved: {reason}", 507) from exc
         return {"version": version}
 
     @app.post("/api/segment")

@@ -273,11 +273,24 @@ class CityscapesSample:
                                   f"{self.paths['image']} is {width}x{height}")
 
 
+PNG_SIGNATURE, PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+
+
+def _ends_early(path: Path) -> bool:
+    """A PNG file that lacks its end chunk (IEND): cut off. Checked before decoding, so libpng is not asked (it
+    prints its own "libpng error" line on stderr)."""
+    with open(path, "rb") as stream:
+        if stream.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
+            return False
+        stream.seek(max(0, path.stat().st_size - len(PNG_END)))
+        return stream.read() != PNG_END
+
+
 def _read_png(path: Path, flags: int) -> np.ndarray:
-    image = cv2.imread(str(path), flags)
+    if not path.is_file():
+        raise FileNotFoundError(f"cannot read image {path}: no such file")
+    image = None if _ends_early(path) else cv2.imread(str(path), flags)
     if image is None:
-        if not path.is_file():
-            raise FileNotFoundError(f"cannot read image {path}: no such file")
         raise SampleError(f"cannot decode image {path} ({path.stat().st_size} bytes): truncated or damaged")
     return image
 

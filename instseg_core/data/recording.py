@@ -212,8 +212,9 @@ class SplitBagWriter:
             lost = f"; the unfinished split {self._part_path(split).name} ({split.count} messages) was removed"
         try:
             self._write_metadata()
-            listed = f"{len(self.closed)} finished splits ({sum(s.count for s in self.closed)} messages) are " \
-                     "kept and listed in metadata.yaml"
+            count = len(self.closed)
+            listed = f"{count} finished split{'' if count == 1 else 's'} ({sum(s.count for s in self.closed)} " \
+                     f"messages) {'is' if count == 1 else 'are'} kept and listed in metadata.yaml"
         except OSError as again:
             listed = f"metadata.yaml could not be rewritten either ({os_error_line(again)})"
         self.failure = BagWriteError(
