@@ -41,6 +41,7 @@ from training.common import (
     export_graph,
     git_commit,
     guarded,
+    load_checkpoint_file,
     resumable,
     resume,
     save_atomically,
@@ -311,7 +312,7 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def load_run(run: str | os.PathLike, which: str = "best.pt") -> tuple[torch.nn.Module, dict]:
-    checkpoint = torch.load(Path(run) / which, weights_only=False)
+    checkpoint = load_checkpoint_file(Path(run) / which, "--checkpoint")
     model = build_network(architecture_of(checkpoint), VARIANTS[checkpoint["variant"]])
     model.load_state_dict(checkpoint["model"])
     return model.eval(), checkpoint
@@ -376,7 +377,7 @@ def average(args: argparse.Namespace) -> Path:
     evaluated on the val sets like an epoch and stored in best.pt's format, with "averaged_epochs"."""
     torch.manual_seed(args.seed)
     run = Path(args.run)
-    checkpoints = [torch.load(run / f"epoch{epoch}.pt", weights_only=False) for epoch in args.epochs]
+    checkpoints = [load_checkpoint_file(run / f"epoch{epoch}.pt", "--epochs") for epoch in args.epochs]
     model = build_network(architecture_of(checkpoints[0]), VARIANTS[checkpoints[0]["variant"]])
     averaged = {}
     for name, value in checkpoints[0]["model"].items():
