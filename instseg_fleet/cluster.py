@@ -29,6 +29,7 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from instseg_fleet.work import (
@@ -73,6 +74,12 @@ def start_ray(options: RayOptions) -> Any:
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     if options.address is None:
         os.environ[CLUSTER_VARIABLE] = "0"
+    elif "RAY_AUTH_MODE" not in os.environ and (
+            os.environ.get("RAY_AUTH_TOKEN") or Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or
+                                                     Path.home() / ".ray" / "auth_token").exists()):
+        # `ray start` turns token authentication on when a token exists, but a driver joining the cluster sends
+        # the token only in token mode (Ray 2.60): without this it is refused ("InvalidAuthToken")
+        os.environ["RAY_AUTH_MODE"] = "token"
     import ray
     from ray._private import ray_constants
 
@@ -84,7 +91,8 @@ def start_ray(options: RayOptions) -> Any:
         common["dashboard_host"] = "127.0.0.1"
     try:
         if options.address is None:
-            ray.init(num_cpus=options.num_cpus, _node_ip_address="127.0.0.1",
+            # 'local': always a new Ray of this command's own, never a cluster that `ray start` left running here
+            ray.init(address="local", num_cpus=options.num_cpus, _node_ip_address="127.0.0.1",
                      object_store_memory=options.object_store_mb << 20, **common)
         else:
             ray.init(address=options.address, **common)

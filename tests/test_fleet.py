@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +183,36 @@ def test_a_killed_worker_is_retried_and_one_that_keeps_dying_fails_only_its_bag(
     for index, frame in session["frames"].items():
         assert [p["polygon"] for p in frame["proposals"]] == [
             [[float(x), float(y)] for x, y in p["polygon"]] for p in expected[int(index)]]
+
+
+def test_the_same_command_joins_a_running_cluster(bags: Path, tmp_path: Path) -> None:
+    """`ray start --head` (on 127.0.0.1, as docs/fleet.md starts a head node) and `--address HOST:PORT`: the
+    command uses the cluster's workers and leaves the cluster running."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths live under it
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+                             "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+                             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert head.stdout is not None
+        for line in head.stdout:  # the head node prints this once it accepts drivers
+            if "Ray runtime started" in line:
+                break
+        else:
+            pytest.fail(f"ray start ended with status {head.wait()}")
+        main(["prelabel", str(bags / "drive_c"), "--out", str(tmp_path / "out"), "--frames", "every:2",
+              "--input-size", "256x128", "--address", f"127.0.0.1:{port}", "--no-progress"])
+        session = json.loads((tmp_path / "out" / "drive_c" / "studio_session.json").read_text())
+        assert sorted(map(int, session["frames"])) == [0, 2]
+        assert head.poll() is None, "the command stopped the cluster it joined"
+    finally:
+        head.terminate()  # `ray start --block` stops the node's processes when it ends
+        head.communicate(timeout=60)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_mine_returns_k_distinct_frames_and_never_two_near_identical(tmp_path: Path) -> None:
