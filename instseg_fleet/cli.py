@@ -215,49 +215,52 @@ def prelabel(args: argparse.Namespace) -> dict:
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        lock.close()
         raise InputError(f"another instseg-fleet run is writing into {out}; wait for it to finish") from None
-    start = time.perf_counter()
-    outcomes = {p.name: BagOutcome(p.name, "skipped" if p.state in ("done", "skipped") else "failed", p.reason,
-                                   p.failure_kind, frame_count=p.frame_count) for p in plans if p.state != "todo"}
-    for plan in plans:
-        if plan.state == "failed":
-            log.warning("%s: failed: %s", plan.name, plan.reason)
-    todo = [p for p in plans if p.state == "todo"]
-    run: dict = {"workers": 0, "work_seconds": 0.0, "start_seconds": 0.0}
-    if todo:
-        from instseg_fleet.cluster import Events, RayOptions, RayStartError, run_on_ray, start_ray, stop_ray
+    try:
+        start = time.perf_counter()
+        outcomes = {p.name: BagOutcome(p.name, "skipped" if p.state in ("done", "skipped") else "failed", p.reason,
+                                       p.failure_kind, frame_count=p.frame_count) for p in plans if p.state != "todo"}
+        for plan in plans:
+            if plan.state == "failed":
+                log.warning("%s: failed: %s", plan.name, plan.reason)
+        todo = [p for p in plans if p.state == "todo"]
+        run: dict = {"workers": 0, "work_seconds": 0.0, "start_seconds": 0.0}
+        if todo:
+            from instseg_fleet.cluster import Events, RayOptions, RayStartError, run_on_ray, start_ray, stop_ray
 
-        options = RayOptions(address=args.address, num_cpus=args.num_cpus, workers=args.workers,
-                             cpus_per_worker=args.cpus_per_worker, num_gpus=args.num_gpus,
-                             max_retries=args.max_retries, dashboard=args.dashboard)
-        ray_start = time.perf_counter()
-        try:
-            ray = start_ray(options)
-        except RayStartError as exc:
-            raise InputError(str(exc)) from exc
-        progress = Progress(len(todo), not args.no_progress)
-        try:
-            done, run = run_on_ray(ray, plans, settings, options,
-                                   Events(frames=progress.frames, planned=progress.planned, bag=progress.bag))
-        except RayStartError as exc:
-            raise InputError(str(exc)) from exc
-        finally:
-            progress.close()
-            stop_ray(options)
-        run["ray_seconds"] = time.perf_counter() - ray_start - run.get("work_seconds", 0.0)
-        outcomes.update({o.name: o for o in done})
-    else:
-        print(f"{COMMAND}: nothing to do: {sum(p.state == 'done' for p in plans)} bags done before, "
-              f"{sum(p.state == 'failed' for p in plans)} cannot be done", file=sys.stderr, flush=True)
-    ordered = [outcomes[p.name] for p in plans if p.name in outcomes]
-    seconds = time.perf_counter() - start
-    report = (f"{outcome_table(ordered)}\n\n{totals_table(ordered, seconds, run['work_seconds'])}\n\n"
-              f"workers: {run['workers']}; Ray start and stop {run.get('ray_seconds', 0.0):.1f} s, work "
-              f"{run['work_seconds']:.1f} s\n")
-    print(report, flush=True)
-    write_text_atomically(out / "fleet_summary.md", f"# instseg-fleet prelabel, {time.strftime('%Y-%m-%d %H:%M')}"
-                                                    f"\n\n{report}")
-    lock.close()
+            options = RayOptions(address=args.address, num_cpus=args.num_cpus, workers=args.workers,
+                                 cpus_per_worker=args.cpus_per_worker, num_gpus=args.num_gpus,
+                                 max_retries=args.max_retries, dashboard=args.dashboard)
+            ray_start = time.perf_counter()
+            try:
+                ray = start_ray(options)
+            except RayStartError as exc:
+                raise InputError(str(exc)) from exc
+            progress = Progress(len(todo), not args.no_progress)
+            try:
+                done, run = run_on_ray(ray, plans, settings, options,
+                                       Events(frames=progress.frames, planned=progress.planned, bag=progress.bag))
+            except RayStartError as exc:
+                raise InputError(str(exc)) from exc
+            finally:
+                progress.close()
+                stop_ray(options)
+            run["ray_seconds"] = time.perf_counter() - ray_start - run.get("work_seconds", 0.0)
+            outcomes.update({o.name: o for o in done})
+        else:
+            print(f"{COMMAND}: nothing to do: {sum(p.state == 'done' for p in plans)} bags done before, "
+                  f"{sum(p.state == 'failed' for p in plans)} cannot be done", file=sys.stderr, flush=True)
+        ordered = [outcomes[p.name] for p in plans if p.name in outcomes]
+        seconds = time.perf_counter() - start
+        report = (f"{outcome_table(ordered)}\n\n{totals_table(ordered, seconds, run['work_seconds'])}\n\n"
+                  f"workers: {run['workers']}; Ray and its workers started and stopped in "
+                  f"{run.get('ray_seconds', 0.0):.1f} s, work {run['work_seconds']:.1f} s\n")
+        print(report, flush=True)
+        write_text_atomically(out / "fleet_summary.md", f"# instseg-fleet prelabel, {time.strftime('%Y-%m-%d %H:%M')}"
+                                                        f"\n\n{report}")
+    finally:
+        lock.close()  # unlocks
     failed = [o for o in ordered if o.state == "failed"]
     internal = [o for o in failed if o.failure_kind == "internal"]
     bad_frames = sum(o.bad_frames for o in ordered if o.state == "done")

@@ -174,7 +174,8 @@ def _failure(exc: BaseException, max_retries: int) -> tuple[str, str]:
                 f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", "machine")
     if isinstance(exc, rex.RayTaskError) and isinstance(exc.cause, OSError):
         return f"{exc.cause}", "machine"
-    return f"internal error in a worker: {type(exc).__name__}: {exc}", "internal"
+    first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    return f"internal error in a worker: {first} (traceback on stderr)", "internal"
 
 
 def run_on_ray(ray: Any, plans: Sequence[BagPlan], settings: Settings, options: RayOptions,
@@ -182,8 +183,12 @@ def run_on_ray(ray: Any, plans: Sequence[BagPlan], settings: Settings, options: 
     """Pre-label the 'todo' bags of `plans` on Ray's actors; returns (one outcome per bag, run facts: workers,
     threads per worker, seconds to start the workers, seconds of work, milliseconds of each frame in a worker)."""
     events = events or Events()
-    cluster_cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    resources = ray.cluster_resources()
+    cluster_cpus, cluster_gpus = float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0))
     count = options.workers or max(1, int(cluster_cpus // options.cpus_per_worker))
+    if count * options.cpus_per_worker > cluster_cpus or count * options.num_gpus > cluster_gpus:
+        raise RayStartError(f"{count} workers of {options.cpus_per_worker:g} CPUs and {options.num_gpus:g} GPUs do "
+                            f"not fit the cluster's {cluster_cpus:g} CPUs and {cluster_gpus:g} GPUs")
     actor_class = ray.remote(SegmentWorker).options(
         num_cpus=options.cpus_per_worker, num_gpus=options.num_gpus, max_restarts=options.max_retries,
         max_task_retries=options.max_retries)
@@ -234,6 +239,8 @@ def run_on_ray(ray: Any, plans: Sequence[BagPlan], settings: Settings, options: 
             value, meta = ray.get(ready[0])
         except ray.exceptions.RayError as exc:
             reason, failure_kind = _failure(exc, options.max_retries)
+            if failure_kind == "internal":
+                log.error("%s: internal error in a worker:\n%s", name, exc)
             if isinstance(exc, ray.exceptions.RayActorError):
                 state.retries += options.max_retries
                 ray.kill(actor)

@@ -223,8 +223,9 @@ class FrameResult:
 
 
 def _inject_fault(bag: str) -> None:
-    """Testing only ($INSTSEG_FLEET_FAULTS = 'BAG:COUNT' or 'BAG:always', comma-separated, markers in
-    $INSTSEG_FLEET_FAULT_DIR): kill this process (SIGKILL) at the start of work on BAG, COUNT times in all."""
+    """Fault injection for the tests ($INSTSEG_FLEET_FAULTS = 'BAG:COUNT' or 'BAG:always', comma-separated; markers
+    in $INSTSEG_FLEET_FAULT_DIR count across processes): kill this worker process (SIGKILL) when it starts
+    segmenting frames of BAG, COUNT times in all (or every time). Unset, it does nothing."""
     spec = os.environ.get(FAULTS_VARIABLE, "")
     for item in filter(None, spec.split(",")):
         name, _, count = item.rpartition(":")
