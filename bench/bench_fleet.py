@@ -1,6 +1,6 @@
 """instseg-fleet on this machine: frames/s with 1 and 2 Ray workers, and Ray's overhead against a plain loop.
 
-    .venv/bin/python bench/bench_fleet.py [--bags 4] [--frames 12] [--size 1024x512] [--input 512x256]
+    .venv/bin/python bench/bench_fleet.py [--bags 4] [--frames 24] [--size 1024x512] [--input 512x256]
                                           [--repeats 3] [--model spatial_embeddings]
 
 Writes --bags synthetic camera bags (--frames frames each, --size, moving street sequences) and pre-labels every
@@ -50,7 +50,7 @@ def make_bags(root: Path, bags: int, frames: int, size: tuple[int, int]) -> list
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bags", type=int, default=4)
-    parser.add_argument("--frames", type=int, default=12)
+    parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--size", default="1024x512")
     parser.add_argument("--input", default="512x256")
     parser.add_argument("--repeats", type=int, default=3)
