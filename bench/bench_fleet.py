@@ -8,7 +8,7 @@ frame of them (`every:1`) --repeats times in each of three ways, interleaved (so
 machine hits all three alike):
 
 - plain loop (baseline): the same work (instseg_fleet.work: read, segment, proposals, write the outputs) in this
-  process, one FrameWorker, ONNX Runtime with 1 thread;
+  process, one FrameWorker, ONNX Runtime and OpenCV with 1 thread;
 - Ray, 1 worker: one actor granted 1 CPU (so 1 ONNX Runtime thread), on a local Ray with 2 CPUs;
 - Ray, 2 workers: two such actors.
 
@@ -78,6 +78,9 @@ def main() -> None:
         options = RayOptions(num_cpus=2, max_retries=0)
         ray = start_ray(options)
         ray_start = time.perf_counter() - began
+        import cv2
+
+        cv2.setNumThreads(1)  # as in each Ray worker granted 1 CPU (instseg_fleet.cluster.SegmentWorker)
         worker = FrameWorker(settings, 1)
         try:
             for repeat in range(args.repeats):

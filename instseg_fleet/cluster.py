@@ -127,6 +127,9 @@ class SegmentWorker:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             self.restarted = bool(context.was_current_actor_reconstructed)
+        import cv2
+
+        cv2.setNumThreads(self.threads)  # OpenCV's own pool (resizing) stays within the granted CPUs too
         self.worker = FrameWorker(settings, self.threads, device)
 
     def _meta(self) -> dict:
