@@ -41,6 +41,7 @@ from instseg_fleet.work import (
     Settings,
     chunks,
     remove_stale_staging,
+    unreadable,
     write_bag,
 )
 
@@ -283,6 +284,9 @@ def run_on_ray(ray: Any, plans: Sequence[BagPlan], settings: Settings, options: 
             events.frames(len(indices))
             state.pending -= 1
         if state.pending == 0 and state.scan is not None:
+            if reason := unreadable(state.plan, state.results):
+                fail(state, reason, "input")
+                continue
             try:
                 outcome = write_bag(state.plan, state.scan, state.results, settings, retries=state.retries,
                                     seconds=time.perf_counter() - state.started)

@@ -395,6 +395,13 @@ class BagOutcome:
     mean_uncertainty: float = 0.0
 
 
+def unreadable(plan: BagPlan, results: dict[int, FrameResult]) -> str:
+    """Why no frame of a bag could be segmented (its data damaged), or '' when some could."""
+    if results and all(r.error for r in results.values()):
+        return f"no frame of {plan.path} can be read ({next(iter(results.values())).error})"
+    return ""
+
+
 def write_bag(plan: BagPlan, scan: ScanResult, results: dict[int, FrameResult], settings: Settings, *,
               retries: int = 0, seconds: float = 0.0) -> BagOutcome:
     """Choose the frames of a segmented bag and write its outputs into `plan.out_dir`, atomically (module
@@ -475,6 +482,9 @@ def run_plain(plans: Sequence[BagPlan], settings: Settings, worker: FrameWorker 
                 done = worker.segment(str(plan.path), plan.topic, piece)
                 results.update((r.index, r) for r in done)
                 on_results(done)
+            if reason := unreadable(plan, results):
+                outcomes.append(BagOutcome(plan.name, "failed", reason, "input"))
+                continue
             outcomes.append(write_bag(plan, scan, results, settings, seconds=time.perf_counter() - start))
     finally:
         if own:

@@ -219,17 +219,17 @@ class BagFrames:
         the end (or close it) before calling `frame`."""
         if stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
-        index, failed = 0, None
+        seen, failed = 0, None  # seen: messages read in bag order; frame `seen` is the next one
         with self._lock:
             try:
-                for index, (connection, timestamp, rawdata) in enumerate(
-                        self._reader.messages(connections=self.connections)):
+                for connection, timestamp, rawdata in self._reader.messages(connections=self.connections):
+                    index, seen = seen, seen + 1
                     if index >= len(self.timestamps):
                         break
                     if index % stride:
                         continue
                     if int(timestamp) != int(self.timestamps[index]):
-                        failed = f"frame {index}: the bag's messages are not in index order"
+                        failed, seen = f"frame {index}: the bag's messages are not in index order", index
                         break
                     try:
                         msg: Any = self._reader.deserialize(rawdata, connection.msgtype)
@@ -239,12 +239,12 @@ class BagFrames:
                         continue
                     stamp = int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec)
                     yield index, Frame(index, int(timestamp), stamp, str(msg.header.frame_id), rgb), None
-                else:
-                    index = len(self.timestamps)
             except Exception as exc:  # truncated or corrupt data: the rest of the bag cannot be read
-                failed = f"cannot read {self.bag} from frame {index} on: {describe(exc)}"
+                failed = f"cannot read {self.bag} from frame {seen} on: {describe(exc)}"
+        if failed is None and seen < len(self.timestamps):
+            failed = f"{self.bag}: only {seen} of the {len(self.timestamps)} frames in its index could be read"
         if failed is not None:
-            for rest in range(index + (-index % stride), len(self.timestamps), stride):
+            for rest in range(seen + (-seen % stride), len(self.timestamps), stride):
                 yield rest, None, failed
 
     def _read(self, index: int) -> Frame:

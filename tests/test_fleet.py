@@ -38,7 +38,8 @@ def scene(seed: int, frames: int, speed: float = 6.0) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def bags(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """bags/drive_a, drive_b (6 frames each), drive_c (3 frames) and broken (an MCAP whose data is zeroed)."""
+    """bags/drive_a, drive_b (6 frames each), drive_c (3 frames), broken (an MCAP zeroed but for its ends: it
+    cannot be opened) and damaged (an MCAP whose index is whole but whose frames cannot be read)."""
     root = tmp_path_factory.mktemp("fleet") / "bags"
     write_image_bag(root / "drive_a", scene(3, FRAMES), rate_hz=10.0)
     write_image_bag(root / "drive_b", scene(5, FRAMES), rate_hz=10.0)
@@ -47,6 +48,11 @@ def bags(tmp_path_factory: pytest.TempPathFactory) -> Path:
     mcap = next((root / "broken").glob("*.mcap"))
     data = bytearray(mcap.read_bytes())
     data[100:-50] = bytes(len(data) - 150)
+    mcap.write_bytes(bytes(data))
+    write_image_bag(root / "damaged", scene(13, 3), rate_hz=10.0)  # its index is whole, its frames are not
+    mcap = next((root / "damaged").glob("*.mcap"))
+    data = bytearray(mcap.read_bytes())
+    data[300:len(data) // 2] = b"\x55" * (len(data) // 2 - 300)
     mcap.write_bytes(bytes(data))
     return root
 
@@ -81,22 +87,26 @@ def files_of(folder: Path) -> dict[str, tuple[int, bytes]]:
 
 @pytest.fixture(scope="module")
 def first_run(bags: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """`instseg-fleet prelabel 'bags/drive_[ab]' bags/broken --frames mine:2` on a local Ray with 2 CPUs."""
+    """`instseg-fleet prelabel 'bags/drive_[ab]' bags/broken bags/damaged --frames mine:2` on a local Ray with 2
+    CPUs."""
     out = tmp_path_factory.mktemp("fleet_out") / "out"
     with pytest.raises(CommandExit) as exited:
-        main(["prelabel", str(bags / "drive_[ab]"), str(bags / "broken"), "--out", str(out), "--frames", "mine:2",
+        main(["prelabel", str(bags / "drive_[ab]"), str(bags / "broken"), str(bags / "damaged"), "--out", str(out),
+              "--frames", "mine:2",
               "--input-size", "256x128", "--num-cpus", "2", "--no-progress"])
     return out, str(exited.value) + f" (status {exited.value.code})"
 
 
-def test_prelabel_writes_sessions_the_studio_opens_and_reports_the_corrupt_bag(first_run: tuple[Path, str],
+def test_prelabel_writes_sessions_the_studio_opens_and_reports_the_corrupt_bags(first_run: tuple[Path, str],
                                                                                  bags: Path) -> None:
     from pycocotools.coco import COCO
 
     from instseg_studio.app import create_app
 
     out, ending = first_run
-    assert ending.endswith("(status 2)") and "broken" in ending and "1 of 3 bags failed" in ending, ending
+    assert ending.endswith("(status 2)") and "2 of 4 bags failed" in ending, ending
+    assert "broken: cannot read bag" in ending  # found while planning, before any worker
+    assert "damaged: no frame of" in ending and "could be read" in ending  # found by a worker on Ray
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["drive_a", "drive_b",
                                                                                   "fleet_summary.md"]
     assert not list(out.glob(".*partial*")), "a staging folder was left behind"
