@@ -199,3 +199,25 @@ def test_instance_targets_from_cityscapes_ids() -> None:
     assert (labels[0, :2] == 2).all() and (labels[1, :2] == 2).all() and (labels[2, :2] == 1).all()
     assert labels[3].max() == 0 and labels[0, 4:].max() == 0
     assert ignore[3, :2].all() and ignore.sum() == 2
+
+
+@pytest.mark.parametrize("implementation", ["numpy", "torch"])
+def test_margin_scale_gathers_imprecise_embeddings(implementation: str) -> None:
+    """Embeddings that miss their centre by ~2 margins, with seeds high all over each object (as a semantic
+    probability gives them), split an object into fragments at the paper's margin; a margin three times wider
+    gathers each object whole again."""
+    instances, labels, boxes = rectangles_scene()
+    raw = ideal_output(instances, labels, N_CLASSES, 2, margin_px=4, noise_px=8.0, rng=np.random.default_rng(1))
+    for class_index in range(N_CLASSES):
+        raw[4 + class_index][labels == class_index + 1] = 2.0  # seediness 0.88 on every pixel of the object
+
+    def cluster(params: ClusteringParams) -> object:
+        return (cluster_seeds(raw, 2, params) if implementation == "numpy"
+                else cluster_seeds_torch(torch.from_numpy(raw), 2, params))
+
+    fragmented = cluster(ClusteringParams(min_pixels=0))
+    gathered = cluster(ClusteringParams(min_pixels=0, margin_scale=3.0))
+    assert len(fragmented) > 3 * len(boxes)
+    assert len(boxes) <= len(gathered) < len(fragmented) / 3
+    with pytest.raises(ValueError):
+        ClusteringParams(margin_scale=0.0)

@@ -41,7 +41,9 @@ LN2 = math.log(2.0)
 class ClusteringParams:
     """seed_threshold: least seediness that starts an instance (its score); foreground_threshold:
     least seediness of a pixel that takes part; min_pixels: least proposal size in network-input pixels;
-    min_unclustered: least fraction of a proposal not claimed before; threads: classes clustered in
+    min_unclustered: least fraction of a proposal not claimed before; margin_scale: the clustering margin
+    sqrt(ln 2 / b) multiplied by this (1: the paper's; > 1 gathers pixels whose embeddings miss the centre by more,
+    for offsets that are less precise than the training data taught, e.g. on real photographs); threads: classes clustered in
     parallel (NumPy version); tile: spatial-index tile size (a power of
     two; the largest one <= tile dividing H and W is used)."""
 
@@ -49,6 +51,7 @@ class ClusteringParams:
     foreground_threshold: float = 0.5
     min_pixels: int = 64
     min_unclustered: float = 0.5
+    margin_scale: float = 1.0
     tile: int = 32
     threads: int = 2
 
@@ -57,7 +60,8 @@ class ClusteringParams:
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
                 raise ValueError(f"{name} must be in (0, 1), got {value}")
-        if self.min_pixels < 0 or not 0.0 <= self.min_unclustered <= 1.0 or self.tile < 1 or self.threads < 1:
+        if (self.min_pixels < 0 or not 0.0 <= self.min_unclustered <= 1.0 or self.tile < 1 or self.threads < 1
+                or self.margin_scale <= 0):
             raise ValueError(f"invalid clustering parameters {self}")
 
 
@@ -127,8 +131,8 @@ def _cluster_class(raw: np.ndarray, n_sigma: int, seed_channel: int, params: Clu
             break
         score = _sigmoid(float(seeds[k]))
         cx, cy = embedding_x[k], embedding_y[k]
-        bx = math.exp(SIGMA_SCALE * float(sigma_x[flat[k]]))
-        by = math.exp(SIGMA_SCALE * float(sigma_y[flat[k]]))
+        bx = math.exp(SIGMA_SCALE * float(sigma_x[flat[k]])) / params.margin_scale**2
+        by = math.exp(SIGMA_SCALE * float(sigma_y[flat[k]])) / params.margin_scale**2
         rx, ry = math.sqrt(LN2 / bx), math.sqrt(LN2 / by)
         hit = (box_x0 <= cx + rx) & (box_x1 >= cx - rx) & (box_y0 <= cy + ry) & (box_y1 >= cy - ry)
         candidates = _ranges(tile_starts[hit], tile_counts[hit])
@@ -204,7 +208,7 @@ def cluster_seeds_torch(raw: torch.Tensor, n_sigma: int, params: ClusteringParam
         cols = flat - rows * width
         embedding_x = torch.tanh(raw[0].reshape(-1)[flat]) + cols.float() * PIXEL_SPACING
         embedding_y = torch.tanh(raw[1].reshape(-1)[flat]) + rows.float() * PIXEL_SPACING
-        bandwidth = torch.exp(SIGMA_SCALE * raw[2:2 + n_sigma].reshape(n_sigma, -1)[:, flat])
+        bandwidth = torch.exp(SIGMA_SCALE * raw[2:2 + n_sigma].reshape(n_sigma, -1)[:, flat]) / params.margin_scale**2
         seeds = logits[flat].clone()
         unclustered = torch.ones(flat.numel(), dtype=torch.bool, device=raw.device)
         while True:
