@@ -42,9 +42,9 @@ class ClusteringParams:
     """seed_threshold: least seediness that starts an instance (its score); foreground_threshold:
     least seediness of a pixel that takes part; min_pixels: least proposal size in network-input pixels;
     min_unclustered: least fraction of a proposal not claimed before; margin_scale: the clustering margin
-    sqrt(ln 2 / b) multiplied by this (1: the paper's; > 1 gathers pixels whose embeddings miss the centre by more,
-    for offsets that are less precise than the training data taught, e.g. on real photographs); threads: classes clustered in
-    parallel (NumPy version); tile: spatial-index tile size (a power of
+    sqrt(ln 2 / b) multiplied by this (1: the paper's; > 1 gathers pixels whose embeddings miss the centre by
+    more, for offsets less precise than the training data taught, e.g. on real photographs); threads: classes
+    clustered in parallel (NumPy version); tile: spatial-index tile size (a power of
     two; the largest one <= tile dividing H and W is used)."""
 
     seed_threshold: float = 0.5
