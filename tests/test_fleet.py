@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -207,13 +208,19 @@ def test_the_same_command_joins_a_running_cluster(bags: Path, tmp_path: Path) ->
                              "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
                              "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+    started, printed = threading.Event(), []
+
+    def watch() -> None:  # the head node prints "Ray runtime started" once it accepts drivers
         assert head.stdout is not None
-        for line in head.stdout:  # the head node prints this once it accepts drivers
+        for line in head.stdout:
+            printed.append(line)
             if "Ray runtime started" in line:
-                break
-        else:
-            pytest.fail(f"ray start ended with status {head.wait()}")
+                started.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        if not started.wait(120):
+            pytest.fail(f"ray start did not start a head node within 120 s:\n{''.join(printed)[-3000:]}")
         main(["prelabel", str(bags / "drive_c"), "--out", str(tmp_path / "out"), "--frames", "every:2",
               "--input-size", "256x128", "--address", f"127.0.0.1:{port}", "--no-progress"])
         session = json.loads((tmp_path / "out" / "drive_c" / "studio_session.json").read_text())
@@ -221,7 +228,7 @@ def test_the_same_command_joins_a_running_cluster(bags: Path, tmp_path: Path) ->
         assert head.poll() is None, "the command stopped the cluster it joined"
     finally:
         head.terminate()  # `ray start --block` stops the node's processes when it ends
-        head.communicate(timeout=60)
+        head.wait(timeout=60)  # its output is drained by watch()
         shutil.rmtree(temp, ignore_errors=True)
 
 
