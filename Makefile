@@ -11,7 +11,7 @@ SETUP_INPUTS := pyproject.toml setup.py setup.cfg package.xml tools/setup.sh too
 	$(wildcard ros2_ws/src/instseg_interfaces/*.txt ros2_ws/src/instseg_interfaces/*.xml \
 	           ros2_ws/src/instseg_interfaces/msg/* ros2_ws/src/instseg_interfaces/srv/*)
 
-.PHONY: help setup test lint pytest demo studio bench gpu-check data train-extreme train-se train-box2pix train-dcme colcon clean distclean
+.PHONY: help setup test lint pytest demo studio bench gpu-check data train-extreme train-se train-se-erfnet train-box2pix train-dcme colcon clean distclean
 
 help:
 	@echo "make setup   create .venv: pinned deps, ROS 2 wheels, instseg_interfaces (idempotent)"
@@ -22,7 +22,8 @@ help:
 	@echo "make gpu-check  on a CUDA machine (no set-up needed): every streaming model's GPU figures (bench/gpu_check.py)"
 	@echo "make data    set up, then write a synthetic Cityscapes-format tree to data/synthetic (DATA_ARGS=...)"
 	@echo "make train-extreme  data, training on street + randomised object crops, ship to models/, real-image proxies"
-	@echo "make train-se       data, Spatial Embeddings training, learning curve, export to models/"
+	@echo "make train-se       data, Spatial Embeddings on ESPNetv2 (real-data encoder): training, calibration, export"
+	@echo "make train-se-erfnet  the first (ERFNet) Spatial Embeddings demo model, into data/runs (not shipped)"
 	@echo "make train-box2pix  data, Box2Pix prior coverage, training, learning curve, export to models/"
 	@echo "make train-dcme     data, DCME training, learning curve, oracle experiments, export to models/"
 	@echo "make colcon  build ros2_ws/ with colcon against .venv (as on a full ROS 2 install)"
@@ -134,30 +135,59 @@ train-extreme: setup
 		--markdown docs/extreme_points_proxies.md
 	$(PY) -m training.derive_models --only extreme_unet_int8.onnx
 
-# The shipped Spatial Embeddings demo model: synthetic data (train 600 images seed 0, held-out val 100
+# The shipped Spatial Embeddings model (issue 35): the paper's loss and clustering on a real-data encoder, ESPNetv2
+# trained on the real Cityscapes (models/espnetv2_s2_cityscapes.fp16.pt, frozen), with a light instance head trained
+# on synthetic data (train 600 images seed 0): 256x512 windows around objects seen at a scale drawn from 0.75-3
+# (close-up photographs), 15 % windows of real photographs without people or vehicles, 25 % with a real background,
+# photometric jitter on half; 30 epochs x 100 steps x 8 windows (55 min budget on 2 CPU cores, resumable).
+# Then the official evaluator on 100 held-out val images (seed 1), the clustering calibrated on the real validation
+# photographs where they exist (SE_REAL; training.calibrate_streaming, the chosen values below), export, the real
+# figures into the manifest.
+SE_CLUSTERING := --seed-threshold 0.7 --foreground-threshold 0.4 --min-pixels 256 --margin-scale 2.0
+SE_DATA := data/synthetic
+SE_RUN := data/runs/se_espnet
+SE_REAL ?= ../shared/real/coco_people_vehicles
+TRAIN_SE := $(PY) -m training.spatial_embeddings
+train-se: setup
+	$(VENV)/bin/instseg-synth $(SE_DATA) --splits train=600 --seed 0 --jobs 2
+	$(VENV)/bin/instseg-synth $(SE_DATA) --splits val=100 --seed 1 --jobs 2
+	$(TRAIN_SE) train --data $(SE_DATA) --out $(SE_RUN) --backbone espnetv2 --epochs 30 --steps-per-epoch 100 \
+		--batch 8 --crop 256 512 --lr 5e-4 --zoom 0.75 3.0 --negative-windows 0.15 --real-backgrounds 0.25 \
+		--photometric 0.5 --keep-every 5 --time-budget 3300 --progress-every 25 --resume
+	if [ -d $(SE_REAL) ]; then $(PY) -m training.calibrate_streaming --backend torch --model-file $(SE_RUN)/last.pt \
+		--real $(SE_REAL) --synthetic $(SE_DATA) --synthetic-limit 20 --json $(SE_RUN)/calibration.json; fi
+	$(TRAIN_SE) evaluate --data $(SE_DATA) --run $(SE_RUN) --checkpoint last.pt $(SE_CLUSTERING)
+	$(TRAIN_SE) evaluate --data $(SE_DATA) --run $(SE_RUN) $(SE_CLUSTERING) --limit 50 \
+		--checkpoint epoch_005.pt,epoch_010.pt,epoch_015.pt,epoch_020.pt,epoch_025.pt
+	$(TRAIN_SE) export --run $(SE_RUN) --out models/spatial_embeddings.onnx $(SE_CLUSTERING) \
+		--data-note "instseg-synth 1024x512: train=600 images seed 0, val=100 images seed 1 (held out); real negatives: packaged photographs (instseg_core.data.real_context)"
+	$(PY) -m training.derive_models
+	if [ -d $(SE_REAL) ]; then for int8 in "" --int8; do $(PY) -m training.real_validation --data $(SE_REAL) \
+		$$int8 --record models/spatial_embeddings.json || exit 1; done; fi
+
+# The first Spatial Embeddings demo model (the paper's ERFNet, shipped until issue 35; models/spatial_embeddings.json
+# of commit 1ab2870): synthetic data (train 600 images seed 0, held-out val 100
 # images seed 1, 1024x512), pre-training on 256x256 crops around objects (85 min on 2 CPU cores), a
 # whole-frame fine-tune with frozen batch norm (1000 s budget: 2 epochs), evaluation with the official
 # evaluator (last checkpoints on 100 val images, learning curve on 50), export.
 # Clustering thresholds were chosen on 25 training images (paper defaults 0.5/0.5/64 find almost no persons
 # with this short training: person AP50 0.003 -> 0.29).
-SE_CLUSTERING := --seed-threshold 0.4 --foreground-threshold 0.25 --min-pixels 32
-SE_DATA := data/synthetic
-SE_EPOCHS ?= 20
-TRAIN_SE := $(PY) -m training.spatial_embeddings
-train-se: setup
+SE_ERFNET_CLUSTERING := --seed-threshold 0.4 --foreground-threshold 0.25 --min-pixels 32
+SE_ERFNET_EPOCHS ?= 20
+train-se-erfnet: setup
 	$(VENV)/bin/instseg-synth $(SE_DATA) --splits train=600 --seed 0 --jobs 2
 	$(VENV)/bin/instseg-synth $(SE_DATA) --splits val=100 --seed 1 --jobs 2
-	$(TRAIN_SE) train --data $(SE_DATA) --out data/runs/se_pretrain --epochs $(SE_EPOCHS) --steps-per-epoch 75 \
+	$(TRAIN_SE) train --data $(SE_DATA) --out data/runs/se_pretrain --epochs $(SE_ERFNET_EPOCHS) --steps-per-epoch 75 \
 		--batch 8 --crop 256 256 --lr 5e-4 --dropout-high 0.1 --keep-every 2 --resume
 	$(TRAIN_SE) train --data $(SE_DATA) --out data/runs/se_finetune --finetune-from data/runs/se_pretrain --freeze-bn \
 		--crop 512 1024 --batch 2 --lr 1e-4 --epochs 3 --steps-per-epoch 60 --keep-every 0 --dropout-high 0.1 \
 		--time-budget 1000 --resume
-	$(TRAIN_SE) evaluate --data $(SE_DATA) --run data/runs/se_pretrain --checkpoint last.pt $(SE_CLUSTERING)
-	$(TRAIN_SE) evaluate --data $(SE_DATA) --run data/runs/se_pretrain $(SE_CLUSTERING) --limit 50 \
+	$(TRAIN_SE) evaluate --data $(SE_DATA) --run data/runs/se_pretrain --checkpoint last.pt $(SE_ERFNET_CLUSTERING)
+	$(TRAIN_SE) evaluate --data $(SE_DATA) --run data/runs/se_pretrain $(SE_ERFNET_CLUSTERING) --limit 50 \
 		--checkpoint epoch_004.pt,epoch_008.pt,epoch_012.pt,epoch_016.pt
-	$(TRAIN_SE) evaluate --data $(SE_DATA) --run data/runs/se_finetune --checkpoint last.pt $(SE_CLUSTERING)
-	$(TRAIN_SE) export --run data/runs/se_finetune --stages data/runs/se_pretrain --out models/spatial_embeddings.onnx \
-		$(SE_CLUSTERING) --data-note "instseg-synth 1024x512: train=600 images seed 0, val=100 images seed 1 (held out)"
+	$(TRAIN_SE) evaluate --data $(SE_DATA) --run data/runs/se_finetune --checkpoint last.pt $(SE_ERFNET_CLUSTERING)
+	$(TRAIN_SE) export --run data/runs/se_finetune --stages data/runs/se_pretrain --out data/runs/se_erfnet_export/spatial_embeddings.onnx \
+		$(SE_ERFNET_CLUSTERING) --data-note "instseg-synth 1024x512: train=600 images seed 0, val=100 images seed 1 (held out)"
 
 # The shipped Box2Pix demo model: the same synthetic data as train-se, trained from scratch on 256x512 crops
 # at full scale around objects (30 epochs x 70 steps x 8 crops, 75 min budget on 2 CPU cores), change matching,

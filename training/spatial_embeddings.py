@@ -50,6 +50,7 @@ from training.common import (
     evaluate_checkpoints,
     export_graph,
     git_commit,
+    load_checkpoint_file,
     resume_or_initialise,
     run_epochs,
     save_shipped_checkpoint,
@@ -112,14 +113,15 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[SpatialEmbeddings, dict]:
-    checkpoint = torch.load(path, weights_only=False)
+    """The network of a checkpoint and the checkpoint; CheckpointError naming the file when it cannot be read."""
+    checkpoint = load_checkpoint_file(path)
     return model_from_checkpoint(checkpoint), checkpoint
 
 
 def evaluate(args: argparse.Namespace) -> dict:
     """Evaluate one checkpoint, or with --checkpoint all every kept epoch (the learning curve)."""
     params = ClusteringParams(seed_threshold=args.seed_threshold, foreground_threshold=args.foreground_threshold,
-                              min_pixels=args.min_pixels)
+                              min_pixels=args.min_pixels, margin_scale=args.margin_scale)
 
     def segmenter_for(checkpoint: dict, model: object) -> Segmenter:
         return Segmenter(SpatialEmbeddingsAdapter(checkpoint["model_config"]),
@@ -141,7 +143,7 @@ def export(args: argparse.Namespace) -> Path:
     run = Path(args.run)
     model, checkpoint = load_checkpoint(run / args.checkpoint)
     clustering = {"seed_threshold": args.seed_threshold, "foreground_threshold": args.foreground_threshold,
-                  "min_pixels": args.min_pixels}
+                  "min_pixels": args.min_pixels, "margin_scale": args.margin_scale}
     checkpoint["model_config"] = {**checkpoint["model_config"],
                                   "extra": {**checkpoint["model_config"].get("extra", {}), "clustering": clustering}}
     out = export_onnx(model, args.out)
@@ -201,6 +203,8 @@ def add_clustering_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed-threshold", type=float, default=0.5)
     parser.add_argument("--foreground-threshold", type=float, default=0.5)
     parser.add_argument("--min-pixels", type=int, default=64)
+    parser.add_argument("--margin-scale", type=float, default=1.0,
+                        help="multiply the clustering margin (1: the paper's; see seed_clustering.ClusteringParams)")
 
 
 def main(argv: list[str] | None = None) -> object:
