@@ -113,3 +113,25 @@ def test_skip_bad_leaves_the_bad_samples_out_and_counts_them(tree: Path, tmp_pat
     assert [s["sample"] for s in skipped] == [f"{p.parent.name}/{p.name.split('_gtFine')[0].split('_leftImg8bit')[0]}"
                                               for p in (labels, bad_image)]
     assert str(labels) in skipped[0]["reason"] and str(bad_image) in skipped[1]["reason"]
+
+
+def test_a_full_disk_stops_training_naming_the_checkpoint_and_the_errno(tree: Path, tmp_path: Path) -> None:
+    """A checkpoint that does not fit on the disk (an 8 MB tmpfs, tests/small_filesystems.py; last.pt is ~20 MB):
+    one line naming last.pt and ENOSPC, status 2, no temporary file left. Before: torch's writer raised
+    RuntimeError "unexpected pos ..." naming neither, and the command called it an internal error (status 1)."""
+    import subprocess
+    import sys
+
+    from small_filesystems import SCRIPT as SMALL_FILESYSTEM
+    from small_filesystems import small_filesystem_arguments
+
+    disk, kept = tmp_path / "disk", tmp_path / "kept"
+    result = subprocess.run([sys.executable, str(SMALL_FILESYSTEM), *small_filesystem_arguments(disk, 8 << 20, kept),
+                             sys.executable, "-m", "training.spatial_embeddings", "train", "--data", str(tree),
+                             "--out", str(disk / "run"), *SMALL, "--epochs", "1"],
+                            capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("training.spatial_embeddings train: ")]
+    assert lines == [f"training.spatial_embeddings train: [Errno 28 ENOSPC] No space left on device: "
+                     f"{disk / 'run' / 'last.pt'}"], result.stderr
+    assert "Traceback" not in result.stderr and sorted(p.name for p in (kept / "run").iterdir()) == []

@@ -9,6 +9,7 @@ network), a bad sample (`SampleError`) or an OSError is one line naming the file
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from instseg_core.base.atomic_files import atomic_path
+from instseg_core.base.atomic_files import write_bytes_atomically
 from instseg_core.base.classes import INSTANCE_CLASSES
 from instseg_core.base.command_exit import InputError, add_debug_argument, debug_requested, run_command
 from instseg_core.data.instance_training import CROP_MODES, CropSampler, load_split
@@ -100,9 +101,12 @@ def git_commit() -> str:
 
 
 def save_atomically(obj: object, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file next to `path`, then rename (a crash never leaves half a checkpoint)."""
-    with atomic_path(path) as temporary:
-        torch.save(obj, temporary)
+    """torch.save into memory, then write the bytes to a temporary file next to `path` and rename (a crash never
+    leaves half a checkpoint). Serialising first keeps a full disk an OSError naming `path` and the errno (torch's
+    own file writer turns ENOSPC into a RuntimeError "unexpected pos ..." that names neither)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes_atomically(path, buffer.getbuffer())
 
 
 def save_shipped_checkpoint(model: torch.nn.Module, model_config: dict, epoch: int, path: str | os.PathLike) -> Path:
