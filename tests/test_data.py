@@ -163,3 +163,23 @@ def test_cli_writes_cityscapes_names(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert set(polygons) == {"imgHeight", "imgWidth", "objects"} and polygons["imgWidth"] == 160
     with pytest.raises(SystemExit):
         synth_cli.main([str(tmp_path), "--splits", "training=2"])
+
+
+def test_a_full_disk_names_the_file_and_the_errno(tmp_path: Path) -> None:
+    """instseg-synth into a 200 kB tmpfs (tests/small_filesystems.py): status 2 and one line naming ENOSPC and the
+    file that did not fit (before: "[Errno 28 ENOSPC] No space left on device" and no file)."""
+    import subprocess
+    import sys
+
+    from small_filesystems import SCRIPT as SMALL_FILESYSTEM
+    from small_filesystems import small_filesystem_arguments
+
+    disk = tmp_path / "disk"
+    result = subprocess.run([sys.executable, str(SMALL_FILESYSTEM), *small_filesystem_arguments(disk, 200_000),
+                             sys.executable, "-m", "instseg_core.data.synth_cli", str(disk / "out"), "--splits",
+                             "train=3", "--width", "512", "--height", "256"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"instseg-synth: [Errno 28 ENOSPC] No space left on device: {disk / 'out'}/"), line
+    assert line.endswith(".png") or line.endswith(".json"), line

@@ -3,6 +3,9 @@
 A reader (or a process killed mid-write) sees the old file or the new one, never a half-written one. The
 temporary name starts with '.' and ends in '.tmp', so globbing for the target's suffix never finds it. The
 file gets the permissions a plain `open(path, "w")` would give (0666 less the umask), not mkstemp's 0600.
+
+An OSError that names no file (a write or close that fails with ENOSPC says only "No space left on device") is
+raised again naming the target, so the command's one line says which file could not be written.
 """
 
 from __future__ import annotations
@@ -32,11 +35,15 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         if temporary.exists():
             os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, path)
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from exc
+        raise
     finally:
         temporary.unlink(missing_ok=True)
 
 
-def write_bytes_atomically(path: str | os.PathLike, data: bytes) -> Path:
+def write_bytes_atomically(path: str | os.PathLike, data: bytes | bytearray | memoryview) -> Path:
     """Write `data` to `path` atomically (creating its folder); returns the path."""
     with atomic_path(path) as temporary:
         temporary.write_bytes(data)
