@@ -20,12 +20,13 @@ staging folder beside OUT, which becomes OUT only when the whole run succeeded. 
 - clicks.json: the clicks that were labelled, keyed by frame index (what --clicks reads; the labelling
   studio exports the same file).
 Errors are clear (one line on stderr, exit status 2, OUT untouched): a missing topic (available topics are
-listed), an unreadable or corrupt bag, malformed clicks, duplicate keys ("2" and "02"), frame indices or
-stamps that are not in the bag, frames that cannot be decoded (e.g. mono16), points that are invalid for
-their frame (the key and the reason are named) and files that cannot be read or written (the errno and the
-file). Anything else is an internal error: one line, exit status 1, the traceback in a log file (or on stderr
-with --debug; instseg_core.base.command_exit). With --skip-bad such entries are left out instead, each
-reported on stderr and in the summary's "skipped" list, and the rest is labelled (exit status 0).
+listed), an unreadable or corrupt bag, a clicks file that is not UTF-8 JSON, malformed clicks, duplicate keys
+(the same key twice in one object, or "2" and "02"), frame indices or stamps that are not in the bag, frames that
+cannot be decoded (e.g. mono16), points that are invalid for their frame (the key and the reason are named) and
+files that cannot be read or written (the errno and the file). Anything else is an internal error: one line, exit
+status 1, the traceback in a log file (or on stderr with --debug; instseg_core.base.command_exit). With --skip-bad
+such entries are left out instead, each reported on stderr and in the summary's "skipped" list, and the rest is
+labelled (exit status 0).
 On success the summary is one JSON line on stdout: frames, objects, skipped, out.
 """
 
@@ -115,6 +116,33 @@ def parse_clicks(data: object) -> dict[str, list[Click]]:
             clicks.append(Click(array, name))
         result[str(key)] = clicks
     return result
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """json's object_pairs_hook: an object with a key twice is refused (json.loads keeps the last value silently,
+    and the objects clicked under the first are lost)."""
+    result: dict[str, object] = {}
+    for key, value in pairs:
+        if key in result:
+            raise LabelError(f"key {key!r} appears twice in one object (only one of them would be kept)")
+        result[key] = value
+    return result
+
+
+def read_clicks(path: Path) -> dict[str, list[Click]]:
+    """Read and validate a clicks file (`parse_clicks`); a file that is not UTF-8 or not JSON, or an object with a
+    duplicate key, is a LabelError naming the file. An OSError (missing, unreadable) passes unchanged."""
+    data = Path(path).read_bytes()
+    try:
+        return parse_clicks(json.loads(data.decode("utf-8"), object_pairs_hook=_refuse_duplicate_keys))
+    except UnicodeDecodeError as exc:
+        raise LabelError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}); a clicks file is JSON") from exc
+    except json.JSONDecodeError as exc:
+        raise LabelError(f"{path} is not JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # an integer of over 4300 digits, nesting deeper than the stack
+        raise LabelError(f"{path} cannot be read as JSON: {exc}") from exc
+    except LabelError as exc:
+        raise LabelError(f"{path}: {exc}") from exc
 
 
 def _key_kind(key: object) -> tuple[str, int]:
@@ -268,11 +296,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--city must not contain '_' (Cityscapes file names split on it)")
 
     def run() -> dict:
-        try:
-            data = json.loads(args.clicks.read_text())
-        except json.JSONDecodeError as exc:
-            raise LabelError(f"{args.clicks} is not JSON: {exc}") from exc
-        clicks = parse_clicks(data)
+        clicks = read_clicks(args.clicks)
         segmenter = create_annotation_segmenter(args.model_file, threads=args.threads,
                                                 polygon_tolerance=args.polygon_tolerance, refine=args.refine,
                                                 flip=args.flip)

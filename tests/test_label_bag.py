@@ -213,3 +213,49 @@ def test_corrupt_bag_is_a_clear_error(camera_bag: tuple, tmp_path: Path, capsys:
 def test_bad_clicks_files(clicks: dict, words: str) -> None:
     with pytest.raises(label_bag.LabelError, match=words):
         label_bag.parse_clicks(clicks)
+
+
+CAR = '[[1, 5], [30, 1], [60, 5], [30, 30], "car"]'
+PERSON = '[[70, 5], [80, 1], [90, 5], [80, 40], "person"]'
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    (f'{{"0": [{CAR}], "0": [{PERSON}]}}', "key '0' appears twice"),  # json.loads kept only the person
+    ('{"0": [{"points": [[1, 5], [30, 1], [60, 5], [30, 30]], "class": "car", "class": "person"}]}',
+     "key 'class' appears twice"),
+    (b"\xff\xfe\x00", "is not UTF-8"),  # was UnicodeDecodeError: an internal error, status 1
+    ("[" * 100_000 + "]" * 100_000, "cannot be read as JSON"),  # was RecursionError, status 1
+    (f'{{"0": [{CAR}], "1": "car"}}', r"clicks\['1'\] must be a non-empty list"),
+])
+def test_a_clicks_file_that_cannot_be_read_whole_is_named(text: str | bytes, words: str, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """Status 2 and one line naming the file and the reason, before the bag or the model is opened. Before, a key
+    given twice kept only its last objects and labelled the rest with status 0."""
+    clicks = tmp_path / "clicks.json"
+    clicks.write_bytes(text if isinstance(text, bytes) else text.encode())
+    code, stdout, err = run_label(capsys, str(tmp_path / "no bag"), "--topic", "/camera/image_raw", "--clicks",
+                                  str(clicks), "--out", str(tmp_path / "out"))
+    assert code == 2 and stdout == "" and "Traceback" not in err, err
+    assert err.startswith(f"instseg-label: {clicks}") and re.search(words, err) and len(err.splitlines()) == 1, err
+
+
+def test_a_full_disk_names_the_file_and_leaves_out_untouched(camera_bag: tuple, tmp_path: Path) -> None:
+    """instseg-label into a 100 kB tmpfs (tests/small_filesystems.py): status 2 and one line naming ENOSPC and the
+    file that did not fit (before: the errno only); no --out and no staging folder left."""
+    import subprocess
+    import sys
+
+    from small_filesystems import SCRIPT as SMALL_FILESYSTEM
+    from small_filesystems import small_filesystem_arguments
+
+    bag, _, objects = camera_bag
+    clicks = write_clicks(tmp_path / "clicks.json", objects[:1], ["0"])
+    disk, kept = tmp_path / "disk", tmp_path / "kept"
+    result = subprocess.run([sys.executable, str(SMALL_FILESYSTEM), *small_filesystem_arguments(disk, 100_000, kept),
+                             sys.executable, "-m", "instseg_ros.label_bag", str(bag), "--topic", "/camera/image_raw",
+                             "--clicks", str(clicks), "--out", str(disk / "out"), "--quiet"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"instseg-label: [Errno 28 ENOSPC] No space left on device: {disk}/.out.partial-"), line
+    assert line.endswith((".png", ".json")) and list(kept.iterdir()) == [], (line, list(kept.iterdir()))
