@@ -103,8 +103,11 @@ class BagFrames:
     reads are serialised with a lock (rosbags readers are not reentrant)."""
 
     def __init__(self, bag: str | Path, topic: str | None = None, *, cache_dir: Path | None = None,
-                 cache_frames: int = 8, progress: Callable[[int, int], None] | None = None) -> None:
+                 cache_frames: int = 8, progress: Callable[[int, int], None] | None = None,
+                 defer_cache_write: bool = False) -> None:
         self.bag = Path(bag)
+        self._unsaved_index: tuple[Path, str] | None = None  # with defer_cache_write: what save_index_cache writes
+        self._defer_cache_write = defer_cache_write
         if not self.bag.exists():
             raise BagFramesError(f"bag {self.bag} does not exist")
         self._lock = threading.Lock()
@@ -164,9 +167,20 @@ class BagFrames:
             timestamps = self._timestamps_by_reading(progress)
         array = np.sort(np.asarray(timestamps, np.int64), kind="stable")
         if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomically(cache, json.dumps({"key": key, "timestamps": array.tolist()}))
+            self._unsaved_index = cache, json.dumps({"key": key, "timestamps": array.tolist()})
+            if not self._defer_cache_write:
+                self.save_index_cache()
         return array
+
+    def save_index_cache(self) -> None:
+        """Write the index built by the constructor into `cache_dir` (creating it), if it was not written yet and
+        not read from there. The constructor does this itself unless `defer_cache_write`: a command that may
+        still fail to start (instseg-studio) writes it only once it has started, so a failed start writes
+        nothing."""
+        if self._unsaved_index is not None:
+            cache, text = self._unsaved_index
+            write_text_atomically(cache, text)  # creates the folder
+            self._unsaved_index = None
 
     def _timestamps_from_indexes(self) -> list[int] | None:
         files = bag_files(self.bag)

@@ -18,8 +18,9 @@ pre-labelled by `instseg-fleet prelabel` (--out DIR/<bag>) offers its stored pro
 
 The server binds 127.0.0.1 unless --host says otherwise (with a warning: the studio has no login). Exit status
 (instseg_core.base.command_exit): 0 after SIGINT or SIGTERM stopped the server; 2 with one line on stderr for a
-bag, topic, session, model, port or file that cannot be used (nothing is written then); 1 with one line for an
-internal error, its traceback in a log file (or on stderr with --debug).
+bag, topic, session, model, port or file that cannot be used (nothing is written then: the bag's frame index is
+cached in --out only once the studio has started); 1 with one line for an internal error, its traceback in a log
+file (or on stderr with --debug).
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def build_studio(args: argparse.Namespace) -> object:
         bar.n = done
         bar.refresh()
 
-    frames = BagFrames(args.bag, args.topic or None, cache_dir=out, progress=progress)
+    frames = BagFrames(args.bag, args.topic or None, cache_dir=out, progress=progress, defer_cache_write=True)
     if bar is not None:
         bar.close()
     classes = read_labels(Path(args.labels)) if args.labels else tuple(INSTANCE_CLASSES)
@@ -117,7 +118,21 @@ def build_studio(args: argparse.Namespace) -> object:
         def streaming() -> object:
             return StoredProposals(session, live)
     segmenter = make_segmenter(args)
-    return Studio(frames, session, segmenter, out, streaming)  # type: ignore[arg-type]
+    studio = Studio(frames, session, segmenter, out, streaming)  # type: ignore[arg-type]
+    frames.save_index_cache()  # only now: a start that fails writes nothing into --out
+    return studio
+
+
+def port_number(text: str) -> int:
+    """--port: a TCP port, 0 to 65535 (argparse refuses anything else with status 2; socket.bind raised
+    OverflowError for 70000)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (0 to 65535; 0: any free port)")
+    return port
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -137,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--topic", default=None, help="image topic (empty or absent: the bag's only one)")
     parser.add_argument("--out", default=None, help="session and export folder (empty or absent: BAG.studio)")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080, help="0: any free port")
+    parser.add_argument("--port", type=port_number, default=8080, help="0: any free port")
     parser.add_argument("--segmenter", choices=("auto", "service", "inprocess"), default="auto")
     parser.add_argument("--service", default="/extreme_point_node/segment")
     parser.add_argument("--service-wait", type=float, default=5.0, help="seconds to wait for the service (auto)")

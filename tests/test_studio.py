@@ -305,3 +305,43 @@ def test_a_failed_export_leaves_the_previous_one(client: TestClient, monkeypatch
     assert failed.status_code == 422 and "nothing written" in failed.json()["error"]
     assert sorted(p.name for p in Path(first["out"]).rglob("*")) == before
     assert not [p for p in Path(first["out"]).parent.iterdir() if p.name.startswith(".export")]
+
+
+# --- start-up ----------------------------------------------------------------------------------------------
+
+def test_a_start_that_fails_writes_nothing(bag: tuple[Path, GroundTruth], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture) -> None:
+    """The bag is indexed, then the label file lists no class: status 2, one line, and --out is not created (before,
+    it held the bag's index cache). A port out of range is refused by the argument parser (status 2; before,
+    socket.bind raised OverflowError: an internal error, status 1)."""
+    from instseg_studio import cli
+
+    labels, out = tmp_path / "labels.txt", tmp_path / "out"
+    labels.write_text("# no class\n")
+    with pytest.raises(SystemExit) as ended:
+        cli.main([str(bag[0]), "--topic", "/camera/image_raw", "--out", str(out), "--labels", str(labels),
+                  "--port", "0", "--segmenter", "inprocess"])
+    err = capsys.readouterr().err
+    assert ended.value.code == 2 and f"instseg-studio: label file {labels} lists no class" in err, err
+    assert not out.exists(), list(out.iterdir())
+    for port in ("70000", "-1", "http"):
+        with pytest.raises(SystemExit) as ended:
+            cli.main([str(bag[0]), "--out", str(out), "--port", port])
+        err = capsys.readouterr().err
+        assert ended.value.code == 2 and "argument --port" in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_the_index_cache_is_written_once_the_studio_has_started(bag: tuple[Path, GroundTruth],
+                                                                tmp_path: Path) -> None:
+    """BagFrames writes its index into cache_dir at once, or with defer_cache_write when save_index_cache is
+    called (what instseg-studio does after everything else has started); a second open reads it."""
+    BagFrames(bag[0], "/camera/image_raw", cache_dir=tmp_path / "now").close()
+    assert len(list((tmp_path / "now").glob("index_*.json"))) == 1
+    frames = BagFrames(bag[0], "/camera/image_raw", cache_dir=tmp_path / "later", defer_cache_write=True)
+    assert not (tmp_path / "later").exists()
+    frames.save_index_cache()
+    frames.close()
+    cached = list((tmp_path / "later").glob("index_*.json"))
+    assert [p.name for p in cached] == [p.name for p in (tmp_path / "now").glob("index_*.json")]
+    assert cached[0].read_text() == next((tmp_path / "now").glob("index_*.json")).read_text()
