@@ -108,6 +108,8 @@ IN_PROCESS = [  # (command's module, the function that fails, argv, the name its
     ("training.dcme", "tune", ["tune", "--data", "DATA", "--run", "OUT"], "training.dcme tune"),
     ("training.extreme_points", "prepare", ["prepare", "--data", "DATA", "--out", "OUT"],
      "training.extreme_points prepare"),
+    ("training.real_validation", "read_sets", ["--data", "DATA", "--json", "OUT"], "training.real_validation"),
+    ("training.calibrate_streaming", "read_yolo_seg", ["--real", "DATA"], "training.calibrate_streaming"),
 ]
 
 

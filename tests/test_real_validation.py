@@ -301,5 +301,62 @@ def test_command_end_to_end_with_the_shipped_model(synthetic_yolo_set: tuple[Pat
 def test_command_missing_directory_exits_2_with_the_path(tmp_path: Path) -> None:
     result = run_command("--data", tmp_path / "nowhere")
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: {tmp_path / 'nowhere' / 'images'}: no such directory (expected " \
-                                    "ROOT/images and ROOT/labels)"
+    assert result.stderr.strip() == f"training.real_validation: {tmp_path / 'nowhere' / 'images'}: no such " \
+                                    "directory (expected ROOT/images and ROOT/labels)"
+
+
+@pytest.mark.parametrize("option", ["--json", "--overlays", "--record"])
+def test_an_output_that_cannot_be_written_stops_the_command_before_the_evaluation(
+        synthetic_yolo_set: tuple[Path, int], tmp_path: Path, option: str) -> None:
+    """Status 2 and one line naming the path and the errno, before any image is read or the model loaded (before:
+    a traceback and status 1 after the whole evaluation)."""
+    root, _ = synthetic_yolo_set
+    (tmp_path / "a file").write_text("")
+    for folder in (Path("/proc/nope"), tmp_path / "a file"):  # not creatable; a file in the way
+        target = folder if option == "--overlays" else folder / "x.json"
+        result = run_command("--data", root, option, target)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.startswith("training.real_validation: [Errno ") and len(result.stderr.splitlines()) == 1
+        assert result.stderr.strip().endswith(f": {folder}"), result.stderr
+        assert "images;" not in result.stdout, "the evaluation did not start"
+
+
+@pytest.mark.parametrize("content, words", [("{not json", "not a JSON manifest"), ("[1, 2]", "a list, not an object"),
+                                            (None, "[Errno 2 ENOENT]")])
+def test_a_record_manifest_that_cannot_be_read_stops_the_command_before_the_evaluation(
+        synthetic_yolo_set: tuple[Path, int], tmp_path: Path, content: str | None, words: str) -> None:
+    root, _ = synthetic_yolo_set
+    manifest = tmp_path / "model.json"
+    if content is not None:
+        manifest.write_text(content)
+    result = run_command("--data", root, "--record", manifest)
+    assert result.returncode == 2 and words in result.stderr and str(manifest) in result.stderr, result.stderr
+    assert "images;" not in result.stdout and len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def run_calibration(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "training.calibrate_streaming", *map(str, args)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_calibration_end_to_end_and_its_exit_status(synthetic_yolo_set: tuple[Path, int], tmp_path: Path) -> None:
+    """training.calibrate_streaming on the shipped model: two grid points, the choice in --json. Bad arguments, a
+    missing set and an output folder that cannot be written are status 2 with one line, before the network runs
+    (before: a --grid without '=' ended with a bare message and status 1, an unwritable --json with a traceback
+    after the whole calibration)."""
+    root, _ = synthetic_yolo_set
+    result = run_calibration("--real", root, "--grid", "seed_threshold=0.5,0.7", "--json", tmp_path / "c.json")
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((tmp_path / "c.json").read_text())
+    assert [r["params"] for r in saved["rows"]] == [{"seed_threshold": 0.5}, {"seed_threshold": 0.7}]
+    assert saved["chosen"] in saved["rows"] and saved["real_images"] == 2 and saved["input_size"] == "own"
+    for argv, words in ((["--real", root, "--json", "/proc/nope/c.json"], "[Errno 2 ENOENT] No such file or "
+                                                                          "directory: /proc/nope"),
+                        (["--real", tmp_path / "nowhere"], f"{tmp_path / 'nowhere' / 'images'}: no such directory "
+                                                          "(expected ROOT/images and ROOT/labels)")):
+        result = run_calibration(*argv)
+        assert result.returncode == 2 and result.stderr == f"training.calibrate_streaming: {words}\n", result.stderr
+        assert "chosen" not in result.stdout and not result.stdout.strip(), result.stdout
+    for argv in (["--grid", "seed_threshold"], ["--grid", "x=a"], ["--input-size", "big"]):
+        result = run_calibration("--real", root, *argv)
+        assert result.returncode == 2 and "error: argument" in result.stderr and "Traceback" not in result.stderr

@@ -13,6 +13,12 @@ The chosen point maximises the real set's F1 (recall and precision both count, s
 image ends near the number of real objects) among the points whose synthetic AP50 is within `--synthetic-tolerance`
 of the grid's best synthetic AP50. Export the model with it (the export command's clustering arguments); the node's
 `score_threshold` (0.5) applies on top.
+
+Exit status (instseg_core.base.command_exit): 0 when everything asked was done; 2 with one line
+(`training.calibrate_streaming: ...`) for bad input (a bad --grid or --input-size, a real or synthetic set that
+cannot be read, a model that cannot be loaded) or an output that cannot be written (the errno and the file; the
+folder of --json is checked before the network runs); 1 with one line for an internal error, its traceback in a log
+file (or on stderr with --debug).
 """
 
 from __future__ import annotations
@@ -20,17 +26,19 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from instseg_core.base.atomic_files import write_text_atomically
+from instseg_core.base.atomic_files import check_writable_folder, write_text_atomically
+from instseg_core.base.command_exit import InputError, add_debug_argument, debug_requested, run_command
+from instseg_core.base.model_files import ModelFileError
 from instseg_core.data.cityscapes import CityscapesDataset
 from instseg_core.eval.coco import ImagePredictions, coco_mask_ap
-from instseg_core.eval.real_photos import ImageInstances, evaluate_predictions, read_yolo_seg
+from instseg_core.eval.real_photos import ImageInstances, RealDataError, evaluate_predictions, read_yolo_seg
+from instseg_core.runtime.backends import BackendUnavailableError
 from instseg_core.runtime.segmenter import RawOutput, Segmenter, create_segmenter
 
 DEFAULT_GRIDS = {
@@ -41,14 +49,26 @@ DEFAULT_GRIDS = {
 }
 
 
-def parse_grid(items: Sequence[str]) -> dict[str, list[float]]:
-    """['name=v1,v2', ...] -> {name: [v1, v2]} (ints stay ints)."""
+COMMAND = "training.calibrate_streaming"
+
+
+def grid_item(item: str) -> tuple[str, list[float]]:
+    """One --grid item, 'name=v1,v2' -> (name, [v1, v2]) (ints stay ints); argparse refuses anything else."""
+    name, _, values = item.partition("=")
+    try:
+        if not name or not values:
+            raise ValueError
+        return name, [int(v) if v.lstrip("-").isdigit() else float(v) for v in values.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{item!r}: expected NAME=V1,V2,... with numbers") from None
+
+
+def parse_grid(items: Sequence[str | tuple[str, list[float]]]) -> dict[str, list[float]]:
+    """['name=v1,v2', ...] (or grid_item's pairs) -> {name: [v1, v2]} (ints stay ints)."""
     grid: dict[str, list[float]] = {}
     for item in items:
-        name, _, values = item.partition("=")
-        if not values:
-            raise SystemExit(f"--grid {item!r}: expected NAME=V1,V2,...")
-        grid[name] = [int(v) if v.lstrip("-").isdigit() else float(v) for v in values.split(",")]
+        name, values = grid_item(item) if isinstance(item, str) else item
+        grid[name] = values
     return grid
 
 
@@ -58,10 +78,17 @@ def grid_points(grid: dict[str, list[float]]) -> list[dict[str, float]]:
 
 
 def _parse_size(text: str) -> tuple[int, int] | None:
+    """--input-size: 'own' (None) or WxH; argparse refuses anything else."""
     if text == "own":
         return None
     width, _, height = text.partition("x")
-    return int(width), int(height)
+    try:
+        size = int(width), int(height)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WxH (e.g. 1024x512) or 'own'") from None
+    if min(size) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: width and height must be positive")
+    return size
 
 
 def calibrate(segmenter: Segmenter, real_samples: Sequence, synthetic_samples: Sequence,
@@ -113,7 +140,8 @@ def _row_text(row: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m training.calibrate_streaming", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="spatial_embeddings", choices=sorted(DEFAULT_GRIDS))
     parser.add_argument("--model-file", default=None, help="a .pt (backend torch) or .onnx with its manifest")
     parser.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "torch"))
@@ -122,30 +150,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--synthetic", default=None, help="a Cityscapes-format root whose val split is measured")
     parser.add_argument("--synthetic-limit", type=int, default=20)
     parser.add_argument("--synthetic-tolerance", type=float, default=0.03)
-    parser.add_argument("--input-size", default="own", help="'own' (the image's size) or WxH")
-    parser.add_argument("--grid", nargs="*", default=[], help="NAME=V1,V2 ... (default: the model's grid)")
+    parser.add_argument("--input-size", default=None, type=_parse_size, metavar="own|WxH",
+                        help="'own' (the image's size, default) or WxH")
+    parser.add_argument("--grid", nargs="*", type=grid_item, default=[],
+                        help="NAME=V1,V2 ... (default: the model's grid)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", default=None, help="write every point and the choice here")
+    parser.add_argument("--json", type=Path, default=None, help="write every point and the choice here")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
+    run_command(COMMAND, lambda: run(args), debug=debug_requested(args),
+                input_errors=(RealDataError, ModelFileError, BackendUnavailableError))
+    return 0
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The command's work (module docstring): the inputs and the --json folder are checked before the network runs;
+    returns the result written to --json."""
     grid = parse_grid(args.grid) if args.grid else DEFAULT_GRIDS[args.model]
+    if args.json is not None:
+        check_writable_folder(args.json.parent)
+    real = read_yolo_seg(args.real).samples
+    synthetic = []
+    if args.synthetic:
+        try:
+            synthetic = list(CityscapesDataset(args.synthetic, "val"))[:args.synthetic_limit]
+        except ValueError as error:
+            raise InputError(f"--synthetic {args.synthetic}: {error}") from error
     try:
         segmenter = create_segmenter(args.model, model_file=args.model_file, backend=args.backend, int8=args.int8,
-                                     input_size=_parse_size(args.input_size), threads=args.threads,
-                                     score_threshold=0.0)
-        real = read_yolo_seg(args.real).samples
-        synthetic = []
-        if args.synthetic:
-            synthetic = list(CityscapesDataset(args.synthetic, "val"))[:args.synthetic_limit]
-    except (OSError, ValueError) as error:
-        print(f"calibrate_streaming: {error}", file=sys.stderr)
-        return 2
+                                     input_size=args.input_size, threads=args.threads, score_threshold=0.0)
+    except ValueError as error:
+        raise InputError(str(error)) from error
     result = calibrate(segmenter, real, synthetic, grid_points(grid), args.synthetic_tolerance)
-    result.update({"model": args.model, "model_file": str(segmenter.model_file), "input_size": args.input_size,
+    size = "own" if args.input_size is None else f"{args.input_size[0]}x{args.input_size[1]}"
+    result.update({"model": args.model, "model_file": str(segmenter.model_file), "input_size": size,
                    "int8": args.int8, "backend": args.backend})
     print("chosen: " + _row_text(result["chosen"]))
-    if args.json:
-        write_text_atomically(Path(args.json), json.dumps(result, indent=1, default=_json_default))
-    return 0
+    if args.json is not None:
+        write_text_atomically(args.json, json.dumps(result, indent=1, default=_json_default))
+    return result
 
 
 def _json_default(value: object) -> object:
@@ -155,4 +198,4 @@ def _json_default(value: object) -> object:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

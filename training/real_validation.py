@@ -9,9 +9,12 @@ given, and their images are pooled. The formats and the metrics (class-aware gre
 predicted rider counts as a person, COCOeval's AP50, the class-agnostic diagnostic) are defined in
 instseg_core/eval/real_photos.py and docs/real_validation.md.
 
-Exit status 0 when everything asked was done; 2 for bad input (a missing folder, an image that does not decode, a
-malformed label line: one line naming the file; with --skip-bad a bad image is skipped, warned about and counted
-instead) or a model that cannot be loaded.
+Exit status (instseg_core.base.command_exit): 0 when everything asked was done; 2 with one line
+(`training.real_validation: ...`) for bad input (a missing folder, an image that does not decode, a malformed label
+line: naming the file; with --skip-bad a bad image is skipped, warned about and counted instead), a model that cannot
+be loaded, a --record manifest that cannot be read, or an output that cannot be written (the errno and the file; the
+folders of --json, --overlays and --record are checked before the evaluation starts); 1 with one line for an internal
+error, its traceback in a log file (or on stderr with --debug).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from instseg_core.base.atomic_files import write_bytes_atomically, write_text_atomically
+from instseg_core.base.atomic_files import check_writable_folder, write_bytes_atomically, write_text_atomically
+from instseg_core.base.command_exit import InputError, add_debug_argument, debug_requested, run_command
 from instseg_core.base.model_files import ModelFileError
 from instseg_core.eval.real_photos import (
     REPORT_CLASSES,
@@ -49,7 +53,7 @@ from instseg_core.runtime.adapters import MODELS
 from instseg_core.runtime.backends import BackendUnavailableError
 from instseg_core.runtime.segmenter import Segmenter, create_segmenter
 
-EXIT_BAD_INPUT = 2
+COMMAND = "training.real_validation"
 WHITE = (255, 255, 255)
 
 
@@ -175,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the name of the labelled set in the manifest (default coco_people_vehicles)")
     parser.add_argument("--overlays", type=Path, default=None, metavar="DIR",
                         help="one JPEG per image: predictions in colour, ground truth in white")
+    add_debug_argument(parser)
     return parser
 
 
@@ -196,33 +201,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give --data ROOT and/or --coco FILE --image-dir DIR")
     if (args.coco is None) != (args.image_dir is None):
         parser.error("--coco and --image-dir go together")
+    run_command(COMMAND, lambda: validate(args), debug=debug_requested(args),
+                input_errors=(RealDataError, ModelFileError, BackendUnavailableError))
+    return 0
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Before the evaluation: the folders of --json, --overlays and --record can be written into, and the --record
+    manifest can be read (OSError or InputError naming the file)."""
+    for folder in (args.json.parent if args.json else None, args.overlays,
+                   args.record.parent if args.record else None):
+        if folder is not None:
+            check_writable_folder(folder)
+    if args.record is not None:
+        read_manifest(args.record)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """The command's work (module docstring); its errors are reported by main's exit rule."""
+    check_outputs(args)
+    real_set = read_sets(args)
     try:
-        real_set = read_sets(args)
         segmenter = create_segmenter(args.model, model_file=args.model_file, backend=args.backend, int8=args.int8,
                                      input_size=args.input_size, threads=args.threads,
                                      score_threshold=args.score_threshold)
-    except (RealDataError, ModelFileError, BackendUnavailableError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except ValueError as error:
+        raise InputError(str(error)) from error
     for message in real_set.skipped:
         print(f"warning: skipped {message}", file=sys.stderr)
     samples = real_set.samples
     input_size = describe_input_size(segmenter)
     print(f"{len(samples)} images; {segmenter.describe()}, input size {input_size}, score threshold "
           f"{segmenter.score_threshold}", flush=True)
-    try:
-        start = time.perf_counter()
-        predictions = predict_real_set(segmenter, samples)
-        inferred = time.perf_counter()
-        report = evaluate_predictions(predictions, samples, min_gt_area=args.min_gt_area,
-                                      score_threshold=segmenter.score_threshold)
-        report = replace(report, skipped=tuple(real_set.skipped))
-        evaluated = time.perf_counter()
-        if args.overlays is not None:
-            write_overlays(args.overlays, samples, predictions)
-    except RealDataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    start = time.perf_counter()
+    predictions = predict_real_set(segmenter, samples)
+    inferred = time.perf_counter()
+    report = evaluate_predictions(predictions, samples, min_gt_area=args.min_gt_area,
+                                  score_threshold=segmenter.score_threshold)
+    report = replace(report, skipped=tuple(real_set.skipped))
+    evaluated = time.perf_counter()
+    if args.overlays is not None:
+        write_overlays(args.overlays, samples, predictions)
     timing = {"inference_s": round(inferred - start, 3), "evaluation_s": round(evaluated - inferred, 3),
               "per_image_ms": round((inferred - start) * 1e3 / max(1, len(samples)), 1)}
     print(summary(report))
@@ -241,13 +260,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_text_atomically(args.json, json.dumps({**report.to_dict(), "run": run}, indent=1) + "\n")
     if args.record is not None:
         record_in_manifest(args.record, args, report, "own" if args.input_size is None else input_size)
-    return 0
+
+
+def read_manifest(path: Path) -> dict:
+    """A model manifest (a JSON object); InputError naming the file when it is not one (an OSError passes)."""
+    try:
+        manifest = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"--record {path}: not a JSON manifest ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise InputError(f"--record {path}: not a JSON manifest (a {type(manifest).__name__}, not an object)")
+    return manifest
 
 
 def record_in_manifest(manifest_path: Path, args: argparse.Namespace, report: RealSetReport, input_size: str) -> None:
     """Store the headline figures in the manifest's `real_validation` entry under '<set> <precision> <input>'
     (atomically; the rest of the manifest untouched)."""
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(manifest_path)
     figures = report.to_dict()
     key = f"{args.record_name} {'int8' if args.int8 else 'fp32'} {input_size}"
     manifest.setdefault("real_validation", {})[key] = {
@@ -261,4 +290,4 @@ def record_in_manifest(manifest_path: Path, args: argparse.Namespace, report: Re
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -11,6 +11,7 @@ raised again naming the target, so the command's one line says which file could 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -53,3 +54,23 @@ def write_bytes_atomically(path: str | os.PathLike, data: bytes | bytearray | me
 def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
     """Write `text` (UTF-8) to `path` atomically (creating its folder); returns the path."""
     return write_bytes_atomically(path, text.encode())
+
+
+def check_writable_folder(folder: str | os.PathLike) -> Path:
+    """Create `folder` (and its parents) and prove it writable by creating and removing a temporary file in it: what
+    a command does before long work whose results go there, so a bad output path (a read-only or missing mount, a
+    file in the way, no permission) fails at once, with the OSError naming the path, not after the work."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:  # a file of that name: mkdir's EEXIST would say "File exists"
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder)) from exc
+    try:
+        handle, name = tempfile.mkstemp(dir=folder, prefix=".write-check.", suffix=".tmp")
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(folder)) from exc
+        raise
+    os.close(handle)
+    os.unlink(name)
+    return folder
