@@ -18,7 +18,8 @@ too. Both stop cleanly on SIGINT/SIGTERM.
 Exit status (instseg_core.base.command_exit): 0 only when everything asked was done; 2 with one line on stderr
 for corrupt or missing bags, unknown topics and a recording stopped by a failed write (a full or read-only disk:
 the line names the path, the errno and the free space; the finished splits stay listed in metadata.yaml, the
-unfinished one is removed, and the JSON summary of what was kept is still printed, with "error"); 1 with one line
+unfinished one is removed, and the JSON summary of what was kept is still printed, with "error"; when no split was
+finished, nothing is kept and the directory is removed), a bag that holds no messages given to play; 1 with one line
 for an internal error, its traceback in a log file (or on stderr with --debug). While recording, a warning goes
 to stderr when the free space falls below --low-space-warning seconds of recording at the current rate.
 """
@@ -77,11 +78,26 @@ def parse_remaps(remaps: list[str]) -> dict[str, str]:
     return result
 
 
+def _lists_no_data_file(path: Path) -> bool:
+    """Whether `path` is a rosbag2 directory whose metadata.yaml lists no data file (a bag no reader opens: rosbags
+    says "Bag contains no type definitions"); False when it cannot tell (the reader reports what is wrong)."""
+    import yaml
+
+    try:
+        info = yaml.safe_load((path / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+        return not info.get("relative_file_paths") and not info.get("files")
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return False
+
+
 def _open_reader(path: Path) -> object:
     from rosbags.highlevel import AnyReader
 
     if not path.exists():
         raise BagToolError(f"bag not found: {path}")
+    if _lists_no_data_file(path):
+        raise BagToolError(f"bag {path} holds no messages: its metadata.yaml lists no data file (a recording that "
+                           "ended before its first split was finished); nothing to play")
     try:
         reader = AnyReader([path])
         reader.open()

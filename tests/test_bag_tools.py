@@ -202,3 +202,52 @@ def test_a_corrupted_recording_is_refused_by_play_and_label(ros_processes, tmp_p
                              "--clicks", str(clicks), "--out", str(tmp_path / "out"), "--quiet"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "damaged" in result.stderr and not (tmp_path / "out").exists(), result.stderr
+
+
+WRITE_UNTIL_FULL = """
+import sys
+from pathlib import Path
+
+from instseg_core.data.bags import TYPESTORE
+from instseg_core.data.recording import BagWriteError, SplitBagWriter
+
+writer = SplitBagWriter(Path(sys.argv[1]), TYPESTORE, split_seconds=3600.0)
+writer.add_topic("/image", "sensor_msgs/msg/Image")
+try:
+    for index in range(100):
+        writer.write("/image", 1_700_000_000_000_000_000 + index, bytes(100_000))
+except BagWriteError as exc:
+    print(exc)
+    sys.exit(2)
+"""
+
+
+def test_a_full_disk_before_the_first_split_leaves_no_unreadable_bag(tmp_path: Path) -> None:
+    """The disk (a 1 MB tmpfs, tests/small_filesystems.py) fills before the first split is finished: nothing is kept,
+    the bag's directory is removed and the message says so (before: a metadata.yaml listing no file was left, a "bag"
+    that play and the readers refuse with "Bag contains no type definitions")."""
+    disk, kept = tmp_path / "disk", tmp_path / "kept"
+    result = subprocess.run([sys.executable, str(SMALL_FILESYSTEM), *small_filesystem_arguments(disk, 1 << 20, kept),
+                             sys.executable, "-c", WRITE_UNTIL_FULL, str(disk / "recording")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "No space left on device" in result.stdout and "was removed" in result.stdout, result.stdout
+    assert f"no split was finished, so no message was kept and {disk / 'recording'} was removed" in result.stdout
+    assert list(kept.iterdir()) == []
+
+
+def test_play_says_that_a_bag_without_data_files_holds_no_messages(ros_processes, tmp_path: Path) -> None:
+    """A recording closed before any message arrived lists no data file in its metadata.yaml: play names the bag and
+    says it holds no messages (status 2), instead of rosbags' "Bag contains no type definitions"."""
+    from instseg_core.data.bags import TYPESTORE
+    from instseg_core.data.recording import SplitBagWriter
+
+    writer = SplitBagWriter(tmp_path / "empty", TYPESTORE)
+    writer.add_topic("/image", "sensor_msgs/msg/Image")
+    writer.close()
+    result = subprocess.run([sys.executable, str(BAG_TOOL), "play", str(tmp_path / "empty")], capture_output=True,
+                            text=True, env=ros_processes.env, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"instseg-bag: bag {tmp_path / 'empty'} holds no messages: its metadata.yaml lists no data file (a recording "
+        "that ended before its first split was finished); nothing to play"), result.stderr

@@ -9,7 +9,9 @@ the last `split_seconds` are lost. `tick(now)` closes the open split on time eve
 
 A write that fails (ENOSPC on a full disk, EROFS, EIO) stops the recording cleanly: the unfinished split's `.part`
 file is removed (its bytes are cut off mid-record, and removing it frees the space metadata.yaml needs), every
-finished split stays listed in metadata.yaml, and `BagWriteError` names the path, the errno and the free space.
+finished split stays listed in metadata.yaml, and `BagWriteError` names the path, the errno and the free space. When
+no split was finished, nothing is kept: no metadata.yaml is written (one that lists no file is a bag no reader
+opens) and the bag's directory is removed; the message says so.
 `LowSpaceWatch` warns before that happens: when the free space falls below the next minutes of recording at the
 current rate.
 
@@ -210,17 +212,33 @@ class SplitBagWriter:
                     stream.close()
             self._part_path(split).unlink(missing_ok=True)
             lost = f"; the unfinished split {self._part_path(split).name} ({split.count} messages) was removed"
-        try:
-            self._write_metadata()
-            count = len(self.closed)
-            listed = f"{count} finished split{'' if count == 1 else 's'} ({sum(s.count for s in self.closed)} " \
-                     f"messages) {'is' if count == 1 else 'are'} kept and listed in metadata.yaml"
-        except OSError as again:
-            listed = f"metadata.yaml could not be rewritten either ({os_error_line(again)})"
+        if not self.closed:
+            listed = self._remove_empty_bag()
+        else:
+            try:
+                self._write_metadata()
+                count = len(self.closed)
+                listed = f"{count} finished split{'' if count == 1 else 's'} ({sum(s.count for s in self.closed)} " \
+                         f"messages) {'is' if count == 1 else 'are'} kept and listed in metadata.yaml"
+            except OSError as again:
+                listed = f"metadata.yaml could not be rewritten either ({os_error_line(again)})"
         self.failure = BagWriteError(
             f"recording into {self.path} stopped: {os_error_line(exc)}; {megabytes(free)} free on its file system "
             f"at the failure{lost}; {listed}", exc.errno)
         raise self.failure from exc
+
+    def _remove_empty_bag(self) -> str:
+        """No split was finished: a metadata.yaml listing no file would make a bag no reader can open, so none is
+        written, and the directory this writer created is removed when nothing else is in it. Returns what
+        happened, for the failure's message."""
+        try:
+            (self.path / "metadata.yaml").unlink(missing_ok=True)
+            self.path.rmdir()
+        except OSError:
+            left = sorted(p.name for p in self.path.iterdir()) if self.path.is_dir() else []
+            return f"no split was finished, so no message was kept; {self.path} holds no bag (left: " \
+                   f"{', '.join(left) or 'nothing'})"
+        return f"no split was finished, so no message was kept and {self.path} was removed"
 
     def _write_metadata(self) -> None:
         """metadata.yaml of the closed splits (rosbag2 version 9, as rosbags and ros2 bag read it)."""
