@@ -135,3 +135,18 @@ def test_a_full_disk_stops_training_naming_the_checkpoint_and_the_errno(tree: Pa
     assert lines == [f"training.spatial_embeddings train: [Errno 28 ENOSPC] No space left on device: "
                      f"{disk / 'run' / 'last.pt'}"], result.stderr
     assert "Traceback" not in result.stderr and sorted(p.name for p in (kept / "run").iterdir()) == []
+
+
+def test_images_without_instance_ids_are_left_out_with_a_warning(tree: Path, capsys: pytest.CaptureFixture) -> None:
+    """An image whose instanceIds file is missing is no sample (as in Cityscapes' test split); loading the split
+    for training says how many were left out and names the first (before: left out without a word)."""
+    from instseg_core.base.classes import INSTANCE_CLASSES
+    from instseg_core.data.instance_training import load_split
+
+    for labels in _train_files(tree, "label")[:2]:
+        labels.unlink()
+    samples = load_split(tree, "train", INSTANCE_CLASSES)
+    assert len(samples) == 1
+    err = capsys.readouterr().err
+    assert f"warning: 2 image(s) of split 'train' in {tree} have no gtFine instanceIds file and are left out " \
+           f"(the first: {_train_files(tree, 'image')[0]})" in err, err

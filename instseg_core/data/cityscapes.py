@@ -11,7 +11,8 @@ so ids, trainIds, categories and colours are exactly Cityscapes'. Conventions:
 - images are RGB uint8, shape (H, W, 3).
 
 The reader works on a real Cityscapes tree unchanged: pass its root, or set CITYSCAPES_DATASET. A file that exists
-but does not decode (truncated, damaged) is a `SampleError` naming it (a missing one stays FileNotFoundError), and
+but does not decode (truncated, damaged) is a `SampleError` naming it (a missing one stays FileNotFoundError; an
+image without an instanceIds file is no sample at all, listed in `CityscapesDataset.unannotated`), and
 `CityscapesSample.check_sizes` refuses label images whose size is not their image's.
 """
 
@@ -300,7 +301,7 @@ class CityscapesDataset(Sequence[CityscapesSample]):
 
     `root`: the folder holding leftImg8bit/ and gtFine/ (default $CITYSCAPES_DATASET). Images without
     gtFine annotation (e.g. the test split, or leftImg8bit of the extra sets) are skipped unless
-    `require_gt` is False.
+    `require_gt` is False; `unannotated` lists the images skipped so (a caller that trains says so).
     """
 
     def __init__(self, root: str | os.PathLike | None = None, split: str = "train", *,
@@ -310,11 +311,13 @@ class CityscapesDataset(Sequence[CityscapesSample]):
         self.root = dataset_root(root)
         self.split = split
         self.samples: list[CityscapesSample] = []
+        self.unannotated: list[Path] = []  # images left out because their instanceIds file is missing
         for image in sorted((self.root / image_dir / split).glob(f"*/*{IMAGE_SUFFIX}")):
             city, stem = image.parent.name, image.name[: -len(IMAGE_SUFFIX)]
             paths = {"image": image}
             paths |= {kind: gt_path(self.root, split, city, stem, kind, gt_dir) for kind in GT_SUFFIXES}
             if require_gt and not paths["instance_ids"].is_file():
+                self.unannotated.append(image)
                 continue
             self.samples.append(CityscapesSample(self.root, split, city, stem, paths))
 

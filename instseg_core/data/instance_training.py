@@ -75,8 +75,14 @@ def load_split(root: str | os.PathLike | None, split: str, classes: Sequence[str
     """Every annotated image of `split` (first `limit`), loaded into memory with its targets. A sample whose image
     or instanceIds does not decode, or whose instanceIds is not the image's size, raises SampleError naming the
     file; with `skip_bad` it is left out instead, reported on stderr and appended to `skipped` ({"sample",
-    "reason"})."""
+    "reason"}). Images without an instanceIds file are not samples (CityscapesDataset leaves them out); a warning
+    on stderr counts them and names the first, so a tree whose labels went missing is not trained on in part
+    without a word."""
     dataset = CityscapesDataset(root, split)
+    if dataset.unannotated:
+        count = len(dataset.unannotated)
+        print(f"warning: {count} image(s) of split {split!r} in {dataset.root} have no gtFine instanceIds file and "
+              f"are left out (the first: {dataset.unannotated[0]})", file=sys.stderr, flush=True)
     samples = []
     bad: list[dict] = [] if skipped is None else skipped
     for sample in list(dataset)[:limit]:
