@@ -112,8 +112,11 @@ def test_int8_graph_is_quantised_and_finds_the_same_objects(model: str) -> None:
     graph = onnx.load(str(path)).graph
     assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 10
     int8_weights = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8]
-    assert len(int8_weights) > 10, "weights are not int8"
-    assert path.stat().st_size < 0.4 * (MODELS / model_adapter(model).onnx_file).stat().st_size
+    if model == "box2pix":
+        assert len(int8_weights) > 10, "weights are not int8"
+        assert path.stat().st_size < 0.4 * (MODELS / model_adapter(model).onnx_file).stat().st_size
+    else:  # Spatial Embeddings on ESPNetv2 keeps its ESPNetv2 branch float (derive_models.KEEP_FLOAT says why)
+        assert len(int8_weights) >= 8, "the instance head's weights are not int8"
     rgb = render(make_scene(777, 1024, 512)).rgb
     fp32 = create_segmenter(model, threads=2, score_threshold=0.3)(rgb).instances.id_image
     int8 = create_segmenter(model, threads=2, score_threshold=0.3, int8=True)(rgb).instances.id_image
@@ -131,15 +134,16 @@ def test_int8_needs_an_onnx_backend() -> None:
 
 def test_network_input_is_capped_for_big_frames() -> None:
     segmenter = create_segmenter("spatial_embeddings", threads=1)
+    m = segmenter.adapter.input_multiple
     assert segmenter.network_size(1024, 512) == (1024, 512)
     assert segmenter.network_size(2048, 1024) == (2048, 1024)
     width, height = segmenter.network_size(4000, 3000)  # 12 MP camera
-    assert width * height <= 2048 * 1024 and width % 8 == 0 and height % 8 == 0
+    assert width * height <= 2048 * 1024 and width % m == 0 and height % m == 0
     assert abs(width / height - 4 / 3) < 0.02
     width, height = segmenter.network_size(10000, 10000)
-    assert width * height <= 2048 * 1024 and abs(width - height) <= 8
+    assert width * height <= 2048 * 1024 and abs(width - height) <= m
     uncapped = create_segmenter("spatial_embeddings", threads=1, max_input_pixels=None)
-    assert uncapped.network_size(4000, 3000) == (4000, 3000)
+    assert uncapped.network_size(4000, 3008) == (4000, 3008)
     box2pix = create_segmenter("box2pix", threads=1)
     width, height = box2pix.network_size(4096, 3072)
     assert width * height <= 2048 * 1024 and width % 128 == 0 and height % 128 == 0

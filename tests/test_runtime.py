@@ -75,8 +75,9 @@ def test_onnxruntime_matches_pytorch(street_frame: np.ndarray, width: int, heigh
 
 def test_segmenter_output_at_the_image_size(street_frame: np.ndarray) -> None:
     segmenter = create_segmenter(backend="onnxruntime", score_threshold=0.5)
-    odd = street_frame[:501, :1003]  # not a multiple of 8: the network runs at 1000 x 504
-    assert segmenter.network_size(1003, 501) == (1000, 504)
+    odd = street_frame[:501, :1003]  # not a multiple of the model's: the network runs at the nearest multiples
+    m = segmenter.adapter.input_multiple
+    assert segmenter.network_size(1003, 501) == (round(1003 / m) * m, round(501 / m) * m)
     result = segmenter(np.ascontiguousarray(odd))
     instances = result.instances
     assert instances.id_image.shape == (501, 1003) and instances.id_image.dtype == np.uint16
@@ -107,8 +108,9 @@ def test_segmenter_rejects_bad_images() -> None:
     for bad in (np.zeros((64, 64), np.uint8), np.zeros((64, 64, 3), np.float32), np.zeros((0, 64, 3), np.uint8)):
         with pytest.raises(ValueError, match="uint8 RGB"):
             segmenter(bad)
-    with pytest.raises(ValueError, match="multiples of 8"):
-        create_segmenter(backend="onnxruntime", input_size=(1000, 500))
+    multiple = segmenter.adapter.input_multiple  # 16 for the ESPNetv2 backbone, 8 for ERFNet
+    with pytest.raises(ValueError, match=f"multiples of {multiple}"):
+        create_segmenter(backend="onnxruntime", input_size=(1000 + multiple // 2, 500))
 
 
 @pytest.mark.skipif(CUDA, reason="this machine has a GPU: test_torch_cuda_matches_cpu runs the GPU path instead")

@@ -35,9 +35,10 @@ from instseg_core.runtime import create_segmenter
 # the model with the colour-prior input channel (issue 15), again for its fifth epoch (chosen on the real
 # validation set), again for the pipeline's flip union (the network also sees the mirrored crop), and again for
 # its seventh epoch, trained on and run with a wider crop margin (crop_relax 0.25), and again for its eighth epoch,
-# trained on and run with the colour prior read from the points' box and their hull (colour_prior_foreground).
+# trained on and run with the colour prior read from the points' box and their hull (colour_prior_foreground);
+# Spatial Embeddings re-pinned on 2026-12-07 for the model on the real-data ESPNetv2 encoder (issue 35).
 PINNED = {
-    "spatial_embeddings": "916f4c27e315820206104e5a76ff4ab385585d0f6a3bd811219b9c5d2e21fa80",
+    "spatial_embeddings": "5634d4d3bdbb55ff2bdb4cf32ef6a05e01b364f3aaca5070683caf302ca49940",
     "box2pix": "82ff30be260880627c2b6be1cd6f2a0f33ef76fe8356878e44cf34e6a532e172",
     "dcme": "5a2c51368df9b532bc435fe3d0b1504572929ceb24e23470c81e8edfd52afe9d",
     "extreme_unet_int8.onnx": "2a9a50ed3da4498b42ceb1b83e46572a1c1666f02ee6b6bde7fdcb47386b3740",
