@@ -30,7 +30,7 @@ from training.common import export_graph
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_WEIGHTS = REPO / "models" / "espnetv2_s2_cityscapes.fp16.pt"
-CITYSCAPES_FRAME = Path("/work/shared/real/cityscapes_frames")
+CITYSCAPES_FRAME = REPO.parent / "shared" / "real" / "cityscapes_frames"  # ../shared beside the checkout
 
 
 def test_shipped_weights_load_strictly() -> None:
