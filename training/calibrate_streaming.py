@@ -40,6 +40,7 @@ from instseg_core.eval.coco import ImagePredictions, coco_mask_ap
 from instseg_core.eval.real_photos import ImageInstances, RealDataError, evaluate_predictions, read_yolo_seg
 from instseg_core.runtime.backends import BackendUnavailableError
 from instseg_core.runtime.segmenter import RawOutput, Segmenter, create_segmenter
+from training.real_validation import parse_input_size
 
 DEFAULT_GRIDS = {
     "spatial_embeddings": {"seed_threshold": [0.5, 0.6, 0.7, 0.8], "foreground_threshold": [0.3, 0.4, 0.5],
@@ -75,20 +76,6 @@ def parse_grid(items: Sequence[str | tuple[str, list[float]]]) -> dict[str, list
 def grid_points(grid: dict[str, list[float]]) -> list[dict[str, float]]:
     names = sorted(grid)
     return [dict(zip(names, values, strict=True)) for values in itertools.product(*(grid[n] for n in names))]
-
-
-def _parse_size(text: str) -> tuple[int, int] | None:
-    """--input-size: 'own' (None) or WxH; argparse refuses anything else."""
-    if text == "own":
-        return None
-    width, _, height = text.partition("x")
-    try:
-        size = int(width), int(height)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected WxH (e.g. 1024x512) or 'own'") from None
-    if min(size) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: width and height must be positive")
-    return size
 
 
 def calibrate(segmenter: Segmenter, real_samples: Sequence, synthetic_samples: Sequence,
@@ -150,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--synthetic", default=None, help="a Cityscapes-format root whose val split is measured")
     parser.add_argument("--synthetic-limit", type=int, default=20)
     parser.add_argument("--synthetic-tolerance", type=float, default=0.03)
-    parser.add_argument("--input-size", default=None, type=_parse_size, metavar="own|WxH",
+    parser.add_argument("--input-size", default=None, type=parse_input_size, metavar="own|WxH",
                         help="'own' (the image's size, default) or WxH")
     parser.add_argument("--grid", nargs="*", type=grid_item, default=[],
                         help="NAME=V1,V2 ... (default: the model's grid)")

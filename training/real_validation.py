@@ -58,13 +58,16 @@ WHITE = (255, 255, 255)
 
 
 def parse_input_size(text: str) -> tuple[int, int] | None:
-    """'own' -> None (each image's own size, the Segmenter's default); 'WxH' -> (W, H)."""
+    """--input-size: 'own' -> None (each image's own size, the Segmenter's default); 'WxH' -> (W, H), both
+    positive; argparse refuses anything else."""
     if text == "own":
         return None
     try:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected WxH (e.g. 1024x512) or 'own'") from None
+    if min(width, height) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: width and height must be positive")
     return width, height
 
 
