@@ -211,3 +211,16 @@ def test_bad_torch_checkpoints_are_clear_errors(tmp_path: Path, content: str) ->
         torch.save([1, 2, 3], path)
     with pytest.raises(ModelFileError, match=re.escape(str(path))):
         create_segmenter("spatial_embeddings", backend="torch", model_file=path)
+
+
+def test_tiny_images_are_scaled_up_to_the_model_s_smallest_input() -> None:
+    """A 10 x 10 image runs (at the model's smallest side) instead of failing inside the network; an explicit input
+    size below it is a clear error."""
+    segmenter = create_segmenter(backend="onnxruntime")
+    smallest = max(segmenter.adapter.input_multiple, segmenter.adapter.min_input_side)
+    assert min(segmenter.network_size(10, 10)) == smallest
+    result = segmenter(np.zeros((10, 10, 3), np.uint8))
+    assert result.instances.id_image.shape == (10, 10)
+    if smallest > segmenter.adapter.input_multiple:
+        with pytest.raises(ValueError, match="smallest side"):
+            create_segmenter(backend="onnxruntime", input_size=(segmenter.adapter.input_multiple,) * 2)

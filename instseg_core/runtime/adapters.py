@@ -32,6 +32,7 @@ class ModelAdapter:
     torch_file = ""
     int8_onnx_file = ""  # static int8 QDQ graph, derived from onnx_file at set-up (training/derive_models.py)
     input_multiple = 8  # network input height and width must be multiples of this
+    min_input_side = 8  # and at least this many pixels
 
     def __init__(self, config: dict) -> None:
         self.config = config
@@ -96,6 +97,7 @@ class SpatialEmbeddingsAdapter(ModelAdapter):
         super().__init__(config)
         if config.get("backbone") == "espnetv2":
             self.input_multiple = 16  # ESPNetv2 down-samples four times
+            self.min_input_side = 32  # its pyramid pooling needs a 1/16 map of at least 2x2
 
     @classmethod
     def load_torch(cls, path: str | os.PathLike) -> tuple[object, dict]:

@@ -86,10 +86,12 @@ class Segmenter:
                  max_input_pixels: int | None = DEFAULT_MAX_INPUT_PIXELS) -> None:
         self.adapter = adapter
         self.backend = backend
-        multiple = adapter.input_multiple
+        multiple, smallest = adapter.input_multiple, max(adapter.input_multiple, adapter.min_input_side)
         if input_size is not None and (input_size[0] % multiple or input_size[1] % multiple or min(input_size) <= 0):
             raise ValueError(f"input size {input_size} must be positive multiples of {multiple} for "
                              f"{adapter.name}")
+        if input_size is not None and min(input_size) < smallest:
+            raise ValueError(f"input size {input_size} is below {adapter.name}'s smallest side of {smallest} pixels")
         self.input_size = input_size
         if max_input_pixels is not None and max_input_pixels < multiple * multiple:
             raise ValueError(f"max_input_pixels {max_input_pixels} is below one {multiple}x{multiple} block")
@@ -115,15 +117,18 @@ class Segmenter:
 
     def network_size(self, width: int, height: int) -> tuple[int, int]:
         """The network input (width, height) for a width x height image: `input_size` when set, else the image's
-        size scaled down (aspect kept) to at most `max_input_pixels`, rounded to the model's multiple."""
+        size scaled down (aspect kept) to at most `max_input_pixels`, rounded to the model's multiple, and each side at
+        least the model's smallest side (a tiny image is scaled up)."""
         if self.input_size is not None:
             return self.input_size
         m = self.adapter.input_multiple
+        smallest = max(m, self.adapter.min_input_side)
         scale = 1.0
         if self.max_input_pixels is not None and width * height > self.max_input_pixels:
             scale = (self.max_input_pixels / (width * height)) ** 0.5
-        size_w, size_h = max(m, round(width * scale / m) * m), max(m, round(height * scale / m) * m)
-        while self.max_input_pixels is not None and size_w * size_h > self.max_input_pixels:
+        size_w, size_h = max(smallest, round(width * scale / m) * m), max(smallest, round(height * scale / m) * m)
+        while (self.max_input_pixels is not None and size_w * size_h > self.max_input_pixels
+               and max(size_w, size_h) - m >= smallest):
             # rounding up passed the cap: take one multiple off the longer side
             if size_w >= size_h:
                 size_w -= m
