@@ -13,10 +13,13 @@ machine hits all three alike):
 - Ray, 2 workers: two such actors.
 
 frames/s = frames segmented / seconds of work (from the first call to the last bag written; the model load and
-Ray's start are not in it, they are reported apart). Per run: median and p95 of the milliseconds each frame took
-inside its worker. Ratios: frames/s against the plain loop, and 2 workers against 1 (scaling). Goals on 2 cores:
-2 workers >= 1.6 x 1 worker; 1 worker within 15 % of the plain loop. The process isolates itself in a
-loopback-only network namespace first (instseg_ros.isolation), on top of Ray binding 127.0.0.1 only.
+Ray's start are not in it, they are reported apart). Each run also measures, from /proc, the cores this benchmark's
+processes (Ray's included) got and the cores other processes used meanwhile: the machine is shared, and the tables
+are printed over all runs and over the quiet ones (others below 0.15 cores). Per case: median and p95 of the
+milliseconds each frame took inside its worker. Ratios: frames/s against the plain loop, and 2 workers against 1
+(scaling). Goals on 2 cores: 2 workers >= 1.6 x 1 worker; 1 worker within 15 % of the plain loop. The process
+isolates itself in a loopback-only network namespace first (instseg_ros.isolation), on top of Ray binding
+127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ def make_bags(root: Path, bags: int, frames: int, size: tuple[int, int]) -> list
 
 
 def report(cases: dict[str, list[float]], frame_ms: dict[str, list[float]], foreign: dict[str, list[float]],
-           total_frames: int, ray_start: float, title: str) -> None:
+           own_cores: dict[str, list[float]], total_frames: int, ray_start: float, title: str) -> None:
     """The table over every run, then the same over the quiet runs (other processes below QUIET_CORES)."""
     for label, keep in (("all runs", lambda f: True), (f"quiet runs (other processes < {QUIET_CORES} cores)",
                                                       lambda f: f < QUIET_CORES)):
@@ -95,9 +98,10 @@ def report(cases: dict[str, list[float]], frame_ms: dict[str, list[float]], fore
             median_ms, p95_ms = summarize(frame_ms[name])
             rows.append([name, len(rates), total_frames, float(np.median(rates)), float(np.percentile(rates, 5)),
                          median_ms, p95_ms, float(np.median(rates)) / baseline,
+                         float(np.median([c for c, f in zip(own_cores[name], foreign[name], strict=True) if keep(f)])),
                          float(np.median([f for f in foreign[name] if keep(f)]))])
         print_table(["case", "runs", "frames per run", "frames/s median", "frames/s p5", "ms per frame median (all)",
-                     "ms per frame p95 (all)", "ratio to plain loop", "other processes, cores"], rows,
+                     "ms per frame p95 (all)", "ratio to plain loop", "cores it got", "cores others used"], rows,
                     title=f"{title}; {label}")
         one, two = float(np.median(picked["Ray, 1 worker"])), float(np.median(picked["Ray, 2 workers"]))
         print(f"\nscaling 2 workers / 1 worker: {two / one:.2f} (goal >= 1.6)")
@@ -136,6 +140,7 @@ def main() -> None:
         cases = {"plain loop, 1 thread (baseline)": [], "Ray, 1 worker": [], "Ray, 2 workers": []}
         frame_ms: dict[str, list[float]] = {name: [] for name in cases}
         foreign: dict[str, list[float]] = {name: [] for name in cases}
+        own_cores: dict[str, list[float]] = {name: [] for name in cases}
         start_seconds: dict[str, list[float]] = START
         start_seconds.update({name: [] for name in cases})
         began = time.perf_counter()
@@ -167,18 +172,21 @@ def main() -> None:
                         frame_ms[name] += run["frame_ms"]
                         start_seconds[name].append(run["start_seconds"])
                     wall = time.perf_counter() - wall
-                    foreign_cores = max(0.0, (busy_seconds() - machine) - (own_seconds() - own)) / wall
+                    used = own_seconds() - own
+                    foreign_cores = max(0.0, (busy_seconds() - machine) - used) / wall
+                    own_cores[name].append(used / wall)
                     segmented = sum(o.segmented for o in outcomes if o.state == "done")
                     assert segmented == total_frames, (name, [o.reason for o in outcomes])
                     cases[name].append(segmented / seconds)
                     foreign[name].append(foreign_cores)
                     print(f"repeat {repeat + 1}/{args.repeats} {name}: {segmented / seconds:.2f} frames/s "
-                          f"({seconds:.1f} s; other processes used {foreign_cores:.2f} cores)", flush=True)
+                          f"({seconds:.1f} s; this benchmark's processes used {own_cores[name][-1]:.2f} cores, others "
+                          f"{foreign_cores:.2f})", flush=True)
                     shutil.rmtree(out, ignore_errors=True)
         finally:
             worker.close()
             stop_ray(options)
-        report(cases, frame_ms, foreign, total_frames, ray_start,
+        report(cases, frame_ms, foreign, own_cores, total_frames, ray_start,
                f"{args.bags} bags x {args.frames} frames {args.size} -> {args.input} input, {args.model}, every:1, "
                f"{os.cpu_count()} CPUs")
     finally:
