@@ -48,26 +48,38 @@ def busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
 
 
-def own_seconds() -> float:
-    """CPU seconds of this process and all its descendants (Ray's processes and workers included), living or
-    reaped by one of them."""
-    parents, times = {}, {}
+def processes() -> dict[int, tuple[bool, float]]:
+    """pid -> (whether it is this benchmark's: a descendant of this process or one of Ray's, CPU seconds it and
+    its reaped children used)."""
+    parents, times, ray = {}, {}, set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            name, rest = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)
         except OSError:
             continue
-        parents[int(entry)] = int(fields[1])
-        times[int(entry)] = sum(int(v) for v in fields[11:15]) / CLOCK_TICKS
-    mine, frontier = {os.getpid()}, [os.getpid()]
+        fields = rest.split()
+        pid = int(entry)
+        parents[pid] = int(fields[1])
+        times[pid] = sum(int(v) for v in fields[11:15]) / CLOCK_TICKS
+        command = name.split("(", 1)[1]
+        if command.startswith(("ray::", "raylet", "gcs_server")):
+            ray.add(pid)
+    mine, frontier = {os.getpid(), *ray}, [os.getpid(), *ray]
     while frontier:
         parent = frontier.pop()
         children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in mine]
         mine.update(children)
         frontier += children
-    return sum(times.get(pid, 0.0) for pid in mine)
+    return {pid: (pid in mine, seconds) for pid, seconds in times.items()}
+
+
+def others_seconds(before: dict[int, tuple[bool, float]], after: dict[int, tuple[bool, float]]) -> float:
+    """CPU seconds other processes used between two `processes()` snapshots (processes that ended in between are
+    counted through their parents, which reaped them)."""
+    return sum(seconds - before.get(pid, (False, 0.0))[1] for pid, (ours, seconds) in after.items()
+               if not ours and not before.get(pid, (False, 0.0))[0])
 
 
 def make_bags(root: Path, bags: int, frames: int, size: tuple[int, int]) -> list[Path]:
@@ -156,7 +168,7 @@ def main() -> None:
                 for name in cases:
                     out = root / f"out_{repeat}_{len(cases[name])}_{name.split(',')[0].replace(' ', '_')}"
                     plans = plan_bags([str(b) for b in bags], out, settings)
-                    machine, own, wall = busy_seconds(), own_seconds(), time.perf_counter()
+                    machine, snapshot, wall = busy_seconds(), processes(), time.perf_counter()
                     if name.startswith("plain"):
                         collected = frame_ms[name]
                         started = time.perf_counter()
@@ -172,9 +184,10 @@ def main() -> None:
                         frame_ms[name] += run["frame_ms"]
                         start_seconds[name].append(run["start_seconds"])
                     wall = time.perf_counter() - wall
-                    used = own_seconds() - own
-                    foreign_cores = max(0.0, (busy_seconds() - machine) - used) / wall
-                    own_cores[name].append(used / wall)
+                    busy = busy_seconds() - machine
+                    others = min(busy, max(0.0, others_seconds(snapshot, processes())))
+                    foreign_cores = others / wall
+                    own_cores[name].append((busy - others) / wall)
                     segmented = sum(o.segmented for o in outcomes if o.state == "done")
                     assert segmented == total_frames, (name, [o.reason for o in outcomes])
                     cases[name].append(segmented / seconds)
