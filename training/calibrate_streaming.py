@@ -37,7 +37,13 @@ from instseg_core.base.command_exit import InputError, add_debug_argument, debug
 from instseg_core.base.model_files import ModelFileError
 from instseg_core.data.cityscapes import CityscapesDataset
 from instseg_core.eval.coco import ImagePredictions, coco_mask_ap
-from instseg_core.eval.real_photos import ImageInstances, RealDataError, evaluate_predictions, read_yolo_seg
+from instseg_core.eval.real_photos import (
+    ImageInstances,
+    RealDataError,
+    RealSetReport,
+    evaluate_predictions,
+    read_yolo_seg,
+)
 from instseg_core.runtime.backends import BackendUnavailableError
 from instseg_core.runtime.segmenter import RawOutput, Segmenter, create_segmenter
 from training.real_validation import parse_input_size
@@ -110,13 +116,12 @@ def calibrate(segmenter: Segmenter, real_samples: Sequence, synthetic_samples: S
             "synthetic_images": len(synthetic_samples), "synthetic_tolerance": synthetic_tolerance}
 
 
-def _headline(report: object) -> dict:
-    figures = report.to_dict()  # type: ignore[attr-defined]
-    recall, precision = figures["recall"] or 0.0, figures["precision"] or 0.0
+def _headline(report: RealSetReport) -> dict:
+    recall, precision = report.recall or 0.0, report.precision or 0.0
     f1 = 2 * recall * precision / (recall + precision) if recall + precision else 0.0
-    return {"recall": recall, "precision": precision, "f1": f1, "ap50": figures["ap50"],
-            "predictions_per_image": figures["predictions_per_image"],
-            "ground_truth_per_image": figures["ground_truth_per_image"]}
+    return {"recall": recall, "precision": precision, "f1": f1, "ap50": report.ap50,
+            "predictions_per_image": report.predictions_per_image,
+            "ground_truth_per_image": report.ground_truth_per_image}
 
 
 def _row_text(row: dict) -> str:

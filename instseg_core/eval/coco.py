@@ -50,7 +50,8 @@ class CocoEvaluation:
         return float(self.stats[1])
 
 
-def _rle(mask: np.ndarray) -> dict:
+def encode_mask(mask: np.ndarray) -> dict:
+    """pycocotools RLE of an (H, W) bool mask, its counts as str (JSON-ready)."""
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle["counts"] = rle["counts"].decode("ascii")
     return rle
@@ -66,7 +67,7 @@ def coco_ground_truth(samples: Iterable[CityscapesSample]) -> dict:
         regions = [(m, int(c), 0) for m, c in zip(sample.masks, sample.label_ids_per_instance, strict=True)]
         regions += [(sample.instance_ids == c, c, 1) for c in INSTANCE_LABEL_IDS if np.any(sample.instance_ids == c)]
         for mask, label_id, crowd in regions:
-            rle = _rle(mask)
+            rle = encode_mask(mask)
             annotations.append({
                 "id": len(annotations) + 1, "image_id": image_id, "category_id": label_id, "iscrowd": crowd,
                 "segmentation": rle, "area": float(mask_utils.area(rle)),
@@ -81,7 +82,7 @@ def coco_mask_ap(samples: Sequence[CityscapesSample], predictions: Sequence[Imag
         raise ValueError(f"{len(samples)} samples but {len(predictions)} prediction sets")
     ground_truth = coco_ground_truth(samples)
     detections = [
-        {"image_id": image_id, "category_id": int(label_id), "segmentation": _rle(mask), "score": float(score)}
+        {"image_id": image_id, "category_id": int(label_id), "segmentation": encode_mask(mask), "score": float(score)}
         for image_id, prediction in enumerate(predictions, start=1)
         for mask, label_id, score in zip(prediction.masks, prediction.label_ids, prediction.scores, strict=True)
     ]

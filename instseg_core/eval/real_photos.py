@@ -68,7 +68,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from instseg_core.base.classes import INSTANCE_CLASSES
-from instseg_core.eval.coco import _rle as encode_mask
+from instseg_core.eval.coco import encode_mask
 
 if TYPE_CHECKING:
     from instseg_core.runtime.segmenter import SegmentationResult, Segmenter
