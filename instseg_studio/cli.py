@@ -3,6 +3,7 @@
     instseg-studio BAG [--topic T] [--out DIR] [--port 8080] [--host 127.0.0.1]
                    [--segmenter auto|service|inprocess] [--service /extreme_point_node/segment]
                    [--model-file extreme_unet_int8.onnx] [--labels FILE] [--proposals MODEL]
+                   [--attributes "*=occluded,truncated,crowd;car=occluded,truncated"]
 
 BAG is a rosbag2 directory (MCAP or sqlite3) or a single .mcap file; --topic is needed when it has several image
 topics. The session (every object, saved on each change) and the export live under --out (default:
@@ -11,7 +12,10 @@ topics. The session (every object, saved on each change) and the export live und
 Segmentation: `service` calls extreme_point_node's SegmentObject (start the node first, or use
 launch/labelling.launch.py); `inprocess` runs the same model in this process, for machines without a ROS graph;
 `auto` (default) uses the service when it answers within --service-wait seconds, else in-process. --labels
-replaces the Cityscapes instance classes by the Cityscapes class names listed in FILE (one per line). --proposals
+replaces the Cityscapes instance classes by the Cityscapes class names listed in FILE (one per line).
+--attributes says which boolean attributes (occluded, truncated, crowd) each class offers: entries CLASS=ATTR,...
+separated by ';', '*' for the classes not named, 'none' for no attribute (default: all three for every class;
+crowd objects are exported as COCO iscrowd and Cityscapes group regions). --proposals
 MODEL (spatial_embeddings, box2pix or dcme) lets the operator ask the streaming model for proposals. A session
 pre-labelled by `instseg-fleet prelabel` (--out DIR/<bag>) offers its stored proposals on the frames that have them
 (P), and the --proposals model's on the others.
@@ -87,7 +91,7 @@ def build_studio(args: argparse.Namespace) -> object:
 
     from instseg_studio.app import Studio
     from instseg_studio.bag_frames import BagFrames
-    from instseg_studio.session import SESSION_FILE, Session
+    from instseg_studio.session import SESSION_FILE, Session, parse_attribute_config
 
     out = Path(args.out) if args.out else Path(args.bag).with_name(Path(args.bag).name + ".studio")
     bar = None
@@ -103,7 +107,8 @@ def build_studio(args: argparse.Namespace) -> object:
     if bar is not None:
         bar.close()
     classes = read_labels(Path(args.labels)) if args.labels else tuple(INSTANCE_CLASSES)
-    session = Session(out / SESSION_FILE, str(Path(args.bag).resolve()), frames.topic, classes)
+    attributes = parse_attribute_config(args.attributes, classes)
+    session = Session(out / SESSION_FILE, str(Path(args.bag).resolve()), frames.topic, classes, attributes)
     streaming = None
     if args.proposals:
         from instseg_core.runtime.segmenter import create_segmenter
@@ -159,6 +164,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--model-file", default=None, help="in-process annotation model (default: the shipped one)")
     parser.add_argument("--labels", default=None, help="file of class names, one per line")
     parser.add_argument("--proposals", default=None, choices=("spatial_embeddings", "box2pix", "dcme"))
+    parser.add_argument("--attributes", default=None,
+                        help="attributes per class: 'CLASS=ATTR,ATTR;*=ATTR,...' (default: occluded, truncated, "
+                             "crowd for every class)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--flip", choices=("union", "none"), default="union",
                         help="union: also segment the mirrored crop and keep the larger probability per pixel "

@@ -6,7 +6,24 @@ File `OUT/studio_session.json`:
      "frames": {"12": {"stamp_ns": 1700000000400000000, "objects": [OBJECT, ...]}}}
 
 OBJECT: {"id": "o7", "class": "car", "points": [[x, y] x 4: left, top, right, bottom], "polygon": [[x, y], ...],
-"tolerance": 1.0, "score": 0.93, "polygon_iou": 0.97, "hidden": false, "source": "clicks"} in image pixels.
+"tolerance": 1.0, "score": 0.93, "polygon_iou": 0.97, "hidden": false, "source": "clicks", "track_id": 3,
+"attributes": {"occluded": false, "truncated": true, "crowd": false}, "excluded": false,
+"clicks": {"positive": [[x, y], ...], "negative": [[x, y], ...]}} in image pixels:
+- "track_id" (int >= 1) says which object of the sequence this is: the car of frame 3 that is the car of frame 2
+  has the same track id; at most one object of a frame per track. An object saved without one gets the next free
+  id of the session's counter ("next_track_id" in the file, never reused within the session). Sessions written
+  before track ids existed are given them when loaded: objects that share their "id" string across frames (what
+  copying to the next frame kept) share a track.
+- "attributes": the boolean attributes its class offers (`Session.attributes`, `--attributes`; by default
+  occluded, truncated and crowd for every class), all present in the clean object, missing ones false. A true
+  attribute the class does not offer is refused on save; on load (a session opened with other --attributes) it is
+  dropped with a logged warning.
+- "excluded": kept in the session and shown, but left out of every export ("hidden" only hides it in the page
+  and is exported).
+- "clicks": correction clicks (image pixels) the polygon was segmented with after the 4 extreme points, kept so
+  that moving an extreme point re-segments with them; empty lists by default.
+- "source": "clicks", "propagated" (copied from another frame), "proposal" (an accepted proposal) or "brush" (the
+  polygon was recomputed from a brushed or erased mask).
 A frame may also carry, written beforehand by `instseg-fleet prelabel` (instseg_fleet):
 "proposals": [PROPOSAL, ...], a model's instances not yet accepted by the operator, PROPOSAL = {"class",
 "polygon", "points" (4 extreme points), "score", "polygon_iou", "area" (mask pixels)}; and "mining": {"reason":
@@ -23,7 +40,9 @@ file is replaced by rename, never written in place.
 from __future__ import annotations
 
 import json
+import logging
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +51,13 @@ from instseg_core.data.label_export import LabelExportError, check_class
 
 SESSION_FORMAT = "instseg-studio-session/1"
 SESSION_FILE = "studio_session.json"
-OBJECT_SOURCES = ("clicks", "propagated", "proposal")
+OBJECT_SOURCES = ("clicks", "propagated", "proposal", "brush")
+ATTRIBUTE_NAMES = ("occluded", "truncated", "crowd")
 MAX_OBJECTS_PER_FRAME = 1000
 MAX_POLYGON_VERTICES = 10000
+MAX_CORRECTION_CLICKS = 100
+MAX_TRACK_ID = 10**9
+log = logging.getLogger("instseg_studio")
 
 
 class SessionError(ValueError):
@@ -64,8 +87,77 @@ def _points(value: Any, where: str, count: int | None = None) -> list[list[float
     return points
 
 
-def validate_object(obj: Any, classes: tuple[str, ...], where: str) -> dict:
-    """A clean copy of one OBJECT (see the module docstring), or SessionError naming the field."""
+def parse_attribute_config(text: str | None, classes: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """The attributes each class offers, from `--attributes` TEXT: entries "CLASS=ATTR,ATTR" separated by ";",
+    CLASS "*" for every class not named, an empty ATTR list (or "none") for no attribute; ATTR one of
+    ATTRIBUTE_NAMES. None or "" gives all of them to every class. Example: "*=occluded,truncated;person=occluded,
+    truncated,crowd". ValueError naming the bad entry otherwise."""
+    default: tuple[str, ...] = ATTRIBUTE_NAMES
+    named: dict[str, tuple[str, ...]] = {}
+    for entry in (text or "").split(";"):
+        if not entry.strip():
+            continue
+        name, equals, listed = entry.partition("=")
+        name = name.strip()
+        if not equals:
+            raise ValueError(f"--attributes entry {entry.strip()!r}: expected CLASS=ATTR,ATTR (or *=...)")
+        if name != "*" and name not in classes:
+            raise ValueError(f"--attributes entry {entry.strip()!r}: {name!r} is not one of the studio's classes")
+        attributes = tuple(a.strip() for a in listed.split(",") if a.strip() and a.strip() != "none")
+        unknown = [a for a in attributes if a not in ATTRIBUTE_NAMES]
+        if unknown:
+            raise ValueError(f"--attributes entry {entry.strip()!r}: unknown attribute {unknown[0]!r} (known: "
+                             f"{', '.join(ATTRIBUTE_NAMES)})")
+        if name == "*":
+            default = attributes
+        else:
+            named[name] = attributes
+    return {name: named.get(name, default) for name in classes}
+
+
+def _attributes(value: Any, offered: tuple[str, ...], where: str, strict: bool) -> dict[str, bool]:
+    """{attribute: bool} for every attribute in `offered` (missing: false) from an OBJECT's "attributes"."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise SessionError(f"{where}: expected {{\"occluded\": bool, ...}}, got {type(value).__name__}")
+    clean = dict.fromkeys(offered, False)
+    for key, flag in value.items():
+        if key not in ATTRIBUTE_NAMES:
+            raise SessionError(f"{where}: unknown attribute {key!r} (known: {', '.join(ATTRIBUTE_NAMES)})")
+        if not isinstance(flag, bool):
+            raise SessionError(f"{where}.{key}: expected true or false, got {flag!r}")
+        if key in offered:
+            clean[key] = flag
+        elif flag and strict:
+            raise SessionError(f"{where}.{key}: this class does not offer {key!r} (it offers: "
+                               f"{', '.join(offered) or 'no attribute'})")
+        elif flag:
+            log.warning("%s.%s: dropped, the class does not offer it (--attributes)", where, key)
+    return clean
+
+
+def _clicks(value: Any, where: str) -> dict[str, list[list[float]]]:
+    """{"positive": [[x, y], ...], "negative": [[x, y], ...]} from an OBJECT's "clicks" (missing: empty)."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict) or set(value) - {"positive", "negative"}:
+        raise SessionError(f"{where}: expected {{\"positive\": [[x, y], ...], \"negative\": [[x, y], ...]}}")
+    clean = {}
+    for key in ("positive", "negative"):
+        points = _points(value.get(key, []), f"{where}.{key}")
+        if len(points) > MAX_CORRECTION_CLICKS:
+            raise SessionError(f"{where}.{key}: more than {MAX_CORRECTION_CLICKS} clicks")
+        clean[key] = [[round(x, 2), round(y, 2)] for x, y in points]
+    return clean
+
+
+def validate_object(obj: Any, classes: tuple[str, ...], where: str,
+                    attributes: Mapping[str, tuple[str, ...]] | None = None, strict: bool = True) -> dict:
+    """A clean copy of one OBJECT (see the module docstring), or SessionError naming the field. `attributes`: the
+    attributes each class offers (None: all of ATTRIBUTE_NAMES); `strict` False (loading a file) drops a true
+    attribute the class does not offer with a warning instead of refusing it. A missing "track_id" stays missing
+    (the Session assigns one)."""
     if not isinstance(obj, dict):
         raise SessionError(f"{where}: expected an object, got {type(obj).__name__}")
     object_id = obj.get("id")
@@ -80,10 +172,22 @@ def validate_object(obj: Any, classes: tuple[str, ...], where: str) -> dict:
     source = obj.get("source", "clicks")
     if source not in OBJECT_SOURCES:
         raise SessionError(f"{where}.source: {source!r} is not one of {OBJECT_SOURCES}")
+    excluded = obj.get("excluded") or False
+    if not isinstance(excluded, bool):
+        raise SessionError(f"{where}.excluded: expected true or false, got {excluded!r}")
+    offered = ATTRIBUTE_NAMES if attributes is None else attributes.get(name, ())
     clean = {"id": object_id, "class": name, "points": _points(obj.get("points"), f"{where}.points", 4),
              "polygon": [[round(x, 2), round(y, 2)] for x, y in polygon],
              "tolerance": _number(obj.get("tolerance", 1.0), f"{where}.tolerance"),
-             "hidden": bool(obj.get("hidden", False)), "source": source}
+             "hidden": bool(obj.get("hidden", False)), "source": source, "excluded": excluded,
+             "attributes": _attributes(obj.get("attributes"), offered, f"{where}.attributes", strict),
+             "clicks": _clicks(obj.get("clicks"), f"{where}.clicks")}
+    track_id = obj.get("track_id")
+    if track_id is not None:
+        if isinstance(track_id, bool) or not isinstance(track_id, int) or not 1 <= track_id <= MAX_TRACK_ID:
+            raise SessionError(f"{where}.track_id: expected a whole number from 1 to {MAX_TRACK_ID}, got "
+                               f"{track_id!r}")
+        clean["track_id"] = track_id
     for key in ("score", "polygon_iou"):
         if obj.get(key) is not None:
             clean[key] = _number(obj[key], f"{where}.{key}")
@@ -127,7 +231,10 @@ def _has_content(frame: dict) -> bool:
 class Session:
     """The session of one bag topic, kept in memory and on disk (`path`); thread-safe."""
 
-    def __init__(self, path: Path, bag: str, topic: str, classes: tuple[str, ...]) -> None:
+    def __init__(self, path: Path, bag: str, topic: str, classes: tuple[str, ...],
+                 attributes: Mapping[str, tuple[str, ...]] | None = None) -> None:
+        """`attributes`: the attributes each class offers (parse_attribute_config; None: all of ATTRIBUTE_NAMES
+        for every class)."""
         for name in classes:
             try:
                 check_class(name)
@@ -135,8 +242,11 @@ class Session:
                 raise SessionError(f"class list: {exc}") from exc
         self.path = Path(path)
         self.bag, self.topic, self.classes = bag, topic, classes
+        self.attributes: dict[str, tuple[str, ...]] = {
+            name: tuple(ATTRIBUTE_NAMES if attributes is None else attributes.get(name, ())) for name in classes}
         self._lock = threading.Lock()
         self.version = 0
+        self.next_track_id = 1
         self.frames: dict[int, dict] = {}
         if self.path.exists():
             self._load()
@@ -163,8 +273,8 @@ class Session:
         for key, frame in frames.items():
             if not str(key).isdigit() or not isinstance(frame, dict) or not isinstance(frame.get("objects"), list):
                 raise SessionError(f"{self.path}: frames[{key!r}] is damaged")
-            objects = [validate_object(o, self.classes, f"{self.path}: frames[{key}].objects[{k}]")
-                       for k, o in enumerate(frame["objects"])]
+            objects = [validate_object(o, self.classes, f"{self.path}: frames[{key}].objects[{k}]", self.attributes,
+                                       strict=False) for k, o in enumerate(frame["objects"])]
             loaded[int(key)] = {"stamp_ns": int(frame.get("stamp_ns") or 0), "objects": objects}
             if frame.get("proposals") is not None or frame.get("mining") is not None:
                 try:
@@ -172,7 +282,55 @@ class Session:
                                                          f"{self.path}: frames[{key}]"))
                 except SessionError as exc:
                     raise SessionError(f"{exc} (damaged)") from exc
+        counter = data.get("next_track_id", 1)
+        if isinstance(counter, bool) or not isinstance(counter, int) or not 1 <= counter <= MAX_TRACK_ID + 1:
+            raise SessionError(f"{self.path}: damaged (next_track_id {counter!r})")
+        self.next_track_id = counter
+        self._assign_loaded_tracks(loaded)
         self.version, self.frames = version, loaded
+
+    def _assign_loaded_tracks(self, frames: dict[int, dict]) -> None:
+        """Give the objects of a loaded file that have no track id one (see the module docstring: objects sharing
+        their "id" across frames share a track); a frame holding one track twice is damaged."""
+        used = [o["track_id"] for f in frames.values() for o in f["objects"] if "track_id" in o]
+        self.next_track_id = max([self.next_track_id, *(t + 1 for t in used)])
+        by_object_id: dict[str, int] = {}
+        for index in sorted(frames):
+            seen = set()
+            for obj in frames[index]["objects"]:
+                if "track_id" not in obj:
+                    if obj["id"] not in by_object_id:
+                        by_object_id[obj["id"]] = self._next_track()
+                    obj["track_id"] = by_object_id[obj["id"]]
+                if obj["track_id"] in seen:
+                    raise SessionError(f"{self.path}: damaged (frame {index} holds track {obj['track_id']} twice)")
+                seen.add(obj["track_id"])
+
+    def _next_track(self) -> int:
+        track_id = self.next_track_id
+        self.next_track_id += 1
+        return track_id
+
+    def reserve_track_id(self) -> int:
+        """A new track id, never handed out before in this session (the counter is saved with the next change)."""
+        with self._lock:
+            return self._next_track()
+
+    def attribute_config(self) -> dict[str, list[str]]:
+        """{class: [attribute, ...]}: what each class offers (for /api/info)."""
+        return {name: list(offered) for name, offered in self.attributes.items()}
+
+    def tracks(self) -> list[dict]:
+        """The session's tracks, by track id: {"track_id", "class" (of its last object), "frames": [index, ...],
+        "objects": count}."""
+        with self._lock:
+            found: dict[int, dict] = {}
+            for index in sorted(self.frames):
+                for obj in self.frames[index]["objects"]:
+                    track = found.setdefault(obj["track_id"], {"track_id": obj["track_id"], "frames": []})
+                    track["class"] = obj["class"]
+                    track["frames"].append(index)
+            return [{**found[t], "objects": len(found[t]["frames"])} for t in sorted(found)]
 
     def _extras(self, proposals: Any, mining: Any, where: str) -> dict:
         """The validated "proposals" and "mining" entries of one frame (absent ones left out)."""
@@ -242,25 +400,44 @@ class Session:
     def set_objects(self, index: int, stamp_ns: int, objects: Any, base_version: Any) -> int:
         """Replace frame `index`'s objects (validated) if `base_version` is the saved version; save; return the
         new version. VersionConflictError when another change was saved since `base_version`."""
+        return self.save_objects(index, stamp_ns, objects, base_version)[0]
+
+    def save_objects(self, index: int, stamp_ns: int, objects: Any, base_version: Any) -> tuple[int, list[dict]]:
+        """`set_objects`, returning (new version, the frame's objects as saved): objects sent without a track id
+        have the one the session gave them. Two objects of the frame with one id or one track id are refused."""
         if not isinstance(objects, list) or len(objects) > MAX_OBJECTS_PER_FRAME:
             raise SessionError(f"objects: expected a list of at most {MAX_OBJECTS_PER_FRAME} objects")
-        clean = [validate_object(o, self.classes, f"objects[{k}]") for k, o in enumerate(objects)]
+        clean = [validate_object(o, self.classes, f"objects[{k}]", self.attributes) for k, o in enumerate(objects)]
         if len({o["id"] for o in clean}) != len(clean):
             raise SessionError("objects: two objects share an id")
+        tracks = [o["track_id"] for o in clean if "track_id" in o]
+        if len(set(tracks)) != len(tracks):
+            raise SessionError("objects: two objects of the frame share a track id (one object per track and frame: "
+                               "update the track's object instead of adding another)")
         with self._lock:
             if base_version != self.version:
                 raise VersionConflictError(f"the session was changed elsewhere (another tab?): it is at version "
                                       f"{self.version}, this change was made on version {base_version}. Reload "
                                       "the page to see the saved state; nothing was overwritten.")
+            counter = self.next_track_id
+            for obj in clean:
+                if "track_id" not in obj:
+                    obj["track_id"] = self._next_track()
+            self.next_track_id = max([self.next_track_id, *(t + 1 for t in tracks)])
             frames = dict(self.frames)
             kept = {k: v for k, v in frames.get(index, {}).items() if k in ("proposals", "mining")}
             frames[index] = {"stamp_ns": int(stamp_ns), "objects": clean, **kept}
-            self._save(frames, self.version + 1)
+            try:
+                self._save(frames, self.version + 1)
+            except BaseException:
+                self.next_track_id = counter
+                raise
             self.frames, self.version = frames, self.version + 1
-            return self.version
+            return self.version, [dict(o) for o in clean]
 
     def _save(self, frames: dict[int, dict], version: int) -> None:
         data = {"format": SESSION_FORMAT, "bag": self.bag, "topic": self.topic, "version": version,
+                "next_track_id": self.next_track_id,
                 "frames": {str(k): frames[k] for k in sorted(frames) if _has_content(frames[k])}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomically(self.path, json.dumps(data, indent=1))

@@ -1,0 +1,113 @@
+"""The studio's data: object schema (track ids, attributes, exclusion, correction clicks), sessions written before
+them, propagation that updates tracks, and the exports read back by pycocotools and the Cityscapes reader."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from instseg_studio.session import SESSION_FILE, SESSION_FORMAT, Session, SessionError, parse_attribute_config
+
+CLASSES = ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
+
+
+def _object(object_id: str = "o1", name: str = "car", x: float = 0.0, **extra: object) -> dict:
+    square = [[1 + x, 5], [5 + x, 1], [9 + x, 5], [5 + x, 9]]
+    return {"id": object_id, "class": name, "points": square, "polygon": square, "tolerance": 1.0, **extra}
+
+
+# --- object schema: track ids, attributes, excluded, clicks ---------------------------------------------
+
+def test_a_session_written_before_track_ids_loads_and_links_copied_objects(tmp_path: Path) -> None:
+    """An old file (no track ids, no counter): objects that kept their id when copied to the next frame share a
+    track, others get their own; the counter continues after them and is saved with the next change."""
+    old = {"format": SESSION_FORMAT, "bag": "/data/bag", "topic": "/cam", "version": 4, "frames": {
+        "2": {"stamp_ns": 5, "objects": [_object("o1"), _object("o2", "person", 20, hidden=True)]},
+        "3": {"stamp_ns": 6, "objects": [_object("o1", x=2, source="propagated"), _object("o9", x=40)]}}}
+    (tmp_path / SESSION_FILE).write_text(json.dumps(old))
+    session = Session(tmp_path / SESSION_FILE, "/moved/bag", "/cam", CLASSES)
+    two, three = session.objects(2), session.objects(3)
+    assert two[0]["track_id"] == three[0]["track_id"], "the copied object is the same track"
+    assert len({two[0]["track_id"], two[1]["track_id"], three[1]["track_id"]}) == 3
+    assert two[1]["hidden"] and two[1]["attributes"] == {"occluded": False, "truncated": False, "crowd": False}
+    assert not two[0]["excluded"] and two[0]["clicks"] == {"positive": [], "negative": []}
+    assert session.version == 4 and session.next_track_id == 4
+    assert [t["frames"] for t in session.tracks()] == [[2, 3], [2], [3]]
+    version, saved = session.save_objects(7, 8, [_object("new")], 4)
+    assert version == 5 and saved[0]["track_id"] == 4
+    data = json.loads((tmp_path / SESSION_FILE).read_text())
+    assert data["next_track_id"] == 5 and data["frames"]["3"]["objects"][0]["track_id"] == two[0]["track_id"]
+
+
+def test_track_ids_are_assigned_kept_and_never_reused(tmp_path: Path) -> None:
+    session = Session(tmp_path / SESSION_FILE, "bag", "/cam", CLASSES)
+    version, saved = session.save_objects(0, 0, [_object("a"), _object("b", track_id=7)], 0)
+    assert [o["track_id"] for o in saved] == [1, 7] and session.next_track_id == 8
+    session.set_objects(0, 0, [], version)  # the objects are deleted: their track ids stay used
+    reopened = Session(tmp_path / SESSION_FILE, "bag", "/cam", CLASSES)
+    assert reopened.next_track_id == 8 and reopened.reserve_track_id() == 8
+    assert reopened.save_objects(1, 0, [_object("c")], reopened.version)[1][0]["track_id"] == 9
+    with pytest.raises(SessionError, match="share a track id"):
+        reopened.set_objects(1, 0, [_object("c", track_id=3), _object("d", track_id=3)], reopened.version)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("track_id", 0, "whole number from 1"), ("track_id", "3", "whole number"), ("track_id", True, "whole number"),
+    ("attributes", {"shiny": True}, "unknown attribute 'shiny'"), ("attributes", {"occluded": 1}, "true or false"),
+    ("attributes", [], "expected"), ("excluded", "yes", "true or false"),
+    ("clicks", {"positive": [[1, 2]], "middle": []}, "expected"), ("clicks", {"negative": [[1, "a"]]}, "finite"),
+    ("clicks", {"positive": [[1, 1]] * 101}, "more than 100"), ("source", "magic", "not one of"),
+])
+def test_bad_new_fields_are_refused_by_name(tmp_path: Path, field: str, value: object, message: str) -> None:
+    session = Session(tmp_path / SESSION_FILE, "bag", "/cam", CLASSES)
+    with pytest.raises(SessionError, match=message) as refused:
+        session.set_objects(0, 0, [_object(**{field: value})], 0)
+    assert f"objects[0].{field}" in str(refused.value)
+    assert session.version == 0 and session.next_track_id == 1
+
+
+def test_new_fields_round_trip_through_the_file(tmp_path: Path) -> None:
+    session = Session(tmp_path / SESSION_FILE, "bag", "/cam", CLASSES)
+    sent = _object(track_id=2, excluded=True, source="brush", attributes={"occluded": True},
+                   clicks={"positive": [[3.5, 4]], "negative": [[6, 7.25]]})
+    session.set_objects(0, 0, [sent], 0)
+    loaded = Session(tmp_path / SESSION_FILE, "bag", "/cam", CLASSES).objects(0)[0]
+    assert loaded["excluded"] and loaded["source"] == "brush" and loaded["track_id"] == 2
+    assert loaded["attributes"] == {"occluded": True, "truncated": False, "crowd": False}
+    assert loaded["clicks"] == {"positive": [[3.5, 4.0]], "negative": [[6.0, 7.25]]}
+
+
+def test_attributes_are_configured_per_class(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = parse_attribute_config("*=occluded,truncated; person=occluded,truncated,crowd; bicycle=none", CLASSES)
+    assert config["person"] == ("occluded", "truncated", "crowd") and config["car"] == ("occluded", "truncated")
+    assert config["bicycle"] == () and parse_attribute_config(None, CLASSES)["car"] == ("occluded", "truncated",
+                                                                                        "crowd")
+    for text, message in [("car", "expected CLASS=ATTR"), ("sky=occluded", "not one of the studio's classes"),
+                          ("car=shiny", "unknown attribute 'shiny'")]:
+        with pytest.raises(ValueError, match=message):
+            parse_attribute_config(text, CLASSES)
+    session = Session(tmp_path / SESSION_FILE, "bag", "/cam", CLASSES, config)
+    assert session.attribute_config()["car"] == ["occluded", "truncated"]
+    with pytest.raises(SessionError, match="does not offer 'crowd'"):
+        session.set_objects(0, 0, [_object(attributes={"crowd": True})], 0)
+    saved = session.save_objects(0, 0, [_object(attributes={"crowd": False, "truncated": True}),
+                                        _object("p", "person", 20, attributes={"crowd": True})], 0)[1]
+    assert saved[0]["attributes"] == {"occluded": False, "truncated": True}
+    assert saved[1]["attributes"] == {"occluded": False, "truncated": False, "crowd": True}
+    # opened again with a configuration that no longer offers crowd for persons: dropped with a warning
+    with caplog.at_level(logging.WARNING, logger="instseg_studio"):
+        narrower = Session(tmp_path / SESSION_FILE, "bag", "/cam", CLASSES, parse_attribute_config("*=occluded",
+                                                                                                  CLASSES))
+    assert narrower.objects(0)[1]["attributes"] == {"occluded": False}
+    assert "crowd: dropped" in caplog.text
+
+
+def test_a_file_holding_one_track_twice_in_a_frame_is_damaged(tmp_path: Path) -> None:
+    data = {"format": SESSION_FORMAT, "bag": "bag", "topic": "/cam", "version": 1, "next_track_id": 3,
+            "frames": {"0": {"stamp_ns": 0, "objects": [_object("a", track_id=2), _object("b", track_id=2)]}}}
+    (tmp_path / SESSION_FILE).write_text(json.dumps(data))
+    with pytest.raises(SessionError, match="holds track 2 twice"):
+        Session(tmp_path / SESSION_FILE, "bag", "/cam", CLASSES)
