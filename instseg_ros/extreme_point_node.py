@@ -12,6 +12,10 @@ Service `~/segment` (instseg_interfaces/srv/SegmentObject). Parameters:
   network also sees the mirrored crop and the larger probability is kept per pixel, ~3 ms more per object;
   "none": one pass).
 
+Correction clicks: the request's optional positive_xy / negative_xy (x0,y0,x1,y1,... image pixels) re-segment the
+object with them in the same request (ExtremePointSegmenter.segment's positive / negative); without them a request
+is answered exactly as before they existed.
+
 Masks: with crop_mask in the request the response's mask covers only the object's bounding box
 (`mask_roi`), a few kB; without it, the whole image (2 MB at 2048x1024, a sizeable part of a round trip).
 
@@ -137,7 +141,9 @@ class ExtremePointNode(Node):
         try:
             with self._slots:
                 result = self.segmenter.segment(rgb, np.asarray(request.extreme_points, np.float64),
-                                                request.polygon_tolerance)
+                                                request.polygon_tolerance,
+                                                positive=np.asarray(request.positive_xy, np.float64),
+                                                negative=np.asarray(request.negative_xy, np.float64))
         except AnnotationError as exc:
             return self._refuse(response, exc.code, str(exc))
         except Exception as exc:  # keep serving whatever the model does

@@ -325,6 +325,10 @@ def call_extreme(args: argparse.Namespace) -> None:
         "truncated": request(image=truncated),
         "zero": request(image=Image(encoding="rgb8")),
         "oversize": request(image=oversize),
+        # correction clicks (optional fields): re-segmented with them; refused when odd or outside the image
+        "clicks": request(positive_xy=[600.0, 400.0], negative_xy=[900.0, 620.0, 1200.0, 500.0]),
+        "clicks_odd": request(positive_xy=[600.0, 400.0, 700.0]),
+        "click_outside": request(negative_xy=[2100.0, 10.0]),
     }
     futures = {name: client.call_async(r) for name, r in requests.items()}
     spin_until(node, lambda: all(f.done() for f in futures.values()), args.timeout)
@@ -369,6 +373,9 @@ def call_extreme(args: argparse.Namespace) -> None:
             "mask_header_equal": response.mask.header == image.header, "polygon_len": len(response.polygon),
             "polygon_iou": response.polygon_iou, "score": response.score, "inference_ms": response.inference_ms,
         }
+    if results["clicks"]["success"]:  # the mask at the positive click, then at the two negative ones
+        clicked = image_to_numpy(futures["clicks"].result().mask)
+        results["clicks"]["mask_at_clicks"] = [int(clicked[y, x]) for x, y in ((600, 400), (900, 620), (1200, 500))]
     if results["good"]["success"] and results["crop"]["success"]:
         # the cropped mask is the full one's bounding box: equal inside it, and nothing outside it
         full, cropped = image_to_numpy(futures["good"].result().mask), image_to_numpy(futures["crop"].result().mask)

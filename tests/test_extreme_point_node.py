@@ -54,13 +54,14 @@ def test_service_answers_good_bad_and_concurrent_requests(ros_processes, model_f
         results = report["results"]
         for name in ("default_sent_0", "default_sent_1", "duplicate_sent_0", "duplicate_sent_1"):
             assert results[name]["success"] and results[name]["mask_shape"] == [1024, 2048], (name, results[name])
-        for name in ("good", "good_bgr", "fine_polygon", "after", "cached"):
+        for name in ("good", "good_bgr", "fine_polygon", "after", "cached", "clicks"):
             good = results[name]
             assert good["success"] and good["code"] == 0 and good["message"] == ""
             assert good["mask_shape"] == [1024, 2048] and set(good["mask_values"]) <= {0, 255}
             assert good["mask_header_equal"] and 0.0 <= good["score"] <= 1.0 and good["inference_ms"] > 0, (name, good)
             assert good["mask_roi"] == [0, 0, 2048, 1024], (name, good["mask_roi"])  # full-size masks
         assert results["cached"]["polygon_len"] == results["good"]["polygon_len"]  # same frame, same points
+        assert results["clicks"]["mask_at_clicks"] == [255, 0, 0], results["clicks"]  # the clicks were applied
         crop = results["crop"]  # crop_mask: the object's bounding box only, same pixels as the full mask
         width, height = crop["mask_roi"][2:]
         assert crop["success"] and 0 < width < 2048 and 0 < height < 1024 and crop["mask_shape"] == [height, width]
@@ -71,7 +72,8 @@ def test_service_answers_good_bad_and_concurrent_requests(ros_processes, model_f
                     "mono16": (4, "mono16"), "truncated": (4, "truncated"), "zero": (4, "zero size"),
                     "uncached": (4, "not cached"), "default_cache_only": (4, "default header"),
                     "duplicate_cache_only": (4, "ambiguous"),
-                    "oversize": (5, "max_image_pixels")}
+                    "oversize": (5, "max_image_pixels"), "clicks_odd": (1, "pairs"),
+                    "click_outside": (2, "negative clicks outside")}
         for name, (code, words) in expected.items():
             assert results[name]["success"] is False, name
             assert results[name]["code"] == code, (name, results[name])

@@ -11,7 +11,13 @@ Conventions:
 - network input: (C, 128, 128) float32: RGB as (v / 255 - 0.5) / 0.25, then for the extreme-point model
   the point channel: 1.0 inside a filled circle of `radius` crop pixels around each point (paper), or
   DEXTR's Gaussians exp(-d^2 / (2 sigma^2)); then for the colour-prior model (5 channels) the colour prior in
-  [0, 1] (`colour_prior`, its foreground region a model property: PRIOR_FOREGROUNDS).
+  [0, 1] (`colour_prior`, its foreground region a model property: PRIOR_FOREGROUNDS); then for the correction-click
+  model (7 channels) the positive and the negative correction clicks, each a channel of filled circles of
+  CLICK_RADIUS crop pixels (as the extreme points; interactive segmentation's disk encoding, RITM). With no clicks
+  both are zero, and the 7-channel network was started from the 5-channel one with zero filters on them.
+- correction clicks: (K, 2) float arrays of x, y in image pixels like the points, K >= 0; positive clicks mark
+  pixels that belong to the object, negative ones pixels that do not. A click outside the crop window draws
+  nothing (the mask is empty there anyway).
 """
 
 from __future__ import annotations
@@ -31,7 +37,11 @@ PRIOR_BINS = 16
 # `colour_prior_foreground` (default "box", what every model before it was trained and run with).
 PRIOR_FOREGROUNDS = ("box", "hull", "box_and_hull")
 # Network input channels -> what they carry (the segmenter and training pick the encoding by this count).
-CHANNEL_LAYOUTS = {3: "RGB", 4: "RGB + extreme points", 5: "RGB + extreme points + colour prior"}
+CHANNEL_LAYOUTS = {3: "RGB", 4: "RGB + extreme points", 5: "RGB + extreme points + colour prior",
+                   7: "RGB + extreme points + colour prior + positive clicks + negative clicks"}
+# The input channel count of a network that takes correction clicks (channels 5 and 6), and the clicks' disk radius.
+CLICK_CHANNELS = 7
+CLICK_RADIUS = POINT_RADIUS
 
 
 @dataclass(frozen=True)
@@ -103,8 +113,8 @@ def crop(image: np.ndarray, box: CropBox, interpolation: int = cv2.INTER_LINEAR)
 
 
 def points_in_crop(points: np.ndarray, box: CropBox) -> np.ndarray:
-    """(4, 2) float32 crop coordinates of image points."""
-    points = np.asarray(points, np.float64)
+    """(K, 2) float32 crop coordinates of (K, 2) image points (the 4 extreme points, or correction clicks)."""
+    points = np.asarray(points, np.float64).reshape(-1, 2)
     return (points @ box.to_crop[:, :2].T + box.to_crop[:, 2]).astype(np.float32)
 
 
@@ -187,20 +197,37 @@ def normalise_rgb(crop_rgb: np.ndarray, out: np.ndarray | None = None) -> np.nda
 
 
 def encode(crop_rgb: np.ndarray, crop_points: np.ndarray | None, mode: str = "circle",
-           channels: int | None = None, prior_foreground: str = "box") -> np.ndarray:
+           channels: int | None = None, prior_foreground: str = "box", crop_positive: np.ndarray | None = None,
+           crop_negative: np.ndarray | None = None) -> np.ndarray:
     """Network input (C, 128, 128) float32 (see CHANNEL_LAYOUTS): normalised RGB, the point channel unless
-    points is None, and the colour prior (its foreground read from `prior_foreground`, PRIOR_FOREGROUNDS) when
-    `channels` is 5 (default: 3 without points, 4 with)."""
+    points is None, the colour prior (its foreground read from `prior_foreground`, PRIOR_FOREGROUNDS) when
+    `channels` is 5 or 7, and with 7 the positive and negative correction clicks ((K, 2) crop coordinates each,
+    None or K = 0 for none; click_channel) (default channels: 3 without points, 4 with). Clicks given to a
+    network without click channels are a ValueError."""
     channels = channels or (3 if crop_points is None else 4)
     if channels not in CHANNEL_LAYOUTS or (channels > 3) != (crop_points is not None):
         raise ValueError(f"cannot encode {channels} channels {'without' if crop_points is None else 'with'} points")
+    has_clicks = any(c is not None and len(c) for c in (crop_positive, crop_negative))
+    if has_clicks and channels != CLICK_CHANNELS:
+        raise ValueError(f"a {channels}-channel network has no correction-click channels")
     encoded = np.empty((channels, *crop_rgb.shape[:2]), np.float32)
     normalise_rgb(crop_rgb, encoded[:3])
     if crop_points is not None:
         encoded[3] = point_channel(crop_points, mode)
-        if channels == 5:
+        if channels >= 5:
             encoded[4] = colour_prior(crop_rgb, crop_points, foreground=prior_foreground)
+        if channels == CLICK_CHANNELS:
+            encoded[5] = click_channel(crop_positive)
+            encoded[6] = click_channel(crop_negative)
     return encoded
+
+
+def click_channel(crop_clicks: np.ndarray | None) -> np.ndarray:
+    """(128, 128) float32: 1.0 inside a filled circle of CLICK_RADIUS crop pixels around each (K, 2) crop click,
+    0 elsewhere (all 0 for None or K = 0)."""
+    if crop_clicks is None or len(crop_clicks) == 0:
+        return np.zeros((CROP_SIZE, CROP_SIZE), np.float32)
+    return point_channel(np.asarray(crop_clicks, np.float64).reshape(-1, 2), "circle", CLICK_RADIUS)
 
 
 def paste_back(probability: np.ndarray, box: CropBox, image_shape: tuple[int, int]) -> tuple[np.ndarray, tuple]:

@@ -3,6 +3,8 @@
     segmenter = create_annotation_segmenter()          # the shipped int8 model, ONNX Runtime, 2 threads
     result = segmenter.segment(rgb, [[x_left, y_left], [x_top, y_top], [x_right, y_right], [x_bottom, y_bottom]])
     result.roi, result.roi_mask (or result.mask, full size), result.polygon, result.polygon_iou, result.score
+    # correction clicks (image pixels, x right, y down): re-segment the object in one request
+    result = segmenter.segment(rgb, points, positive=[[x, y], ...], negative=[[x, y], ...])
 
 Images are (H, W, 3) uint8 RGB; points are image pixels (see encoding.py). The network runs on the runtime's
 backends (instseg_core.runtime.backends), like the streaming models: `OnnxRuntimeBackend` on the exported
@@ -24,8 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from instseg_core.annotate.corrections import click_array, paint_clicks
 from instseg_core.annotate.encoding import (
     CHANNEL_LAYOUTS,
+    CLICK_CHANNELS,
     CROP_SIZE,
     PRIOR_FOREGROUNDS,
     crop,
@@ -128,6 +132,34 @@ def validate_points(points: Sequence[Sequence[float]] | np.ndarray, image_shape:
     return array
 
 
+Clicks = Sequence[Sequence[float]] | np.ndarray | None
+"""Correction clicks of one object: [[x, y], ...] image pixels (or a flat [x0, y0, ...], or None for none)."""
+
+
+def validate_clicks(clicks: Clicks, image_shape: tuple[int, int], kind: str = "positive") -> np.ndarray:
+    """(K, 2) float64 correction clicks (K >= 0), or AnnotationError: BAD_POINTS when they are not [x, y] pairs of
+    finite numbers, POINTS_OUTSIDE when one lies outside the image (the message names `kind` and the click)."""
+    try:
+        array = click_array(clicks)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise AnnotationError(ErrorCode.BAD_POINTS, f"{kind} clicks must be [x, y] pairs of numbers: {exc}") from exc
+    height, width = image_shape
+    outside = [i for i, (x, y) in enumerate(array) if not (0 <= x < width and 0 <= y < height)]
+    if outside:
+        detail = ", ".join(f"{i} ({array[i, 0]:g}, {array[i, 1]:g})" for i in outside)
+        raise AnnotationError(ErrorCode.POINTS_OUTSIDE, f"{kind} clicks outside the {width}x{height} image: {detail}")
+    return array
+
+
+def _per_object(clicks: Sequence[Clicks] | None, count: int, kind: str) -> list[Clicks]:
+    if clicks is None:
+        return [None] * count
+    if len(clicks) != count:
+        raise AnnotationError(ErrorCode.BAD_POINTS, f"{kind}: one click list per object expected ({count}), got "
+                                                    f"{len(clicks)}")
+    return list(clicks)
+
+
 class ExtremePointSegmenter:
     """The annotation pipeline around a runtime backend (thread-safe: it keeps no per-call state).
 
@@ -146,6 +178,10 @@ class ExtremePointSegmenter:
     the larger of the two probabilities (the mirror's map mirrored back): the model misses different parts of an
     object in each, and their union scored 0.015-0.03 higher on the real test and cut-and-paste proxies
     (docs/extreme_points_real_images.md), for about 3 ms more per object; "none" runs it once.
+
+    Correction clicks (`segment(..., positive=, negative=)`): a 7-channel network (encoding.CLICK_CHANNELS, the
+    shipped one) takes them as input channels and re-segments the object with them; a network without those
+    channels gets them painted onto its output (corrections.paint_clicks), a local edit only (`takes_clicks`).
     """
 
     def __init__(self, backend: InferenceBackend, *, channels: int | None = None,
@@ -156,10 +192,12 @@ class ExtremePointSegmenter:
         declared: tuple[int | None, ...] = getattr(backend, "input_shape", None) or ()
         self.channels = int(channels or (declared[1] or 0 if len(declared) > 1 else 0))
         if self.channels not in CHANNEL_LAYOUTS:
-            raise ValueError(f"the annotation network must take 3, 4 or 5 input channels, not {self.channels}")
+            raise ValueError(f"the annotation network must take {', '.join(map(str, CHANNEL_LAYOUTS))} input "
+                             f"channels, not {self.channels}")
         # a graph exported with a fixed batch of 1 is run once per object
         self.fixed_batch = len(declared) > 0 and declared[0] == 1
         self.use_points = self.channels >= 4
+        self.takes_clicks = self.channels == CLICK_CHANNELS
         self.threshold = threshold
         self.polygon_tolerance = polygon_tolerance
         self.point_mode = point_mode
@@ -200,27 +238,44 @@ class ExtremePointSegmenter:
             self.probabilities(zeros)
 
     def segment(self, image: np.ndarray, points: Sequence[Sequence[float]] | np.ndarray,
-                polygon_tolerance: float | None = None) -> AnnotationResult:
-        """Segment one object; raises AnnotationError for bad points."""
-        return self.segment_batch(image, [points], polygon_tolerance)[0]
+                polygon_tolerance: float | None = None, *, positive: Clicks = None,
+                negative: Clicks = None) -> AnnotationResult:
+        """Segment one object from its 4 extreme points and optional correction clicks (`positive`: pixels of the
+        object, `negative`: pixels that are not, each [[x, y], ...] in image pixels); raises AnnotationError for
+        bad points or clicks."""
+        return self.segment_batch(image, [points], polygon_tolerance, positive=[positive],
+                                  negative=[negative])[0]
 
     def segment_batch(self, image: np.ndarray, objects: Sequence[Sequence[Sequence[float]] | np.ndarray],
-                      polygon_tolerance: float | None = None) -> list[AnnotationResult]:
-        """Segment several objects of one image with one network call."""
+                      polygon_tolerance: float | None = None, *, positive: Sequence[Clicks] | None = None,
+                      negative: Sequence[Clicks] | None = None) -> list[AnnotationResult]:
+        """Segment several objects of one image with one network call; `positive` and `negative`, when given, hold
+        one click list per object (None or [] for an object without)."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise AnnotationError(ErrorCode.BAD_IMAGE, f"expected an (H, W, 3) uint8 RGB image, got "
                                                        f"{image.dtype} {image.shape}")
         tolerance = self.polygon_tolerance if polygon_tolerance is None or polygon_tolerance <= 0 else polygon_tolerance
         start = time.perf_counter()
         validated = [validate_points(p, image.shape[:2]) for p in objects]
+        positives = [validate_clicks(c, image.shape[:2], "positive")
+                     for c in _per_object(positive, len(objects), "positive")]
+        negatives = [validate_clicks(c, image.shape[:2], "negative")
+                     for c in _per_object(negative, len(objects), "negative")]
         boxes = [crop_box(p, *self.relax) for p in validated]
         crops = [crop(image, box) for box in boxes]
         crop_points = [points_in_crop(p, box) for p, box in zip(validated, boxes, strict=True)]
+        crop_positive = [points_in_crop(c, box) for c, box in zip(positives, boxes, strict=True)]
+        crop_negative = [points_in_crop(c, box) for c, box in zip(negatives, boxes, strict=True)]
+        clicks_in = self.takes_clicks
         inputs = np.stack([encode(rgb, points if self.use_points else None, self.point_mode, self.channels,
-                                  self.prior_foreground)
-                           for rgb, points in zip(crops, crop_points, strict=True)])
+                                  self.prior_foreground, pos if clicks_in else None, neg if clicks_in else None)
+                           for rgb, points, pos, neg in zip(crops, crop_points, crop_positive, crop_negative,
+                                                            strict=True)])
         encoded = time.perf_counter()
         probabilities = self.crop_probabilities(inputs)
+        if not clicks_in and any(len(c) for c in (*crop_positive, *crop_negative)):
+            probabilities = np.stack([paint_clicks(probability, pos, neg) for probability, pos, neg
+                                      in zip(probabilities, crop_positive, crop_negative, strict=True)])
         if self.refine == "grabcut":
             probabilities = np.stack([grabcut_refine(rgb, probability, points) for rgb, probability, points
                                       in zip(crops, probabilities, crop_points, strict=True)])

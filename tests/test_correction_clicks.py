@@ -1,0 +1,89 @@
+"""Correction clicks: the Python API (validation, per-object clicks, the fallback for networks without click
+channels), the protocol's automatic click, the click encoding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from instseg_core.annotate.corrections import next_correction_click, paint_clicks
+from instseg_core.annotate.encoding import CLICK_CHANNELS, encode
+from instseg_core.annotate.segmenter import AnnotationError, ErrorCode, create_annotation_segmenter
+
+POINTS = [[40, 60], [100, 20], [160, 60], [100, 110]]
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    return create_annotation_segmenter(threads=1)
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    """A grey ellipse on noise, 200 x 140."""
+    import cv2
+
+    rgb = np.random.default_rng(0).integers(0, 90, (140, 200, 3), np.uint8)
+    cv2.ellipse(rgb, (100, 65), (60, 45), 0, 0, 360, (200, 200, 200), -1)
+    return rgb
+
+
+def test_clicks_outside_the_image_or_malformed_are_refused_with_a_code(segmenter, image: np.ndarray) -> None:
+    with pytest.raises(AnnotationError, match="positive clicks outside the 200x140 image: 1 \\(250, 3\\)") as caught:
+        segmenter.segment(image, POINTS, positive=[[10, 10], [250, 3]])
+    assert caught.value.code == ErrorCode.POINTS_OUTSIDE
+    with pytest.raises(AnnotationError, match="negative clicks outside") as caught:
+        segmenter.segment(image, POINTS, negative=[[-1, 5]])
+    assert caught.value.code == ErrorCode.POINTS_OUTSIDE
+    for bad in ([[1, 2, 3]], [1.0, 2.0, 3.0], [[np.nan, 2]], "ab"):
+        with pytest.raises(AnnotationError) as caught:
+            segmenter.segment(image, POINTS, negative=bad)
+        assert caught.value.code == ErrorCode.BAD_POINTS, bad
+    with pytest.raises(AnnotationError, match="one click list per object") as caught:
+        segmenter.segment_batch(image, [POINTS, POINTS], positive=[[[5, 5]]])
+    assert caught.value.code == ErrorCode.BAD_POINTS
+
+
+def test_clicks_change_only_their_object_and_empty_clicks_change_nothing(segmenter, image: np.ndarray) -> None:
+    plain = segmenter.segment(image, POINTS)
+    assert np.array_equal(segmenter.segment(image, POINTS, positive=[], negative=None).mask, plain.mask)
+    corrected = segmenter.segment(image, POINTS, positive=[[100, 65]], negative=[[100, 25], [45, 60]])
+    assert corrected.mask[65, 100] and not corrected.mask[25, 100] and not corrected.mask[60, 45]
+    both = segmenter.segment_batch(image, [POINTS, POINTS], negative=[[[100, 25], [45, 60]], None])
+    assert np.array_equal(both[1].mask, plain.mask)
+    assert not both[0].mask[25, 100] and not both[0].mask[60, 45]
+
+
+def test_a_network_without_click_channels_gets_the_clicks_painted() -> None:
+    probability = np.full((128, 128), 0.3, np.float32)
+    painted = paint_clicks(probability, np.array([[20.0, 30.0]]), np.array([[100.0, 100.0], [20.0, 36.0]]))
+    assert painted[29, 20] == 1.0 and painted[100, 100] == 0.0 and painted[33, 20] == 0.0  # negative drawn last
+    assert painted[64, 64] == pytest.approx(0.3) and probability[30, 20] == pytest.approx(0.3)
+
+
+def test_the_automatic_click_is_at_the_interior_of_the_largest_error_region() -> None:
+    truth = np.zeros((60, 80), bool)
+    truth[10:50, 10:40] = True
+    prediction = truth.copy()
+    prediction[10:50, 30:40] = False  # missed: 40 x 10
+    prediction[52:56, 60:64] = True  # false positive: 4 x 4
+    click = next_correction_click(prediction, truth)
+    assert click is not None and click.positive and 34 <= click.x <= 35 and 14 <= click.y <= 45
+    prediction[10:50, 30:40] = True
+    prediction[0:8, 0:80] = True  # a larger false positive at the image border: the click keeps off the border
+    click = next_correction_click(prediction, truth)
+    assert click is not None and not click.positive and 3 <= click.y <= 4
+    assert next_correction_click(truth, truth) is None
+
+
+def test_click_channels_are_zero_without_clicks_and_disks_with() -> None:
+    rgb = np.zeros((128, 128, 3), np.uint8)
+    points = np.array([[10, 60], [60, 10], [110, 60], [60, 110]], np.float32)
+    plain = encode(rgb, points, channels=CLICK_CHANNELS)
+    assert not plain[5:].any()
+    clicked = encode(rgb, points, channels=CLICK_CHANNELS, crop_positive=np.array([[60.0, 60.0]]),
+                     crop_negative=np.zeros((0, 2)))
+    assert clicked[5, 60, 60] == 1.0 and clicked[5, 60, 70] == 0.0 and not clicked[6].any()
+    assert np.array_equal(clicked[:5], plain[:5])
+    with pytest.raises(ValueError, match="no correction-click channels"):
+        encode(rgb, points, channels=5, crop_positive=np.array([[60.0, 60.0]]))
