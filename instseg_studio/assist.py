@@ -1,17 +1,22 @@
-"""What the studio does for the operator beyond four clicks: propagation to the next frame and proposals.
+"""What the studio does for the operator beyond four clicks: propagation to the next frame, proposals, the brush.
 
-- `propagate`: the objects of one frame re-segmented on another from their extreme points, each shifted by the
-  object's motion: the median displacement of corners inside the object tracked with pyramidal Lucas-Kanade
-  optical flow (OpenCV, forward-backward checked); where tracking fails the points stay.
+- `propagate`: the objects of one frame re-segmented on another from their extreme points (and correction clicks),
+  each shifted by the object's motion: the median displacement of corners inside the object tracked with pyramidal
+  Lucas-Kanade optical flow (OpenCV, forward-backward checked); where tracking fails the points stay. The moved
+  objects keep their track ids; `merge_propagated` puts them into the target frame, replacing the object of the
+  same track there (never a second object of one track in a frame).
 - `proposals`: the streaming segmenter's instances on the frame (any streaming model), each as a polygon with
   its extreme points and class, for the operator to accept or reject; or, for a session pre-labelled by
-  `instseg-fleet prelabel`, the proposals stored in the session (`StoredProposals`).
+  `instseg-fleet prelabel`, the proposals stored in the session (`StoredProposals`). `frame_proposals` leaves out
+  those overlapping an object of the frame (mask IoU > 0.5, pycocotools on the polygons).
+- `brush`: an object's polygon painted or erased with round strokes, the polygon recomputed from the mask.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +24,7 @@ import cv2
 import numpy as np
 
 from instseg_core.annotate.encoding import extreme_points_from_mask
-from instseg_core.annotate.segmenter import AnnotationError
+from instseg_core.annotate.segmenter import AnnotationError, ErrorCode
 from instseg_core.postprocess.polygons import mask_to_polygon
 from instseg_studio.bag_frames import Frame
 from instseg_studio.segmenters import StudioSegmenter
@@ -62,8 +67,9 @@ def object_motion(previous_gray: np.ndarray, current_gray: np.ndarray, polygon: 
 def propagate(objects: list[dict], previous: Frame, current: Frame, segmenter: StudioSegmenter) -> tuple[
         list[dict], list[dict]]:
     """(objects on `current`, failures): each of `objects` (session objects of `previous`) moved by its optical
-    flow motion and re-segmented from its shifted extreme points; an object whose points leave the frame or
-    cannot be segmented is reported in failures ({"id", "reason"}) instead."""
+    flow motion and re-segmented from its shifted extreme points and correction clicks (clicks that leave the frame
+    are dropped); an object whose points leave the frame or cannot be segmented is reported in failures ({"id",
+    "track_id", "reason"}) instead. The moved objects keep every other field (track id, class, attributes)."""
     previous_gray = cv2.cvtColor(previous.rgb, cv2.COLOR_RGB2GRAY)
     current_gray = cv2.cvtColor(current.rgb, cv2.COLOR_RGB2GRAY)
     height, width = current.rgb.shape[:2]
@@ -74,15 +80,94 @@ def propagate(objects: list[dict], previous: Frame, current: Frame, segmenter: S
         shifted = points + shift
         shifted[:, 0] = np.clip(shifted[:, 0], 0, width - 1)
         shifted[:, 1] = np.clip(shifted[:, 1], 0, height - 1)
+        clicks = {key: [[x + float(shift[0]), y + float(shift[1])] for x, y in obj.get("clicks", {}).get(key, [])]
+                  for key in ("positive", "negative")}
+        clicks = {key: [[round(x, 2), round(y, 2)] for x, y in value if 0 <= x < width and 0 <= y < height]
+                  for key, value in clicks.items()}
         try:
-            result = segmenter.segment(current, shifted, obj.get("tolerance", 1.0))
+            result = segmenter.segment(current, shifted, obj.get("tolerance", 1.0), **(
+                {"positive": clicks["positive"], "negative": clicks["negative"]}
+                if clicks["positive"] or clicks["negative"] else {}))
         except AnnotationError as exc:
-            failures.append({"id": obj["id"], "reason": str(exc)})
+            failures.append({"id": obj["id"], "track_id": obj.get("track_id"), "reason": str(exc)})
             continue
         moved_objects.append({**obj, "points": result.points.tolist(), "polygon": result.polygon.tolist(),
                               "score": result.score, "polygon_iou": result.polygon_iou, "source": "propagated",
-                              "motion": [float(shift[0]), float(shift[1])]})
+                              "clicks": clicks, "motion": [float(shift[0]), float(shift[1])]})
     return moved_objects, failures
+
+
+KEPT_WHEN_UPDATED = ("id", "attributes", "excluded", "hidden")
+"""Fields of a target frame's object that propagation into it keeps (the rest comes from the moved object):
+its id (the page's selection stays) and what the operator said about it on that frame."""
+
+
+def merge_propagated(existing: list[dict], moved: list[dict]) -> tuple[list[dict], dict]:
+    """(the target frame's objects after propagation, summary): each moved object (from `propagate`) REPLACES the
+    object of its track in `existing` (same place in the list; its id, attributes, excluded and hidden flags kept),
+    or is appended when the frame has no object of that track (a new id if its id is taken). Objects of `existing`
+    that no moved object updates stay as they are. Propagating twice therefore gives the same frame, never
+    duplicates. summary: {"updated": [track ids], "added": [track ids]}."""
+    merged = [dict(o) for o in existing]
+    by_track = {o.get("track_id"): k for k, o in enumerate(merged) if o.get("track_id") is not None}
+    ids = {o["id"] for o in merged}
+    updated, added = [], []
+    for obj in moved:
+        obj = {k: v for k, v in obj.items() if k != "motion"}
+        track = obj.get("track_id")
+        if track is not None and track in by_track:
+            k = by_track[track]
+            merged[k] = {**obj, **{key: merged[k][key] for key in KEPT_WHEN_UPDATED if key in merged[k]}}
+            updated.append(track)
+            continue
+        if obj["id"] in ids:
+            obj["id"] = f"o{uuid.uuid4().hex[:10]}"
+        ids.add(obj["id"])
+        if track is not None:
+            by_track[track] = len(merged)
+        merged.append(obj)
+        added.append(track)
+    return merged, {"updated": updated, "added": added}
+
+
+def brush(polygon: Any, image_shape: tuple[int, int], strokes: Any, tolerance: float = 1.0) -> dict:
+    """An object's polygon after brush and eraser strokes: {"polygon": [[x, y], ...] int, "polygon_iou", "area"}.
+
+    polygon: [[x, y], ...] image pixels (an empty list for an object painted from nothing); image_shape (H, W);
+    strokes: [{"mode": "paint" | "erase", "radius": pixels (0.5-200), "points": [[x, y], ...]}, ...] applied in
+    order, each the polyline through its points drawn with round ends `radius` wide on each side. The polygon is
+    the largest outer contour of the resulting mask simplified by `tolerance` pixels (holes and smaller pieces are
+    not kept: an object is one polygon). AnnotationError (BAD_POINTS) for malformed strokes, DEGENERATE_BOX when
+    nothing is left."""
+    height, width = image_shape
+    mask = np.zeros((height, width), np.uint8)
+    outline = np.asarray(polygon, np.float64).reshape(-1, 2) if len(polygon) else np.zeros((0, 2))
+    if len(outline) >= 3:
+        cv2.fillPoly(mask, [np.rint(outline).astype(np.int32).reshape(-1, 1, 2)], 1)
+    if not isinstance(strokes, list) or not strokes or len(strokes) > 1000:
+        raise AnnotationError(ErrorCode.BAD_POINTS, "strokes: expected a list of 1 to 1000 strokes")
+    for k, stroke in enumerate(strokes):
+        try:
+            mode, radius = stroke["mode"], float(stroke["radius"])
+            path = np.rint(np.asarray(stroke["points"], np.float64).reshape(-1, 2)).astype(np.int32)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AnnotationError(ErrorCode.BAD_POINTS, f"strokes[{k}]: expected {{\"mode\", \"radius\", "
+                                                        f"\"points\": [[x, y], ...]}} ({exc})") from exc
+        if mode not in ("paint", "erase") or not 0.5 <= radius <= 200 or not 1 <= len(path) <= 10000 or \
+                np.abs(path).max() > 1e6:
+            raise AnnotationError(ErrorCode.BAD_POINTS, f"strokes[{k}]: mode paint or erase, radius 0.5 to 200 px "
+                                                        "and 1 to 10000 points in range")
+        value, thickness, disc = int(mode == "paint"), max(1, round(2 * radius)), round(radius)
+        if len(path) == 1:
+            cv2.circle(mask, tuple(int(v) for v in path[0]), disc, value, -1)
+        else:
+            cv2.polylines(mask, [path.reshape(-1, 1, 2)], False, value, thickness, cv2.LINE_8)
+            for point in (path[0], path[-1]):
+                cv2.circle(mask, tuple(int(v) for v in point), disc, value, -1)
+    shape, polygon_iou = mask_to_polygon(mask.astype(bool), tolerance)
+    if len(shape) < 3:
+        raise AnnotationError(ErrorCode.DEGENERATE_BOX, "nothing is left of the object after these strokes")
+    return {"polygon": shape.tolist(), "polygon_iou": float(polygon_iou), "area": int(mask.sum())}
 
 
 def proposals_from_result(result: Any, classes: tuple[str, ...], tolerance: float = 1.0, min_area: int = 64,
@@ -146,3 +231,46 @@ def proposals(streaming_segmenter: Any, frame: Frame, classes: tuple[str, ...], 
             return [], (time.perf_counter() - start) * 1e3
     found = proposals_from_result(streaming_segmenter(frame.rgb), classes, tolerance, min_area)
     return found, (time.perf_counter() - start) * 1e3
+
+
+SUPPRESS_IOU = 0.5
+"""A proposal whose mask overlaps an object of the frame by more than this IoU is not offered."""
+
+
+def polygon_ious(polygons: list[Any], others: list[Any], image_shape: tuple[int, int]) -> np.ndarray:
+    """(len(polygons), len(others)) float mask IoU of filled polygons ([[x, y], ...] image pixels) in an image of
+    `image_shape` (H, W), computed by pycocotools on run-length encodings."""
+    from pycocotools import mask as mask_utils
+
+    if not polygons or not others:
+        return np.zeros((len(polygons), len(others)))
+    height, width = image_shape
+
+    def encode(polygon: Any) -> Any:
+        flat = np.asarray(polygon, np.float64).reshape(-1).tolist()
+        return mask_utils.merge(mask_utils.frPyObjects([flat], height, width))
+
+    return np.asarray(mask_utils.iou([encode(p) for p in polygons], [encode(p) for p in others],
+                                     [0] * len(others)), np.float64).reshape(len(polygons), len(others))
+
+
+def suppress_overlapping(found: list[dict], existing: list[dict], image_shape: tuple[int, int],
+                         threshold: float = SUPPRESS_IOU) -> tuple[list[dict], int]:
+    """(the proposals of `found` whose mask IoU with every object of `existing` is at most `threshold`, how many
+    were left out)."""
+    if not found or not existing:
+        return list(found), 0
+    overlap = polygon_ious([p["polygon"] for p in found], [o["polygon"] for o in existing], image_shape)
+    kept = [p for p, row in zip(found, overlap, strict=True) if row.max() <= threshold]
+    return kept, len(found) - len(kept)
+
+
+def frame_proposals(source: Any, frame: Frame, classes: tuple[str, ...], existing: list[dict],
+                    tolerance: float = 1.0, min_area: int = 64) -> dict:
+    """The proposals of `proposals` for `frame`, less those overlapping `existing` (the frame's objects, IoU >
+    SUPPRESS_IOU): {"proposals": [...] best score first, "milliseconds": float (the whole call), "suppressed":
+    count left out}."""
+    start = time.perf_counter()
+    found, _ = proposals(source, frame, classes, tolerance, min_area)
+    kept, suppressed = suppress_overlapping(found, existing, frame.rgb.shape[:2])
+    return {"proposals": kept, "milliseconds": (time.perf_counter() - start) * 1e3, "suppressed": suppressed}

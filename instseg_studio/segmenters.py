@@ -1,8 +1,10 @@
 """How the studio turns four clicks into a polygon: through the annotation service node, or in-process.
 
 Both take the frame (instseg_studio.bag_frames.Frame), the 4 extreme points rounded to whole pixels (the
-service's int32 points; the in-process path rounds the same way, so both give the same polygon) and the polygon
-tolerance, and return a Segmentation. Bad points raise AnnotationError with the service's error codes.
+service's int32 points; the in-process path rounds the same way, so both give the same polygon), the polygon
+tolerance and optional correction clicks (`positive` / `negative`: [[x, y], ...] image pixels that belong / do not
+belong to the object; the service's positive_xy / negative_xy), and return a Segmentation. Bad points or clicks
+raise AnnotationError with the service's error codes. Without clicks a request is exactly the old one.
 
 - `InProcessSegmenter`: the shipped extreme-point model on ONNX Runtime in the studio's own process
   (`--segmenter inprocess`), for machines without a ROS graph.
@@ -24,7 +26,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from instseg_core.annotate.encoding import order_extreme_points
-from instseg_core.annotate.segmenter import AnnotationError, ErrorCode, ExtremePointSegmenter, validate_points
+from instseg_core.annotate.segmenter import (
+    AnnotationError,
+    Clicks,
+    ErrorCode,
+    ExtremePointSegmenter,
+    validate_clicks,
+    validate_points,
+)
 from instseg_studio.bag_frames import Frame
 
 
@@ -52,11 +61,18 @@ def prepare_points(points: Any, image_shape: tuple[int, int]) -> np.ndarray:
     return np.rint(order_extreme_points(array)).astype(np.int64)
 
 
+def prepare_clicks(positive: Clicks, negative: Clicks, image_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Correction clicks -> ((P, 2), (Q, 2)) float64 image x, y, validated for the image (AnnotationError otherwise);
+    None gives (0, 2)."""
+    return (validate_clicks(positive, image_shape, "positive"), validate_clicks(negative, image_shape, "negative"))
+
+
 class StudioSegmenter(Protocol):
     name: str
     stats: Counter
 
-    def segment(self, frame: Frame, points: Any, tolerance: float) -> Segmentation: ...
+    def segment(self, frame: Frame, points: Any, tolerance: float, positive: Clicks = None,
+                negative: Clicks = None) -> Segmentation: ...
 
     def close(self) -> None: ...
 
@@ -70,10 +86,17 @@ class InProcessSegmenter:
         self.segmenter = segmenter
         self.stats: Counter = Counter()
 
-    def segment(self, frame: Frame, points: Any, tolerance: float) -> Segmentation:
+    def segment(self, frame: Frame, points: Any, tolerance: float, positive: Clicks = None,
+                negative: Clicks = None) -> Segmentation:
         start = time.perf_counter()
         ordered = prepare_points(points, frame.rgb.shape[:2])
-        result = self.segmenter.segment(frame.rgb, ordered.astype(np.float64), polygon_tolerance=tolerance)
+        plus, minus = prepare_clicks(positive, negative, frame.rgb.shape[:2])
+        if len(plus) or len(minus):
+            result = self.segmenter.segment(frame.rgb, ordered.astype(np.float64), polygon_tolerance=tolerance,
+                                            positive=plus, negative=minus)
+            self.stats["with_clicks"] += 1
+        else:
+            result = self.segmenter.segment(frame.rgb, ordered.astype(np.float64), polygon_tolerance=tolerance)
         self.stats["requests"] += 1
         return Segmentation(result.polygon.astype(np.int32), result.score, result.polygon_iou, result.area, ordered,
                             (time.perf_counter() - start) * 1e3)
@@ -124,7 +147,8 @@ class ServiceSegmenter:
         except (ExternalShutdownException, RuntimeError):
             pass
 
-    def _request(self, frame: Frame, points: np.ndarray, tolerance: float, with_pixels: bool) -> Any:
+    def _request(self, frame: Frame, points: np.ndarray, tolerance: float, with_pixels: bool,
+                 clicks: tuple[np.ndarray, np.ndarray]) -> Any:
         from instseg_ros.image_codec import numpy_to_image
 
         request = self._srv_type.Request()
@@ -136,6 +160,10 @@ class ServiceSegmenter:
         request.extreme_points = [int(v) for v in points.reshape(-1)]
         request.polygon_tolerance = float(tolerance)
         request.crop_mask = True
+        if len(clicks[0]) or len(clicks[1]):  # set only when used: a node built before these fields still answers
+            request.positive_xy = [float(v) for v in clicks[0].reshape(-1)]
+            request.negative_xy = [float(v) for v in clicks[1].reshape(-1)]
+            self.stats["with_clicks"] += 1
         self.stats["requests"] += 1
         self.stats["with_pixels"] += int(with_pixels)
         done = threading.Event()
@@ -147,14 +175,16 @@ class ServiceSegmenter:
                                                             f"{self.timeout:g} s")
         return future.result()
 
-    def segment(self, frame: Frame, points: Any, tolerance: float) -> Segmentation:
+    def segment(self, frame: Frame, points: Any, tolerance: float, positive: Clicks = None,
+                negative: Clicks = None) -> Segmentation:
         start = time.perf_counter()
         ordered = prepare_points(points, frame.rgb.shape[:2])
+        clicks = prepare_clicks(positive, negative, frame.rgb.shape[:2])
         with self._lock:
             cached = frame.index in self._sent
-        response = self._request(frame, ordered, tolerance, with_pixels=not cached)
+        response = self._request(frame, ordered, tolerance, not cached, clicks)
         if cached and not response.success and response.error_code == ErrorCode.BAD_IMAGE:
-            response = self._request(frame, ordered, tolerance, with_pixels=True)  # the node forgot the frame
+            response = self._request(frame, ordered, tolerance, True, clicks)  # the node forgot the frame
         if not response.success:
             raise AnnotationError(ErrorCode(response.error_code), response.message)
         with self._lock:

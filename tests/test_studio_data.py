@@ -7,8 +7,15 @@ import json
 import logging
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
+from studio_fixtures import GroundTruth, sequence_bag
 
+from instseg_core.annotate.segmenter import AnnotationError, create_annotation_segmenter
+from instseg_studio.assist import brush, merge_propagated, polygon_ious, propagate, suppress_overlapping
+from instseg_studio.bag_frames import BagFrames
+from instseg_studio.segmenters import InProcessSegmenter
 from instseg_studio.session import SESSION_FILE, SESSION_FORMAT, Session, SessionError, parse_attribute_config
 
 CLASSES = ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
@@ -111,3 +118,93 @@ def test_a_file_holding_one_track_twice_in_a_frame_is_damaged(tmp_path: Path) ->
     (tmp_path / SESSION_FILE).write_text(json.dumps(data))
     with pytest.raises(SessionError, match="holds track 2 twice"):
         Session(tmp_path / SESSION_FILE, "bag", "/cam", CLASSES)
+
+
+# --- propagation updates tracks; correction clicks; brush; proposal suppression -------------------------------
+
+@pytest.fixture(scope="module")
+def sequence(tmp_path_factory: pytest.TempPathFactory) -> tuple[BagFrames, GroundTruth]:
+    path = tmp_path_factory.mktemp("studio_data") / "camera"
+    truth = sequence_bag(path, 2)
+    return BagFrames(path, "/camera/image_raw"), truth
+
+
+@pytest.fixture(scope="module")
+def model() -> InProcessSegmenter:
+    return InProcessSegmenter(create_annotation_segmenter())
+
+
+def _segmented(model: InProcessSegmenter, frames: BagFrames, truth: GroundTruth, index: int) -> list[dict]:
+    objects = []
+    for k, (name, _) in enumerate(truth.objects[index]):
+        result = model.segment(frames.frame(index), truth.extreme_points(index, k), 1.0)
+        objects.append({"id": f"o{k}", "class": name, "points": result.points.tolist(),
+                        "polygon": result.polygon.tolist(), "tolerance": 1.0})
+    return objects
+
+
+def test_copying_twice_updates_each_track_instead_of_stacking(sequence: tuple[BagFrames, GroundTruth],
+                                                              model: InProcessSegmenter, tmp_path: Path) -> None:
+    frames, truth = sequence
+    session = Session(tmp_path / SESSION_FILE, "bag", "/cam", CLASSES)
+    version, source = session.save_objects(0, 0, _segmented(model, frames, truth, 0), 0)
+    # the operator marks one object occluded on frame 1 before copying again: that stays
+    moved, failures = propagate(source, frames.frame(0), frames.frame(1), model)
+    assert not failures and [o["track_id"] for o in moved] == [o["track_id"] for o in source]
+    first, summary = merge_propagated([], moved)
+    assert summary == {"updated": [], "added": [o["track_id"] for o in source]}
+    version, saved = session.save_objects(1, 0, first, version)
+    saved[0]["attributes"] = {**saved[0]["attributes"], "occluded": True}
+    version, saved = session.save_objects(1, 0, saved, version)
+    again, summary = merge_propagated(saved, propagate(source, frames.frame(0), frames.frame(1), model)[0])
+    assert len(again) == len(source) and summary["updated"] == [o["track_id"] for o in source]
+    assert again[0]["attributes"]["occluded"] and again[0]["id"] == saved[0]["id"]
+    session.set_objects(1, 0, again, version)  # one object per track: accepted
+    assert [t["frames"] for t in session.tracks()] == [[0, 1]] * len(source)
+
+
+def test_correction_clicks_reach_the_model_and_are_checked(sequence: tuple[BagFrames, GroundTruth],
+                                                           model: InProcessSegmenter) -> None:
+    frames, truth = sequence
+    frame, points = frames.frame(0), truth.extreme_points(0, 0)
+    plain = model.segment(frame, points, 1.0)
+    assert np.array_equal(model.segment(frame, points, 1.0, positive=[], negative=None).polygon, plain.polygon)
+    mask = truth.objects[0][0][1]
+    ys, xs = np.nonzero(mask)
+    centre = [[float(np.median(xs)), float(np.median(ys))]]
+    cut = model.segment(frame, points, 1.0, negative=centre)
+    assert cut.area < plain.area and model.stats["with_clicks"] >= 1
+    with pytest.raises(AnnotationError, match="negative clicks outside"):
+        model.segment(frame, points, 1.0, negative=[[9999, 1]])
+
+
+def test_the_brush_paints_and_erases_the_mask_behind_the_polygon() -> None:
+    square = [[10, 10], [49, 10], [49, 49], [10, 49]]
+    painted = brush(square, (100, 100), [{"mode": "paint", "radius": 5, "points": [[50, 30], [80, 30]]}])
+    mask = np.zeros((100, 100), np.uint8)
+    cv2.fillPoly(mask, [np.asarray(painted["polygon"], np.int32).reshape(-1, 1, 2)], 1)
+    assert mask[30, 75] and mask[30, 20] and not mask[40, 75] and painted["polygon_iou"] > 0.95
+    erased = brush(square, (100, 100), [{"mode": "erase", "radius": 4, "points": [[0, 30], [30, 30]]}])
+    mask[:] = 0
+    cv2.fillPoly(mask, [np.asarray(erased["polygon"], np.int32).reshape(-1, 1, 2)], 1)
+    assert not mask[30, 20] and mask[40, 20] and mask[30, 40] and erased["area"] == pytest.approx(mask.sum(), rel=0.01)
+    assert erased["area"] < 40 * 40 - 20 * 7
+    for strokes, message in [([], "1 to 1000"), ([{"mode": "glue", "radius": 2, "points": [[1, 1]]}], "paint or"),
+                             ([{"mode": "paint", "points": [[1, 1]]}], "radius")]:
+        with pytest.raises(AnnotationError, match=message):
+            brush(square, (100, 100), strokes)
+    with pytest.raises(AnnotationError, match="nothing is left"):
+        brush(square, (100, 100), [{"mode": "erase", "radius": 40, "points": [[30, 30]]}])
+
+
+def test_proposals_overlapping_objects_of_the_frame_are_left_out() -> None:
+    def box(x: int, w: int = 20) -> list[list[int]]:
+        return [[x, 10], [x + w - 1, 10], [x + w - 1, 29], [x, 29]]
+
+    found = [{"polygon": box(0), "score": 0.9}, {"polygon": box(50), "score": 0.8}, {"polygon": box(100), "score": 0.7}]
+    existing = [{"polygon": box(2)}, {"polygon": box(62)}]  # IoU 17/21 with the first, 7/31 with the second
+    ious = polygon_ious([p["polygon"] for p in found], [o["polygon"] for o in existing], (40, 200))
+    # pycocotools fills polygons as continuous shapes: [0, 19] is 19 pixels wide
+    assert ious[0, 0] == pytest.approx(17 / 21) and ious[1, 1] == pytest.approx(7 / 31) and ious[2].max() == 0
+    kept, suppressed = suppress_overlapping(found, existing, (40, 200))
+    assert [p["score"] for p in kept] == [0.8, 0.7] and suppressed == 1
