@@ -107,7 +107,7 @@ def build_studio(args: argparse.Namespace) -> object:
     if bar is not None:
         bar.close()
     classes = read_labels(Path(args.labels)) if args.labels else tuple(INSTANCE_CLASSES)
-    attributes = parse_attribute_config(args.attributes, classes)
+    attributes = parse_attribute_config(getattr(args, "attributes", None), classes)  # callers building a Namespace
     session = Session(out / SESSION_FILE, str(Path(args.bag).resolve()), frames.topic, classes, attributes)
     streaming = None
     if args.proposals:

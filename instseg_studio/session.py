@@ -42,12 +42,21 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from instseg_core.base.atomic_files import write_text_atomically
-from instseg_core.data.label_export import LabelExportError, check_class
+from instseg_core.data.label_export import (
+    LabelExportError,
+    LabelledFrame,
+    LabelledObject,
+    check_class,
+    city_name,
+    write_label_tree,
+)
 
 SESSION_FORMAT = "instseg-studio-session/1"
 SESSION_FILE = "studio_session.json"
@@ -441,3 +450,39 @@ class Session:
                 "frames": {str(k): frames[k] for k in sorted(frames) if _has_content(frames[k])}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomically(self.path, json.dumps(data, indent=1))
+
+
+def export_city(bag: str, topic: str) -> str:
+    """The Cityscapes city name of a session's export: the bag's name (without .mcap) and the topic, e.g.
+    ("/data/drive_0412.mcap", "/camera/image_raw") -> "drive-0412-camera-image-raw", so that the exports of several
+    bags (or topics) merged into one tree do not collide."""
+    name = Path(bag).name
+    return city_name(name[:-len(".mcap")] if name.endswith(".mcap") else name, topic)
+
+
+def export_labels(session: Session, read_frame: Callable[[int], Any], out: Path, *, overwrite: bool = True) -> dict:
+    """Write the session's labelled frames to `out` through the shared label writer (all or nothing): one
+    sequence whose city is `export_city(bag, topic)`; excluded objects left out (a frame left with none is not
+    written); track ids and attributes exported (instseg_core.data.label_export). `read_frame(index)` gives the
+    frame (.rgb (H, W, 3) uint8, .stamp_ns, .frame_id), e.g. BagFrames.frame. Returns write_label_tree's summary
+    plus "excluded" (objects left out). Raises LabelExportError, the reader's errors and OSError."""
+    excluded = 0
+
+    def frames() -> Iterator[LabelledFrame]:
+        nonlocal excluded
+        for index in session.labelled_frames():
+            kept = [o for o in session.objects(index) if not o.get("excluded")]
+            excluded += len(session.objects(index)) - len(kept)
+            if not kept:
+                continue
+            frame = read_frame(index)
+            objects = [LabelledObject(o["class"], np.asarray(o["polygon"]), np.asarray(o["points"], float),
+                                      o.get("score"), o.get("polygon_iou"), track_id=o.get("track_id"),
+                                      attributes=dict(o.get("attributes", {}))) for o in kept]
+            yield LabelledFrame(index, frame.stamp_ns, frame.frame_id, frame.rgb, objects)
+
+    info = {"description": f"instseg-studio labels of {session.bag} ({session.topic})", "bag": session.bag,
+            "topic": session.topic, "session_version": session.version}
+    summary = write_label_tree(out, frames(), city=export_city(session.bag, session.topic), overwrite=overwrite,
+                               info=info)
+    return {**summary, "excluded": excluded}

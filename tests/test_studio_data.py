@@ -13,10 +13,26 @@ import pytest
 from studio_fixtures import GroundTruth, sequence_bag
 
 from instseg_core.annotate.segmenter import AnnotationError, create_annotation_segmenter
+from instseg_core.data.cityscapes import CityscapesDataset
+from instseg_core.data.label_export import (
+    InstanceNumbers,
+    LabelExportError,
+    LabelledObject,
+    city_name,
+    write_label_tree,
+)
 from instseg_studio.assist import brush, merge_propagated, polygon_ious, propagate, suppress_overlapping
 from instseg_studio.bag_frames import BagFrames
 from instseg_studio.segmenters import InProcessSegmenter
-from instseg_studio.session import SESSION_FILE, SESSION_FORMAT, Session, SessionError, parse_attribute_config
+from instseg_studio.session import (
+    SESSION_FILE,
+    SESSION_FORMAT,
+    Session,
+    SessionError,
+    export_city,
+    export_labels,
+    parse_attribute_config,
+)
 
 CLASSES = ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
 
@@ -208,3 +224,85 @@ def test_proposals_overlapping_objects_of_the_frame_are_left_out() -> None:
     assert ious[0, 0] == pytest.approx(17 / 21) and ious[1, 1] == pytest.approx(7 / 31) and ious[2].max() == 0
     kept, suppressed = suppress_overlapping(found, existing, (40, 200))
     assert [p["score"] for p in kept] == [0.8, 0.7] and suppressed == 1
+
+
+# --- exports: COCO (pycocotools), Cityscapes (the project's reader and cityscapesscripts), tracks, attributes ---
+
+def test_export_carries_tracks_attributes_crowd_and_leaves_excluded_out(sequence: tuple[BagFrames, GroundTruth],
+                                                                        model: InProcessSegmenter,
+                                                                        tmp_path: Path) -> None:
+    from cityscapesscripts.helpers.annotation import Annotation
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+
+    frames, truth = sequence
+    bag = "/data/drive_0412.mcap"
+    session = Session(tmp_path / SESSION_FILE, bag, "/camera/image_raw", CLASSES)
+    objects = _segmented(model, frames, truth, 0)  # person, car, person, car
+    objects[0]["attributes"] = {"crowd": True}
+    objects[1]["attributes"] = {"occluded": True, "truncated": True}
+    version, first = session.save_objects(0, 5, objects, 0)
+    moved, failures = propagate(first, frames.frame(0), frames.frame(1), model)
+    assert not failures
+    second = [{**o, "excluded": o["track_id"] == first[3]["track_id"]} for o in reversed(moved)]  # other order
+    session.set_objects(1, 6, second, version)
+    summary = export_labels(session, frames.frame, tmp_path / "export")
+    city = export_city(bag, "/camera/image_raw")
+    assert city == "drive-0412-camera-image-raw" and summary["city"] == city
+    assert summary["frames"] == 2 and summary["objects"] == 7 and summary["excluded"] == 1
+    assert summary["crowd"] == 2 and summary["tracks"] == 4 and summary["unstable_instance_ids"] == 0
+
+    coco = COCO(str(tmp_path / "export" / "annotations_coco.json"))
+    assert {"info", "licenses"} <= coco.dataset.keys() and coco.dataset["info"]["bag"] == bag
+    prefix = f"leftImg8bit/train/{city}/{city}_000000_"
+    assert all(img["file_name"].startswith(prefix) for img in coco.dataset["images"])
+    by_track: dict[int, list[dict]] = {}
+    for ann in coco.dataset["annotations"]:
+        image = coco.imgs[ann["image_id"]]
+        mask = coco.annToMask(ann)
+        if ann["iscrowd"]:
+            rle = ann["segmentation"]
+            assert isinstance(rle, dict) and ann["attributes"]["crowd"]
+        else:
+            rle = mask_utils.merge(mask_utils.frPyObjects(ann["segmentation"], image["height"], image["width"]))
+        assert ann["area"] == mask_utils.area(rle) == mask.sum() > 0
+        assert ann["bbox"] == mask_utils.toBbox(rle).tolist()
+        by_track.setdefault(ann["attributes"]["track_id"], []).append(ann)
+    assert sorted(by_track) == sorted(o["track_id"] for o in first)
+    assert [len(anns) for _, anns in sorted(by_track.items())] == [2, 2, 2, 1], "the excluded object is left out"
+    occluded = by_track[first[1]["track_id"]]
+    assert all(a["attributes"] == {"track_id": first[1]["track_id"], "occluded": True, "truncated": True,
+                                   "crowd": False} for a in occluded)
+
+    samples = {s.paths["image"].name: s for s in CityscapesDataset(tmp_path / "export", "train")}
+    assert len(samples) == 2
+    for track, anns in by_track.items():
+        assert len({a["instance_id"] for a in anns}) == 1, "one instance id per track across the sequence"
+        for ann in anns:
+            image = coco.imgs[ann["image_id"]]
+            sample = samples[Path(image["file_name"]).name]
+            visible = sample.instance_ids[coco.annToMask(ann).astype(bool)]
+            assert np.mean(visible == ann["instance_id"]) > 0.7, (track, np.unique(visible))
+            if ann["iscrowd"]:
+                assert ann["instance_id"] == 24 and ann["instance_id"] not in sample.instance_id_values
+                assert sample.group_mask[sample.instance_ids == 24].all()
+            else:
+                assert ann["instance_id"] // 1000 == ann["category_id"] and ann["instance_id"] in \
+                    sample.instance_id_values
+    polygons = Annotation()
+    polygons.fromJsonFile(str(next((tmp_path / "export" / "gtFine").rglob("*_000000_000000_gtFine_polygons.json"))))
+    assert [o.label for o in polygons.objects] == ["persongroup", "car", "person", "car"]
+
+
+def test_city_names_and_instance_numbers() -> None:
+    assert export_city("/a/drive_1.mcap", "/cam") != export_city("/b/drive_2", "/cam")
+    assert city_name("", "") == "labelled" and "_" not in city_name("a_b", "/x_y/z")
+    numbers = InstanceNumbers()
+
+    def obj(track: int | None, name: str = "car", crowd: bool = False) -> LabelledObject:
+        return LabelledObject(name, np.zeros((3, 2)), np.zeros((4, 2)), track_id=track, attributes={"crowd": crowd})
+
+    assert numbers.frame([obj(5), obj(9), obj(None), obj(2, "person")]) == [0, 1, 2, 0]
+    assert numbers.frame([obj(None), obj(9), obj(7), obj(3, crowd=True)]) == [0, 1, 2, None]
+    with pytest.raises(LabelExportError, match="city name"):
+        write_label_tree(Path("/nonexistent/out"), [], city="a_b")

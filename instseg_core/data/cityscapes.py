@@ -122,13 +122,16 @@ def polygons_json(height: int, width: int, objects: Sequence[tuple[str, np.ndarr
 
 def write_sample(root: str | os.PathLike, split: str, city: str, stem: str, rgb: np.ndarray,
                  objects: Sequence[tuple[str, np.ndarray]], *, image_dir: str = "leftImg8bit",
-                 gt_dir: str = "gtFine") -> dict[str, Path]:
+                 gt_dir: str = "gtFine", instance_numbers: Sequence[int | None] | None = None) -> dict[str, Path]:
     """Write one annotated image in the Cityscapes layout; returns the paths written.
 
     `rgb` (H, W, 3) uint8; `objects`: (label name, (N, 2) int polygon) in drawing order (later objects
     occlude earlier ones). The polygons JSON is written first; the instanceIds, labelIds and color images
     are made from it by the official cityscapesscripts converters, exactly as for real Cityscapes.
-    Every file is written atomically (temporary file + rename).
+    `instance_numbers` (one per object, 0-999, distinct per class; None entries and group objects ignored): the
+    k of each object's instance id labelId * 1000 + k instead of its place in the drawing order (e.g. the same k
+    for the same tracked object in every frame of a sequence). Every file is written atomically (temporary file +
+    rename).
     """
     from cityscapesscripts.helpers.annotation import Annotation
     from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
@@ -140,6 +143,8 @@ def write_sample(root: str | os.PathLike, split: str, city: str, stem: str, rgb:
     annotation = Annotation()
     annotation.fromJsonText(text)
     instance_ids = np.asarray(createInstanceImage(annotation, "ids"), dtype=np.int64)
+    if instance_numbers is not None:
+        instance_ids = _renumbered(instance_ids, objects, instance_numbers)
     if instance_ids.max() > np.iinfo(np.uint16).max:
         raise ValueError(f"{stem}: more than 999 instances of one class")
     paths = {"image": write_image(root, split, city, stem, rgb, image_dir)}
@@ -150,6 +155,33 @@ def write_sample(root: str | os.PathLike, split: str, city: str, stem: str, rgb:
     write_bytes_atomically(paths["label_ids"], _png_bytes(np.asarray(createLabelImage(annotation, "ids"), np.uint8)))
     write_bytes_atomically(paths["color"], _png_bytes(cv2.cvtColor(colour, cv2.COLOR_RGBA2BGRA)))
     return paths
+
+
+def _renumbered(instance_ids: np.ndarray, objects: Sequence[tuple[str, np.ndarray]],
+                numbers: Sequence[int | None]) -> np.ndarray:
+    """`instance_ids` as createInstanceImage made it (labelId * 1000 + the object's place among its class's
+    individual objects in drawing order) with each object's k replaced by its entry of `numbers`."""
+    if len(numbers) != len(objects):
+        raise ValueError(f"{len(numbers)} instance numbers for {len(objects)} objects")
+    seen: dict[str, int] = {}
+    mapping: dict[int, int] = {}
+    for (label, _), number in zip(objects, numbers, strict=True):
+        if label not in name2label or not name2label[label].hasInstances:
+            continue  # a group region or stuff: the label id only
+        place = seen.get(label, 0)
+        seen[label] = place + 1
+        if number is not None and not 0 <= number <= 999:
+            raise ValueError(f"instance number {number} of a {label} is not in 0-999")
+        base = name2label[label].id * 1000
+        mapping[base + place] = base + (place if number is None else number)
+    if len(set(mapping.values())) != len(mapping):
+        raise ValueError("two objects of one class have the same instance number")
+    if all(old == new for old, new in mapping.items()):
+        return instance_ids
+    table = np.arange(max(int(instance_ids.max()), *mapping) + 1, dtype=np.int64)
+    for old, new in mapping.items():
+        table[old] = new
+    return table[instance_ids]
 
 
 @dataclass(frozen=True)
