@@ -67,12 +67,22 @@ def prepare_clicks(positive: Clicks, negative: Clicks, image_shape: tuple[int, i
     return (validate_clicks(positive, image_shape, "positive"), validate_clicks(negative, image_shape, "negative"))
 
 
+def warm_points(image_shape: tuple[int, int]) -> np.ndarray:
+    """(4, 2) int64 extreme points of a small box at the image centre (left, top, right, bottom): what `warm`
+    segments so that the frame's first real object does not pay for first-use costs."""
+    height, width = image_shape
+    cx, cy, r = width // 2, height // 2, max(4, min(width, height) // 8)
+    return np.array([[cx - r, cy], [cx, cy - r], [cx + r, cy], [cx, cy + r]], np.int64)
+
+
 class StudioSegmenter(Protocol):
     name: str
     stats: Counter
 
     def segment(self, frame: Frame, points: Any, tolerance: float, positive: Clicks = None,
                 negative: Clicks = None) -> Segmentation: ...
+
+    def warm(self, frame: Frame) -> None: ...
 
     def close(self) -> None: ...
 
@@ -100,6 +110,12 @@ class InProcessSegmenter:
         self.stats["requests"] += 1
         return Segmentation(result.polygon.astype(np.int32), result.score, result.polygon_iou, result.area, ordered,
                             (time.perf_counter() - start) * 1e3)
+
+    def warm(self, frame: Frame) -> None:
+        """Segment a small box at the centre of `frame` and drop the result (the frame is being shown: the network's
+        threads and buffers are ready for its first object)."""
+        self.segmenter.segment(frame.rgb, warm_points(frame.rgb.shape[:2]).astype(np.float64))
+        self.stats["warm"] += 1
 
     def close(self) -> None:
         pass
@@ -196,6 +212,20 @@ class ServiceSegmenter:
         area = int(np.count_nonzero(np.asarray(response.mask.data)))
         return Segmentation(polygon, float(response.score), float(response.polygon_iou), area, ordered,
                             (time.perf_counter() - start) * 1e3)
+
+    def warm(self, frame: Frame) -> None:
+        """Send `frame`'s pixels to the node now (one request on a small central box, its answer dropped) unless they
+        were sent already, so that the first object clicked on it carries only points."""
+        with self._lock:
+            if frame.index in self._sent:
+                return
+        response = self._request(frame, warm_points(frame.rgb.shape[:2]), 1.0, True, (np.zeros((0, 2)),) * 2)
+        self.stats["warm"] += 1
+        if response.success:
+            with self._lock:
+                self._sent[frame.index] = None
+                while len(self._sent) > self._frames_sent:
+                    self._sent.popitem(last=False)
 
     def close(self) -> None:
         import rclpy

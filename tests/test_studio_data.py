@@ -192,6 +192,8 @@ def test_correction_clicks_reach_the_model_and_are_checked(sequence: tuple[BagFr
     assert cut.area < plain.area and model.stats["with_clicks"] >= 1
     with pytest.raises(AnnotationError, match="negative clicks outside"):
         model.segment(frame, points, 1.0, negative=[[9999, 1]])
+    model.warm(frame)  # the frame is shown: one run on a central box, nothing kept
+    assert model.stats["warm"] == 1
 
 
 def test_the_brush_paints_and_erases_the_mask_behind_the_polygon() -> None:
