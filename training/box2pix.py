@@ -19,6 +19,7 @@ network, NMS, pixel-to-box assignment) on val images and scores them with the of
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 from dataclasses import asdict
@@ -54,9 +55,9 @@ from training.common import (
     resume_or_initialise,
     run_epochs,
     save_shipped_checkpoint,
-    start_training,
     training_manifest,
 )
+from training.loop import evaluation_hook, start_run, trainer_epoch_hooks
 
 
 def make_batch(crops: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, list]:
@@ -64,31 +65,39 @@ def make_batch(crops: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     return batch_images(crops), [dense_targets(instances, labels, ignore) for _, instances, labels, ignore in crops]
 
 
+def _box2pix_loss(loss_fn: Box2PixLoss, priors: np.ndarray, output: object, targets: list
+                  ) -> tuple[torch.Tensor, dict]:
+    return loss_fn(output, targets, priors)
+
+
+def training_segmenter(model_config: dict, model: Box2Pix, device: str) -> Segmenter:
+    """The deployed pipeline with the default assignment parameters, for evaluation during training."""
+    return Segmenter(Box2PixAdapter(model_config), TorchBackend(Box2PixInference(model), device=device, threads=0),
+                     score_threshold=0.0, decode_params=asdict(AssignmentParams()))
+
+
 def train(args: argparse.Namespace) -> dict:
-    out, classes, sampler = start_training(args)
-    model_config = Box2PixConfig(classes=classes)
-    model = Box2Pix(model_config).to(memory_format=torch.channels_last)
+    run = start_run(args)
+    out = run.out
+    model_config = Box2PixConfig(classes=run.classes)
+    model = run.prepare(Box2Pix(model_config), args)
     loss_config = Box2PixLossConfig(matching=args.matching, class_weighting=args.class_weighting, gamma=args.gamma,
                                     uncertainty_weighting=not args.no_uncertainty_weighting)
-    loss_fn = Box2PixLoss(loss_config)
+    loss_fn = Box2PixLoss(loss_config).to(run.runtime.device)
+    if args.no_uncertainty_weighting:  # unused: DDP must not wait for its gradient (Adam skipped it anyway)
+        loss_fn.log_variance.requires_grad_(False)
     optimizer = torch.optim.Adam([*model.parameters(), *loss_fn.parameters()], lr=args.lr)
     priors = prior_boxes(args.crop[0], args.crop[1], model.priors_per_layer)
-    steps = args.steps_per_epoch or max(1, len(sampler.samples) // args.batch)
+    steps = args.steps_per_epoch or max(1, len(run.sampler.samples) // args.batch)
     state = {"epoch": 0, "history": [], "train_seconds": 0.0}
     rng = np.random.default_rng(args.seed)
     state = resume_or_initialise(args, out, model, optimizer, state, rng,
                                  restore=lambda checkpoint: loss_fn.load_state_dict(checkpoint["loss_state"]))
-    print(f"{len(sampler.samples)} training images, {steps} steps of {args.batch} crops {args.crop} per epoch, "
+    print(f"{len(run.sampler.samples)} training images, {steps} steps of {args.batch} crops {args.crop} per epoch, "
           f"{len(priors)} priors per crop", flush=True)
-
-    def train_step() -> tuple[float, dict]:
-        crops = [sampler.crop(*args.crop, rng) for _ in range(args.batch)]
-        images, targets = make_batch(crops)
-        loss, parts = loss_fn(model(images), targets, priors)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.item(), parts
+    on_epoch, train_step = trainer_epoch_hooks(run, args, model, loss_fn,
+                                               functools.partial(_box2pix_loss, loss_fn, priors), make_batch,
+                                               optimizer, steps)
 
     def checkpoint() -> dict:
         return {"model": model.state_dict(), "loss_state": loss_fn.state_dict(), "model_config": model_config.to_dict(),
@@ -97,7 +106,10 @@ def train(args: argparse.Namespace) -> dict:
     def log_variance() -> dict:
         return {"log_variance": dict(zip(Box2PixLoss.TASKS, loss_fn.log_variance.detach().tolist(), strict=True))}
 
-    return run_epochs(args, out, optimizer, state, rng, steps, train_step, model.train, checkpoint, log_variance)
+    evaluate_hook = evaluation_hook(run, args, model, model_config.to_dict(), training_segmenter,
+                                    multiple=Box2PixAdapter.input_multiple)
+    return run_epochs(args, out, optimizer, state, rng, steps, train_step, model.train, checkpoint, log_variance,
+                      runtime=run.runtime, on_epoch=on_epoch, evaluate=evaluate_hook, data=run.data)
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[Box2Pix, dict]:
@@ -215,8 +227,8 @@ def add_assignment_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the paper's behaviour: pixels whose class has no box still go to the nearest box")
 
 
-def main(argv: list[str] | None = None) -> object:
-    """Run one command; returns its result (training state, evaluation results, ONNX path or coverage)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: train / evaluate / export (and the model's own sub-commands)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     add_model_commands(commands, train=train, evaluate=evaluate, export=export,
@@ -230,6 +242,12 @@ def main(argv: list[str] | None = None) -> object:
     coverage_parser.add_argument("--limit", type=int, default=None)
     add_debug_argument(coverage_parser)
     coverage_parser.set_defaults(func=guarded(coverage, "coverage"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> object:
+    """Run one command; returns its result (training state, evaluation results, ONNX path or coverage)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "train" and __name__ == "__main__":
         ensure_malloc_tuning()

@@ -26,7 +26,7 @@ import torch
 from instseg_core.base.atomic_files import write_bytes_atomically
 from instseg_core.base.classes import INSTANCE_CLASSES
 from instseg_core.base.command_exit import InputError, add_debug_argument, debug_requested, run_command
-from instseg_core.data.instance_training import CROP_MODES, CropSampler, load_split
+from instseg_core.data.instance_training import CROP_MODES, CropSampler
 
 MALLOC_TUNING = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 
@@ -68,7 +68,7 @@ def load_checkpoint_file(path: str | os.PathLike, what: str = "checkpoint") -> d
     if not path.is_file():
         raise CheckpointError(f"{what} {path}: no such file")
     try:
-        checkpoint = torch.load(path, weights_only=False)
+        checkpoint = torch.load(path, weights_only=False, map_location="cpu")
     except Exception as exc:  # torch raises several types for truncated or foreign files
         raise CheckpointError(f"{what} {path} ({path.stat().st_size} bytes) is not a checkpoint torch can read: "
                               f"{first_line(exc)} (truncated or damaged?)") from exc
@@ -120,22 +120,14 @@ def save_shipped_checkpoint(model: torch.nn.Module, model_config: dict, epoch: i
 
 
 def start_training(args: argparse.Namespace) -> tuple[Path, tuple[str, ...], CropSampler]:
-    """What every training command does first: torch threads and seed from the arguments, the run folder
-    (created), the class names and the training split loaded into memory behind the --crops sampler.
-    Returns (out, classes, crop sampler)."""
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    classes = tuple(args.classes)
-    skipped: list[dict] = []
-    samples = load_split(args.data, "train", classes, scale=args.scale, limit=args.limit,
-                         skip_bad=getattr(args, "skip_bad", False), skipped=skipped)
-    if skipped:
-        print(f"skipped {len(skipped)} bad training sample(s) of {len(samples) + len(skipped)} (--skip-bad; listed "
-              "in history.json)", flush=True)
-    args.skipped_samples = skipped  # run_epochs writes them into history.json
-    return out, classes, CropSampler(samples, args.crops, args.anywhere_crops)
+    """What every training command does first (training.loop.start_run): device, process group, threads and seed
+    from the arguments, the run folder (created), the class names and the training split behind the --crops
+    sampler (streamed from disk through its cached object index; --in-memory: decoded first). Returns (out,
+    classes, crop sampler); the models' train() use start_run itself for the runtime."""
+    from training.loop import start_run
+
+    run = start_run(args)
+    return run.out, run.classes, run.sampler
 
 
 def resume(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
@@ -192,7 +184,8 @@ def add_common_train_arguments(parser: argparse.ArgumentParser, *, crop: tuple[i
     parser.add_argument("--classes", nargs="+", default=list(INSTANCE_CLASSES))
     parser.add_argument("--scale", type=float, default=1.0, help="resize images first (0.5: Cityscapes at 1024x512)")
     parser.add_argument("--crop", type=int, nargs=2, default=crop, metavar=("H", "W"))
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=8,
+                        help="global batch: windows per optimisation step over all processes (torchrun)")
     parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--steps-per-epoch", type=int, default=0, help="default: images / batch")
     parser.add_argument("--lr", type=float, default=lr)
@@ -214,54 +207,123 @@ def add_common_train_arguments(parser: argparse.ArgumentParser, *, crop: tuple[i
     parser.add_argument("--skip-bad", action="store_true",
                         help="leave out training samples whose image or labels do not decode or differ in size "
                              "(each named on stderr, listed in history.json) instead of stopping at the first")
+    from training.loop import add_scale_arguments
+
+    add_scale_arguments(parser)
     add_debug_argument(parser)
 
 
 def run_epochs(args: argparse.Namespace, out: Path, optimizer: torch.optim.Optimizer, state: dict, rng: object,
                steps: int, train_step: Callable[[], tuple[float, dict]], start_epoch: Callable[[], None],
-               checkpoint: Callable[[], dict], extra_entry: Callable[[], dict] | None = None) -> dict:
+               checkpoint: Callable[[], dict], extra_entry: Callable[[], dict] | None = None, *,
+               runtime: object | None = None, on_epoch: Callable[[int], None] | None = None,
+               evaluate: Callable[[int], dict] | None = None, data: dict | None = None) -> dict:
     """The epoch loop shared by the training commands.
 
-    Per epoch: polynomial decay lr * (1 - (epoch - 1) / epochs)^0.9, `start_epoch()` (train mode, frozen batch
-    norm, ...), `steps` x `train_step()` -> (loss, parts) with progress output, then a history entry (mean loss,
-    mean parts, `extra_entry()`), `epoch_NNN.pt` every --keep-every epochs and a resumable `last.pt` (both
-    `checkpoint()` plus epoch, state, config and commit), history.json. Stops early when --time-budget
-    training seconds are spent. Returns the training state."""
+    Per epoch: polynomial decay lr * (1 - (epoch - 1) / epochs)^0.9, `on_epoch(epoch)` (the data loader's epoch),
+    `start_epoch()` (train mode, frozen batch norm, ...), `steps` x `train_step()` -> (loss, parts) with a progress
+    line every --progress-every steps (loss, images/s, ETA), then a history entry (mean loss, mean parts,
+    `extra_entry()`), `epoch_NNN.pt` every --keep-every epochs and a resumable `last.pt` (both `checkpoint()` plus
+    epoch, state, config and commit), history.json, steps.jsonl (one line per step); with `evaluate` (--eval-every)
+    the official evaluator's result every --eval-every epochs and after the last, best.pt (by AP50). TensorBoard
+    events when the package is there. `runtime` (training.loop.Runtime): only rank 0 writes or prints; every
+    process stops at the same epoch. Stops early when --time-budget training seconds are spent. Returns the
+    training state."""
+    from training.loop import Progress, Runtime, format_seconds, stop_together, tensorboard_writer, write_run_json
+
+    runtime = runtime if runtime is not None else Runtime(torch.device("cpu"))
+    assert isinstance(runtime, Runtime)
+    main = runtime.main
     config = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "skipped_samples", "debug")}
     skipped = {"skipped_samples": args.skipped_samples} if getattr(args, "skipped_samples", None) else {}
+    if main:
+        write_run_json(out, args, runtime, data or {}, state)
+    writer = tensorboard_writer(args, out, runtime)
+    eval_every = getattr(args, "eval_every", 0)
+    progress = Progress(max(0, args.epochs - state["epoch"]) * steps, args.batch)
     for epoch in range(state["epoch"] + 1, args.epochs + 1):
-        if args.time_budget and state["train_seconds"] >= args.time_budget:
+        if stop_together(runtime, bool(args.time_budget and state["train_seconds"] >= args.time_budget)):
             print(f"time budget of {args.time_budget} s spent after epoch {state['epoch']}", flush=True)
             break
         lr = args.lr * (1 - (epoch - 1) / args.epochs) ** 0.9
         for group in optimizer.param_groups:
             group["lr"] = lr
+        if on_epoch is not None:
+            on_epoch(epoch)
         start_epoch()
         start = time.perf_counter()
         losses: list[float] = []
         parts_sum: dict[str, float] = {}
+        step_lines = []
         for step in range(steps):
+            step_start = time.perf_counter()
             loss, parts = train_step()
+            step_seconds = time.perf_counter() - step_start
+            progress.update(step_seconds)
             losses.append(loss)
             for key, value in parts.items():
                 parts_sum[key] = parts_sum.get(key, 0.0) + value / steps
+            global_step = (epoch - 1) * steps + step + 1
+            step_lines.append(json.dumps({"epoch": epoch, "step": step + 1, "global_step": global_step, "loss": loss,
+                                          "lr": lr, "images_per_s": args.batch / step_seconds, **parts}))
+            if writer is not None:
+                writer.add_scalar("loss/total", loss, global_step)
+                for key, value in parts.items():
+                    writer.add_scalar(f"loss/{key}", value, global_step)
+                writer.add_scalar("lr", lr, global_step)
             if args.progress_every and (step + 1) % args.progress_every == 0:
-                print(f"  epoch {epoch} step {step + 1}/{steps} loss {np.mean(losses[-args.progress_every:]):.4f}",
-                      flush=True)
+                print(f"  epoch {epoch} step {step + 1}/{steps} loss {np.mean(losses[-args.progress_every:]):.4f} "
+                      f"{progress.images_per_second:.1f} img/s ETA {format_seconds(progress.eta)}", flush=True)
         seconds = time.perf_counter() - start
         state["train_seconds"] += seconds
         state["epoch"] = epoch
         entry = {"epoch": epoch, "lr": lr, "loss": float(np.mean(losses)), **parts_sum,
-                 **(extra_entry() if extra_entry else {}), "seconds": seconds, "train_seconds": state["train_seconds"]}
+                 **(extra_entry() if extra_entry else {}), "seconds": seconds, "train_seconds": state["train_seconds"],
+                 "world_size": runtime.world_size, "images_per_s": steps * args.batch / seconds if seconds else 0.0}
         state["history"].append(entry)
-        saved = {**checkpoint(), "config": config, "epoch": epoch, "state": state, "commit": git_commit()}
-        if args.keep_every and epoch % args.keep_every == 0:
-            save_atomically(saved, out / f"epoch_{epoch:03d}.pt")
-        save_atomically({**saved, **resumable(optimizer, rng)}, out / "last.pt")
-        (out / "history.json").write_text(json.dumps({"config": config, **state, **skipped}, indent=1))
+        if main:
+            saved = {**checkpoint(), "config": config, "epoch": epoch, "state": state, "commit": git_commit()}
+            if args.keep_every and epoch % args.keep_every == 0:
+                save_atomically(saved, out / f"epoch_{epoch:03d}.pt")
+            save_atomically({**saved, **resumable(optimizer, rng)}, out / "last.pt")
+            with open(out / "steps.jsonl", "a") as stream:
+                stream.write("".join(line + "\n" for line in step_lines))
+            if evaluate is not None and (epoch % eval_every == 0 or epoch == args.epochs):
+                _evaluate_during_training(evaluate, epoch, state, saved, out, writer)
+            (out / "history.json").write_text(json.dumps({"config": config, **state, **skipped}, indent=1))
         print(f"epoch {epoch}/{args.epochs} lr {lr:.2e} loss {entry['loss']:.4f} ("
-              + " ".join(f"{k} {v:.4f}" for k, v in parts_sum.items()) + f") {seconds:.0f} s", flush=True)
+              + " ".join(f"{k} {v:.4f}" for k, v in parts_sum.items()) + f") {seconds:.0f} s "
+              f"{entry['images_per_s']:.1f} img/s", flush=True)
+        runtime.barrier()
+    if writer is not None:
+        writer.close()  # type: ignore[attr-defined]
     return state
+
+
+def _evaluate_during_training(evaluate: Callable[[int], dict], epoch: int, state: dict, saved: dict, out: Path,
+                              writer: object | None) -> None:
+    """--eval-every: evaluate, record (history entry, evaluation_epoch_NNN.json, TensorBoard), keep best.pt."""
+    result = evaluate(epoch)
+    overlays = result.pop("overlays", [])
+    result["epoch"], result["train_seconds"] = epoch, state["train_seconds"]
+    state["history"][-1]["val"] = {"ap": result["ap"], "ap50": result["ap50"]}
+    (out / f"evaluation_epoch_{epoch:03d}.json").write_text(json.dumps({f"epoch_{epoch:03d}": result}, indent=1))
+    best = state.get("best")
+    improved = best is None or result["ap50"] > best["ap50"]
+    print(f"  val epoch {epoch}: AP {result['ap']:.3f} AP50 {result['ap50']:.3f}"
+          + (" (best so far: best.pt)" if improved else f" (best: epoch {best['epoch']}, AP50 {best['ap50']:.3f})"),
+          flush=True)
+    if improved:
+        state["best"] = {"epoch": epoch, "ap": result["ap"], "ap50": result["ap50"]}
+        save_atomically({**saved, "state": state}, out / "best.pt")
+        (out / "evaluation_best.json").write_text(json.dumps({"best.pt": result}, indent=1))
+    if writer is not None:
+        writer.add_scalar("val/AP", result["ap"], epoch)  # type: ignore[attr-defined]
+        writer.add_scalar("val/AP50", result["ap50"], epoch)  # type: ignore[attr-defined]
+        for name, values in result.get("per_class", {}).items():
+            writer.add_scalar(f"val_AP50/{name}", values["ap50"], epoch)  # type: ignore[attr-defined]
+        for k, image in enumerate(overlays):
+            writer.add_image(f"val_overlay/{k}", image, epoch, dataformats="HWC")  # type: ignore[attr-defined]
 
 
 def checkpoint_names(run: Path, which: str) -> list[str]:

@@ -22,6 +22,7 @@ classes (the class oracle, Table IV).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -56,9 +57,9 @@ from training.common import (
     resume_or_initialise,
     run_epochs,
     save_shipped_checkpoint,
-    start_training,
     training_manifest,
 )
+from training.loop import evaluation_hook, start_run, trainer_epoch_hooks
 
 
 def make_batch(crops: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], classes: tuple[str, ...]
@@ -68,33 +69,40 @@ def make_batch(crops: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
                                  for _, instances, labels, ignore in crops]
 
 
+def _dcme_loss(loss_fn: DcmeLoss, output: object, targets: list) -> tuple[torch.Tensor, dict]:
+    return loss_fn(output, targets)
+
+
+def training_segmenter(model_config: dict, model: Dcme, device: str) -> Segmenter:
+    """The deployed pipeline with the default voting parameters, for evaluation during training."""
+    return Segmenter(DcmeAdapter(model_config), TorchBackend(DcmeInference(model), device=device, threads=0),
+                     score_threshold=0.0, decode_params=asdict(VotingParams()))
+
+
 def train(args: argparse.Namespace) -> dict:
-    out, classes, sampler = start_training(args)
+    run = start_run(args)
+    out, classes = run.out, run.classes
     model_config = DcmeConfig(classes=classes)
-    model = Dcme(model_config).to(memory_format=torch.channels_last)
+    model = run.prepare(Dcme(model_config), args)
     loss_config = DcmeLossConfig(amplitude=args.amplitude, clip=not args.no_clip, independent=not args.shared_error)
     loss_fn = DcmeLoss(model_config.vector_scale, loss_config)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    steps = args.steps_per_epoch or max(1, len(sampler.samples) // args.batch)
+    steps = args.steps_per_epoch or max(1, len(run.sampler.samples) // args.batch)
     state = {"epoch": 0, "history": [], "train_seconds": 0.0}
     rng = np.random.default_rng(args.seed)
     state = resume_or_initialise(args, out, model, optimizer, state, rng)
-    print(f"{len(sampler.samples)} training images, {steps} steps of {args.batch} crops {args.crop} per epoch "
+    print(f"{len(run.sampler.samples)} training images, {steps} steps of {args.batch} crops {args.crop} per epoch "
           f"({args.crops} windows)", flush=True)
-
-    def train_step() -> tuple[float, dict]:
-        crops = [sampler.crop(*args.crop, rng) for _ in range(args.batch)]
-        images, targets = make_batch(crops, classes)
-        loss, parts = loss_fn(model(images), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.item(), parts
+    on_epoch, train_step = trainer_epoch_hooks(run, args, model, loss_fn, functools.partial(_dcme_loss, loss_fn),
+                                               functools.partial(make_batch, classes=classes), optimizer, steps)
 
     def checkpoint() -> dict:
         return {"model": model.state_dict(), "model_config": model_config.to_dict(), "loss_config": asdict(loss_config)}
 
-    return run_epochs(args, out, optimizer, state, rng, steps, train_step, model.train, checkpoint)
+    evaluate_hook = evaluation_hook(run, args, model, model_config.to_dict(), training_segmenter,
+                                    multiple=INPUT_MULTIPLE)
+    return run_epochs(args, out, optimizer, state, rng, steps, train_step, model.train, checkpoint,
+                      runtime=run.runtime, on_epoch=on_epoch, evaluate=evaluate_hook, data=run.data)
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[Dcme, dict]:
@@ -287,8 +295,8 @@ def add_voting_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
 
 
-def main(argv: list[str] | None = None) -> object:
-    """Run one command; returns its result (training state, evaluation results or ONNX path)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: train / evaluate / export (and the model's own sub-commands)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     _, evaluate_parser, _ = add_model_commands(commands, train=train, evaluate=evaluate, export=export,
@@ -304,6 +312,12 @@ def main(argv: list[str] | None = None) -> object:
     tune_parser.add_argument("--threads", type=int, default=2)
     add_debug_argument(tune_parser)
     tune_parser.set_defaults(func=guarded(tune, "tune"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> object:
+    """Run one command; returns its result (training state, evaluation results or ONNX path)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "train" and __name__ == "__main__":
         ensure_malloc_tuning()

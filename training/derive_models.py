@@ -143,15 +143,19 @@ def quantize_onnx(source: Path, out: Path, inputs: list[np.ndarray], input_name:
                         nodes_to_exclude=excluded)
 
 
-def quantize_streaming_model(model: str, source: Path, out: Path) -> None:
-    """`<model>_int8.onnx` and its manifest from the float32 ONNX `source` (see the module docstring)."""
+def quantize_streaming_model(model: str, source: Path, out: Path, frames: list[np.ndarray] | None = None) -> None:
+    """`<model>_int8.onnx` and its manifest from the float32 ONNX `source` (see the module docstring); `frames`
+    ((H, W, 3) uint8 RGB, sides multiples of the model's input multiple): calibrate on these instead (a fine-tune
+    on one's own data, training/studio_finetune.py)."""
     from instseg_core.runtime.adapters import model_adapter
 
     manifest = json.loads(source.with_suffix(".json").read_text())
     int8_entry = manifest.get("int8", {})
-    settings = {**DEFAULT_CALIBRATION, **int8_entry.get("calibration", {})}
+    settings = {**DEFAULT_CALIBRATION, **int8_entry.get("calibration", {})} if frames is None else \
+        {"images": len(frames), "source": "the fine-tune's own training frames"}
     adapter = model_adapter(model)(manifest["model_config"])
-    quantize_onnx(source, out, [adapter.preprocess(rgb) for rgb in calibration_frames(settings)],
+    quantize_onnx(source, out, [adapter.preprocess(rgb) for rgb in (calibration_frames(settings) if frames is None
+                                                                     else frames)],
                   keep_float=KEEP_FLOAT[model])
     int8_manifest = {**manifest, "precision": "int8",
                      "quantisation": {"source": source.name, "format": "static QDQ, per-channel int8 weights, "

@@ -19,6 +19,7 @@ A checkpoint is written every epoch (`last.pt`, resumable with `--resume`; `epoc
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 from dataclasses import asdict
@@ -54,9 +55,9 @@ from training.common import (
     resume_or_initialise,
     run_epochs,
     save_shipped_checkpoint,
-    start_training,
     training_manifest,
 )
+from training.loop import evaluation_hook, start_run, trainer_epoch_hooks, window_draw
 
 
 def _freeze_batch_norm(model: torch.nn.Module) -> None:
@@ -65,8 +66,24 @@ def _freeze_batch_norm(model: torch.nn.Module) -> None:
             module.eval()
 
 
+def _se_loss(loss_fn: SpatialEmbeddingLoss, raw: torch.Tensor, targets: tuple) -> tuple[torch.Tensor, dict]:
+    return loss_fn(raw, *targets)
+
+
+def _collate(crops: list) -> tuple[torch.Tensor, tuple]:
+    images, instances, labels, ignore = to_batch(crops)
+    return images, (instances, labels, ignore)
+
+
+def training_segmenter(model_config: dict, model: torch.nn.Module, device: str) -> Segmenter:
+    """The deployed pipeline with the paper's clustering defaults, for evaluation during training."""
+    return Segmenter(SpatialEmbeddingsAdapter(model_config), TorchBackend(model, device=device, threads=0),
+                     score_threshold=0.0, decode_params=asdict(ClusteringParams()))
+
+
 def train(args: argparse.Namespace) -> dict:
-    out, classes, sampler = start_training(args)
+    run = start_run(args)
+    out, classes = run.out, run.classes
     loss_config = SpatialEmbeddingLossConfig(learn_sigma=not args.fixed_sigma, center=args.center,
                                              foreground_weight=args.foreground_weight)
     model_config = SpatialEmbeddingsConfig(classes=classes, n_sigma=args.n_sigma, dropout_low=args.dropout_low,
@@ -82,14 +99,14 @@ def train(args: argparse.Namespace) -> dict:
     mix = RealContextMix(args.negative_windows, args.real_backgrounds, args.photometric, tuple(args.zoom))
     if args.finetune_from:  # the pre-training run's last weights (the shared --init with a run folder)
         args.init = str(Path(args.finetune_from) / "last.pt")
-    model = model.to(memory_format=torch.channels_last)
+    model = cast(SpatialEmbeddings, run.prepare(model, args))
     loss_fn = SpatialEmbeddingLoss(model_config.n_sigma, len(classes), loss_config)
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps = args.steps_per_epoch or max(1, len(sampler.samples) // args.batch)
+    steps = args.steps_per_epoch or max(1, len(run.sampler.samples) // args.batch)
     state = {"epoch": 0, "history": [], "train_seconds": 0.0}
     rng = np.random.default_rng(args.seed)
     state = resume_or_initialise(args, out, model, optimizer, state, rng)
-    print(f"{len(sampler.samples)} training images, {steps} steps of {args.batch} crops {args.crop} per epoch "
+    print(f"{len(run.sampler.samples)} training images, {steps} steps of {args.batch} crops {args.crop} per epoch "
           f"({args.crops} windows)", flush=True)
 
     def start_epoch() -> None:
@@ -97,19 +114,15 @@ def train(args: argparse.Namespace) -> dict:
         if args.freeze_bn:
             _freeze_batch_norm(model)
 
-    def train_step() -> tuple[float, dict]:
-        crops = [mixed_window(sampler, *args.crop, rng, mix) for _ in range(args.batch)]
-        images, instances, labels, ignore = to_batch(crops)
-        loss, parts = loss_fn(model(images), instances, labels, ignore)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.item(), parts
+    on_epoch, train_step = trainer_epoch_hooks(run, args, model, loss_fn, functools.partial(_se_loss, loss_fn),
+                                               _collate, optimizer, steps, draw=window_draw(mixed_window, mix))
 
     def checkpoint() -> dict:
         return {"model": model.state_dict(), "model_config": model_config.to_dict(), "loss_config": vars(loss_config)}
 
-    return run_epochs(args, out, optimizer, state, rng, steps, train_step, start_epoch, checkpoint)
+    evaluate_hook = evaluation_hook(run, args, model, model_config.to_dict(), training_segmenter, multiple=8)
+    return run_epochs(args, out, optimizer, state, rng, steps, train_step, start_epoch, checkpoint,
+                      runtime=run.runtime, on_epoch=on_epoch, evaluate=evaluate_hook, data=run.data)
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[SpatialEmbeddings, dict]:
@@ -207,12 +220,18 @@ def add_clustering_arguments(parser: argparse.ArgumentParser) -> None:
                         help="multiply the clustering margin (1: the paper's; see seed_clustering.ClusteringParams)")
 
 
-def main(argv: list[str] | None = None) -> object:
-    """Run one command; returns its result (training state, evaluation results or the ONNX path)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: train / evaluate / export (and the model's own sub-commands)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     add_model_commands(commands, train=train, evaluate=evaluate, export=export,
                        add_train_arguments=add_train_arguments, add_decode_arguments=add_clustering_arguments)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> object:
+    """Run one command; returns its result (training state, evaluation results or the ONNX path)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "train" and __name__ == "__main__":
         ensure_malloc_tuning()

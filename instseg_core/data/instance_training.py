@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import torch
 
-from instseg_core.data.cityscapes import CityscapesDataset, SampleError, name2label
+from instseg_core.data.cityscapes import CityscapesDataset, CityscapesSample, SampleError, name2label
 
 
 @dataclass
@@ -69,6 +69,22 @@ def _centers(instances: np.ndarray) -> np.ndarray:
                      np.bincount(index, rows, count) / np.maximum(area, 1)], 1).astype(np.float32)
 
 
+def instance_sample(sample: CityscapesSample, classes: Sequence[str], scale: float = 1.0,
+                    centers: np.ndarray | None = None) -> InstanceSample:
+    """The training targets of one Cityscapes sample (module docstring), decoded now; SampleError naming the file
+    when its image or instanceIds does not decode or their sizes differ. `centers` (K, 2): the objects' centroids
+    when already known (an object index), else computed."""
+    sample.check_sizes("instance_ids")
+    image, instance_ids = sample.image, sample.instance_ids
+    if scale != 1.0:
+        size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        instance_ids = cv2.resize(instance_ids, size, interpolation=cv2.INTER_NEAREST)
+    instances, labels, ignore = instance_targets(instance_ids, classes)
+    return InstanceSample(f"{sample.city}/{sample.stem}", image, instances, labels, ignore,
+                          _centers(instances) if centers is None else centers)
+
+
 def load_split(root: str | os.PathLike | None, split: str, classes: Sequence[str], *, scale: float = 1.0,
                limit: int | None = None, skip_bad: bool = False,
                skipped: list[dict] | None = None) -> list[InstanceSample]:
@@ -87,21 +103,12 @@ def load_split(root: str | os.PathLike | None, split: str, classes: Sequence[str
     bad: list[dict] = [] if skipped is None else skipped
     for sample in list(dataset)[:limit]:
         try:
-            sample.check_sizes("instance_ids")
+            samples.append(instance_sample(sample, classes, scale))
         except SampleError as exc:
             if not skip_bad:
                 raise SampleError(f"{exc} (--skip-bad leaves such samples out)") from exc
             bad.append({"sample": f"{sample.city}/{sample.stem}", "reason": str(exc)})
             print(f"skipped a bad sample: {exc}", file=sys.stderr, flush=True)
-            continue
-        image, instance_ids = sample.image, sample.instance_ids
-        if scale != 1.0:
-            size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
-            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-            instance_ids = cv2.resize(instance_ids, size, interpolation=cv2.INTER_NEAREST)
-        instances, labels, ignore = instance_targets(instance_ids, classes)
-        samples.append(InstanceSample(f"{sample.city}/{sample.stem}", image, instances, labels, ignore,
-                                      _centers(instances)))
     if not samples:
         raise FileNotFoundError(f"no {'usable ' if bad else ''}annotated images in split {split!r} of {dataset.root}"
                                 + (f" ({len(bad)} bad ones skipped)" if bad else ""))
@@ -149,19 +156,26 @@ class CropSampler:
     most windows). 'balanced': a class drawn uniformly among the classes present in the split, then a random object
     of that class anywhere in the split, so rare classes (bus, train, motorcycle) get as many windows as cars.
     A fraction `anywhere_fraction` of the windows is placed anywhere in a random image instead (full-frame
-    context: sky, road and buildings that object-centred windows rarely show)."""
+    context: sky, road and buildings that object-centred windows rarely show).
 
-    def __init__(self, samples: Sequence[InstanceSample], mode: str = "objects", anywhere_fraction: float = 0.0):
+    `samples` is any sequence of InstanceSample: a list in memory (load_split), or one that decodes an image when
+    it is indexed (instseg_core.data.streamed_dataset), which then passes `classes_per_image` ((K,) int64 class
+    index of each image's objects, from its object index) so that nothing is decoded to build the sampler; the
+    windows drawn for a given generator are the same either way."""
+
+    def __init__(self, samples: Sequence[InstanceSample], mode: str = "objects", anywhere_fraction: float = 0.0,
+                 classes_per_image: Sequence[np.ndarray] | None = None):
         if mode not in CROP_MODES:
             raise ValueError(f"crop mode {mode!r}: expected one of {CROP_MODES}")
         if not 0.0 <= anywhere_fraction <= 1.0:
             raise ValueError(f"anywhere_fraction {anywhere_fraction} is not in [0, 1]")
-        self.samples = list(samples)
+        self.samples = samples if classes_per_image is not None else list(samples)
         self.mode = mode
         self.anywhere_fraction = anywhere_fraction
         objects: dict[int, list[tuple[int, int]]] = {}
-        for sample_index, sample in enumerate(self.samples):
-            for object_index, label in enumerate(object_classes(sample)):
+        per_image = classes_per_image if classes_per_image is not None else [object_classes(s) for s in self.samples]
+        for sample_index, image_classes in enumerate(per_image):
+            for object_index, label in enumerate(image_classes):
                 objects.setdefault(int(label), []).append((sample_index, object_index))
         self.objects_by_class = {label: np.array(pairs) for label, pairs in sorted(objects.items())}
         self._class_objects = list(self.objects_by_class.values())
