@@ -2,15 +2,25 @@
 
 API (all JSON unless said otherwise; errors are {"error": message} with a 4xx status, never a traceback):
 
-    GET  /api/info                         bag, topic, frame count, classes, segmenter, session version, counters
+    GET  /api/info                         bag, topic, frame count, classes, attributes per class, next track
+                                           id, segmenter, session version, counters
     GET  /api/timeline                     receive timestamps (ns) of every frame, indices of labelled frames
+    GET  /api/tracks                       every track: id, class, the frames it is on
     GET  /api/frames/{i}                   index, timestamps, size, frame_id, objects of frame i
     GET  /api/frames/{i}/image             frame i as JPEG
-    PUT  /api/frames/{i}/objects           {"base_version", "objects"} -> {"version"}; 409 when the session
-                                           changed since base_version (another tab)
-    POST /api/segment                      {"frame", "points" (4 clicks, any order), "tolerance"} -> polygon
-    POST /api/frames/{i}/propagate         {"source": j} -> frame j's objects re-segmented on frame i (not saved)
-    POST /api/frames/{i}/proposals         the streaming segmenter's instances on frame i (not saved)
+    POST /api/frames/{i}/warm              decode frame i and wake the model before the first click (202)
+    PUT  /api/frames/{i}/objects           {"base_version", "objects"} -> {"version", "next_track_id"}; 409 when
+                                           the session changed since base_version (another tab)
+    POST /api/segment                      {"frame", "points" (4 clicks, any order), "tolerance", "positive",
+                                           "negative" (optional correction clicks [[x, y], ...])} -> polygon
+    POST /api/frames/{i}/brush             {"polygon", "strokes" [{"mode" paint|erase, "radius", "points"}],
+                                           "tolerance"} -> the polygon of the painted or erased mask
+    POST /api/frames/{i}/propagate         {"source": j, "objects" (frame i's objects as the page has them;
+                                           default: the saved ones)} -> frame i's objects with frame j's moved
+                                           onto them: an object of a track frame i has replaces it, others are
+                                           added ({"objects", "updated", "added", "failures"}; not saved)
+    POST /api/frames/{i}/proposals         {"objects" (as above)} -> the streaming segmenter's instances on frame
+                                           i, less those overlapping the objects ({"proposals", "suppressed"})
     POST /api/export                       {"overwrite"} -> the export under OUT/export (all or nothing)
 
 Safety: requests whose Host is not one of the server's own names, or whose Origin is another site, are refused
@@ -25,6 +35,7 @@ only the bag and the output folder; the page's files come from the package.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import re
@@ -47,13 +58,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from instseg_core.annotate.segmenter import AnnotationError
 from instseg_core.base.command_exit import describe, os_error_line
 from instseg_core.data.label_export import LabelExportError, LabelledFrame, LabelledObject, write_label_tree
-from instseg_studio.assist import propagate, proposals
+from instseg_studio.assist import brush, frame_proposals, merge_propagated, propagate
 from instseg_studio.bag_frames import BagFrames, BagFramesError
 from instseg_studio.segmenters import StudioSegmenter
-from instseg_studio.session import Session, SessionError, VersionConflictError
+from instseg_studio.session import (
+    MAX_OBJECTS_PER_FRAME,
+    Session,
+    SessionError,
+    VersionConflictError,
+    validate_object,
+)
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_BODY_BYTES = 1 << 20
+MAX_CLICKS = 100  # correction clicks of one kind per object
 MAX_JSON_DEPTH = 32  # the API's deepest value is 4 levels down ({"objects": [{"polygon": [[x, y]]}]})
 JPEG_QUALITY = 90
 log = logging.getLogger("instseg_studio")
@@ -102,6 +120,37 @@ def _tolerance(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 50.0:
         raise RequestError(f"tolerance must be a number of pixels in [0, 50], got {value!r}")
     return float(value)
+
+
+def _pixels(value: Any, name: str, shape: tuple[int, ...], minimum: int, maximum: int) -> list[list[float]]:
+    """[[x, y], ...] image pixels inside an (H, W) image, `minimum` to `maximum` of them, or RequestError 422."""
+    height, width = shape[:2]
+    if not isinstance(value, list) or not minimum <= len(value) <= maximum:
+        raise RequestError(f"{name} must be a list of {minimum} to {maximum} [x, y] pixels", 422)
+    points = []
+    for k, point in enumerate(value):
+        if (not isinstance(point, list) or len(point) != 2
+                or any(isinstance(v, bool) or not isinstance(v, int | float) for v in point)):
+            raise RequestError(f"{name}[{k}] must be [x, y] numbers, got {point!r}", 422)
+        if not (0 <= point[0] <= width - 1 and 0 <= point[1] <= height - 1):
+            raise RequestError(f"{name}[{k}] {point} is outside the {width}x{height} image", 422)
+        points.append([float(point[0]), float(point[1])])
+    return points
+
+
+def frame_ranges(frames: list[int]) -> str:
+    """Frame indices as the page shows them (1-based ranges): [0, 1, 2, 6] -> "1-3, 7"."""
+    ranges: list[list[int]] = []
+    for k in sorted(frames):
+        if ranges and k == ranges[-1][1] + 1:
+            ranges[-1][1] = k
+        else:
+            ranges.append([k, k])
+    return ", ".join(f"{a + 1}" if a == b else f"{a + 1}-{b + 1}" for a, b in ranges)
+
+
+def _segmenter_takes_clicks(segmenter: Any) -> bool:
+    return "positive" in inspect.signature(segmenter.segment).parameters
 
 
 class RequestGuard:
@@ -222,6 +271,9 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
     def info() -> dict:
         return {"bag": str(studio.frames.bag), "topic": studio.frames.topic, "topics": studio.frames.image_topics,
                 "frames": len(studio.frames), "classes": list(studio.session.classes),
+                "attributes": {k: list(v) for k, v in getattr(studio.session, "attributes", {}).items()},
+                "next_track_id": getattr(studio.session, "next_track_id", None),
+                "objects": sum(len(studio.session.objects(k)) for k in studio.session.labelled_frames()),
                 "segmenter": studio.segmenter.name, "segmenter_stats": dict(studio.segmenter.stats),
                 "proposals": studio.streaming is not None,
                 "version": studio.session.version, "out": str(studio.out), "counters": dict(studio.counters)}
@@ -230,6 +282,30 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
     def timeline() -> dict:
         return {"timestamps_ns": studio.frames.timestamps.tolist(), "labelled": studio.session.labelled_frames(),
                 "version": studio.session.version}
+
+    @app.get("/api/tracks")
+    def tracks() -> dict:
+        found: dict[int, dict] = {}
+        for index in studio.session.labelled_frames():
+            for obj in studio.session.objects(index):
+                if isinstance(obj.get("track_id"), int):
+                    track = found.setdefault(obj["track_id"], {"track_id": obj["track_id"], "frames": []})
+                    track["class"] = obj["class"]
+                    track["frames"].append(index)
+        return {"tracks": [{**t, "ranges": frame_ranges(t["frames"])} for _, t in sorted(found.items())]}
+
+    @app.post("/api/frames/{index}/warm", status_code=202)
+    def warm(index: int) -> dict:
+        # the frame decoded into the cache and the model's threads awake before the operator's first click
+        frame = frame_or_error(_frame_index(studio, index))
+        warm_frame = getattr(studio.segmenter, "warm", None)  # the service mode sends the frame's pixels ahead
+        if callable(warm_frame):
+            warm_frame(frame)
+        else:
+            wake = getattr(getattr(studio.segmenter, "segmenter", None), "warmup", None)
+            if callable(wake):
+                wake(1)
+        return {"warm": index}
 
     @app.get("/api/frames/{index}")
     def frame_info(index: int) -> dict:
@@ -264,14 +340,19 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
             reason = os_error_line(OSError(exc.errno, exc.strerror or str(exc), str(studio.session.path)))
             log.warning("frame %d not saved: %s", index, reason)  # the session file, not its temporary file
             raise RequestError(f"not saved: {reason}", 507) from exc
-        return {"version": version}
+        return {"version": version, "next_track_id": getattr(studio.session, "next_track_id", None)}
 
     @app.post("/api/segment")
     async def segment(request: Request) -> dict:
         body = await _json_body(request)
         frame = frame_or_error(_frame_index(studio, body.get("frame")))
+        clicks = {kind: _pixels(body[kind], kind, frame.rgb.shape, 0, MAX_CLICKS)
+                  for kind in ("positive", "negative") if body.get(kind) is not None}
+        clicks = {kind: value for kind, value in clicks.items() if value}
+        if clicks and not _segmenter_takes_clicks(studio.segmenter):
+            raise RequestError(f"the {studio.segmenter.name} segmenter does not take correction clicks", 422)
         try:
-            result = studio.segmenter.segment(frame, body.get("points"), _tolerance(body.get("tolerance")))
+            result = studio.segmenter.segment(frame, body.get("points"), _tolerance(body.get("tolerance")), **clicks)
         except AnnotationError as exc:
             studio.counters[f"segment_{exc.code.name.lower()}"] += 1
             raise RequestError(str(exc), 422) from exc
@@ -280,6 +361,30 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
         return {"polygon": result.polygon.tolist(), "points": result.points.tolist(), "score": result.score,
                 "polygon_iou": result.polygon_iou, "area": result.area, "milliseconds": result.milliseconds,
                 "id": f"o{uuid.uuid4().hex[:10]}"}
+
+    @app.post("/api/frames/{index}/brush")
+    async def paint(index: int, request: Request) -> dict:
+        body = await _json_body(request)
+        frame = frame_or_error(_frame_index(studio, index))
+        try:
+            return brush(body.get("polygon") or [], frame.rgb.shape[:2], body.get("strokes"),
+                         _tolerance(body.get("tolerance")))
+        except AnnotationError as exc:
+            raise RequestError(str(exc), 422) from exc
+
+    def page_objects(body: dict, index: int) -> list[dict]:
+        """The frame's objects as the page has them (possibly not yet saved), else the saved ones."""
+        objects = body.get("objects")
+        if objects is None:
+            return studio.session.objects(index)
+        if not isinstance(objects, list) or len(objects) > MAX_OBJECTS_PER_FRAME:
+            raise RequestError(f"objects must be a list of at most {MAX_OBJECTS_PER_FRAME} objects")
+        try:
+            return [{**o, **validate_object(o, studio.session.classes, f"objects[{k}]",
+                                            getattr(studio.session, "attributes", None))}
+                    for k, o in enumerate(objects)]
+        except SessionError as exc:
+            raise RequestError(str(exc)) from exc
 
     @app.post("/api/frames/{index}/propagate")
     async def propagate_objects(index: int, request: Request) -> dict:
@@ -290,19 +395,15 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
         if not objects:
             raise RequestError(f"frame {source_index} has no objects to copy", 422)
         moved, failures = propagate(objects, frame_or_error(source_index), target, studio.segmenter)
-        existing = {o["id"] for o in studio.session.objects(index)}
-        for obj in moved:
-            if obj["id"] in existing:
-                obj["id"] = f"o{uuid.uuid4().hex[:10]}"
-        return {"objects": moved, "failures": failures}
+        merged, summary = merge_propagated(page_objects(body, index), moved)
+        return {"objects": merged, **summary, "failures": failures}
 
     @app.post("/api/frames/{index}/proposals")
-    async def frame_proposals(index: int, request: Request) -> dict:
+    async def frame_proposals_route(index: int, request: Request) -> dict:
         body = await _json_body(request)
         frame = frame_or_error(_frame_index(studio, index))
-        found, milliseconds = proposals(studio.streaming_segmenter(), frame, studio.session.classes,
-                                        _tolerance(body.get("tolerance")))
-        return {"proposals": found, "milliseconds": milliseconds}
+        return frame_proposals(studio.streaming_segmenter(), frame, studio.session.classes, page_objects(body, index),
+                               _tolerance(body.get("tolerance")))
 
     @app.post("/api/export")
     async def export(request: Request) -> dict:

@@ -197,7 +197,7 @@ def test_four_clicks_give_the_object(client: TestClient, bag: tuple[Path, Ground
 
 def test_objects_are_saved_and_versions_checked(client: TestClient) -> None:
     saved = client.put("/api/frames/1/objects", json={"base_version": 0, "objects": [_object()]})
-    assert saved.status_code == 200 and saved.json() == {"version": 1}
+    assert saved.status_code == 200 and saved.json() == {"version": 1, "next_track_id": 2}
     assert client.get("/api/frames/1").json()["objects"][0]["id"] == "o1"
     assert client.get("/api/timeline").json()["labelled"] == [1]
     stale = client.put("/api/frames/1/objects", json={"base_version": 0, "objects": []})

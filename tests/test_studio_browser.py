@@ -4,6 +4,7 @@ headless browser (Debian's chromium + chromedriver through Selenium), all inside
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import select
@@ -14,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import httpx2 as httpx
@@ -25,11 +27,14 @@ from small_filesystems import is_read_only, small_filesystem_arguments
 from studio_fixtures import GroundTruth, sequence_bag
 
 from instseg_core.annotate.segmenter import create_annotation_segmenter
+from instseg_core.base.classes import INSTANCE_CLASSES
 from instseg_core.data.cityscapes import CityscapesDataset
 from instseg_core.eval.binary_metrics import iou
+from instseg_core.postprocess.polygons import mask_to_polygon
 from instseg_studio.bag_frames import BagFrames
 from instseg_studio.headless import CHROMEDRIVER, CHROMIUM, chromium, click_image
 from instseg_studio.segmenters import InProcessSegmenter
+from instseg_studio.session import SESSION_FILE, Session
 
 REPO = Path(__file__).resolve().parents[1]
 NODE = REPO / "instseg_ros" / "extreme_point_node.py"
@@ -251,7 +256,8 @@ def test_an_operator_labels_in_the_browser(bag: tuple[Path, GroundTruth], tmp_pa
         wait_saved(version + 2)
         assert api.get("/api/frames/0").json()["objects"][-1]["polygon"] == before
 
-        # change the selected object's class
+        # change the selected object's class: a new object is not selected for relabelling, so select it first
+        driver.find_element(By.CSS_SELECTOR, f"#object-list li[data-id='{saved[-1]['id']}'] .name").click()
         body.send_keys("4")
         wait_saved(version + 3)
         assert api.get("/api/frames/0").json()["objects"][-1]["class"] == "truck"
@@ -334,3 +340,367 @@ def test_a_change_the_disk_refuses_stays_in_the_page_until_it_is_saved(bag: tupl
     finally:
         driver.quit()
         shutil.rmtree(tmp_path / "chromium", ignore_errors=True)
+
+
+# --- issue 36: the seven defects an operator hit, the correction clicks, brush, tracks and attributes -----------
+# One studio and one chromium for all of them (a fresh tab state per test: the session's objects are emptied and
+# the page loaded again); the server-kill test starts its own studio on a port of its own.
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        pytest.fail("the browser tests need Debian's chromium and chromium-driver (see open_page)")
+    profile = tmp_path_factory.mktemp("chromium_profile")
+    driver = chromium(profile)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def _stored_proposals(gt: GroundTruth, frame: int, scores: Sequence[float]) -> list[dict]:
+    """Proposals of `frame` made from its ground-truth objects (in order), as `instseg-fleet prelabel` stores them."""
+    found = []
+    for (name, mask), score in zip(gt.objects[frame], scores, strict=False):
+        polygon, polygon_iou = mask_to_polygon(mask, 1.0)
+        found.append({"class": name, "polygon": polygon.tolist(), "points": gt.extreme_points(frame, len(found)),
+                      "score": score, "polygon_iou": polygon_iou, "area": int(mask.sum())})
+    return found
+
+
+PROPOSAL_SCORES = (0.9, 0.7, 0.5, 0.3)
+
+
+@pytest.fixture(scope="module")
+def shared_studio(bag: tuple[Path, GroundTruth], tmp_path_factory: pytest.TempPathFactory) -> Iterator[StudioProcess]:
+    """A studio whose session has stored proposals on frame 2 (so P answers without a streaming model)."""
+    out = tmp_path_factory.mktemp("shared_studio")
+    session = Session(out / SESSION_FILE, str(bag[0].resolve()), "/camera/image_raw", tuple(INSTANCE_CLASSES))
+    session.set_proposals({2: {"stamp_ns": 0, "proposals": _stored_proposals(bag[1], 2, PROPOSAL_SCORES)}}, 0)
+    studio = StudioProcess(bag[0], out, "--segmenter", "inprocess")
+    yield studio
+    studio.stop()
+
+
+class Page:
+    """The studio's page in the module's chromium, loaded on a session emptied of objects."""
+
+    def __init__(self, driver: Any, studio: StudioProcess, width: int = 512, reset: bool = True) -> None:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.driver, self.studio, self.width, self.by = driver, studio, width, By
+        self.wait = WebDriverWait(driver, 30)
+        if reset:
+            version = studio.http.get("/api/info").json()["version"]
+            for index in studio.http.get("/api/timeline").json()["labelled"]:
+                version = self.put(index, [], version)
+        self.load()
+
+    def put(self, index: int, objects: list, version: int | None = None) -> int:
+        version = self.studio.http.get("/api/info").json()["version"] if version is None else version
+        answer = self.studio.http.put(f"/api/frames/{index}/objects", json={"base_version": version,
+                                                                             "objects": objects})
+        assert answer.status_code == 200, answer.text
+        return answer.json()["version"]
+
+    def load(self) -> None:
+        self.driver.get(self.studio.url)
+        self.wait.until(lambda d: d.execute_script("return document.body.dataset.ready") == "true")
+
+    def state(self, expression: str) -> Any:
+        return self.driver.execute_script(f"return window.studioState.{expression}")
+
+    def text(self, element_id: str) -> str:
+        return self.driver.find_element(self.by.ID, element_id).text
+
+    def keys(self, *keys: str) -> None:
+        self.driver.find_element(self.by.TAG_NAME, "body").send_keys(*keys)
+
+    def click(self, x: float, y: float, modifier: str | None = None, double: bool = False) -> None:
+        """Click image pixel (x, y), with a key held (`modifier`) or twice (`double`, a double-click)."""
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        overlay = self.driver.find_element(self.by.ID, "overlay")
+        if modifier is None and not double:
+            click_image(self.driver, overlay, self.width, x, y)
+            return
+        width, height = overlay.size["width"], overlay.size["height"]
+        scale = width / self.width
+        offset = (math.floor((x + 0.5) * scale - width / 2), math.floor((y + 0.5) * scale - height / 2))
+        chain = ActionChains(self.driver).move_to_element_with_offset(overlay, *offset)
+        if double:
+            chain.double_click().perform()
+            return
+        chain.key_down(modifier).click().key_up(modifier).perform()
+
+    def idle(self) -> None:
+        """Every request answered and every change saved."""
+        pending = "writes ? window.studioState.writes.length : 0"  # (the page before issue 36 had no queue)
+        self.wait.until(lambda d: self.state("busy") == 0 and self.state(pending) == 0)
+
+    def frame(self, index: int) -> None:
+        self.wait.until(lambda d: self.state("busy") == 0 and self.state("frame && window.studioState.frame.index")
+                        == index)
+
+    def make_object(self, gt: GroundTruth, frame: int, k: int) -> dict:
+        count = self.state("objects.length")
+        for point in gt.extreme_points(frame, k):
+            self.click(*point)
+        self.wait.until(lambda d: self.state("objects.length") == count + 1)
+        self.idle()
+        return self.state("objects[window.studioState.objects.length - 1]")
+
+    def saved(self, index: int) -> list[dict]:
+        return self.studio.http.get(f"/api/frames/{index}").json()["objects"]
+
+
+def test_defect_1_a_stale_tab_is_told_and_never_writes_old_state(bag: tuple[Path, GroundTruth], browser: Any,
+                                                                 shared_studio: StudioProcess) -> None:
+    """Issue 36, 1: tab B made an object; tab A then added one; B moved → and ← (which used to take the newer
+    version silently) and pressed Ctrl+Z: its undo wrote its old frame back and deleted A's object. Now B is told
+    that it is out of date when it sees the newer version, its undo and edits are refused, A's object stays."""
+    from selenium.webdriver.common.keys import Keys
+
+    gt = bag[1]
+    tab_b = Page(browser, shared_studio)
+    mine = tab_b.make_object(gt, 0, 3)
+    first_tab = browser.current_window_handle
+    browser.switch_to.new_window("tab")
+    try:
+        tab_a = Page(browser, shared_studio, reset=False)
+        theirs = tab_a.make_object(gt, 0, 1)
+        version = shared_studio.http.get("/api/info").json()["version"]
+        browser.close()
+    finally:
+        browser.switch_to.window(first_tab)
+    tab_b.keys(Keys.ARROW_RIGHT)
+    tab_b.frame(1)
+    tab_b.keys(Keys.ARROW_LEFT)
+    tab_b.frame(0)
+    tab_b.wait.until(lambda d: d.find_element(tab_b.by.ID, "stale").is_displayed())
+    assert "Another tab or window changed this session" in tab_b.text("stale")
+    tab_b.keys(Keys.CONTROL, "z")
+    tab_b.wait.until(lambda d: "undo refused" in tab_b.text("message"))
+    tab_b.keys(Keys.TAB, Keys.DELETE)  # a direct edit is kept in the tab, not written
+    assert [o["id"] for o in tab_b.saved(0)] == [mine["id"], theirs["id"]]
+    assert shared_studio.http.get("/api/info").json()["version"] == version
+    assert "out of date" in tab_b.text("status") and "saved v" not in tab_b.text("status")
+
+
+def test_defect_2_number_keys_never_relabel_silently(bag: tuple[Path, GroundTruth], browser: Any,
+                                                     shared_studio: StudioProcess) -> None:
+    """Issue 36, 2: "press 3 before clicking a car" turned the object just made into a car. Now a new object is
+    not selected for relabelling: the key sets the class of new objects; relabelling needs the operator to select
+    the object, and the page says what changed."""
+    gt = bag[1]
+    page = Page(browser, shared_studio)
+    page.keys("1")
+    person = page.make_object(gt, 0, 0)
+    page.keys("3")  # meant for the next object
+    page.wait.until(lambda d: "new objects: car" in page.text("message"))
+    page.idle()
+    assert [o["class"] for o in page.saved(0)] == ["person"] and page.state("newClass") == "car"
+    car = page.make_object(gt, 0, 1)
+    assert car["class"] == "car"
+    browser.find_element(page.by.CSS_SELECTOR, f"#object-list li[data-id='{person['id']}'] .name").click()
+    page.keys("4")
+    page.wait.until(lambda d: "person → truck" in page.text("message"))
+    page.idle()
+    assert [o["class"] for o in page.saved(0)] == ["truck", "car"]
+
+
+def test_defect_3_arrow_keys_move_frames_after_the_class_dropdown(browser: Any, shared_studio: StudioProcess) -> None:
+    """Issue 36, 3: after choosing in the class dropdown, → changed the class (person → rider), not the frame."""
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    page = Page(browser, shared_studio)
+    dropdown = browser.find_element(page.by.ID, "class-select")
+    dropdown.click()
+    Select(dropdown).select_by_visible_text("rider")
+    browser.switch_to.active_element.send_keys(Keys.ARROW_RIGHT)  # where the operator's key goes
+    page.frame(1)
+    browser.switch_to.active_element.send_keys(Keys.ARROW_RIGHT)
+    page.frame(2)
+    assert page.state("newClass") == "rider" and dropdown.get_attribute("value") == "rider"
+
+
+def test_defect_4_a_double_click_is_one_point(bag: tuple[Path, GroundTruth], browser: Any,
+                                              shared_studio: StudioProcess) -> None:
+    """Issue 36, 4: a double-click counted as two points and the object was built from three distinct points. Now
+    it is one point, a point clicked again is refused with a warning, and the object needs four distinct ones."""
+    gt = bag[1]
+    page = Page(browser, shared_studio)
+    points = gt.extreme_points(0, 3)
+    overlay = browser.find_element(page.by.ID, "overlay")
+    page.click(*points[0], double=True)
+    page.click(*points[1])
+    page.click(*points[0])  # not a double-click, the same point again: refused
+    page.wait.until(lambda d: "same as click 1" in page.text("message"))
+    assert page.state("clicks.length") == 2 and page.state("objects.length") == 0, (page.state("clicks"), points)
+    page.click(*points[2])
+    page.click(*points[3])
+    page.wait.until(lambda d: page.state("objects.length") == 1)
+    page.idle()
+    assert page.saved(0)[0]["points"] == points and overlay.is_displayed()
+
+
+def test_defect_5_copying_twice_updates_the_tracks(bag: tuple[Path, GroundTruth], browser: Any,
+                                                   shared_studio: StudioProcess) -> None:
+    """Issue 36, 5: C twice stacked duplicates (5 -> 10 -> 15 objects). Now the copy of a track the frame already
+    has updates it, and a copy that changes nothing says so."""
+    from selenium.webdriver.common.keys import Keys
+
+    gt = bag[1]
+    page = Page(browser, shared_studio)
+    page.make_object(gt, 0, 3)
+    page.make_object(gt, 0, 1)
+    page.keys(Keys.ARROW_RIGHT)
+    page.frame(1)
+    page.keys("c")
+    page.wait.until(lambda d: page.state("objects.length") == 2)
+    page.idle()
+    page.keys("c")
+    page.wait.until(lambda d: "nothing changed" in page.text("message"))
+    page.idle()
+    source, copied = page.saved(0), page.saved(1)
+    assert len(copied) == 2 and page.state("objects.length") == 2
+    assert sorted(o["track_id"] for o in copied) == sorted(o["track_id"] for o in source)
+
+
+def test_defect_6_a_dead_server_never_shows_saved_and_the_edits_are_saved_in_order(
+        bag: tuple[Path, GroundTruth], browser: Any, tmp_path: Path, studios: list[StudioProcess]) -> None:
+    """Issue 36, 6: after the server was killed the page showed "saved" while the edit in flight was not, and after
+    the restart that edit went out silently with the next change, outside the undo history. Now the status says
+    NOT SAVED – retrying, the edits are retried in order once the server is back, and undo takes them back."""
+    from selenium.webdriver.common.keys import Keys
+
+    gt = bag[1]
+    studio = StudioProcess(bag[0], tmp_path, "--segmenter", "inprocess")
+    studios.append(studio)
+    page = Page(browser, studio)
+    made = page.make_object(gt, 0, 3)
+    port = studio.url.rsplit(":", 1)[1].strip("/")
+    studio.stop(signal.SIGKILL)
+    browser.find_element(page.by.CSS_SELECTOR, f"#object-list li[data-id='{made['id']}'] .name").click()
+    browser.execute_script("""window.statusLog = [];
+        new MutationObserver(() => window.statusLog.push(document.getElementById('status').textContent))
+          .observe(document.getElementById('status'), {childList: true, characterData: true, subtree: true});""")
+    page.keys("h")  # hide: not saved, retried
+    page.wait.until(lambda d: "retrying" in page.text("status"))
+    page.keys("4")  # relabel: queued behind it
+    page.wait.until(lambda d: page.state("writes.length") == 2)
+    assert "NOT SAVED" in page.text("status") and page.driver.find_element(page.by.ID, "unsaved").is_displayed()
+    again = StudioProcess(bag[0], tmp_path, "--segmenter", "inprocess", "--port", port)
+    studios.append(again)
+    page.studio = again
+    page.wait.until(lambda d: page.state("writes.length") == 0 and "saved v3" in page.text("status"))
+    assert [(o["hidden"], o["class"]) for o in page.saved(0)] == [(True, "truck")]
+    log = browser.execute_script("return window.statusLog")
+    assert not [text for text in log[:log.index(next(t for t in log if "saved v3" in t))] if "saved v" in text], log
+    page.keys(Keys.CONTROL, "z")  # both edits are in the undo history, in order
+    page.idle()
+    assert [(o["hidden"], o["class"]) for o in page.saved(0)] == [(True, "person")]
+    page.keys(Keys.CONTROL, "z")
+    page.idle()
+    assert [(o["hidden"], o["class"]) for o in page.saved(0)] == [(False, "person")]
+
+
+def test_defect_7_proposals_are_chosen_explicitly_shown_filtered_and_not_duplicated(
+        bag: tuple[Path, GroundTruth], browser: Any, shared_studio: StudioProcess) -> None:
+    """Issue 36, 7: Enter accepted the first proposal blindly, the list did not show which outline an entry was,
+    and proposals duplicated labelled objects. Now: Enter needs a chosen entry, hovering or choosing an entry
+    highlights its outline, a score slider filters the list, proposals overlapping objects are left out (and the
+    page says how many)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    gt = bag[1]
+    page = Page(browser, shared_studio)
+    page.keys(Keys.END)
+    page.frame(2)
+    page.make_object(gt, 2, 0)  # the 0.9 proposal's object, labelled already
+    page.keys("p")
+    page.wait.until(lambda d: page.state("proposals.length") == 3)
+    assert "1 more left out: they overlap labelled objects" in page.text("proposal-note")
+    page.keys(Keys.ENTER)
+    page.wait.until(lambda d: "Enter accepts the CHOSEN proposal" in page.text("message"))
+    assert page.state("objects.length") == 1 and page.state("proposals.length") == 3
+    entries = browser.find_elements(page.by.CSS_SELECTOR, "#proposal-list li")
+    hovered = entries[2].get_attribute("data-proposal")
+    ActionChains(browser).move_to_element(entries[2].find_element(page.by.CLASS_NAME, "name")).perform()
+    lit = browser.find_elements(page.by.CSS_SELECTOR, "#overlay polygon.proposal.highlight")
+    assert [e.get_attribute("data-proposal") for e in lit] == [hovered]
+    slider = browser.find_element(page.by.ID, "score-min")
+    browser.execute_script("arguments[0].value = 0.6; arguments[0].dispatchEvent(new Event('input'))", slider)
+    assert len(browser.find_elements(page.by.CSS_SELECTOR, "#proposal-list li")) == 1  # 0.7 only (0.5, 0.3 hidden)
+    assert len(browser.find_elements(page.by.CSS_SELECTOR, "#overlay polygon.proposal")) == 1
+    page.keys(Keys.ARROW_DOWN, Keys.ENTER)
+    page.wait.until(lambda d: page.state("objects.length") == 2)
+    page.idle()
+    accepted = page.saved(2)[1]
+    assert accepted["source"] == "proposal" and accepted["class"] == gt.objects[2][1][0]
+    assert iou(_mask(accepted["polygon"], (256, 512)), gt.objects[2][1][1]) > 0.9
+
+
+def test_correction_clicks_brush_attributes_and_tracks_in_the_page(bag: tuple[Path, GroundTruth], browser: Any,
+                                                                   shared_studio: StudioProcess) -> None:
+    """Issue 36, 2-5: a Shift+click (positive) and an Alt+click (negative) re-segment the selected object with its
+    clicks, which are kept in the object and drawn; the eraser cuts the mask; attributes and "exclude" are saved;
+    the track list names the object's frames; each step undoes. The first-run hint, human-readable times."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    gt = bag[1]
+    page = Page(browser, shared_studio)
+    assert browser.find_element(page.by.ID, "hint").is_displayed()
+    assert re.search(r"2023-11-14 22:13:20\.000 UTC \(\+0\.00 s\)", page.text("frame-label")), page.text("frame-label")
+    mask = gt.objects[0][3][1]
+    made = page.make_object(gt, 0, 3)
+    assert not browser.find_element(page.by.ID, "hint").is_displayed()
+    ys, xs = np.nonzero(mask)
+    inside = [int(np.median(xs)), int(np.median(ys))]
+    outside = [int(xs.min()) + 2, int(ys.min()) + 2] if not mask[ys.min() + 2, xs.min() + 2] else [0, 0]
+    page.click(*inside, modifier=Keys.SHIFT)
+    page.wait.until(lambda d: page.state("writes.length") == 0 and len(page.saved(0)[0]["clicks"]["positive"]) == 1)
+    page.click(*outside, modifier=Keys.ALT)
+    page.wait.until(lambda d: page.state("writes.length") == 0 and len(page.saved(0)[0]["clicks"]["negative"]) == 1)
+    corrected = page.saved(0)[0]
+    for kind, point in (("positive", inside), ("negative", outside)):  # Selenium's whole-pixel offsets: +-1 px
+        assert np.abs(np.subtract(corrected["clicks"][kind], [point])).max() <= 1, corrected["clicks"]
+    assert len(browser.find_elements(page.by.CSS_SELECTOR, "#overlay circle.correction")) == 2
+    timings = browser.execute_script("return window.studioTimings.filter(t => t.what === 'correction').length")
+    assert timings == 2
+    page.keys(Keys.CONTROL, "z")
+    page.idle()
+    assert page.saved(0)[0]["clicks"] == {"positive": corrected["clicks"]["positive"], "negative": []}
+
+    # the eraser: a stroke across the object's middle cuts it; undo restores it
+    area = int(_mask(page.saved(0)[0]["polygon"], (256, 512)).sum())
+    page.keys("x")
+    overlay = browser.find_element(page.by.ID, "overlay")
+    scale = overlay.size["width"] / 512
+    left, right = int(xs.min()) - 3, int(xs.max()) + 3
+    start = (math.floor((left + 0.5) * scale - overlay.size["width"] / 2),
+             math.floor((inside[1] + 0.5) * scale - overlay.size["height"] / 2))
+    ActionChains(browser).move_to_element_with_offset(overlay, *start).click_and_hold() \
+        .move_by_offset(round((right - left) * scale / 2), 0).move_by_offset(round((right - left) * scale / 2), 0) \
+        .release().perform()
+    page.wait.until(lambda d: page.state("writes.length") == 0 and page.saved(0)[0]["source"] == "brush")
+    assert int(_mask(page.saved(0)[0]["polygon"], (256, 512)).sum()) < area
+    page.keys("x", Keys.CONTROL, "z")
+    page.idle()
+    assert page.saved(0)[0]["source"] == "clicks"
+
+    # attributes, exclude, the track list
+    browser.find_element(page.by.CSS_SELECTOR, f"#object-list li[data-id='{made['id']}'] .name").click()
+    browser.find_element(page.by.ID, "attribute-occluded").click()
+    page.idle()
+    browser.find_element(page.by.ID, "excluded").click()
+    page.idle()
+    saved = page.saved(0)[0]
+    assert saved["attributes"]["occluded"] and saved["excluded"] and not saved["attributes"]["crowd"]
+    entry = f"#track-list li[data-track='{saved['track_id']}']"
+    page.wait.until(lambda d: d.find_elements(page.by.CSS_SELECTOR, entry))
+    track = browser.find_element(page.by.CSS_SELECTOR, entry)
+    assert track.text == f"#{saved['track_id']} {saved['class']}: frames 1"

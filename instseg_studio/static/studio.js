@@ -6,12 +6,20 @@ const $ = (id) => document.getElementById(id);
 const SVG_NS = "http://www.w3.org/2000/svg";
 const PALETTE = ["#ff3b3b", "#ff9f1a", "#2f9bff", "#b45cff", "#19d3c5", "#ffe14d", "#ff5cc8", "#7dff5c",
                  "#ffffff", "#a0a0ff", "#ffb3b3", "#33cccc"];
+const DOUBLE_CLICK_MS = 500;     // a second click this soon ...
+const SAME_POINT_PX = 3;         // ... and this close (screen pixels) to the last one is the same click
+const RETRY_MS = [250, 500, 1000, 2000];   // back-off between attempts to save after a lost connection
+const ATTRIBUTES = ["occluded", "truncated", "crowd"];
 
 const state = {
   info: null, timestamps: [], labelled: new Set(), index: 0, frame: null, objects: [], version: 0,
-  selected: null, clicks: [], proposals: [], undo: [], redo: [], drag: null, busy: 0, newClass: null,
-  view: { zoom: 1, x: 0, y: 0 }, pan: null,
-  unsaved: new Map(),   // frame index -> { objects, reason }: changes the server could not save (kept until saved)
+  selected: null, explicit: false,   // the selected object; explicit: chosen by the operator (list, Tab, Ctrl+click)
+  clicks: [], lastClick: null, proposals: [], suppressed: 0, proposal: null, hoverProposal: null, scoreMin: 0,
+  undo: [], redo: [], drag: null, busy: 0, newClass: null, nextTrack: 1,
+  view: { zoom: 1, x: 0, y: 0 }, pan: null, brush: null, brushRadius: 6, stroke: null,
+  writes: [],        // changes not yet saved, in the order they were made: {index, objects}
+  failure: null,     // why the last save failed: {reason, retrying}
+  stale: null,       // another tab or window changed the session: {server, seen}
 };
 window.studioState = state;         // for the browser tests and the benchmark
 window.studioTimings = [];          // {what, ms}: measured in the page (bench/bench_studio.py reads them)
@@ -39,15 +47,37 @@ function showMessage(text, kind = "error") {
   box.hidden = !text;
 }
 
+function pad(value, width = 2) { return String(value).padStart(width, "0"); }
+
+function humanTime(ns) {   // receive time in UTC with milliseconds, and the offset from the bag's first frame
+  const ms = Math.round(ns / 1e6);
+  const date = new Date(ms);
+  const clock = `${date.getUTCFullYear()}-${pad(date.getUTCMonth() + 1)}-${pad(date.getUTCDate())} ` +
+    `${pad(date.getUTCHours())}:${pad(date.getUTCMinutes())}:${pad(date.getUTCSeconds())}.` +
+    `${pad(date.getUTCMilliseconds(), 3)} UTC`;
+  const offset = (ns - state.timestamps[0]) / 1e9;
+  return `${clock} (+${offset.toFixed(2)} s)`;
+}
+
+function unsavedFrames() { return [...new Set(state.writes.map((w) => w.index))].sort((a, b) => a - b); }
+
 function setStatus() {
   const n = state.timestamps.length;
-  const t = n ? (state.timestamps[state.index] / 1e9).toFixed(3) : "";
-  $("frame-label").textContent = `frame ${state.index + 1} / ${n}  ·  t = ${t} s`;
-  const unsaved = state.unsaved.size;
-  $("status").textContent = (state.busy ? "working…  " : "") +
-    (unsaved ? `NOT SAVED (${unsaved} frame${unsaved > 1 ? "s" : ""})` : `saved v${state.version}`) +
-    (state.clicks.length ? `  ·  click ${state.clicks.length}/4` : "");
-  $("status").classList.toggle("unsaved", unsaved > 0);
+  $("frame-label").textContent = n ? `frame ${state.index + 1} / ${n}  ·  ${humanTime(state.timestamps[state.index])}`
+    : "";
+  const pending = state.writes.length;
+  let text;
+  if (state.stale) text = "NOT SAVED – this tab is out of date, reload";
+  else if (pending && state.failure && state.failure.retrying) text = `NOT SAVED – retrying (${pending} change` +
+    `${pending > 1 ? "s" : ""})`;
+  else if (pending && state.failure) text = `NOT SAVED (${unsavedFrames().length} frame` +
+    `${unsavedFrames().length > 1 ? "s" : ""})`;
+  else if (pending) text = "saving…";
+  else text = `saved v${state.version}`;
+  const mode = state.brush ? `  ·  ${state.brush} r=${state.brushRadius} px (B/X to leave, [ ] size)` : "";
+  $("status").textContent = (state.busy ? "working…  " : "") + text +
+    (state.clicks.length ? `  ·  click ${state.clicks.length}/4` : "") + mode;
+  $("status").classList.toggle("unsaved", pending > 0 || !!state.stale);
 }
 
 function busy(delta) { state.busy += delta; setStatus(); }
@@ -59,61 +89,146 @@ function classColor(name) {
 
 function clone(objects) { return JSON.parse(JSON.stringify(objects)); }
 
-// ---- saving, undo, redo -------------------------------------------------------------------------------
+function canonical(value) {   // JSON with sorted keys: equal for equal content, whatever the key order
+  return JSON.stringify(value, (key, v) => (v && typeof v === "object" && !Array.isArray(v)
+    ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, v[k]])) : v));
+}
 
-let saveQueue = Promise.resolve();
+function offeredAttributes(name) {
+  const table = state.info && state.info.attributes;
+  return table && table[name] ? table[name] : ATTRIBUTES;
+}
+
+// ---- saving, undo, redo -------------------------------------------------------------------------------
+// Every change goes into state.writes and is saved in order, each write naming the version this tab's state
+// was built on (state.version: the version of this tab's last saved write, or of the page load). A write the
+// server refuses as stale (409: another tab saved in between) stops saving: the tab is told and offered a
+// reload, nothing is overwritten. A lost connection or a failing server is retried with back-off, in order;
+// a disk that refuses the save (507) waits for "Retry saving". Undo and redo are changes like any other.
+
+let writer = null;        // the running save loop
+let wake = null;          // resolves the back-off wait early ("Retry saving")
 
 function showUnsaved() {
-  const frames = [...state.unsaved.keys()].sort((a, b) => a - b);
-  $("unsaved").hidden = !frames.length;
-  if (frames.length) {
-    const reason = state.unsaved.get(frames[frames.length - 1]).reason;
-    $("unsaved-text").textContent = `${reason}. Unsaved changes on frame${frames.length > 1 ? "s" : ""} ` +
-      `${frames.map((k) => k + 1).join(", ")} are kept in this page until they are saved.`;
+  const frames = unsavedFrames();
+  const failed = frames.length && state.failure;
+  $("unsaved").hidden = !failed;
+  if (failed) {
+    const retrying = state.failure.retrying ? " Retrying automatically;" : "";
+    $("unsaved-text").textContent = `${state.failure.reason}.${retrying} unsaved changes on frame` +
+      `${frames.length > 1 ? "s" : ""} ${frames.map((k) => k + 1).join(", ")} are kept in this page until they ` +
+      "are saved.";
+  }
+  $("stale").hidden = !state.stale;
+  if (state.stale) {
+    $("stale-text").textContent = `Another tab or window changed this session (it is at version ` +
+      `${state.stale.server}, this tab saw version ${state.stale.seen}). This tab no longer saves: its undo ` +
+      `history and its view were built on the old state.` +
+      (frames.length ? ` Its unsaved changes on frame${frames.length > 1 ? "s" : ""} ` +
+                       `${frames.map((k) => k + 1).join(", ")} were not written.` : "") + " Reload to continue.";
   }
   setStatus();
 }
 
+function markStale(server) {
+  if (!state.stale) state.stale = { server, seen: state.version };
+  showUnsaved();
+}
+
+function pendingObjects(index) {   // the frame's objects as this tab last changed them, when not yet saved
+  for (let k = state.writes.length - 1; k >= 0; k--) if (state.writes[k].index === index) return state.writes[k].objects;
+  return null;
+}
+
 function commit(objects, { record = true, index = state.index } = {}) {
-  const before = clone(index === state.index ? state.objects : []);
+  const before = clone(state.objects);
   const after = clone(objects);
   if (index === state.index) { state.objects = after; render(); }
-  saveQueue = saveQueue.then(async () => {
+  if (record) { state.undo.push({ index, before, after }); state.redo = []; }
+  state.writes.push({ index, objects: after });
+  setStatus();
+  return saveAll();
+}
+
+function saveAll() {
+  if (!writer) writer = writeLoop().finally(() => { writer = null; });
+  return writer;
+}
+
+function backOff(attempt) {
+  return new Promise((resolve) => {
+    wake = resolve;
+    setTimeout(resolve, RETRY_MS[Math.min(attempt, RETRY_MS.length - 1)]);
+  });
+}
+
+async function writeLoop() {
+  let attempt = 0;
+  while (state.writes.length && !state.stale) {
+    const write = state.writes[0];
     busy(1);
     try {
-      const result = await api("PUT", `/api/frames/${index}/objects`, { base_version: state.version, objects: after });
+      const result = await api("PUT", `/api/frames/${write.index}/objects`,
+                               { base_version: state.version, objects: write.objects });
+      state.writes.shift();
       state.version = result.version;
-      if (after.length) state.labelled.add(index); else state.labelled.delete(index);
-      if (record) { state.undo.push({ index, before, after }); state.redo = []; }
-      if (state.unsaved.delete(index)) showUnsaved();
+      if (result.next_track_id) state.nextTrack = Math.max(state.nextTrack, result.next_track_id);
+      if (write.objects.length) state.labelled.add(write.index); else state.labelled.delete(write.index);
+      state.failure = null;
+      attempt = 0;
       drawTimeline();
     } catch (error) {
       if (error.status === 409) {
+        markStale(Number((/at version (\d+)/.exec(error.message) || [])[1]) || "?");
         showMessage(error.message);
-        if (index === state.index) { state.objects = before; render(); }
-      } else {   // not saved (a full or read-only disk, a lost connection): keep the change, drawn, marked unsaved
-        const reason = error instanceof ApiError ? error.message : `not saved: ${error.message}`;
-        state.unsaved.set(index, { objects: after, reason });
+      } else if (error.status === 400 || error.status === 413 || error.status === 422) {
+        state.writes.shift();   // a change the server cannot take: dropped, the frame shown as saved
+        showMessage(`not saved: ${error.message}`);
+        if (write.index === state.index) refreshObjects();
+      } else if (error.status === 507) {   // the disk refuses: kept until "Retry saving"
+        state.failure = { reason: error.message, retrying: false };
+        busy(-1);
         showUnsaved();
+        return;
+      } else {   // a lost connection, a server that is restarting or failing: kept and retried in order
+        const reason = error instanceof ApiError ? `not saved: ${error.message}`
+          : "not saved: the studio server does not answer";
+        state.failure = { reason, retrying: true };
+        showUnsaved();
+        busy(-1);
+        await backOff(attempt++);
+        continue;
       }
-    } finally { busy(-1); }
-  });
-  return saveQueue;
+    }
+    busy(-1);
+    showUnsaved();
+  }
+  showUnsaved();
+  if (!state.writes.length) drawTracks();
 }
 
-async function retryUnsaved() {
-  for (const [index, entry] of [...state.unsaved]) await commit(entry.objects, { record: false, index });
+function retryUnsaved() {
+  if (wake) wake();
+  if (state.failure && !state.failure.retrying) state.failure.retrying = true;
+  return saveAll();
 }
 
-async function undoRedo(from, to, pick) {
+async function refreshObjects() {
+  const frame = await api("GET", `/api/frames/${state.index}`).catch(() => null);
+  if (frame && frame.index === state.index && !pendingObjects(state.index)) { state.objects = frame.objects; render(); }
+}
+
+async function undoRedo(from, to, pick, what) {
+  if (state.stale) { showUnsaved(); showMessage(`${what} refused: this tab is out of date; reload the page`); return; }
   const entry = from.pop();
-  if (!entry) return;
+  if (!entry) { showMessage(`nothing to ${what}`, "info"); return; }
   if (entry.index !== state.index) await goTo(entry.index);
-  await commit(pick(entry), { record: false });
   to.push(entry);
+  showMessage(`${what} on frame ${entry.index + 1}`, "info");
+  await commit(pick(entry), { record: false });
 }
-const undo = () => undoRedo(state.undo, state.redo, (e) => e.before);
-const redo = () => undoRedo(state.redo, state.undo, (e) => e.after);
+const undo = () => undoRedo(state.undo, state.redo, (e) => e.before, "undo");
+const redo = () => undoRedo(state.redo, state.undo, (e) => e.after, "redo");
 
 // ---- frames ---------------------------------------------------------------------------------------------
 
@@ -127,6 +242,8 @@ async function goTo(index) {
   state.index = index;
   state.clicks = [];
   state.proposals = [];
+  state.proposal = null;
+  state.suppressed = 0;
   state.selected = null;
   $("frame-slider").value = index;
   busy(1);
@@ -136,20 +253,38 @@ async function goTo(index) {
     const [frame] = await Promise.all([api("GET", `/api/frames/${index}`),
                                        (image.src = `/api/frames/${index}/image`, loaded)]);
     if (state.index !== index) return;   // the operator moved on meanwhile
+    // the server moved on without this tab: another tab saved. Its version is NOT taken over: this tab's
+    // writes keep naming the version they were built on, and are refused
+    if (frame.version > state.version && !state.writes.length && !writer) markStale(frame.version);
     state.frame = frame;
-    // a change the server could not save is shown instead of the saved objects: moving on never loses it
-    state.objects = state.unsaved.has(index) ? clone(state.unsaved.get(index).objects) : frame.objects;
-    state.version = Math.max(state.version, frame.version);
+    // a change not yet saved is shown instead of the saved objects: moving on never loses it
+    const pending = pendingObjects(index);
+    state.objects = pending ? clone(pending) : frame.objects;
     const svg = $("overlay");
     svg.setAttribute("viewBox", `-0.5 -0.5 ${frame.width} ${frame.height}`);
     svg.setAttribute("preserveAspectRatio", "none");
-    showMessage("");
+    fitImage();
+    if (!state.stale) showMessage("");
     render();
     window.studioTimings.push({ what: "frame", ms: performance.now() - started });
-    if (index + 1 < n) prefetch.src = `/api/frames/${index + 1}/image`;   // the likely next frame, into the cache
+    // warm the server for this frame (decoded frame, the network) before the first click, then prefetch the
+    // likely next frame's image into the browser's cache
+    api("POST", `/api/frames/${index}/warm`, {}).catch(() => {});
+    if (index + 1 < n) prefetch.src = `/api/frames/${index + 1}/image`;
   } catch (error) {
-    showMessage(error instanceof ApiError ? error.message : `frame ${index} could not be shown`);
+    showMessage(error instanceof ApiError ? error.message : `frame ${index + 1} could not be shown (${error.message ||
+      "the studio server does not answer"})`);
   } finally { busy(-1); }
+}
+
+function fitImage() {   // the whole frame in the stage, scaled up or down, aspect kept
+  if (!state.frame) return;
+  const stage = $("stage");
+  const width = stage.clientWidth - 12, height = stage.clientHeight - 12;
+  const scale = Math.max(0.05, Math.min(width / state.frame.width, height / state.frame.height));
+  const image = $("frame-image");
+  image.style.width = `${Math.floor(state.frame.width * scale)}px`;
+  image.style.height = `${Math.floor(state.frame.height * scale)}px`;
 }
 
 function drawTimeline() {
@@ -173,6 +308,10 @@ function imagePoint(event) {
   return [Math.round(p.x), Math.round(p.y)];
 }
 
+function insideFrame([x, y]) {
+  return [Math.max(0, Math.min(state.frame.width - 1, x)), Math.max(0, Math.min(state.frame.height - 1, y))];
+}
+
 function pointInPolygon([x, y], polygon) {
   let inside = false;
   for (let i = 0, j = polygon.length - 1; i < polygon.length; j = i++) {
@@ -188,6 +327,11 @@ function nearestOnSegment([x, y], [ax, ay], [bx, by]) {
   return [Math.round(ax + t * dx), Math.round(ay + t * dy)];
 }
 
+function screenScale() {   // image pixels per screen pixel
+  const shown = $("overlay").getBoundingClientRect().width;
+  return state.frame ? state.frame.width / Math.max(1, shown) : 1;
+}
+
 // ---- drawing ------------------------------------------------------------------------------------------
 
 function element(name, attributes, parent) {
@@ -197,50 +341,86 @@ function element(name, attributes, parent) {
   return node;
 }
 
-function handleRadius() {   // 4 screen pixels, in image pixels, whatever the zoom
-  const shown = $("overlay").getBoundingClientRect().width;
-  return 4 * (state.frame ? state.frame.width / Math.max(1, shown) : 1);
+function handleRadius(obj) {
+  // 4 screen pixels whatever the zoom, but at most an eighth of the object's smaller side (at least 1.5 screen
+  // pixels), so that the handles of a 30 px person do not hide it
+  const unit = screenScale();
+  if (!obj) return 4 * unit;
+  const xs = obj.polygon.map((p) => p[0]), ys = obj.polygon.map((p) => p[1]);
+  const side = Math.min(Math.max(...xs) - Math.min(...xs), Math.max(...ys) - Math.min(...ys));
+  return Math.max(1.5 * unit, Math.min(4 * unit, side / 8));
+}
+
+function polygonPoints(polygon) { return polygon.map((p) => p.join(",")).join(" "); }
+
+function visibleProposals() {
+  return state.proposals.map((p, k) => [p, k]).filter(([p]) => p.score >= state.scoreMin);
 }
 
 function render() {
   const svg = $("overlay");
   svg.replaceChildren();
-  const r = handleRadius();
   for (const obj of state.objects) {
     if (obj.hidden) continue;
     const color = classColor(obj.class);
     element("polygon", {
-      points: obj.polygon.map((p) => p.join(",")).join(" "), fill: color, stroke: color,
-      class: "object" + (obj.id === state.selected ? " selected" : ""), "data-id": obj.id,
-      "pointer-events": "none",
+      points: polygonPoints(obj.polygon), fill: color, stroke: color,
+      class: "object" + (obj.id === state.selected ? " selected" : "") + (obj.excluded ? " excluded" : ""),
+      "data-id": obj.id, "pointer-events": "none",
     }, svg);
   }
-  for (const proposal of state.proposals) {
-    element("polygon", { points: proposal.polygon.map((p) => p.join(",")).join(" "), class: "proposal",
-                         "pointer-events": "none" }, svg);
+  for (const [proposal, k] of visibleProposals()) {
+    const lit = k === state.proposal || k === state.hoverProposal;
+    element("polygon", { points: polygonPoints(proposal.polygon), class: "proposal" + (lit ? " highlight" : ""),
+                         "data-proposal": k, "pointer-events": "none" }, svg);
   }
   const selected = state.objects.find((o) => o.id === state.selected);
   if (selected && !selected.hidden) {
+    const r = handleRadius(selected);
     const polygon = selected.polygon;
-    polygon.forEach((a, k) => {
-      const b = polygon[(k + 1) % polygon.length];
-      // Ctrl+click on an edge inserts a vertex; a plain click passes through (it may be a new object's point)
-      const edge = element("line", { x1: a[0], y1: a[1], x2: b[0], y2: b[1], class: "edge" }, svg);
-      edge.addEventListener("mousedown", (event) => { if (event.ctrlKey) insertVertex(event, selected, k); });
-    });
-    polygon.forEach(([x, y], k) => {
-      const vertex = element("circle", { cx: x, cy: y, r, class: "vertex", "data-vertex": k }, svg);
-      vertex.addEventListener("mousedown", (event) => startDrag(event, selected, "vertex", k));
-    });
-    selected.points.forEach(([x, y], k) => {
-      const handle = element("rect", { x: x - r, y: y - r, width: 2 * r, height: 2 * r, class: "extreme",
-                                       "data-extreme": k }, svg);
-      handle.addEventListener("mousedown", (event) => startDrag(event, selected, "extreme", k));
-    });
+    if (!state.brush) {
+      polygon.forEach((a, k) => {
+        const b = polygon[(k + 1) % polygon.length];
+        // Ctrl+click on an edge inserts a vertex; a plain click passes through (it may be a new object's point)
+        const edge = element("line", { x1: a[0], y1: a[1], x2: b[0], y2: b[1], class: "edge" }, svg);
+        edge.addEventListener("mousedown", (event) => { if (event.ctrlKey) insertVertex(event, selected, k); });
+      });
+      polygon.forEach(([x, y], k) => {
+        const vertex = element("circle", { cx: x, cy: y, r, class: "vertex", "data-vertex": k }, svg);
+        vertex.addEventListener("mousedown", (event) => startDrag(event, selected, "vertex", k));
+      });
+      selected.points.forEach(([x, y], k) => {
+        const handle = element("rect", { x: x - r, y: y - r, width: 2 * r, height: 2 * r, class: "extreme",
+                                         "data-extreme": k }, svg);
+        handle.addEventListener("mousedown", (event) => startDrag(event, selected, "extreme", k));
+      });
+    }
+    const clicks = selected.clicks || { positive: [], negative: [] };
+    for (const kind of ["positive", "negative"]) {
+      for (const [x, y] of clicks[kind] || []) {
+        element("circle", { cx: x, cy: y, r: 1.3 * r, class: `correction ${kind}`, "pointer-events": "none" }, svg);
+      }
+    }
   }
-  for (const [x, y] of state.clicks) element("circle", { cx: x, cy: y, r: 1.5 * r, class: "click" }, svg);
+  for (const [x, y] of state.clicks) {
+    element("circle", { cx: x, cy: y, r: 1.5 * handleRadius(null), class: "click", "pointer-events": "none" }, svg);
+  }
+  if (state.stroke) {
+    element("polyline", { points: polygonPoints(state.stroke.path), class: `stroke ${state.stroke.mode}`,
+                          "stroke-width": 2 * state.brushRadius, "pointer-events": "none" }, svg);
+  }
   renderLists();
   setStatus();
+  // the first-run hint: until this session has its first object
+  if (state.objects.length) state.hasObjects = true;
+  $("hint").hidden = !(state.frame && !state.hasObjects && !state.clicks.length);
+}
+
+function objectLabel(obj) {
+  const track = obj.track_id ? ` #${obj.track_id}` : "";
+  const flags = ATTRIBUTES.filter((a) => obj.attributes && obj.attributes[a]).map((a) => a[0]).join("");
+  return `${obj.class}${track}${flags ? ` [${flags}]` : ""}${obj.excluded ? " (excluded)" : ""} ` +
+    `(${obj.polygon.length} v)`;
 }
 
 function renderLists() {
@@ -254,7 +434,7 @@ function renderLists() {
       `<button data-action="hide" title="Hide (H)">${obj.hidden ? "show" : "hide"}</button>` +
       `<button data-action="delete" title="Delete (Del)">✕</button>`;
     item.querySelector(".swatch").style.background = classColor(obj.class);
-    item.querySelector(".name").textContent = `${obj.class} (${obj.polygon.length} v)`;
+    item.querySelector(".name").textContent = objectLabel(obj);
     item.addEventListener("click", (event) => {
       const action = event.target.dataset.action;
       if (action === "hide") toggleHidden(obj.id);
@@ -269,28 +449,88 @@ function renderLists() {
   if (selected) {
     $("object-class").value = selected.class;
     $("tolerance").value = selected.tolerance;
-    const iou = selected.polygon_iou === undefined ? "" : `, polygon IoU ${selected.polygon_iou.toFixed(3)}`;
-    $("polygon-stats").textContent = `${selected.polygon.length} vertices${iou}, tolerance ${selected.tolerance} px`;
+    const iou = selected.polygon_iou === undefined || selected.polygon_iou === null ? ""
+      : `, polygon IoU ${selected.polygon_iou.toFixed(3)}`;
+    const clicks = selected.clicks || { positive: [], negative: [] };
+    const corrections = (clicks.positive || []).length + (clicks.negative || []).length;
+    $("polygon-stats").textContent = `${selected.polygon.length} vertices${iou}, tolerance ${selected.tolerance} px` +
+      (selected.track_id ? `, track ${selected.track_id}` : "") +
+      (corrections ? `, ${corrections} correction click${corrections > 1 ? "s" : ""}` : "") +
+      (state.explicit ? "" : " · keys 1–9 set the class of NEW objects; select it (list, Tab) to relabel it");
+    const offered = offeredAttributes(selected.class);
+    for (const name of ATTRIBUTES) {
+      const box = $(`attribute-${name}`);
+      box.parentElement.hidden = !offered.includes(name);
+      box.checked = !!(selected.attributes && selected.attributes[name]);
+    }
+    $("excluded").checked = !!selected.excluded;
   }
   const proposals = $("proposal-list");
   proposals.replaceChildren();
-  state.proposals.forEach((proposal, k) => {
+  for (const [proposal, k] of visibleProposals()) {
     const item = document.createElement("li");
-    item.innerHTML = `<span class="name"></span><button data-action="accept">accept</button>` +
-      `<button data-action="reject">reject</button>`;
+    item.dataset.proposal = k;
+    item.className = k === state.proposal ? "selected" : "";
+    item.innerHTML = `<span class="swatch"></span><span class="name"></span>` +
+      `<button data-action="accept">accept</button><button data-action="reject">reject</button>`;
+    item.querySelector(".swatch").style.background = classColor(proposal.class);
     item.querySelector(".name").textContent = `${proposal.class} ${proposal.score.toFixed(2)}`;
     item.addEventListener("click", (event) => {
       if (event.target.dataset.action === "accept") acceptProposal(k);
-      if (event.target.dataset.action === "reject") rejectProposal(k);
+      else if (event.target.dataset.action === "reject") rejectProposal(k);
+      else chooseProposal(k);
+    });
+    item.addEventListener("mouseenter", () => { state.hoverProposal = k; highlightProposals(); });
+    item.addEventListener("mouseleave", () => {
+      if (state.hoverProposal === k) { state.hoverProposal = null; highlightProposals(); }
     });
     proposals.appendChild(item);
-  });
-  $("proposal-count").textContent = state.proposals.length ? `(${state.proposals.length})` : "";
+  }
+  const shown = visibleProposals().length;
+  $("proposal-count").textContent = state.proposals.length ? `(${shown} of ${state.proposals.length})` : "";
+  $("proposal-note").textContent = state.suppressed
+    ? `${state.suppressed} more left out: they overlap labelled objects` : "";
+  $("proposal-tools").hidden = !state.proposals.length && !state.suppressed;
+}
+
+function highlightProposals() {   // hovering an entry lights its outline without drawing everything again
+  for (const outline of document.querySelectorAll("#overlay polygon.proposal")) {
+    const k = Number(outline.dataset.proposal);
+    outline.classList.toggle("highlight", k === state.proposal || k === state.hoverProposal);
+  }
+}
+
+async function drawTracks() {
+  let tracks;
+  try { tracks = (await api("GET", "/api/tracks")).tracks; } catch (error) { return; }
+  const list = $("track-list");
+  list.replaceChildren();
+  for (const track of tracks) {
+    const item = document.createElement("li");
+    item.dataset.track = track.track_id;
+    item.innerHTML = `<span class="swatch"></span><span class="name"></span>`;
+    item.querySelector(".swatch").style.background = classColor(track.class);
+    item.querySelector(".name").textContent = `#${track.track_id} ${track.class}: frames ${track.ranges}`;
+    item.addEventListener("click", () => showTrack(track));
+    list.appendChild(item);
+  }
+  $("track-count").textContent = tracks.length ? `(${tracks.length})` : "";
+}
+
+async function showTrack(track) {
+  const frame = track.frames.find((k) => k > state.index) ?? track.frames[0];
+  if (frame !== state.index) await goTo(frame);
+  const obj = state.objects.find((o) => o.track_id === track.track_id);
+  if (obj) select(obj.id);
 }
 
 // ---- actions ------------------------------------------------------------------------------------------
 
-function select(id) { state.selected = id; render(); }
+function select(id) {
+  state.selected = id;
+  state.explicit = id !== null;
+  render();
+}
 
 function updateObject(id, change) {
   return commit(state.objects.map((o) => (o.id === id ? { ...o, ...change } : o)));
@@ -306,21 +546,36 @@ function toggleHidden(id) {
   if (obj) updateObject(id, { hidden: !obj.hidden });
 }
 
-async function segment(points, tolerance) {
+async function segment(points, tolerance, clicks) {
   busy(1);
   const started = performance.now();
   try {
-    const result = await api("POST", "/api/segment", { frame: state.index, points, tolerance });
+    const body = { frame: state.index, points, tolerance };
+    if (clicks && (clicks.positive.length || clicks.negative.length)) Object.assign(body, clicks);
+    const result = await api("POST", "/api/segment", body);
     window.studioTimings.push({ what: "segment", ms: performance.now() - started });
     return result;
   } finally { busy(-1); }
 }
 
-async function addClick([x, y]) {
+function emptyClicks() { return { positive: [], negative: [] }; }
+
+async function addClick(raw, event) {
   if (!state.frame) return;
   // the overlay covers exactly the image: a click on its last pixel column may round to the width; keep it inside
-  const point = [Math.max(0, Math.min(state.frame.width - 1, x)), Math.max(0, Math.min(state.frame.height - 1, y))];
-  if (!state.clicks.length) state.selected = null;   // a new object: the selected one's handles step aside
+  const point = insideFrame(raw);
+  const now = performance.now();
+  const near = (a, b) => Math.hypot(a[0] - b[0], a[1] - b[1]) <= Math.max(1, SAME_POINT_PX * screenScale());
+  const last = state.lastClick;
+  state.lastClick = { point, time: now };
+  if (last && now - last.time < DOUBLE_CLICK_MS && near(point, last.point)) return;   // the 2nd click of a double-click
+  const twin = state.clicks.findIndex((c) => near(point, c));
+  if (twin >= 0) {
+    showMessage(`this point is the same as click ${twin + 1}: an object needs four different extreme points ` +
+                `(${4 - state.clicks.length} more to click)`, "warning");
+    return;
+  }
+  if (!state.clicks.length) { state.selected = null; showMessage(""); }   // a new object: the selected one steps aside
   state.clicks.push(point);
   render();
   if (state.clicks.length < 4) return;
@@ -330,27 +585,47 @@ async function addClick([x, y]) {
   try {
     const result = await segment(points, 1.0);
     if (state.index !== index) return;
+    const attributes = Object.fromEntries(offeredAttributes(state.newClass).map((a) => [a, false]));
     const obj = { id: result.id, class: state.newClass, points: result.points, polygon: result.polygon,
                   tolerance: 1.0, score: result.score, polygon_iou: result.polygon_iou, hidden: false,
-                  source: "clicks" };
+                  source: "clicks", track_id: state.nextTrack++, attributes, excluded: false, clicks: emptyClicks() };
     state.clicks = [];
-    state.selected = obj.id;
+    state.selected = obj.id;   // selected for correction clicks and handles; NOT for relabelling by key
+    state.explicit = false;
     const saved = commit([...state.objects, obj]);   // draws the polygon at once, then saves
     window.studioTimings.push({ what: "polygon", ms: performance.now() - clicked, server_ms: result.milliseconds });
     await saved;
   } catch (error) {
     state.clicks = [];
     render();
-    showMessage(error.message);
+    showMessage(error.message || "the studio server does not answer");
   }
 }
 
-async function resegment(obj, points, tolerance) {
+async function resegment(obj, points, tolerance, clicks, what = "resegment") {
+  const started = performance.now();
   try {
-    const result = await segment(points, tolerance);
-    await updateObject(obj.id, { points: result.points, polygon: result.polygon, tolerance,
-                                 score: result.score, polygon_iou: result.polygon_iou });
-  } catch (error) { showMessage(error.message); render(); }
+    const result = await segment(points, tolerance, clicks);
+    const change = { points: result.points, polygon: result.polygon, tolerance, score: result.score,
+                     polygon_iou: result.polygon_iou };
+    if (clicks) change.clicks = clicks;
+    const saved = updateObject(obj.id, change);
+    window.studioTimings.push({ what, ms: performance.now() - started, server_ms: result.milliseconds });
+    await saved;
+  } catch (error) { showMessage(error.message || "the studio server does not answer"); render(); }
+}
+
+function correctionClick(raw, kind) {
+  const obj = state.objects.find((o) => o.id === state.selected);
+  if (!obj) {
+    showMessage("a correction click needs a selected object: make one with four clicks, or select one (list, Tab, " +
+                "Ctrl+click)", "warning");
+    return;
+  }
+  const clicks = clone(obj.clicks || emptyClicks());
+  clicks[kind].push(insideFrame(raw));
+  showMessage("");
+  return resegment(obj, obj.points, obj.tolerance, clicks, "correction");
 }
 
 function insertVertex(event, obj, k) {
@@ -362,6 +637,7 @@ function insertVertex(event, obj, k) {
 }
 
 function startDrag(event, obj, kind, k) {
+  if (event.button !== 0 || event.shiftKey) return;   // Shift+click on a handle is a correction click
   event.stopPropagation();
   event.preventDefault();
   if (kind === "vertex" && event.altKey) {
@@ -376,13 +652,17 @@ function startDrag(event, obj, kind, k) {
 }
 
 function onMouseMove(event) {
+  if (state.stroke) {
+    const point = insideFrame(imagePoint(event)), last = state.stroke.path[state.stroke.path.length - 1];
+    if (point[0] !== last[0] || point[1] !== last[1]) { state.stroke.path.push(point); render(); }
+    return;
+  }
   const drag = state.drag;
   if (!drag) return;
   const obj = state.objects.find((o) => o.id === drag.id);
   if (!obj) return;
   const [mx, my] = imagePoint(event);
-  const x = drag.origin[0] + mx - drag.grab[0], y = drag.origin[1] + my - drag.grab[1];
-  const point = [Math.max(0, Math.min(state.frame.width - 1, x)), Math.max(0, Math.min(state.frame.height - 1, y))];
+  const point = insideFrame([drag.origin[0] + mx - drag.grab[0], drag.origin[1] + my - drag.grab[1]]);
   if (!drag.moved && point[0] === drag.origin[0] && point[1] === drag.origin[1]) return;
   if (!drag.moved) { drag.before = clone(state.objects); drag.moved = true; }
   if (drag.kind === "vertex") obj.polygon[drag.k] = point;
@@ -391,6 +671,7 @@ function onMouseMove(event) {
 }
 
 async function onMouseUp(event) {
+  if (state.stroke) { await finishStroke(event); return; }
   onMouseMove(event);   // the release point is the final position, whatever moves were reported before it
   const drag = state.drag;
   state.drag = null;
@@ -402,63 +683,160 @@ async function onMouseUp(event) {
   if (drag.kind === "vertex") {
     await commit(edited.map((o) => (o.id === obj.id ? { ...o, polygon_iou: undefined } : o)));
   } else {
-    await resegment(obj, obj.points, obj.tolerance);
+    await resegment(obj, obj.points, obj.tolerance, obj.clicks);
   }
 }
 
 function onStageMouseDown(event) {
-  if (event.button !== 0 || !state.frame || event.ctrlKey) return;
+  if (event.button !== 0 || !state.frame) return;
   const point = imagePoint(event);
-  if (event.shiftKey) {   // select the topmost object under the pointer
+  if (state.brush) { startStroke(event, point); return; }
+  if (event.ctrlKey || event.metaKey) {   // select the topmost object under the pointer
     const hit = [...state.objects].reverse().find((o) => !o.hidden && pointInPolygon(point, o.polygon));
     select(hit ? hit.id : null);
     return;
   }
-  addClick(point);
+  if (event.shiftKey) { correctionClick(point, "positive"); return; }
+  if (event.altKey) { event.preventDefault(); correctionClick(point, "negative"); return; }
+  addClick(point, event);
 }
+
+// ---- brush and eraser ---------------------------------------------------------------------------------
+
+function setBrush(mode) {
+  state.brush = state.brush === mode ? null : mode;
+  if (state.brush && !state.objects.find((o) => o.id === state.selected)) {
+    state.brush = null;
+    showMessage("the brush and the eraser work on the selected object: select one first", "warning");
+  }
+  $("overlay").classList.toggle("brushing", !!state.brush);
+  render();
+}
+
+function startStroke(event, point) {
+  event.preventDefault();
+  state.stroke = { mode: event.altKey || state.brush === "eraser" ? "erase" : "paint", path: [point] };
+  render();
+}
+
+async function finishStroke() {
+  const stroke = state.stroke;
+  state.stroke = null;
+  const obj = state.objects.find((o) => o.id === state.selected);
+  if (!obj) { render(); return; }
+  const started = performance.now();
+  busy(1);
+  try {
+    const result = await api("POST", `/api/frames/${state.index}/brush`, {
+      polygon: obj.polygon, strokes: [{ mode: stroke.mode, radius: state.brushRadius, points: stroke.path }],
+      tolerance: obj.tolerance });
+    window.studioTimings.push({ what: "brush", ms: performance.now() - started });
+    await updateObject(obj.id, { polygon: result.polygon, polygon_iou: result.polygon_iou, source: "brush" });
+  } catch (error) { showMessage(error.message || "the studio server does not answer"); render(); }
+  finally { busy(-1); }
+}
+
+// ---- copy to the next frame, proposals, export -----------------------------------------------------------
 
 async function copyPrevious() {
   if (state.index === 0) return;
   busy(1);
   try {
-    const result = await api("POST", `/api/frames/${state.index}/propagate`, { source: state.index - 1 });
+    const index = state.index, source = state.index - 1;
+    const result = await api("POST", `/api/frames/${index}/propagate`, { source, objects: state.objects });
     if (result.failures.length) {
       showMessage(`${result.failures.length} object(s) not copied: ` + result.failures.map((f) => f.reason).join("; "));
     }
-    if (result.objects.length) await commit([...state.objects, ...result.objects]);
-  } catch (error) { showMessage(error.message); } finally { busy(-1); }
+    // the frame's objects with the copied ones merged in by the server: an object of a track the frame already
+    // has UPDATES that track's object (which keeps its id, attributes, flags); the others are added
+    if (state.index !== index) return;
+    if (canonical(result.objects) === canonical(state.objects)) {
+      if (result.objects.length) {
+        showMessage(`C: nothing changed – frame ${index + 1} already has the objects of frame ${source + 1} ` +
+                    "(same tracks, same outlines)", "warning");
+      }
+      return;
+    }
+    await commit(result.objects);
+    if (!result.failures.length) {
+      showMessage(`copied from frame ${source + 1}: ${result.added.length} added, ${result.updated.length} ` +
+                  "updated (same track)", "info");
+    }
+  } catch (error) { showMessage(error.message || "the studio server does not answer"); } finally { busy(-1); }
 }
 
 async function loadProposals() {
   busy(1);
   try {
-    const result = await api("POST", `/api/frames/${state.index}/proposals`, {});
+    const result = await api("POST", `/api/frames/${state.index}/proposals`, { objects: state.objects });
     state.proposals = result.proposals;
+    state.suppressed = result.suppressed || 0;
+    state.proposal = null;
     render();
-    if (!result.proposals.length) showMessage("the streaming model proposes nothing here", "info");
-  } catch (error) { showMessage(error.message); } finally { busy(-1); }
+    if (!result.proposals.length) {
+      showMessage("the streaming model proposes nothing new here" +
+                  (state.suppressed ? ` (${state.suppressed} overlap labelled objects)` : ""), "info");
+    } else {
+      showMessage("choose a proposal (click it in the list, or ↓ / ↑), then Enter accepts it; R rejects it", "info");
+    }
+  } catch (error) { showMessage(error.message || "the studio server does not answer"); } finally { busy(-1); }
+}
+
+function chooseProposal(k) { state.proposal = k; render(); }
+
+function stepProposal(step) {
+  const shown = visibleProposals().map(([, k]) => k);
+  if (!shown.length) return false;
+  const at = shown.indexOf(state.proposal);
+  chooseProposal(shown[at < 0 ? (step > 0 ? 0 : shown.length - 1) : (at + step + shown.length) % shown.length]);
+  return true;
 }
 
 function acceptProposal(k) {
   const proposal = state.proposals[k];
   if (!proposal) return;
   state.proposals.splice(k, 1);
+  state.proposal = null;
+  state.hoverProposal = null;
   const obj = { id: "p" + Math.random().toString(16).slice(2, 12), class: proposal.class, points: proposal.points,
                 polygon: proposal.polygon, tolerance: 1.0, score: proposal.score,
-                polygon_iou: proposal.polygon_iou, hidden: false, source: "proposal" };
+                polygon_iou: proposal.polygon_iou, hidden: false, source: "proposal", track_id: state.nextTrack++,
+                attributes: Object.fromEntries(offeredAttributes(proposal.class).map((a) => [a, false])),
+                excluded: false, clicks: emptyClicks() };
   state.selected = obj.id;
+  state.explicit = false;
+  showMessage(`accepted: ${proposal.class} ${proposal.score.toFixed(2)}`, "info");
   commit([...state.objects, obj]);
 }
 
-function rejectProposal(k) { state.proposals.splice(k, 1); render(); }
+function acceptChosen() {
+  if (state.proposal === null || !state.proposals[state.proposal] ||
+      state.proposals[state.proposal].score < state.scoreMin) {
+    if (state.proposals.length) {
+      showMessage("Enter accepts the CHOSEN proposal: click one in the list or press ↓ / ↑ first", "warning");
+    }
+    return;
+  }
+  acceptProposal(state.proposal);
+}
+
+function rejectProposal(k) {
+  if (k === null || !state.proposals[k]) return;
+  state.proposals.splice(k, 1);
+  state.proposal = null;
+  state.hoverProposal = null;
+  render();
+}
 
 async function exportSession() {
   busy(1);
   try {
     const result = await api("POST", "/api/export", { overwrite: true });
     showMessage(`exported ${result.objects} objects on ${result.frames} frames to ${result.out}`, "info");
-  } catch (error) { showMessage(error.message); } finally { busy(-1); }
+  } catch (error) { showMessage(error.message || "the studio server does not answer"); } finally { busy(-1); }
 }
+
+// ---- keys -----------------------------------------------------------------------------------------------
 
 function stageCentre() {
   const box = $("stage").getBoundingClientRect();
@@ -476,36 +854,59 @@ function cycleSelection() {
   select(state.objects[(k + 1) % state.objects.length].id);
 }
 
-function setClass(name) {
+function relabel(id, name) {
+  const obj = state.objects.find((o) => o.id === id);
+  if (!obj || obj.class === name) return;
+  const offered = offeredAttributes(name);
+  const attributes = Object.fromEntries(offered.map((a) => [a, !!(obj.attributes && obj.attributes[a])]));
+  showMessage(`object ${state.objects.indexOf(obj) + 1}: ${obj.class} → ${name} (Ctrl+Z undoes)`, "info");
+  updateObject(id, { class: name, attributes });
+}
+
+function classKey(name) {
+  if (state.selected && state.explicit) { relabel(state.selected, name); return; }
   state.newClass = name;
   $("class-select").value = name;
-  if (state.selected) updateObject(state.selected, { class: name });
+  showMessage(`new objects: ${name}`, "info");
 }
 
 function onKey(event) {
-  if (event.target.tagName === "SELECT" || (event.target.tagName === "INPUT" && event.target.type !== "range")) return;
+  const target = event.target;
   const key = event.key;
+  if (target.tagName === "SELECT") {
+    // a dropdown keeps ↑/↓ for itself; ←/→ and the other keys are the page's (it no longer changes the class)
+    if (key === "ArrowUp" || key === "ArrowDown" || key === "Enter" || key === " ") return;
+    target.blur();
+  } else if (target.tagName === "INPUT" && target.type !== "range" && target.type !== "checkbox") return;
   const ctrl = event.ctrlKey || event.metaKey;
   if (ctrl && (key === "z" || key === "Z")) { event.preventDefault(); (event.shiftKey ? redo : undo)(); return; }
   if (ctrl && key === "y") { event.preventDefault(); redo(); return; }
   if (ctrl || event.altKey) return;
+  const proposalsShown = visibleProposals().length > 0;
   const actions = {
     ArrowRight: () => goTo(state.index + 1), d: () => goTo(state.index + 1),
     ArrowLeft: () => goTo(state.index - 1), a: () => goTo(state.index - 1),
+    ArrowDown: () => proposalsShown && stepProposal(1), ArrowUp: () => proposalsShown && stepProposal(-1),
     PageDown: () => goTo(state.index + 10), PageUp: () => goTo(state.index - 10),
     Home: () => goTo(0), End: () => goTo(state.timestamps.length - 1), n: nextLabelled,
     Backspace: () => { state.clicks.pop(); render(); },
-    Escape: () => { state.clicks = []; state.selected = null; $("help").hidden = true; render(); },
+    Escape: () => {
+      state.clicks = []; state.selected = null; state.explicit = false; state.brush = null; state.proposal = null;
+      $("help").hidden = true; render();
+    },
     Tab: cycleSelection, Delete: () => state.selected && deleteObject(state.selected),
     h: () => state.selected && toggleHidden(state.selected), c: copyPrevious, p: loadProposals,
-    Enter: () => acceptProposal(0), r: () => rejectProposal(0), e: exportSession,
+    Enter: acceptChosen, r: () => rejectProposal(state.proposal), e: exportSession,
+    b: () => setBrush("brush"), x: () => setBrush("eraser"),
+    "[": () => { state.brushRadius = Math.max(1, state.brushRadius - 1); setStatus(); },
+    "]": () => { state.brushRadius = Math.min(100, state.brushRadius + 1); setStatus(); },
     "?": () => { $("help").hidden = !$("help").hidden; },
     "+": () => zoomAt(1.25, ...stageCentre()), "=": () => zoomAt(1.25, ...stageCentre()),
     "-": () => zoomAt(0.8, ...stageCentre()), "0": resetView,
   };
   const action = actions[key] || actions[key.toLowerCase()];
   if (action) { event.preventDefault(); action(); return; }
-  if (/^[1-9]$/.test(key) && state.info.classes[Number(key) - 1]) setClass(state.info.classes[Number(key) - 1]);
+  if (/^[1-9]$/.test(key) && state.info.classes[Number(key) - 1]) classKey(state.info.classes[Number(key) - 1]);
 }
 
 // ---- zoom and pan (the viewport is scaled by CSS; getScreenCTM keeps clicks in image pixels) -------------
@@ -539,7 +940,8 @@ function onWheel(event) {
 function onPanStart(event) {
   if (event.button !== 1 && event.button !== 2) return;   // middle or right button drags the view
   event.preventDefault();
-  state.pan = { x: event.clientX - state.view.x, y: event.clientY - state.view.y };
+  state.pan = { x: event.clientX - state.view.x, y: event.clientY - state.view.y, startX: event.clientX,
+                startY: event.clientY, button: event.button, point: state.frame ? imagePoint(event) : null };
 }
 
 function onPanMove(event) {
@@ -547,6 +949,16 @@ function onPanMove(event) {
   state.view.x = event.clientX - state.pan.x;
   state.view.y = event.clientY - state.pan.y;
   $("viewport").style.transform = `translate(${state.view.x}px, ${state.view.y}px) scale(${state.view.zoom})`;
+}
+
+function onPanEnd(event) {
+  const pan = state.pan;
+  state.pan = null;
+  // a right click that did not move the view is a negative correction click
+  if (pan.button === 2 && pan.point && Math.hypot(event.clientX - pan.startX, event.clientY - pan.startY) < 3 &&
+      $("overlay").contains(event.target)) {
+    correctionClick(pan.point, "negative");
+  }
 }
 
 // ---- start --------------------------------------------------------------------------------------------
@@ -558,6 +970,8 @@ async function start() {
     state.timestamps = timeline.timestamps_ns;
     state.labelled = new Set(timeline.labelled);
     state.version = timeline.version;
+    state.nextTrack = state.info.next_track_id || 1;
+    state.hasObjects = state.info.objects > 0;
   } catch (error) {
     showMessage(`the studio cannot start: ${error.message}`);
     return;
@@ -571,12 +985,32 @@ async function start() {
     }
   }
   state.newClass = state.info.classes[0];
-  $("class-select").addEventListener("change", (event) => { state.newClass = event.target.value; });
-  $("object-class").addEventListener("change", (event) => state.selected &&
-    updateObject(state.selected, { class: event.target.value }));
+  // a dropdown gives the keys back once a class is chosen: ←/→ then move frames, not the class
+  $("class-select").addEventListener("change", (event) => { state.newClass = event.target.value; event.target.blur(); });
+  $("object-class").addEventListener("change", (event) => {
+    if (state.selected) relabel(state.selected, event.target.value);
+    event.target.blur();
+  });
   $("tolerance").addEventListener("change", (event) => {
     const obj = state.objects.find((o) => o.id === state.selected);
-    if (obj) resegment(obj, obj.points, Number(event.target.value));
+    if (obj) resegment(obj, obj.points, Number(event.target.value), obj.clicks);
+    event.target.blur();
+  });
+  for (const name of ATTRIBUTES) {
+    $(`attribute-${name}`).addEventListener("change", (event) => {
+      const obj = state.objects.find((o) => o.id === state.selected);
+      if (obj) updateObject(obj.id, { attributes: { ...(obj.attributes || {}), [name]: event.target.checked } });
+      event.target.blur();
+    });
+  }
+  $("excluded").addEventListener("change", (event) => {
+    if (state.selected) updateObject(state.selected, { excluded: event.target.checked });
+    event.target.blur();
+  });
+  $("score-min").addEventListener("input", (event) => {
+    state.scoreMin = Number(event.target.value);
+    $("score-min-value").textContent = state.scoreMin.toFixed(2);
+    render();
   });
   $("frame-slider").max = Math.max(0, state.timestamps.length - 1);
   $("frame-slider").addEventListener("input", (event) => goTo(Number(event.target.value)));
@@ -584,7 +1018,8 @@ async function start() {
   $("next-button").addEventListener("click", () => goTo(state.index + 1));
   $("export-button").addEventListener("click", exportSession);
   $("retry-button").addEventListener("click", retryUnsaved);
-  window.addEventListener("beforeunload", (event) => { if (state.unsaved.size) event.preventDefault(); });
+  $("reload-button").addEventListener("click", () => window.location.reload());
+  window.addEventListener("beforeunload", (event) => { if (state.writes.length) event.preventDefault(); });
   $("help-button").addEventListener("click", () => { $("help").hidden = !$("help").hidden; });
   $("help-close").addEventListener("click", () => { $("help").hidden = true; });
   $("overlay").addEventListener("mousedown", onStageMouseDown);
@@ -592,11 +1027,12 @@ async function start() {
   $("stage").addEventListener("mousedown", onPanStart);
   $("stage").addEventListener("contextmenu", (event) => event.preventDefault());
   window.addEventListener("mousemove", (event) => { onPanMove(event); onMouseMove(event); });
-  window.addEventListener("mouseup", (event) => { if (state.pan) { state.pan = null; return; } onMouseUp(event); });
+  window.addEventListener("mouseup", (event) => { if (state.pan) { onPanEnd(event); return; } onMouseUp(event); });
   window.addEventListener("keydown", onKey);
-  window.addEventListener("resize", () => { drawTimeline(); render(); });
+  window.addEventListener("resize", () => { fitImage(); drawTimeline(); render(); });
   drawTimeline();
   await goTo(0);
+  drawTracks();
   document.body.dataset.ready = "true";
 }
 
