@@ -26,6 +26,8 @@ help:
 	@echo "make train-se-erfnet  the first (ERFNet) Spatial Embeddings demo model, into data/runs (not shipped)"
 	@echo "make train-box2pix  data, Box2Pix prior coverage, training, learning curve, export to models/"
 	@echo "make train-dcme     data, DCME training, learning curve, oracle experiments, export to models/"
+	@echo "make finetune EXPORT=DIR INIT=models/<name>.pt  a studio export -> fine-tuned ONNX + int8 for the node (docs/training.md)"
+	@echo "make bench-training  training images/s and peak RSS: 1 process vs torchrun 2 (gloo), data loader workers"
 	@echo "make colcon  build ros2_ws/ with colcon against .venv (as on a full ROS 2 install)"
 
 setup: $(STAMP)
@@ -245,6 +247,21 @@ train-dcme: setup
 	$(TRAIN_DCME) export --run data/runs/dcme_ft --checkpoint $(DCME_CHECKPOINT) --stages data/runs/dcme \
 		--out models/dcme.onnx $(DCME_VOTING) --data-note $(DCME_DATA_NOTE)
 	$(PY) -m training.derive_models
+
+# From a studio export to a model the node loads (issue 32, docs/training.md): hold-out split, fine-tune of INIT,
+# official evaluation, ONNX + int8 + manifests in FINETUNE_OUT/model, the model_file:= line. FINETUNE_ARGS go to
+# the model's train (e.g. --device cuda --amp --workers 4).
+.PHONY: finetune bench-training
+INIT ?= models/spatial_embeddings.pt
+FINETUNE_OUT ?= data/runs/finetune
+FINETUNE_ARGS ?= --epochs 10 --steps-per-epoch 50 --batch 8 --crop 256 512 --lr 1e-4
+finetune: setup
+	@test -n "$(EXPORT)" || { echo "make finetune: set EXPORT=<the studio's export folder>"; exit 2; }
+	$(PY) -m training.studio_finetune --export $(EXPORT) --init $(INIT) --out $(FINETUNE_OUT) $(FINETUNE_ARGS)
+
+# Training throughput and memory on this machine (bench/bench_training.py; docs/benchmarks.md#training-bench_trainingpy).
+bench-training: setup
+	$(PY) bench/bench_training.py
 
 colcon: setup
 	cd ros2_ws && CMAKE_PREFIX_PATH=$(CURDIR)/$(VENV) AMENT_PREFIX_PATH=$(CURDIR)/$(VENV) \
