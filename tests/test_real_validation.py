@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from instseg_core.base.command_exit import CommandExit
 from instseg_core.data.cityscapes import CityscapesDataset
 from instseg_core.eval.real_photos import (
     GroundTruthObject,
@@ -24,7 +25,9 @@ from instseg_core.eval.real_photos import (
     read_yolo_seg,
     sweep_score_thresholds,
 )
+from instseg_core.eval.semantic_ceiling import CeilingReport, add_image
 from instseg_core.postprocess.polygons import mask_to_polygon
+from training.semantic_ceiling import main as semantic_ceiling_main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 H, W = 60, 80
@@ -360,3 +363,48 @@ def test_calibration_end_to_end_and_its_exit_status(synthetic_yolo_set: tuple[Pa
     for argv in (["--grid", "seed_threshold"], ["--grid", "x=a"], ["--input-size", "big"]):
         result = run_calibration("--real", root, *argv)
         assert result.returncode == 2 and "error: argument" in result.stderr and "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------------------- the semantic encoder's ceiling
+
+
+def test_semantic_ceiling_on_a_hand_built_map() -> None:
+    """Two people side by side, one blob in the class map (rider pixels count for a person), a car a quarter called car,
+    and a false 'bus' region on the background: the oracle box separates the people, components do not."""
+    left, right, car = rect(10, 10, 20, 40), rect(20, 10, 30, 40), rect(40, 30, 60, 50)
+    class_map = np.zeros((H, W), np.uint8)  # 0 = road
+    class_map[left | right] = 11
+    class_map[10:40, 25:30] = 12  # part of the right person called rider: same group
+    class_map[30:35, 40:60] = 13  # the top quarter of the car
+    class_map[0:5, 60:80] = 15  # 100 background pixels called bus
+    report = CeilingReport()
+    add_image(report, class_map, sample(("person", left), ("person", right), ("car", car)))
+    people = [o for o in report.objects if o.class_name == "person"]
+    assert [round(o.box_iou, 3) for o in people] == [1.0, 1.0] and [o.component_iou for o in people] == [0.5, 0.5]
+    (car_ceiling,) = [o for o in report.objects if o.class_name == "car"]
+    assert car_ceiling.coverage == 0.25 and car_ceiling.box_iou == 0.25
+    figures = report.to_dict()
+    assert figures["objects"] == 3 and figures["recall_components"] == 2 / 3
+    assert figures["recall_ceiling_box"] == 2 / 3 and figures["recall_ceiling_any"] == 2 / 3
+    assert figures["background_called_thing"] == 100 / (H * W - 1000)
+    assert figures["false_regions_per_image"] == 0  # the 100-pixel bus region is below the 128-pixel minimum
+    add_image(report, class_map, sample(("person", left), ("person", right), ("car", car)), min_region_pixels=100)
+    assert report.to_dict()["false_regions_per_image"] == 0.5  # the bus region, in one of the two images
+    with pytest.raises(ValueError, match="class map"):
+        add_image(report, class_map[:10], sample(("person", left)))
+
+
+def test_semantic_ceiling_command_on_the_fixture(synthetic_yolo_set: tuple[Path, int], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    root, objects = synthetic_yolo_set
+    out = tmp_path / "ceiling.json"
+    assert semantic_ceiling_main(["--data", str(root), "--scales", "0.5", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert figures["images"] == 2 and figures["objects"] == objects
+    # both IoUs are bounded by the coverage (their intersections lie in the object's class pixels, their unions
+    # hold the object), so neither share can exceed the any-decoder ceiling
+    assert max(figures["recall_components"], figures["recall_ceiling_box"]) <= figures["recall_ceiling_any"] <= 1.0
+    assert "recall ceiling: any decoder" in capsys.readouterr().out
+    with pytest.raises(CommandExit) as stopped:
+        semantic_ceiling_main(["--data", str(tmp_path / "missing")])
+    assert stopped.value.code == 2 and "missing" in str(stopped.value)

@@ -37,6 +37,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from instseg_core.base.classes import CLASSES_BY_NAME, INSTANCE_CLASSES
+
 # Output channels per level (level1 .. level5, classifier) for each scale s, as in the model zoo.
 ESPNETV2_CHANNELS: dict[float, tuple[int, ...]] = {
     0.5: (16, 32, 64, 128, 256, 1024),
@@ -53,8 +55,8 @@ PYRAMID_SCALES = (2.0, 1.5, 1.0, 0.5, 0.1)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CITYSCAPES_OUTPUTS = 20  # 19 train ids + an untrained background channel
-CITYSCAPES_TRAIN_IDS = {"person": 11, "rider": 12, "car": 13, "truck": 14, "bus": 15, "train": 16,
-                        "motorcycle": 17, "bicycle": 18}
+# the instance classes' Cityscapes train ids (person 11 .. bicycle 18), the output channel of each
+CITYSCAPES_TRAIN_IDS = {name: CLASSES_BY_NAME[name].train_id for name in INSTANCE_CLASSES}
 
 
 def adaptive_average_pool(x: torch.Tensor, height: torch.Tensor | int, width: torch.Tensor | int) -> torch.Tensor:
