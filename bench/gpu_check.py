@@ -15,8 +15,9 @@ Per model (Spatial Embeddings, Box2Pix, DCME) at --size:
 - decoding: the model's post-processing on the GPU (torch) and on the CPU (NumPy), from the output a perfect
   network would give for a frame with --objects objects (instseg_core.testing.ideal_outputs);
 - end to end: the runtime `Segmenter` (uint8 RGB frame in, instances at frame size out), fp32 and fp16, as fps;
-- training: one optimiser step (forward, loss, backward, Adam) on --train-batch crops of --train-crop, fp32 and
-  with fp16 autocast, as images/s.
+- training: one optimiser step (forward, loss, backward, Adam) on --train-batch crops of --train-crop, fp32, with
+  fp16 autocast, and as `train --amp` runs it (bf16 autocast where the GPU has it, else fp16 with a GradScaler;
+  training/loop.py), as images/s.
 Times are medians and p95 over --repeats runs after warm-up, with the device synchronised around each run.
 The whole check takes a few minutes on one GPU (torch.compile is most of it; --no-compile skips it).
 """
@@ -270,16 +271,24 @@ def training_rows(adapter: ModelAdapter, network: torch.nn.Module, device: str, 
             return loss_module(output, targets, priors)[0]
 
     rows = {}
-    for precision in ("fp32", "fp16 autocast") if device.startswith("cuda") else ("fp32",):
+    # what `train --amp` does (training/loop.py): bfloat16 autocast where the GPU has it (Ampere and newer), no scaler;
+    # else float16 with a GradScaler; the loss in float32
+    amp_dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float16
+    amp = f"--amp ({'bf16 autocast' if amp_dtype == torch.bfloat16 else 'fp16 autocast + GradScaler'})"
+    dtypes = {"fp32": None, "fp16 autocast": torch.float16, amp: amp_dtype}
+    for precision in ("fp32", "fp16 autocast", amp) if device.startswith("cuda") else ("fp32",):
         def row(precision: str = precision) -> dict:
             model = copy.deepcopy(network).to(device).train()
             loss_module.to(device)
             optimizer = torch.optim.Adam([*model.parameters(), *loss_module.parameters()], lr=1e-5)
-            scaler = torch.amp.GradScaler(device.split(":")[0], enabled=precision != "fp32")
+            dtype = dtypes[precision]
+            scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16)
 
             def step() -> None:
-                with torch.autocast(device.split(":")[0], dtype=torch.float16, enabled=precision != "fp32"):
+                with torch.autocast(device.split(":")[0], dtype=dtype or torch.float32, enabled=dtype is not None):
                     output = model(images)
+                if dtype is not None:
+                    output = _float32(output)
                 loss = loss_of(output)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -293,6 +302,17 @@ def training_rows(adapter: ModelAdapter, network: torch.nn.Module, device: str, 
 
         rows[precision] = guarded(row)
     return rows
+
+
+def _float32(output: object) -> object:
+    """A network output's floating tensors in float32 (the losses run outside autocast, as in training)."""
+    if isinstance(output, torch.Tensor):
+        return output.float() if output.is_floating_point() else output
+    if isinstance(output, (tuple, list)):
+        return type(output)(_float32(o) for o in output)
+    if isinstance(output, dict):
+        return {k: _float32(v) for k, v in output.items()}
+    return output
 
 
 def format_row(section: str, variant: str, row: dict) -> list[str]:
