@@ -128,15 +128,25 @@ def test_impossible_settings_are_clear_errors(tree: Path, tmp_path: Path, capsys
     assert "--batch 3 is the global batch: it must be a positive multiple of the world size 2" in line
 
 
-def test_amp_on_cpu_trains_in_bfloat16(tree: Path, tmp_path: Path) -> None:
+def test_amp_on_cpu_trains_in_bfloat16_and_evaluates(tree: Path, tmp_path: Path) -> None:
     """--amp on a CPU: bfloat16 autocast, finite losses, recorded in run.json (no GradScaler: bfloat16 has
-    float32's range)."""
-    state = _train("dcme", ["--data", str(tree), "--out", str(tmp_path / "run"), "--batch", "2", "--epochs", "1",
-                            "--amp", "--no-channels-last", *TINY])
+    float32's range); --eval-every: the official evaluator on val, best.pt, TensorBoard scalars and overlays."""
+    out = tmp_path / "run"
+    state = _train("dcme", ["--data", str(tree), "--out", str(out), "--batch", "2", "--epochs", "1", "--amp",
+                            "--no-channels-last", "--eval-every", "1", "--eval-limit", "1", *TINY])
     assert np.isfinite(state["history"][0]["loss"])
-    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    run = json.loads((out / "run.json").read_text())
     assert run["amp"] == "bfloat16" and run["grad_scaler"] is False and run["world_size"] == 1
     assert run["data"]["images"] == 3 and run["data"]["in_memory"] is False and run["commit"]
+    assert state["best"]["epoch"] == 1 and (out / "best.pt").is_file()
+    assert state["history"][0]["val"]["ap50"] == state["best"]["ap50"]
+    result = json.loads((out / "evaluation_best.json").read_text())["best.pt"]
+    assert result["images"] == 1 and (out / "evaluation" / "epoch_001" / "resultInstanceLevelSemanticLabeling.json"
+                                      ).is_file()
+    events = b"".join(p.read_bytes() for p in (out / "tensorboard").glob("events.out.tfevents.*"))
+    for tag in (b"loss/total", b"lr", b"val/AP50", b"val_overlay/0"):
+        assert tag in events, tag
+    assert len((out / "steps.jsonl").read_text().splitlines()) == 2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -255,6 +255,7 @@ def run_epochs(args: argparse.Namespace, out: Path, optimizer: torch.optim.Optim
         losses: list[float] = []
         parts_sum: dict[str, float] = {}
         step_lines = []
+        bar = _progress_bar(args, runtime, epoch, steps)
         for step in range(steps):
             step_start = time.perf_counter()
             loss, parts = train_step()
@@ -271,9 +272,15 @@ def run_epochs(args: argparse.Namespace, out: Path, optimizer: torch.optim.Optim
                 for key, value in parts.items():
                     writer.add_scalar(f"loss/{key}", value, global_step)
                 writer.add_scalar("lr", lr, global_step)
-            if args.progress_every and (step + 1) % args.progress_every == 0:
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"loss {loss:.4f} {progress.images_per_second:.1f} img/s run ETA "
+                                    f"{format_seconds(progress.eta)}", refresh=False)
+            elif args.progress_every and (step + 1) % args.progress_every == 0:
                 print(f"  epoch {epoch} step {step + 1}/{steps} loss {np.mean(losses[-args.progress_every:]):.4f} "
                       f"{progress.images_per_second:.1f} img/s ETA {format_seconds(progress.eta)}", flush=True)
+        if bar is not None:
+            bar.close()
         seconds = time.perf_counter() - start
         state["train_seconds"] += seconds
         state["epoch"] = epoch
@@ -298,6 +305,16 @@ def run_epochs(args: argparse.Namespace, out: Path, optimizer: torch.optim.Optim
     if writer is not None:
         writer.close()  # type: ignore[attr-defined]
     return state
+
+
+def _progress_bar(args: argparse.Namespace, runtime: object, epoch: int, steps: int) -> object | None:
+    """A tqdm bar over the epoch's steps (loss, images/s, the run's ETA) on rank 0 when stdout is a terminal and
+    --progress-every is not 0; None otherwise (logs get a line every --progress-every steps instead)."""
+    if not args.progress_every or not getattr(runtime, "main", True) or not sys.stdout.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=steps, desc=f"epoch {epoch}/{args.epochs}", unit="step", leave=False, dynamic_ncols=True)
 
 
 def _evaluate_during_training(evaluate: Callable[[int], dict], epoch: int, state: dict, saved: dict, out: Path,

@@ -184,10 +184,10 @@ class CropSampler:
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """One window (see object_centered_crop) chosen by the sampler's mode."""
         if self.anywhere_fraction and rng.random() < self.anywhere_fraction:
-            return object_centered_crop(self.samples[rng.integers(len(self.samples))], height, width, rng,
+            return object_centered_crop(self.samples[int(rng.integers(len(self.samples)))], height, width, rng,
                                         anywhere=True)
         if self.mode == "objects" or not self.objects_by_class:
-            return object_centered_crop(self.samples[rng.integers(len(self.samples))], height, width, rng)
+            return object_centered_crop(self.samples[int(rng.integers(len(self.samples)))], height, width, rng)
         pairs = self._class_objects[rng.integers(len(self._class_objects))]
         sample_index, object_index = pairs[rng.integers(len(pairs))]
         return object_centered_crop(self.samples[sample_index], height, width, rng, object_index=int(object_index))

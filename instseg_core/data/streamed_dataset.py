@@ -156,21 +156,21 @@ class StreamedSamples(Sequence[InstanceSample]):
     """The images of a SplitIndex as InstanceSamples decoded on access (nothing is kept)."""
 
     def __init__(self, index: SplitIndex, classes: Sequence[str], scale: float = 1.0) -> None:
-        self.index = index
+        self.split_index = index
         self.classes = tuple(classes)
         self.scale = scale
 
     def __len__(self) -> int:
-        return len(self.index.samples)
+        return len(self.split_index.samples)
 
     def __getitem__(self, i: int) -> InstanceSample:  # type: ignore[override]
-        stored = self.index.samples[int(i)]
+        stored = self.split_index.samples[int(i)]
         fresh = CityscapesSample(stored.root, stored.split, stored.city, stored.stem, stored.paths)  # no cached arrays
-        target = instance_sample(fresh, self.classes, self.scale, centers=self.index.centers[int(i)])
-        if target.instances.shape != self.index.sizes[int(i)]:
+        target = instance_sample(fresh, self.classes, self.scale, centers=self.split_index.centers[int(i)])
+        if target.instances.shape != self.split_index.sizes[int(i)]:
             raise SampleError(f"{stored.paths['image']} changed while training: it is now "
                               f"{target.instances.shape[1]}x{target.instances.shape[0]}, indexed as "
-                              f"{self.index.sizes[int(i)][1]}x{self.index.sizes[int(i)][0]}")
+                              f"{self.split_index.sizes[int(i)][1]}x{self.split_index.sizes[int(i)][0]}")
         return target
 
     def __iter__(self) -> Iterator[InstanceSample]:
@@ -207,7 +207,7 @@ class WindowDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.sampler.samples)
 
-    def __getitem__(self, key: WindowKey) -> Window:  # type: ignore[override]
+    def __getitem__(self, key: WindowKey) -> Window:
         rng = window_rng(self.seed, key)
         if self.draw is None:
             return self.sampler.crop(*self.crop, rng)
