@@ -1,11 +1,14 @@
 """The labelling studio's speed, measured in a real browser (headless chromium driven by Selenium).
 
-    .venv/bin/python bench/bench_studio.py [--frames 12] [--objects 3] [--index-frames 10000]
+    .venv/bin/python bench/bench_studio.py [--frames 12] [--objects 3] [--index-frames 10000] [--no-service]
 
 Rows (median and p95 in ms over the operator's actions, and ratios against baselines timed in the same run):
 - click 4 -> polygon drawn, 2048x1024 frames: from the 4th click's handler to the polygon on the page, with the
   in-process segmenter and with extreme_point_node's service (pixels sent once per frame, then points only);
-  baseline: the same segmentation called directly in Python (no HTTP, no browser);
+  baseline: the same segmentation called directly in Python (no HTTP, no browser). Also the first object of
+  each frame alone (the page warms the frame when it is shown: decoded frame, the model's threads awake);
+- correction click -> updated polygon: a Shift+click (positive) inside each new object, from the click's
+  handler to the re-segmented polygon on the page; baseline: segment(..., positive=[click]) in Python;
 - next frame shown (2048x1024 rgb8 from an MCAP bag): from the key press to the decoded image on the page;
   baseline: reading, decoding and JPEG-encoding the frame in Python;
 - opening a bag of --index-frames frames: the first time (index built from the MCAP message indexes) and again
@@ -31,9 +34,14 @@ from instseg_ros import isolation
 
 REPO = Path(__file__).resolve().parents[1]
 
+# the page has answered and saved everything, and shows arguments[0] objects
+IDLE = ("window.studioState.busy === 0 && window.studioState.writes.length === 0 && "
+        "window.studioState.objects.length === arguments[0]")
 
-def make_bags(root: Path, frames: int, index_frames: int) -> tuple[Path, list, Path]:
-    """(2 MP bag, per frame the extreme points of its largest objects, small bag of index_frames frames)."""
+
+def make_bags(root: Path, frames: int, index_frames: int) -> tuple[Path, list, list, Path]:
+    """(2 MP bag, per frame the extreme points of its largest objects, per frame a pixel inside each of them, small
+    bag of index_frames frames)."""
     import cv2
     import numpy as np
 
@@ -42,7 +50,7 @@ def make_bags(root: Path, frames: int, index_frames: int) -> tuple[Path, list, P
     from instseg_core.data.cityscapes import PolygonObject, visible_masks
     from instseg_core.data.synth_cli import sequence_frames
 
-    images, clicks = [], []
+    images, clicks, interiors = [], [], []
     for _, frame in sequence_frames(5, "val", 0, frames, width=1024, height=512, fps=10.0, ego_speed=6.0):
         polygons = [PolygonObject(label, np.asarray(p)) for label, p in frame.objects]
         masks = [cv2.resize(m.astype(np.uint8), (2048, 1024), interpolation=cv2.INTER_NEAREST).astype(bool)
@@ -51,12 +59,15 @@ def make_bags(root: Path, frames: int, index_frames: int) -> tuple[Path, list, P
         masks.sort(key=lambda m: -int(m.sum()))
         images.append(cv2.resize(frame.rgb, (2048, 1024), interpolation=cv2.INTER_LINEAR))
         clicks.append([extreme_points_from_mask(m).tolist() for m in masks])
+        # a correction click at each object's most interior pixel (the largest distance to its border)
+        interiors.append([[int(v) for v in np.unravel_index(np.argmax(cv2.distanceTransform(
+            m.astype(np.uint8), cv2.DIST_L2, 5)), m.shape)[::-1]] for m in masks])
     big = root / "camera_2mp"
     write_image_bag(big, images, rate_hz=10.0, storage="mcap")
     small = root / "camera_long"
     tiny = np.zeros((80, 160, 3), np.uint8)
     write_image_bag(small, (tiny for _ in range(index_frames)), rate_hz=30.0, storage="mcap")
-    return big, clicks, small
+    return big, clicks, interiors, small
 
 
 def start_studio(bag: Path, out: Path, *extra: str) -> tuple[subprocess.Popen, str]:
@@ -71,9 +82,10 @@ def start_studio(bag: Path, out: Path, *extra: str) -> tuple[subprocess.Popen, s
     return proc, match.group(1)
 
 
-def browser_session(url: str, clicks: list, objects: int) -> dict[str, list[float]]:
-    """Drive the page: on each frame click `objects` objects, then go to the next frame. Returns the page's
-    timings per kind."""
+def browser_session(url: str, clicks: list, interiors: list, objects: int) -> dict[str, list[float]]:
+    """Drive the page: on each frame click `objects` objects, each followed by a correction click (Shift+click at
+    its interior pixel), then go to the next frame. Returns the page's timings per kind ("first": the polygons
+    of the first object of each frame)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
@@ -93,8 +105,10 @@ def browser_session(url: str, clicks: list, objects: int) -> dict[str, list[floa
                 for x, y in points:
                     click_image(driver, overlay, 2048, x, y)
                 try:
+                    wait.until(lambda d, n=number: d.execute_script(f"return {IDLE}", n))
+                    click_image(driver, overlay, 2048, *interiors[index][number - 1], modifier=Keys.SHIFT)
                     wait.until(lambda d, n=number: d.execute_script(
-                        "return window.studioState.objects.length === arguments[0] && window.studioState.busy === 0",
+                        f"return {IDLE} && window.studioState.objects[arguments[0] - 1].clicks.positive.length === 1",
                         n))
                 except Exception:
                     state = driver.execute_script("return [window.studioState.clicks, window.studioState.busy, "
@@ -114,6 +128,7 @@ def browser_session(url: str, clicks: list, objects: int) -> dict[str, list[floa
         if "server_ms" in entry:
             result.setdefault("server", []).append(float(entry["server_ms"]))
     result["frame"] = result.get("frame", [])[1:]  # the first frame is the page load
+    result["first"] = result.get("polygon", [])[::objects]  # every frame has `objects` objects (checked above)
     return result
 
 
@@ -122,6 +137,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--objects", type=int, default=3)
     parser.add_argument("--index-frames", type=int, default=10000)
+    parser.add_argument("--no-service", action="store_true", help="only the in-process segmenter (no ROS node)")
     args = parser.parse_args()
     isolation.ensure_isolated()
     import numpy as np
@@ -134,23 +150,26 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench_studio_"))
     try:
         print(f"writing bags ({args.frames} frames at 2048x1024, {args.index_frames} small frames) ...", flush=True)
-        big, clicks, small = make_bags(root, args.frames, args.index_frames)
+        big, clicks, interiors, small = make_bags(root, args.frames, args.index_frames)
 
         # baselines in Python: segmentation without HTTP/browser, frame read + JPEG without the page
         import cv2
 
         frames = BagFrames(big)
         local = InProcessSegmenter(create_annotation_segmenter())
-        direct_polygon, direct_frame = [], []
+        direct_polygon, direct_frame, direct_correction = [], [], []
         for index, points_of_frame in enumerate(clicks):
             start = time.perf_counter()
             frame = BagFrames._read(frames, index)
             cv2.imencode(".jpg", cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
             direct_frame.append((time.perf_counter() - start) * 1e3)
-            for points in points_of_frame[:args.objects]:
+            for points, inside in zip(points_of_frame[:args.objects], interiors[index], strict=False):
                 start = time.perf_counter()
                 local.segment(frame, points, 1.0)
                 direct_polygon.append((time.perf_counter() - start) * 1e3)
+                start = time.perf_counter()
+                local.segment(frame, points, 1.0, positive=[inside])
+                direct_correction.append((time.perf_counter() - start) * 1e3)
         frames.close()
 
         # opening the long bag: first (index from the MCAP message indexes), again (cached), reading everything
@@ -169,39 +188,51 @@ def main() -> None:
         def session_with(mode: str) -> dict[str, list[float]]:
             studio, url = start_studio(big, root / f"out_{mode}", "--segmenter", mode)
             try:
-                return browser_session(url, clicks, args.objects)
+                return browser_session(url, clicks, interiors, args.objects)
             finally:
                 studio.send_signal(signal.SIGTERM)
                 studio.wait(timeout=30)
 
         results = {"inprocess": session_with("inprocess")}
-        node = subprocess.Popen([sys.executable, str(REPO / "instseg_ros" / "extreme_point_node.py")],
-                                stderr=subprocess.PIPE, text=True, cwd=REPO)
-        assert node.stderr is not None
-        for line in node.stderr:
-            if "serving" in line:
-                break
-        try:
-            results["service"] = session_with("service")
-        finally:
-            node.send_signal(signal.SIGINT)
-            node.wait(timeout=30)
+        modes = ["inprocess"] if args.no_service else ["inprocess", "service"]
+        if not args.no_service:
+            node = subprocess.Popen([sys.executable, str(REPO / "instseg_ros" / "extreme_point_node.py")],
+                                    stderr=subprocess.PIPE, text=True, cwd=REPO)
+            assert node.stderr is not None
+            for line in node.stderr:
+                if "serving" in line:
+                    break
+            try:
+                results["service"] = session_with("service")
+            finally:
+                node.send_signal(signal.SIGINT)
+                node.wait(timeout=30)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
     base_polygon, _ = summarize(direct_polygon)
+    base_correction, _ = summarize(direct_correction)
     base_frame, _ = summarize(direct_frame)
     rows = []
-    for mode in ("inprocess", "service"):
+    for mode in modes:
         median, p95 = summarize(results[mode]["polygon"])
         rows.append([f"click 4 -> polygon drawn ({mode})", len(results[mode]["polygon"]), median, p95,
+                     median / base_polygon])
+        median, p95 = summarize(results[mode]["first"])
+        rows.append([f"  the first object of each frame ({mode})", len(results[mode]["first"]), median, p95,
                      median / base_polygon])
         median, p95 = summarize(results[mode]["server"])
         rows.append([f"  of which the server's segmentation ({mode})", len(results[mode]["server"]), median, p95,
                      median / base_polygon])
     rows.append(["  baseline: segmentation in Python", len(direct_polygon), base_polygon,
                  float(np.percentile(direct_polygon, 95)), 1.0])
-    frame_times = results["inprocess"]["frame"] + results["service"]["frame"]
+    for mode in modes:
+        median, p95 = summarize(results[mode].get("correction", []))
+        rows.append([f"correction click -> polygon drawn ({mode})", len(results[mode].get("correction", [])), median,
+                     p95, median / base_correction])
+    rows.append(["  baseline: segmentation with the click in Python", len(direct_correction), base_correction,
+                 float(np.percentile(direct_correction, 95)), 1.0])
+    frame_times = [t for mode in modes for t in results[mode]["frame"]]
     median, p95 = summarize(frame_times)
     rows.append(["next frame shown", len(frame_times), median, p95, median / base_frame])
     rows.append(["  baseline: read + decode + JPEG in Python", len(direct_frame), base_frame,
@@ -210,8 +241,9 @@ def main() -> None:
     rows.append([f"open a {args.index_frames}-frame bag, cached index", 1, cached_open, cached_open,
                  cached_open / read_all])
     rows.append(["  baseline: read every message of the topic", 1, read_all, read_all, 1.0])
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print_table(["action (2048x1024 frames)", "n", "median ms", "p95 ms", "ratio to baseline"], rows,
-                f"Labelling studio in headless chromium ({os.cpu_count()} cores)")
+                f"Labelling studio in headless chromium ({os.cpu_count()} cores; load average {load} at the end)")
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from instseg_core.annotate.segmenter import AnnotationError
 from instseg_core.base.command_exit import describe, os_error_line
-from instseg_core.data.label_export import LabelExportError, LabelledFrame, LabelledObject, write_label_tree
+from instseg_core.data.label_export import LabelExportError
 from instseg_studio.assist import brush, frame_proposals, merge_propagated, propagate
 from instseg_studio.bag_frames import BagFrames, BagFramesError
 from instseg_studio.segmenters import StudioSegmenter
@@ -66,6 +66,7 @@ from instseg_studio.session import (
     Session,
     SessionError,
     VersionConflictError,
+    export_labels,
     validate_object,
 )
 
@@ -271,8 +272,7 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
     def info() -> dict:
         return {"bag": str(studio.frames.bag), "topic": studio.frames.topic, "topics": studio.frames.image_topics,
                 "frames": len(studio.frames), "classes": list(studio.session.classes),
-                "attributes": {k: list(v) for k, v in getattr(studio.session, "attributes", {}).items()},
-                "next_track_id": getattr(studio.session, "next_track_id", None),
+                "attributes": studio.session.attribute_config(), "next_track_id": studio.session.next_track_id,
                 "objects": sum(len(studio.session.objects(k)) for k in studio.session.labelled_frames()),
                 "segmenter": studio.segmenter.name, "segmenter_stats": dict(studio.segmenter.stats),
                 "proposals": studio.streaming is not None,
@@ -285,26 +285,13 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
 
     @app.get("/api/tracks")
     def tracks() -> dict:
-        found: dict[int, dict] = {}
-        for index in studio.session.labelled_frames():
-            for obj in studio.session.objects(index):
-                if isinstance(obj.get("track_id"), int):
-                    track = found.setdefault(obj["track_id"], {"track_id": obj["track_id"], "frames": []})
-                    track["class"] = obj["class"]
-                    track["frames"].append(index)
-        return {"tracks": [{**t, "ranges": frame_ranges(t["frames"])} for _, t in sorted(found.items())]}
+        return {"tracks": [{**t, "ranges": frame_ranges(t["frames"])} for t in studio.session.tracks()]}
 
     @app.post("/api/frames/{index}/warm", status_code=202)
     def warm(index: int) -> dict:
         # the frame decoded into the cache and the model's threads awake before the operator's first click
         frame = frame_or_error(_frame_index(studio, index))
-        warm_frame = getattr(studio.segmenter, "warm", None)  # the service mode sends the frame's pixels ahead
-        if callable(warm_frame):
-            warm_frame(frame)
-        else:
-            wake = getattr(getattr(studio.segmenter, "segmenter", None), "warmup", None)
-            if callable(wake):
-                wake(1)
+        studio.segmenter.warm(frame)  # in-process: one small segmentation; service: the frame's pixels sent ahead
         return {"warm": index}
 
     @app.get("/api/frames/{index}")
@@ -340,7 +327,7 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
             reason = os_error_line(OSError(exc.errno, exc.strerror or str(exc), str(studio.session.path)))
             log.warning("frame %d not saved: %s", index, reason)  # the session file, not its temporary file
             raise RequestError(f"not saved: {reason}", 507) from exc
-        return {"version": version, "next_track_id": getattr(studio.session, "next_track_id", None)}
+        return {"version": version, "next_track_id": studio.session.next_track_id}
 
     @app.post("/api/segment")
     async def segment(request: Request) -> dict:
@@ -380,8 +367,7 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
         if not isinstance(objects, list) or len(objects) > MAX_OBJECTS_PER_FRAME:
             raise RequestError(f"objects must be a list of at most {MAX_OBJECTS_PER_FRAME} objects")
         try:
-            return [{**o, **validate_object(o, studio.session.classes, f"objects[{k}]",
-                                            getattr(studio.session, "attributes", None))}
+            return [{**o, **validate_object(o, studio.session.classes, f"objects[{k}]", studio.session.attributes)}
                     for k, o in enumerate(objects)]
         except SessionError as exc:
             raise RequestError(str(exc)) from exc
@@ -414,16 +400,10 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
 
 
 def export_session(studio: Studio, overwrite: bool = True) -> dict:
-    """Write the session's labelled frames to OUT/export through the shared label writer (all or nothing)."""
-    def frames() -> Any:
-        for index in studio.session.labelled_frames():
-            frame = studio.frames.frame(index)
-            objects = [LabelledObject(o["class"], o["polygon"], o["points"], o.get("score"), o.get("polygon_iou"))
-                       for o in studio.session.objects(index)]
-            yield LabelledFrame(index, frame.stamp_ns, frame.frame_id, frame.rgb, objects)
-
+    """Write the session's labelled frames to OUT/export through the shared label writer (all or nothing; excluded
+    objects left out, track ids and attributes exported: instseg_studio.session.export_labels)."""
     try:
-        return write_label_tree(studio.out / "export", frames(), overwrite=overwrite)
+        return export_labels(studio.session, studio.frames.frame, studio.out / "export", overwrite=overwrite)
     except (LabelExportError, BagFramesError) as exc:
         raise RequestError(f"export failed, nothing written: {exc}", 422) from exc
     except OSError as exc:

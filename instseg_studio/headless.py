@@ -28,12 +28,21 @@ def chromium(profile: Path, window: tuple[int, int] = (1400, 900)) -> Any:
     return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
 
 
-def click_image(driver: Any, overlay: Any, image_width: int, x: float, y: float) -> None:
-    """Click image pixel (x, y) of the page's overlay (an image `image_width` pixels wide). Selenium's offsets
-    count from the element's centre; flooring keeps the last pixel column inside the element."""
+def click_image(driver: Any, overlay: Any, image_width: int, x: float, y: float, modifier: str | None = None,
+                double: bool = False) -> None:
+    """Click image pixel (x, y) of the page's overlay (an image `image_width` pixels wide), with a key held
+    (`modifier`, e.g. selenium's Keys.SHIFT) or twice (`double`: a double-click). Selenium's offsets count from
+    the element's centre; flooring keeps the last pixel column inside the element."""
     from selenium.webdriver.common.action_chains import ActionChains
 
     width, height = overlay.size["width"], overlay.size["height"]
     scale = width / image_width
     offset = (math.floor((x + 0.5) * scale - width / 2), math.floor((y + 0.5) * scale - height / 2))
-    ActionChains(driver).move_to_element_with_offset(overlay, *offset).click().perform()
+    chain = ActionChains(driver).move_to_element_with_offset(overlay, *offset)
+    if double:
+        chain.double_click()
+    elif modifier is not None:
+        chain.key_down(modifier).click().key_up(modifier)
+    else:
+        chain.click()
+    chain.perform()

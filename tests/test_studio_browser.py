@@ -418,20 +418,7 @@ class Page:
 
     def click(self, x: float, y: float, modifier: str | None = None, double: bool = False) -> None:
         """Click image pixel (x, y), with a key held (`modifier`) or twice (`double`, a double-click)."""
-        from selenium.webdriver.common.action_chains import ActionChains
-
-        overlay = self.driver.find_element(self.by.ID, "overlay")
-        if modifier is None and not double:
-            click_image(self.driver, overlay, self.width, x, y)
-            return
-        width, height = overlay.size["width"], overlay.size["height"]
-        scale = width / self.width
-        offset = (math.floor((x + 0.5) * scale - width / 2), math.floor((y + 0.5) * scale - height / 2))
-        chain = ActionChains(self.driver).move_to_element_with_offset(overlay, *offset)
-        if double:
-            chain.double_click().perform()
-            return
-        chain.key_down(modifier).click().key_up(modifier).perform()
+        click_image(self.driver, self.driver.find_element(self.by.ID, "overlay"), self.width, x, y, modifier, double)
 
     def idle(self) -> None:
         """Every request answered and every change saved."""
@@ -477,13 +464,15 @@ def test_defect_1_a_stale_tab_is_told_and_never_writes_old_state(bag: tuple[Path
     tab_b.frame(1)
     tab_b.keys(Keys.ARROW_LEFT)
     tab_b.frame(0)
-    tab_b.wait.until(lambda d: d.find_element(tab_b.by.ID, "stale").is_displayed())
-    assert "Another tab or window changed this session" in tab_b.text("stale")
     tab_b.keys(Keys.CONTROL, "z")
-    tab_b.wait.until(lambda d: "undo refused" in tab_b.text("message"))
+    tab_b.idle()
     tab_b.keys(Keys.TAB, Keys.DELETE)  # a direct edit is kept in the tab, not written
-    assert [o["id"] for o in tab_b.saved(0)] == [mine["id"], theirs["id"]]
+    tab_b.wait.until(lambda d: tab_b.state("busy") == 0)
+    assert [o["id"] for o in tab_b.saved(0)] == [mine["id"], theirs["id"]], "the other tab's object stays"
     assert shared_studio.http.get("/api/info").json()["version"] == version
+    assert tab_b.driver.find_element(tab_b.by.ID, "stale").is_displayed()
+    assert "Another tab or window changed this session" in tab_b.text("stale")
+    assert "undo refused" in tab_b.text("message")
     assert "out of date" in tab_b.text("status") and "saved v" not in tab_b.text("status")
 
 
@@ -497,9 +486,9 @@ def test_defect_2_number_keys_never_relabel_silently(bag: tuple[Path, GroundTrut
     page.keys("1")
     person = page.make_object(gt, 0, 0)
     page.keys("3")  # meant for the next object
-    page.wait.until(lambda d: "new objects: car" in page.text("message"))
     page.idle()
     assert [o["class"] for o in page.saved(0)] == ["person"] and page.state("newClass") == "car"
+    assert "new objects: car" in page.text("message")
     car = page.make_object(gt, 0, 1)
     assert car["class"] == "car"
     browser.find_element(page.by.CSS_SELECTOR, f"#object-list li[data-id='{person['id']}'] .name").click()
@@ -536,8 +525,8 @@ def test_defect_4_a_double_click_is_one_point(bag: tuple[Path, GroundTruth], bro
     page.click(*points[0], double=True)
     page.click(*points[1])
     page.click(*points[0])  # not a double-click, the same point again: refused
-    page.wait.until(lambda d: "same as click 1" in page.text("message"))
     assert page.state("clicks.length") == 2 and page.state("objects.length") == 0, (page.state("clicks"), points)
+    assert "same as click 1" in page.text("message")
     page.click(*points[2])
     page.click(*points[3])
     page.wait.until(lambda d: page.state("objects.length") == 1)
@@ -561,11 +550,11 @@ def test_defect_5_copying_twice_updates_the_tracks(bag: tuple[Path, GroundTruth]
     page.wait.until(lambda d: page.state("objects.length") == 2)
     page.idle()
     page.keys("c")
-    page.wait.until(lambda d: "nothing changed" in page.text("message"))
     page.idle()
     source, copied = page.saved(0), page.saved(1)
     assert len(copied) == 2 and page.state("objects.length") == 2
     assert sorted(o["track_id"] for o in copied) == sorted(o["track_id"] for o in source)
+    assert "nothing changed" in page.text("message")
 
 
 def test_defect_6_a_dead_server_never_shows_saved_and_the_edits_are_saved_in_order(
@@ -586,17 +575,20 @@ def test_defect_6_a_dead_server_never_shows_saved_and_the_edits_are_saved_in_ord
     browser.execute_script("""window.statusLog = [];
         new MutationObserver(() => window.statusLog.push(document.getElementById('status').textContent))
           .observe(document.getElementById('status'), {childList: true, characterData: true, subtree: true});""")
-    page.keys("h")  # hide: not saved, retried
-    page.wait.until(lambda d: "retrying" in page.text("status"))
-    page.keys("4")  # relabel: queued behind it
-    page.wait.until(lambda d: page.state("writes.length") == 2)
+    page.keys("h")  # hide: not saved
+    page.wait.until(lambda d: "NOT SAVED" in page.text("status"))
+    page.keys("4")  # relabel: after it
+    page.wait.until(lambda d: page.state("busy") == 0)
     assert "NOT SAVED" in page.text("status") and page.driver.find_element(page.by.ID, "unsaved").is_displayed()
     again = StudioProcess(bag[0], tmp_path, "--segmenter", "inprocess", "--port", port)
     studios.append(again)
     page.studio = again
-    page.wait.until(lambda d: page.state("writes.length") == 0 and "saved v3" in page.text("status"))
-    assert [(o["hidden"], o["class"]) for o in page.saved(0)] == [(True, "truck")]
+    # both edits are saved, in order, without the operator doing anything
+    page.wait.until(lambda d: [(o["hidden"], o["class"]) for o in page.saved(0)] == [(True, "truck")])
+    page.idle()
+    assert again.http.get("/api/info").json()["version"] == 3 and "saved v3" in page.text("status")
     log = browser.execute_script("return window.statusLog")
+    assert any("NOT SAVED – retrying" in text for text in log), log
     assert not [text for text in log[:log.index(next(t for t in log if "saved v3" in t))] if "saved v" in text], log
     page.keys(Keys.CONTROL, "z")  # both edits are in the undo history, in order
     page.idle()
@@ -621,11 +613,13 @@ def test_defect_7_proposals_are_chosen_explicitly_shown_filtered_and_not_duplica
     page.frame(2)
     page.make_object(gt, 2, 0)  # the 0.9 proposal's object, labelled already
     page.keys("p")
-    page.wait.until(lambda d: page.state("proposals.length") == 3)
-    assert "1 more left out: they overlap labelled objects" in page.text("proposal-note")
+    page.wait.until(lambda d: page.state("busy") == 0 and page.state("proposals.length") > 0)
     page.keys(Keys.ENTER)
-    page.wait.until(lambda d: "Enter accepts the CHOSEN proposal" in page.text("message"))
-    assert page.state("objects.length") == 1 and page.state("proposals.length") == 3
+    page.idle()
+    assert page.state("objects.length") == 1 and len(page.saved(2)) == 1, "Enter alone accepts nothing"
+    assert "Enter accepts the CHOSEN proposal" in page.text("message")
+    assert page.state("proposals.length") == 3, "the proposal of the labelled object is left out"
+    assert "1 more left out: they overlap labelled objects" in page.text("proposal-note")
     entries = browser.find_elements(page.by.CSS_SELECTOR, "#proposal-list li")
     hovered = entries[2].get_attribute("data-proposal")
     ActionChains(browser).move_to_element(entries[2].find_element(page.by.CLASS_NAME, "name")).perform()
