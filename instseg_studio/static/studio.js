@@ -274,6 +274,12 @@ async function goTo(index) {
   } catch (error) {
     showMessage(error instanceof ApiError ? error.message : `frame ${index + 1} could not be shown (${error.message ||
       "the studio server does not answer"})`);
+    if (state.index === index && state.frame) {   // stay on the frame that is shown: clicks must match the image
+      state.index = state.frame.index;
+      $("frame-slider").value = state.index;
+      $("frame-image").src = `/api/frames/${state.index}/image`;
+      render();
+    }
   } finally { busy(-1); }
 }
 
