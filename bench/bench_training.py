@@ -4,13 +4,14 @@ DataLoader workers.
 
     .venv/bin/python bench/bench_training.py [--data data/synthetic] [--steps 8] [--batch 4] [--crop 256 512]
 
-Each training case is a fresh process (or two) running one epoch of --steps steps; the step times come from the
-run's steps.jsonl (rank 0's view of the global step: every process waits for the gradient all-reduce), the first
-step (warm-up) left out: median and p95 of the step time, images/s = global batch / median step, and the peak RSS
-of each training process (ru_maxrss; with torchrun the sum over both processes, the launcher apart). Ratios are
-against the one-process case measured in the same run. Without --data (or when it does not exist) a 24-image
-synthetic tree at 1024x512 is generated first. Prints the machine's load (uptime) before and after: other
-processes on the machine slow every case.
+Each training case is a fresh process (or two) running one epoch of --steps steps, as one process with 2 torch
+threads (the demo recipes; the baseline), one process with 1 thread, and torchrun's 2 processes of 1 thread each
+(this machine has 2 cores). The step times come from the run's steps.jsonl (rank 0's view of the global step:
+every process waits for the gradient all-reduce), the first step (warm-up) left out: median and p95 of the step
+time, images/s = global batch / median step, and the peak RSS of each training process (ru_maxrss; with torchrun
+the sum over both processes, the launcher apart). Ratios are against the baseline measured in the same run.
+Without --data (or when it does not exist) a 24-image synthetic tree at 1024x512 is generated first. Prints the
+machine's load (uptime) before and after: other processes on the machine slow every case.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import print_table, summarize  # noqa: E402
 
 MODELS = {"spatial_embeddings": [], "box2pix": [], "dcme": []}
+# (processes, torch threads each): the demo recipes' one process with 2 threads (the baseline), one thread, and
+# torchrun's two processes of one thread on this 2-core machine
+CASES = ((1, 2), (1, 1), (2, 1))
 DRIVER = """
 import importlib, resource, sys
 module = importlib.import_module("training." + sys.argv[1])
@@ -54,11 +58,11 @@ def ensure_data(path: str | None, scratch: Path) -> Path:
     return root
 
 
-def train_case(model: str, data: Path, out: Path, processes: int, args: argparse.Namespace) -> dict:
-    """One epoch of `args.steps` steps; step times (ms, first left out), images/s and peak RSS (MB)."""
+def train_case(model: str, data: Path, out: Path, processes: int, threads: int, args: argparse.Namespace) -> dict:
+    """One epoch of `args.steps` steps with `processes` processes of `threads` torch threads; step times (ms, first
+    left out), images/s and peak RSS (MB)."""
     driver = out.parent / "driver.py"
     driver.write_text(DRIVER)
-    threads = max(1, 2 // processes)
     argv = [model, "train", "--data", str(data), "--out", str(out), "--epochs", "1", "--steps-per-epoch",
             str(args.steps), "--batch", str(args.batch), "--crop", *map(str, args.crop), "--threads", str(threads),
             "--progress-every", "0", "--keep-every", "0", "--no-tensorboard"]
@@ -126,18 +130,20 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         rows = []
         for model in args.models:
-            for processes in (1, 2):
-                figures["training"][f"{model} x{processes}"] = case = train_case(
-                    model, data, scratch / f"{model}_{processes}", processes, args)
-                base = figures["training"][f"{model} x1"]
-                rows.append([model, f"{processes} process{'es' if processes > 1 else ''}"
-                             + (" (torchrun, gloo)" if processes > 1 else ""), case["median_ms"], case["p95_ms"],
-                             case["images_per_s"], f"{case['images_per_s'] / base['images_per_s']:.2f}x",
-                             f"{case['rss_mb']:.0f}", f"{case['rss_mb'] / base['rss_mb']:.2f}x"])
+            for processes, threads in CASES:
+                name = f"{model} {processes}x{threads}"
+                figures["training"][name] = case = train_case(
+                    model, data, scratch / f"{model}_{processes}_{threads}", processes, threads, args)
+                base = figures["training"][f"{model} 1x2"]
+                rows.append([model, f"{processes} process{'es' if processes > 1 else ''} x {threads} thread"
+                             f"{'s' if threads > 1 else ''}" + (" (torchrun, gloo)" if processes > 1 else ""),
+                             case["median_ms"], case["p95_ms"], case["images_per_s"],
+                             f"{case['images_per_s'] / base['images_per_s']:.2f}x", f"{case['rss_mb']:.0f}",
+                             f"{case['rss_mb'] / base['rss_mb']:.2f}x"])
                 print(f"  {rows[-1]}", flush=True)
-        print_table(["model", "case", "step median ms", "step p95 ms", "images/s", "vs 1 process",
-                     "peak RSS MB (sum)", "RSS vs 1"], rows,
-                    title="Training steps (1 epoch, first step left out; 2 cores: 1 process x 2 threads, 2 x 1)")
+        print_table(["model", "case", "step median ms", "step p95 ms", "images/s", "vs 1x2",
+                     "peak RSS MB (sum)", "RSS vs 1x2"], rows,
+                    title="Training steps (1 epoch, first step left out; global batch the same in every case)")
         rows = []
         for workers in (0, 1, 2):
             figures["loader"][workers] = case = loader_case(data, workers, args)

@@ -71,6 +71,10 @@ def test_the_object_index_is_cached_and_follows_the_files(tree: Path, tmp_path: 
     cv2.imwrite(str(labels), ids)
     changed = split_index(tree, "train", INSTANCE_CLASSES)
     assert changed.reused == 2 and len(changed.centers[1]) == 0 and len(first.centers[1]) > 0
+    # a removed image leaves the index
+    _images(tree)[2].unlink()
+    removed = split_index(tree, "train", INSTANCE_CLASSES)
+    assert removed.reused == 2 and len(json.loads(removed.path.read_text())["images"]) == 2
     # another class list or scale is another index; a tree that cannot be written keeps it in the run folder
     os.chmod(tree / INDEX_DIR, 0o555)
     try:

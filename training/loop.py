@@ -288,7 +288,17 @@ def make_loader(dataset: WindowDataset, batch_sampler: GlobalBatchSampler, colla
     return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers,
                                        collate_fn=collate, pin_memory=cuda,
                                        persistent_workers=cuda and workers > 0,
-                                       prefetch_factor=2 if workers else None)
+                                       prefetch_factor=2 if workers else None,
+                                       worker_init_fn=_single_threaded if workers else None)
+
+
+def _single_threaded(worker: int) -> None:
+    """A DataLoader worker decodes one window at a time: one OpenCV and one torch thread each (else every worker
+    would start a thread per core)."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
 
 
 def write_run_json(out: Path, args: argparse.Namespace, runtime: Runtime, data: dict, state: dict) -> None:

@@ -128,9 +128,10 @@ def split_index(root: str | os.PathLike | None, split: str, classes: Sequence[st
         result.centers.append(np.asarray(entry["centers"], np.float32).reshape(-1, 2))
         result.classes.append(np.asarray(entry["classes"], np.int64))
     result.reused = reused
-    if reused < len(samples) or len(cached) != len(entries):
+    # a full pass drops the entries of files that are gone; a --limit pass keeps the others
+    if reused < len(samples) or (limit is None and set(cached) != set(entries)):
         text = json.dumps({"version": INDEX_VERSION, "classes": list(classes), "scale": scale,
-                           "images": {**cached, **entries}})
+                           "images": entries if limit is None else {**cached, **entries}})
         for candidate in (path, Path(fallback_dir) / path.name if fallback_dir else None):
             if candidate is None:
                 continue
