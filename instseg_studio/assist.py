@@ -220,7 +220,9 @@ def proposals(streaming_segmenter: Any, frame: Frame, classes: tuple[str, ...], 
               min_area: int = 64) -> tuple[list[dict], float]:
     """(proposals, milliseconds): the streaming segmenter's instances on `frame` whose class is one of `classes`
     and that cover at least `min_area` pixels, best score first: {"class", "polygon", "points", "score",
-    "polygon_iou", "area"} in image pixels. A `StoredProposals` source answers from the session where it can."""
+    "polygon_iou", "area"} in image pixels. A `StoredProposals` source answers from the session where it can; a
+    source with a `propose(rgb, classes, tolerance, min_area)` method (segmenters.SemanticProposals) is asked
+    directly."""
     start = time.perf_counter()
     if isinstance(streaming_segmenter, StoredProposals):
         stored = streaming_segmenter.for_frame(frame.index)
@@ -229,7 +231,10 @@ def proposals(streaming_segmenter: Any, frame: Frame, classes: tuple[str, ...], 
         streaming_segmenter = streaming_segmenter.live()
         if streaming_segmenter is None:
             return [], (time.perf_counter() - start) * 1e3
-    found = proposals_from_result(streaming_segmenter(frame.rgb), classes, tolerance, min_area)
+    if hasattr(streaming_segmenter, "propose"):  # a proposal source (segmenters.SemanticProposals)
+        found = streaming_segmenter.propose(frame.rgb, classes, tolerance, min_area)
+    else:
+        found = proposals_from_result(streaming_segmenter(frame.rgb), classes, tolerance, min_area)
     return found, (time.perf_counter() - start) * 1e3
 
 

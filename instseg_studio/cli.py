@@ -16,7 +16,9 @@ replaces the Cityscapes instance classes by the Cityscapes class names listed in
 --attributes says which boolean attributes (occluded, truncated, crowd) each class offers: entries CLASS=ATTR,...
 separated by ';', '*' for the classes not named, 'none' for no attribute (default: all three for every class;
 crowd objects are exported as COCO iscrowd and Cityscapes group regions). --proposals
-MODEL (spatial_embeddings, box2pix or dcme) lets the operator ask the streaming model for proposals. A session
+MODEL lets the operator ask for proposals: `semantic` (the real-data ESPNetv2 Cityscapes network's person / vehicle
+regions, each segmented by the extreme-point network; its ONNX graph is exported once into ~/.cache/instseg), or a
+streaming model's instances (spatial_embeddings, box2pix or dcme). A session
 pre-labelled by `instseg-fleet prelabel` (--out DIR/<bag>) offers its stored proposals on the frames that have them
 (P), and the --proposals model's on the others.
 
@@ -110,7 +112,14 @@ def build_studio(args: argparse.Namespace) -> object:
     attributes = parse_attribute_config(getattr(args, "attributes", None), classes)  # callers building a Namespace
     session = Session(out / SESSION_FILE, str(Path(args.bag).resolve()), frames.topic, classes, attributes)
     streaming = None
-    if args.proposals:
+    if args.proposals == "semantic":
+        from instseg_core.annotate.segmenter import create_annotation_segmenter
+        from instseg_studio.segmenters import SemanticProposals
+
+        def streaming() -> object:
+            return SemanticProposals(create_annotation_segmenter(args.model_file, threads=args.threads,
+                                                                 spin_wait=False), threads=args.threads)
+    elif args.proposals:
         from instseg_core.runtime.segmenter import create_segmenter
 
         def streaming() -> object:
@@ -163,7 +172,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--service-wait", type=float, default=5.0, help="seconds to wait for the service (auto)")
     parser.add_argument("--model-file", default=None, help="in-process annotation model (default: the shipped one)")
     parser.add_argument("--labels", default=None, help="file of class names, one per line")
-    parser.add_argument("--proposals", default=None, choices=("spatial_embeddings", "box2pix", "dcme"))
+    parser.add_argument("--proposals", default=None, choices=("semantic", "spatial_embeddings", "box2pix", "dcme"),
+                        help="semantic: the ESPNetv2 Cityscapes network's person/vehicle regions segmented by the "
+                             "extreme-point network (real frames); the others: a streaming model's instances")
     parser.add_argument("--attributes", default=None,
                         help="attributes per class: 'CLASS=ATTR,ATTR;*=ATTR,...' (default: occluded, truncated, "
                              "crowd for every class)")

@@ -21,6 +21,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -235,3 +236,221 @@ class ServiceSegmenter:
         self._thread.join(timeout=2)
         self._executor.shutdown()
         self._node.destroy_node()
+
+
+def _agreement(polygon: np.ndarray, window: np.ndarray, origin: tuple[int, int], step: float) -> float:
+    """IoU of a polygon (N, 2) in frame pixels with a component mask `window` (h, w) bool of a label map whose
+    pixel (0, 0) of the window is label pixel `origin` and one label pixel spans `step` frame pixels."""
+    import cv2
+
+    x0, y0 = origin
+    left, top = int(np.floor(x0 * step)), int(np.floor(y0 * step))
+    size = (max(1, round(window.shape[1] * step)), max(1, round(window.shape[0] * step)))
+    component = cv2.resize(window.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+    polygon = np.asarray(polygon, np.int32).reshape(-1, 2)
+    right = max(left + size[0], int(polygon[:, 0].max()) + 1)
+    bottom = max(top + size[1], int(polygon[:, 1].max()) + 1)
+    lo_x, lo_y = min(left, int(polygon[:, 0].min())), min(top, int(polygon[:, 1].min()))
+    canvas = np.zeros((bottom - lo_y, right - lo_x), np.uint8)
+    cv2.fillPoly(canvas, [(polygon - [lo_x, lo_y]).reshape(-1, 1, 2)], 1)
+    placed = np.zeros(canvas.shape, bool)
+    placed[top - lo_y:top - lo_y + size[1], left - lo_x:left - lo_x + size[0]] = component
+    union = np.count_nonzero(placed | canvas.astype(bool))
+    return float(np.count_nonzero(placed & canvas.astype(bool)) / union) if union else 0.0
+
+
+SEMANTIC_WEIGHTS = "espnetv2_s2_cityscapes.fp16.pt"
+SEMANTIC_INPUT_WIDTH = 1024  # the width the zoo's network was trained at (1024x512 Cityscapes frames)
+
+
+class _SemanticLabels:
+    """ESPNetv2 (instseg_core.networks.espnetv2, Cityscapes weights) as a graph: (1, 3, H, W) RGB in [0, 1] ->
+    "label" (1, H/2, W/2) int64 argmax over the 19 train ids and "confidence" (1, H/2, W/2) float32 its softmax
+    probability, both at the network's own 1/2 resolution (no upsampling of 20 logit maps)."""
+
+    def __new__(cls, weights: Path) -> Any:
+        import torch
+
+        from instseg_core.networks.espnetv2 import load_espnetv2_cityscapes, normalise_unit_rgb
+
+        class Labels(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.network = load_espnetv2_cityscapes(weights)
+
+            def forward(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                _, _, logits = self.network.decode_features(normalise_unit_rgb(rgb))
+                confidence, label = torch.softmax(logits[:, :19], 1).max(1)
+                return label, confidence
+
+        return Labels().eval()
+
+
+def semantic_graph(weights: str | Path | None = None, cache_dir: str | Path | None = None) -> Path:
+    """The ONNX graph of `_SemanticLabels` for `weights` (default: the shipped ESPNetv2 Cityscapes weights),
+    exported once (about half a minute) into `cache_dir` (default $XDG_CACHE_HOME/instseg or ~/.cache/instseg) under
+    a name holding the weights' sha256, and reused after; height and width dynamic (multiples of 16)."""
+    import hashlib
+    import os
+
+    from instseg_core.base.atomic_files import atomic_path
+    from instseg_core.base.model_files import find_model
+
+    source = find_model(str(weights or SEMANTIC_WEIGHTS))
+    digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16]
+    folder = Path(cache_dir or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "instseg")
+    path = folder / f"espnetv2_labels_{digest}.onnx"
+    if path.is_file():
+        return path
+    import warnings
+
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    axes = {"image": {2: "height", 3: "width"}, "label": {1: "h", 2: "w"}, "confidence": {1: "h", 2: "w"}}
+    with atomic_path(path) as staging, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated (as in training.common.export_graph)
+        torch.onnx.export(_SemanticLabels(Path(source)), (torch.zeros(1, 3, 256, 512),), str(staging),
+                          input_names=["image"], output_names=["label", "confidence"], opset_version=17,
+                          dynamo=False, dynamic_axes=axes)
+    return path
+
+
+def _extreme_points(window: np.ndarray) -> np.ndarray:
+    """(4, 2) float64 left, top, right, bottom pixels (x, y) of a non-empty (h, w) bool mask."""
+    ys, xs = np.nonzero(window)
+    picks = (np.argmin(xs), np.argmin(ys), np.argmax(xs), np.argmax(ys))
+    return np.array([[xs[k], ys[k]] for k in picks], np.float64)
+
+
+class SemanticProposals:
+    """Proposals from a real-data semantic network refined by the extreme-point network.
+
+    The ESPNetv2 Cityscapes network labels a SEMANTIC_INPUT_WIDTH-wide copy of the frame (argmax at 1/2 of it).
+    Candidates: with `instances` (a streaming Segmenter, e.g. the shipped Spatial Embeddings model), its instances
+    whose pixels the semantic network labels as a person / rider / vehicle for at least SUPPORT of them (instances
+    on road or barriers are dropped; the class is the semantic majority); then the connected components of the
+    semantic person / vehicle regions that those instances do not already cover (more than half of the component),
+    so touching cars the semantic map merges come apart where the instance model separates them. Each candidate of
+    at least `min_area` frame pixels gives its 4 extreme points, which the annotation model segments (all of a
+    frame's candidates in one batch) into the proposal's polygon. score = the candidate's semantic support (mean
+    probability of its class over a component; the fraction of an instance's pixels labelled so) x the IoU of the
+    annotation model's polygon with the candidate (where the two disagree, e.g. a "person" blob in foliage, the
+    score drops). `annotation` None: the candidate's own outline is the polygon, score the semantic support."""
+
+    name = "semantic"
+    SUPPORT = 0.5
+
+    def __init__(self, annotation: ExtremePointSegmenter | None, weights: str | Path | None = None,
+                 threads: int = 2, input_width: int = SEMANTIC_INPUT_WIDTH,
+                 cache_dir: str | Path | None = None, instances: Any = None) -> None:
+        from instseg_core.networks.espnetv2 import CITYSCAPES_TRAIN_IDS
+        from instseg_core.runtime.backends import OnnxRuntimeBackend
+
+        self.backend = OnnxRuntimeBackend(semantic_graph(weights, cache_dir), threads=threads)
+        self.annotation, self.input_width, self.instances = annotation, input_width, instances
+        self.train_ids = dict(CITYSCAPES_TRAIN_IDS)
+        self.stats: Counter = Counter()
+
+    def labels(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """(label (h, w) int64 train ids, confidence (h, w) float32, frame pixels per label pixel along one side)
+        for an (H, W, 3) uint8 RGB frame."""
+        import cv2
+
+        height, width = rgb.shape[:2]
+        scale = self.input_width / width
+        size = (self.input_width, max(16, round(height * scale / 16) * 16))
+        resized = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        batch = (resized.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
+        label, confidence = self.backend.session.run(None, {self.backend.input_name: batch})
+        return label[0], confidence[0], width / label.shape[2]
+
+    def _instance_candidates(self, rgb: np.ndarray, label: np.ndarray, classes: tuple[str, ...],
+                             min_area: int) -> tuple[list[tuple], np.ndarray]:
+        """Candidates (class, window (h, w) bool in frame pixels, (x0, y0), support) from the instance model, and
+        the label-grid mask of what they cover."""
+        import cv2
+
+        result = self.instances(rgb)
+        height, width = rgb.shape[:2]
+        # the label of each frame pixel (nearest label pixel)
+        grid = cv2.resize(label.astype(np.int32), (width, height), interpolation=cv2.INTER_NEAREST)
+        wanted = {self.train_ids[c]: c for c in classes if c in self.train_ids}
+        covered = np.zeros((height, width), bool)
+        found = []
+        for k, (x0, y0, x1, y1) in enumerate(result.instances.boxes):
+            window = result.instances.id_image[y0:y1, x0:x1] == k + 1
+            area = int(window.sum())
+            if area < min_area:
+                continue
+            votes = np.bincount(grid[y0:y1, x0:x1][window].ravel(), minlength=19)
+            ids = [i for i in wanted if i < len(votes)]
+            support = float(sum(votes[i] for i in ids)) / area
+            if support < self.SUPPORT or not ids:
+                continue
+            name = wanted[max(ids, key=lambda i: votes[i])]
+            found.append((name, window, (int(x0), int(y0)), support))
+            covered[y0:y1, x0:x1] |= window
+        small = cv2.resize(covered.astype(np.uint8), (label.shape[1], label.shape[0]), interpolation=cv2.INTER_AREA)
+        return found, small.astype(bool)
+
+    def propose(self, rgb: np.ndarray, classes: tuple[str, ...], tolerance: float = 1.0,
+                min_area: int = 64) -> list[dict]:
+        """Proposals {"class", "polygon", "points", "score", "polygon_iou", "area"} in frame pixels, best first."""
+        import cv2
+
+        from instseg_core.postprocess.polygons import mask_to_polygon
+
+        label, confidence, step = self.labels(rgb)
+        height, width = rgb.shape[:2]
+        # (class, window, origin, support, step of the window's pixels)
+        candidates: list[tuple[str, np.ndarray, tuple[int, int], float, float]] = []
+        covered = np.zeros(label.shape, bool)
+        if self.instances is not None:
+            instance_candidates, covered = self._instance_candidates(rgb, label, classes, min_area)
+            candidates += [(*c, 1.0) for c in instance_candidates]
+        for name in classes:
+            if name not in self.train_ids:
+                continue
+            region = (label == self.train_ids[name]).astype(np.uint8)
+            count, components, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=8)
+            for k in range(1, count):
+                if stats[k, cv2.CC_STAT_AREA] * step * step < min_area:
+                    continue
+                x0, y0, w, h = (int(v) for v in stats[k, :4])
+                window = components[y0:y0 + h, x0:x0 + w] == k
+                if covered[y0:y0 + h, x0:x0 + w][window].mean() > 0.5:
+                    continue  # an instance above has it
+                candidates.append((name, window, (x0, y0), float(confidence[y0:y0 + h, x0:x0 + w][window].mean()),
+                                   step))
+        points = []
+        for _, window, (x0, y0), _, scale in candidates:
+            # window pixel centres to frame pixels; the outermost points reach the candidate's outer edge
+            frame_points = (_extreme_points(window) + np.array([x0, y0]) + 0.5) * scale - 0.5
+            frame_points[:, 0] = np.clip(frame_points[:, 0], 0, width - 1)
+            frame_points[:, 1] = np.clip(frame_points[:, 1], 0, height - 1)
+            points.append(frame_points)
+        results: list[Any] = [None] * len(candidates)
+        usable = [k for k, p in enumerate(points) if np.ptp(p[:, 0]) >= 4 and np.ptp(p[:, 1]) >= 4]
+        if self.annotation is not None and usable:
+            batch = self.annotation.segment_batch(rgb, [points[k] for k in usable], tolerance)
+            for k, result in zip(usable, batch, strict=True):
+                results[k] = result
+        found = []
+        for (name, window, (x0, y0), support, scale), frame_points, result in zip(candidates, points, results,
+                                                                                strict=True):
+            if result is not None and len(result.polygon) >= 3:
+                agreement = _agreement(result.polygon, window, (x0, y0), scale)
+                polygon, polygon_iou, score, area = result.polygon, result.polygon_iou, support * agreement, \
+                    result.area
+            else:
+                outline, polygon_iou = mask_to_polygon(window, max(tolerance / scale, 0.5))
+                if len(outline) < 3:
+                    continue
+                polygon = np.rint((outline + [x0, y0] + 0.5) * scale - 0.5).astype(np.int32)
+                score, area = support, int(window.sum() * scale * scale)
+            found.append({"class": name, "polygon": np.asarray(polygon).tolist(),
+                          "points": np.rint(frame_points).astype(int).tolist(), "score": float(score),
+                          "polygon_iou": float(polygon_iou), "area": int(area)})
+        self.stats["frames"] += 1
+        return sorted(found, key=lambda p: -p["score"])

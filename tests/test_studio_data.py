@@ -21,9 +21,17 @@ from instseg_core.data.label_export import (
     city_name,
     write_label_tree,
 )
-from instseg_studio.assist import brush, merge_propagated, polygon_ious, propagate, suppress_overlapping
+from instseg_core.eval.binary_metrics import iou
+from instseg_studio.assist import (
+    brush,
+    frame_proposals,
+    merge_propagated,
+    polygon_ious,
+    propagate,
+    suppress_overlapping,
+)
 from instseg_studio.bag_frames import BagFrames
-from instseg_studio.segmenters import InProcessSegmenter
+from instseg_studio.segmenters import InProcessSegmenter, SemanticProposals
 from instseg_studio.session import (
     SESSION_FILE,
     SESSION_FORMAT,
@@ -308,3 +316,29 @@ def test_city_names_and_instance_numbers() -> None:
     assert numbers.frame([obj(None), obj(9), obj(7), obj(3, crowd=True)]) == [0, 1, 2, None]
     with pytest.raises(LabelExportError, match="city name"):
         write_label_tree(Path("/nonexistent/out"), [], city="a_b")
+
+
+def test_semantic_proposals_find_the_cars_and_skip_labelled_ones(sequence: tuple[BagFrames, GroundTruth]) -> None:
+    """The real-data semantic network (ESPNetv2 Cityscapes weights, its ONNX graph exported once into the user's
+    cache) + the extreme-point network on a synthetic street frame: both cars are proposed with their outline, best
+    first; with the cars labelled, the frame's proposals leave them out (suppressed)."""
+    frames, truth = sequence
+    source = SemanticProposals(create_annotation_segmenter(), input_width=512)
+    frame = frames.frame(0)
+    found = source.propose(frame.rgb, CLASSES)
+    assert [p["score"] for p in found] == sorted((p["score"] for p in found), reverse=True)
+    cars = [mask for name, mask in truth.objects[0] if name == "car"]
+    best = []
+    for mask in cars:
+        scored = [(iou(_filled(p["polygon"], mask.shape), mask), p) for p in found if p["class"] == "car"]
+        best.append(max(scored, key=lambda pair: pair[0]))
+    assert all(value >= 0.7 and p["score"] >= 0.5 for value, p in best), [(v, p["score"]) for v, p in best]
+    labelled = [{"polygon": p["polygon"]} for _, p in best]
+    offered = frame_proposals(source, frame, CLASSES, labelled)
+    assert offered["suppressed"] == 2 and len(offered["proposals"]) == len(found) - 2
+
+
+def _filled(polygon: list, shape: tuple[int, int]) -> np.ndarray:
+    mask = np.zeros(shape, np.uint8)
+    cv2.fillPoly(mask, [np.asarray(polygon, np.int32).reshape(-1, 1, 2)], 1)
+    return mask.astype(bool)
