@@ -6,7 +6,8 @@ Rows (median and p95 in ms over the operator's actions, and ratios against basel
 - click 4 -> polygon drawn, 2048x1024 frames: from the 4th click's handler to the polygon on the page, with the
   in-process segmenter and with extreme_point_node's service (pixels sent once per frame, then points only);
   baseline: the same segmentation called directly in Python (no HTTP, no browser). Also the first object of
-  each frame alone (the page warms the frame when it is shown: decoded frame, the model's threads awake);
+  each frame alone (the page warms the frame when it is shown: decoded frame, the model's threads awake), and,
+  as a baseline in the same run, the in-process page with warming off (`?warm=0`, the page before issue 36);
 - correction click -> updated polygon: a Shift+click (positive) inside each new object, from the click's
   handler to the re-segmented polygon on the page; baseline: segment(..., positive=[click]) in Python;
 - next frame shown (2048x1024 rgb8 from an MCAP bag): from the key press to the decoded image on the page;
@@ -82,10 +83,12 @@ def start_studio(bag: Path, out: Path, *extra: str) -> tuple[subprocess.Popen, s
     return proc, match.group(1)
 
 
-def browser_session(url: str, clicks: list, interiors: list, objects: int) -> dict[str, list[float]]:
+def browser_session(url: str, clicks: list, interiors: list, objects: int, warm: bool = True) -> dict[str, list[float]]:
     """Drive the page: on each frame click `objects` objects, each followed by a correction click (Shift+click at
-    its interior pixel), then go to the next frame. Returns the page's timings per kind ("first": the polygons
-    of the first object of each frame)."""
+    its interior pixel), then go to the next frame; `warm` False: the page does not warm a frame when it shows it
+    (the page before issue 36). Returns the page's timings per kind ("first": the polygons of the first object of
+    each frame)."""
+    import numpy as np
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
@@ -96,7 +99,7 @@ def browser_session(url: str, clicks: list, interiors: list, objects: int) -> di
     driver = chromium(Path(profile))
     wait = WebDriverWait(driver, 120)
     try:
-        driver.get(url)
+        driver.get(url if warm else url + "?warm=0")
         wait.until(lambda d: d.execute_script("return document.body.dataset.ready") == "true")
         overlay = driver.find_element(By.ID, "overlay")
         body = driver.find_element(By.TAG_NAME, "body")
@@ -125,10 +128,12 @@ def browser_session(url: str, clicks: list, interiors: list, objects: int) -> di
     result: dict[str, list[float]] = {}
     for entry in timings:
         result.setdefault(entry["what"], []).append(float(entry["ms"]))
-        if "server_ms" in entry:
+        if "server_ms" in entry and entry["what"] == "polygon":
             result.setdefault("server", []).append(float(entry["server_ms"]))
     result["frame"] = result.get("frame", [])[1:]  # the first frame is the page load
-    result["first"] = result.get("polygon", [])[::objects]  # every frame has `objects` objects (checked above)
+    counts = [min(objects, len(points)) for points in clicks]  # objects made per frame (each was checked above)
+    starts = np.cumsum([0, *counts[:-1]])
+    result["first"] = [result["polygon"][k] for k, n in zip(starts, counts, strict=True) if n]
     return result
 
 
@@ -185,15 +190,15 @@ def main() -> None:
         read_all = (time.perf_counter() - start) * 1e3
         long_bag.close()
 
-        def session_with(mode: str) -> dict[str, list[float]]:
-            studio, url = start_studio(big, root / f"out_{mode}", "--segmenter", mode)
+        def session_with(mode: str, warm: bool = True) -> dict[str, list[float]]:
+            studio, url = start_studio(big, root / f"out_{mode}_{warm}", "--segmenter", mode)
             try:
-                return browser_session(url, clicks, interiors, args.objects)
+                return browser_session(url, clicks, interiors, args.objects, warm)
             finally:
                 studio.send_signal(signal.SIGTERM)
                 studio.wait(timeout=30)
 
-        results = {"inprocess": session_with("inprocess")}
+        results = {"inprocess": session_with("inprocess"), "cold": session_with("inprocess", warm=False)}
         modes = ["inprocess"] if args.no_service else ["inprocess", "service"]
         if not args.no_service:
             node = subprocess.Popen([sys.executable, str(REPO / "instseg_ros" / "extreme_point_node.py")],
@@ -224,6 +229,12 @@ def main() -> None:
         median, p95 = summarize(results[mode]["server"])
         rows.append([f"  of which the server's segmentation ({mode})", len(results[mode]["server"]), median, p95,
                      median / base_polygon])
+    median, p95 = summarize(results["cold"]["polygon"])
+    rows.append(["  baseline: click 4 -> polygon, frames not warmed (inprocess)", len(results["cold"]["polygon"]),
+                 median, p95, median / base_polygon])
+    median, p95 = summarize(results["cold"]["first"])
+    rows.append(["  baseline: the first object of each frame, not warmed", len(results["cold"]["first"]), median, p95,
+                 median / base_polygon])
     rows.append(["  baseline: segmentation in Python", len(direct_polygon), base_polygon,
                  float(np.percentile(direct_polygon, 95)), 1.0])
     for mode in modes:

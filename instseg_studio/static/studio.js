@@ -10,6 +10,7 @@ const DOUBLE_CLICK_MS = 500;     // a second click this soon ...
 const SAME_POINT_PX = 3;         // ... and this close (screen pixels) to the last one is the same click
 const RETRY_MS = [250, 500, 1000, 2000];   // back-off between attempts to save after a lost connection
 const ATTRIBUTES = ["occluded", "truncated", "crowd"];
+const WARM = new URLSearchParams(window.location.search).get("warm") !== "0";   // ?warm=0: bench_studio's baseline
 
 const state = {
   info: null, timestamps: [], labelled: new Set(), index: 0, frame: null, objects: [], version: 0,
@@ -269,7 +270,7 @@ async function goTo(index) {
     window.studioTimings.push({ what: "frame", ms: performance.now() - started });
     // warm the server for this frame (decoded frame, the network) before the first click, then prefetch the
     // likely next frame's image into the browser's cache
-    api("POST", `/api/frames/${index}/warm`, {}).catch(() => {});
+    if (WARM) api("POST", `/api/frames/${index}/warm`, {}).catch(() => {});
     if (index + 1 < n) prefetch.src = `/api/frames/${index + 1}/image`;
   } catch (error) {
     showMessage(error instanceof ApiError ? error.message : `frame ${index + 1} could not be shown (${error.message ||
