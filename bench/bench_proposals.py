@@ -10,7 +10,8 @@ proposal), semantic (the ESPNetv2 Cityscapes network's person / vehicle regions 
 each segmented by the extreme-point network from the component's extreme points;
 instseg_studio.segmenters.SemanticProposals), semantic-regions (the components' own outlines, no extreme-point
 network) and semantic+se (the Spatial Embeddings instances the semantic network confirms, then the semantic
-components they leave, all segmented by the extreme-point network: `instseg-studio --proposals semantic`). The
+components they leave, all segmented by the extreme-point network, from one pass of one graph: CombinedProposals,
+`instseg-studio --proposals semantic`). The
 synthetic frames are `instseg-synth` val images (seed 1, 1024x512, held out from training); the COCO photographs are
 validation only (never trained on); the highway stills have no labels (counts, times and overlays only). Figures are
 at score thresholds 0.3 / 0.5 / 0.7 from one pass."""
@@ -43,7 +44,7 @@ from instseg_core.eval.real_photos import (
 )
 from instseg_core.runtime.segmenter import create_segmenter
 from instseg_studio.assist import proposals_from_result
-from instseg_studio.segmenters import SemanticProposals
+from instseg_studio.segmenters import CombinedProposals, SemanticProposals
 
 CLASSES = tuple(INSTANCE_CLASSES)
 THRESHOLDS = (0.3, 0.5, 0.7)
@@ -66,7 +67,7 @@ def sources(threads: int) -> dict:
     regions = SemanticProposals(None, threads=threads)
     box2pix = create_segmenter("box2pix", threads=threads, score_threshold=0.3)
     embeddings = create_segmenter("spatial_embeddings", threads=threads, score_threshold=0.3)
-    combined = SemanticProposals(annotation, threads=threads, instances=embeddings)
+    combined = CombinedProposals(annotation, threads=threads)
     return {
         "box2pix": lambda rgb: proposals_from_result(box2pix(rgb), CLASSES),
         "spatial_embeddings": lambda rgb: proposals_from_result(embeddings(rgb), CLASSES),

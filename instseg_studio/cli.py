@@ -16,9 +16,10 @@ replaces the Cityscapes instance classes by the Cityscapes class names listed in
 --attributes says which boolean attributes (occluded, truncated, crowd) each class offers: entries CLASS=ATTR,...
 separated by ';', '*' for the classes not named, 'none' for no attribute (default: all three for every class;
 crowd objects are exported as COCO iscrowd and Cityscapes group regions). --proposals
-MODEL lets the operator ask for proposals: `semantic` (the real-data ESPNetv2 Cityscapes network's person / vehicle
-regions, each segmented by the extreme-point network; its ONNX graph is exported once into ~/.cache/instseg), or a
-streaming model's instances (spatial_embeddings, box2pix or dcme). A session
+MODEL lets the operator ask for proposals: `semantic` (the shipped Spatial Embeddings instances that its real-data
+ESPNetv2 Cityscapes branch confirms, and that branch's person / vehicle regions they leave, each segmented by the
+extreme-point network; one graph, exported once into ~/.cache/instseg), or a streaming model's instances
+(spatial_embeddings, box2pix or dcme). A session
 pre-labelled by `instseg-fleet prelabel` (--out DIR/<bag>) offers its stored proposals on the frames that have them
 (P), and the --proposals model's on the others.
 
@@ -114,10 +115,10 @@ def build_studio(args: argparse.Namespace) -> object:
     streaming = None
     if args.proposals == "semantic":
         from instseg_core.annotate.segmenter import create_annotation_segmenter
-        from instseg_studio.segmenters import SemanticProposals
+        from instseg_studio.segmenters import CombinedProposals
 
         def streaming() -> object:
-            return SemanticProposals(create_annotation_segmenter(args.model_file, threads=args.threads,
+            return CombinedProposals(create_annotation_segmenter(args.model_file, threads=args.threads,
                                                                  spin_wait=False), threads=args.threads)
     elif args.proposals:
         from instseg_core.runtime.segmenter import create_segmenter
@@ -173,8 +174,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--model-file", default=None, help="in-process annotation model (default: the shipped one)")
     parser.add_argument("--labels", default=None, help="file of class names, one per line")
     parser.add_argument("--proposals", default=None, choices=("semantic", "spatial_embeddings", "box2pix", "dcme"),
-                        help="semantic: the ESPNetv2 Cityscapes network's person/vehicle regions segmented by the "
-                             "extreme-point network (real frames); the others: a streaming model's instances")
+                        help="semantic: Spatial Embeddings instances confirmed by its real-data ESPNetv2 semantic "
+                             "branch and that branch's person/vehicle regions, segmented by the extreme-point network "
+                             "(real frames); the others: a streaming model's instances")
     parser.add_argument("--attributes", default=None,
                         help="attributes per class: 'CLASS=ATTR,ATTR;*=ATTR,...' (default: occluded, truncated, "
                              "crowd for every class)")

@@ -22,7 +22,7 @@ import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -260,6 +260,8 @@ def _agreement(polygon: np.ndarray, window: np.ndarray, origin: tuple[int, int],
 
 
 SEMANTIC_WEIGHTS = "espnetv2_s2_cityscapes.fp16.pt"
+MAX_CANDIDATES = 16  # candidates segmented per frame, best semantic support first
+MAX_ELONGATION = 6.0  # a candidate whose box is more than 6 times longer one way than the other is no object
 SEMANTIC_INPUT_WIDTH = 1024  # the width the zoo's network was trained at (1024x512 Cityscapes frames)
 
 
@@ -316,6 +318,14 @@ def semantic_graph(weights: str | Path | None = None, cache_dir: str | Path | No
     return path
 
 
+def _plausible(window: np.ndarray, scale: float) -> bool:
+    """Whether a candidate mask (h, w) bool whose pixels span `scale` frame pixels could be an object: at least 4
+    frame pixels each way, and its box at most MAX_ELONGATION times longer one way than the other (a sliver along
+    the frame's edge is not)."""
+    height, width = window.shape
+    return min(height, width) * scale >= 4 and max(height, width) <= MAX_ELONGATION * min(height, width)
+
+
 def _extreme_points(window: np.ndarray) -> np.ndarray:
     """(4, 2) float64 left, top, right, bottom pixels (x, y) of a non-empty (h, w) bool mask."""
     ys, xs = np.nonzero(window)
@@ -340,6 +350,7 @@ class SemanticProposals:
 
     name = "semantic"
     SUPPORT = 0.5
+    max_candidates = MAX_CANDIDATES
 
     def __init__(self, annotation: ExtremePointSegmenter | None, weights: str | Path | None = None,
                  threads: int = 2, input_width: int = SEMANTIC_INPUT_WIDTH,
@@ -365,14 +376,18 @@ class SemanticProposals:
         label, confidence = self.backend.session.run(None, {self.backend.input_name: batch})
         return label[0], confidence[0], width / label.shape[2]
 
-    def _instance_candidates(self, rgb: np.ndarray, label: np.ndarray, classes: tuple[str, ...],
-                             min_area: int) -> tuple[list[tuple], np.ndarray]:
-        """Candidates (class, window (h, w) bool in frame pixels, (x0, y0), support) from the instance model, and
-        the label-grid mask of what they cover."""
+    def analyse(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, Any]:
+        """`labels(rgb)` and the instance model's result on `rgb` (None without one)."""
+        label, confidence, step = self.labels(rgb)
+        return label, confidence, step, None if self.instances is None else self.instances(rgb)
+
+    def _instance_candidates(self, result: Any, shape: tuple[int, int], label: np.ndarray,
+                             classes: tuple[str, ...], min_area: int) -> tuple[list[tuple], np.ndarray]:
+        """Candidates (class, window (h, w) bool in frame pixels, (x0, y0), support) from the instance model's
+        `result` on a frame of `shape` (H, W), and the label-grid mask of what they cover."""
         import cv2
 
-        result = self.instances(rgb)
-        height, width = rgb.shape[:2]
+        height, width = shape
         # the label of each frame pixel (nearest label pixel)
         grid = cv2.resize(label.astype(np.int32), (width, height), interpolation=cv2.INTER_NEAREST)
         wanted = {self.train_ids[c]: c for c in classes if c in self.train_ids}
@@ -401,13 +416,14 @@ class SemanticProposals:
 
         from instseg_core.postprocess.polygons import mask_to_polygon
 
-        label, confidence, step = self.labels(rgb)
+        label, confidence, step, result = self.analyse(rgb)
         height, width = rgb.shape[:2]
         # (class, window, origin, support, step of the window's pixels)
         candidates: list[tuple[str, np.ndarray, tuple[int, int], float, float]] = []
         covered = np.zeros(label.shape, bool)
-        if self.instances is not None:
-            instance_candidates, covered = self._instance_candidates(rgb, label, classes, min_area)
+        if result is not None:
+            instance_candidates, covered = self._instance_candidates(result, (height, width), label, classes,
+                                                                     min_area)
             candidates += [(*c, 1.0) for c in instance_candidates]
         for name in classes:
             if name not in self.train_ids:
@@ -423,6 +439,10 @@ class SemanticProposals:
                     continue  # an instance above has it
                 candidates.append((name, window, (x0, y0), float(confidence[y0:y0 + h, x0:x0 + w][window].mean()),
                                    step))
+        # plausible shapes, the best-supported first (each costs an extreme-point network run; junk has low support)
+        candidates = sorted((c for c in candidates if _plausible(c[1], c[4])), key=lambda c: -c[3])
+        self.stats["candidates_dropped"] += max(0, len(candidates) - self.max_candidates)
+        candidates = candidates[:self.max_candidates]
         points = []
         for _, window, (x0, y0), _, scale in candidates:
             # window pixel centres to frame pixels; the outermost points reach the candidate's outer edge
@@ -431,11 +451,8 @@ class SemanticProposals:
             frame_points[:, 1] = np.clip(frame_points[:, 1], 0, height - 1)
             points.append(frame_points)
         results: list[Any] = [None] * len(candidates)
-        usable = [k for k, p in enumerate(points) if np.ptp(p[:, 0]) >= 4 and np.ptp(p[:, 1]) >= 4]
-        if self.annotation is not None and usable:
-            batch = self.annotation.segment_batch(rgb, [points[k] for k in usable], tolerance)
-            for k, result in zip(usable, batch, strict=True):
-                results[k] = result
+        if self.annotation is not None and candidates:
+            results = list(self.annotation.segment_batch(rgb, points, tolerance))
         found = []
         for (name, window, (x0, y0), support, scale), frame_points, result in zip(candidates, points, results,
                                                                                 strict=True):
@@ -454,3 +471,112 @@ class SemanticProposals:
                           "polygon_iou": float(polygon_iou), "area": int(area)})
         self.stats["frames"] += 1
         return sorted(found, key=lambda p: -p["score"])
+
+
+def combined_graph(checkpoint: str | Path | None = None, cache_dir: str | Path | None = None) -> Path:
+    """One ONNX graph for the Spatial Embeddings model on ESPNetv2 (`checkpoint`, default the shipped
+    spatial_embeddings.pt) that also outputs its semantic branch's labels: "raw" (the model's own output, decoded by
+    its adapter) plus "label" and "confidence" as `_SemanticLabels` makes them, from the same ESPNetv2 pass (captured
+    by a forward hook on the branch's last decoder stage). Exported once into `cache_dir` (see semantic_graph)."""
+    import hashlib
+    import os
+    import warnings
+
+    from instseg_core.base.atomic_files import atomic_path
+    from instseg_core.base.model_files import find_model
+
+    source = find_model(str(checkpoint or "spatial_embeddings.pt"))
+    digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16]
+    folder = Path(cache_dir or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "instseg")
+    path = folder / f"spatial_embeddings_labels_{digest}.onnx"
+    if path.is_file():
+        return path
+    import torch
+
+    from instseg_core.runtime.adapters import model_adapter
+
+    loaded, _ = model_adapter("spatial_embeddings").load_torch(source)
+    model = cast(torch.nn.Module, loaded)
+    semantic = getattr(getattr(model, "network", None), "semantic", None)
+    if semantic is None:
+        raise ValueError(f"{source}: not a Spatial Embeddings model on ESPNetv2 (no semantic branch)")
+    last_stage = semantic.bu_dec_l4  # its output: the branch's logits at 1/2
+
+    class WithLabels(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            self.captured: list[torch.Tensor] = []
+            last_stage.register_forward_hook(lambda _m, _i, out: self.captured.append(out))
+
+        def forward(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            self.captured.clear()
+            raw = self.model(rgb)
+            confidence, label = torch.softmax(self.captured[-1][:, :19], 1).max(1)
+            return raw, label, confidence
+
+    folder.mkdir(parents=True, exist_ok=True)
+    axes = {"image": {2: "height", 3: "width"}, "raw": {2: "height", 3: "width"}, "label": {1: "h", 2: "w"},
+            "confidence": {1: "h", 2: "w"}}
+    with atomic_path(path) as staging, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(WithLabels().eval(), (torch.zeros(1, 3, 256, 512),), str(staging), input_names=["image"],
+                          output_names=["raw", "label", "confidence"], opset_version=17, dynamo=False,
+                          dynamic_axes=axes)
+    return path
+
+
+class _LabelsAside:
+    """An ONNX Runtime backend over `combined_graph` for the runtime's Segmenter: `run` returns "raw" (what the
+    Spatial Embeddings adapter decodes) and keeps the semantic label and confidence maps of that run aside."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        from instseg_core.runtime.backends import OnnxRuntimeBackend
+
+        self.backend = OnnxRuntimeBackend(path, threads=threads)
+        self.input_name, self.input_shape = self.backend.input_name, self.backend.input_shape
+        self.name, self.device = "onnxruntime", "cpu"
+        self.last: tuple[np.ndarray, np.ndarray] | None = None
+
+    def run(self, image: np.ndarray) -> np.ndarray:
+        raw, label, confidence = self.backend.session.run(None, {self.input_name: np.ascontiguousarray(image)})
+        self.last = (label, confidence)
+        return raw
+
+    def describe(self) -> str:
+        return self.backend.describe()
+
+
+class CombinedProposals(SemanticProposals):
+    """SemanticProposals with the shipped Spatial Embeddings instances, both from ONE network pass (combined_graph:
+    the instance model's ESPNetv2 branch is the semantic network): what `instseg-studio --proposals semantic` runs.
+    The network sees the frame scaled to at most `max_input_pixels` (default 1024x512, the size both networks were
+    trained at); the label map is at 1/2 of that."""
+
+    def __init__(self, annotation: ExtremePointSegmenter | None, threads: int = 2,
+                 cache_dir: str | Path | None = None, score_threshold: float = 0.3,
+                 max_input_pixels: int = 1024 * 512) -> None:
+        from instseg_core.base.model_files import find_model
+        from instseg_core.networks.espnetv2 import CITYSCAPES_TRAIN_IDS
+        from instseg_core.runtime.adapters import model_adapter
+        from instseg_core.runtime.segmenter import Segmenter
+
+        adapter_type = model_adapter("spatial_embeddings")
+        config = adapter_type.read_manifest(find_model("spatial_embeddings.onnx"))
+        self.aside = _LabelsAside(combined_graph(None, cache_dir), threads)
+        self.instances = Segmenter(adapter_type(config), self.aside, score_threshold=score_threshold,
+                                   max_input_pixels=max_input_pixels)
+        self.annotation = annotation
+        self.train_ids = dict(CITYSCAPES_TRAIN_IDS)
+        self.stats = Counter()
+
+    def analyse(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, Any]:
+        """One pass of the combined graph: (label, confidence, step) as `labels` gives them, and the instances."""
+        result = self.instances(rgb)
+        if self.aside.last is None:
+            raise RuntimeError("the combined graph gave no labels")
+        label, confidence = self.aside.last
+        return label[0], confidence[0], rgb.shape[1] / label.shape[2], result
+
+    def labels(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        return self.analyse(rgb)[:3]

@@ -31,7 +31,7 @@ from instseg_studio.assist import (
     suppress_overlapping,
 )
 from instseg_studio.bag_frames import BagFrames
-from instseg_studio.segmenters import InProcessSegmenter, SemanticProposals
+from instseg_studio.segmenters import CombinedProposals, InProcessSegmenter
 from instseg_studio.session import (
     SESSION_FILE,
     SESSION_FORMAT,
@@ -319,22 +319,24 @@ def test_city_names_and_instance_numbers() -> None:
 
 
 def test_semantic_proposals_find_the_cars_and_skip_labelled_ones(sequence: tuple[BagFrames, GroundTruth]) -> None:
-    """The real-data semantic network (ESPNetv2 Cityscapes weights, its ONNX graph exported once into the user's
-    cache) + the extreme-point network on a synthetic street frame: both cars are proposed with their outline, best
-    first; with the cars labelled, the frame's proposals leave them out (suppressed)."""
+    """`--proposals semantic`: the shipped Spatial Embeddings model and its real-data ESPNetv2 semantic branch in one
+    graph (exported once into the user's cache) + the extreme-point network, on a synthetic street frame: both cars
+    are proposed with their outline, best first, each once; with the cars labelled, the frame's proposals leave them
+    out (suppressed)."""
     frames, truth = sequence
-    source = SemanticProposals(create_annotation_segmenter(), input_width=512)
+    source = CombinedProposals(create_annotation_segmenter())
     frame = frames.frame(0)
     found = source.propose(frame.rgb, CLASSES)
     assert [p["score"] for p in found] == sorted((p["score"] for p in found), reverse=True)
-    cars = [mask for name, mask in truth.objects[0] if name == "car"]
+    assert all(0 <= p["score"] <= 1 and len(p["points"]) == 4 for p in found)
     best = []
-    for mask in cars:
-        scored = [(iou(_filled(p["polygon"], mask.shape), mask), p) for p in found if p["class"] == "car"]
-        best.append(max(scored, key=lambda pair: pair[0]))
-    assert all(value >= 0.7 and p["score"] >= 0.5 for value, p in best), [(v, p["score"]) for v, p in best]
-    labelled = [{"polygon": p["polygon"]} for _, p in best]
-    offered = frame_proposals(source, frame, CLASSES, labelled)
+    for name, mask in truth.objects[0]:
+        if name == "car":
+            scored = [(iou(_filled(p["polygon"], mask.shape), mask), k) for k, p in enumerate(found)]
+            best.append(max(scored))
+    assert len({k for _, k in best}) == 2 and all(value >= 0.7 and found[k]["score"] >= 0.5 and
+                                                  found[k]["class"] == "car" for value, k in best), best
+    offered = frame_proposals(source, frame, CLASSES, [{"polygon": found[k]["polygon"]} for _, k in best])
     assert offered["suppressed"] == 2 and len(offered["proposals"]) == len(found) - 2
 
 
