@@ -174,6 +174,7 @@ train-se: setup
 # The first Spatial Embeddings demo model (the paper's ERFNet, shipped until issue 35; models/spatial_embeddings.json
 # of commit 1ab2870): synthetic data (train 600 images seed 0, held-out val 100
 # images seed 1, 1024x512), pre-training on 256x256 crops around objects (85 min on 2 CPU cores), a
+SE_HIGHWAY ?= ../shared/real/udacity_highway/images
 # whole-frame fine-tune with frozen batch norm (1000 s budget: 2 epochs), evaluation with the official
 # evaluator (last checkpoints on 100 val images, learning curve on 50), export.
 # Clustering thresholds were chosen on 25 training images (paper defaults 0.5/0.5/64 find almost no persons
@@ -194,6 +195,8 @@ train-se-erfnet: setup
 	$(TRAIN_SE) evaluate --data $(SE_DATA) --run data/runs/se_finetune --checkpoint last.pt $(SE_ERFNET_CLUSTERING)
 	$(TRAIN_SE) export --run data/runs/se_finetune --stages data/runs/se_pretrain --out data/runs/se_erfnet_export/spatial_embeddings.onnx \
 		$(SE_ERFNET_CLUSTERING) --data-note "instseg-synth 1024x512: train=600 images seed 0, val=100 images seed 1 (held out)"
+	if [ -d $(SE_HIGHWAY) ]; then $(PY) -m training.real_validation --coco eval_sets/highway_stills.json \
+		--image-dir $(SE_HIGHWAY) --record models/spatial_embeddings.json --record-name highway_stills; fi
 
 # The shipped Box2Pix demo model: the same synthetic data as train-se, trained from scratch on 256x512 crops
 # at full scale around objects (30 epochs x 70 steps x 8 crops, 75 min budget on 2 CPU cores), change matching,
