@@ -68,9 +68,10 @@ def main() -> None:
         driver.get(url)
         wait.until(lambda d: d.execute_script("return document.body.dataset.ready") == "true")
         body = driver.find_element(By.TAG_NAME, "body")
-        body.send_keys(Keys.END, Keys.ARROW_LEFT)
-        wait.until(lambda d: d.execute_script(f"return window.studioState.frame.index === {args.frame - 1}")
-                   and d.execute_script(idle))
+        for index in range(1, args.frame):
+            body.send_keys(Keys.ARROW_RIGHT)
+            wait.until(lambda d, k=index: d.execute_script(f"return window.studioState.frame.index === {k}")
+                       and d.execute_script(idle))
         classes = driver.execute_script("return window.studioState.info.classes")
         overlay = driver.find_element(By.ID, "overlay")
         for number, (name, mask) in enumerate(objects[:5], start=1):

@@ -703,7 +703,7 @@ function onStageMouseDown(event) {
     select(hit ? hit.id : null);
     return;
   }
-  if (event.shiftKey) { correctionClick(point, "positive"); return; }
+  if (event.shiftKey) { event.preventDefault(); correctionClick(point, "positive"); return; }   // (no text selection)
   if (event.altKey) { event.preventDefault(); correctionClick(point, "negative"); return; }
   addClick(point, event);
 }
