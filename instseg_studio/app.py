@@ -388,8 +388,8 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
     async def frame_proposals_route(index: int, request: Request) -> dict:
         body = await _json_body(request)
         frame = frame_or_error(_frame_index(studio, index))
-        return frame_proposals(studio.streaming_segmenter(), frame, studio.session.classes, page_objects(body, index),
-                               _tolerance(body.get("tolerance")))
+        existing, tolerance = page_objects(body, index), _tolerance(body.get("tolerance"))
+        return frame_proposals(studio.streaming_segmenter(), frame, studio.session.classes, existing, tolerance)
 
     @app.post("/api/export")
     async def export(request: Request) -> dict:

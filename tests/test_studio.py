@@ -228,6 +228,17 @@ def test_objects_are_saved_and_versions_checked(client: TestClient) -> None:
     ("put", "/api/frames/0/objects", {"json": {"base_version": 0, "objects": [{"id": 3}]}}, 400, "short string"),
     ("post", "/api/frames/1/proposals", {"json": {}}, 409, "proposals are off"),
     ("post", "/api/frames/0/propagate", {"json": {"source": 3}}, 422, "no objects to copy"),
+    ("post", "/api/segment", {"json": {"frame": 0, "points": [[1, 1], [5, 0], [9, 1], [5, 9]],
+                                       "positive": [[600, 1]]}}, 422, "outside the 512x256 image"),
+    ("post", "/api/segment", {"json": {"frame": 0, "points": [[1, 1], [5, 0], [9, 1], [5, 9]],
+                                       "negative": "here"}}, 422, "negative must be a list"),
+    ("post", "/api/segment", {"json": {"frame": 0, "points": [[1, 1], [5, 0], [9, 1], [5, 9]],
+                                       "positive": [[1, 1]] * 101}}, 422, "0 to 100"),
+    ("post", "/api/frames/0/brush", {"json": {"polygon": [[1, 1], [9, 1], [5, 9]], "strokes": "x"}}, 422, "strokes"),
+    ("post", "/api/frames/0/brush", {"json": {"polygon": [[1, 1], [9, 1], [5, 9]], "strokes": [
+        {"mode": "erase", "radius": 20, "points": [[5, 5]]}]}}, 422, "nothing is left"),
+    ("post", "/api/frames/9/warm", {"json": {}}, 404, "frame must be an index"),
+    ("post", "/api/frames/0/proposals", {"json": {"objects": [{"id": "o1"}]}}, 400, "objects[0].class"),
 ])
 def test_hostile_and_bad_requests_get_a_clear_refusal(client: TestClient, method: str, path: str, kwargs: dict,
                                                       status: int, message: str) -> None:
@@ -236,6 +247,23 @@ def test_hostile_and_bad_requests_get_a_clear_refusal(client: TestClient, method
     body = response.json()
     assert message in (body.get("error") or body.get("detail", "")), body
     assert client.get("/api/info").status_code == 200, "the server keeps serving"
+
+
+def test_brush_tracks_and_warming_through_the_api(client: TestClient, bag: tuple[Path, GroundTruth]) -> None:
+    """The page's new routes: a painted stroke grows the polygon, the track list names each track's frames, and
+    warming a frame runs the segmenter once on it."""
+    square = [[100, 100], [140, 100], [140, 140], [100, 140]]
+    painted = client.post("/api/frames/0/brush", json={"polygon": square, "strokes": [
+        {"mode": "paint", "radius": 5, "points": [[140, 120], [170, 120]]}], "tolerance": 1.0}).json()
+    assert max(x for x, _ in painted["polygon"]) >= 174 and painted["area"] > 41 * 41
+    version = 0
+    for frame in (0, 1, 3):
+        version = client.put(f"/api/frames/{frame}/objects", json={"base_version": version, "objects": [
+            {**_object(), "track_id": 7}]}).json()["version"]
+    assert client.get("/api/tracks").json()["tracks"] == [
+        {"track_id": 7, "class": "car", "frames": [0, 1, 3], "objects": 3, "ranges": "1-2, 4"}]
+    assert client.post("/api/frames/2/warm", json={}).status_code == 202
+    assert client.get("/api/info").json()["segmenter_stats"]["warm"] >= 1
 
 
 def test_json_depth_counts_brackets_outside_strings_only() -> None:

@@ -269,9 +269,9 @@ async function goTo(index) {
     render();
     window.studioTimings.push({ what: "frame", ms: performance.now() - started });
     // warm the server for this frame (decoded frame, the network) before the first click, then prefetch the
-    // likely next frame's image into the browser's cache
-    if (WARM) api("POST", `/api/frames/${index}/warm`, {}).catch(() => {});
-    if (index + 1 < n) prefetch.src = `/api/frames/${index + 1}/image`;
+    // likely next frame's image into the browser's cache (after the warming: the two would share the CPU)
+    const next = () => { if (index + 1 < n && state.index === index) prefetch.src = `/api/frames/${index + 1}/image`; };
+    if (WARM) api("POST", `/api/frames/${index}/warm`, {}).catch(() => {}).finally(next); else next();
   } catch (error) {
     showMessage(error instanceof ApiError ? error.message : `frame ${index + 1} could not be shown (${error.message ||
       "the studio server does not answer"})`);
