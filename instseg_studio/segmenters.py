@@ -443,13 +443,19 @@ class SemanticProposals:
         candidates = sorted((c for c in candidates if _plausible(c[1], c[4])), key=lambda c: -c[3])
         self.stats["candidates_dropped"] += max(0, len(candidates) - self.max_candidates)
         candidates = candidates[:self.max_candidates]
-        points = []
-        for _, window, (x0, y0), _, scale in candidates:
-            # window pixel centres to frame pixels; the outermost points reach the candidate's outer edge
-            frame_points = (_extreme_points(window) + np.array([x0, y0]) + 0.5) * scale - 0.5
+        points, kept = [], []
+        for candidate in candidates:
+            _, window, (x0, y0), _, scale = candidate
+            # window pixel centres to frame pixels (a label map's rows may span a little less than its columns: the
+            # network's input height is rounded to its multiple); the outermost points reach the outer edge
+            axes = np.array([1.0, 1.0]) if scale == 1.0 else np.array([width / label.shape[1], height / label.shape[0]])
+            frame_points = (_extreme_points(window) + np.array([x0, y0]) + 0.5) * axes - 0.5
             frame_points[:, 0] = np.clip(frame_points[:, 0], 0, width - 1)
             frame_points[:, 1] = np.clip(frame_points[:, 1], 0, height - 1)
-            points.append(frame_points)
+            if np.ptp(frame_points[:, 0]) >= 2 and np.ptp(frame_points[:, 1]) >= 2:  # what the annotation model needs
+                points.append(frame_points)
+                kept.append(candidate)
+        candidates = kept
         results: list[Any] = [None] * len(candidates)
         if self.annotation is not None and candidates:
             results = list(self.annotation.segment_batch(rgb, points, tolerance))
