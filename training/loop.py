@@ -293,11 +293,8 @@ def make_loader(dataset: WindowDataset, batch_sampler: GlobalBatchSampler, colla
 
 
 def _single_threaded(worker: int) -> None:
-    """A DataLoader worker decodes one window at a time: one OpenCV and one torch thread each (else every worker
-    would start a thread per core)."""
-    import cv2
-
-    cv2.setNumThreads(1)
+    """A DataLoader worker decodes one window at a time: one torch thread (PyTorch sets it too). OpenCV's thread
+    pool is left alone: cv2.setNumThreads in a forked worker deadlocks on the pool the parent left behind."""
     torch.set_num_threads(1)
 
 

@@ -72,9 +72,14 @@ def index_file(root: Path, split: str, classes: Sequence[str], scale: float) -> 
     return root / INDEX_DIR / f"{split}-{key}.json"
 
 
+def _uncached(sample: CityscapesSample) -> CityscapesSample:
+    """A copy of `sample` without its decoded arrays (CityscapesSample caches them: the index keeps the samples)."""
+    return CityscapesSample(sample.root, sample.split, sample.city, sample.stem, sample.paths)
+
+
 def _entry(sample: CityscapesSample, classes: Sequence[str], scale: float) -> dict:
     """Decode one sample and describe it; SampleError naming the file when it is bad."""
-    target = instance_sample(sample, classes, scale)
+    target = instance_sample(_uncached(sample), classes, scale)
     height, width = target.instances.shape
     return {"size": [height, width], "centers": np.round(target.centers, 3).tolist(),
             "classes": object_classes(target).tolist()}
@@ -166,8 +171,7 @@ class StreamedSamples(Sequence[InstanceSample]):
 
     def __getitem__(self, i: int) -> InstanceSample:  # type: ignore[override]
         stored = self.split_index.samples[int(i)]
-        fresh = CityscapesSample(stored.root, stored.split, stored.city, stored.stem, stored.paths)  # no cached arrays
-        target = instance_sample(fresh, self.classes, self.scale, centers=self.split_index.centers[int(i)])
+        target = instance_sample(_uncached(stored), self.classes, self.scale, centers=self.split_index.centers[int(i)])
         if target.instances.shape != self.split_index.sizes[int(i)]:
             raise SampleError(f"{stored.paths['image']} changed while training: it is now "
                               f"{target.instances.shape[1]}x{target.instances.shape[0]}, indexed as "
