@@ -43,7 +43,7 @@ from instseg_core.eval.real_photos import (
     read_yolo_seg,
 )
 from instseg_core.runtime.segmenter import create_segmenter
-from instseg_studio.assist import proposals_from_result
+from instseg_studio.assist import distinct, proposals_from_result
 from instseg_studio.segmenters import CombinedProposals, SemanticProposals
 
 CLASSES = tuple(INSTANCE_CLASSES)
@@ -71,9 +71,9 @@ def sources(threads: int) -> dict:
     return {
         "box2pix": lambda rgb: proposals_from_result(box2pix(rgb), CLASSES),
         "spatial_embeddings": lambda rgb: proposals_from_result(embeddings(rgb), CLASSES),
-        "semantic": lambda rgb: semantic.propose(rgb, CLASSES, min_area=64),
-        "semantic-regions": lambda rgb: regions.propose(rgb, CLASSES, min_area=64),
-        "semantic+se": lambda rgb: combined.propose(rgb, CLASSES, min_area=64),
+        "semantic": lambda rgb: distinct(semantic.propose(rgb, CLASSES, min_area=64), rgb.shape[:2]),
+        "semantic-regions": lambda rgb: distinct(regions.propose(rgb, CLASSES, min_area=64), rgb.shape[:2]),
+        "semantic+se": lambda rgb: distinct(combined.propose(rgb, CLASSES, min_area=64), rgb.shape[:2]),
     }
 
 

@@ -232,7 +232,7 @@ def proposals(streaming_segmenter: Any, frame: Frame, classes: tuple[str, ...], 
         if streaming_segmenter is None:
             return [], (time.perf_counter() - start) * 1e3
     if hasattr(streaming_segmenter, "propose"):  # a proposal source (segmenters.SemanticProposals)
-        found = streaming_segmenter.propose(frame.rgb, classes, tolerance, min_area)
+        found = distinct(streaming_segmenter.propose(frame.rgb, classes, tolerance, min_area), frame.rgb.shape[:2])
     else:
         found = proposals_from_result(streaming_segmenter(frame.rgb), classes, tolerance, min_area)
     return found, (time.perf_counter() - start) * 1e3
@@ -268,6 +268,19 @@ def suppress_overlapping(found: list[dict], existing: list[dict], image_shape: t
     overlap = polygon_ious([p["polygon"] for p in found], [o["polygon"] for o in existing], image_shape)
     kept = [p for p, row in zip(found, overlap, strict=True) if row.max() <= threshold]
     return kept, len(found) - len(kept)
+
+
+def distinct(found: list[dict], image_shape: tuple[int, int], threshold: float = SUPPRESS_IOU) -> list[dict]:
+    """`found` (best score first) without the proposals that overlap a better one by more than `threshold` (mask
+    IoU): one object proposed twice (an instance and the region around it) is offered once."""
+    if len(found) < 2:
+        return list(found)
+    overlap = polygon_ious([p["polygon"] for p in found], [p["polygon"] for p in found], image_shape)
+    kept: list[int] = []
+    for k in range(len(found)):
+        if all(overlap[k, j] <= threshold for j in kept):
+            kept.append(k)
+    return [found[k] for k in kept]
 
 
 def frame_proposals(source: Any, frame: Frame, classes: tuple[str, ...], existing: list[dict],

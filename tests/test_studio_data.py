@@ -24,6 +24,7 @@ from instseg_core.data.label_export import (
 from instseg_core.eval.binary_metrics import iou
 from instseg_studio.assist import (
     brush,
+    distinct,
     frame_proposals,
     merge_propagated,
     polygon_ious,
@@ -234,6 +235,9 @@ def test_proposals_overlapping_objects_of_the_frame_are_left_out() -> None:
     assert ious[0, 0] == pytest.approx(17 / 21) and ious[1, 1] == pytest.approx(7 / 31) and ious[2].max() == 0
     kept, suppressed = suppress_overlapping(found, existing, (40, 200))
     assert [p["score"] for p in kept] == [0.8, 0.7] and suppressed == 1
+    # one object proposed twice (an instance and the region around it) is offered once, the better one
+    twice = [found[0], {"polygon": box(1), "score": 0.85}, *found[1:]]
+    assert [p["score"] for p in distinct(twice, (40, 200))] == [0.9, 0.8, 0.7]
 
 
 # --- exports: COCO (pycocotools), Cityscapes (the project's reader and cityscapesscripts), tracks, attributes ---
