@@ -193,7 +193,8 @@ def add_common_train_arguments(parser: argparse.ArgumentParser, *, crop: tuple[i
     parser.add_argument("--keep-every", type=int, default=keep_every,
                         help="keep epoch_NNN.pt every N epochs (0: never)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N training images")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads per process (default 2; under torchrun on a CPU: cores / processes per node)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress-every", type=int, default=progress_every)
     parser.add_argument("--resume", action="store_true")

@@ -157,6 +157,10 @@ def setup_runtime(args: argparse.Namespace) -> Runtime:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
+    if getattr(args, "threads", None) is None:  # the processes of a node share its cores
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        args.threads = 2 if world_size == 1 else max(1, (os.cpu_count() or 2) // local)
+    if device.type == "cpu":
         torch.set_num_threads(args.threads)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo",
