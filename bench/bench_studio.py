@@ -7,7 +7,8 @@ Rows (median and p95 in ms over the operator's actions, and ratios against basel
   in-process segmenter and with extreme_point_node's service (pixels sent once per frame, then points only);
   baseline: the same segmentation called directly in Python (no HTTP, no browser). Also the first object of
   each frame alone (the page warms the frame when it is shown: decoded frame, the model's threads awake), and,
-  as a baseline in the same run, the in-process page with warming off (`?warm=0`, the page before issue 36);
+  as a baseline in the same run, the in-process page as before issue 36 (`?warm=0`: no warming, the next
+  frame prefetched as soon as a frame is shown instead of once the operator pauses);
 - correction click -> updated polygon: a Shift+click (positive) inside each new object, from the click's
   handler to the re-segmented polygon on the page; baseline: segment(..., positive=[click]) in Python;
 - next frame shown (2048x1024 rgb8 from an MCAP bag): from the key press to the decoded image on the page;
@@ -230,11 +231,11 @@ def main() -> None:
         rows.append([f"  of which the server's segmentation ({mode})", len(results[mode]["server"]), median, p95,
                      median / base_polygon])
     median, p95 = summarize(results["cold"]["polygon"])
-    rows.append(["  baseline: click 4 -> polygon, frames not warmed (inprocess)", len(results["cold"]["polygon"]),
+    rows.append(["  baseline: click 4 -> polygon, the page before (inprocess)", len(results["cold"]["polygon"]),
                  median, p95, median / base_polygon])
     median, p95 = summarize(results["cold"]["first"])
-    rows.append(["  baseline: the first object of each frame, not warmed", len(results["cold"]["first"]), median, p95,
-                 median / base_polygon])
+    rows.append(["  baseline: the first object of each frame, the page before", len(results["cold"]["first"]), median,
+                 p95, median / base_polygon])
     rows.append(["  baseline: segmentation in Python", len(direct_polygon), base_polygon,
                  float(np.percentile(direct_polygon, 95)), 1.0])
     for mode in modes:

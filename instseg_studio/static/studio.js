@@ -10,7 +10,8 @@ const DOUBLE_CLICK_MS = 500;     // a second click this soon ...
 const SAME_POINT_PX = 3;         // ... and this close (screen pixels) to the last one is the same click
 const RETRY_MS = [250, 500, 1000, 2000];   // back-off between attempts to save after a lost connection
 const ATTRIBUTES = ["occluded", "truncated", "crowd"];
-const WARM = new URLSearchParams(window.location.search).get("warm") !== "0";   // ?warm=0: bench_studio's baseline
+// ?warm=0: the page before issue 36 (no warming, the next frame prefetched at once), bench_studio's baseline
+const WARM = new URLSearchParams(window.location.search).get("warm") !== "0";
 
 const state = {
   info: null, timestamps: [], labelled: new Set(), index: 0, frame: null, objects: [], version: 0,
@@ -234,6 +235,22 @@ const redo = () => undoRedo(state.redo, state.undo, (e) => e.after, "redo");
 // ---- frames ---------------------------------------------------------------------------------------------
 
 const prefetch = new Image();
+const PREFETCH_IDLE_MS = 800;
+let prefetchTimer = null;
+
+// The likely next frame's image into the browser's cache, fetched when the operator has not clicked for a while:
+// reading, encoding and decoding a 2 MP frame takes the CPU the first object's segmentation needs (on 2 cores
+// this made the first object of a frame 2-3x slower when the prefetch started as the frame was shown)
+function prefetchWhenIdle() {
+  clearTimeout(prefetchTimer);
+  const index = state.index;
+  prefetchTimer = setTimeout(() => {
+    const next = `/api/frames/${index + 1}/image`;
+    if (state.index === index && index + 1 < state.timestamps.length && !prefetch.src.endsWith(next)) {
+      prefetch.src = next;
+    }
+  }, WARM ? PREFETCH_IDLE_MS : 0);
+}
 
 async function goTo(index) {
   const n = state.timestamps.length;
@@ -268,10 +285,10 @@ async function goTo(index) {
     if (!state.stale) showMessage("");
     render();
     window.studioTimings.push({ what: "frame", ms: performance.now() - started });
-    // warm the server for this frame (decoded frame, the network) before the first click, then prefetch the
-    // likely next frame's image into the browser's cache (after the warming: the two would share the CPU)
-    const next = () => { if (index + 1 < n && state.index === index) prefetch.src = `/api/frames/${index + 1}/image`; };
-    if (WARM) api("POST", `/api/frames/${index}/warm`, {}).catch(() => {}).finally(next); else next();
+    // warm the server for this frame (decoded frame, the network) before the first click; the next frame's image
+    // is prefetched once the operator pauses (prefetchWhenIdle)
+    if (WARM) api("POST", `/api/frames/${index}/warm`, {}).catch(() => {});
+    prefetchWhenIdle();
   } catch (error) {
     showMessage(error instanceof ApiError ? error.message : `frame ${index + 1} could not be shown (${error.message ||
       "the studio server does not answer"})`);
@@ -696,6 +713,7 @@ async function onMouseUp(event) {
 
 function onStageMouseDown(event) {
   if (event.button !== 0 || !state.frame) return;
+  prefetchWhenIdle();
   const point = imagePoint(event);
   if (state.brush) { startStroke(event, point); return; }
   if (event.ctrlKey || event.metaKey) {   // select the topmost object under the pointer
