@@ -621,8 +621,9 @@ def test_defect_7_proposals_are_chosen_explicitly_shown_filtered_and_not_duplica
     assert page.state("proposals.length") == 3, "the proposal of the labelled object is left out"
     assert "1 more left out: they overlap labelled objects" in page.text("proposal-note")
     entries = browser.find_elements(page.by.CSS_SELECTOR, "#proposal-list li")
-    hovered = entries[2].get_attribute("data-proposal")
-    ActionChains(browser).move_to_element(entries[2].find_element(page.by.CLASS_NAME, "name")).perform()
+    assert len(entries) == 2 and page.text("proposal-count") == "(2 of 3)", "the slider starts at 0.5: 0.3 hidden"
+    hovered = entries[1].get_attribute("data-proposal")
+    ActionChains(browser).move_to_element(entries[1].find_element(page.by.CLASS_NAME, "name")).perform()
     lit = browser.find_elements(page.by.CSS_SELECTOR, "#overlay polygon.proposal.highlight")
     assert [e.get_attribute("data-proposal") for e in lit] == [hovered]
     slider = browser.find_element(page.by.ID, "score-min")

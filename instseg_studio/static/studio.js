@@ -16,7 +16,7 @@ const WARM = new URLSearchParams(window.location.search).get("warm") !== "0";
 const state = {
   info: null, timestamps: [], labelled: new Set(), index: 0, frame: null, objects: [], version: 0,
   selected: null, explicit: false,   // the selected object; explicit: chosen by the operator (list, Tab, Ctrl+click)
-  clicks: [], lastClick: null, proposals: [], suppressed: 0, proposal: null, hoverProposal: null, scoreMin: 0,
+  clicks: [], lastClick: null, proposals: [], suppressed: 0, proposal: null, hoverProposal: null, scoreMin: 0.5,
   undo: [], redo: [], drag: null, busy: 0, newClass: null, nextTrack: 1,
   view: { zoom: 1, x: 0, y: 0 }, pan: null, brush: null, brushRadius: 6, stroke: null,
   writes: [],        // changes not yet saved, in the order they were made: {index, objects}
