@@ -640,9 +640,10 @@ def test_defect_7_proposals_are_chosen_explicitly_shown_filtered_and_not_duplica
 
 def test_correction_clicks_brush_attributes_and_tracks_in_the_page(bag: tuple[Path, GroundTruth], browser: Any,
                                                                    shared_studio: StudioProcess) -> None:
-    """Issue 36, 2-5: a Shift+click (positive) and an Alt+click (negative) re-segment the selected object with its
-    clicks, which are kept in the object and drawn; the eraser cuts the mask; attributes and "exclude" are saved;
-    the track list names the object's frames; each step undoes. The first-run hint, human-readable times."""
+    """Issue 36, 2-5: a Shift+click (positive) and an Alt+click or right-click (negative) re-segment the selected
+    object with its clicks, which are kept in the object and drawn; the eraser cuts the mask; attributes and
+    "exclude" are saved; the track list names the object's frames; each step undoes. The first-run hint,
+    human-readable times."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
 
@@ -669,12 +670,16 @@ def test_correction_clicks_brush_attributes_and_tracks_in_the_page(bag: tuple[Pa
     page.keys(Keys.CONTROL, "z")
     page.idle()
     assert page.saved(0)[0]["clicks"] == {"positive": corrected["clicks"]["positive"], "negative": []}
+    overlay = browser.find_element(page.by.ID, "overlay")  # a right-click (that does not drag) is negative too
+    scale = overlay.size["width"] / 512
+    ActionChains(browser).move_to_element_with_offset(
+        overlay, math.floor((outside[0] + 0.5) * scale - overlay.size["width"] / 2),
+        math.floor((outside[1] + 0.5) * scale - overlay.size["height"] / 2)).context_click().perform()
+    page.wait.until(lambda d: page.state("writes.length") == 0 and len(page.saved(0)[0]["clicks"]["negative"]) == 1)
 
     # the eraser: a stroke across the object's middle cuts it; undo restores it
     area = int(_mask(page.saved(0)[0]["polygon"], (256, 512)).sum())
     page.keys("x")
-    overlay = browser.find_element(page.by.ID, "overlay")
-    scale = overlay.size["width"] / 512
     left, right = int(xs.min()) - 3, int(xs.max()) + 3
     start = (math.floor((left + 0.5) * scale - overlay.size["width"] / 2),
              math.floor((inside[1] + 0.5) * scale - overlay.size["height"] / 2))
