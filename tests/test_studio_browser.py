@@ -580,6 +580,12 @@ def test_defect_6_a_dead_server_never_shows_saved_and_the_edits_are_saved_in_ord
     page.keys("4")  # relabel: after it
     page.wait.until(lambda d: page.state("busy") == 0)
     assert "NOT SAVED" in page.text("status") and page.driver.find_element(page.by.ID, "unsaved").is_displayed()
+    second = gt.extreme_points(0, 1)
+    page.keys(Keys.ESCAPE)
+    for point in second:  # a new object while the server is away: the 4th click cannot be segmented
+        page.click(*point)
+    page.wait.until(lambda d: "does not answer" in page.text("message"))
+    assert page.state("clicks.length") == 3, "the first three points are kept"
     again = StudioProcess(bag[0], tmp_path, "--segmenter", "inprocess", "--port", port)
     studios.append(again)
     page.studio = again
@@ -590,7 +596,14 @@ def test_defect_6_a_dead_server_never_shows_saved_and_the_edits_are_saved_in_ord
     log = browser.execute_script("return window.statusLog")
     assert any("NOT SAVED – retrying" in text for text in log), log
     assert not [text for text in log[:log.index(next(t for t in log if "saved v3" in t))] if "saved v" in text], log
-    page.keys(Keys.CONTROL, "z")  # both edits are in the undo history, in order
+    page.click(*second[3])  # the 4th point again: the object is made
+    page.wait.until(lambda d: page.state("objects.length") == 2)
+    page.idle()
+    assert len(page.saved(0)) == 2
+    page.keys(Keys.CONTROL, "z")  # the edits are in the undo history, in order
+    page.idle()
+    assert [(o["hidden"], o["class"]) for o in page.saved(0)] == [(True, "truck")]
+    page.keys(Keys.CONTROL, "z")
     page.idle()
     assert [(o["hidden"], o["class"]) for o in page.saved(0)] == [(True, "person")]
     page.keys(Keys.CONTROL, "z")

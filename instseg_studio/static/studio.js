@@ -620,9 +620,11 @@ async function addClick(raw, event) {
     window.studioTimings.push({ what: "polygon", ms: performance.now() - clicked, server_ms: result.milliseconds });
     await saved;
   } catch (error) {
-    state.clicks = [];
+    if (error instanceof ApiError) state.clicks = [];   // the points cannot make an object: start again
+    else state.clicks.pop();   // the server did not answer: the first three clicks are kept, the 4th is clicked again
     render();
-    showMessage(error.message || "the studio server does not answer");
+    showMessage(error instanceof ApiError ? error.message
+      : "the studio server does not answer: the first three points are kept; click the 4th again once it is back");
   }
 }
 
