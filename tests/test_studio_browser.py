@@ -611,6 +611,30 @@ def test_defect_6_a_dead_server_never_shows_saved_and_the_edits_are_saved_in_ord
     assert [(o["hidden"], o["class"]) for o in page.saved(0)] == [(False, "person")]
 
 
+def test_a_save_whose_answer_was_lost_is_not_taken_for_another_tab(bag: tuple[Path, GroundTruth], browser: Any,
+                                                                   shared_studio: StudioProcess) -> None:
+    """The server saved a change but its answer never reached the page (killed between the two, a dropped
+    connection): the page retries, the server refuses the retry as stale (409), and the page finds its own change
+    saved (one version on, the frame holding exactly what it sent) instead of telling the operator that another
+    tab changed the session. The lost answer is made in the page: its fetch performs the PUT, then fails."""
+    gt = bag[1]
+    page = Page(browser, shared_studio)
+    made = page.make_object(gt, 0, 3)
+    version = page.state("version")
+    browser.execute_script("""const realFetch = window.fetch;
+        window.fetch = async (path, options) => {
+          const answer = await realFetch(path, options);
+          if (options && options.method === 'PUT') { window.fetch = realFetch; throw new TypeError('Failed to fetch'); }
+          return answer;
+        };""")
+    browser.find_element(page.by.CSS_SELECTOR, f"#object-list li[data-id='{made['id']}'] .name").click()
+    page.keys("h")
+    page.idle()
+    assert page.saved(0)[0]["hidden"] and shared_studio.http.get("/api/info").json()["version"] == version + 1
+    assert page.state("version") == version + 1 and not page.state("stale"), page.text("stale")
+    assert page.text("status") == f"saved v{version + 1}"
+
+
 def test_defect_7_proposals_are_chosen_explicitly_shown_filtered_and_not_duplicated(
         bag: tuple[Path, GroundTruth], browser: Any, shared_studio: StudioProcess) -> None:
     """Issue 36, 7: Enter accepted the first proposal blindly, the list did not show which outline an entry was,

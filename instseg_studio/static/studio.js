@@ -164,6 +164,30 @@ function backOff(attempt) {
   });
 }
 
+function savedAs(write, version, nextTrack) {   // the first write of the queue is saved as `version`
+  state.writes.shift();
+  state.version = version;
+  if (nextTrack) state.nextTrack = Math.max(state.nextTrack, nextTrack);
+  if (write.objects.length) state.labelled.add(write.index); else state.labelled.delete(write.index);
+  state.failure = null;
+  drawTimeline();
+}
+
+function sameObjects(saved, sent) {   // the saved objects are the sent ones (the server rounds to 0.01 px)
+  const key = (objects) => canonical(objects.map((o) => [o.id, o.class, o.track_id, !!o.hidden, !!o.excluded,
+    o.polygon.map(([x, y]) => [Math.round(x * 100), Math.round(y * 100)])]));
+  return key(saved) === key(sent);
+}
+
+async function landed(write) {
+  // after a lost answer, a 409 may be this write itself: it reached the disk, its answer did not reach the page.
+  // It did when the session is exactly one version on and the frame holds exactly what was sent
+  try {
+    const frame = await api("GET", `/api/frames/${write.index}`);
+    return frame.version === state.version + 1 && sameObjects(frame.objects, write.objects) ? frame.version : null;
+  } catch (error) { return null; }
+}
+
 async function writeLoop() {
   let attempt = 0;
   while (state.writes.length && !state.stale) {
@@ -172,15 +196,14 @@ async function writeLoop() {
     try {
       const result = await api("PUT", `/api/frames/${write.index}/objects`,
                                { base_version: state.version, objects: write.objects });
-      state.writes.shift();
-      state.version = result.version;
-      if (result.next_track_id) state.nextTrack = Math.max(state.nextTrack, result.next_track_id);
-      if (write.objects.length) state.labelled.add(write.index); else state.labelled.delete(write.index);
-      state.failure = null;
+      savedAs(write, result.version, result.next_track_id);
       attempt = 0;
-      drawTimeline();
     } catch (error) {
-      if (error.status === 409) {
+      const version = error.status === 409 && write.unanswered ? await landed(write) : null;
+      if (version !== null) {
+        savedAs(write, version, null);
+        attempt = 0;
+      } else if (error.status === 409) {
         markStale(Number((/at version (\d+)/.exec(error.message) || [])[1]) || "?");
         showMessage(error.message);
       } else if (error.status === 400 || error.status === 413 || error.status === 422) {
@@ -195,6 +218,7 @@ async function writeLoop() {
       } else {   // a lost connection, a server that is restarting or failing: kept and retried in order
         const reason = error instanceof ApiError ? `not saved: ${error.message}`
           : "not saved: the studio server does not answer";
+        write.unanswered = true;
         state.failure = { reason, retrying: true };
         showUnsaved();
         busy(-1);
