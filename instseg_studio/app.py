@@ -50,8 +50,10 @@ from typing import Any
 import cv2
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -110,7 +112,9 @@ class Studio:
 
 
 def _frame_index(studio: Studio, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < len(studio.frames):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(f"frame must be an integer index in [0, {len(studio.frames)}), got {value!r}")
+    if not 0 <= value < len(studio.frames):
         raise RequestError(f"frame must be an index in [0, {len(studio.frames)}), got {value!r}", 404)
     return value
 
@@ -226,6 +230,8 @@ async def _json_body(request: Request) -> dict:
     try:
         data = json.loads(body or b"{}")
     except (ValueError, RecursionError) as exc:
+        if "digits" in str(exc):  # Python's limit on converting long integers
+            raise RequestError("request JSON holds a number with more than 4300 digits") from exc
         raise RequestError(f"request body is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise RequestError("request body must be a JSON object")
@@ -243,6 +249,13 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
         if exc.status < 500:  # a failing server counts its own failures (save_failures)
             studio.counters["refused_size" if exc.status == 413 else "bad_requests"] += 1
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_path(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # a path that does not parse (/api/frames/1.5): the API's own error shape, not FastAPI's {"detail": [...]}
+        studio.counters["bad_requests"] += 1
+        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
+        return JSONResponse({"error": f"bad request: {problems}"}, status_code=400)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -313,7 +326,9 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
 
     @app.put("/api/frames/{index}/objects")
     async def set_objects(index: int, request: Request) -> dict:
-        body = await _json_body(request)
+        return await run_in_threadpool(save_objects, index, await _json_body(request))
+
+    def save_objects(index: int, body: dict) -> dict:
         frame = frame_or_error(_frame_index(studio, index))
         try:
             version = studio.session.set_objects(index, frame.stamp_ns, body.get("objects"), body.get("base_version"))
@@ -331,7 +346,10 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
 
     @app.post("/api/segment")
     async def segment(request: Request) -> dict:
-        body = await _json_body(request)
+        # CPU work runs in the thread pool: one request never holds up the others (the event loop stays free)
+        return await run_in_threadpool(segment_object, await _json_body(request))
+
+    def segment_object(body: dict) -> dict:
         frame = frame_or_error(_frame_index(studio, body.get("frame")))
         clicks = {kind: _pixels(body[kind], kind, frame.rgb.shape, 0, MAX_CLICKS)
                   for kind in ("positive", "negative") if body.get(kind) is not None}
@@ -351,11 +369,22 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
 
     @app.post("/api/frames/{index}/brush")
     async def paint(index: int, request: Request) -> dict:
-        body = await _json_body(request)
+        return await run_in_threadpool(paint_object, index, await _json_body(request))
+
+    def paint_object(index: int, body: dict) -> dict:
         frame = frame_or_error(_frame_index(studio, index))
+        shape = frame.rgb.shape
+        # every coordinate inside the image before any work (a vertex at 1e12 took OpenCV 20 s)
+        polygon = _pixels(body.get("polygon") or [], "polygon", shape, 0, 10000)
+        strokes = body.get("strokes")
+        if not isinstance(strokes, list) or not 1 <= len(strokes) <= 1000:
+            raise RequestError("strokes must be a list of 1 to 1000 strokes", 422)
+        for k, stroke in enumerate(strokes):
+            if not isinstance(stroke, dict):
+                raise RequestError(f"strokes[{k}] must be {{\"mode\", \"radius\", \"points\"}}", 422)
+            _pixels(stroke.get("points"), f"strokes[{k}].points", shape, 1, 10000)
         try:
-            return brush(body.get("polygon") or [], frame.rgb.shape[:2], body.get("strokes"),
-                         _tolerance(body.get("tolerance")))
+            return brush(polygon, shape[:2], strokes, _tolerance(body.get("tolerance")))
         except AnnotationError as exc:
             raise RequestError(str(exc), 422) from exc
 
@@ -374,7 +403,9 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
 
     @app.post("/api/frames/{index}/propagate")
     async def propagate_objects(index: int, request: Request) -> dict:
-        body = await _json_body(request)
+        return await run_in_threadpool(propagate_to, index, await _json_body(request))
+
+    def propagate_to(index: int, body: dict) -> dict:
         target = frame_or_error(_frame_index(studio, index))
         source_index = _frame_index(studio, body.get("source", index - 1))
         objects = studio.session.objects(source_index)
@@ -386,7 +417,9 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
 
     @app.post("/api/frames/{index}/proposals")
     async def frame_proposals_route(index: int, request: Request) -> dict:
-        body = await _json_body(request)
+        return await run_in_threadpool(propose, index, await _json_body(request))
+
+    def propose(index: int, body: dict) -> dict:
         frame = frame_or_error(_frame_index(studio, index))
         existing, tolerance = page_objects(body, index), _tolerance(body.get("tolerance"))
         return frame_proposals(studio.streaming_segmenter(), frame, studio.session.classes, existing, tolerance)
@@ -394,7 +427,10 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
     @app.post("/api/export")
     async def export(request: Request) -> dict:
         body = await _json_body(request)
-        return export_session(studio, overwrite=bool(body.get("overwrite", True)))
+        overwrite = body.get("overwrite", True)
+        if not isinstance(overwrite, bool):
+            raise RequestError(f"overwrite must be true or false, got {overwrite!r}")
+        return await run_in_threadpool(export_session, studio, overwrite)
 
     return app
 

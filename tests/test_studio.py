@@ -238,6 +238,12 @@ def test_objects_are_saved_and_versions_checked(client: TestClient) -> None:
     ("post", "/api/frames/0/brush", {"json": {"polygon": [[1, 1], [9, 1], [5, 9]], "strokes": [
         {"mode": "erase", "radius": 20, "points": [[5, 5]]}]}}, 422, "nothing is left"),
     ("post", "/api/frames/9/warm", {"json": {}}, 404, "frame must be an index"),
+    ("post", "/api/frames/0/brush", {"json": {"polygon": [[1e12, 1e12], [0, 0], [5, 5]], "strokes": [
+        {"mode": "paint", "radius": 2, "points": [[5, 5]]}]}}, 422, "outside the 512x256 image"),
+    ("post", "/api/segment", {"json": {"frame": "0", "points": []}}, 400, "integer index"),
+    ("get", "/api/frames/1.5", {}, 400, "bad request: path.index"),
+    ("post", "/api/export", {"json": {"overwrite": "no"}}, 400, "overwrite must be true or false"),
+    ("post", "/api/segment", {"headers": JSON, "content": '{"frame": ' + "9" * 5000 + "}"}, 400, "4300 digits"),
     ("post", "/api/frames/0/proposals", {"json": {"objects": [{"id": "o1"}]}}, 400, "objects[0].class"),
 ])
 def test_hostile_and_bad_requests_get_a_clear_refusal(client: TestClient, method: str, path: str, kwargs: dict,
