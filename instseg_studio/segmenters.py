@@ -575,13 +575,17 @@ class CombinedProposals(SemanticProposals):
         self.annotation = annotation
         self.train_ids = dict(CITYSCAPES_TRAIN_IDS)
         self.stats = Counter()
+        self._lock = threading.Lock()
 
     def analyse(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, Any]:
-        """One pass of the combined graph: (label, confidence, step) as `labels` gives them, and the instances."""
-        result = self.instances(rgb)
-        if self.aside.last is None:
-            raise RuntimeError("the combined graph gave no labels")
-        label, confidence = self.aside.last
+        """One pass of the combined graph: (label, confidence, step) as `labels` gives them, and the instances.
+        Thread-safe: the labels read are those of this call's pass (two tabs may ask at once)."""
+        with self._lock:
+            self.aside.last = None
+            result = self.instances(rgb)
+            if self.aside.last is None:
+                raise RuntimeError("the combined graph gave no labels")
+            label, confidence = self.aside.last
         return label[0], confidence[0], rgb.shape[1] / label.shape[2], result
 
     def labels(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
