@@ -348,3 +348,16 @@ def _filled(polygon: list, shape: tuple[int, int]) -> np.ndarray:
     mask = np.zeros(shape, np.uint8)
     cv2.fillPoly(mask, [np.asarray(polygon, np.int32).reshape(-1, 1, 2)], 1)
     return mask.astype(bool)
+
+
+def test_a_bad_attributes_option_stops_the_studio_with_one_line(sequence: tuple[BagFrames, GroundTruth],
+                                                                tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    from instseg_studio import cli
+
+    with pytest.raises(SystemExit) as ended:
+        cli.main([str(sequence[0].bag), "--topic", "/camera/image_raw", "--out", str(tmp_path / "out"), "--port", "0",
+                  "--segmenter", "inprocess", "--attributes", "car=shiny"])
+    err = capsys.readouterr().err
+    assert ended.value.code == 2 and "unknown attribute 'shiny'" in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
