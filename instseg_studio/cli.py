@@ -115,7 +115,9 @@ def build_studio(args: argparse.Namespace) -> object:
     streaming = None
     if args.proposals == "semantic":
         from instseg_core.annotate.segmenter import create_annotation_segmenter
-        from instseg_studio.segmenters import CombinedProposals
+        from instseg_studio.segmenters import CombinedProposals, prepare_combined_graph
+
+        prepare_combined_graph()  # the first P then need not wait for the one-time export
 
         def streaming() -> object:
             return CombinedProposals(create_annotation_segmenter(args.model_file, threads=args.threads,

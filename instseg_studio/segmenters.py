@@ -532,6 +532,22 @@ def combined_graph(checkpoint: str | Path | None = None, cache_dir: str | Path |
     return path
 
 
+def prepare_combined_graph(cache_dir: str | Path | None = None) -> threading.Thread:
+    """Export `combined_graph` in a background thread (nothing to do when it is cached); a failure is logged and
+    comes back, with its reason, when the proposals are first asked for."""
+    import logging
+
+    def export() -> None:
+        try:
+            combined_graph(None, cache_dir)
+        except Exception as exc:  # reported again, to the operator, by the first proposal request
+            logging.getLogger("instseg_studio").warning("preparing the proposal graph failed: %s", exc)
+
+    thread = threading.Thread(target=export, name="proposal-graph", daemon=True)
+    thread.start()
+    return thread
+
+
 class _LabelsAside:
     """An ONNX Runtime backend over `combined_graph` for the runtime's Segmenter: `run` returns "raw" (what the
     Spatial Embeddings adapter decodes) and keeps the semantic label and confidence maps of that run aside."""
