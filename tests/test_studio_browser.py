@@ -561,7 +561,8 @@ def test_defect_6_a_dead_server_never_shows_saved_and_the_edits_are_saved_in_ord
         bag: tuple[Path, GroundTruth], browser: Any, tmp_path: Path, studios: list[StudioProcess]) -> None:
     """Issue 36, 6: after the server was killed the page showed "saved" while the edit in flight was not, and after
     the restart that edit went out silently with the next change, outside the undo history. Now the status says
-    NOT SAVED – retrying, the edits are retried in order once the server is back, and undo takes them back."""
+    NOT SAVED – retrying, the edits are retried in order once the server is back, and undo takes them back; a server
+    that hangs instead is given 5 s per save."""
     from selenium.webdriver.common.keys import Keys
 
     gt = bag[1]
@@ -609,6 +610,16 @@ def test_defect_6_a_dead_server_never_shows_saved_and_the_edits_are_saved_in_ord
     page.keys(Keys.CONTROL, "z")
     page.idle()
     assert [(o["hidden"], o["class"]) for o in page.saved(0)] == [(False, "person")]
+    # a server that hangs (stopped, not dead) answers nothing: after 5 s the page says so and retries
+    os.kill(again.proc.pid, signal.SIGSTOP)
+    try:
+        page.keys(Keys.CONTROL, Keys.SHIFT, "z")  # redo the hiding
+        page.wait.until(lambda d: "did not answer within 5 s" in page.text("unsaved"))
+        assert "NOT SAVED – retrying" in page.text("status")
+    finally:
+        os.kill(again.proc.pid, signal.SIGCONT)
+    page.idle()  # the first attempt is saved when the server wakes up; its retry finds it saved, not another tab's
+    assert [(o["hidden"], o["class"]) for o in page.saved(0)] == [(True, "person")] and not page.state("stale")
 
 
 def test_a_save_whose_answer_was_lost_is_not_taken_for_another_tab(bag: tuple[Path, GroundTruth], browser: Any,
@@ -698,6 +709,8 @@ def test_correction_clicks_brush_attributes_and_tracks_in_the_page(bag: tuple[Pa
     page.wait.until(lambda d: page.state("writes.length") == 0 and len(page.saved(0)[0]["clicks"]["positive"]) == 1)
     page.click(*outside, modifier=Keys.ALT)
     page.wait.until(lambda d: page.state("writes.length") == 0 and len(page.saved(0)[0]["clicks"]["negative"]) == 1)
+    # a negative click on background the outline already leaves out changes nothing, and the page says so
+    page.wait.until(lambda d: "negative click had no effect" in page.text("message"))
     corrected = page.saved(0)[0]
     for kind, point in (("positive", inside), ("negative", outside)):  # Selenium's whole-pixel offsets: +-1 px
         assert np.abs(np.subtract(corrected["clicks"][kind], [point])).max() <= 1, corrected["clicks"]

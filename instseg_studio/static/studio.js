@@ -9,6 +9,7 @@ const PALETTE = ["#ff3b3b", "#ff9f1a", "#2f9bff", "#b45cff", "#19d3c5", "#ffe14d
 const DOUBLE_CLICK_MS = 500;     // a second click this soon ...
 const SAME_POINT_PX = 3;         // ... and this close (screen pixels) to the last one is the same click
 const RETRY_MS = [250, 500, 1000, 2000];   // back-off between attempts to save after a lost connection
+const SAVE_TIMEOUT_MS = 5000;              // a save not answered by then is retried (the server may hang)
 const ATTRIBUTES = ["occluded", "truncated", "crowd"];
 // ?warm=0: the page before issue 36 (no warming, the next frame prefetched at once), bench_studio's baseline
 const WARM = new URLSearchParams(window.location.search).get("warm") !== "0";
@@ -30,16 +31,22 @@ class ApiError extends Error {
   constructor(status, message) { super(message); this.status = status; }
 }
 
-async function api(method, path, body) {
+async function api(method, path, body, timeoutMs = 0) {
+  // timeoutMs: give up waiting (a server that hangs answers nothing, ever); the caller sees a failed request
   const options = { method, headers: {} };
   if (body !== undefined) {
     options.headers["Content-Type"] = "application/json";
     options.body = JSON.stringify(body);
   }
-  const response = await fetch(path, options);
-  const data = await response.json().catch(() => ({}));
-  if (!response.ok) throw new ApiError(response.status, data.error || response.statusText);
-  return data;
+  const abort = timeoutMs ? new AbortController() : null;
+  const timer = abort ? setTimeout(() => abort.abort(), timeoutMs) : null;
+  if (abort) options.signal = abort.signal;
+  try {
+    const response = await fetch(path, options);
+    const data = await response.json().catch(() => ({}));
+    if (!response.ok) throw new ApiError(response.status, data.error || response.statusText);
+    return data;
+  } finally { clearTimeout(timer); }
 }
 
 function showMessage(text, kind = "error") {
@@ -165,6 +172,7 @@ function backOff(attempt) {
 }
 
 function savedAs(write, version, nextTrack) {   // the first write of the queue is saved as `version`
+  if (state.failure && $("message").textContent.includes("does not answer")) showMessage("");   // no longer true
   state.writes.shift();
   state.version = version;
   if (nextTrack) state.nextTrack = Math.max(state.nextTrack, nextTrack);
@@ -195,7 +203,7 @@ async function writeLoop() {
     busy(1);
     try {
       const result = await api("PUT", `/api/frames/${write.index}/objects`,
-                               { base_version: state.version, objects: write.objects });
+                               { base_version: state.version, objects: write.objects }, SAVE_TIMEOUT_MS);
       savedAs(write, result.version, result.next_track_id);
       attempt = 0;
     } catch (error) {
@@ -217,7 +225,8 @@ async function writeLoop() {
         return;
       } else {   // a lost connection, a server that is restarting or failing: kept and retried in order
         const reason = error instanceof ApiError ? `not saved: ${error.message}`
-          : "not saved: the studio server does not answer";
+          : error.name === "AbortError" ? `not saved: the studio server did not answer within ${SAVE_TIMEOUT_MS / 1000} s`
+            : "not saved: the studio server does not answer";
         write.unanswered = true;
         state.failure = { reason, retrying: true };
         showUnsaved();
@@ -466,7 +475,7 @@ function render() {
 
 function objectLabel(obj) {
   const track = obj.track_id ? ` #${obj.track_id}` : "";
-  const flags = ATTRIBUTES.filter((a) => obj.attributes && obj.attributes[a]).map((a) => a[0]).join("");
+  const flags = ATTRIBUTES.filter((a) => obj.attributes && obj.attributes[a]).map((a) => a[0]).join("");   // o t c
   return `${obj.class}${track}${flags ? ` [${flags}]` : ""}${obj.excluded ? " (excluded)" : ""} ` +
     `(${obj.polygon.length} v)`;
 }
@@ -483,6 +492,7 @@ function renderLists() {
       `<button data-action="delete" title="Delete (Del)">✕</button>`;
     item.querySelector(".swatch").style.background = classColor(obj.class);
     item.querySelector(".name").textContent = objectLabel(obj);
+    item.querySelector(".name").title = "#track id; [o] occluded, [t] truncated, [c] crowd; (n v): polygon vertices";
     item.addEventListener("click", (event) => {
       const action = event.target.dataset.action;
       if (action === "hide") toggleHidden(obj.id);
@@ -665,7 +675,7 @@ async function resegment(obj, points, tolerance, clicks, what = "resegment") {
   } catch (error) { showMessage(error.message || "the studio server does not answer"); render(); }
 }
 
-function correctionClick(raw, kind) {
+async function correctionClick(raw, kind) {
   const obj = state.objects.find((o) => o.id === state.selected);
   if (!obj) {
     showMessage("a correction click needs a selected object: make one with four clicks, or select one (list, Tab, " +
@@ -673,9 +683,18 @@ function correctionClick(raw, kind) {
     return;
   }
   const clicks = clone(obj.clicks || emptyClicks());
-  clicks[kind].push(insideFrame(raw));
+  const point = insideFrame(raw);
+  clicks[kind].push(point);
   showMessage("");
-  return resegment(obj, obj.points, obj.tolerance, clicks, "correction");
+  const before = JSON.stringify(obj.polygon);
+  await resegment(obj, obj.points, obj.tolerance, clicks, "correction");
+  const after = state.objects.find((o) => o.id === obj.id);
+  if (!after || !after.clicks || after.clicks[kind].length !== clicks[kind].length) return;   // refused
+  const inside = pointInPolygon(point, after.polygon);
+  if (JSON.stringify(after.polygon) === before || inside !== (kind === "positive")) {
+    showMessage(`the ${kind} click had no effect on the outline there (the model kept that pixel ` +
+                `${inside ? "inside" : "outside"}): try a click nearer the wrong part, or the brush (B / X)`, "warning");
+  }
 }
 
 function insertVertex(event, obj, k) {
@@ -914,10 +933,17 @@ function relabel(id, name) {
   updateObject(id, { class: name, attributes });
 }
 
-function classKey(name) {
-  if (state.selected && state.explicit) { relabel(state.selected, name); return; }
+function classKeyName() { return `instseg-studio class ${state.info.bag} ${state.info.topic}`; }
+
+function setNewClass(name) {
   state.newClass = name;
   $("class-select").value = name;
+  try { window.localStorage.setItem(classKeyName(), name); } catch (error) { /* storage off: not remembered */ }
+}
+
+function classKey(name) {
+  if (state.selected && state.explicit) { relabel(state.selected, name); return; }
+  setNewClass(name);
   showMessage(`new objects: ${name}`, "info");
 }
 
@@ -943,6 +969,7 @@ function onKey(event) {
     Backspace: () => { state.clicks.pop(); render(); },
     Escape: () => {
       state.clicks = []; state.selected = null; state.explicit = false; state.brush = null; state.proposal = null;
+      state.proposals = []; state.suppressed = 0;   // P shows them again
       $("help").hidden = true; render();
     },
     Tab: cycleSelection, Delete: () => state.selected && deleteObject(state.selected),
@@ -1035,9 +1062,10 @@ async function start() {
       $(id).appendChild(option);
     }
   }
-  state.newClass = state.info.classes[0];
+  const remembered = window.localStorage.getItem(classKeyName());   // the last class chosen for this bag and topic
+  setNewClass(state.info.classes.includes(remembered) ? remembered : state.info.classes[0]);
   // a dropdown gives the keys back once a class is chosen: ←/→ then move frames, not the class
-  $("class-select").addEventListener("change", (event) => { state.newClass = event.target.value; event.target.blur(); });
+  $("class-select").addEventListener("change", (event) => { setNewClass(event.target.value); event.target.blur(); });
   $("object-class").addEventListener("change", (event) => {
     if (state.selected) relabel(state.selected, event.target.value);
     event.target.blur();
