@@ -128,6 +128,8 @@ def test_impossible_settings_are_clear_errors(tree: Path, tmp_path: Path, capsys
     if not torch.cuda.is_available():
         assert "--device cuda: torch sees no CUDA device" in _fails("dcme", [*common, "--device", "cuda"], capsys)
         assert "--sync-bn needs CUDA" in _fails("dcme", [*common, "--sync-bn"], capsys)
+    assert "--window-seeds sequential draws every window from one generator in one process" in _fails(
+        "dcme", [*common, "--window-seeds", "sequential", "--workers", "1"], capsys)
     line = _fails("dcme", [*common, "--batch", "3"], capsys, {"WORLD_SIZE": "2", "RANK": "0"}, monkeypatch)
     assert "--batch 3 is the global batch: it must be a positive multiple of the world size 2" in line
 
@@ -142,6 +144,7 @@ def test_amp_on_cpu_trains_in_bfloat16_and_evaluates(tree: Path, tmp_path: Path)
     run = json.loads((out / "run.json").read_text())
     assert run["amp"] == "bfloat16" and run["grad_scaler"] is False and run["world_size"] == 1
     assert run["data"]["images"] == 3 and run["data"]["in_memory"] is False and run["commit"]
+    assert json.loads((out / "history.json").read_text())["config"]["window_seeds"] == "sequential"  # as before
     assert state["best"]["epoch"] == 1 and (out / "best.pt").is_file()
     assert state["history"][0]["val"]["ap50"] == state["best"]["ap50"]
     result = json.loads((out / "evaluation_best.json").read_text())["best.pt"]
@@ -205,7 +208,10 @@ def two_process_runs(synthetic_tree: Path, tmp_path_factory: pytest.TempPathFact
 
 def test_two_processes_take_the_same_steps_as_one(two_process_runs: dict[str, Path], tmp_path: Path) -> None:
     _train("spatial_embeddings", ["--data", str(two_process_runs["data"]), "--out", str(tmp_path / "one"),
-                                  "--epochs", "1", *SE_EQUAL])
+                                  "--epochs", "1", "--window-seeds", "per-window", *SE_EQUAL])
+    configs = [json.loads((run / "history.json").read_text())["config"]
+               for run in (two_process_runs["spatial_embeddings"], tmp_path / "one")]
+    assert [c["window_seeds"] for c in configs] == ["per-window", "per-window"]
     steps = [[json.loads(line)["loss"] for line in (run / "steps.jsonl").read_text().splitlines()]
              for run in (two_process_runs["spatial_embeddings"], tmp_path / "one")]
     assert len(steps[0]) == len(steps[1]) == 3

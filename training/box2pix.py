@@ -97,7 +97,7 @@ def train(args: argparse.Namespace) -> dict:
           f"{len(priors)} priors per crop", flush=True)
     on_epoch, train_step = trainer_epoch_hooks(run, args, model, loss_fn,
                                                functools.partial(_box2pix_loss, loss_fn, priors), make_batch,
-                                               optimizer, steps)
+                                               optimizer, steps, rng=rng)
 
     def checkpoint() -> dict:
         return {"model": model.state_dict(), "loss_state": loss_fn.state_dict(), "model_config": model_config.to_dict(),

@@ -94,7 +94,8 @@ def train(args: argparse.Namespace) -> dict:
     print(f"{len(run.sampler.samples)} training images, {steps} steps of {args.batch} crops {args.crop} per epoch "
           f"({args.crops} windows)", flush=True)
     on_epoch, train_step = trainer_epoch_hooks(run, args, model, loss_fn, functools.partial(_dcme_loss, loss_fn),
-                                               functools.partial(make_batch, classes=classes), optimizer, steps)
+                                               functools.partial(make_batch, classes=classes), optimizer, steps,
+                                               rng=rng)
 
     def checkpoint() -> dict:
         return {"model": model.state_dict(), "model_config": model_config.to_dict(), "loss_config": asdict(loss_config)}

@@ -70,6 +70,10 @@ def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
                        help="DataLoader processes decoding images and building targets (0: in this process)")
     group.add_argument("--sync-bn", action="store_true",
                        help="synchronise batch-norm statistics across processes (CUDA; with torchrun)")
+    group.add_argument("--window-seeds", choices=("auto", "sequential", "per-window"), default="auto",
+                       help="per-window: each window from its own seed (independent of processes and workers); "
+                            "sequential: one generator, as before issue 32; auto: sequential for one process "
+                            "without workers")
     group.add_argument("--in-memory", action="store_true",
                        help="decode the whole split into memory first (the old path) instead of streaming it")
     group.add_argument("--eval-every", type=int, default=0,
@@ -385,12 +389,25 @@ def overlay_images(segmenter: object, data: str, count: int = 3) -> list[np.ndar
 def trainer_epoch_hooks(run: RunStart, args: argparse.Namespace, network: torch.nn.Module,
                         loss: torch.nn.Module, compute: Callable[[object, object], tuple[torch.Tensor, dict]],
                         collate: Callable, optimizer: torch.optim.Optimizer, steps: int,
-                        draw: Callable | None = None
+                        draw: Callable | None = None, rng: np.random.Generator | None = None
                         ) -> tuple[Callable[[int], None], Callable[[], tuple[float, dict]]]:
-    """(on_epoch(epoch), train_step()) for run_epochs: the DataLoader of this rank's windows, the step module
-    (DDP-wrapped under torchrun, compiled with --compile) and one optimisation step with AMP; the loss and its
-    parts returned are averaged over the processes."""
+    """(on_epoch(epoch), train_step()) for run_epochs: this rank's windows, the step module (DDP-wrapped under
+    torchrun, compiled with --compile) and one optimisation step with AMP; the loss and its parts returned are
+    averaged over the processes.
+
+    Windows (--window-seeds): 'per-window' draws window (epoch, step, position) with its own generator in a
+    DataLoader (module docstring); 'sequential' draws every window in turn from the run's generator `rng` in this
+    process, as the commands did before issue 32 (same seed, same windows and dropout as then; resumable exactly
+    through last.pt's random states); 'auto' (default): sequential for one process without --workers, else
+    per-window."""
     runtime = run.runtime
+    mode = getattr(args, "window_seeds", "auto")
+    if mode == "auto":
+        mode = "sequential" if not runtime.distributed and not args.workers and rng is not None else "per-window"
+    if mode == "sequential" and (runtime.distributed or args.workers or rng is None):
+        raise InputError("--window-seeds sequential draws every window from one generator in one process: it needs "
+                         "one process and --workers 0 (use per-window, the default there)")
+    args.window_seeds = mode  # recorded in the run's config
     forward_network = torch.compile(network) if args.compile else network
     module: torch.nn.Module = StepModule(forward_network, loss, compute, runtime)
     if runtime.distributed:
@@ -403,12 +420,20 @@ def trainer_epoch_hooks(run: RunStart, args: argparse.Namespace, network: torch.
     scaler = runtime.scaler
 
     def on_epoch(epoch: int) -> None:
+        if mode == "sequential":
+            return  # the run's generators go on (restored from last.pt on --resume)
         batch_sampler.set_epoch(epoch)
         set_rank_seed(args.seed, epoch, runtime.rank)
         iterator[0] = iter(loader)
 
+    def next_batch() -> object:
+        if mode == "per-window":
+            return next(iterator[0])  # type: ignore[call-overload]
+        return collate([dataset.sampler.crop(*dataset.crop, rng) if draw is None else
+                        draw(dataset.sampler, *dataset.crop, rng) for _ in range(args.batch)])
+
     def train_step() -> tuple[float, dict]:
-        images, targets = to_device(next(iterator[0]), runtime.device, args.channels_last)  # type: ignore[misc]
+        images, targets = to_device(next_batch(), runtime.device, args.channels_last)  # type: ignore[misc]
         value, parts = module(images, targets)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None and scaler.is_enabled():

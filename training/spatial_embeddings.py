@@ -115,7 +115,8 @@ def train(args: argparse.Namespace) -> dict:
             _freeze_batch_norm(model)
 
     on_epoch, train_step = trainer_epoch_hooks(run, args, model, loss_fn, functools.partial(_se_loss, loss_fn),
-                                               _collate, optimizer, steps, draw=window_draw(mixed_window, mix))
+                                               _collate, optimizer, steps, draw=window_draw(mixed_window, mix),
+                                               rng=rng)
 
     def checkpoint() -> dict:
         return {"model": model.state_dict(), "model_config": model_config.to_dict(), "loss_config": vars(loss_config)}
