@@ -129,7 +129,10 @@ def finetune(args: argparse.Namespace, extra: list[str]) -> dict:
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+            cuda = torch.cuda.is_available() and _wanted_device(extra) != "cpu"
+            if cuda:
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
     if int(os.environ.get("RANK", "0")) == 0:
         split = hold_out(Path(args.export), data, args.val_fraction)
     if distributed:
@@ -166,8 +169,19 @@ def finetune(args: argparse.Namespace, extra: list[str]) -> dict:
     print(f"held-out frames: float AP50 {evaluation['ap50']:.3f}, int8 AP50 {int8_evaluation['ap50']:.3f}")
     print(f"float graph: model_file:={Path(onnx).resolve()}")
     print(f"model_file:={int8.resolve()}")
-    print(f"  e.g. ros2 launch instseg_ros segmentation.launch.py model:={model} model_file:={int8.resolve()}")
+    print(f"  e.g. segmentation_node --ros-args -r image:=/camera/image_raw -p model:={model} "
+          f"-p model_file:={int8.resolve()}  (docs/ros.md)")
     return summary
+
+
+def _wanted_device(extra: list[str]) -> str:
+    """The --device the model's train will get (auto when not given)."""
+    for k, word in enumerate(extra):
+        if word == "--device" and k + 1 < len(extra):
+            return extra[k + 1]
+        if word.startswith("--device="):
+            return word.split("=", 1)[1]
+    return "auto"
 
 
 def _scores(result: dict) -> dict:
