@@ -648,6 +648,7 @@ async function addClick(raw, event) {
                   tolerance: 1.0, score: result.score, polygon_iou: result.polygon_iou, hidden: false,
                   source: "clicks", track_id: state.nextTrack++, attributes, excluded: false, clicks: emptyClicks() };
     state.clicks = [];
+    if ($("message").textContent.includes("does not answer")) showMessage("");   // it answered
     state.selected = obj.id;   // selected for correction clicks and handles; NOT for relabelling by key
     state.explicit = false;
     const saved = commit([...state.objects, obj]);   // draws the polygon at once, then saves
