@@ -197,13 +197,19 @@ def read_sets(args: argparse.Namespace) -> RealSet:
     return real_set
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def parse_set_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """`parser`'s arguments, with a usage error unless they name a labelled set (--data and/or --coco with
+    --image-dir); shared by the commands that read labelled sets with `read_sets`."""
     args = parser.parse_args(argv)
     if args.data is None and args.coco is None:
         parser.error("give --data ROOT and/or --coco FILE --image-dir DIR")
     if (args.coco is None) != (args.image_dir is None):
         parser.error("--coco and --image-dir go together")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_set_arguments(build_parser(), argv)
     run_command(COMMAND, lambda: validate(args), debug=debug_requested(args),
                 input_errors=(RealDataError, ModelFileError, BackendUnavailableError))
     return 0

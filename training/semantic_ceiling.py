@@ -30,7 +30,7 @@ from instseg_core.base.model_files import ModelFileError, find_model
 from instseg_core.eval.real_photos import RealDataError
 from instseg_core.eval.semantic_ceiling import CeilingReport, add_image
 from instseg_core.networks.espnetv2 import ESPNetv2Segmentation, load_espnetv2_cityscapes, normalise_unit_rgb
-from training.real_validation import read_sets
+from training.real_validation import parse_set_arguments, read_sets
 
 COMMAND = "training.semantic_ceiling"
 DEFAULT_WEIGHTS = "espnetv2_s2_cityscapes.fp16.pt"
@@ -101,12 +101,7 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.data is None and args.coco is None:
-        parser.error("give --data ROOT and/or --coco FILE --image-dir DIR")
-    if (args.coco is None) != (args.image_dir is None):
-        parser.error("--coco and --image-dir go together")
+    args = parse_set_arguments(build_parser(), argv)
     run_command(COMMAND, lambda: measure(args), debug=debug_requested(args),
                 input_errors=(RealDataError, ModelFileError, ValueError))
     return 0
