@@ -225,6 +225,7 @@ def test_a_two_process_run_resumes_with_one_process(module: str, two_process_run
     first = json.loads((run / "run.json").read_text())
     assert first["world_size"] == 2 and first["backend"] == "gloo" and len(first["devices"]) == 2
     assert first["global_batch"] == 4 and first["batch_per_process"] == 2
+    assert first["launcher"]["torchrun"] and first["launcher"]["processes_per_node"] == 2
     assert sorted(p.name for p in run.iterdir() if p.suffix == ".pt") == ["last.pt"]  # written by rank 0 alone
     state = _train(module, ["--data", str(two_process_runs["data"]), "--out", str(run), "--epochs", "2",
                             "--resume", *MODELS[module]])
@@ -232,6 +233,7 @@ def test_a_two_process_run_resumes_with_one_process(module: str, two_process_run
     assert [e["world_size"] for e in state["history"]] == [2, 1]
     launches = json.loads((run / "run.json").read_text())["launches"]
     assert [(launch["world_size"], launch["after_epoch"]) for launch in launches] == [(2, 0), (1, 1)]
+    assert launches[1]["launcher"] is None
 
 
 def _write_split(root: Path, count: int, template: dict[str, Path]) -> None:

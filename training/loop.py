@@ -316,7 +316,11 @@ def write_run_json(out: Path, args: argparse.Namespace, runtime: Runtime, data: 
     if path.is_file():
         with contextlib.suppress(OSError, ValueError):
             launches = json.loads(path.read_text()).get("launches", [])
+    torchrun = "TORCHELASTIC_RUN_ID" in os.environ
     launch = {"command": [os.path.basename(sys.executable), *sys.orig_argv[1:]], "argv": sys.argv,
+              "launcher": {"torchrun": torchrun, "run_id": os.environ.get("TORCHELASTIC_RUN_ID"),
+                           "processes_per_node": int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+                           "nodes": int(os.environ.get("GROUP_WORLD_SIZE", "1"))} if torchrun else None,
               "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
               **runtime.describe(), "global_batch": args.batch, "batch_per_process": args.batch // runtime.world_size,
               "workers": args.workers, "compile": args.compile, "channels_last": args.channels_last,
