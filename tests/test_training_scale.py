@@ -359,3 +359,28 @@ def test_a_studio_export_becomes_a_model_the_node_loads(tmp_path: Path, capsys: 
     assert result.instances.id_image.shape == frame.shape[:2]
     assert set(segmenter.adapter.classes) == set(json.loads(int8.with_suffix(".json").read_text())
                                                  ["model_config"]["classes"])
+
+
+def test_per_window_seeds_do_not_depend_on_workers_or_ranks(tree: Path) -> None:
+    """The windows of a global batch are the same drawn by one process without workers, by a DataLoader worker,
+    or split between two ranks (GlobalBatchSampler)."""
+    from instseg_core.data.streamed_dataset import GlobalBatchSampler, WindowDataset
+    from training.loop import make_loader
+    from training.spatial_embeddings import _collate
+
+    index = split_index(tree, "train", INSTANCE_CLASSES)
+    dataset = WindowDataset(streamed_sampler(index, INSTANCE_CLASSES, "balanced", 0.2), (32, 64), seed=3)
+    batches = {}
+    for workers in (0, 1):
+        sampler = GlobalBatchSampler(4, 2)
+        sampler.set_epoch(2)
+        batches[workers] = list(make_loader(dataset, sampler, _collate, workers, torch.device("cpu")))
+    ranks = []
+    for rank in (0, 1):
+        sampler = GlobalBatchSampler(4, 2, rank, 2)
+        sampler.set_epoch(2)
+        ranks.append(list(make_loader(dataset, sampler, _collate, 0, torch.device("cpu"))))
+    for step in range(2):
+        images = [batches[0][step][0], batches[1][step][0], torch.cat([ranks[0][step][0], ranks[1][step][0]])]
+        assert torch.equal(images[0], images[1]) and torch.equal(images[0], images[2])
+    assert not torch.equal(batches[0][0][0], batches[0][1][0])
