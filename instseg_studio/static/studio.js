@@ -802,7 +802,7 @@ async function finishStroke() {
       polygon: obj.polygon, strokes: [{ mode: stroke.mode, radius: state.brushRadius, points: stroke.path }],
       tolerance: obj.tolerance });
     window.studioTimings.push({ what: "brush", ms: performance.now() - started });
-    await updateObject(obj.id, { polygon: result.polygon, polygon_iou: result.polygon_iou, source: "brush" });
+    updateObject(obj.id, { polygon: result.polygon, polygon_iou: result.polygon_iou, source: "brush" });   // saved in turn
   } catch (error) { showMessage(error.message || "the studio server does not answer"); render(); }
   finally { busy(-1); }
 }
@@ -828,7 +828,7 @@ async function copyPrevious() {
       }
       return;
     }
-    await commit(result.objects);
+    commit(result.objects);   // saved in turn (not awaited: a server that is away must not keep the page busy)
     if (!result.failures.length) {
       showMessage(`copied from frame ${source + 1}: ${result.added.length} added, ${result.updated.length} ` +
                   "updated (same track)", "info");
