@@ -1,7 +1,7 @@
 """`instseg-label`: label a recorded camera bag offline from extreme-point clicks.
 
     instseg-label BAG --topic /camera/image_raw --clicks clicks.json --out OUT [--model-file extreme_unet.onnx]
-                  [--threads 2] [--polygon-tolerance 1.0] [--split train] [--city labelled] [--skip-bad]
+                  [--threads 2] [--polygon-tolerance 1.0] [--split train] [--city NAME] [--skip-bad]
                   [--overwrite]
 
 BAG is a rosbag2 directory (MCAP or sqlite3) with sensor_msgs/Image or CompressedImage on --topic.
@@ -54,7 +54,13 @@ from instseg_core.annotate.segmenter import (
 from instseg_core.base.command_exit import add_debug_argument, debug_requested, run_command
 from instseg_core.base.model_files import ModelFileError
 from instseg_core.data.cityscapes import name2label
-from instseg_core.data.label_export import LabelExportError, LabelledFrame, LabelledObject, write_label_tree
+from instseg_core.data.label_export import (
+    LabelExportError,
+    LabelledFrame,
+    LabelledObject,
+    bag_city_name,
+    write_label_tree,
+)
 from instseg_core.data.recording import BagIntegrityError, verify_bag
 from instseg_ros.image_codec import IMAGE_MSGTYPES, ImageCodecError, decode_to_rgb8
 
@@ -284,7 +290,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--refine", choices=REFINEMENTS, default="none",
                         help="GrabCut refinement of the network's border (instseg_core.annotate.refine)")
     parser.add_argument("--split", default="train", choices=["train", "val", "test"])
-    parser.add_argument("--city", default="labelled")
+    parser.add_argument("--city", default=None,
+                        help="Cityscapes city name of the tree (default: from the bag's name and the topic, as the "
+                             "studio's export names it, so that trees of several bags merge without collisions)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--skip-bad", action="store_true",
                         help="leave out entries that cannot be labelled (each is reported) instead of failing")
@@ -292,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="replace an existing --out folder (only once the whole run has succeeded)")
     add_debug_argument(parser)
     args = parser.parse_args(argv)
-    if "_" in args.city:
+    if args.city is not None and "_" in args.city:
         parser.error("--city must not contain '_' (Cityscapes file names split on it)")
 
     def run() -> dict:
@@ -300,8 +308,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         segmenter = create_annotation_segmenter(args.model_file, threads=args.threads,
                                                 polygon_tolerance=args.polygon_tolerance, refine=args.refine,
                                                 flip=args.flip)
-        return label_bag(args.bag, args.topic, clicks, args.out, segmenter, split=args.split,
-                         city=args.city, progress=not args.quiet, skip_bad=args.skip_bad, overwrite=args.overwrite)
+        city = args.city or bag_city_name(args.bag, args.topic)
+        return label_bag(args.bag, args.topic, clicks, args.out, segmenter, split=args.split, city=city,
+                         progress=not args.quiet, skip_bad=args.skip_bad, overwrite=args.overwrite)
 
     summary = run_command("instseg-label", run, debug=debug_requested(args), input_errors=(LabelError, ModelFileError))
     print(json.dumps(summary))

@@ -53,8 +53,8 @@ from instseg_core.data.label_export import (
     LabelExportError,
     LabelledFrame,
     LabelledObject,
+    bag_city_name,
     check_class,
-    city_name,
     write_label_tree,
 )
 
@@ -456,8 +456,7 @@ def export_city(bag: str, topic: str) -> str:
     """The Cityscapes city name of a session's export: the bag's name (without .mcap) and the topic, e.g.
     ("/data/drive_0412.mcap", "/camera/image_raw") -> "drive-0412-camera-image-raw", so that the exports of several
     bags (or topics) merged into one tree do not collide."""
-    name = Path(bag).name
-    return city_name(name[:-len(".mcap")] if name.endswith(".mcap") else name, topic)
+    return bag_city_name(bag, topic)
 
 
 def export_labels(session: Session, read_frame: Callable[[int], Any], out: Path, *, overwrite: bool = True) -> dict:

@@ -14,6 +14,7 @@ from pycocotools.coco import COCO
 from instseg_core.annotate.encoding import extreme_points_from_mask
 from instseg_core.data.bags import write_image_bag
 from instseg_core.data.cityscapes import CityscapesDataset, read_polygons, visible_masks
+from instseg_core.data.label_export import bag_city_name
 from instseg_core.eval.binary_metrics import iou
 from instseg_ros import label_bag
 
@@ -64,7 +65,7 @@ def test_label_bag_writes_coco_and_cityscapes(camera_bag: tuple, tmp_path: Path,
     assert {c["name"] for c in coco.cats.values()} <= {"car", "person", "traffic sign"}
     assert [img["stamp_ns"] for img in coco.imgs.values()] == [stamp(0), stamp(1), stamp(2)]
     dataset = CityscapesDataset(tmp_path / "out", "train")
-    assert [s.stem for s in dataset] == [f"labelled_000000_{i:06d}" for i in range(3)]
+    assert [s.stem for s in dataset] == [f"{bag_city_name(bag, topic)}_000000_{i:06d}" for i in range(3)]
     ious = []
     for sample, frame_objects, image in zip(dataset, objects, images, strict=True):
         if topic.endswith("raw"):  # raw frames are stored losslessly; JPEG ones are not
@@ -158,7 +159,9 @@ def test_a_run_is_all_or_nothing_and_skip_bad_labels_the_rest(camera_bag: tuple,
     assert summary["frames"] == 2 and summary["objects"] == len(objects[0]) + len(objects[2])
     coco = COCO(str(out / "annotations_coco.json"))
     assert sorted(img["frame_index"] for img in coco.imgs.values()) == [0, 2]
-    assert [s.stem for s in CityscapesDataset(out, "train")] == ["labelled_000000_000000", "labelled_000000_000002"]
+    city = bag_city_name(bag, "/camera/image_raw")  # the city is named after the bag and topic, as the studio does
+    assert "_" not in city and "camera-image-raw" in city
+    assert [s.stem for s in CityscapesDataset(out, "train")] == [f"{city}_000000_000000", f"{city}_000000_000002"]
     # running into the same folder again is refused; --overwrite replaces it only as a whole
     (out / "stale.txt").write_text("from an earlier run")
     code, _, err = run_label(capsys, str(bag), "--topic", "/camera/image_raw", "--clicks", str(path), "--out",

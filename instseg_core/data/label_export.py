@@ -144,6 +144,14 @@ def city_name(*parts: str) -> str:
     return name[:120] or "labelled"
 
 
+def bag_city_name(bag: str | os.PathLike, topic: str) -> str:
+    """The Cityscapes city name of a bag's labels: the bag's name (without .mcap) and the topic, e.g.
+    ("/data/drive_0412.mcap", "/camera/image_raw") -> "drive-0412-camera-image-raw", so that the trees of several
+    bags (or topics) merged into one do not collide. The studio's export and instseg-label both use it."""
+    name = Path(bag).name
+    return city_name(name[:-len(".mcap")] if name.endswith(".mcap") else name, topic)
+
+
 class InstanceNumbers:
     """The k of each object's Cityscapes instance id labelId * 1000 + k over the frames of one sequence: the same
     k for the same (class, track) in every frame, numbered per class in the order the tracks first appear; an
