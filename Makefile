@@ -60,7 +60,7 @@ demo: setup
 STUDIO_BAG := data/demo/camera
 studio: setup
 	$(PY) -c "from pathlib import Path; import sys; sys.path.insert(0, 'tools'); import demo; demo.ensure_camera_bag(Path('data/demo'), 60)"
-	$(VENV)/bin/instseg-studio $(STUDIO_BAG) --segmenter inprocess --proposals semantic --port 8080
+	$(VENV)/bin/instseg-studio $(STUDIO_BAG) --segmenter inprocess --proposals box2pix --port 8080
 
 bench: setup
 	$(PY) bench/bench_image_codec.py
