@@ -154,6 +154,10 @@ def test_amp_on_cpu_trains_in_bfloat16_and_evaluates(tree: Path, tmp_path: Path)
     for tag in (b"loss/total", b"lr", b"val/AP50", b"val_overlay/0"):
         assert tag in events, tag
     assert len((out / "steps.jsonl").read_text().splitlines()) == 2
+    # last.pt is written after the epoch's evaluation: a resumed launch keeps epoch 1's score and best
+    saved = torch.load(out / "last.pt", weights_only=False)["state"]
+    assert saved["best"] == state["best"] and saved["history"][0]["val"] == state["history"][0]["val"]
+    # (--resume loads this state: a worse later epoch no longer replaces best.pt, history keeps the score)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -291,13 +291,14 @@ def run_epochs(args: argparse.Namespace, out: Path, optimizer: torch.optim.Optim
         state["history"].append(entry)
         if main:
             saved = {**checkpoint(), "config": config, "epoch": epoch, "state": state, "commit": git_commit()}
+            # evaluate first: the epoch's checkpoints then hold its val scores and best (a resumed run keeps them)
+            if evaluate is not None and (epoch % eval_every == 0 or epoch == args.epochs):
+                _evaluate_during_training(evaluate, epoch, state, saved, out, writer, epoch * steps)
             if args.keep_every and epoch % args.keep_every == 0:
                 save_atomically(saved, out / f"epoch_{epoch:03d}.pt")
             save_atomically({**saved, **resumable(optimizer, rng)}, out / "last.pt")
             with open(out / "steps.jsonl", "a") as stream:
                 stream.write("".join(line + "\n" for line in step_lines))
-            if evaluate is not None and (epoch % eval_every == 0 or epoch == args.epochs):
-                _evaluate_during_training(evaluate, epoch, state, saved, out, writer)
             (out / "history.json").write_text(json.dumps({"config": config, **state, **skipped}, indent=1))
         print(f"epoch {epoch}/{args.epochs} lr {lr:.2e} loss {entry['loss']:.4f} ("
               + " ".join(f"{k} {v:.4f}" for k, v in parts_sum.items()) + f") {seconds:.0f} s "
@@ -319,8 +320,10 @@ def _progress_bar(args: argparse.Namespace, runtime: object, epoch: int, steps: 
 
 
 def _evaluate_during_training(evaluate: Callable[[int], dict], epoch: int, state: dict, saved: dict, out: Path,
-                              writer: object | None) -> None:
-    """--eval-every: evaluate, record (history entry, evaluation_epoch_NNN.json, TensorBoard), keep best.pt."""
+                              writer: object | None, global_step: int) -> None:
+    """--eval-every: evaluate, record (history entry, evaluation_epoch_NNN.json, TensorBoard at the epoch's last
+    global step, the axis of loss/*), keep best.pt. Runs before the epoch's last.pt is written, so that it holds
+    the scores and best too."""
     result = evaluate(epoch)
     overlays = result.pop("overlays", [])
     result["epoch"], result["train_seconds"] = epoch, state["train_seconds"]
@@ -336,12 +339,12 @@ def _evaluate_during_training(evaluate: Callable[[int], dict], epoch: int, state
         save_atomically({**saved, "state": state}, out / "best.pt")
         (out / "evaluation_best.json").write_text(json.dumps({"best.pt": result}, indent=1))
     if writer is not None:
-        writer.add_scalar("val/AP", result["ap"], epoch)  # type: ignore[attr-defined]
-        writer.add_scalar("val/AP50", result["ap50"], epoch)  # type: ignore[attr-defined]
+        writer.add_scalar("val/AP", result["ap"], global_step)  # type: ignore[attr-defined]
+        writer.add_scalar("val/AP50", result["ap50"], global_step)  # type: ignore[attr-defined]
         for name, values in result.get("per_class", {}).items():
-            writer.add_scalar(f"val_AP50/{name}", values["ap50"], epoch)  # type: ignore[attr-defined]
+            writer.add_scalar(f"val_AP50/{name}", values["ap50"], global_step)  # type: ignore[attr-defined]
         for k, image in enumerate(overlays):
-            writer.add_image(f"val_overlay/{k}", image, epoch, dataformats="HWC")  # type: ignore[attr-defined]
+            writer.add_image(f"val_overlay/{k}", image, global_step, dataformats="HWC")  # type: ignore[attr-defined]
 
 
 def checkpoint_names(run: Path, which: str) -> list[str]:
