@@ -104,6 +104,16 @@ TRAIN_EXTREME := $(PY) -m training.extreme_points
 EXTREME_COMMON_ARGS := --out $(EXTREME_RUN) --variant extreme_prior --photometric 0.5 \
 	--extra-val-crops $(EXTREME_RANDOMISED)/val/crops.npz --resume --progress-every 100
 EXTREME_TRAIN_ARGS := --crops $(EXTREME_CROPS) $(EXTREME_COMMON_ARGS)
+# The correction-click stage (issue 36; training/extreme_point_clicks.py): the shipped 5-channel network with two more
+# input channels (positive / negative clicks, zero filters at the start), fine-tuned with simulated corrections on
+# the wide-margin street and randomised crops; measured with the click protocol (training/click_protocol.py) on the
+# real sets and on coco_people_vehicles (validation only, never trained on), against the network before it.
+EXTREME_CLICK_RUN := data/runs/extreme_clicks
+EXTREME_CLICK_TRAIN = $(PY) -m training.extreme_point_clicks train --init $(EXTREME_CLICK_RUN)/base.onnx \
+	--out $(EXTREME_CLICK_RUN) --crops $(EXTREME_CROPS_WIDE)/train.npz $(EXTREME_RANDOMISED)/train_relax/crops.npz \
+	$(EXTREME_RANDOMISED)/truncated_relax/crops.npz --val-crops $(EXTREME_CROPS_WIDE)/val.npz \
+	$(EXTREME_RANDOMISED)/val/crops.npz --save-every 50 --eval-every 250 --resume
+REAL_COCO ?= ../shared/real/coco_people_vehicles
 EXTREME_WIDE_ARGS := --crops $(EXTREME_CROPS_WIDE) $(EXTREME_COMMON_ARGS) --extra-train-crops \
 	$(EXTREME_CROPS_WIDE)/train.npz $(EXTREME_RANDOMISED)/train_relax/crops.npz $(EXTREME_RANDOMISED)/truncated_relax/crops.npz
 train-extreme: setup
@@ -136,6 +146,23 @@ train-extreme: setup
 		--street-data data/synthetic --record models/extreme_unet.json \
 		--markdown docs/extreme_points_proxies.md
 	$(PY) -m training.derive_models --only extreme_unet_int8.onnx
+	mkdir -p $(EXTREME_CLICK_RUN)
+	cp models/extreme_unet_int8.onnx $(EXTREME_CLICK_RUN)/base_int8.onnx
+	cp models/extreme_unet_int8.json $(EXTREME_CLICK_RUN)/base_int8.json
+	cp models/extreme_unet.onnx $(EXTREME_CLICK_RUN)/base.onnx
+	cp models/extreme_unet.json $(EXTREME_CLICK_RUN)/base.json
+	$(EXTREME_CLICK_TRAIN) --steps 600 --lr 2e-4 --click-lr-scale 10
+	$(EXTREME_CLICK_TRAIN) --steps 800 --lr 5e-5 --click-lr-scale 20
+	$(PY) -m training.extreme_point_clicks ship --run $(EXTREME_CLICK_RUN) --checkpoint step800.pt
+	$(PY) -m training.extreme_point_proxies --models models/extreme_unet.onnx models/extreme_unet_int8.onnx \
+		$(EXTREME_CLICK_RUN)/base_int8.onnx --street-data data/synthetic --record models/extreme_unet.json \
+		--markdown docs/extreme_points_proxies.md
+	$(PY) -m training.click_protocol --models models/extreme_unet_int8.onnx $(EXTREME_CLICK_RUN)/base_int8.onnx \
+		--names "correction-click network (int8, shipped)" \
+		"network before (int8, 5 channels): clicks painted on its output" \
+		--refine-models $(EXTREME_CLICK_RUN)/base_int8.onnx --coco $(REAL_COCO) \
+		--markdown docs/extreme_points_clicks_protocol.md --record models/extreme_unet.json
+	$(PY) -m training.derive_models --only extreme_unet_int8.onnx
 
 # The shipped Spatial Embeddings model (issue 35): the paper's loss and clustering on a real-data encoder, ESPNetv2
 # trained on the real Cityscapes (models/espnetv2_s2_cityscapes.fp16.pt, frozen), with a light instance head trained
@@ -150,6 +177,7 @@ SE_CLUSTERING := --seed-threshold 0.7 --foreground-threshold 0.4 --min-pixels 12
 SE_DATA := data/synthetic
 SE_RUN := data/runs/se_espnet
 SE_REAL ?= ../shared/real/coco_people_vehicles
+SE_HIGHWAY ?= ../shared/real/udacity_highway/images
 TRAIN_SE := $(PY) -m training.spatial_embeddings
 train-se: setup
 	$(VENV)/bin/instseg-synth $(SE_DATA) --splits train=600 --seed 0 --jobs 2
@@ -170,11 +198,12 @@ train-se: setup
 	if [ -d $(SE_REAL) ]; then for run in "" --int8 "--input-size 1024x512" "--int8 --input-size 1024x512"; do \
 		$(PY) -m training.real_validation --data $(SE_REAL) $$run --record models/spatial_embeddings.json || exit 1; \
 		done; fi
+	if [ -d $(SE_HIGHWAY) ]; then $(PY) -m training.real_validation --coco eval_sets/highway_stills.json \
+		--image-dir $(SE_HIGHWAY) --record models/spatial_embeddings.json --record-name highway_stills; fi
 
 # The first Spatial Embeddings demo model (the paper's ERFNet, shipped until issue 35; models/spatial_embeddings.json
 # of commit 1ab2870): synthetic data (train 600 images seed 0, held-out val 100
 # images seed 1, 1024x512), pre-training on 256x256 crops around objects (85 min on 2 CPU cores), a
-SE_HIGHWAY ?= ../shared/real/udacity_highway/images
 # whole-frame fine-tune with frozen batch norm (1000 s budget: 2 epochs), evaluation with the official
 # evaluator (last checkpoints on 100 val images, learning curve on 50), export.
 # Clustering thresholds were chosen on 25 training images (paper defaults 0.5/0.5/64 find almost no persons
@@ -195,8 +224,6 @@ train-se-erfnet: setup
 	$(TRAIN_SE) evaluate --data $(SE_DATA) --run data/runs/se_finetune --checkpoint last.pt $(SE_ERFNET_CLUSTERING)
 	$(TRAIN_SE) export --run data/runs/se_finetune --stages data/runs/se_pretrain --out data/runs/se_erfnet_export/spatial_embeddings.onnx \
 		$(SE_ERFNET_CLUSTERING) --data-note "instseg-synth 1024x512: train=600 images seed 0, val=100 images seed 1 (held out)"
-	if [ -d $(SE_HIGHWAY) ]; then $(PY) -m training.real_validation --coco eval_sets/highway_stills.json \
-		--image-dir $(SE_HIGHWAY) --record models/spatial_embeddings.json --record-name highway_stills; fi
 
 # The shipped Box2Pix demo model: the same synthetic data as train-se, trained from scratch on 256x512 crops
 # at full scale around objects (30 epochs x 70 steps x 8 crops, 75 min budget on 2 CPU cores), change matching,

@@ -12,7 +12,11 @@ Service: extreme_point_node in another process, a client here; the round trip in
 6 MB rgb8 frame and receiving the mask over Fast DDS: full-size (2 MB) or cropped to the object
 (crop_mask), and for a frame already sent (the node's frame cache). The node runs once with its malloc
 tuning (instseg_ros/allocator.py) and once with glibc's defaults, as the baseline for that tuning.
-Targets on 2 cores: in-process <= 8 ms p50 per object, service <= 20 ms p50.
+Correction clicks: a request with the 4 points and 3 correction clicks (2 positive, 1 negative) against the same
+object's request without clicks, alternating, in the same run (in process; and through the service on a cached
+frame, crop_mask).
+Targets on 2 cores: in-process <= 8 ms p50 per object, service <= 20 ms p50; a correction request in process
+<= 15 ms p50.
 The script isolates itself in a loopback-only network namespace before rclpy starts.
 """
 
@@ -35,7 +39,51 @@ from benchlib import print_table, summarize, time_call
 from instseg_ros import isolation
 
 REPO = Path(__file__).resolve().parents[1]
-IN_PROCESS_TARGET_MS, SERVICE_TARGET_MS = 8.0, 20.0
+IN_PROCESS_TARGET_MS, SERVICE_TARGET_MS, CORRECTION_TARGET_MS = 8.0, 20.0, 15.0
+
+
+def correction_clicks(points: np.ndarray) -> tuple[list[list[float]], list[list[float]]]:
+    """3 correction clicks for an object's extreme points, as an operator fixing a mask would place them: positive
+    at the centre of the points' box and halfway from it to the bottom point, negative near the box's top-left
+    corner (image pixels)."""
+    (x0, y0), (x1, y1) = points.min(axis=0), points.max(axis=0)
+    centre = [(x0 + x1) / 2, (y0 + y1) / 2]
+    bottom = points[3]
+    positive = [centre, [(centre[0] + bottom[0]) / 2, (centre[1] + bottom[1]) / 2]]
+    negative = [[x0 + 0.1 * (x1 - x0), y0 + 0.1 * (y1 - y0)]]
+    return positive, negative
+
+
+def correction_rows(model_path: Path, rgb: np.ndarray, points: list[np.ndarray], repeats: int) -> list[list]:
+    """In-process latency of a correction request (4 points + 3 clicks) and of the same object's request without
+    clicks, alternating in one loop (same load for both); the ratio of the medians."""
+    import gc
+
+    from instseg_core.annotate.segmenter import create_annotation_segmenter
+
+    segmenter = create_annotation_segmenter(model_path, threads=2)
+    segmenter.warmup()
+    plain, corrected = [], []
+    gc.disable()
+    try:
+        for k in range(repeats + 3):
+            object_points = points[k % len(points)]
+            positive, negative = correction_clicks(object_points)
+            start = time.perf_counter()
+            segmenter.segment(rgb, object_points)
+            middle = time.perf_counter()
+            segmenter.segment(rgb, object_points, positive=positive, negative=negative)
+            end = time.perf_counter()
+            if k >= 3:
+                plain.append((middle - start) * 1e3)
+                corrected.append((end - middle) * 1e3)
+    finally:
+        gc.enable()
+    (plain_p50, plain_p95), (clicks_p50, clicks_p95) = summarize(plain), summarize(corrected)
+    how = "clicks as input channels" if segmenter.takes_clicks else "clicks painted on the output"
+    return [[f"{model_path.name}: 4 points, no clicks", plain_p50, plain_p95, "1.00x", ""],
+            [f"{model_path.name}: 4 points + 3 correction clicks ({how})", clicks_p50, clicks_p95,
+             f"{clicks_p50 / plain_p50:.2f}x", "PASS" if clicks_p50 <= CORRECTION_TARGET_MS else "FAIL"]]
 
 
 def objects_of_a_frame() -> tuple[np.ndarray, list[np.ndarray]]:
@@ -152,15 +200,22 @@ def service(model_path: Path, rgb: np.ndarray, points: list[np.ndarray], request
         # a camera's header: the frame cache refuses the default one (stamp 0, empty frame_id) as ambiguous
         image.header.frame_id, image.header.stamp.sec = "camera", 1
 
-        def batch(crop: bool, pixels: bool, count: int) -> list:
-            return [SegmentObject.Request(image=image if pixels else Image(header=image.header), crop_mask=crop,
-                                          extreme_points=points[k % len(points)].reshape(-1).tolist())
-                    for k in range(count)]
+        def batch(crop: bool, pixels: bool, count: int, clicks: bool = False) -> list:
+            requests = []
+            for k in range(count):
+                object_points = points[k % len(points)]
+                positive, negative = correction_clicks(object_points) if clicks else ([], [])
+                requests.append(SegmentObject.Request(
+                    image=image if pixels else Image(header=image.header), crop_mask=crop,
+                    extreme_points=object_points.reshape(-1).tolist(),
+                    positive_xy=np.ravel(positive).tolist(), negative_xy=np.ravel(negative).tolist()))
+            return requests
 
         results = {}
-        for name, crop, pixels in (("frame_full", False, True), ("frame_crop", True, True),
-                                   ("cached_crop", True, False)):
-            results[name], results[f"inside_{name}"] = round_trips(node, client, batch(crop, pixels, requests + 3))
+        for name, crop, pixels, clicks in (("frame_full", False, True, False), ("frame_crop", True, True, False),
+                                           ("cached_crop", True, False, False), ("cached_clicks", True, False, True)):
+            results[name], results[f"inside_{name}"] = round_trips(node, client,
+                                                                   batch(crop, pixels, requests + 3, clicks))
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
@@ -176,7 +231,8 @@ def service(model_path: Path, rgb: np.ndarray, points: list[np.ndarray], request
 def service_rows(label: str, results: dict[str, list[float]], kinds: tuple[str, ...]) -> list[list]:
     descriptions = {"frame_full": "request with the 6 MB frame, full-size mask back (2 MB)",
                     "frame_crop": "request with the 6 MB frame, mask cropped to the object (crop_mask)",
-                    "cached_crop": "frame already sent (no pixels: node's frame cache), crop_mask"}
+                    "cached_crop": "frame already sent (no pixels: node's frame cache), crop_mask",
+                    "cached_clicks": "frame already sent, crop_mask, 4 points + 3 correction clicks"}
     rows = []
     for kind in kinds:
         p50, p95 = summarize(results[kind])
@@ -195,18 +251,26 @@ def main() -> None:
     parser.add_argument("--previous-model", type=Path, default=None,
                         help="an earlier graph to time in the same run (e.g. the int8 model shipped before)")
     parser.add_argument("--in-process-only", action="store_true", help="skip the ROS 2 service round trips")
+    parser.add_argument("--clicks-only", action="store_true",
+                        help="only the correction-click request against the no-click request (in process)")
     args = parser.parse_args()
     isolation.ensure_isolated()
     rgb, points = objects_of_a_frame()
-    rows = in_process(args.model, rgb, points, args.repeats, args.previous_model)
-    print_table(["backend", "p50 ms/object", "p95 ms", "network ms", "batched ms/object", "vs PyTorch",
-                 f"p50 <= {IN_PROCESS_TARGET_MS:g} ms"], rows,
-                title=f"In-process request, 2048x1024 frame, {len(points)} objects cycled, {os.cpu_count()} cores")
-    if args.in_process_only:
-        return
     int8 = args.model.with_name(args.model.stem + "_int8.onnx")
     default = int8 if int8.is_file() else args.model
-    every = ("frame_full", "frame_crop", "cached_crop")
+    if not args.clicks_only:
+        rows = in_process(args.model, rgb, points, args.repeats, args.previous_model)
+        print_table(["backend", "p50 ms/object", "p95 ms", "network ms", "batched ms/object", "vs PyTorch",
+                     f"p50 <= {IN_PROCESS_TARGET_MS:g} ms"], rows,
+                    title=f"In-process request, 2048x1024 frame, {len(points)} objects cycled, {os.cpu_count()} cores")
+    rows = correction_rows(default, rgb, points, args.repeats)
+    print_table(["in-process request", "p50 ms/object", "p95 ms", "p50 vs no clicks",
+                 f"p50 <= {CORRECTION_TARGET_MS:g} ms"], rows,
+                title=f"Correction request against the same object without clicks, alternating, 2048x1024 frame, "
+                      f"{len(points)} objects cycled, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
+    if args.in_process_only or args.clicks_only:
+        return
+    every = ("frame_full", "frame_crop", "cached_crop", "cached_clicks")
     rows = service_rows(f"{default.name}", service(default, rgb, points, args.requests), every)
     rows += service_rows(f"{default.name}, one pass (flip:=none)",
                          service(default, rgb, points, args.requests, ("flip:=none",)), every)

@@ -56,7 +56,7 @@ from training.extreme_point_crops import (
 )
 
 # input channels (instseg_core.annotate.encoding.CHANNEL_LAYOUTS)
-VARIANTS = {"extreme": 4, "box": 3, "extreme_prior": 5}
+VARIANTS = {"extreme": 4, "box": 3, "extreme_prior": 5, "extreme_prior_clicks": 7}  # 7: training.extreme_point_clicks
 # the networks: the paper's U-Net from scratch, or EfficientNet-Lite0 (ImageNet weights) under a U-Net decoder
 ARCHITECTURES = ("unet", "efficientnet_lite0", "unet_imagenet")
 # the modules of a pretrained encoder (ExtremeEfficientNetUNet's); the U-Net has none

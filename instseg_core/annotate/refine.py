@@ -22,12 +22,21 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from instseg_core.annotate.encoding import CROP_SIZE, outside_points_box
+from instseg_core.annotate.encoding import CLICK_RADIUS, CROP_SIZE, outside_points_box
 
 
-def _point_discs(trimap: np.ndarray, crop_points: np.ndarray, radius: int = 2) -> None:
-    for u, v in np.asarray(crop_points, np.float64):
-        cv2.circle(trimap, (round(float(u)), round(float(v))), radius, cv2.GC_FGD, -1)
+def _point_discs(trimap: np.ndarray, crop_points: np.ndarray | None, radius: int = 2, label: int = cv2.GC_FGD) -> None:
+    if crop_points is None:
+        return
+    for u, v in np.asarray(crop_points, np.float64).reshape(-1, 2):
+        cv2.circle(trimap, (round(float(u)), round(float(v))), radius, label, -1)
+
+
+def _click_seeds(trimap: np.ndarray, crop_positive: np.ndarray | None, crop_negative: np.ndarray | None) -> None:
+    """Correction clicks as hard seeds: discs of certain foreground / background (CLICK_RADIUS crop pixels)."""
+    radius = round(CLICK_RADIUS)
+    _point_discs(trimap, crop_positive, radius, cv2.GC_FGD)
+    _point_discs(trimap, crop_negative, radius, cv2.GC_BGD)
 
 
 def seeded_grabcut(rgb: np.ndarray, labels: np.ndarray, rectangle: tuple[int, int, int, int] | None,
@@ -50,20 +59,27 @@ def _run(crop_rgb: np.ndarray, trimap: np.ndarray, iterations: int) -> np.ndarra
 
 
 def grabcut_refine(crop_rgb: np.ndarray, probability: np.ndarray, crop_points: np.ndarray, *,
-                   sure: float = 0.9, iterations: int = 3) -> np.ndarray:
+                   sure: float = 0.9, iterations: int = 3, crop_positive: np.ndarray | None = None,
+                   crop_negative: np.ndarray | None = None) -> np.ndarray:
     """(128, 128, 3) uint8 RGB crop, (128, 128) float32 network probabilities, (4, 2) crop points ->
-    (128, 128) float32 0/1 refined mask. See the module docstring."""
+    (128, 128) float32 0/1 refined mask. See the module docstring. Correction clicks ((K, 2) crop pixels) are hard
+    seeds: discs of certain foreground (positive) or background (negative)."""
     trimap = np.where(probability >= 0.5, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
     trimap[probability >= sure] = cv2.GC_FGD
     trimap[probability <= 1.0 - sure] = cv2.GC_BGD
     trimap[outside_points_box(crop_points)] = cv2.GC_BGD
     _point_discs(trimap, crop_points)
+    _click_seeds(trimap, crop_positive, crop_negative)
     return _run(crop_rgb, trimap, iterations)
 
 
-def grabcut_from_points(crop_rgb: np.ndarray, crop_points: np.ndarray, *, iterations: int = 5) -> np.ndarray:
-    """(128, 128, 3) uint8 RGB crop and (4, 2) crop points -> (128, 128) float32 0/1 mask, GrabCut alone."""
+def grabcut_from_points(crop_rgb: np.ndarray, crop_points: np.ndarray, *, iterations: int = 5,
+                        crop_positive: np.ndarray | None = None, crop_negative: np.ndarray | None = None
+                        ) -> np.ndarray:
+    """(128, 128, 3) uint8 RGB crop and (4, 2) crop points -> (128, 128) float32 0/1 mask, GrabCut alone;
+    correction clicks ((K, 2) crop pixels) as hard seeds like grabcut_refine's."""
     trimap = np.full((CROP_SIZE, CROP_SIZE), cv2.GC_PR_FGD, np.uint8)
     trimap[outside_points_box(crop_points)] = cv2.GC_BGD
     _point_discs(trimap, crop_points)
+    _click_seeds(trimap, crop_positive, crop_negative)
     return _run(crop_rgb, trimap, iterations)
