@@ -130,6 +130,13 @@ def test_impossible_settings_are_clear_errors(tree: Path, tmp_path: Path, capsys
         assert "--sync-bn needs CUDA" in _fails("dcme", [*common, "--sync-bn"], capsys)
     assert "--window-seeds sequential draws every window from one generator in one process" in _fails(
         "dcme", [*common, "--window-seeds", "sequential", "--workers", "1"], capsys)
+    # --eval-every needs a val split: said at start-up, before training, and no empty run folder is left
+    val = sorted((tree / "leftImg8bit" / "val").rglob("*.png"))
+    val[0].write_bytes(val[0].read_bytes()[:1000])
+    assert f"cannot decode image {val[0]}" in _fails("dcme", [*common, "--eval-every", "1"], capsys)
+    shutil.rmtree(tree / "leftImg8bit" / "val")
+    assert "--eval-every 1 evaluates on the val split" in _fails("dcme", [*common, "--eval-every", "1"], capsys)
+    assert not (tmp_path / "run").exists()
     line = _fails("dcme", [*common, "--batch", "3"], capsys, {"WORLD_SIZE": "2", "RANK": "0"}, monkeypatch)
     assert "--batch 3 is the global batch: it must be a positive multiple of the world size 2" in line
 
@@ -138,8 +145,12 @@ def test_amp_on_cpu_trains_in_bfloat16_and_evaluates(tree: Path, tmp_path: Path)
     """--amp on a CPU: bfloat16 autocast, finite losses, recorded in run.json (no GradScaler: bfloat16 has
     float32's range); --eval-every: the official evaluator on val, best.pt, TensorBoard scalars and overlays."""
     out = tmp_path / "run"
+    bad = sorted((tree / "leftImg8bit" / "val").rglob("*.png"))[0]  # --skip-bad: left out of the evaluations
+    bad.write_bytes(bad.read_bytes()[:1000])
     state = _train("dcme", ["--data", str(tree), "--out", str(out), "--batch", "2", "--epochs", "1", "--amp",
-                            "--no-channels-last", "--eval-every", "1", "--eval-limit", "1", *TINY])
+                            "--no-channels-last", "--eval-every", "1", "--eval-limit", "2", "--skip-bad", *TINY])
+    skipped = json.loads((out / "history.json").read_text())["skipped_samples"]
+    assert [(s["split"], str(bad) in s["reason"]) for s in skipped] == [("val", True)]
     assert np.isfinite(state["history"][0]["loss"])
     run = json.loads((out / "run.json").read_text())
     assert run["amp"] == "bfloat16" and run["grad_scaler"] is False and run["world_size"] == 1
@@ -388,3 +399,24 @@ def test_per_window_seeds_do_not_depend_on_workers_or_ranks(tree: Path) -> None:
         images = [batches[0][step][0], batches[1][step][0], torch.cat([ranks[0][step][0], ranks[1][step][0]])]
         assert torch.equal(images[0], images[1]) and torch.equal(images[0], images[2])
     assert not torch.equal(batches[0][0][0], batches[0][1][0])
+
+
+def test_studio_finetune_checks_the_export_frames_first(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A bad frame of the export stops the command before training, naming the export's own file (not RUN/data's
+    link); with --skip-bad it is left out of RUN/data (training, held-out evaluation and int8 calibration never
+    see it) and listed. A missing --init is 'no such file'."""
+    from training import studio_finetune
+
+    export = _studio_export(tmp_path / "export", frames=3)
+    bad = sorted((export / "leftImg8bit" / "train").rglob("*.png"))[1]
+    bad.write_bytes(bad.read_bytes()[:500])
+    data = tmp_path / "run" / "data"
+    with pytest.raises(SampleError, match=f"cannot decode image {bad}"):
+        studio_finetune.hold_out(export, data, 0.2, ("car",))
+    split = studio_finetune.hold_out(export, data, 0.2, ("car",), skip_bad=True)
+    assert (split["train"], split["val"], split["own_val"]) == (1, 1, False)
+    assert [str(bad) in s["reason"] for s in split["skipped"]] == [True]
+    assert len(list((data / "leftImg8bit").rglob("*.png"))) == 2
+    with pytest.raises(SystemExit) as ended:
+        studio_finetune.main(["--export", str(export), "--init", str(tmp_path / "nope.pt"), "--out", str(tmp_path)])
+    assert ended.value.code == 2 and "nope.pt: no such file" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 
 import cv2
@@ -17,15 +18,17 @@ from instseg_core.runtime.segmenter import Segmenter
 
 
 def evaluate_network(segmenter: Segmenter, data: str | os.PathLike, out_dir: str | os.PathLike, *,
-                     split: str = "val", limit: int | None = None, scale: float = 1.0, multiple: int = 8) -> dict:
+                     split: str = "val", limit: int | None = None, scale: float = 1.0, multiple: int = 8,
+                     skip: Collection[str] = ()) -> dict:
     """Segment every image of the split, score with the official Cityscapes evaluator.
 
     Images are resized by `scale` (H and W rounded to multiples of `multiple`) for the network; instance masks are
     resized back to the ground truth's size (nearest). Returns {'ap', 'ap50', 'per_class', 'images',
-    'network_ms', 'postprocess_ms'} (medians; post-processing = clustering and filtering).
+    'network_ms', 'postprocess_ms'} (medians; post-processing = clustering and filtering). Of the first `limit`
+    images, those named "city/stem" in `skip` (bad frames left out with --skip-bad) are not evaluated.
     """
     dataset = CityscapesDataset(data, split)
-    samples = list(dataset)[:limit]
+    samples = [s for s in list(dataset)[:limit] if f"{s.city}/{s.stem}" not in skip]
     out = Path(out_dir)
     pred_dir = out / "predictions"
     if pred_dir.exists():

@@ -54,6 +54,8 @@ from instseg_core.data.streamed_dataset import (
 )
 
 DEVICES = ("auto", "cpu", "cuda")
+SEQUENTIAL_NEEDS_ONE_PROCESS = ("--window-seeds sequential draws every window from one generator in one process: it "
+                                "needs one process and --workers 0 (use per-window, the default there)")
 
 
 def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
@@ -151,6 +153,8 @@ def setup_runtime(args: argparse.Namespace) -> Runtime:
     if args.batch < 1 or args.batch % world_size:
         raise InputError(f"--batch {args.batch} is the global batch: it must be a positive multiple of the world "
                          f"size {world_size} (each process takes --batch / world size windows per step)")
+    if getattr(args, "window_seeds", "auto") == "sequential" and (world_size > 1 or getattr(args, "workers", 0)):
+        raise InputError(SEQUENTIAL_NEEDS_ONE_PROCESS)
     if getattr(args, "sync_bn", False) and not use_cuda:
         raise InputError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm has no CPU implementation")
     if use_cuda and local_rank >= torch.cuda.device_count():
@@ -198,6 +202,7 @@ class RunStart:
     index: SplitIndex | None
     runtime: Runtime
     data: dict
+    val_skipped: set[str] = field(default_factory=set)  # "city/stem" of bad val frames (--skip-bad)
 
     def prepare(self, network: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Module:
         """The network on the device, channels-last if asked, with SyncBatchNorm under --sync-bn."""
@@ -214,9 +219,6 @@ def start_run(args: argparse.Namespace) -> RunStart:
     memory with --in-memory) behind the --crops sampler."""
     runtime = setup_runtime(args)
     out = Path(args.out)
-    if runtime.main:
-        out.mkdir(parents=True, exist_ok=True)
-    runtime.barrier()
     classes = tuple(args.classes)
     skip_bad = getattr(args, "skip_bad", False)
     if getattr(args, "in_memory", False):
@@ -241,10 +243,36 @@ def start_run(args: argparse.Namespace) -> RunStart:
     if skipped:
         print(f"skipped {len(skipped)} bad training sample(s) of {len(sampler.samples) + len(skipped)} (--skip-bad; "
               "listed in history.json)", flush=True)
-    args.skipped_samples = skipped  # run_epochs writes them into history.json
+    val_skipped = check_val_split(args, classes, out) if runtime.main else []
+    if runtime.main:  # only now: a run that cannot start leaves no empty folder behind
+        out.mkdir(parents=True, exist_ok=True)
+    runtime.barrier()
+    args.skipped_samples = skipped + val_skipped  # run_epochs writes them into history.json
     data = {"root": str(Path(args.data).resolve()), "split": "train", "classes": list(classes), "scale": args.scale,
-            **data}
-    return RunStart(out, classes, sampler, index, runtime, data)
+            **data, **({"val_skipped": len(val_skipped)} if val_skipped else {})}
+    return RunStart(out, classes, sampler, index, runtime, data,
+                    {entry["sample"] for entry in val_skipped})
+
+
+def check_val_split(args: argparse.Namespace, classes: tuple[str, ...], out: Path) -> list[dict]:
+    """--eval-every: the val frames the evaluations will use (the first --eval-limit), checked before training
+    through their object index (cached like the training split's): InputError when --data has no annotated val
+    split, SampleError naming the first bad frame, or with --skip-bad the bad ones ({"sample", "reason", "split":
+    "val"}), which the evaluations leave out. [] without --eval-every."""
+    if not getattr(args, "eval_every", 0):
+        return []
+    try:
+        index = split_index(args.data, "val", classes, limit=args.eval_limit, skip_bad=getattr(args, "skip_bad", False),
+                            fallback_dir=out)
+    except FileNotFoundError as exc:
+        raise InputError(f"--eval-every {args.eval_every} evaluates on the val split of --data {args.data}, which has "
+                         f"no usable annotated frames ({exc}); add leftImg8bit/val + gtFine/val, or leave out "
+                         "--eval-every") from None
+    skipped = [{**entry, "split": "val"} for entry in index.skipped]
+    if skipped:
+        print(f"skipped {len(skipped)} bad val frame(s) of {len(index.samples) + len(skipped)} (--skip-bad; the "
+              "evaluations leave them out; listed in history.json)", flush=True)
+    return skipped
 
 
 def to_float32(output: object) -> object:
@@ -374,12 +402,15 @@ class Progress:
         return (self.total_steps - self.done) * self.seconds / self.done if self.done else 0.0
 
 
-def overlay_images(segmenter: object, data: str, count: int = 3) -> list[np.ndarray]:
-    """(H, W, 3) uint8 RGB overlays of the first `count` val frames with their predicted instances."""
+def overlay_images(segmenter: object, data: str, count: int = 3, skip: set[str] | frozenset[str] = frozenset(),
+                   limit: int | None = None) -> list[np.ndarray]:
+    """(H, W, 3) uint8 RGB overlays of the first `count` of the first `limit` val frames (those evaluated: frames
+    named "city/stem" in `skip` left out) with their predicted instances."""
     from instseg_core.data.cityscapes import CityscapesDataset
 
     images = []
-    for sample in list(CityscapesDataset(data, "val"))[:count]:
+    samples = [s for s in list(CityscapesDataset(data, "val"))[:limit] if f"{s.city}/{s.stem}" not in skip]
+    for sample in samples[:count]:
         image = sample.image
         result = segmenter(image)  # type: ignore[operator]
         overlay = image.astype(np.float32)
@@ -409,8 +440,7 @@ def trainer_epoch_hooks(run: RunStart, args: argparse.Namespace, network: torch.
     if mode == "auto":
         mode = "sequential" if not runtime.distributed and not args.workers and rng is not None else "per-window"
     if mode == "sequential" and (runtime.distributed or args.workers or rng is None):
-        raise InputError("--window-seeds sequential draws every window from one generator in one process: it needs "
-                         "one process and --workers 0 (use per-window, the default there)")
+        raise InputError(SEQUENTIAL_NEEDS_ONE_PROCESS)
     args.window_seeds = mode  # recorded in the run's config
     forward_network = torch.compile(network) if args.compile else network
     module: torch.nn.Module = StepModule(forward_network, loss, compute, runtime)
@@ -473,8 +503,8 @@ def evaluation_hook(run: RunStart, args: argparse.Namespace, network: torch.nn.M
         device = str(run.runtime.device) if run.runtime.device.type == "cuda" else "cpu"
         segmenter = segmenter_for(model_config, model, device)
         result = evaluate_network(segmenter, args.data, run.out / "evaluation" / f"epoch_{epoch:03d}",
-                                  limit=args.eval_limit, multiple=multiple)
-        result["overlays"] = overlay_images(segmenter, args.data)
+                                  limit=args.eval_limit, multiple=multiple, skip=run.val_skipped)
+        result["overlays"] = overlay_images(segmenter, args.data, 3, run.val_skipped, args.eval_limit)
         return result
 
     return evaluate

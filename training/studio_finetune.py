@@ -34,7 +34,7 @@ import numpy as np
 
 from instseg_core.base.atomic_files import write_text_atomically
 from instseg_core.base.command_exit import InputError, add_debug_argument, debug_requested, run_command
-from instseg_core.data.cityscapes import GT_SUFFIXES, IMAGE_SUFFIX, CityscapesDataset
+from instseg_core.data.cityscapes import GT_SUFFIXES, IMAGE_SUFFIX, CityscapesDataset, SampleError
 from training.common import load_checkpoint_file
 
 MODELS = ("spatial_embeddings", "box2pix", "dcme")
@@ -51,18 +51,46 @@ def _link(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def hold_out(export: Path, data: Path, fraction: float) -> dict:
+def usable_frames(export: Path, split: str, classes: tuple[str, ...], skip_bad: bool, index_dir: Path
+                  ) -> tuple[list, list[dict]]:
+    """The annotated frames of the export's `split` that decode and whose labels fit (checked through the object
+    index the training builds anyway, cached in the export or in `index_dir`), and the bad ones ({"sample",
+    "reason", "split"}): SampleError naming the export's own file for the first bad frame unless `skip_bad`."""
+    from instseg_core.data.streamed_dataset import split_index
+
+    try:
+        index = split_index(export, split, classes, skip_bad=skip_bad, fallback_dir=index_dir)
+    except SampleError as exc:
+        raise SampleError(f"--export {export}: {exc}") from None
+    except FileNotFoundError as exc:
+        raise InputError(f"--export {export}: {exc}") from None
+    return index.samples, [{**entry, "split": split} for entry in index.skipped]
+
+
+def hold_out(export: Path, data: Path, fraction: float, classes: tuple[str, ...] | None = None,
+             skip_bad: bool = False) -> dict:
     """RUN/data: the export's train frames split into train and val (the last `fraction` of each city's frames,
-    at least one, leaving at least one for training); an export with its own val split keeps it. Returns
-    {"train": n, "val": m, "held_out": [names]}."""
-    train = list(CityscapesDataset(export, "train"))
-    if not train:
+    at least one, leaving at least one for training); an export with its own val split keeps it. With `classes`,
+    every frame is checked first (usable_frames: a bad one stops here, before training, naming the export's file;
+    with `skip_bad` it is left out of RUN/data, so training, evaluation and int8 calibration never see it).
+    Returns {"train": n, "val": m, "held_out": [names], "own_val": bool, "skipped": [bad frames]}."""
+    if not list(CityscapesDataset(export, "train")):
         raise InputError(f"--export {export}: no annotated frames in split train")
-    has_val = (export / "leftImg8bit" / "val").is_dir() and len(CityscapesDataset(export, "val"))
+    has_val = bool((export / "leftImg8bit" / "val").is_dir() and len(CityscapesDataset(export, "val")))
+    skipped: list[dict] = []
+    if classes is None:
+        train = list(CityscapesDataset(export, "train"))
+        val = list(CityscapesDataset(export, "val")) if has_val else []
+    else:
+        train, skipped = usable_frames(export, "train", classes, skip_bad, data.parent)
+        val = []
+        if has_val:
+            val, bad_val = usable_frames(export, "val", classes, skip_bad, data.parent)
+            skipped += bad_val
     cities: dict[str, list] = {}
     for sample in train:
         cities.setdefault(sample.city, []).append(sample)
-    splits: dict[str, list] = {"train": [], "val": list(CityscapesDataset(export, "val")) if has_val else []}
+    splits: dict[str, list] = {"train": [], "val": val}
     for samples in cities.values():
         count = 0 if has_val else min(len(samples) - 1, max(1, round(len(samples) * fraction)))
         splits["train"] += samples[:len(samples) - count]
@@ -79,7 +107,7 @@ def hold_out(export: Path, data: Path, fraction: float) -> dict:
                 if sample.paths[kind].is_file():
                     _link(sample.paths[kind], data / "gtFine" / split / sample.city / f"{sample.stem}{suffix}")
     return {"train": len(splits["train"]), "val": len(splits["val"]),
-            "held_out": [f"{s.city}/{s.stem}" for s in splits["val"]]}
+            "held_out": [f"{s.city}/{s.stem}" for s in splits["val"]], "own_val": has_val, "skipped": skipped}
 
 
 def model_arguments(model: str, config: dict) -> list[str]:
@@ -114,6 +142,8 @@ def finetune(args: argparse.Namespace, extra: list[str]) -> dict:
     from training.evaluation import evaluate_network
 
     init = Path(args.init)
+    if not init.is_file():
+        raise InputError(f"--init {init}: no such file")
     model = args.model or (init.stem if init.stem in MODELS else "")
     if model not in MODELS:
         raise InputError(f"--init {init}: say which network it is with --model ({', '.join(MODELS)})")
@@ -133,14 +163,20 @@ def finetune(args: argparse.Namespace, extra: list[str]) -> dict:
             if cuda:
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
             dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
-    if int(os.environ.get("RANK", "0")) == 0:
-        split = hold_out(Path(args.export), data, args.val_fraction)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if main_rank:
+        split = hold_out(Path(args.export), data, args.val_fraction, tuple(config["classes"]), "--skip-bad" in extra)
     if distributed:
         dist.barrier()
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not main_rank:
         split = {"train": len(CityscapesDataset(data, "train")), "val": len(CityscapesDataset(data, "val"))}
-    print(f"{split['train']} training frames, {split['val']} held out for validation ({args.val_fraction:.0%} of "
-          "each city's last frames)", flush=True)
+    else:
+        if split["skipped"]:
+            print(f"skipped {len(split['skipped'])} bad frame(s) of the export (--skip-bad; listed in "
+                  "finetune.json)", flush=True)
+        where = "the export's own val split" if split["own_val"] else \
+            f"{args.val_fraction:.0%} of each city's last frames"
+        print(f"{split['train']} training frames, {split['val']} held out for validation ({where})", flush=True)
     train_argv = ["train", "--data", str(data), "--out", str(run), "--init", str(init),
                   *model_arguments(model, config), *extra]
     module.main(train_argv)
