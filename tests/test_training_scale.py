@@ -130,6 +130,9 @@ def test_impossible_settings_are_clear_errors(tree: Path, tmp_path: Path, capsys
         assert "--sync-bn needs CUDA" in _fails("dcme", [*common, "--sync-bn"], capsys)
     assert "--window-seeds sequential draws every window from one generator in one process" in _fails(
         "dcme", [*common, "--window-seeds", "sequential", "--workers", "1"], capsys)
+    for module, crop, multiple in (("spatial_embeddings", "36", 8), ("box2pix", "64", 128), ("dcme", "40", 16)):
+        line = _fails(module, [*common, "--crop", crop, "64"], capsys)
+        assert f"--crop {crop} 64: the " in line and f"multiples of {multiple}" in line
     # --eval-every needs a val split: said at start-up, before training, and no empty run folder is left
     val = sorted((tree / "leftImg8bit" / "val").rglob("*.png"))
     val[0].write_bytes(val[0].read_bytes()[:1000])

@@ -33,6 +33,7 @@ from instseg_core.base.command_exit import add_debug_argument
 from instseg_core.data.instance_training import batch_images, load_split
 from instseg_core.losses.box2pix import Box2PixLoss, Box2PixLossConfig, dense_targets, relative_change
 from instseg_core.networks.box2pix import (
+    INPUT_MULTIPLE,
     Box2Pix,
     Box2PixConfig,
     Box2PixInference,
@@ -77,7 +78,7 @@ def training_segmenter(model_config: dict, model: Box2Pix, device: str) -> Segme
 
 
 def train(args: argparse.Namespace) -> dict:
-    run = start_run(args)
+    run = start_run(args, INPUT_MULTIPLE, "Box2Pix")
     out = run.out
     model_config = Box2PixConfig(classes=run.classes)
     model = run.prepare(Box2Pix(model_config), args)

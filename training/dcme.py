@@ -80,7 +80,7 @@ def training_segmenter(model_config: dict, model: Dcme, device: str) -> Segmente
 
 
 def train(args: argparse.Namespace) -> dict:
-    run = start_run(args)
+    run = start_run(args, INPUT_MULTIPLE, "DCME")
     out, classes = run.out, run.classes
     model_config = DcmeConfig(classes=classes)
     model = run.prepare(Dcme(model_config), args)

@@ -214,9 +214,21 @@ class RunStart:
         return network
 
 
-def start_run(args: argparse.Namespace) -> RunStart:
-    """setup_runtime, the run folder (created), the training split: streamed through its object index (or in
-    memory with --in-memory) behind the --crops sampler."""
+def check_crop(crop: Sequence[int], multiple: int, network: str) -> None:
+    """InputError unless the --crop height and width are positive multiples of the network's input multiple (its
+    down-sampling: otherwise a tensor size mismatch deep inside the network)."""
+    height, width = (int(v) for v in crop)
+    if height < multiple or width < multiple or height % multiple or width % multiple:
+        near = [max(multiple, round(v / multiple) * multiple) for v in (height, width)]
+        raise InputError(f"--crop {height} {width}: the {network} network takes windows whose height and width are "
+                         f"multiples of {multiple} (e.g. --crop {near[0]} {near[1]})")
+
+
+def start_run(args: argparse.Namespace, crop_multiple: int = 1, network: str = "") -> RunStart:
+    """check_crop (against `crop_multiple` of `network`), setup_runtime, the training split: streamed through its
+    object index (or in memory with --in-memory) behind the --crops sampler, the val split (check_val_split), and
+    the run folder (created last: a run that cannot start leaves none)."""
+    check_crop(args.crop, crop_multiple, network)
     runtime = setup_runtime(args)
     out = Path(args.out)
     classes = tuple(args.classes)

@@ -82,7 +82,8 @@ def training_segmenter(model_config: dict, model: torch.nn.Module, device: str) 
 
 
 def train(args: argparse.Namespace) -> dict:
-    run = start_run(args)
+    run = start_run(args, 16 if args.backbone == "espnetv2" else 8,
+                    f"Spatial Embeddings ({args.backbone})")
     out, classes = run.out, run.classes
     loss_config = SpatialEmbeddingLossConfig(learn_sigma=not args.fixed_sigma, center=args.center,
                                              foreground_weight=args.foreground_weight)
