@@ -249,6 +249,8 @@ def test_a_two_process_run_resumes_with_one_process(module: str, two_process_run
                             "--resume", *MODELS[module]])
     assert [e["epoch"] for e in state["history"]] == [1, 2]
     assert [e["world_size"] for e in state["history"]] == [2, 1]
+    # --window-seeds auto keeps the run's per-window drawing (one process alone would draw sequentially)
+    assert json.loads((run / "history.json").read_text())["config"]["window_seeds"] == "per-window"
     launches = json.loads((run / "run.json").read_text())["launches"]
     assert [(launch["world_size"], launch["after_epoch"]) for launch in launches] == [(2, 0), (1, 1)]
     assert launches[1]["launcher"] is None

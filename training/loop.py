@@ -450,7 +450,14 @@ def trainer_epoch_hooks(run: RunStart, args: argparse.Namespace, network: torch.
     runtime = run.runtime
     mode = getattr(args, "window_seeds", "auto")
     if mode == "auto":
-        mode = "sequential" if not runtime.distributed and not args.workers and rng is not None else "per-window"
+        one_generator = not runtime.distributed and not args.workers and rng is not None
+        recorded = recorded_window_seeds(args, run.out)
+        if recorded == "sequential" and not one_generator:
+            print(f"note: {run.out} drew its windows sequentially; with {runtime.world_size} process(es) and "
+                  f"{args.workers} worker(s) it goes on per-window (other windows than one process would draw)",
+                  flush=True)
+        mode = recorded if recorded == "per-window" or (recorded and one_generator) else \
+            "sequential" if one_generator else "per-window"
     if mode == "sequential" and (runtime.distributed or args.workers or rng is None):
         raise InputError(SEQUENTIAL_NEEDS_ONE_PROCESS)
     args.window_seeds = mode  # recorded in the run's config
@@ -499,6 +506,18 @@ def trainer_epoch_hooks(run: RunStart, args: argparse.Namespace, network: torch.
         return values[0], dict(zip(names, values[1:], strict=True))
 
     return on_epoch, train_step
+
+
+def recorded_window_seeds(args: argparse.Namespace, out: Path) -> str | None:
+    """The --window-seeds mode a run being resumed (--resume with a last.pt) drew its windows with (its
+    history.json's config), so that `auto` keeps it whatever the number of processes now; None otherwise."""
+    if not args.resume or not (out / "last.pt").is_file():
+        return None
+    try:
+        mode = json.loads((out / "history.json").read_text())["config"].get("window_seeds")
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None
+    return mode if mode in ("sequential", "per-window") else None
 
 
 def evaluation_hook(run: RunStart, args: argparse.Namespace, network: torch.nn.Module, model_config: dict,
