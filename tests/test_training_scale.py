@@ -142,6 +142,10 @@ def test_impossible_settings_are_clear_errors(tree: Path, tmp_path: Path, capsys
     assert not (tmp_path / "run").exists()
     line = _fails("dcme", [*common, "--batch", "3"], capsys, {"WORLD_SIZE": "2", "RANK": "0"}, monkeypatch)
     assert "--batch 3 is the global batch: it must be a positive multiple of the world size 2" in line
+    monkeypatch.setenv("RANK", "1")  # the other ranks of a torchrun group end with the same status, quietly
+    with pytest.raises(SystemExit) as ended:
+        _train("dcme", [*common, "--batch", "3"])
+    assert ended.value.code == 2 and capsys.readouterr().err == ""
 
 
 def test_amp_on_cpu_trains_in_bfloat16_and_evaluates(tree: Path, tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ network), a bad sample (`SampleError`) or an OSError is one line naming the file
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import io
 import json
 import os
@@ -25,7 +27,13 @@ import torch
 
 from instseg_core.base.atomic_files import write_bytes_atomically
 from instseg_core.base.classes import INSTANCE_CLASSES
-from instseg_core.base.command_exit import InputError, add_debug_argument, debug_requested, run_command
+from instseg_core.base.command_exit import (
+    CommandExit,
+    InputError,
+    add_debug_argument,
+    debug_requested,
+    run_command,
+)
 from instseg_core.data.instance_training import CROP_MODES, CropSampler
 
 MALLOC_TUNING = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
@@ -51,8 +59,32 @@ def guarded(command: Callable[[argparse.Namespace], object], subcommand: str) ->
     name = command_name(command, subcommand)
 
     def run(args: argparse.Namespace) -> object:
-        return run_command(name, lambda: command(args), debug=debug_requested(args))
+        return run_on_rank(name, lambda: command(args), debug=debug_requested(args))
     return run
+
+
+def run_on_rank(name: str, body: Callable[[], object], debug: bool = False) -> object:
+    """run_command(name, body), except that under torchrun a rank other than 0 ends a failed command with the
+    same status without printing its line (rank 0 prints it; with `debug` every rank prints)."""
+    if not quiet_rank() or debug:
+        return run_command(name, body, debug=debug)
+    try:
+        return body()
+    except CommandExit:
+        raise
+    except (Exception, KeyboardInterrupt, SystemExit) as exc:
+        with contextlib.redirect_stderr(io.StringIO()):
+            return run_command(name, functools.partial(_raise, exc))
+
+
+def quiet_rank() -> bool:
+    """A process of a torchrun group other than rank 0: it leaves a failed command's line to rank 0 (--debug:
+    every rank prints)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0
+
+
+def _raise(exc: BaseException) -> object:
+    raise exc
 
 
 def first_line(exc: BaseException) -> str:

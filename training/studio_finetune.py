@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from instseg_core.base.atomic_files import write_text_atomically
-from instseg_core.base.command_exit import InputError, add_debug_argument, debug_requested, run_command
+from instseg_core.base.command_exit import InputError, add_debug_argument, debug_requested
 from instseg_core.data.cityscapes import GT_SUFFIXES, IMAGE_SUFFIX, CityscapesDataset, SampleError
-from training.common import load_checkpoint_file
+from training.common import load_checkpoint_file, run_on_rank
 
 MODELS = ("spatial_embeddings", "box2pix", "dcme")
 DECODING_KEY = {"spatial_embeddings": "clustering", "box2pix": "assignment", "dcme": "voting"}
@@ -164,10 +164,20 @@ def finetune(args: argparse.Namespace, extra: list[str]) -> dict:
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
             dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
     main_rank = int(os.environ.get("RANK", "0")) == 0
+    failed: BaseException | None = None
     if main_rank:
-        split = hold_out(Path(args.export), data, args.val_fraction, tuple(config["classes"]), "--skip-bad" in extra)
+        try:
+            split = hold_out(Path(args.export), data, args.val_fraction, tuple(config["classes"]),
+                             "--skip-bad" in extra)
+        except Exception as exc:  # the other ranks must not wait for a split that never comes
+            failed = exc
     if distributed:
-        dist.barrier()
+        ready = [failed is None]
+        dist.broadcast_object_list(ready, 0)
+        if not ready[0] and not main_rank:
+            raise InputError("rank 0 could not prepare RUN/data (its line says why)")
+    if failed is not None:
+        raise failed
     if not main_rank:
         split = {"train": len(CityscapesDataset(data, "train")), "val": len(CityscapesDataset(data, "val"))}
     else:
@@ -256,7 +266,7 @@ def main(argv: list[str] | None = None) -> object:
     args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if "--threads" in extra:
         raise SystemExit("--threads is this command's own option")
-    return run_command("training.studio_finetune", lambda: finetune(args, [*extra, "--threads", str(args.threads)]),
+    return run_on_rank("training.studio_finetune", lambda: finetune(args, [*extra, "--threads", str(args.threads)]),
                        debug=debug_requested(args))
 
 
