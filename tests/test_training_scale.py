@@ -4,6 +4,7 @@ over a large split, and the docs' commands."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -429,3 +430,26 @@ def test_studio_finetune_checks_the_export_frames_first(tmp_path: Path, capsys: 
     with pytest.raises(SystemExit) as ended:
         studio_finetune.main(["--export", str(export), "--init", str(tmp_path / "nope.pt"), "--out", str(tmp_path)])
     assert ended.value.code == 2 and "nope.pt: no such file" in capsys.readouterr().err
+
+
+def test_a_bad_image_met_in_a_dataloader_worker_is_one_line(tree: Path) -> None:
+    """An image damaged after it was indexed, met by a DataLoader worker: the batch carries its one-line reason
+    (the training loop raises it as a SampleError naming the file) instead of the worker's whole traceback; with
+    skip_bad the window is drawn again and the reason is handed back to be counted."""
+    from instseg_core.data.streamed_dataset import GlobalBatchSampler, WindowDataset, collate_checked
+    from training.loop import make_loader
+    from training.spatial_embeddings import _collate
+
+    index = split_index(tree, "train", INSTANCE_CLASSES)
+    bad = _images(tree)[0]
+    bad.write_bytes(bad.read_bytes()[:1000])
+    results = {}
+    for skip_bad in (False, True):
+        dataset = WindowDataset(streamed_sampler(index, INSTANCE_CLASSES), (32, 64), seed=1, skip_bad=skip_bad)
+        sampler = GlobalBatchSampler(6, 1)
+        results[skip_bad] = next(iter(make_loader(dataset, sampler, functools.partial(collate_checked, _collate), 1,
+                                                  torch.device("cpu"))))
+    batch, skipped, reason = results[False]
+    assert batch is None and reason.startswith(f"cannot decode image {bad}") and "\n" not in reason
+    batch, skipped, reason = results[True]
+    assert reason is None and batch[0].shape[0] == 6 and skipped and all(str(bad) in s for s in skipped)

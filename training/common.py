@@ -268,7 +268,6 @@ def run_epochs(args: argparse.Namespace, out: Path, optimizer: torch.optim.Optim
     assert isinstance(runtime, Runtime)
     main = runtime.main
     config = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "skipped_samples", "debug")}
-    skipped = {"skipped_samples": args.skipped_samples} if getattr(args, "skipped_samples", None) else {}
     if main:
         write_run_json(out, args, runtime, data or {}, state)
     writer = tensorboard_writer(args, out, runtime)
@@ -331,7 +330,10 @@ def run_epochs(args: argparse.Namespace, out: Path, optimizer: torch.optim.Optim
             save_atomically({**saved, **resumable(optimizer, rng)}, out / "last.pt")
             with open(out / "steps.jsonl", "a") as stream:
                 stream.write("".join(line + "\n" for line in step_lines))
-            (out / "history.json").write_text(json.dumps({"config": config, **state, **skipped}, indent=1))
+            skipped = getattr(args, "skipped_samples", None)  # grows when --skip-bad meets bad images while drawing
+            (out / "history.json").write_text(json.dumps({"config": config, **state,
+                                                          **({"skipped_samples": skipped} if skipped else {})},
+                                                         indent=1))
         print(f"epoch {epoch}/{args.epochs} lr {lr:.2e} loss {entry['loss']:.4f} ("
               + " ".join(f"{k} {v:.4f}" for k, v in parts_sum.items()) + f") {seconds:.0f} s "
               f"{entry['images_per_s']:.1f} img/s", flush=True)

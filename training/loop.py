@@ -44,13 +44,16 @@ import torch
 import torch.distributed as dist
 
 from instseg_core.base.command_exit import InputError
+from instseg_core.data.cityscapes import SampleError
 from instseg_core.data.instance_training import CropSampler, load_split
 from instseg_core.data.streamed_dataset import (
     GlobalBatchSampler,
     SplitIndex,
     WindowDataset,
+    collate_checked,
     split_index,
     streamed_sampler,
+    unpack_windows,
 )
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -466,9 +469,23 @@ def trainer_epoch_hooks(run: RunStart, args: argparse.Namespace, network: torch.
     if runtime.distributed:
         module = torch.nn.parallel.DistributedDataParallel(
             module, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
-    dataset = WindowDataset(run.sampler, tuple(args.crop), args.seed, draw)
+    skip_bad = getattr(args, "skip_bad", False)
+    dataset = WindowDataset(run.sampler, tuple(args.crop), args.seed, draw, skip_bad)
     batch_sampler = GlobalBatchSampler(args.batch, steps, runtime.rank, runtime.world_size)
-    loader = make_loader(dataset, batch_sampler, collate, args.workers, runtime.device)
+    loader = make_loader(dataset, batch_sampler, functools.partial(collate_checked, collate), args.workers,
+                         runtime.device)
+    reported: set[str] = set()
+
+    def note_skipped(reasons: list[str]) -> None:
+        """Bad images met while drawing (--skip-bad): named once on stderr, listed in history.json."""
+        for reason in reasons:
+            if reason not in reported:
+                reported.add(reason)
+                print(f"skipped a bad sample while drawing windows: {reason} (--skip-bad)", file=sys.stderr,
+                      flush=True)
+                if runtime.main:
+                    args.skipped_samples = [*getattr(args, "skipped_samples", []),
+                                            {"reason": reason, "split": "train", "while": "drawing windows"}]
     iterator: list = [None]
     scaler = runtime.scaler
 
@@ -481,9 +498,14 @@ def trainer_epoch_hooks(run: RunStart, args: argparse.Namespace, network: torch.
 
     def next_batch() -> object:
         if mode == "per-window":
-            return next(iterator[0])  # type: ignore[call-overload]
-        return collate([dataset.sampler.crop(*dataset.crop, rng) if draw is None else
-                        draw(dataset.sampler, *dataset.crop, rng) for _ in range(args.batch)])
+            batch, skipped, bad = next(iterator[0])  # type: ignore[call-overload]
+            if bad is not None:
+                raise SampleError(bad)
+        else:
+            windows, skipped = unpack_windows([dataset.draw_window(rng) for _ in range(args.batch)])  # type: ignore[arg-type]
+            batch = collate(windows)
+        note_skipped(skipped)
+        return batch
 
     def train_step() -> tuple[float, dict]:
         images, targets = to_device(next_batch(), runtime.device, args.channels_last)  # type: ignore[misc]

@@ -197,26 +197,85 @@ def window_rng(seed: int, key: WindowKey) -> np.random.Generator:
     return np.random.default_rng([seed, *key])
 
 
+@dataclass
+class BadWindow:
+    """In place of a window whose image turned out bad while drawing (SampleError `reason`, naming the file):
+    what a DataLoader worker hands back instead of raising (a worker's exception reaches the training process as
+    its whole traceback in one message)."""
+
+    reason: str
+
+
+@dataclass
+class RedrawnWindow:
+    """A window drawn again after bad images (`skipped`: their reasons), with skip_bad."""
+
+    window: Window
+    skipped: list[str]
+
+
+REDRAWS = 20  # with skip_bad, draws of one window before its bad images stop the run
+
+
 class WindowDataset(torch.utils.data.Dataset):
     """Windows keyed by (epoch, step, position): `draw(sampler, height, width, rng)` with the window's own
     generator (window_rng). `draw` must be picklable where DataLoader workers are spawned (a module-level function
-    or a functools.partial of one)."""
+    or a functools.partial of one). An image that turns out bad while drawing (changed or damaged since it was
+    indexed) gives a BadWindow naming it, or with `skip_bad` the window is drawn again (RedrawnWindow); see
+    `draw_window` and `unpack_windows`."""
 
     def __init__(self, sampler: CropSampler, crop: tuple[int, int], seed: int,
-                 draw: Callable[[CropSampler, int, int, np.random.Generator], Window] | None = None) -> None:
+                 draw: Callable[[CropSampler, int, int, np.random.Generator], Window] | None = None,
+                 skip_bad: bool = False) -> None:
         self.sampler = sampler
         self.crop = crop
         self.seed = seed
         self.draw = draw
+        self.skip_bad = skip_bad
 
     def __len__(self) -> int:
         return len(self.sampler.samples)
 
-    def __getitem__(self, key: WindowKey) -> Window:
-        rng = window_rng(self.seed, key)
-        if self.draw is None:
-            return self.sampler.crop(*self.crop, rng)
-        return self.draw(self.sampler, *self.crop, rng)
+    def __getitem__(self, key: WindowKey) -> Window | BadWindow | RedrawnWindow:
+        return self.draw_window(window_rng(self.seed, key))
+
+    def draw_window(self, rng: np.random.Generator) -> Window | BadWindow | RedrawnWindow:
+        """One window from `rng`: the window, a BadWindow, or with skip_bad a RedrawnWindow (REDRAWS tries)."""
+        skipped: list[str] = []
+        for _ in range(REDRAWS if self.skip_bad else 1):
+            try:
+                window = self.sampler.crop(*self.crop, rng) if self.draw is None else \
+                    self.draw(self.sampler, *self.crop, rng)
+            except SampleError as exc:
+                skipped.append(str(exc))
+                continue
+            return RedrawnWindow(window, skipped) if skipped else window
+        return BadWindow(skipped[-1] + (" (--skip-bad: every redraw hit a bad image)" if self.skip_bad else
+                                        " (--skip-bad leaves such samples out)"))
+
+
+def unpack_windows(items: Sequence[Window | BadWindow | RedrawnWindow]) -> tuple[list[Window], list[str]]:
+    """The windows of a batch drawn by WindowDataset and the reasons of the bad images skipped on the way;
+    SampleError (one line, naming the file) for a BadWindow."""
+    windows, skipped = [], []
+    for item in items:
+        if isinstance(item, BadWindow):
+            raise SampleError(item.reason)
+        if isinstance(item, RedrawnWindow):
+            skipped += item.skipped
+            item = item.window
+        windows.append(item)
+    return windows, skipped
+
+
+def collate_checked(collate: Callable[[list[Window]], object], items: list) -> tuple[object | None, list, str | None]:
+    """A DataLoader collate over WindowDataset items that never raises for a bad image: (collate(windows), skipped
+    reasons, None), or (None, [], the BadWindow's reason)."""
+    try:
+        windows, skipped = unpack_windows(items)
+    except SampleError as exc:
+        return None, [], str(exc)
+    return collate(windows), skipped, None
 
 
 class GlobalBatchSampler(torch.utils.data.Sampler):
