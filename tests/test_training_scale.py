@@ -134,6 +134,12 @@ def test_impossible_settings_are_clear_errors(tree: Path, tmp_path: Path, capsys
     for module, crop, multiple in (("spatial_embeddings", "36", 8), ("box2pix", "64", 128), ("dcme", "40", 16)):
         line = _fails(module, [*common, "--crop", crop, "64"], capsys)
         assert f"--crop {crop} 64: the " in line and f"multiples of {multiple}" in line
+    # --init of another network, or of this network built otherwise: what it is and the option to add
+    line = _fails("spatial_embeddings", [*common, "--init", str(REPO / "models" / "spatial_embeddings.pt")], capsys)
+    assert "this checkpoint is a spatial_embeddings network with backbone espnetv2" in line
+    assert line.endswith("add --backbone espnetv2")
+    line = _fails("dcme", [*common, "--init", str(REPO / "models" / "box2pix.pt")], capsys)
+    assert "models/box2pix.pt is a box2pix checkpoint, not a dcme one" in line
     # --eval-every needs a val split: said at start-up, before training, and no empty run folder is left
     val = sorted((tree / "leftImg8bit" / "val").rglob("*.png"))
     val[0].write_bytes(val[0].read_bytes()[:1000])

@@ -47,6 +47,7 @@ from instseg_core.runtime.segmenter import Segmenter
 from training.common import (
     add_common_train_arguments,
     add_model_commands,
+    check_init,
     ensure_malloc_tuning,
     evaluate_checkpoints,
     export_graph,
@@ -78,6 +79,7 @@ def training_segmenter(model_config: dict, model: Box2Pix, device: str) -> Segme
 
 
 def train(args: argparse.Namespace) -> dict:
+    check_init(args, "box2pix")
     run = start_run(args, INPUT_MULTIPLE, "Box2Pix")
     out = run.out
     model_config = Box2PixConfig(classes=run.classes)

@@ -203,6 +203,43 @@ def resume_or_initialise(args: argparse.Namespace, out: Path, model: torch.nn.Mo
     return state
 
 
+# What tells the networks' checkpoints apart: a key of their model_config only one of them has.
+NETWORK_KEYS = {"spatial_embeddings": "n_sigma", "box2pix": "prior_sizes", "dcme": "vector_scale"}
+# model_config entries that change the weights' shapes, and the train option that sets each
+STRUCTURAL_OPTIONS = {"backbone": "--backbone", "n_sigma": "--n-sigma", "classes": "--classes"}
+
+
+def checkpoint_network(model_config: object) -> str | None:
+    """Which network ('spatial_embeddings', 'box2pix', 'dcme') a checkpoint's model_config describes, or None."""
+    if not isinstance(model_config, dict):
+        return None
+    return next((name for name, key in NETWORK_KEYS.items() if key in model_config), None)
+
+
+def check_init(args: argparse.Namespace, network: str) -> None:
+    """Before anything long: an --init checkpoint (unless --resume finds a last.pt) must be one of `network`'s with
+    the options that shape its weights (--backbone, --n-sigma, --classes) as in its model_config; otherwise
+    CheckpointError naming the file, what it is and the option to add."""
+    init = getattr(args, "init", None)
+    if not init or (args.resume and (Path(args.out) / "last.pt").exists()):
+        return
+    config = load_checkpoint_file(init, "--init").get("model_config")
+    kind = checkpoint_network(config)
+    if kind is not None and kind != network:
+        raise CheckpointError(f"--init {init} is a {kind} checkpoint, not a {network} one (fine-tune it with "
+                              f"python -m training.{kind} train)")
+    if not isinstance(config, dict):
+        return
+    for key, option in STRUCTURAL_OPTIONS.items():
+        if key in config and hasattr(args, key):
+            wanted = list(getattr(args, key)) if key == "classes" else getattr(args, key)
+            if config[key] != wanted:
+                value = " ".join(config[key]) if key == "classes" else config[key]
+                raise CheckpointError(f"--init {init}: this checkpoint is a {network} network with {key} {value} "
+                                      f"(this command would build {key} "
+                                      f"{' '.join(wanted) if key == 'classes' else wanted}): add {option} {value}")
+
+
 def resumable(optimizer: torch.optim.Optimizer, rng: object) -> dict:
     """What last.pt needs beyond the model to continue exactly: optimizer and random states."""
     return {"optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}

@@ -48,6 +48,7 @@ from instseg_core.runtime.segmenter import Segmenter
 from training.common import (
     add_common_train_arguments,
     add_model_commands,
+    check_init,
     ensure_malloc_tuning,
     evaluate_checkpoints,
     export_graph,
@@ -80,6 +81,7 @@ def training_segmenter(model_config: dict, model: Dcme, device: str) -> Segmente
 
 
 def train(args: argparse.Namespace) -> dict:
+    check_init(args, "dcme")
     run = start_run(args, INPUT_MULTIPLE, "DCME")
     out, classes = run.out, run.classes
     model_config = DcmeConfig(classes=classes)

@@ -47,6 +47,7 @@ from instseg_core.runtime.segmenter import Segmenter
 from training.common import (
     add_common_train_arguments,
     add_model_commands,
+    check_init,
     ensure_malloc_tuning,
     evaluate_checkpoints,
     export_graph,
@@ -82,6 +83,7 @@ def training_segmenter(model_config: dict, model: torch.nn.Module, device: str) 
 
 
 def train(args: argparse.Namespace) -> dict:
+    check_init(args, "spatial_embeddings")
     run = start_run(args, 16 if args.backbone == "espnetv2" else 8,
                     f"Spatial Embeddings ({args.backbone})")
     out, classes = run.out, run.classes
