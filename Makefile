@@ -281,13 +281,15 @@ train-dcme: setup
 # From a studio export to a model the node loads (issue 32, docs/training.md): hold-out split, fine-tune of INIT,
 # official evaluation, ONNX + int8 + manifests in FINETUNE_OUT/model, the model_file:= line. FINETUNE_ARGS go to
 # the model's train (e.g. --device cuda --amp --workers 4).
-.PHONY: finetune bench-training
+.PHONY: finetune finetune-export bench-training
 INIT ?= models/spatial_embeddings.pt
 FINETUNE_OUT ?= data/runs/finetune
 FINETUNE_ARGS ?= --epochs 10 --steps-per-epoch 50 --batch 8 --crop 256 512 --lr 1e-4
-finetune: setup
-	@test -n "$(EXPORT)" || { echo "make finetune: set EXPORT=<the studio's export folder>"; exit 2; }
+finetune: finetune-export setup
 	$(PY) -m training.studio_finetune --export $(EXPORT) --init $(INIT) --out $(FINETUNE_OUT) $(FINETUNE_ARGS)
+
+finetune-export:  # before setup: a missing EXPORT is said at once
+	@test -n "$(EXPORT)" || { echo "make finetune: set EXPORT=<the studio's export folder>"; exit 2; }
 
 # Training throughput and memory on this machine (bench/bench_training.py; docs/benchmarks.md#training-bench_trainingpy).
 bench-training: setup

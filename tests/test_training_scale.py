@@ -459,3 +459,14 @@ def test_a_bad_image_met_in_a_dataloader_worker_is_one_line(tree: Path) -> None:
     assert batch is None and reason.startswith(f"cannot decode image {bad}") and "\n" not in reason
     batch, skipped, reason = results[True]
     assert reason is None and batch[0].shape[0] == 6 and skipped and all(str(bad) in s for s in skipped)
+
+
+def test_data_defaults_to_cityscapes_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--data is $CITYSCAPES_DATASET when set (README: 'a path or CITYSCAPES_DATASET'), required otherwise."""
+    from training import dcme
+
+    monkeypatch.setenv("CITYSCAPES_DATASET", "/data/cityscapes")
+    assert dcme.build_parser().parse_args(["train", "--out", "run"]).data == "/data/cityscapes"
+    monkeypatch.delenv("CITYSCAPES_DATASET")
+    with pytest.raises(SystemExit):
+        dcme.build_parser().parse_args(["train", "--out", "run"])

@@ -245,10 +245,17 @@ def resumable(optimizer: torch.optim.Optimizer, rng: object) -> dict:
     return {"optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
 
 
+def add_data_argument(parser: argparse.ArgumentParser) -> None:
+    """--data ROOT, by default $CITYSCAPES_DATASET (the variable cityscapesScripts reads); required without it."""
+    default = os.environ.get("CITYSCAPES_DATASET") or None
+    parser.add_argument("--data", required=default is None, default=default,
+                        help="Cityscapes-format root (default: $CITYSCAPES_DATASET when set)")
+
+
 def add_common_train_arguments(parser: argparse.ArgumentParser, *, crop: tuple[int, int], epochs: int,
                                lr: float, keep_every: int, progress_every: int) -> None:
     """The arguments every training command shares (data, schedule, checkpoints); defaults per model."""
-    parser.add_argument("--data", required=True, help="Cityscapes-format root")
+    add_data_argument(parser)
     parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument("--classes", nargs="+", default=list(INSTANCE_CLASSES))
     parser.add_argument("--scale", type=float, default=1.0, help="resize images first (0.5: Cityscapes at 1024x512)")
@@ -487,7 +494,7 @@ def add_model_commands(commands: argparse._SubParsersAction, *, train: Callable,
     add_train_arguments(train_parser)
     train_parser.set_defaults(func=guarded(train, "train"))
     evaluate_parser = commands.add_parser("evaluate", help="official Cityscapes AP/AP50 of a run on a split")
-    evaluate_parser.add_argument("--data", required=True)
+    add_data_argument(evaluate_parser)
     evaluate_parser.add_argument("--run", required=True)
     evaluate_parser.add_argument("--checkpoint", default="last.pt",
                                  help="file(s) in the run, comma-separated, or 'all' (epoch_*.pt and last.pt)")
