@@ -36,13 +36,15 @@ from instseg_core.runtime import create_segmenter
 # validation set), again for the pipeline's flip union (the network also sees the mirrored crop), and again for
 # its seventh epoch, trained on and run with a wider crop margin (crop_relax 0.25), and again for its eighth epoch,
 # trained on and run with the colour prior read from the points' box and their hull (colour_prior_foreground);
-# Spatial Embeddings re-pinned on 2026-12-07 for the model on the real-data ESPNetv2 encoder (issue 35).
+# Spatial Embeddings re-pinned on 2026-12-07 for the model on the real-data ESPNetv2 encoder (issue 35); the
+# extreme-point graphs re-pinned on 2026-12-07 for the correction-click network (issue 36: two more input channels,
+# fine-tuned from the 5-channel one; the masks from the points alone moved a little, see docs/models/extreme_points.md).
 PINNED = {
     "spatial_embeddings": "5634d4d3bdbb55ff2bdb4cf32ef6a05e01b364f3aaca5070683caf302ca49940",
     "box2pix": "82ff30be260880627c2b6be1cd6f2a0f33ef76fe8356878e44cf34e6a532e172",
     "dcme": "5a2c51368df9b532bc435fe3d0b1504572929ceb24e23470c81e8edfd52afe9d",
-    "extreme_unet_int8.onnx": "2a9a50ed3da4498b42ceb1b83e46572a1c1666f02ee6b6bde7fdcb47386b3740",
-    "extreme_unet.onnx": "bf55eea867c1839683e113c94b148224bae0c1707ca19573e8e51f7b55be3260",
+    "extreme_unet_int8.onnx": "7988633afe7aedfc1c9cffc7b519d558f19eaabc926544a3fc936297eabf671c",
+    "extreme_unet.onnx": "3a3ebd8915add6a3820cca360d5ff88d658e13e86ee1090d0b0130c255718e6d",
 }
 
 
