@@ -11,7 +11,7 @@ SETUP_INPUTS := pyproject.toml setup.py setup.cfg package.xml tools/setup.sh too
 	$(wildcard ros2_ws/src/instseg_interfaces/*.txt ros2_ws/src/instseg_interfaces/*.xml \
 	           ros2_ws/src/instseg_interfaces/msg/* ros2_ws/src/instseg_interfaces/srv/*)
 
-.PHONY: help setup test lint pytest demo studio bench gpu-check data train-extreme train-se train-se-erfnet train-box2pix train-dcme colcon clean distclean
+.PHONY: help setup test lint pytest demo studio bench gpu-check data train-extreme train-se train-se-erfnet train-box2pix train-dcme finetune bench-training colcon clean distclean
 
 help:
 	@echo "make setup   create .venv: pinned deps, ROS 2 wheels, instseg_interfaces (idempotent)"
@@ -21,7 +21,7 @@ help:
 	@echo "make bench   set up, then the benchmarks in bench/"
 	@echo "make gpu-check  on a CUDA machine (no set-up needed): every streaming model's GPU figures (bench/gpu_check.py)"
 	@echo "make data    set up, then write a synthetic Cityscapes-format tree to data/synthetic (DATA_ARGS=...)"
-	@echo "make train-extreme  data, training on street + randomised object crops, ship to models/, real-image proxies"
+	@echo "make train-extreme  data, training on street + randomised object crops, ship to models/, real-image proxies, correction-click stage"
 	@echo "make train-se       data, Spatial Embeddings on ESPNetv2 (real-data encoder): training, calibration, export"
 	@echo "make train-se-erfnet  the first (ERFNet) Spatial Embeddings demo model, into data/runs (not shipped)"
 	@echo "make train-box2pix  data, Box2Pix prior coverage, training, learning curve, export to models/"
