@@ -17,8 +17,9 @@ API (all JSON unless said otherwise; errors are {"error": message} with a 4xx st
                                            "tolerance"} -> the polygon of the painted or erased mask
     POST /api/frames/{i}/propagate         {"source": j, "objects" (frame i's objects as the page has them;
                                            default: the saved ones)} -> frame i's objects with frame j's moved
-                                           onto them: an object of a track frame i has replaces it, others are
-                                           added ({"objects", "updated", "added", "failures"}; not saved)
+                                           onto them: an object of a track frame i has replaces it unless it
+                                           is "edited" (kept), others are added ({"objects", "updated",
+                                           "added", "kept", "failures"}; not saved)
     POST /api/frames/{i}/proposals         {"objects" (as above)} -> the streaming segmenter's instances on frame
                                            i, less those overlapping the objects ({"proposals", "suppressed"})
     POST /api/export                       {"overwrite"} -> the export under OUT/export (all or nothing)

@@ -2,9 +2,10 @@
 
 - `propagate`: the objects of one frame re-segmented on another from their extreme points (and correction clicks),
   each shifted by the object's motion: the median displacement of corners inside the object tracked with pyramidal
-  Lucas-Kanade optical flow (OpenCV, forward-backward checked); where tracking fails the points stay. The moved
-  objects keep their track ids; `merge_propagated` puts them into the target frame, replacing the object of the
-  same track there (never a second object of one track in a frame).
+  Lucas-Kanade optical flow (OpenCV, forward-backward checked); where tracking fails the points stay. An object
+  edited by hand is not segmented again: its polygon is carried with the same shift. The moved objects keep their
+  track ids; `merge_propagated` puts them into the target frame, replacing the object of the same track there
+  (never a second object of one track in a frame) unless the operator edited that one by hand.
 - `proposals`: the streaming segmenter's instances on the frame (any streaming model), each as a polygon with
   its extreme points and class, for the operator to accept or reject; or, for a session pre-labelled by
   `instseg-fleet prelabel`, the proposals stored in the session (`StoredProposals`). `frame_proposals` leaves out
@@ -69,7 +70,11 @@ def propagate(objects: list[dict], previous: Frame, current: Frame, segmenter: S
     """(objects on `current`, failures): each of `objects` (session objects of `previous`) moved by its optical
     flow motion and re-segmented from its shifted extreme points and correction clicks (clicks that leave the frame
     are dropped); an object whose points leave the frame or cannot be segmented is reported in failures ({"id",
-    "track_id", "reason"}) instead. The moved objects keep every other field (track id, class, attributes)."""
+    "track_id", "reason"}) instead. An object edited by hand ("edited" true, or source "brush") or a carried copy
+    of one ("carried" true) is not segmented again, which would lose the edit: its polygon is carried, shifted by
+    the same motion and clipped to the frame (its score and polygon_iou stay the source's), and the copy has
+    "carried" true. The moved objects have source "propagated" and "edited" false and keep every other field
+    (track id, class, attributes)."""
     previous_gray = cv2.cvtColor(previous.rgb, cv2.COLOR_RGB2GRAY)
     current_gray = cv2.cvtColor(current.rgb, cv2.COLOR_RGB2GRAY)
     height, width = current.rgb.shape[:2]
@@ -84,6 +89,18 @@ def propagate(objects: list[dict], previous: Frame, current: Frame, segmenter: S
                   for key in ("positive", "negative")}
         clicks = {key: [[round(x, 2), round(y, 2)] for x, y in value if 0 <= x < width and 0 <= y < height]
                   for key, value in clicks.items()}
+        copy = {"source": "propagated", "edited": False, "clicks": clicks, "motion": [float(shift[0]), float(shift[1])]}
+        if obj.get("edited") or obj.get("carried") or obj.get("source") == "brush":
+            polygon = np.asarray(obj["polygon"], np.float64) + shift
+            polygon[:, 0] = np.clip(polygon[:, 0], 0, width - 1)
+            polygon[:, 1] = np.clip(polygon[:, 1], 0, height - 1)
+            if cv2.contourArea(polygon.astype(np.float32)) < 1.0:
+                failures.append({"id": obj["id"], "track_id": obj.get("track_id"),
+                                 "reason": "the hand-edited outline moved out of the frame"})
+                continue
+            moved_objects.append({**obj, **copy, "points": np.round(shifted, 2).tolist(),
+                                  "polygon": np.round(polygon, 2).tolist(), "carried": True})
+            continue
         try:
             result = segmenter.segment(current, shifted, obj.get("tolerance", 1.0), **(
                 {"positive": clicks["positive"], "negative": clicks["negative"]}
@@ -91,9 +108,8 @@ def propagate(objects: list[dict], previous: Frame, current: Frame, segmenter: S
         except AnnotationError as exc:
             failures.append({"id": obj["id"], "track_id": obj.get("track_id"), "reason": str(exc)})
             continue
-        moved_objects.append({**obj, "points": result.points.tolist(), "polygon": result.polygon.tolist(),
-                              "score": result.score, "polygon_iou": result.polygon_iou, "source": "propagated",
-                              "clicks": clicks, "motion": [float(shift[0]), float(shift[1])]})
+        moved_objects.append({**obj, **copy, "points": result.points.tolist(), "polygon": result.polygon.tolist(),
+                              "score": result.score, "polygon_iou": result.polygon_iou, "carried": False})
     return moved_objects, failures
 
 
@@ -105,18 +121,23 @@ its id (the page's selection stays) and what the operator said about it on that 
 def merge_propagated(existing: list[dict], moved: list[dict]) -> tuple[list[dict], dict]:
     """(the target frame's objects after propagation, summary): each moved object (from `propagate`) REPLACES the
     object of its track in `existing` (same place in the list; its id, attributes, excluded and hidden flags kept),
-    or is appended when the frame has no object of that track (a new id if its id is taken). Objects of `existing`
-    that no moved object updates stay as they are. Propagating twice therefore gives the same frame, never
-    duplicates. summary: {"updated": [track ids], "added": [track ids]}."""
+    or is appended when the frame has no object of that track (a new id if its id is taken), except that an object
+    of `existing` with "edited" true (the operator fixed its outline by hand on this frame) is KEPT as it is, not
+    replaced. Objects of `existing` that no moved object updates stay as they are. Propagating twice therefore gives
+    the same frame, never duplicates. summary: {"updated": [track ids], "added": [track ids], "kept": [track ids of
+    edited objects left as they were]}."""
     merged = [dict(o) for o in existing]
     by_track = {o.get("track_id"): k for k, o in enumerate(merged) if o.get("track_id") is not None}
     ids = {o["id"] for o in merged}
-    updated, added = [], []
+    updated, added, kept = [], [], []
     for obj in moved:
         obj = {k: v for k, v in obj.items() if k != "motion"}
         track = obj.get("track_id")
         if track is not None and track in by_track:
             k = by_track[track]
+            if merged[k].get("edited"):
+                kept.append(track)
+                continue
             merged[k] = {**obj, **{key: merged[k][key] for key in KEPT_WHEN_UPDATED if key in merged[k]}}
             updated.append(track)
             continue
@@ -127,7 +148,7 @@ def merge_propagated(existing: list[dict], moved: list[dict]) -> tuple[list[dict
             by_track[track] = len(merged)
         merged.append(obj)
         added.append(track)
-    return merged, {"updated": updated, "added": added}
+    return merged, {"updated": updated, "added": added, "kept": kept}
 
 
 def brush(polygon: Any, image_shape: tuple[int, int], strokes: Any, tolerance: float = 1.0) -> dict:

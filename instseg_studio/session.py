@@ -7,8 +7,8 @@ File `OUT/studio_session.json`:
 
 OBJECT: {"id": "o7", "class": "car", "points": [[x, y] x 4: left, top, right, bottom], "polygon": [[x, y], ...],
 "tolerance": 1.0, "score": 0.93, "polygon_iou": 0.97, "hidden": false, "source": "clicks", "track_id": 3,
-"attributes": {"occluded": false, "truncated": true, "crowd": false}, "excluded": false,
-"clicks": {"positive": [[x, y], ...], "negative": [[x, y], ...]}} in image pixels:
+"attributes": {"occluded": false, "truncated": true, "crowd": false}, "excluded": false, "edited": false,
+"carried": false, "clicks": {"positive": [[x, y], ...], "negative": [[x, y], ...]}} in image pixels:
 - "track_id" (int >= 1) says which object of the sequence this is: the car of frame 3 that is the car of frame 2
   has the same track id; at most one object of a frame per track. An object saved without one gets the next free
   id of the session's counter ("next_track_id" in the file, never reused within the session). Sessions written
@@ -20,10 +20,18 @@ OBJECT: {"id": "o7", "class": "car", "points": [[x, y] x 4: left, top, right, bo
   dropped with a logged warning.
 - "excluded": kept in the session and shown, but left out of every export ("hidden" only hides it in the page
   and is exported).
+- "edited": the operator changed the outline by hand (vertex drag, insert or delete, brush or eraser, correction
+  click, moved extreme point; the page sets it). Copying to the next frame (assist.merge_propagated) keeps an
+  edited object of the target frame instead of replacing it, and carries an edited source object's polygon
+  instead of segmenting it again (assist.propagate); the objects a copy produces have it false. Missing (older
+  sessions): false.
+- "carried": the polygon is such a carried copy of a hand-edited object (set by assist.propagate, false when the
+  object is segmented again), so that copying it on to the next frame carries it again. Missing: false.
 - "clicks": correction clicks (image pixels) the polygon was segmented with after the 4 extreme points, kept so
   that moving an extreme point re-segments with them; empty lists by default.
 - "source": "clicks", "propagated" (copied from another frame), "proposal" (an accepted proposal) or "brush" (the
-  polygon was recomputed from a brushed or erased mask).
+  polygon was recomputed from a brushed or erased mask). A copied object edited by hand is no longer
+  "propagated": the page makes it "brush" after a brush or eraser stroke, "clicks" after any other hand edit.
 A frame may also carry, written beforehand by `instseg-fleet prelabel` (instseg_fleet):
 "proposals": [PROPOSAL, ...], a model's instances not yet accepted by the operator, PROPOSAL = {"class",
 "polygon", "points" (4 extreme points), "score", "polygon_iou", "area" (mask pixels)}; and "mining": {"reason":
@@ -184,11 +192,16 @@ def validate_object(obj: Any, classes: tuple[str, ...], where: str,
     excluded = obj.get("excluded") or False
     if not isinstance(excluded, bool):
         raise SessionError(f"{where}.excluded: expected true or false, got {excluded!r}")
+    flags = {key: obj.get(key, False) for key in ("edited", "carried")}
+    for key, flag in flags.items():
+        if not isinstance(flag, bool):
+            raise SessionError(f"{where}.{key}: expected true or false, got {flag!r}")
     offered = ATTRIBUTE_NAMES if attributes is None else attributes.get(name, ())
     clean = {"id": object_id, "class": name, "points": _points(obj.get("points"), f"{where}.points", 4),
              "polygon": [[round(x, 2), round(y, 2)] for x, y in polygon],
              "tolerance": _number(obj.get("tolerance", 1.0), f"{where}.tolerance"),
              "hidden": bool(obj.get("hidden", False)), "source": source, "excluded": excluded,
+             **flags,
              "attributes": _attributes(obj.get("attributes"), offered, f"{where}.attributes", strict),
              "clicks": _clicks(obj.get("clicks"), f"{where}.clicks")}
     track_id = obj.get("track_id")

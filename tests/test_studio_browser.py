@@ -557,6 +557,43 @@ def test_defect_5_copying_twice_updates_the_tracks(bag: tuple[Path, GroundTruth]
     assert "nothing changed" in page.text("message")
 
 
+def test_copying_again_keeps_a_vertex_dragged_on_the_copy(bag: tuple[Path, GroundTruth], browser: Any,
+                                                          shared_studio: StudioProcess) -> None:
+    """Operator probe, item 2: a vertex dragged on the copied frame was overwritten by the next C (the copy was
+    segmented again: "0 added, 1 updated"). Now the drag marks the object edited (and "clicks", no longer
+    "propagated"), and C keeps it: "1 kept (edited by hand)"."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    gt = bag[1]
+    page = Page(browser, shared_studio)
+    page.make_object(gt, 0, 3)
+    page.keys(Keys.ARROW_RIGHT)
+    page.frame(1)
+    page.keys("c")
+    page.wait.until(lambda d: page.state("objects.length") == 1)
+    page.idle()
+    copied = page.saved(1)[0]
+    assert copied["source"] == "propagated" and copied["edited"] is False
+    browser.find_element(page.by.CSS_SELECTOR, f"#object-list li[data-id='{copied['id']}'] .name").click()
+    polygon, handles = np.asarray(copied["polygon"], float), np.asarray(copied["points"], float)
+    far = max(range(len(polygon)), key=lambda j: np.linalg.norm(  # a vertex no handle or neighbour covers
+        np.concatenate([handles, np.delete(polygon, j, axis=0)]) - polygon[j], axis=1).min())
+    scale = browser.find_element(page.by.ID, "overlay").size["width"] / page.width
+    vertex = browser.find_element(page.by.CSS_SELECTOR, f"circle.vertex[data-vertex='{far}']")
+    ActionChains(browser).click_and_hold(vertex).move_by_offset(round(6 * scale), round(4 * scale)).release() \
+        .perform()
+    dragged = [copied["polygon"][far][0] + 6, copied["polygon"][far][1] + 4]
+    page.wait.until(lambda d: page.state("busy") == 0 and page.saved(1)[0]["polygon"][far] == dragged)
+    edited = page.saved(1)[0]
+    assert edited["edited"] is True and edited["source"] == "clicks"
+    page.keys("c")
+    page.wait.until(lambda d: "kept (edited by hand)" in page.text("message"))
+    page.idle()
+    assert "1 kept (edited by hand)" in page.text("message")
+    assert page.saved(1) == [edited] and page.state("objects[0].polygon")[far] == dragged
+
+
 def test_defect_6_a_dead_server_never_shows_saved_and_the_edits_are_saved_in_order(
         bag: tuple[Path, GroundTruth], browser: Any, tmp_path: Path, studios: list[StudioProcess]) -> None:
     """Issue 36, 6: after the server was killed the page showed "saved" while the edit in flight was not, and after

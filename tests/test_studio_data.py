@@ -177,7 +177,7 @@ def test_copying_twice_updates_each_track_instead_of_stacking(sequence: tuple[Ba
     moved, failures = propagate(source, frames.frame(0), frames.frame(1), model)
     assert not failures and [o["track_id"] for o in moved] == [o["track_id"] for o in source]
     first, summary = merge_propagated([], moved)
-    assert summary == {"updated": [], "added": [o["track_id"] for o in source]}
+    assert summary == {"updated": [], "added": [o["track_id"] for o in source], "kept": []}
     version, saved = session.save_objects(1, 0, first, version)
     saved[0]["attributes"] = {**saved[0]["attributes"], "occluded": True}
     version, saved = session.save_objects(1, 0, saved, version)
@@ -186,6 +186,44 @@ def test_copying_twice_updates_each_track_instead_of_stacking(sequence: tuple[Ba
     assert again[0]["attributes"]["occluded"] and again[0]["id"] == saved[0]["id"]
     session.set_objects(1, 0, again, version)  # one object per track: accepted
     assert [t["frames"] for t in session.tracks()] == [[0, 1]] * len(source)
+
+
+def test_copying_keeps_hand_edits_on_the_target_and_carries_them_from_the_source(
+        sequence: tuple[BagFrames, GroundTruth], model: InProcessSegmenter, tmp_path: Path) -> None:
+    """A target object edited by hand after it was copied is kept (reported in "kept"), not segmented again; an
+    edited source object's polygon is carried (shifted by its motion), not segmented again from its points."""
+    frames, truth = sequence
+    session = Session(tmp_path / SESSION_FILE, "bag", "/cam", CLASSES)
+    version, source = session.save_objects(0, 0, _segmented(model, frames, truth, 0), 0)
+    assert not any(o["edited"] for o in source)  # default false
+    first, _ = merge_propagated([], propagate(source, frames.frame(0), frames.frame(1), model)[0])
+    version, copied = session.save_objects(1, 0, first, version)
+    # the operator drags a vertex of the first object on frame 1: the page marks it edited and "clicks"
+    fixed = [[x + 3.0, y] if k == 0 else [x, y] for k, (x, y) in enumerate(copied[0]["polygon"])]
+    copied[0] = {**copied[0], "polygon": fixed, "edited": True, "source": "clicks"}
+    version, copied = session.save_objects(1, 0, copied, version)
+    again, summary = merge_propagated(copied, propagate(source, frames.frame(0), frames.frame(1), model)[0])
+    tracks = [o["track_id"] for o in source]
+    assert summary == {"updated": tracks[1:], "added": [], "kept": tracks[:1]}
+    assert again[0] == copied[0] and again[0]["polygon"] == fixed
+    # an edited source object: its own (odd) polygon arrives shifted, not the network's outline of its points
+    odd = [[x, y] for x, y in source[0]["polygon"][::2]]
+    edited_source = [{**source[0], "polygon": odd, "edited": True}, {**source[1], "source": "brush"}]
+    moved, failures = propagate(edited_source, frames.frame(0), frames.frame(1), model)
+    assert not failures
+    for before, after in zip(edited_source, moved, strict=True):
+        dx, dy = after["motion"]
+        np.testing.assert_allclose(after["polygon"], np.add(before["polygon"], (dx, dy)), atol=0.01)
+        assert after["source"] == "propagated" and after["edited"] is False
+    assert len(moved[0]["polygon"]) == len(odd) and all(o["carried"] for o in moved)
+    # ... and carried again from that copy to the next frame (a chain of copies keeps the hand edit)
+    onward, failures = propagate(moved, frames.frame(1), frames.frame(0), model)
+    assert not failures and len(onward[0]["polygon"]) == len(odd)
+    np.testing.assert_allclose(onward[0]["polygon"], np.add(moved[0]["polygon"], onward[0]["motion"]),
+                               atol=0.01)
+    # "edited" is a bool (missing: false, as in the objects above); anything else is refused by name
+    with pytest.raises(SessionError, match=r"objects\[0\]\.edited: expected true or false"):
+        session.set_objects(2, 0, [_object(edited="yes")], version)
 
 
 def test_correction_clicks_reach_the_model_and_are_checked(sequence: tuple[BagFrames, GroundTruth],

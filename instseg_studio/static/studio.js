@@ -594,6 +594,18 @@ function updateObject(id, change) {
   return commit(state.objects.map((o) => (o.id === id ? { ...o, ...change } : o)));
 }
 
+// an outline changed by hand (vertex drag/insert/delete, brush/eraser, correction click, moved extreme point):
+// "edited" tells copying (C) to keep this object instead of segmenting it again, and to carry its polygon to the next
+// frame; a copied object stops being "propagated" ("brush" after a stroke, "clicks" after any other hand edit)
+function handEdit(obj, change) {
+  const source = change.source || (obj.source === "propagated" ? "clicks" : obj.source);
+  return { ...obj, ...change, edited: true, source };
+}
+
+function updateByHand(id, change) {
+  return commit(state.objects.map((o) => (o.id === id ? handEdit(o, change) : o)));
+}
+
 function deleteObject(id) {
   if (state.selected === id) state.selected = null;
   return commit(state.objects.filter((o) => o.id !== id));
@@ -646,7 +658,8 @@ async function addClick(raw, event) {
     const attributes = Object.fromEntries(offeredAttributes(state.newClass).map((a) => [a, false]));
     const obj = { id: result.id, class: state.newClass, points: result.points, polygon: result.polygon,
                   tolerance: 1.0, score: result.score, polygon_iou: result.polygon_iou, hidden: false,
-                  source: "clicks", track_id: state.nextTrack++, attributes, excluded: false, clicks: emptyClicks() };
+                  source: "clicks", track_id: state.nextTrack++, attributes, excluded: false, edited: false,
+                  carried: false, clicks: emptyClicks() };
     state.clicks = [];
     if ($("message").textContent.includes("does not answer")) showMessage("");   // it answered
     state.selected = obj.id;   // selected for correction clicks and handles; NOT for relabelling by key
@@ -663,14 +676,14 @@ async function addClick(raw, event) {
   }
 }
 
-async function resegment(obj, points, tolerance, clicks, what = "resegment") {
+async function resegment(obj, points, tolerance, clicks, what = "resegment", byHand = true) {
   const started = performance.now();
   try {
     const result = await segment(points, tolerance, clicks);
     const change = { points: result.points, polygon: result.polygon, tolerance, score: result.score,
-                     polygon_iou: result.polygon_iou };
+                     polygon_iou: result.polygon_iou, carried: false };   // segmented from its points again
     if (clicks) change.clicks = clicks;
-    const saved = updateObject(obj.id, change);
+    const saved = (byHand ? updateByHand : updateObject)(obj.id, change);
     window.studioTimings.push({ what, ms: performance.now() - started, server_ms: result.milliseconds });
     await saved;
   } catch (error) { showMessage(error.message || "the studio server does not answer"); render(); }
@@ -703,7 +716,7 @@ function insertVertex(event, obj, k) {
   const polygon = obj.polygon.map((p) => [...p]);
   const point = nearestOnSegment(imagePoint(event), polygon[k], polygon[(k + 1) % polygon.length]);
   polygon.splice(k + 1, 0, point);
-  updateObject(obj.id, { polygon, polygon_iou: undefined });
+  updateByHand(obj.id, { polygon, polygon_iou: undefined });
 }
 
 function startDrag(event, obj, kind, k) {
@@ -712,7 +725,7 @@ function startDrag(event, obj, kind, k) {
   event.preventDefault();
   if (kind === "vertex" && event.altKey) {
     if (obj.polygon.length > 3) {
-      updateObject(obj.id, { polygon: obj.polygon.filter((_, j) => j !== k), polygon_iou: undefined });
+      updateByHand(obj.id, { polygon: obj.polygon.filter((_, j) => j !== k), polygon_iou: undefined });
     }
     return;
   }
@@ -751,7 +764,7 @@ async function onMouseUp(event) {
   const edited = clone(state.objects);
   state.objects = drag.before;   // the undo entry starts from the state before the drag
   if (drag.kind === "vertex") {
-    await commit(edited.map((o) => (o.id === obj.id ? { ...o, polygon_iou: undefined } : o)));
+    await commit(edited.map((o) => (o.id === obj.id ? handEdit(o, { polygon_iou: undefined }) : o)));
   } else {
     await resegment(obj, obj.points, obj.tolerance, obj.clicks);
   }
@@ -802,7 +815,7 @@ async function finishStroke() {
       polygon: obj.polygon, strokes: [{ mode: stroke.mode, radius: state.brushRadius, points: stroke.path }],
       tolerance: obj.tolerance });
     window.studioTimings.push({ what: "brush", ms: performance.now() - started });
-    updateObject(obj.id, { polygon: result.polygon, polygon_iou: result.polygon_iou, source: "brush" });   // saved in turn
+    updateByHand(obj.id, { polygon: result.polygon, polygon_iou: result.polygon_iou, source: "brush" });   // saved in turn
   } catch (error) { showMessage(error.message || "the studio server does not answer"); render(); }
   finally { busy(-1); }
 }
@@ -819,19 +832,21 @@ async function copyPrevious() {
       showMessage(`${result.failures.length} object(s) not copied: ` + result.failures.map((f) => f.reason).join("; "));
     }
     // the frame's objects with the copied ones merged in by the server: an object of a track the frame already
-    // has UPDATES that track's object (which keeps its id, attributes, flags); the others are added
+    // has UPDATES that track's object (which keeps its id, attributes, flags) unless the operator edited that one
+    // by hand (kept as it is); the others are added
     if (state.index !== index) return;
+    const kept = result.kept && result.kept.length ? `, ${result.kept.length} kept (edited by hand)` : "";
     if (canonical(result.objects) === canonical(state.objects)) {
       if (result.objects.length) {
         showMessage(`C: nothing changed – frame ${index + 1} already has the objects of frame ${source + 1} ` +
-                    "(same tracks, same outlines)", "warning");
+                    `(same tracks, same outlines${kept})`, "warning");
       }
       return;
     }
     commit(result.objects);   // saved in turn (not awaited: a server that is away must not keep the page busy)
     if (!result.failures.length) {
       showMessage(`copied from frame ${source + 1}: ${result.added.length} added, ${result.updated.length} ` +
-                  "updated (same track)", "info");
+                  `updated (same track)${kept}`, "info");
     }
   } catch (error) { showMessage(error.message || "the studio server does not answer"); } finally { busy(-1); }
 }
@@ -873,7 +888,7 @@ function acceptProposal(k) {
                 polygon: proposal.polygon, tolerance: 1.0, score: proposal.score,
                 polygon_iou: proposal.polygon_iou, hidden: false, source: "proposal", track_id: state.nextTrack++,
                 attributes: Object.fromEntries(offeredAttributes(proposal.class).map((a) => [a, false])),
-                excluded: false, clicks: emptyClicks() };
+                excluded: false, edited: false, carried: false, clicks: emptyClicks() };
   state.selected = obj.id;
   state.explicit = false;
   showMessage(`accepted: ${proposal.class} ${proposal.score.toFixed(2)}`, "info");
@@ -1073,7 +1088,7 @@ async function start() {
   });
   $("tolerance").addEventListener("change", (event) => {
     const obj = state.objects.find((o) => o.id === state.selected);
-    if (obj) resegment(obj, obj.points, Number(event.target.value), obj.clicks);
+    if (obj) resegment(obj, obj.points, Number(event.target.value), obj.clicks, "resegment", false);
     event.target.blur();
   });
   for (const name of ATTRIBUTES) {
