@@ -746,8 +746,8 @@ def test_correction_clicks_brush_attributes_and_tracks_in_the_page(bag: tuple[Pa
     page.wait.until(lambda d: page.state("writes.length") == 0 and len(page.saved(0)[0]["clicks"]["positive"]) == 1)
     page.click(*outside, modifier=Keys.ALT)
     page.wait.until(lambda d: page.state("writes.length") == 0 and len(page.saved(0)[0]["clicks"]["negative"]) == 1)
-    # a negative click on background the outline already leaves out changes nothing, and the page says so
-    page.wait.until(lambda d: "negative click had no effect" in page.text("message"))
+    # a negative click on background the outline leaves out did its job: no warning
+    assert "had no effect" not in page.text("message")
     corrected = page.saved(0)[0]
     for kind, point in (("positive", inside), ("negative", outside)):  # Selenium's whole-pixel offsets: +-1 px
         assert np.abs(np.subtract(corrected["clicks"][kind], [point])).max() <= 1, corrected["clicks"]
@@ -763,6 +763,14 @@ def test_correction_clicks_brush_attributes_and_tracks_in_the_page(bag: tuple[Pa
         overlay, math.floor((outside[0] + 0.5) * scale - overlay.size["width"] / 2),
         math.floor((outside[1] + 0.5) * scale - overlay.size["height"] / 2)).context_click().perform()
     page.wait.until(lambda d: page.state("writes.length") == 0 and len(page.saved(0)[0]["clicks"]["negative"]) == 1)
+    # a positive click far outside the object's crop cannot pull that pixel in: the page says so; undo removes it
+    far = [502 if inside[0] < 256 else 9, 246 if inside[1] < 128 else 9]
+    page.click(*far, modifier=Keys.SHIFT)
+    page.wait.until(lambda d: page.state("writes.length") == 0 and len(page.saved(0)[0]["clicks"]["positive"]) == 2)
+    page.wait.until(lambda d: "positive click had no effect" in page.text("message"))
+    page.keys(Keys.CONTROL, "z")
+    page.idle()
+    assert [len(page.saved(0)[0]["clicks"][kind]) for kind in ("positive", "negative")] == [1, 1]
 
     # the eraser: a stroke across the object's middle cuts it; undo restores it
     area = int(_mask(page.saved(0)[0]["polygon"], (256, 512)).sum())

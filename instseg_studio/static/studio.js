@@ -700,12 +700,12 @@ async function correctionClick(raw, kind) {
   const point = insideFrame(raw);
   clicks[kind].push(point);
   showMessage("");
-  const before = JSON.stringify(obj.polygon);
   await resegment(obj, obj.points, obj.tolerance, clicks, "correction");
   const after = state.objects.find((o) => o.id === obj.id);
   if (!after || !after.clicks || after.clicks[kind].length !== clicks[kind].length) return;   // refused
   const inside = pointInPolygon(point, after.polygon);
-  if (JSON.stringify(after.polygon) === before || inside !== (kind === "positive")) {
+  // a click whose pixel ends on the side it asked for did its job, even when the outline did not have to move
+  if (inside !== (kind === "positive")) {
     showMessage(`the ${kind} click had no effect on the outline there (the model kept that pixel ` +
                 `${inside ? "inside" : "outside"}): try a click nearer the wrong part, or the brush (B / X)`, "warning");
   }
