@@ -46,6 +46,7 @@ sys.path.insert(0, str(REPO))
 
 import torch
 
+from instseg_core.losses.precision import to_float32
 from instseg_core.runtime.adapters import ModelAdapter, model_adapter
 from instseg_core.runtime.backends import TorchBackend
 from instseg_core.runtime.segmenter import Segmenter
@@ -288,7 +289,7 @@ def training_rows(adapter: ModelAdapter, network: torch.nn.Module, device: str, 
                 with torch.autocast(device.split(":")[0], dtype=dtype or torch.float32, enabled=dtype is not None):
                     output = model(images)
                 if dtype is not None:
-                    output = _float32(output)
+                    output = to_float32(output)
                 loss = loss_of(output)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -302,17 +303,6 @@ def training_rows(adapter: ModelAdapter, network: torch.nn.Module, device: str, 
 
         rows[precision] = guarded(row)
     return rows
-
-
-def _float32(output: object) -> object:
-    """A network output's floating tensors in float32 (the losses run outside autocast, as in training)."""
-    if isinstance(output, torch.Tensor):
-        return output.float() if output.is_floating_point() else output
-    if isinstance(output, (tuple, list)):
-        return type(output)(_float32(o) for o in output)
-    if isinstance(output, dict):
-        return {k: _float32(v) for k, v in output.items()}
-    return output
 
 
 def format_row(section: str, variant: str, row: dict) -> list[str]:

@@ -76,16 +76,9 @@ def export_click_checkpoints(checkpoints: list[str], scratch: Path, manifest: Pa
     """Each click-training checkpoint RUN/FILE.pt exported to scratch/RUN/FILE.onnx (fp32), with a copy of `manifest`
     beside it (its crop margin and colour-prior foreground: the network's, which the pipeline reads from there)."""
     from training.extreme_point_clicks import load_click_run
-    from training.extreme_points import export_onnx
+    from training.extreme_point_proxies import export_checkpoints
 
-    exported = []
-    for checkpoint in map(Path, checkpoints):
-        model, _ = load_click_run(checkpoint.parent, checkpoint.name)
-        out = scratch / checkpoint.parent.name / f"{checkpoint.stem}.onnx"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        exported.append(str(export_onnx(model, out)))
-        out.with_suffix(".json").write_text(manifest.read_text())
-    return exported
+    return export_checkpoints(checkpoints, scratch, load=load_click_run, manifest=manifest)
 
 
 def click_curve(method: ClickMethod, obj: ProxyObject, max_clicks: int = MAX_CLICKS) -> list[float]:

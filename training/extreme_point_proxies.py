@@ -368,16 +368,21 @@ def record(manifest_path: Path, table: str, results: dict) -> None:
     write_text_atomically(manifest_path, json.dumps(manifest, indent=1))
 
 
-def export_checkpoints(checkpoints: list[str], scratch: Path) -> list[str]:
-    """Each training checkpoint RUN/FILE.pt exported to scratch/RUN/FILE.onnx (fp32)."""
+def export_checkpoints(checkpoints: list[str], scratch: Path, *, load: Callable[[Path, str], tuple] | None = None,
+                       manifest: Path | None = None) -> list[str]:
+    """Each training checkpoint RUN/FILE.pt exported to scratch/RUN/FILE.onnx (fp32). `load(run, file)` -> (model,
+    ...) reads a checkpoint (default training.extreme_points.load_run); `manifest`, when given, is copied beside each
+    graph (FILE.json: the crop margin and colour-prior foreground the pipeline reads from there)."""
     from training.extreme_points import export_onnx, load_run
 
     exported = []
     for checkpoint in map(Path, checkpoints):
-        model, _ = load_run(checkpoint.parent, checkpoint.name)
+        model = (load or load_run)(checkpoint.parent, checkpoint.name)[0]
         out = scratch / checkpoint.parent.name / f"{checkpoint.stem}.onnx"
         out.parent.mkdir(parents=True, exist_ok=True)
         exported.append(str(export_onnx(model, out)))
+        if manifest is not None:
+            out.with_suffix(".json").write_text(manifest.read_text())
     return exported
 
 

@@ -55,6 +55,7 @@ from instseg_core.data.streamed_dataset import (
     streamed_sampler,
     unpack_windows,
 )
+from instseg_core.losses.precision import to_float32
 
 DEVICES = ("auto", "cpu", "cuda")
 SEQUENTIAL_NEEDS_ONE_PROCESS = ("--window-seeds sequential draws every window from one generator in one process: it "
@@ -288,17 +289,6 @@ def check_val_split(args: argparse.Namespace, classes: tuple[str, ...], out: Pat
         print(f"skipped {len(skipped)} bad val frame(s) of {len(index.samples) + len(skipped)} (--skip-bad; the "
               "evaluations leave them out; listed in history.json)", flush=True)
     return skipped
-
-
-def to_float32(output: object) -> object:
-    """Floating tensors of a network output (tensor, tuple, list or dict) in float32 (losses after autocast)."""
-    if isinstance(output, torch.Tensor):
-        return output.float() if output.is_floating_point() else output
-    if isinstance(output, (tuple, list)):
-        return type(output)(to_float32(o) for o in output)
-    if isinstance(output, dict):
-        return {k: to_float32(v) for k, v in output.items()}
-    return output
 
 
 def to_device(batch: object, device: torch.device, channels_last: bool = False) -> object:
