@@ -409,21 +409,15 @@ class Progress:
 
 def overlay_images(segmenter: object, data: str, count: int = 3, skip: set[str] | frozenset[str] = frozenset(),
                    limit: int | None = None) -> list[np.ndarray]:
-    """(H, W, 3) uint8 RGB overlays of the first `count` of the first `limit` val frames (those evaluated: frames
-    named "city/stem" in `skip` left out) with their predicted instances."""
+    """(H, W, 3) uint8 RGB overlays (instseg_core.postprocess.overlay.render_overlay, as the node draws them) of the
+    first `count` of the first `limit` val frames (those evaluated: frames named "city/stem" in `skip` left out)
+    with their predicted instances."""
     from instseg_core.data.cityscapes import CityscapesDataset
+    from instseg_core.postprocess.overlay import render_overlay
 
-    images = []
     samples = [s for s in list(CityscapesDataset(data, "val"))[:limit] if f"{s.city}/{s.stem}" not in skip]
-    for sample in samples[:count]:
-        image = sample.image
-        result = segmenter(image)  # type: ignore[operator]
-        overlay = image.astype(np.float32)
-        rng = np.random.default_rng(0)
-        for mask in result.instances.masks():
-            overlay[mask] = 0.5 * overlay[mask] + 0.5 * rng.integers(64, 256, 3)
-        images.append(overlay.astype(np.uint8))
-    return images
+    return [render_overlay(s.image, segmenter(s.image).instances.id_image)  # type: ignore[operator]
+            for s in samples[:count]]
 
 
 def trainer_epoch_hooks(run: RunStart, args: argparse.Namespace, network: torch.nn.Module,
