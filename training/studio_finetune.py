@@ -200,7 +200,8 @@ def finetune(args: argparse.Namespace, extra: list[str]) -> dict:
                         *([str(init.with_suffix(".json"))] if init.with_suffix(".json").is_file() else []),
                         "--data-note", f"studio export {Path(args.export).resolve()}: {split['train']} frames "
                                        f"trained, {split['val']} held out; fine-tuned from {init}"])
-    train_frames = [s.image for s in CityscapesDataset(data, "train")][:args.calibration_frames]
+    # decode only the frames calibration takes (an export may hold thousands)
+    train_frames = [s.image for s in list(CityscapesDataset(data, "train"))[:args.calibration_frames]]
     adapter = importlib.import_module("instseg_core.runtime.adapters").model_adapter(model)
     multiple = adapter.input_multiple
     frames = [_fit(frame, multiple) for frame in train_frames]
