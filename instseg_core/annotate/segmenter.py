@@ -106,6 +106,12 @@ class AnnotationResult:
         return int(np.count_nonzero(self.roi_mask))
 
 
+def _outside(array: np.ndarray, image_shape: tuple[int, int]) -> list[int]:
+    """Indices of the (K, 2) x, y pixels of `array` outside an (H, W) image."""
+    height, width = image_shape
+    return [i for i, (x, y) in enumerate(array) if not (0 <= x < width and 0 <= y < height)]
+
+
 def validate_points(points: Sequence[Sequence[float]] | np.ndarray, image_shape: tuple[int, int],
                     min_box: float = 2.0) -> np.ndarray:
     """(4, 2) float64 points, or AnnotationError: not 4 points, outside the image, or a degenerate box."""
@@ -119,7 +125,7 @@ def validate_points(points: Sequence[Sequence[float]] | np.ndarray, image_shape:
     if not np.all(np.isfinite(array)):
         raise AnnotationError(ErrorCode.BAD_POINTS, "extreme points must be finite numbers")
     height, width = image_shape
-    outside = [i for i, (x, y) in enumerate(array) if not (0 <= x < width and 0 <= y < height)]
+    outside = _outside(array, image_shape)
     if outside:
         names = ("left", "top", "right", "bottom")
         detail = ", ".join(f"{names[i]} ({array[i, 0]:g}, {array[i, 1]:g})" for i in outside)
@@ -144,7 +150,7 @@ def validate_clicks(clicks: Clicks, image_shape: tuple[int, int], kind: str = "p
     except (TypeError, ValueError, OverflowError) as exc:
         raise AnnotationError(ErrorCode.BAD_POINTS, f"{kind} clicks must be [x, y] pairs of numbers: {exc}") from exc
     height, width = image_shape
-    outside = [i for i, (x, y) in enumerate(array) if not (0 <= x < width and 0 <= y < height)]
+    outside = _outside(array, image_shape)
     if outside:
         detail = ", ".join(f"{i} ({array[i, 0]:g}, {array[i, 1]:g})" for i in outside)
         raise AnnotationError(ErrorCode.POINTS_OUTSIDE, f"{kind} clicks outside the {width}x{height} image: {detail}")
