@@ -36,7 +36,6 @@ only the bag and the output folder; the page's files come from the package.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import re
@@ -153,10 +152,6 @@ def frame_ranges(frames: list[int]) -> str:
         else:
             ranges.append([k, k])
     return ", ".join(f"{a + 1}" if a == b else f"{a + 1}-{b + 1}" for a, b in ranges)
-
-
-def _segmenter_takes_clicks(segmenter: Any) -> bool:
-    return "positive" in inspect.signature(segmenter.segment).parameters
 
 
 class RequestGuard:
@@ -355,8 +350,6 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
         clicks = {kind: _pixels(body[kind], kind, frame.rgb.shape, 0, MAX_CLICKS)
                   for kind in ("positive", "negative") if body.get(kind) is not None}
         clicks = {kind: value for kind, value in clicks.items() if value}
-        if clicks and not _segmenter_takes_clicks(studio.segmenter):
-            raise RequestError(f"the {studio.segmenter.name} segmenter does not take correction clicks", 422)
         try:
             result = studio.segmenter.segment(frame, body.get("points"), _tolerance(body.get("tolerance")), **clicks)
         except AnnotationError as exc:
