@@ -26,6 +26,7 @@ import numpy as np
 
 from instseg_core.annotate.encoding import extreme_points_from_mask
 from instseg_core.annotate.segmenter import AnnotationError, ErrorCode
+from instseg_core.data.label_export import polygon_rle
 from instseg_core.postprocess.polygons import mask_to_polygon
 from instseg_studio.bag_frames import Frame
 from instseg_studio.segmenters import StudioSegmenter
@@ -270,14 +271,9 @@ def polygon_ious(polygons: list[Any], others: list[Any], image_shape: tuple[int,
 
     if not polygons or not others:
         return np.zeros((len(polygons), len(others)))
-    height, width = image_shape
-
-    def encode(polygon: Any) -> Any:
-        flat = np.asarray(polygon, np.float64).reshape(-1).tolist()
-        return mask_utils.merge(mask_utils.frPyObjects([flat], height, width))
-
-    return np.asarray(mask_utils.iou([encode(p) for p in polygons], [encode(p) for p in others],
-                                     [0] * len(others)), np.float64).reshape(len(polygons), len(others))
+    return np.asarray(mask_utils.iou([polygon_rle(p, image_shape) for p in polygons],
+                                     [polygon_rle(p, image_shape) for p in others], [0] * len(others)),
+                      np.float64).reshape(len(polygons), len(others))
 
 
 def suppress_overlapping(found: list[dict], existing: list[dict], image_shape: tuple[int, int],
