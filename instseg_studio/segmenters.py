@@ -26,7 +26,7 @@ from typing import Any, Protocol, cast
 
 import numpy as np
 
-from instseg_core.annotate.encoding import order_extreme_points
+from instseg_core.annotate.encoding import extreme_points_from_mask, order_extreme_points
 from instseg_core.annotate.segmenter import (
     AnnotationError,
     Clicks,
@@ -326,13 +326,6 @@ def _plausible(window: np.ndarray, scale: float) -> bool:
     return min(height, width) * scale >= 4 and max(height, width) <= MAX_ELONGATION * min(height, width)
 
 
-def _extreme_points(window: np.ndarray) -> np.ndarray:
-    """(4, 2) float64 left, top, right, bottom pixels (x, y) of a non-empty (h, w) bool mask."""
-    ys, xs = np.nonzero(window)
-    picks = (np.argmin(xs), np.argmin(ys), np.argmax(xs), np.argmax(ys))
-    return np.array([[xs[k], ys[k]] for k in picks], np.float64)
-
-
 class SemanticProposals:
     """Proposals from a real-data semantic network refined by the extreme-point network.
 
@@ -449,7 +442,7 @@ class SemanticProposals:
             # window pixel centres to frame pixels (a label map's rows may span a little less than its columns: the
             # network's input height is rounded to its multiple); the outermost points reach the outer edge
             axes = np.array([1.0, 1.0]) if scale == 1.0 else np.array([width / label.shape[1], height / label.shape[0]])
-            frame_points = (_extreme_points(window) + np.array([x0, y0]) + 0.5) * axes - 0.5
+            frame_points = (extreme_points_from_mask(window) + np.array([x0, y0]) + 0.5) * axes - 0.5
             frame_points[:, 0] = np.clip(frame_points[:, 0], 0, width - 1)
             frame_points[:, 1] = np.clip(frame_points[:, 1], 0, height - 1)
             if np.ptp(frame_points[:, 0]) >= 2 and np.ptp(frame_points[:, 1]) >= 2:  # what the annotation model needs
