@@ -35,6 +35,7 @@ import numpy as np
 from instseg_core.annotate.corrections import next_correction_click
 from instseg_core.annotate.encoding import crop, crop_box, extreme_points_from_mask, paste_back, points_in_crop
 from instseg_core.annotate.refine import grabcut_from_points
+from instseg_core.eval.binary_metrics import iou
 from training.photo_archives import ProxyObject
 
 ClickMethod = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -45,11 +46,6 @@ CURVE_CLICKS = 3
 THRESHOLDS = (0.85, 0.90)
 MIN_COCO_SIDE = 32  # COCO objects smaller than 32 x 32 pixels (1024 px) are left out, as in the set labelled by others
 COCO_CLASSES = ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
-
-
-def iou(prediction: np.ndarray, truth: np.ndarray) -> float:
-    union = np.count_nonzero(prediction | truth)
-    return 1.0 if union == 0 else float(np.count_nonzero(prediction & truth) / union)
 
 
 def network_click_method(model: str, refine: str = "none") -> ClickMethod:

@@ -42,6 +42,7 @@ from torch.nn import functional
 from instseg_core.annotate.corrections import next_correction_click
 from instseg_core.annotate.encoding import CLICK_CHANNELS, click_channel, encode
 from instseg_core.base.command_exit import add_debug_argument
+from instseg_core.eval.binary_metrics import iou
 from instseg_core.losses.binary_mask import LOSSES
 from instseg_core.networks.extreme_unet import ExtremeUNet
 from training.common import ensure_malloc_tuning, git_commit, guarded, load_checkpoint_file, resumable, save_atomically
@@ -193,11 +194,6 @@ def encode_batch(crops: CropSet, index: np.ndarray, rng: np.random.Generator | N
         inputs.append(encode(image, points, channels=CLICK_CHANNELS, prior_foreground=prior_foreground))
         targets.append(mask > 0)
     return np.stack(inputs), np.stack(targets)
-
-
-def iou(prediction: np.ndarray, truth: np.ndarray) -> float:
-    union = np.count_nonzero(prediction | truth)
-    return 1.0 if union == 0 else np.count_nonzero(prediction & truth) / union
 
 
 def evaluate_clicks(model: nn.Module, crops: CropSet, prior_foreground: str, clicks: int = 3,
