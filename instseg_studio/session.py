@@ -189,10 +189,9 @@ def validate_object(obj: Any, classes: tuple[str, ...], where: str,
     source = obj.get("source", "clicks")
     if source not in OBJECT_SOURCES:
         raise SessionError(f"{where}.source: {source!r} is not one of {OBJECT_SOURCES}")
-    excluded = obj.get("excluded") or False
-    if not isinstance(excluded, bool):
-        raise SessionError(f"{where}.excluded: expected true or false, got {excluded!r}")
-    flags = {key: obj.get(key, False) for key in ("edited", "carried")}
+    # view and export flags: missing or null is false; edited and carried: missing is false
+    flags = {**{key: obj.get(key) or False for key in ("hidden", "excluded")},
+             **{key: obj.get(key, False) for key in ("edited", "carried")}}
     for key, flag in flags.items():
         if not isinstance(flag, bool):
             raise SessionError(f"{where}.{key}: expected true or false, got {flag!r}")
@@ -200,8 +199,7 @@ def validate_object(obj: Any, classes: tuple[str, ...], where: str,
     clean = {"id": object_id, "class": name, "points": _points(obj.get("points"), f"{where}.points", 4),
              "polygon": [[round(x, 2), round(y, 2)] for x, y in polygon],
              "tolerance": _number(obj.get("tolerance", 1.0), f"{where}.tolerance"),
-             "hidden": bool(obj.get("hidden", False)), "source": source, "excluded": excluded,
-             **flags,
+             "source": source, **flags,
              "attributes": _attributes(obj.get("attributes"), offered, f"{where}.attributes", strict),
              "clicks": _clicks(obj.get("clicks"), f"{where}.clicks")}
     track_id = obj.get("track_id")

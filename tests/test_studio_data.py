@@ -89,7 +89,7 @@ def test_track_ids_are_assigned_kept_and_never_reused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("field, value, message", [
     ("track_id", 0, "whole number from 1"), ("track_id", "3", "whole number"), ("track_id", True, "whole number"),
     ("attributes", {"shiny": True}, "unknown attribute 'shiny'"), ("attributes", {"occluded": 1}, "true or false"),
-    ("attributes", [], "expected"), ("excluded", "yes", "true or false"),
+    ("attributes", [], "expected"), ("excluded", "yes", "true or false"), ("hidden", "no", "true or false"),
     ("clicks", {"positive": [[1, 2]], "middle": []}, "expected"), ("clicks", {"negative": [[1, "a"]]}, "finite"),
     ("clicks", {"positive": [[1, 1]] * 101}, "more than 100"), ("source", "magic", "not one of"),
 ])
