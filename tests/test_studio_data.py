@@ -341,9 +341,14 @@ def test_export_carries_tracks_attributes_crowd_and_leaves_excluded_out(sequence
             else:
                 assert ann["instance_id"] // 1000 == ann["category_id"] and ann["instance_id"] in \
                     sample.instance_id_values
+    polygons_file = next((tmp_path / "export" / "gtFine").rglob("*_000000_000000_gtFine_polygons.json"))
     polygons = Annotation()
-    polygons.fromJsonFile(str(next((tmp_path / "export" / "gtFine").rglob("*_000000_000000_gtFine_polygons.json"))))
+    polygons.fromJsonFile(str(polygons_file))
     assert [o.label for o in polygons.objects] == ["persongroup", "car", "person", "car"]
+    # the polygons JSON carries each object's track id and attributes as the COCO file does
+    entries = json.loads(polygons_file.read_text())["objects"]
+    first_frame = [a["attributes"] for a in coco.dataset["annotations"] if a["image_id"] == 1]
+    assert [e["attributes"] for e in entries] == first_frame
 
 
 def test_city_names_and_instance_numbers() -> None:

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -111,18 +112,23 @@ def write_image(root: str | os.PathLike, split: str, city: str, stem: str, rgb: 
     return path
 
 
-def polygons_json(height: int, width: int, objects: Sequence[tuple[str, np.ndarray]]) -> str:
-    """Cityscapes *_gtFine_polygons.json text for objects (label, (N, 2) int x, y) in drawing order."""
+def polygons_json(height: int, width: int, objects: Sequence[tuple[str, np.ndarray]],
+                  extras: Sequence[Mapping[str, Any]] | None = None) -> str:
+    """Cityscapes *_gtFine_polygons.json text for objects (label, (N, 2) int x, y) in drawing order; `extras`, one
+    mapping per object, adds fields to its entry (e.g. a track id and attributes; cityscapesscripts' reader keeps
+    only label and polygon, so they do not change the label images)."""
+    extras = extras or [{}] * len(objects)
     return json.dumps({
         "imgHeight": int(height), "imgWidth": int(width),
-        "objects": [{"label": label, "polygon": np.asarray(polygon).astype(int).tolist()}
-                    for label, polygon in objects],
+        "objects": [{**extra, "label": label, "polygon": np.asarray(polygon).astype(int).tolist()}
+                    for (label, polygon), extra in zip(objects, extras, strict=True)],
     })
 
 
 def write_sample(root: str | os.PathLike, split: str, city: str, stem: str, rgb: np.ndarray,
                  objects: Sequence[tuple[str, np.ndarray]], *, image_dir: str = "leftImg8bit",
-                 gt_dir: str = "gtFine", instance_numbers: Sequence[int | None] | None = None) -> dict[str, Path]:
+                 gt_dir: str = "gtFine", instance_numbers: Sequence[int | None] | None = None,
+                 object_extras: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Path]:
     """Write one annotated image in the Cityscapes layout; returns the paths written.
 
     `rgb` (H, W, 3) uint8; `objects`: (label name, (N, 2) int polygon) in drawing order (later objects
@@ -130,8 +136,8 @@ def write_sample(root: str | os.PathLike, split: str, city: str, stem: str, rgb:
     are made from it by the official cityscapesscripts converters, exactly as for real Cityscapes.
     `instance_numbers` (one per object, 0-999, distinct per class; None entries and group objects ignored): the
     k of each object's instance id labelId * 1000 + k instead of its place in the drawing order (e.g. the same k
-    for the same tracked object in every frame of a sequence). Every file is written atomically (temporary file +
-    rename).
+    for the same tracked object in every frame of a sequence). `object_extras`: fields added to each object's entry
+    of the polygons JSON (polygons_json). Every file is written atomically (temporary file + rename).
     """
     from cityscapesscripts.helpers.annotation import Annotation
     from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
@@ -139,7 +145,7 @@ def write_sample(root: str | os.PathLike, split: str, city: str, stem: str, rgb:
 
     root = Path(root)
     height, width = rgb.shape[:2]
-    text = polygons_json(height, width, objects)
+    text = polygons_json(height, width, objects, object_extras)
     annotation = Annotation()
     annotation.fromJsonText(text)
     instance_ids = np.asarray(createInstanceImage(annotation, "ids"), dtype=np.int64)

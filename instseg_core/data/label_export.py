@@ -3,7 +3,8 @@
 The one writer behind `instseg-label` (clicks -> segmentation -> export) and the labelling studio (edited
 polygons -> export), so that both produce the same files:
 
-- `leftImg8bit/{split}/{city}/{city}_000000_{index:06d}_leftImg8bit.png` and the `gtFine` polygons JSON,
+- `leftImg8bit/{split}/{city}/{city}_000000_{index:06d}_leftImg8bit.png` and the `gtFine` polygons JSON (each
+  object's entry also carries "attributes": its track id and boolean attributes, as in the COCO file),
   instanceIds, labelIds and color images of each labelled frame (instseg_core.data.cityscapes.write_sample:
   the official converters; the project's reader and training commands load the tree unchanged). One export is
   one sequence: an object with a track id has the same instance id labelId * 1000 + k in every frame (k numbered
@@ -110,6 +111,14 @@ def polygon_rle(polygon: np.ndarray, shape: tuple[int, int]) -> dict:
     return mask_utils.merge(mask_utils.frPyObjects([flat], int(height), int(width)))
 
 
+def object_attributes(obj: LabelledObject) -> dict[str, dict[str, Any]]:
+    """{"attributes": {"track_id" (when known), and the object's boolean attributes}}: what the COCO annotation
+    carries as CVAT / Datumaro write it, and the extra field of its entry in the Cityscapes polygons JSON."""
+    attributes: dict[str, Any] = {} if obj.track_id is None else {"track_id": int(obj.track_id)}
+    attributes |= {key: bool(value) for key, value in obj.attributes.items()}
+    return {"attributes": attributes}
+
+
 def coco_annotation(annotation_id: int, image_id: int, obj: LabelledObject, polygon: np.ndarray,
                     shape: tuple[int, int], instance_id: int | None = None) -> dict:
     """The COCO annotation of `obj` whose polygon, rounded to pixels, is `polygon` (N, 2) int32 x, y in an image of
@@ -124,8 +133,7 @@ def coco_annotation(annotation_id: int, image_id: int, obj: LabelledObject, poly
         segmentation: Any = {"size": [int(shape[0]), int(shape[1])], "counts": rle["counts"].decode("ascii")}
     else:
         segmentation = [polygon.astype(float).reshape(-1).tolist()]
-    attributes: dict[str, Any] = {} if obj.track_id is None else {"track_id": int(obj.track_id)}
-    attributes |= {key: bool(value) for key, value in obj.attributes.items()}
+    attributes = object_attributes(obj)["attributes"]
     return {"id": annotation_id, "image_id": image_id, "category_id": label.id, "iscrowd": int(obj.crowd),
             "segmentation": segmentation, "area": float(mask_utils.area(rle)),
             "bbox": [float(v) for v in mask_utils.toBbox(rle)], "attributes": attributes,
@@ -248,7 +256,7 @@ def _write_into(root: Path, frames: Iterable[LabelledFrame], split: str, city: s
         write_sample(root, split, city, stem, frame.rgb,
                      [(o.class_name + (GROUP_SUFFIX if o.crowd else ""), p) for o, p in zip(objects, polygons,
                                                                                           strict=True)],
-                     instance_numbers=numbers)
+                     instance_numbers=numbers, object_extras=[object_attributes(o) for o in objects])
         height, width = frame.rgb.shape[:2]
         image_id = len(images) + 1
         captured = datetime.datetime.fromtimestamp(frame.stamp_ns / 1e9, datetime.UTC) if frame.stamp_ns else None
