@@ -123,6 +123,17 @@ def ensure_malloc_tuning() -> None:
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **MALLOC_TUNING})
 
 
+def run_command_line(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str] | None,
+                     as_script: bool) -> object:
+    """A model module's main(): parse `argv` with its parser and run the chosen command (its `func`), returning its
+    result; `train` run as a script (`as_script`: the module's __name__ is "__main__") first re-runs the process
+    with the malloc tuning (ensure_malloc_tuning)."""
+    args = build_parser().parse_args(argv)
+    if args.command == "train" and as_script:
+        ensure_malloc_tuning()
+    return args.func(args)
+
+
 def git_commit() -> str:
     """The repository's HEAD commit, or 'unknown'."""
     try:

@@ -49,13 +49,13 @@ from training.common import (
     add_common_train_arguments,
     add_model_commands,
     check_init,
-    ensure_malloc_tuning,
     evaluate_checkpoints,
     export_graph,
     git_commit,
     guarded,
     load_checkpoint_file,
     resume_or_initialise,
+    run_command_line,
     run_epochs,
     save_shipped_checkpoint,
     training_manifest,
@@ -320,11 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> object:
     """Run one command; returns its result (training state, evaluation results or ONNX path)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "train" and __name__ == "__main__":
-        ensure_malloc_tuning()
-    return args.func(args)
+    return run_command_line(build_parser, argv, __name__ == "__main__")
 
 
 if __name__ == "__main__":
