@@ -38,9 +38,8 @@ from instseg_core.annotate.refine import grabcut_from_points
 from instseg_core.eval.binary_metrics import iou
 from training.photo_archives import ProxyObject
 
-ClickMethod = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None], np.ndarray]
-"""(image (H, W, 3) uint8, points (4, 2), positive (K, 2), negative (K, 2), the method's own mask before the newest
-click ((H, W) bool; None before the first click)) -> (H, W) bool mask."""
+ClickMethod = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+"""(image (H, W, 3) uint8, points (4, 2), positive (K, 2), negative (K, 2)) -> (H, W) bool mask."""
 
 MAX_CLICKS = 20
 CURVE_CLICKS = 3
@@ -49,19 +48,16 @@ MIN_COCO_SIDE = 32  # COCO objects smaller than 32 x 32 pixels (1024 px) are lef
 COCO_CLASSES = ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
 
 
-def network_click_method(model: str, refine: str = "none", pass_previous: bool = False) -> ClickMethod:
-    """A graph through the Python API. pass_previous: a mask-guided graph is also given its own mask before the
-    newest click (`previous=`, as a tool that keeps the object's current mask does); without it the segmenter
-    rebuilds the click chain from the click lists alone (as a caller of the plain API)."""
+def network_click_method(model: str, refine: str = "none") -> ClickMethod:
     from instseg_core.annotate.segmenter import create_annotation_segmenter
 
     segmenter = create_annotation_segmenter(model, refine=refine)
-    return lambda image, points, positive, negative, previous: segmenter.segment(
-        image, points, positive=positive, negative=negative, previous=previous if pass_previous else None).mask
+    return lambda image, points, positive, negative: segmenter.segment(image, points, positive=positive,
+                                                                       negative=negative).mask
 
 
 def grabcut_click_method(image: np.ndarray, points: np.ndarray, positive: np.ndarray,
-                         negative: np.ndarray, previous: np.ndarray | None = None) -> np.ndarray:
+                         negative: np.ndarray) -> np.ndarray:
     """GrabCut from the points on their 10 % crop (the proxies' GrabCut row), the clicks as hard seeds."""
     box = crop_box(points)
     mask = grabcut_from_points(crop(image, box), points_in_crop(points, box),
@@ -88,10 +84,9 @@ def click_curve(method: ClickMethod, obj: ProxyObject, max_clicks: int = MAX_CLI
     positive: list[tuple[int, int]] = []
     negative: list[tuple[int, int]] = []
     curve = []
-    prediction = None
     while True:
         prediction = method(obj.image, points, np.array(positive, np.float64).reshape(-1, 2),
-                            np.array(negative, np.float64).reshape(-1, 2), prediction if positive or negative else None)
+                            np.array(negative, np.float64).reshape(-1, 2))
         curve.append(iou(prediction, obj.mask))
         clicks = len(curve) - 1
         if clicks >= max_clicks or (clicks >= CURVE_CLICKS and curve[-1] >= max(THRESHOLDS)):
@@ -213,8 +208,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-clicks", type=int, default=MAX_CLICKS,
                         help="clicks at most per object (a quick comparison of checkpoints: 3)")
     parser.add_argument("--names", nargs="*", default=[], help="row names for --models, in order")
-    parser.add_argument("--previous-models", nargs="*", default=[],
-                        help="mask-guided graphs also run with their own mask before each click passed as previous=")
     parser.add_argument("--refine-models", nargs="*", default=[],
                         help="graphs also run with GrabCut refinement seeded by the clicks")
     parser.add_argument("--no-grabcut", action="store_true", help="leave out the GrabCut baseline row")
@@ -237,10 +230,6 @@ def main(argv: list[str] | None = None) -> None:
     for model in args.models:
         rows[names.get(model, Path(model).name)] = network_click_method(model)
         sources[names.get(model, Path(model).name)] = model
-    for model in args.previous_models:
-        name = f"{names.get(model, Path(model).name)}, previous mask passed"
-        rows[name] = network_click_method(model, pass_previous=True)
-        sources[name] = model
     for model in args.refine_models:
         name = f"{Path(model).name} + GrabCut refinement, clicks as hard seeds"
         rows[name] = network_click_method(model, refine="grabcut")

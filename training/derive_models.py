@@ -19,8 +19,7 @@ re-derive and compare):
 - `extreme_unet_int8.onnx`, the annotation default, and its manifest: static int8 QDQ quantisation of
   `extreme_unet.onnx` like the streaming models', calibrated on EXTREME_CALIBRATION domain-randomised object
   crops (instseg_core.data.randomised_objects, rendered in memory in a few seconds, cut with the manifest's
-  crop_relax as the pipeline cuts them; for a click network every other crop also carries a correction click at
-  the largest error of a corrupted mask, and, for the mask-guided one, that mask); its held-out figures come
+  crop_relax as the pipeline cuts them); its held-out figures come
   from the float manifest's `int8` entry.
 
 `python -m training.derive_models --evaluate-int8 DATA` scores the float32 and int8 graphs of each streaming
@@ -172,12 +171,7 @@ def quantize_streaming_model(model: str, source: Path, out: Path, frames: list[n
 
 def quantize_extreme_model(source: Path, out: Path) -> None:
     """`extreme_unet_int8.onnx` and its manifest from the float32 `extreme_unet.onnx` (see the module docstring)."""
-    from instseg_core.annotate.encoding import (
-        CLICK_CHANNEL_COUNTS,
-        PREVIOUS_MASK_CHANNEL,
-        PREVIOUS_MASK_CHANNELS,
-        encode,
-    )
+    from instseg_core.annotate.encoding import encode
     from instseg_core.annotate.segmenter import manifest_crop_relax, manifest_prior_foreground
     from training.extreme_point_crops import randomised_crops
 
@@ -186,23 +180,10 @@ def quantize_extreme_model(source: Path, out: Path) -> None:
     settings = {**EXTREME_CALIBRATION, **int8_entry.get("calibration", {})}
     relax = manifest_crop_relax(source)  # cut and encoded as the pipeline will cut and encode them
     prior_foreground = manifest_prior_foreground(source)
-    images, masks, points = randomised_crops(settings["seed"], 0, settings["randomised_crops"], relax=(relax, relax))
-    channels = int(manifest["input"][1])  # 4, or 5 with the colour prior, 7 with clicks, 8 with the previous mask
+    images, _, points = randomised_crops(settings["seed"], 0, settings["randomised_crops"], relax=(relax, relax))
+    channels = int(manifest["input"][1])  # 4, or 5 with the colour prior
     inputs = [encode(image, point, channels=channels, prior_foreground=prior_foreground)[None]
               for image, point in zip(images, points, strict=True)]
-    if channels in CLICK_CHANNEL_COUNTS:  # every other crop as a correction request: its ranges are calibrated too
-        from instseg_core.annotate.corrections import next_correction_click
-        from training.extreme_point_clicks import add_click, corrupted_mask
-
-        rng = np.random.default_rng(settings["seed"])
-        for encoded, mask in list(zip(inputs, masks, strict=True))[1::2]:
-            truth = mask > 0
-            wrong = corrupted_mask(truth, rng)
-            click = next_correction_click(wrong, truth)
-            if click is not None:
-                add_click(encoded[0], click.x, click.y, click.positive)
-            if channels == PREVIOUS_MASK_CHANNELS:
-                encoded[0, PREVIOUS_MASK_CHANNEL] = wrong
     quantize_onnx(source, out, inputs, input_name="input")
     int8_manifest = {**manifest, "precision": "int8",
                      "quantisation": {"source": source.name, "format": "static QDQ, per-channel int8 weights, "

@@ -40,13 +40,7 @@ from torch import nn
 from torch.nn import functional
 
 from instseg_core.annotate.corrections import next_correction_click
-from instseg_core.annotate.encoding import (
-    CLICK_CHANNELS,
-    PREVIOUS_MASK_CHANNEL,
-    PREVIOUS_MASK_CHANNELS,
-    click_channel,
-    encode,
-)
+from instseg_core.annotate.encoding import CLICK_CHANNELS, click_channel, encode
 from instseg_core.base.command_exit import add_debug_argument
 from instseg_core.eval.binary_metrics import iou
 from instseg_core.losses.binary_mask import LOSSES
@@ -70,8 +64,8 @@ def unet_from_graph(path: str | os.PathLike, channels: int = CLICK_CHANNELS) -> 
 
     graph = onnx.load(str(path)).graph
     values = {init.name: numpy_helper.to_array(init).astype(np.float32) for init in graph.initializer}
-    for node in graph.node:  # the fp16 graph: Cast(initializer) -> float32 value; equal tensors shared by Identity
-        if node.op_type in ("Cast", "Identity") and node.input[0] in values:
+    for node in graph.node:  # the fp16 graph: Cast(initializer) -> float32 value
+        if node.op_type == "Cast" and node.input[0] in values:
             values[node.output[0]] = values[node.input[0]]
     convs = [(values[node.input[1]], values[node.input[2]] if len(node.input) > 2 else None)
              for node in graph.node if node.op_type == "Conv"]
@@ -115,34 +109,25 @@ def unet_from_graph(path: str | os.PathLike, channels: int = CLICK_CHANNELS) -> 
     return model
 
 
-def graph_channels(path: str | os.PathLike) -> int:
-    """The input channel count of an exported extreme-point graph (its input's second dimension)."""
-    import onnx
-
-    return int(onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[1].dim_value)
-
-
 class ClickUNet(nn.Module):
-    """Training form of the click network: `unet` (an ExtremeUNet(7) or (8)) whose first convolution's filters on the
-    channels from `new_from` on (the click channels, or the previous-mask channel when the network starts from a
-    click network) are the separate parameter `click_filters` (so that they can learn at their own rate).
-    `merged()` gives the ExtremeUNet with them written back (for export). Forward: (B, C, 128, 128) ->
-    (B, 1, 128, 128) logits."""
+    """Training form of the click network: `unet` (an ExtremeUNet(7)) whose first convolution's filters on the click
+    channels are the separate parameter `click_filters` (so that they can learn at their own rate). `merged()`
+    gives the ExtremeUNet(7) with them written back (for export). Forward: (B, 7, 128, 128) -> (B, 1, 128, 128)
+    logits."""
 
-    def __init__(self, unet: ExtremeUNet, new_from: int = BASE_CHANNELS) -> None:
+    def __init__(self, unet: ExtremeUNet) -> None:
         super().__init__()
         self.unet = unet
         self.in_channels = unet.in_channels
-        self.new_from = new_from
         first = self._first()
-        self.click_filters = nn.Parameter(first.weight[:, new_from:].detach().clone())
+        self.click_filters = nn.Parameter(first.weight[:, BASE_CHANNELS:].detach().clone())
 
     def _first(self) -> nn.Conv2d:
         return self.unet.encoders[0][0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         first = self._first()
-        weight = torch.cat([first.weight[:, :self.new_from], self.click_filters], dim=1)
+        weight = torch.cat([first.weight[:, :BASE_CHANNELS], self.click_filters], dim=1)
         y = functional.conv2d(x, weight, first.bias, padding=1)
         for layer in list(self.unet.encoders[0])[1:]:
             y = layer(y)
@@ -154,7 +139,7 @@ class ClickUNet(nn.Module):
 
     def merged(self) -> ExtremeUNet:
         with torch.no_grad():
-            self._first().weight[:, self.new_from:] = self.click_filters
+            self._first().weight[:, BASE_CHANNELS:] = self.click_filters
         return self.unet
 
 
@@ -165,7 +150,7 @@ def norms_to_eval(model: nn.Module) -> None:
 
 
 def add_click(inputs: np.ndarray, u: float, v: float, positive: bool) -> None:
-    """Draw one click disk into a (7 or 8, 128, 128) encoded input (channel 5 positive, 6 negative), in place."""
+    """Draw one click disk into a (7, 128, 128) encoded input (channel 5 positive, 6 negative), in place."""
     channel = 5 if positive else 6
     np.maximum(inputs[channel], click_channel(np.array([[u, v]])), out=inputs[channel])
 
@@ -177,27 +162,17 @@ def predict(model: nn.Module, inputs: np.ndarray) -> np.ndarray:
 
 
 def simulate_clicks(model: nn.Module, inputs: np.ndarray, masks: np.ndarray, counts: np.ndarray,
-                    final: bool = True, start: dict[int, np.ndarray] | None = None) -> list:
+                    final: bool = True) -> list:
     """Places counts[i] clicks into inputs[i] (in place), one after another, each where the model given the clicks
-    so far errs most (corrections.next_correction_click against masks[i]). With the previous-mask channel (8
-    channels) each click also writes the mask it corrects into that channel (the prediction before it, RITM's
-    iterative training). `start`: sample index -> (128, 128) bool mask taken as that sample's mask before its first
-    click instead of the model's (a corrupted ground truth: larger errors than the model makes on its training
-    data). Returns the predictions of every round, [(indices, (n, 128, 128) bool)] (the evaluation's IoU per click
-    count); `final` False skips each sample's last prediction (after its last click: training takes that one with
-    gradients)."""
+    so far errs most (corrections.next_correction_click against masks[i]). Returns the predictions of every round,
+    [(indices, (n, 128, 128) bool)] (the evaluation's IoU per click count); `final` False skips each sample's last
+    prediction (after its last click: training takes that one with gradients)."""
     rounds = []
-    guided = inputs.shape[1] == PREVIOUS_MASK_CHANNELS
-    start = start or {}
     for round_index in range(int(counts.max(initial=0)) + 1):
         active = np.flatnonzero(counts >= round_index) if final else np.flatnonzero(counts > round_index)
         if not len(active):
             break
         predictions = predict(model, inputs[active])
-        if round_index == 0:
-            for slot, i in enumerate(active):
-                if i in start:
-                    predictions[slot] = start[i]
         rounds.append((active, predictions))
         for i, prediction in zip(active, predictions, strict=True):
             if counts[i] <= round_index:
@@ -205,74 +180,18 @@ def simulate_clicks(model: nn.Module, inputs: np.ndarray, masks: np.ndarray, cou
             click = next_correction_click(prediction, masks[i])
             if click is not None:
                 add_click(inputs[i], click.x, click.y, click.positive)
-            if guided:
-                inputs[i, PREVIOUS_MASK_CHANNEL] = prediction
     return rounds
 
 
-CORRUPTIONS = {"flood": 0.3, "half": 0.25, "cut": 0.15, "add": 0.1, "cut_and_add": 0.1, "morph": 0.1}
-"""The kinds of corrupted_mask and how often each is drawn."""
-
-
-def corrupted_mask(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """(128, 128) bool: `mask` with one large error of the kinds the network makes on real photographs (seen on the
-    real validation set and the COCO photographs): "flood", the background of a random rectangle covering 40-100 %
-    of the crop taken in (the mask spills over grass, a wall); "half", the object's part beyond a random line
-    through it missed (25-60 % of its pixels: legs, a head); "cut", a part cut away (an ellipse around an object
-    pixel, 20-60 % of the object's size); "add", a false region beside it (an ellipse around a background pixel near
-    the object); both; "morph", the outline moved in or out by 2-6 px. An empty mask is returned as it is."""
-    import cv2
-
-    if not mask.any():
-        return mask.copy()
-    ys, xs = np.nonzero(mask)
-    size = max(int(np.ptp(xs)), int(np.ptp(ys)), 4)
-    out = mask.copy()
-    kinds = list(CORRUPTIONS)
-    kind = kinds[int(rng.choice(len(kinds), p=np.array(list(CORRUPTIONS.values())) / sum(CORRUPTIONS.values())))]
-
-    def ellipse(cx: int, cy: int) -> np.ndarray:
-        shape = np.zeros(mask.shape, np.uint8)
-        axes = (max(2, int(size * rng.uniform(0.2, 0.6))), max(2, int(size * rng.uniform(0.1, 0.4))))
-        cv2.ellipse(shape, (cx, cy), axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
-        return shape.astype(bool)
-
-    if kind == "flood":
-        height, width = mask.shape
-        w, h = (int(rng.uniform(0.4, 1.0) * n) for n in (width, height))
-        x0, y0 = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
-        out[y0:y0 + h, x0:x0 + w] = True
-    elif kind == "half":
-        angle = rng.uniform(0, 2 * np.pi)
-        along = (xs - xs.mean()) * np.cos(angle) + (ys - ys.mean()) * np.sin(angle)
-        cut = np.quantile(along, 1 - rng.uniform(0.25, 0.6))
-        out[ys[along > cut], xs[along > cut]] = False
-    if kind in ("cut", "cut_and_add"):
-        k = int(rng.integers(len(xs)))
-        out[ellipse(int(xs[k]), int(ys[k]))] = False
-    if kind in ("add", "cut_and_add"):
-        near = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=max(1, size // 6)).astype(bool)
-        by, bx = np.nonzero(near & ~mask)
-        if len(bx):
-            k = int(rng.integers(len(bx)))
-            out[ellipse(int(bx[k]), int(by[k]))] = True
-    if kind == "morph":
-        radius = int(rng.integers(2, 7))
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-        out = (cv2.erode if rng.random() < 0.5 else cv2.dilate)(out.astype(np.uint8), kernel).astype(bool)
-    return out
-
-
 def encode_batch(crops: CropSet, index: np.ndarray, rng: np.random.Generator | None, photometric: float,
-                 prior_foreground: str, channels: int = CLICK_CHANNELS) -> tuple[np.ndarray, np.ndarray]:
-    """(B, channels, 128, 128) float32 inputs without clicks (7, or 8 with the previous-mask channel) and
-    (B, 128, 128) bool targets; augmented when `rng`."""
+                 prior_foreground: str) -> tuple[np.ndarray, np.ndarray]:
+    """(B, 7, 128, 128) float32 inputs without clicks and (B, 128, 128) bool targets; augmented when `rng`."""
     inputs, targets = [], []
     for i in index:
         image, mask, points = crops.images[i], crops.masks[i], crops.points[i]
         if rng is not None:
             image, mask, points = augment(image, mask, points, rng, photometric=photometric)
-        inputs.append(encode(image, points, channels=channels, prior_foreground=prior_foreground))
+        inputs.append(encode(image, points, channels=CLICK_CHANNELS, prior_foreground=prior_foreground))
         targets.append(mask > 0)
     return np.stack(inputs), np.stack(targets)
 
@@ -284,7 +203,7 @@ def evaluate_clicks(model: nn.Module, crops: CropSet, prior_foreground: str, cli
     totals = np.zeros(clicks + 1)
     for start in range(0, len(crops), batch_size):
         index = np.arange(start, min(start + batch_size, len(crops)))
-        inputs, masks = encode_batch(crops, index, None, 0.0, prior_foreground, model.in_channels)
+        inputs, masks = encode_batch(crops, index, None, 0.0, prior_foreground)
         rounds = simulate_clicks(model, inputs, masks, np.full(len(index), clicks))
         for k, (active, predictions) in enumerate(rounds):
             totals[k] += sum(iou(p, masks[i]) for i, p in zip(active, predictions, strict=True))
@@ -298,16 +217,9 @@ def train(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     crops = CropSet.concatenate([CropSet.load(p) for p in args.crops])
     val = CropSet.concatenate([CropSet.load(p).subset(slice(args.val_per_set)) for p in args.val_crops])
-    start_channels = graph_channels(args.init)
-    channels = PREVIOUS_MASK_CHANNELS if args.previous_mask else CLICK_CHANNELS
-    if start_channels not in (BASE_CHANNELS, CLICK_CHANNELS) or start_channels >= channels:
-        raise SystemExit(f"--init {args.init} takes {start_channels} input channels: the click stage starts from "
-                         f"the {BASE_CHANNELS}-channel network, the previous-mask stage (--previous-mask) from the "
-                         f"{BASE_CHANNELS}- or {CLICK_CHANNELS}-channel one")
-    model = ClickUNet(unet_from_graph(args.init, channels), new_from=start_channels).to(
-        memory_format=torch.channels_last)
+    model = ClickUNet(unet_from_graph(args.init)).to(memory_format=torch.channels_last)
     # the network it starts from, fixed: without clicks the new one is trained to keep its masks (--keep-zero-click)
-    teacher = unet_from_graph(args.init, start_channels).eval().requires_grad_(False)
+    teacher = unet_from_graph(args.init, BASE_CHANNELS).eval().requires_grad_(False)
     base = [p for name, p in model.named_parameters() if name != "click_filters"]
     optimizer = torch.optim.Adam([{"params": base, "lr": args.lr},
                                   {"params": [model.click_filters], "lr": args.lr * args.click_lr_scale}])
@@ -336,12 +248,10 @@ def train(args: argparse.Namespace) -> dict:
         model.train()
         norms_to_eval(model)
         index = rng.integers(0, len(crops), args.batch_size)
-        inputs, masks = encode_batch(crops, index, rng, args.photometric, args.prior_foreground, channels)
+        inputs, masks = encode_batch(crops, index, rng, args.photometric, args.prior_foreground)
         counts = rng.choice(len(weights), size=len(index), p=weights)
-        start = ({int(i): corrupted_mask(masks[i], rng) for i in np.flatnonzero(counts > 0)
-                  if rng.random() < args.corrupt} if args.previous_mask else {})
         model.eval()  # the simulated clicks see the model as it predicts (no batch norm changes either way)
-        simulate_clicks(model, inputs, masks, counts, final=False, start=start)
+        simulate_clicks(model, inputs, masks, counts, final=False)
         model.train()
         norms_to_eval(model)
         x = torch.from_numpy(inputs).contiguous(memory_format=torch.channels_last)
@@ -349,7 +259,7 @@ def train(args: argparse.Namespace) -> dict:
         zero = np.flatnonzero(counts == 0)
         if args.keep_zero_click and len(zero):  # the target without clicks: the starting network's own mask
             with torch.no_grad():
-                y[zero] = (teacher(torch.from_numpy(inputs[zero, :start_channels])) > 0).float()
+                y[zero] = (teacher(torch.from_numpy(inputs[zero, :BASE_CHANNELS])) > 0).float()
         loss = loss_fn(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -391,9 +301,7 @@ def average(args: argparse.Namespace) -> Path:
     hold no statistics to re-estimate (their statistics are fixed). Stored in the stepN.pt format."""
     run = Path(args.run)
     checkpoints = [load_checkpoint_file(run / f"step{step}.pt", "--steps") for step in args.steps]
-    channels = int(checkpoints[0]["model"]["unet.encoders.0.0.weight"].shape[1])
-    new_from = graph_channels(args.init)
-    start = ClickUNet(unet_from_graph(args.init, channels), new_from=new_from).state_dict()
+    start = ClickUNet(unet_from_graph(args.init)).state_dict()
     blended = {}
     for name, value in checkpoints[0]["model"].items():
         if not value.is_floating_point():
@@ -409,11 +317,9 @@ def average(args: argparse.Namespace) -> Path:
 
 
 def load_click_run(run: str | os.PathLike, which: str = "best.pt") -> tuple[ExtremeUNet, dict]:
-    """The merged ExtremeUNet(7 or 8) (eval mode) of a run's checkpoint, and the checkpoint."""
+    """The merged ExtremeUNet(7) (eval mode) of a run's checkpoint, and the checkpoint."""
     checkpoint = load_checkpoint_file(Path(run) / which, "--checkpoint")
-    state = checkpoint["model"]
-    channels = int(state["unet.encoders.0.0.weight"].shape[1])
-    model = ClickUNet(ExtremeUNet(channels), new_from=channels - int(state["click_filters"].shape[1]))
+    model = ClickUNet(ExtremeUNet(CLICK_CHANNELS))
     model.load_state_dict(checkpoint["model"])
     return model.merged().eval(), checkpoint
 
@@ -485,12 +391,6 @@ def main(argv: list[str] | None = None) -> None:
                    help="crops without clicks are trained towards the starting network's own mask (not the ground "
                         "truth), so that a request without clicks keeps its answer")
     p.add_argument("--photometric", type=float, default=0.5)
-    p.add_argument("--previous-mask", action="store_true",
-                   help="train the 8-channel network: the mask before each click as an input channel (RITM's mask "
-                        "guidance); --init is then the 7-channel click network (or the 5-channel one)")
-    p.add_argument("--corrupt", type=float, default=0.6,
-                   help="with --previous-mask: the share of clicked crops whose first click corrects a corrupted "
-                        "ground truth (corrupted_mask) instead of the network's own mask")
     p.add_argument("--prior-foreground", choices=PRIOR_FOREGROUNDS, default="box_and_hull",
                    help="the colour prior's foreground (the shipped network's: box_and_hull)")
     p.add_argument("--save-every", type=int, default=100)

@@ -14,10 +14,7 @@ Conventions:
   [0, 1] (`colour_prior`, its foreground region a model property: PRIOR_FOREGROUNDS); then for the correction-click
   model (7 channels) the positive and the negative correction clicks, each a channel of filled circles of
   CLICK_RADIUS crop pixels (as the extreme points; interactive segmentation's disk encoding, RITM). With no clicks
-  both are zero, and the 7-channel network was started from the 5-channel one with zero filters on them. Then for
-  the previous-mask model (8 channels) the object's mask before the newest correction click, resampled into the crop
-  (0 or 1; all 0 without clicks): interactive segmentation's mask guidance (RITM), which lets a click change the
-  mask where it points instead of re-deriving the whole outline.
+  both are zero, and the 7-channel network was started from the 5-channel one with zero filters on them.
 - correction clicks: (K, 2) float arrays of x, y in image pixels like the points, K >= 0; positive clicks mark
   pixels that belong to the object, negative ones pixels that do not. A click outside the crop window draws
   nothing (the mask is empty there anyway).
@@ -41,16 +38,10 @@ PRIOR_BINS = 16
 PRIOR_FOREGROUNDS = ("box", "hull", "box_and_hull")
 # Network input channels -> what they carry (the segmenter and training pick the encoding by this count).
 CHANNEL_LAYOUTS = {3: "RGB", 4: "RGB + extreme points", 5: "RGB + extreme points + colour prior",
-                   7: "RGB + extreme points + colour prior + positive clicks + negative clicks",
-                   8: "RGB + extreme points + colour prior + positive clicks + negative clicks + previous mask"}
+                   7: "RGB + extreme points + colour prior + positive clicks + negative clicks"}
 # The input channel count of a network that takes correction clicks (channels 5 and 6), and the clicks' disk radius.
 CLICK_CHANNELS = 7
 CLICK_RADIUS = POINT_RADIUS
-# The input channel count of a network that also takes the previous mask (channel 7): mask guidance.
-PREVIOUS_MASK_CHANNELS = 8
-PREVIOUS_MASK_CHANNEL = 7
-# Every channel count whose network takes correction clicks.
-CLICK_CHANNEL_COUNTS = (CLICK_CHANNELS, PREVIOUS_MASK_CHANNELS)
 
 
 @dataclass(frozen=True)
@@ -207,33 +198,27 @@ def normalise_rgb(crop_rgb: np.ndarray, out: np.ndarray | None = None) -> np.nda
 
 def encode(crop_rgb: np.ndarray, crop_points: np.ndarray | None, mode: str = "circle",
            channels: int | None = None, prior_foreground: str = "box", crop_positive: np.ndarray | None = None,
-           crop_negative: np.ndarray | None = None, crop_previous: np.ndarray | None = None) -> np.ndarray:
+           crop_negative: np.ndarray | None = None) -> np.ndarray:
     """Network input (C, 128, 128) float32 (see CHANNEL_LAYOUTS): normalised RGB, the point channel unless
     points is None, the colour prior (its foreground read from `prior_foreground`, PRIOR_FOREGROUNDS) when
-    `channels` is 5 or more, with 7 or 8 the positive and negative correction clicks ((K, 2) crop coordinates each,
-    None or K = 0 for none; click_channel), and with 8 the previous mask (`crop_previous`: (128, 128) bool or 0/1,
-    None for none) (default channels: 3 without points, 4 with). Clicks given to a network without click channels,
-    or a previous mask to one without its channel, are a ValueError."""
+    `channels` is 5 or 7, and with 7 the positive and negative correction clicks ((K, 2) crop coordinates each,
+    None or K = 0 for none; click_channel) (default channels: 3 without points, 4 with). Clicks given to a
+    network without click channels are a ValueError."""
     channels = channels or (3 if crop_points is None else 4)
     if channels not in CHANNEL_LAYOUTS or (channels > 3) != (crop_points is not None):
         raise ValueError(f"cannot encode {channels} channels {'without' if crop_points is None else 'with'} points")
     has_clicks = any(c is not None and len(c) for c in (crop_positive, crop_negative))
-    if has_clicks and channels not in CLICK_CHANNEL_COUNTS:
+    if has_clicks and channels != CLICK_CHANNELS:
         raise ValueError(f"a {channels}-channel network has no correction-click channels")
-    if crop_previous is not None and channels != PREVIOUS_MASK_CHANNELS:
-        raise ValueError(f"a {channels}-channel network has no previous-mask channel")
     encoded = np.empty((channels, *crop_rgb.shape[:2]), np.float32)
     normalise_rgb(crop_rgb, encoded[:3])
     if crop_points is not None:
         encoded[3] = point_channel(crop_points, mode)
         if channels >= 5:
             encoded[4] = colour_prior(crop_rgb, crop_points, foreground=prior_foreground)
-        if channels in CLICK_CHANNEL_COUNTS:
+        if channels == CLICK_CHANNELS:
             encoded[5] = click_channel(crop_positive)
             encoded[6] = click_channel(crop_negative)
-        if channels == PREVIOUS_MASK_CHANNELS:
-            encoded[PREVIOUS_MASK_CHANNEL] = 0.0 if crop_previous is None else (
-                np.asarray(crop_previous).reshape(CROP_SIZE, CROP_SIZE) > 0.5)
     return encoded
 
 

@@ -5,8 +5,6 @@
     result.roi, result.roi_mask (or result.mask, full size), result.polygon, result.polygon_iou, result.score
     # correction clicks (image pixels, x right, y down): re-segment the object in one request
     result = segmenter.segment(rgb, points, positive=[[x, y], ...], negative=[[x, y], ...])
-    # optionally with the mask the clicks correct (a hand-edited one, say); by default the clicks' own chain
-    result = segmenter.segment(rgb, points, positive=..., negative=..., previous=mask_before_the_last_click)
 
 Images are (H, W, 3) uint8 RGB; points are image pixels (see encoding.py). The network runs on the runtime's
 backends (instseg_core.runtime.backends), like the streaming models: `OnnxRuntimeBackend` on the exported
@@ -18,12 +16,9 @@ SigmoidOutput (`annotation_segmenter_from_module`, for training, parity checks a
 from __future__ import annotations
 
 import enum
-import hashlib
 import json
 import os
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +29,8 @@ import numpy as np
 from instseg_core.annotate.corrections import click_array, paint_clicks
 from instseg_core.annotate.encoding import (
     CHANNEL_LAYOUTS,
-    CLICK_CHANNEL_COUNTS,
+    CLICK_CHANNELS,
     CROP_SIZE,
-    PREVIOUS_MASK_CHANNELS,
     PRIOR_FOREGROUNDS,
     crop,
     crop_box,
@@ -57,8 +51,6 @@ DEFAULT_ANNOTATION_MODEL = "extreme_unet_int8.onnx"
 DEFAULT_RELAX_FRACTION = 0.1
 REFINEMENTS = ("none", "grabcut")
 FLIPS = ("union", "none")
-# Crop probabilities of a previous-mask network's click chain kept for the next request (each ~64 KB).
-CHAIN_MEMO_SIZE = 64
 
 
 class ErrorCode(enum.IntEnum):
@@ -165,18 +157,6 @@ def validate_clicks(clicks: Clicks, image_shape: tuple[int, int], kind: str = "p
     return array
 
 
-def validate_previous(mask: np.ndarray | None, image_shape: tuple[int, int]) -> np.ndarray | None:
-    """An (H, W) bool previous mask of the image (or None), or AnnotationError BAD_POINTS when it is not a 2-D array
-    of the image's size."""
-    if mask is None:
-        return None
-    array = np.asarray(mask)
-    if array.shape != tuple(image_shape):
-        raise AnnotationError(ErrorCode.BAD_POINTS, f"the previous mask must be {image_shape[0]}x{image_shape[1]} "
-                                                    f"like the image, got shape {array.shape}")
-    return array.astype(bool, copy=False)
-
-
 def _per_object(clicks: Sequence[Clicks] | None, count: int, kind: str) -> list[Clicks]:
     if clicks is None:
         return [None] * count
@@ -187,8 +167,7 @@ def _per_object(clicks: Sequence[Clicks] | None, count: int, kind: str) -> list[
 
 
 class ExtremePointSegmenter:
-    """The annotation pipeline around a runtime backend (thread-safe: results depend only on the arguments; the one
-    thing kept between calls is a memo of click-chain steps, behind a lock).
+    """The annotation pipeline around a runtime backend (thread-safe: it keeps no per-call state).
 
     backend: an OnnxRuntimeBackend or TorchBackend mapping (N, C, 128, 128) float32 to (N, 1, 128, 128)
     probabilities; channels: C, 4 for the extreme-point model (RGB + points), 5 with the colour prior as well,
@@ -206,18 +185,11 @@ class ExtremePointSegmenter:
     object in each, and their union scored 0.015-0.03 higher on the real test and cut-and-paste proxies
     (docs/extreme_points_real_images.md), for about 3 ms more per object; "none" runs it once.
 
-    Correction clicks (`segment(..., positive=, negative=)`): a 7- or 8-channel network (encoding.CLICK_CHANNELS,
-    PREVIOUS_MASK_CHANNELS) takes them as input channels and re-segments the object with them; a network without
-    those channels gets them painted onto its output (corrections.paint_clicks), a local edit only
-    (`takes_clicks`). paint_clicks (default True) paints them onto a click network's output too, so that the pixels
-    under a click always take its label (0.005-0.015 more mean IoU after 2-3 automatic clicks on the real sets).
-
-    Mask guidance (8 channels, `takes_previous`): the network also sees the mask that the newest click corrects.
-    `previous=` gives it (an (H, W) bool mask of the image, e.g. the operator's hand-edited outline); without it the
-    segmenter builds the clicks' chain itself: the mask from the points alone, then one click after another
-    (positive clicks in their order, then negative ones), each step seeing the mask of the step before, so the
-    answer depends only on the arguments. Each step is memoised (CHAIN_MEMO_SIZE), so a request that adds one click
-    to the previous request's clicks costs one network call. Networks without the channel ignore `previous`.
+    Correction clicks (`segment(..., positive=, negative=)`): a 7-channel network (encoding.CLICK_CHANNELS, the
+    shipped one) takes them as input channels and re-segments the object with them; a network without those
+    channels gets them painted onto its output (corrections.paint_clicks), a local edit only (`takes_clicks`).
+    paint_clicks (default True) paints them onto a click network's output too, so that the pixels under a click
+    always take its label (0.005-0.015 more mean IoU after 2-3 automatic clicks on the real sets).
     """
 
     def __init__(self, backend: InferenceBackend, *, channels: int | None = None,
@@ -233,10 +205,7 @@ class ExtremePointSegmenter:
         # a graph exported with a fixed batch of 1 is run once per object
         self.fixed_batch = len(declared) > 0 and declared[0] == 1
         self.use_points = self.channels >= 4
-        self.takes_clicks = self.channels in CLICK_CHANNEL_COUNTS
-        self.takes_previous = self.channels == PREVIOUS_MASK_CHANNELS
-        self._chain_memo: OrderedDict[bytes, np.ndarray] = OrderedDict()
-        self._chain_lock = threading.Lock()
+        self.takes_clicks = self.channels == CLICK_CHANNELS
         self.paint_clicks = paint_clicks
         self.threshold = threshold
         self.polygon_tolerance = polygon_tolerance
@@ -277,71 +246,20 @@ class ExtremePointSegmenter:
         for _ in range(runs):
             self.probabilities(zeros)
 
-    def _crop_step(self, crops: list[np.ndarray], crop_points: list[np.ndarray], crop_positive: list[np.ndarray],
-                   crop_negative: list[np.ndarray], crop_previous: list[np.ndarray | None]) -> np.ndarray:
-        """(N, 128, 128) float32 crop probabilities of N objects' crops ((128, 128, 3) uint8) given their crop points,
-        clicks ((K, 2) crop coordinates) and previous masks ((128, 128) bool or None): one network call (two
-        with the mirror), the clicks painted on unless the network takes them and paint_clicks is off."""
-        clicks_in = self.takes_clicks
-        inputs = np.stack([encode(rgb, points if self.use_points else None, self.point_mode, self.channels,
-                                  self.prior_foreground, pos if clicks_in else None, neg if clicks_in else None,
-                                  prev if self.takes_previous else None)
-                           for rgb, points, pos, neg, prev in zip(crops, crop_points, crop_positive, crop_negative,
-                                                                  crop_previous, strict=True)])
-        probabilities = self.crop_probabilities(inputs)
-        if (self.paint_clicks or not clicks_in) and any(len(c) for c in (*crop_positive, *crop_negative)):
-            probabilities = np.stack([paint_clicks(probability, pos, neg) for probability, pos, neg
-                                      in zip(probabilities, crop_positive, crop_negative, strict=True)])
-        return probabilities
-
-    def _chained_step(self, crop_rgb: np.ndarray, crop_points: np.ndarray, crop_positive: np.ndarray,
-                      crop_negative: np.ndarray) -> np.ndarray:
-        """(128, 128) float32 crop probabilities of a mask-guided network after all the clicks, each click step given
-        the mask (probability > threshold) of the step before it: the points alone, then the positive clicks in
-        their order, then the negative ones. Every step is memoised by its inputs (crop pixels, points, clicks so
-        far), so that the next request with one more click runs one step."""
-        order = [(click, True) for click in crop_positive] + [(click, False) for click in crop_negative]
-        digest = hashlib.blake2b(np.ascontiguousarray(crop_rgb).tobytes(), digest_size=16)
-        digest.update(np.asarray(crop_points, np.float32).tobytes())
-        probability = None
-        for count in range(len(order) + 1):
-            if count:
-                click, positive = order[count - 1]
-                digest.update((b"+" if positive else b"-") + np.asarray(click, np.float32).tobytes())
-            key = digest.digest()
-            with self._chain_lock:
-                cached = self._chain_memo.get(key)
-                if cached is not None:
-                    self._chain_memo.move_to_end(key)
-            if cached is None:
-                pos = np.array([c for c, p in order[:count] if p], np.float32).reshape(-1, 2)
-                neg = np.array([c for c, p in order[:count] if not p], np.float32).reshape(-1, 2)
-                prev = None if probability is None else probability > self.threshold
-                cached = self._crop_step([crop_rgb], [crop_points], [pos], [neg], [prev])[0]
-                with self._chain_lock:
-                    self._chain_memo[key] = cached
-                    while len(self._chain_memo) > CHAIN_MEMO_SIZE:
-                        self._chain_memo.popitem(last=False)
-            probability = cached
-        assert probability is not None
-        return probability
-
     def segment(self, image: np.ndarray, points: Sequence[Sequence[float]] | np.ndarray,
                 polygon_tolerance: float | None = None, *, positive: Clicks = None,
-                negative: Clicks = None, previous: np.ndarray | None = None) -> AnnotationResult:
+                negative: Clicks = None) -> AnnotationResult:
         """Segment one object from its 4 extreme points and optional correction clicks (`positive`: pixels of the
-        object, `negative`: pixels that are not, each [[x, y], ...] in image pixels) and, for a mask-guided network,
-        the (H, W) bool mask the newest click corrects (`previous`; see the class); raises AnnotationError for bad
-        points, clicks or previous mask."""
+        object, `negative`: pixels that are not, each [[x, y], ...] in image pixels); raises AnnotationError for
+        bad points or clicks."""
         return self.segment_batch(image, [points], polygon_tolerance, positive=[positive],
-                                  negative=[negative], previous=[previous])[0]
+                                  negative=[negative])[0]
 
     def segment_batch(self, image: np.ndarray, objects: Sequence[Sequence[Sequence[float]] | np.ndarray],
                       polygon_tolerance: float | None = None, *, positive: Sequence[Clicks] | None = None,
-                      negative: Sequence[Clicks] | None = None,
-                      previous: Sequence[np.ndarray | None] | None = None) -> list[AnnotationResult]:
-        """Segment several objects of one image with one network call; `positive`, `negative` and `previous`, when
-        given, hold one entry per object (None or [] for an object without)."""
+                      negative: Sequence[Clicks] | None = None) -> list[AnnotationResult]:
+        """Segment several objects of one image with one network call; `positive` and `negative`, when given, hold
+        one click list per object (None or [] for an object without)."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise AnnotationError(ErrorCode.BAD_IMAGE, f"expected an (H, W, 3) uint8 RGB image, got "
                                                        f"{image.dtype} {image.shape}")
@@ -352,31 +270,21 @@ class ExtremePointSegmenter:
                      for c in _per_object(positive, len(objects), "positive")]
         negatives = [validate_clicks(c, image.shape[:2], "negative")
                      for c in _per_object(negative, len(objects), "negative")]
-        previous_masks = [validate_previous(m, image.shape[:2])
-                          for m in (previous if previous is not None else [None] * len(objects))]
-        if len(previous_masks) != len(objects):
-            raise AnnotationError(ErrorCode.BAD_POINTS, f"previous: one mask (or None) per object expected "
-                                                        f"({len(objects)}), got {len(previous_masks)}")
         boxes = [crop_box(p, *self.relax) for p in validated]
         crops = [crop(image, box) for box in boxes]
         crop_points = [points_in_crop(p, box) for p, box in zip(validated, boxes, strict=True)]
         crop_positive = [points_in_crop(c, box) for c, box in zip(positives, boxes, strict=True)]
         crop_negative = [points_in_crop(c, box) for c, box in zip(negatives, boxes, strict=True)]
-        crop_previous = [None if m is None or not self.takes_previous else crop(m.astype(np.float32), box) > 0.5
-                         for m, box in zip(previous_masks, boxes, strict=True)]
-        # a mask-guided network given clicks without the mask they correct: the clicks' chain (memoised)
-        chained = [self.takes_previous and prev is None and bool(len(pos) or len(neg))
-                   for prev, pos, neg in zip(crop_previous, crop_positive, crop_negative, strict=True)]
-        batched = [i for i, chain in enumerate(chained) if not chain]
+        clicks_in = self.takes_clicks
+        inputs = np.stack([encode(rgb, points if self.use_points else None, self.point_mode, self.channels,
+                                  self.prior_foreground, pos if clicks_in else None, neg if clicks_in else None)
+                           for rgb, points, pos, neg in zip(crops, crop_points, crop_positive, crop_negative,
+                                                            strict=True)])
         encoded = time.perf_counter()
-        probabilities = np.empty((len(objects), CROP_SIZE, CROP_SIZE), np.float32)
-        if batched:
-            probabilities[batched] = self._crop_step([crops[i] for i in batched], [crop_points[i] for i in batched],
-                                                     [crop_positive[i] for i in batched],
-                                                     [crop_negative[i] for i in batched],
-                                                     [crop_previous[i] for i in batched])
-        for i in (i for i, chain in enumerate(chained) if chain):
-            probabilities[i] = self._chained_step(crops[i], crop_points[i], crop_positive[i], crop_negative[i])
+        probabilities = self.crop_probabilities(inputs)
+        if (self.paint_clicks or not clicks_in) and any(len(c) for c in (*crop_positive, *crop_negative)):
+            probabilities = np.stack([paint_clicks(probability, pos, neg) for probability, pos, neg
+                                      in zip(probabilities, crop_positive, crop_negative, strict=True)])
         if self.refine == "grabcut":
             probabilities = np.stack([grabcut_refine(rgb, probability, points, crop_positive=pos, crop_negative=neg)
                                       for rgb, probability, points, pos, neg
