@@ -158,3 +158,26 @@ def test_the_shipped_network_uses_the_clicks_on_real_photographs() -> None:
     for obj in objects:
         curve = click_curve(method, obj, max_clicks=2)
         assert len(curve) == 3 and curve[2] >= curve[0] + 0.05, (obj.name, curve)
+
+
+def test_the_upper_bound_row_corrects_each_clicked_error_region_whole() -> None:
+    """fixed_region_method: the method's mask from the points alone, then each protocol click fixes exactly its
+    error region: a method that misses the right half and adds a blob is perfect after 2 clicks."""
+    from training.click_protocol import click_curve, fixed_region_method
+    from training.photo_archives import ProxyObject
+
+    truth = np.zeros((80, 100), bool)
+    truth[20:60, 20:80] = True
+    guess = truth.copy()
+    guess[20:60, 50:80] = False  # the right half missed (1200 px)
+    guess[65:75, 5:15] = True  # a false blob (100 px)
+    obj = ProxyObject("box", "car", np.zeros((80, 100, 3), np.uint8), truth)
+    calls = []
+
+    def method(image, points, positive, negative):
+        calls.append((len(positive), len(negative)))
+        return guess
+
+    curve = click_curve(fixed_region_method(method, obj), obj, max_clicks=3)
+    assert calls == [(0, 0)]  # the method itself answers only the points
+    assert curve[0] < 0.6 and curve[1] > curve[0] and curve[2] == 1.0

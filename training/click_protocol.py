@@ -98,6 +98,27 @@ def click_curve(method: ClickMethod, obj: ProxyObject, max_clicks: int = MAX_CLI
         (positive if click.positive else negative).append((click.x, click.y))
 
 
+def fixed_region_method(method: ClickMethod, obj: ProxyObject) -> ClickMethod:
+    """The upper bound of a click that corrects exactly the error region it is placed in: `method`'s mask from the
+    points alone, then each click sets its whole region (largest_error_region of the mask so far against `obj`'s
+    truth) to the click's label. Only for `obj` (it reads the truth); the clicks given are the protocol's own."""
+    from instseg_core.annotate.corrections import largest_error_region
+
+    state: dict[str, np.ndarray] = {}
+
+    def fixed(image: np.ndarray, points: np.ndarray, positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
+        if not len(positive) and not len(negative):
+            state["mask"] = method(image, points, positive, negative).copy()
+            return state["mask"]
+        found = largest_error_region(state["mask"], obj.mask)
+        if found is not None:
+            region, label = found
+            state["mask"][region] = label
+        return state["mask"].copy()
+
+    return fixed
+
+
 def clicks_to_reach(curve: list[float], threshold: float, max_clicks: int = MAX_CLICKS) -> int:
     """The first click count whose IoU reaches `threshold` (max_clicks when none does)."""
     return next((k for k, value in enumerate(curve) if value >= threshold), max_clicks)
@@ -132,6 +153,8 @@ def coco_objects(root: str | Path, min_side: int = MIN_COCO_SIDE) -> list[ProxyO
     return objects
 
 
+UPPER_BOUND = ": each click corrects its whole error region (upper bound)"
+
 SET_NAMES = {"real_val": "real validation set (eval_sets/real_photos_val.json)",
              "coco": "coco_people_vehicles (validation only)",
              "real": "real test set (eval_sets/real_photos.json)",
@@ -154,13 +177,15 @@ def protocol_table(rows: dict[str, ClickMethod], objects: dict[str, list[ProxyOb
     (every method is deterministic)."""
     results: dict = {}
     for row, method in rows.items():
+        per_object = row.endswith(UPPER_BOUND)
         earlier = (reuse or {}).get(row, {})
         if all(name in earlier and earlier[name]["objects"] == len(found) for name, found in objects.items()):
             results[row] = {name: earlier[name] for name in objects}
             print(f"{row}: taken from the earlier run", flush=True)
             continue
         start = time.perf_counter()
-        results[row] = {name: summarise({obj.name: click_curve(method, obj, max_clicks) for obj in found},
+        results[row] = {name: summarise({obj.name: click_curve(fixed_region_method(method, obj) if per_object
+                                                               else method, obj, max_clicks) for obj in found},
                                         max_clicks)
                         for name, found in objects.items()}
         print(f"{row}: {time.perf_counter() - start:.0f} s", flush=True)
@@ -208,6 +233,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-clicks", type=int, default=MAX_CLICKS,
                         help="clicks at most per object (a quick comparison of checkpoints: 3)")
     parser.add_argument("--names", nargs="*", default=[], help="row names for --models, in order")
+    parser.add_argument("--upper-bound-models", nargs="*", default=[],
+                        help="graphs also run as the upper bound of a click: their mask from the points alone, each "
+                             "click then correcting exactly its whole error region (fixed_region_method)")
     parser.add_argument("--refine-models", nargs="*", default=[],
                         help="graphs also run with GrabCut refinement seeded by the clicks")
     parser.add_argument("--no-grabcut", action="store_true", help="leave out the GrabCut baseline row")
@@ -230,6 +258,10 @@ def main(argv: list[str] | None = None) -> None:
     for model in args.models:
         rows[names.get(model, Path(model).name)] = network_click_method(model)
         sources[names.get(model, Path(model).name)] = model
+    for model in args.upper_bound_models:
+        name = f"{Path(model).name}{UPPER_BOUND}"
+        rows[name] = network_click_method(model)
+        sources[name] = model
     for model in args.refine_models:
         name = f"{Path(model).name} + GrabCut refinement, clicks as hard seeds"
         rows[name] = network_click_method(model, refine="grabcut")
