@@ -33,7 +33,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,15 +100,21 @@ def check_class(name: str) -> str:
     return name
 
 
-def polygon_rle(polygon: np.ndarray, shape: tuple[int, int]) -> dict:
-    """The compressed RLE pycocotools makes of the polygon (N, 2) x, y in an image of `shape` (H, W): the mask COCO
-    tools see for a polygon segmentation (pycocotools fills it as a continuous shape, so it is smaller than
-    `polygon_area`'s filled pixel polygon by about half a pixel along the outline)."""
+def polygons_rle(polygons: Sequence[Sequence[float] | np.ndarray], shape: tuple[int, int]) -> dict:
+    """The compressed RLE pycocotools makes of the union of `polygons` (each (N, 2) x, y or a flat [x0, y0, ...],
+    N >= 3, in pixels) in an image of `shape` (H, W): the mask COCO tools see for a polygon segmentation
+    (pycocotools fills each polygon as a continuous shape, so it is smaller than `polygon_area`'s filled pixel
+    polygon by about half a pixel along the outline)."""
     from pycocotools import mask as mask_utils
 
     height, width = shape
-    flat = np.asarray(polygon, np.float64).reshape(-1).tolist()
-    return mask_utils.merge(mask_utils.frPyObjects([flat], int(height), int(width)))
+    flat = [np.asarray(polygon, np.float64).reshape(-1).tolist() for polygon in polygons]
+    return mask_utils.merge(mask_utils.frPyObjects(flat, int(height), int(width)))
+
+
+def polygon_rle(polygon: np.ndarray, shape: tuple[int, int]) -> dict:
+    """polygons_rle of one polygon (N, 2) x, y."""
+    return polygons_rle([polygon], shape)
 
 
 def object_attributes(obj: LabelledObject) -> dict[str, dict[str, Any]]:

@@ -68,6 +68,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from instseg_core.base.classes import INSTANCE_CLASSES
+from instseg_core.data.label_export import polygons_rle
 from instseg_core.eval.coco import encode_mask
 
 if TYPE_CHECKING:
@@ -159,12 +160,6 @@ def decode_rle(rle: dict) -> np.ndarray:
         return mask_utils.decode(rle).astype(bool)
 
 
-def polygons_rle(polygons: Sequence[Sequence[float] | np.ndarray], width: int, height: int) -> dict:
-    """One RLE (pycocotools) of the union of `polygons`, each a flat [x0, y0, x1, y1, ...] in pixels (>= 3 points),
-    rasterised at height x width."""
-    return mask_utils.merge(mask_utils.frPyObjects([list(map(float, p)) for p in polygons], height, width))
-
-
 def parse_yolo_seg_line(line: str) -> tuple[int, np.ndarray]:
     """`class x1 y1 x2 y2 ...` -> (class id, (K, 2) float64 normalised x, y with K >= 3); ValueError saying what is
     wrong."""
@@ -199,7 +194,7 @@ def _yolo_sample(image_path: Path, label_path: Path) -> RealSample:
             others += 1
             continue
         pixels = (points * (width, height)).ravel()
-        objects.append(GroundTruthObject.from_rle(COCO80_CLASSES[class_id], polygons_rle([pixels], width, height)))
+        objects.append(GroundTruthObject.from_rle(COCO80_CLASSES[class_id], polygons_rle([pixels], (height, width))))
     return RealSample(image_path.stem, image_path, width, height, tuple(objects), others)
 
 
@@ -234,7 +229,7 @@ def _coco_segmentation(segmentation: Any, width: int, height: int) -> dict:
     if isinstance(segmentation, list):
         if not segmentation or any(not isinstance(p, list) or len(p) < 6 or len(p) % 2 for p in segmentation):
             raise ValueError("polygons must be lists of x, y pairs with at least 3 points")
-        return polygons_rle(segmentation, width, height)
+        return polygons_rle(segmentation, (height, width))
     if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
         if list(segmentation["size"]) != [height, width]:
             raise ValueError(f"RLE size {segmentation['size']} is not the image's [{height}, {width}]")
