@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +121,17 @@ def ensure_malloc_tuning() -> None:
     """Re-run this process with glibc's mmap threshold off: PyTorch eager on CPU is ~1.4x faster here."""
     if any(os.environ.get(k) != v for k, v in MALLOC_TUNING.items()) and not os.environ.get("INSTSEG_NO_REEXEC"):
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **MALLOC_TUNING})
+
+
+def batch_norms_to_eval(model: torch.nn.Module, modules: Collection[str] | None = None) -> int:
+    """Puts the batch norms of `model` (only those inside its top-level `modules` when given) in eval mode: they
+    normalise with their running statistics and stop updating them. Call after each `model.train()`; returns how
+    many."""
+    norms = [module for name, module in model.named_modules()
+             if (modules is None or name.split(".")[0] in modules) and isinstance(module, torch.nn.BatchNorm2d)]
+    for norm in norms:
+        norm.eval()
+    return len(norms)
 
 
 def run_command_line(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str] | None,

@@ -37,6 +37,7 @@ from instseg_core.eval.binary_metrics import BinarySegmentationMetrics
 from instseg_core.losses.binary_mask import LOSSES
 from instseg_core.networks.extreme_unet import ExtremeUNet, SigmoidOutput, deployable
 from training.common import (
+    batch_norms_to_eval,
     ensure_malloc_tuning,
     export_graph,
     git_commit,
@@ -115,16 +116,6 @@ def freeze_encoder_batch_norm(model: torch.nn.Module) -> int:
     normalise with their ImageNet running statistics instead of re-estimating them on synthetic crops (their scale
     and shift still train). Call after each `model.train()`; returns how many were frozen (0 without an encoder)."""
     return batch_norms_to_eval(model, ENCODER_MODULES)
-
-
-def batch_norms_to_eval(model: torch.nn.Module, modules: Collection[str]) -> int:
-    """Puts the batch norms inside the top-level `modules` of `model` in eval mode (they normalise with their
-    running statistics and stop updating them); returns how many."""
-    norms = [module for name, module in model.named_modules()
-             if name.split(".")[0] in modules and isinstance(module, torch.nn.BatchNorm2d)]
-    for norm in norms:
-        norm.eval()
-    return len(norms)
 
 
 def fix_modules(model: torch.nn.Module, modules: Collection[str]) -> int:

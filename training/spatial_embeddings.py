@@ -47,6 +47,7 @@ from instseg_core.runtime.segmenter import Segmenter
 from training.common import (
     add_common_train_arguments,
     add_model_commands,
+    batch_norms_to_eval,
     check_init,
     evaluate_checkpoints,
     export_graph,
@@ -59,12 +60,6 @@ from training.common import (
     training_manifest,
 )
 from training.loop import evaluation_hook, start_run, trainer_epoch_hooks, window_draw
-
-
-def _freeze_batch_norm(model: torch.nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.eval()
 
 
 def _se_loss(loss_fn: SpatialEmbeddingLoss, raw: torch.Tensor, targets: tuple) -> tuple[torch.Tensor, dict]:
@@ -115,7 +110,7 @@ def train(args: argparse.Namespace) -> dict:
     def start_epoch() -> None:
         model.train()
         if args.freeze_bn:
-            _freeze_batch_norm(model)
+            batch_norms_to_eval(model)
 
     on_epoch, train_step = trainer_epoch_hooks(run, args, model, loss_fn, functools.partial(_se_loss, loss_fn),
                                                _collate, optimizer, steps, draw=window_draw(mixed_window, mix),
