@@ -45,7 +45,15 @@ from instseg_core.base.command_exit import add_debug_argument
 from instseg_core.eval.binary_metrics import iou
 from instseg_core.losses.binary_mask import LOSSES
 from instseg_core.networks.extreme_unet import ExtremeUNet
-from training.common import ensure_malloc_tuning, git_commit, guarded, load_checkpoint_file, resumable, save_atomically
+from training.common import (
+    batch_norms_to_eval,
+    ensure_malloc_tuning,
+    git_commit,
+    guarded,
+    load_checkpoint_file,
+    resumable,
+    save_atomically,
+)
 from training.extreme_point_crops import CropSet, augment
 
 BASE_CHANNELS = 5  # the shipped network's input: RGB, extreme points, colour prior
@@ -141,12 +149,6 @@ class ClickUNet(nn.Module):
         with torch.no_grad():
             self._first().weight[:, BASE_CHANNELS:] = self.click_filters
         return self.unet
-
-
-def norms_to_eval(model: nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.eval()
 
 
 def add_click(inputs: np.ndarray, u: float, v: float, positive: bool) -> None:
@@ -246,14 +248,14 @@ def train(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     while state["step"] < args.steps:
         model.train()
-        norms_to_eval(model)
+        batch_norms_to_eval(model)
         index = rng.integers(0, len(crops), args.batch_size)
         inputs, masks = encode_batch(crops, index, rng, args.photometric, args.prior_foreground)
         counts = rng.choice(len(weights), size=len(index), p=weights)
         model.eval()  # the simulated clicks see the model as it predicts (no batch norm changes either way)
         simulate_clicks(model, inputs, masks, counts, final=False)
         model.train()
-        norms_to_eval(model)
+        batch_norms_to_eval(model)
         x = torch.from_numpy(inputs).contiguous(memory_format=torch.channels_last)
         y = torch.from_numpy(masks[:, None].astype(np.float32))
         zero = np.flatnonzero(counts == 0)
