@@ -539,6 +539,15 @@ RELAX_HELP = ("the crop box's relaxation margin, a fraction of the points' box d
               "[LOW, HIGH] (seeded); default 0.1 0.1, the pipeline's fixed 10 %%")
 
 
+def add_manifest_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `export` and `ship` that the graph's manifest records for the pipeline: the crop margin and
+    the colour prior's foreground."""
+    parser.add_argument("--crop-relax", type=float, default=DEFAULT_RELAX_FRACTION, help=CROP_RELAX_HELP)
+    parser.add_argument("--prior-foreground", choices=PRIOR_FOREGROUNDS, default=None,
+                        help="recorded in the manifest as colour_prior_foreground (create_annotation_segmenter "
+                             "reads it); default: what the run was trained with")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training.extreme_points", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(required=True)
@@ -609,10 +618,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--data-note", default="")
     p.add_argument("--checkpoint", default="best.pt", help="a checkpoint file of the run (e.g. averaged.pt)")
-    p.add_argument("--crop-relax", type=float, default=DEFAULT_RELAX_FRACTION, help=CROP_RELAX_HELP)
-    p.add_argument("--prior-foreground", choices=PRIOR_FOREGROUNDS, default=None,
-                   help="recorded in the manifest as colour_prior_foreground (create_annotation_segmenter reads "
-                        "it); default: what the run was trained with")
+    add_manifest_arguments(p)
     p.set_defaults(func=export)
     p = sub.add_parser("ship", help="the run's best checkpoint into models/ as shipped (float16 ONNX + manifest), "
                                     "then derive fp32 and int8 as set-up does")
@@ -620,10 +626,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", default="models")
     p.add_argument("--data-note", default="")
     p.add_argument("--checkpoint", default="best.pt", help="a checkpoint file of the run (e.g. averaged.pt)")
-    p.add_argument("--crop-relax", type=float, default=DEFAULT_RELAX_FRACTION, help=CROP_RELAX_HELP)
-    p.add_argument("--prior-foreground", choices=PRIOR_FOREGROUNDS, default=None,
-                   help="recorded in the manifest as colour_prior_foreground (create_annotation_segmenter reads "
-                        "it); default: what the run was trained with")
+    add_manifest_arguments(p)
     p.set_defaults(func=ship)
     p = sub.add_parser("average", help="average the weights of some epochs of a run (batch-norm statistics "
                                        "re-estimated on training crops) into RUN/averaged.pt")
