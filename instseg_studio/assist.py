@@ -9,7 +9,8 @@
 - `proposals`: the streaming segmenter's instances on the frame (any streaming model), each as a polygon with
   its extreme points and class, for the operator to accept or reject; or, for a session pre-labelled by
   `instseg-fleet prelabel`, the proposals stored in the session (`StoredProposals`). `frame_proposals` leaves out
-  those overlapping an object of the frame (mask IoU > 0.5, pycocotools on the polygons).
+  those an object of the frame covers for more than half of their own mask (pycocotools on the polygons), and
+  `distinct` those that share more than half of the smaller mask with a better proposal.
 - `brush`: an object's polygon painted or erased with round strokes, the polygon recomputed from the mask.
 """
 
@@ -260,8 +261,14 @@ def proposals(streaming_segmenter: Any, frame: Frame, classes: tuple[str, ...], 
     return found, (time.perf_counter() - start) * 1e3
 
 
-SUPPRESS_IOU = 0.5
-"""A proposal whose mask overlaps an object of the frame by more than this IoU is not offered."""
+SUPPRESS_COVERED = 0.5
+"""A proposal more than this share of whose mask an object of the frame covers is not offered (a whole object or a
+sliver of one already labelled); of two proposals overlapping by more than this share of the smaller one, only the
+better is offered (a sliver inside a bigger proposal, one car proposed as "car" and as "bus")."""
+
+
+def _rles(polygons: list[Any], image_shape: tuple[int, int]) -> list[dict]:
+    return [polygon_rle(np.asarray(p, np.float64).reshape(-1, 2), image_shape) for p in polygons]
 
 
 def polygon_ious(polygons: list[Any], others: list[Any], image_shape: tuple[int, int]) -> np.ndarray:
@@ -271,28 +278,50 @@ def polygon_ious(polygons: list[Any], others: list[Any], image_shape: tuple[int,
 
     if not polygons or not others:
         return np.zeros((len(polygons), len(others)))
-    return np.asarray(mask_utils.iou([polygon_rle(p, image_shape) for p in polygons],
-                                     [polygon_rle(p, image_shape) for p in others], [0] * len(others)),
+    return np.asarray(mask_utils.iou(_rles(polygons, image_shape), _rles(others, image_shape), [0] * len(others)),
                       np.float64).reshape(len(polygons), len(others))
 
 
+def polygon_overlaps(polygons: list[Any], others: list[Any], image_shape: tuple[int, int],
+                     over: str = "first") -> np.ndarray:
+    """(len(polygons), len(others)) float: the pixels two filled polygons share (pycocotools masks, as
+    `polygon_ious`) over the area of the first one (`over` "first": how much of polygons[i] others[j] covers) or
+    of the smaller one (`over` "smaller"); 0 where a polygon has no pixel."""
+    from pycocotools import mask as mask_utils
+
+    if not polygons or not others:
+        return np.zeros((len(polygons), len(others)))
+    first, second = _rles(polygons, image_shape), _rles(others, image_shape)
+    # pycocotools' IoU against a "crowd" region is the intersection over the first mask's own area
+    covered = np.asarray(mask_utils.iou(first, second, [1] * len(second)), np.float64).reshape(len(first),
+                                                                                                len(second))
+    if over == "first":
+        return covered
+    areas = np.asarray(mask_utils.area(first), np.float64)
+    other_areas = np.asarray(mask_utils.area(second), np.float64)
+    smaller = np.minimum(areas[:, None], other_areas[None, :])
+    return np.divide(covered * areas[:, None], smaller, out=np.zeros_like(covered), where=smaller > 0)
+
+
 def suppress_overlapping(found: list[dict], existing: list[dict], image_shape: tuple[int, int],
-                         threshold: float = SUPPRESS_IOU) -> tuple[list[dict], int]:
-    """(the proposals of `found` whose mask IoU with every object of `existing` is at most `threshold`, how many
-    were left out)."""
+                         threshold: float = SUPPRESS_COVERED) -> tuple[list[dict], int]:
+    """(the proposals of `found` of whose mask no object of `existing` covers more than `threshold`, how many were
+    left out). Over the proposal's own area, not IoU: a sliver of a labelled car (a fifth of its size, entirely
+    inside it) is left out too."""
     if not found or not existing:
         return list(found), 0
-    overlap = polygon_ious([p["polygon"] for p in found], [o["polygon"] for o in existing], image_shape)
-    kept = [p for p, row in zip(found, overlap, strict=True) if row.max() <= threshold]
+    covered = polygon_overlaps([p["polygon"] for p in found], [o["polygon"] for o in existing], image_shape)
+    kept = [p for p, row in zip(found, covered, strict=True) if row.max() <= threshold]
     return kept, len(found) - len(kept)
 
 
-def distinct(found: list[dict], image_shape: tuple[int, int], threshold: float = SUPPRESS_IOU) -> list[dict]:
-    """`found` (best score first) without the proposals that overlap a better one by more than `threshold` (mask
-    IoU): one object proposed twice (an instance and the region around it) is offered once."""
+def distinct(found: list[dict], image_shape: tuple[int, int], threshold: float = SUPPRESS_COVERED) -> list[dict]:
+    """`found` (best score first) without the proposals that share more than `threshold` of the smaller one's mask
+    with a better one: one object proposed twice (an instance and the region around it, "car" and "bus", a sliver
+    inside it) is offered once, the best."""
     if len(found) < 2:
         return list(found)
-    overlap = polygon_ious([p["polygon"] for p in found], [p["polygon"] for p in found], image_shape)
+    overlap = polygon_overlaps([p["polygon"] for p in found], [p["polygon"] for p in found], image_shape, "smaller")
     kept: list[int] = []
     for k in range(len(found)):
         if all(overlap[k, j] <= threshold for j in kept):
@@ -302,9 +331,9 @@ def distinct(found: list[dict], image_shape: tuple[int, int], threshold: float =
 
 def frame_proposals(source: Any, frame: Frame, classes: tuple[str, ...], existing: list[dict],
                     tolerance: float = 1.0, min_area: int = 64) -> dict:
-    """The proposals of `proposals` for `frame`, less those overlapping `existing` (the frame's objects, IoU >
-    SUPPRESS_IOU): {"proposals": [...] best score first, "milliseconds": float (the whole call), "suppressed":
-    count left out}."""
+    """The proposals of `proposals` for `frame`, less those that `existing` (the frame's objects) covers for more
+    than SUPPRESS_COVERED of their own area (`suppress_overlapping`): {"proposals": [...] best score first,
+    "milliseconds": float (the whole call), "suppressed": count left out}."""
     start = time.perf_counter()
     found, _ = proposals(source, frame, classes, tolerance, min_area)
     kept, suppressed = suppress_overlapping(found, existing, frame.rgb.shape[:2])
