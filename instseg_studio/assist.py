@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +31,7 @@ from instseg_core.annotate.segmenter import AnnotationError, ErrorCode
 from instseg_core.data.label_export import polygon_rle
 from instseg_core.postprocess.polygons import mask_to_polygon
 from instseg_studio.bag_frames import Frame
-from instseg_studio.segmenters import StudioSegmenter
+from instseg_studio.segmenters import StudioSegmenter, close_points
 
 LK_WINDOW, LK_LEVELS = (21, 21), 3
 LK_CRITERIA = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01)
@@ -197,7 +198,9 @@ def proposals_from_result(result: Any, classes: tuple[str, ...], tolerance: floa
                           min_score: float = 0.0) -> list[dict]:
     """The instances of a streaming segmenter's `result` (instseg_core.runtime.SegmentationResult) as proposals,
     best score first: those whose class is one of `classes`, that cover at least `min_area` pixels and score at
-    least `min_score`, each {"class", "polygon", "points", "score", "polygon_iou", "area"} in image pixels."""
+    least `min_score`, each {"class", "polygon", "points", "score", "polygon_iou", "area"} in image pixels; "points"
+    are the extreme points of the instance's mask, and an instance without four distinct ones (segmenters.
+    close_points) is left out."""
     instances = result.instances
     found = []
     for k in np.argsort(-instances.scores):
@@ -210,6 +213,8 @@ def proposals_from_result(result: Any, classes: tuple[str, ...], tolerance: floa
         if len(polygon) < 3:
             continue
         points = extreme_points_from_mask(window) + np.array([x0, y0])
+        if close_points(points) is not None:  # no object is made from fewer than four distinct points
+            continue
         found.append({"class": name, "polygon": (polygon + np.array([x0, y0], np.int32)).tolist(),
                       "points": points.tolist(), "score": float(instances.scores[k]),
                       "polygon_iou": float(polygon_iou), "area": int(instances.areas[k])})
@@ -223,6 +228,7 @@ class StoredProposals:
 
     def __init__(self, session: Any, live: Callable[[], Any] | None = None) -> None:
         self.session, self._live_factory, self._live = session, live, None
+        self.stats: Counter = Counter()
 
     def for_frame(self, index: int) -> list[dict] | None:
         """The stored proposals of frame `index` not yet accepted as objects, or None when it has none stored."""
@@ -230,7 +236,10 @@ class StoredProposals:
         if stored is None:
             return None
         accepted = {json.dumps(o["polygon"]) for o in self.session.objects(index) if o.get("source") == "proposal"}
-        return [p for p in stored if json.dumps(p["polygon"]) not in accepted]
+        # stored by an older prelabel run with two extreme points on one pixel: not offered (counted)
+        kept = [p for p in stored if close_points(p["points"]) is None]
+        self.stats["without_four_points"] += len(stored) - len(kept)
+        return [p for p in kept if json.dumps(p["polygon"]) not in accepted]
 
     def live(self) -> Any:
         """The live streaming segmenter (built on first use), or None when there is none."""

@@ -55,11 +55,58 @@ class Segmentation:
     milliseconds: float
 
 
+MIN_POINT_DISTANCE = 2.0
+"""Four extreme points are distinct when each is at least this many image pixels from the others (the page refuses a
+click closer than this to an earlier one, whatever the zoom): an object is never made from fewer than four points."""
+
+
+def close_points(points: Any) -> tuple[int, int] | None:
+    """The first pair (i, j), i < j, of `points` (4, 2) closer to each other than MIN_POINT_DISTANCE, or None when the
+    four are distinct."""
+    array = np.asarray(points, np.float64).reshape(-1, 2)
+    for i in range(len(array)):
+        for j in range(i + 1, len(array)):
+            if np.hypot(*(array[i] - array[j])) < MIN_POINT_DISTANCE:
+                return i, j
+    return None
+
+
 def prepare_points(points: Any, image_shape: tuple[int, int]) -> np.ndarray:
-    """Four clicks in any order -> (4, 2) int64 left, top, right, bottom, validated for the image (AnnotationError
-    otherwise)."""
+    """Four clicks in any order -> (4, 2) int64 left, top, right, bottom rounded to whole pixels, validated for the
+    image (instseg_core's validate_points) and distinct (`close_points`); AnnotationError otherwise."""
     array = validate_points(points, image_shape)
-    return np.rint(order_extreme_points(array)).astype(np.int64)
+    ordered = np.rint(order_extreme_points(array)).astype(np.int64)
+    pair = close_points(ordered)
+    if pair is not None:
+        a, b = ordered[list(pair)]
+        raise AnnotationError(ErrorCode.BAD_POINTS, (
+            f"the points ({a[0]}, {a[1]}) and ({b[0]}, {b[1]}) are {np.hypot(*(a - b)):.3g} px apart: an object "
+            f"needs four distinct extreme points, each at least {MIN_POINT_DISTANCE:g} px from the others"))
+    return ordered
+
+
+def polygon_extreme_points(polygon: Any, image_shape: tuple[int, int]) -> np.ndarray | None:
+    """(4, 2) int64 left, top, right, bottom points of the mask of `polygon` ([[x, y], ...] image pixels) as
+    pycocotools fills it (label_export.polygon_rle: the mask the object has in the COCO export), by
+    extreme_points_from_mask; None when that mask is empty or two of the points are not distinct (`close_points`)."""
+    from pycocotools import mask as mask_utils
+
+    from instseg_core.data.label_export import polygon_rle
+
+    outline = np.asarray(polygon, np.float64).reshape(-1, 2)
+    height, width = image_shape
+    if len(outline) < 3:
+        return None
+    # the polygon's box only (moved by whole pixels, which fills the same pixels): not a whole frame per proposal
+    x0, y0 = (max(0, int(np.floor(v))) for v in outline.min(axis=0))
+    x1, y1 = min(width - 1, int(np.ceil(outline[:, 0].max()))), min(height - 1, int(np.ceil(outline[:, 1].max())))
+    if x1 < x0 or y1 < y0:
+        return None
+    mask = mask_utils.decode(polygon_rle(outline - [x0, y0], (y1 - y0 + 1, x1 - x0 + 1)))
+    if not mask.any():
+        return None
+    points = extreme_points_from_mask(mask) + np.array([x0, y0], np.int64)
+    return None if close_points(points) is not None else points
 
 
 def prepare_clicks(positive: Clicks, negative: Clicks, image_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -336,7 +383,9 @@ class SemanticProposals:
     semantic person / vehicle regions that those instances do not already cover (more than half of the component),
     so touching cars the semantic map merges come apart where the instance model separates them. Each candidate of
     at least `min_area` frame pixels gives its 4 extreme points, which the annotation model segments (all of a
-    frame's candidates in one batch) into the proposal's polygon. score = the candidate's semantic support (mean
+    frame's candidates in one batch) into the proposal's polygon; the proposal's extreme points are those of that
+    polygon's mask (`polygon_extreme_points`), and a proposal whose mask has no four distinct ones is dropped
+    (counted in stats["without_four_points"]). score = the candidate's semantic support (mean
     probability of its class over a component; the fraction of an instance's pixels labelled so) x the IoU of the
     annotation model's polygon with the candidate (where the two disagree, e.g. a "person" blob in foliage, the
     score drops). `annotation` None: the candidate's own outline is the polygon, score the semantic support."""
@@ -453,8 +502,7 @@ class SemanticProposals:
         if self.annotation is not None and candidates:
             results = list(self.annotation.segment_batch(rgb, points, tolerance))
         found = []
-        for (name, window, (x0, y0), support, scale), frame_points, result in zip(candidates, points, results,
-                                                                                strict=True):
+        for (name, window, (x0, y0), support, scale), result in zip(candidates, results, strict=True):
             if result is not None and len(result.polygon) >= 3:
                 agreement = _agreement(result.polygon, window, (x0, y0), scale)
                 polygon, polygon_iou, score, area = result.polygon, result.polygon_iou, support * agreement, \
@@ -465,9 +513,14 @@ class SemanticProposals:
                     continue
                 polygon = np.rint((outline + [x0, y0] + 0.5) * scale - 0.5).astype(np.int32)
                 score, area = support, int(window.sum() * scale * scale)
-            found.append({"class": name, "polygon": np.asarray(polygon).tolist(),
-                          "points": np.rint(frame_points).astype(int).tolist(), "score": float(score),
-                          "polygon_iou": float(polygon_iou), "area": int(area)})
+            # the proposal's points: those of its final mask (its polygon), not the candidate's points on the low
+            # resolution label map (two of which could fall on one frame pixel); none distinct: no proposal
+            extremes = polygon_extreme_points(polygon, (height, width))
+            if extremes is None:
+                self.stats["without_four_points"] += 1
+                continue
+            found.append({"class": name, "polygon": np.asarray(polygon).tolist(), "points": extremes.tolist(),
+                          "score": float(score), "polygon_iou": float(polygon_iou), "area": int(area)})
         self.stats["frames"] += 1
         return sorted(found, key=lambda p: -p["score"])
 

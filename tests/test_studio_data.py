@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -32,7 +33,12 @@ from instseg_studio.assist import (
     suppress_overlapping,
 )
 from instseg_studio.bag_frames import BagFrames
-from instseg_studio.segmenters import CombinedProposals, InProcessSegmenter
+from instseg_studio.segmenters import (
+    CombinedProposals,
+    InProcessSegmenter,
+    SemanticProposals,
+    polygon_extreme_points,
+)
 from instseg_studio.session import (
     SESSION_FILE,
     SESSION_FORMAT,
@@ -404,6 +410,46 @@ def test_semantic_proposals_find_the_cars_and_skip_labelled_ones(sequence: tuple
                                                   found[k]["class"] == "car" for value, k in best), best
     offered = frame_proposals(source, frame, CLASSES, [{"polygon": found[k]["polygon"]} for _, k in best])
     assert offered["suppressed"] == 2 and len(offered["proposals"]) == len(found) - 2
+
+
+class _LabelMapProposals(SemanticProposals):
+    """SemanticProposals on a label map given by the test (no network) with a stand-in annotation model."""
+
+    def __init__(self, label: np.ndarray, annotation: object) -> None:
+        from instseg_core.networks.espnetv2 import CITYSCAPES_TRAIN_IDS
+
+        self.label, self.annotation, self.instances = label, annotation, None
+        self.train_ids, self.stats = dict(CITYSCAPES_TRAIN_IDS), Counter()
+
+    def analyse(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, None]:
+        return self.label, np.full(self.label.shape, 0.9, np.float32), rgb.shape[1] / self.label.shape[1], None
+
+
+def test_semantic_proposals_take_four_distinct_points_from_their_final_mask() -> None:
+    """Operator probe on a highway bag: 31 of 594 semantic proposals had two of their four points equal or within 2
+    px (taken from the half-resolution label map), and accepting one stored them. A proposal's points are now those
+    of its final polygon's mask, four distinct ones; a proposal whose mask has none is dropped and counted."""
+    from types import SimpleNamespace
+
+    label = np.zeros((128, 256), np.int64)
+    for k in range(21):  # a diagonal "car": its left- and top-most label pixel are one pixel (so are right, bottom)
+        label[40 + k, 40 + k:42 + k] = 13
+    label[20:40, 150:170] = 11  # a "person" the stand-in model outlines as a 1-pixel band
+    rectangle = [[80, 76], [124, 76], [124, 124], [80, 124]]
+    band = [[300, 50], [340, 50], [340, 51], [300, 51]]
+
+    class Annotation:
+        def segment_batch(self, rgb: np.ndarray, points: list, tolerance: float) -> list:
+            return [SimpleNamespace(polygon=np.array(rectangle if p[0][0] < 200 else band), polygon_iou=1.0, area=99)
+                    for p in points]
+
+    source = _LabelMapProposals(label, Annotation())
+    found = source.propose(np.zeros((256, 512, 3), np.uint8), CLASSES)
+    assert [p["class"] for p in found] == ["car"] and source.stats["without_four_points"] == 1
+    points = np.asarray(found[0]["points"])
+    assert min(np.hypot(*(points[i] - points[j])) for i in range(4) for j in range(i)) >= 2, points
+    assert points.tolist() == polygon_extreme_points(rectangle, (256, 512)).tolist()  # type: ignore[union-attr]
+    assert points[:, 0].min() == 80 and points[:, 1].min() == 76, "the points lie on the final outline"
 
 
 def _filled(polygon: list, shape: tuple[int, int]) -> np.ndarray:

@@ -8,6 +8,8 @@ const PALETTE = ["#ff3b3b", "#ff9f1a", "#2f9bff", "#b45cff", "#19d3c5", "#ffe14d
                  "#ffffff", "#a0a0ff", "#ffb3b3", "#33cccc"];
 const DOUBLE_CLICK_MS = 500;     // a second click this soon ...
 const SAME_POINT_PX = 3;         // ... and this close (screen pixels) to the last one is the same click
+const DISTINCT_PX = 2;           // extreme points closer than this (image pixels) are one point, whatever the zoom
+                                 // (the server's segmenters.MIN_POINT_DISTANCE: it refuses them too)
 const RETRY_MS = [250, 500, 1000, 2000];   // back-off between attempts to save after a lost connection
 const SAVE_TIMEOUT_MS = 5000;              // a save not answered by then is retried (the server may hang)
 const ATTRIBUTES = ["occluded", "truncated", "crowd"];
@@ -635,7 +637,10 @@ async function addClick(raw, event) {
   // the overlay covers exactly the image: a click on its last pixel column may round to the width; keep it inside
   const point = insideFrame(raw);
   const now = performance.now();
-  const near = (a, b) => Math.hypot(a[0] - b[0], a[1] - b[1]) <= Math.max(1, SAME_POINT_PX * screenScale());
+  const near = (a, b) => {
+    const distance = Math.hypot(a[0] - b[0], a[1] - b[1]);
+    return distance < DISTINCT_PX || distance <= SAME_POINT_PX * screenScale();
+  };
   const last = state.lastClick;
   state.lastClick = { point, time: now };
   if (last && now - last.time < DOUBLE_CLICK_MS && near(point, last.point)) return;   // the 2nd click of a double-click
