@@ -599,7 +599,8 @@ def test_defect_6_a_dead_server_never_shows_saved_and_the_edits_are_saved_in_ord
     """Issue 36, 6: after the server was killed the page showed "saved" while the edit in flight was not, and after
     the restart that edit went out silently with the next change, outside the undo history. Now the status says
     NOT SAVED – retrying, the edits are retried in order once the server is back, and undo takes them back; a server
-    that hangs instead is given 5 s per save."""
+    that hangs instead is given 5 s per save. Operator probe: a frame change while the server is away keeps the
+    frame's kept points, and the messages about the server being away go once it answers again."""
     from selenium.webdriver.common.keys import Keys
 
     gt = bag[1]
@@ -624,6 +625,11 @@ def test_defect_6_a_dead_server_never_shows_saved_and_the_edits_are_saved_in_ord
         page.click(*point)
     page.wait.until(lambda d: "does not answer" in page.text("message"))
     assert page.state("clicks.length") == 3, "the first three points are kept"
+    # operator probe: → while the server is away lost the kept points; the page stays on the frame as it was
+    page.keys(Keys.ARROW_RIGHT)
+    page.wait.until(lambda d: "frame 2 could not be shown" in page.text("message") and page.state("busy") == 0)
+    assert page.state("index") == 0 and page.state("frame.index") == 0
+    assert page.state("clicks.length") == 3, "a failed frame change keeps the kept points"
     again = StudioProcess(bag[0], tmp_path, "--segmenter", "inprocess", "--port", port)
     studios.append(again)
     page.studio = again
@@ -631,6 +637,8 @@ def test_defect_6_a_dead_server_never_shows_saved_and_the_edits_are_saved_in_ord
     page.wait.until(lambda d: [(o["hidden"], o["class"]) for o in page.saved(0)] == [(True, "truck")])
     page.idle()
     assert again.http.get("/api/info").json()["version"] == 3 and "saved v3" in page.text("status")
+    # the server answers again: what the page said about it being away is gone (it stayed beside "saved v3")
+    assert not page.text("message"), page.text("message")
     log = browser.execute_script("return window.statusLog")
     assert any("NOT SAVED – retrying" in text for text in log), log
     assert not [text for text in log[:log.index(next(t for t in log if "saved v3" in t))] if "saved v" in text], log

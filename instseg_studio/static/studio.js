@@ -32,6 +32,7 @@ window.studioTimings = [];          // {what, ms}: measured in the page (bench/b
 class ApiError extends Error {
   constructor(status, message) { super(message); this.status = status; }
 }
+class ConnectionError extends Error {}   // no answer at all: the server is away (killed, restarting, unreachable)
 
 async function api(method, path, body, timeoutMs = 0) {
   // timeoutMs: give up waiting (a server that hangs answers nothing, ever); the caller sees a failed request
@@ -44,18 +45,35 @@ async function api(method, path, body, timeoutMs = 0) {
   const timer = abort ? setTimeout(() => abort.abort(), timeoutMs) : null;
   if (abort) options.signal = abort.signal;
   try {
-    const response = await fetch(path, options);
+    let response;
+    try { response = await fetch(path, options); } catch (error) {
+      if (error.name === "AbortError") throw error;   // our own timeout (the caller says so)
+      throw new ConnectionError(error.message || "no connection");
+    }
+    serverAnswered();
     const data = await response.json().catch(() => ({}));
     if (!response.ok) throw new ApiError(response.status, data.error || response.statusText);
     return data;
   } finally { clearTimeout(timer); }
 }
 
-function showMessage(text, kind = "error") {
+function showMessage(text, kind = "error", connection = false) {
+  // connection: the message is about a server that does not answer; it goes once the server answers again
   const box = $("message");
   box.textContent = text;
   box.className = kind;
   box.hidden = !text;
+  box.dataset.connection = connection && text ? "true" : "";
+}
+
+function serverAnswered() {   // any answer: what was said about an unreachable server no longer applies
+  if ($("message").dataset.connection === "true") showMessage("");
+}
+
+function showError(error) {   // a refusal says why; no answer at all is a connection message
+  if (error instanceof ConnectionError || error.name === "AbortError") {
+    showMessage(`the studio server does not answer (${error.message})`, "error", true);
+  } else showMessage(error.message || String(error));
 }
 
 function pad(value, width = 2) { return String(value).padStart(width, "0"); }
@@ -174,7 +192,6 @@ function backOff(attempt) {
 }
 
 function savedAs(write, version, nextTrack) {   // the first write of the queue is saved as `version`
-  if (state.failure && $("message").textContent.includes("does not answer")) showMessage("");   // no longer true
   state.writes.shift();
   state.version = version;
   if (nextTrack) state.nextTrack = Math.max(state.nextTrack, nextTrack);
@@ -287,11 +304,17 @@ function prefetchWhenIdle() {
   }, WARM ? PREFETCH_IDLE_MS : 0);
 }
 
+let leftBehind = null;   // the shown frame's clicks, selection and proposals while another frame loads
+
 async function goTo(index) {
   const n = state.timestamps.length;
   if (!n) return;
   index = Math.max(0, Math.min(n - 1, index));
   const started = performance.now();
+  if (state.frame && state.index === state.frame.index) {   // leaving the shown frame: put back if the load fails
+    leftBehind = { index: state.index, clicks: state.clicks, proposals: state.proposals, proposal: state.proposal,
+                   suppressed: state.suppressed, selected: state.selected, explicit: state.explicit };
+  }
   state.index = index;
   state.clicks = [];
   state.proposals = [];
@@ -302,10 +325,19 @@ async function goTo(index) {
   busy(1);
   try {
     const image = $("frame-image");
-    const loaded = new Promise((resolve, reject) => { image.onload = resolve; image.onerror = reject; });
-    const [frame] = await Promise.all([api("GET", `/api/frames/${index}`),
-                                       (image.src = `/api/frames/${index}/image`, loaded)]);
+    const loaded = new Promise((resolve, reject) => {
+      image.onload = resolve;
+      image.onerror = () => reject(new ConnectionError("its image did not load"));
+    });
+    // both settled before a failure is shown: the server's reason (a frame it cannot read) is preferred to the
+    // image's, and no answer arrives after the message (which would take a connection message away again)
+    const settled = await Promise.allSettled([api("GET", `/api/frames/${index}`),
+                                              (image.src = `/api/frames/${index}/image`, loaded)]);
+    const failures = settled.filter((s) => s.status === "rejected").map((s) => s.reason);
+    if (failures.length) throw failures.find((e) => e instanceof ApiError) || failures[0];
+    const frame = settled[0].value;
     if (state.index !== index) return;   // the operator moved on meanwhile
+    leftBehind = null;
     // the server moved on without this tab: another tab saved. Its version is NOT taken over: this tab's
     // writes keep naming the version they were built on, and are refused
     if (frame.version > state.version && !state.writes.length && !writer) markStale(frame.version);
@@ -325,10 +357,16 @@ async function goTo(index) {
     if (WARM) api("POST", `/api/frames/${index}/warm`, {}).catch(() => {});
     prefetchWhenIdle();
   } catch (error) {
-    showMessage(error instanceof ApiError ? error.message : `frame ${index + 1} could not be shown (${error.message ||
-      "the studio server does not answer"})`);
+    if (error instanceof ApiError) showMessage(error.message);
+    else showMessage(`frame ${index + 1} could not be shown: the studio server does not answer (${error.message})`,
+                     "error", true);
     if (state.index === index && state.frame) {   // stay on the frame that is shown: clicks must match the image
       state.index = state.frame.index;
+      if (leftBehind && leftBehind.index === state.index) {   // as it was: its kept clicks, selection, proposals
+        const { index: _, ...kept } = leftBehind;
+        Object.assign(state, kept);
+      }
+      leftBehind = null;
       $("frame-slider").value = state.index;
       $("frame-image").src = `/api/frames/${state.index}/image`;
       render();
@@ -666,7 +704,6 @@ async function addClick(raw, event) {
                   source: "clicks", track_id: state.nextTrack++, attributes, excluded: false, edited: false,
                   carried: false, clicks: emptyClicks() };
     state.clicks = [];
-    if ($("message").textContent.includes("does not answer")) showMessage("");   // it answered
     state.selected = obj.id;   // selected for correction clicks and handles; NOT for relabelling by key
     state.explicit = false;
     const saved = commit([...state.objects, obj]);   // draws the polygon at once, then saves
@@ -676,8 +713,11 @@ async function addClick(raw, event) {
     if (error instanceof ApiError) state.clicks = [];   // the points cannot make an object: start again
     else state.clicks.pop();   // the server did not answer: the first three clicks are kept, the 4th is clicked again
     render();
-    showMessage(error instanceof ApiError ? error.message
-      : "the studio server does not answer: the first three points are kept; click the 4th again once it is back");
+    if (error instanceof ApiError) showMessage(error.message);
+    else {
+      showMessage("the studio server does not answer: the first three points are kept; click the 4th again once " +
+                  "it is back", "error", true);
+    }
   }
 }
 
@@ -691,7 +731,7 @@ async function resegment(obj, points, tolerance, clicks, what = "resegment", byH
     const saved = (byHand ? updateByHand : updateObject)(obj.id, change);
     window.studioTimings.push({ what, ms: performance.now() - started, server_ms: result.milliseconds });
     await saved;
-  } catch (error) { showMessage(error.message || "the studio server does not answer"); render(); }
+  } catch (error) { showError(error); render(); }
 }
 
 async function correctionClick(raw, kind) {
@@ -821,7 +861,7 @@ async function finishStroke() {
       tolerance: obj.tolerance });
     window.studioTimings.push({ what: "brush", ms: performance.now() - started });
     updateByHand(obj.id, { polygon: result.polygon, polygon_iou: result.polygon_iou, source: "brush" });   // saved in turn
-  } catch (error) { showMessage(error.message || "the studio server does not answer"); render(); }
+  } catch (error) { showError(error); render(); }
   finally { busy(-1); }
 }
 
@@ -853,7 +893,7 @@ async function copyPrevious() {
       showMessage(`copied from frame ${source + 1}: ${result.added.length} added, ${result.updated.length} ` +
                   `updated (same track)${kept}`, "info");
     }
-  } catch (error) { showMessage(error.message || "the studio server does not answer"); } finally { busy(-1); }
+  } catch (error) { showError(error); } finally { busy(-1); }
 }
 
 async function loadProposals() {
@@ -870,7 +910,7 @@ async function loadProposals() {
     } else {
       showMessage("choose a proposal (click it in the list, or ↓ / ↑), then Enter accepts it; R rejects it", "info");
     }
-  } catch (error) { showMessage(error.message || "the studio server does not answer"); } finally { busy(-1); }
+  } catch (error) { showError(error); } finally { busy(-1); }
 }
 
 function chooseProposal(k) { state.proposal = k; render(); }
@@ -924,7 +964,7 @@ async function exportSession() {
   try {
     const result = await api("POST", "/api/export", { overwrite: true });
     showMessage(`exported ${result.objects} objects on ${result.frames} frames to ${result.out}`, "info");
-  } catch (error) { showMessage(error.message || "the studio server does not answer"); } finally { busy(-1); }
+  } catch (error) { showError(error); } finally { busy(-1); }
 }
 
 // ---- keys -----------------------------------------------------------------------------------------------
