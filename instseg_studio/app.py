@@ -10,7 +10,8 @@ API (all JSON unless said otherwise; errors are {"error": message} with a 4xx st
     GET  /api/frames/{i}/image             frame i as JPEG
     POST /api/frames/{i}/warm              decode frame i and wake the model before the first click (202)
     PUT  /api/frames/{i}/objects           {"base_version", "objects"} -> {"version", "next_track_id"}; 409 when
-                                           the session changed since base_version (another tab)
+                                           the session changed since base_version (another tab); 422 when a
+                                           vertex, extreme point or click lies outside the image
     POST /api/segment                      {"frame", "points" (4 clicks, any order), "tolerance", "positive",
                                            "negative" (optional correction clicks [[x, y], ...])} -> polygon
     POST /api/frames/{i}/brush             {"polygon", "strokes" [{"mode" paint|erase, "radius", "points"}],
@@ -64,7 +65,9 @@ from instseg_studio.assist import brush, frame_proposals, merge_propagated, prop
 from instseg_studio.bag_frames import BagFrames, BagFramesError
 from instseg_studio.segmenters import StudioSegmenter
 from instseg_studio.session import (
+    MAX_CORRECTION_CLICKS,
     MAX_OBJECTS_PER_FRAME,
+    MAX_POLYGON_VERTICES,
     Session,
     SessionError,
     VersionConflictError,
@@ -326,6 +329,7 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
 
     def save_objects(index: int, body: dict) -> dict:
         frame = frame_or_error(_frame_index(studio, index))
+        inside_image(body.get("objects"), frame.rgb.shape)
         try:
             version = studio.session.set_objects(index, frame.stamp_ns, body.get("objects"), body.get("base_version"))
         except VersionConflictError as exc:
@@ -339,6 +343,23 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
             log.warning("frame %d not saved: %s", index, reason)  # the session file, not its temporary file
             raise RequestError(f"not saved: {reason}", 507) from exc
         return {"version": version, "next_track_id": studio.session.next_track_id}
+
+    def inside_image(objects: Any, shape: tuple[int, ...]) -> None:
+        """RequestError 422 naming the object and the coordinate when a polygon vertex, extreme point or correction
+        click of `objects` lies outside the (H, W) image, as /api/segment and the brush refuse them (the session
+        refuses malformed objects first: 400)."""
+        if not isinstance(objects, list) or len(objects) > MAX_OBJECTS_PER_FRAME:
+            return  # the session says why (400)
+        for k, obj in enumerate(objects):
+            try:
+                clean = validate_object(obj, studio.session.classes, f"objects[{k}]", studio.session.attributes)
+            except SessionError as exc:
+                raise RequestError(str(exc)) from exc
+            where = f"objects[{k}] (id {clean['id']!r}, {clean['class']})"
+            _pixels(clean["polygon"], f"{where}.polygon", shape, 3, MAX_POLYGON_VERTICES)
+            _pixels(clean["points"], f"{where}.points", shape, 4, 4)
+            for kind in ("positive", "negative"):
+                _pixels(clean["clicks"][kind], f"{where}.clicks.{kind}", shape, 0, MAX_CORRECTION_CLICKS)
 
     @app.post("/api/segment")
     async def segment(request: Request) -> dict:

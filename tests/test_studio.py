@@ -230,6 +230,11 @@ def test_objects_are_saved_and_versions_checked(client: TestClient) -> None:
     ("get", "/api/frames/-1/image", {}, 404, "frame must be an index"),
     ("get", "/static/../app.py", {}, 404, "Not Found"),
     ("put", "/api/frames/0/objects", {"json": {"base_version": 0, "objects": [{"id": 3}]}}, 400, "short string"),
+    ("put", "/api/frames/0/objects", {"json": {"base_version": 0, "objects": [
+        _object("o2"), {**_object(), "polygon": [[1, 5], [5000, 65], [9, 5], [-300, 90]]}]}}, 422,
+     "objects[1] (id 'o1', car).polygon[1] [5000.0, 65.0] is outside the 512x256 image"),
+    ("put", "/api/frames/0/objects", {"json": {"base_version": 0, "objects": [
+        {**_object(), "points": [[1, 5], [5, 1], [9, 5], [5, 300]]}]}}, 422, "objects[0] (id 'o1', car).points[3]"),
     ("post", "/api/frames/1/proposals", {"json": {}}, 409, "proposals are off"),
     ("post", "/api/frames/0/propagate", {"json": {"source": 3}}, 422, "no objects to copy"),
     ("post", "/api/segment", {"json": {"frame": 0, "points": [[1, 1], [5, 0], [9, 1], [5, 9]],
@@ -257,6 +262,7 @@ def test_hostile_and_bad_requests_get_a_clear_refusal(client: TestClient, method
     body = response.json()
     assert message in (body.get("error") or body.get("detail", "")), body
     assert client.get("/api/info").status_code == 200, "the server keeps serving"
+    assert client.get("/api/info").json()["version"] == 0, "nothing refused was saved"
 
 
 def test_brush_tracks_and_warming_through_the_api(client: TestClient, bag: tuple[Path, GroundTruth]) -> None:
