@@ -1,6 +1,7 @@
 """The studio's HTTP side: the page (static/) and a JSON API, with FastAPI.
 
-API (all JSON unless said otherwise; errors are {"error": message} with a 4xx status, never a traceback):
+API (all JSON unless said otherwise; errors are {"error": message} with a 4xx status, never a traceback; a value
+a message names is cut to about 60 characters):
 
     GET  /api/info                         bag, topic, frame count, classes, attributes per class, next track
                                            id, segmenter, session version, counters
@@ -24,6 +25,11 @@ API (all JSON unless said otherwise; errors are {"error": message} with a 4xx st
     POST /api/frames/{i}/proposals         {"objects" (as above)} -> the streaming segmenter's instances on frame
                                            i, less those overlapping the objects ({"proposals", "suppressed"})
     POST /api/export                       {"overwrite"} -> the export under OUT/export (all or nothing)
+
+A field a request may leave out may also be null: the same (tolerance null is 1.0 px, source null the previous
+frame, overwrite null true, positive / negative null none, objects null the saved ones). A frame, in the path or
+as "frame" / "source", is a whole number: 404 when the bag has no such frame (-1, 4, 1e300 in a JSON body),
+400 when it is not a whole number (1.5, "3", null for "frame"; in a path anything but an integer, 1e300 included).
 
 Safety: requests whose Host is not one of the server's own names, or whose Origin is another site, are refused
 (403; DNS rebinding and cross-site requests), as are writes that are not `application/json` (415: an HTML form
@@ -72,6 +78,7 @@ from instseg_studio.session import (
     SessionError,
     VersionConflictError,
     export_labels,
+    shown,
     validate_object,
 )
 
@@ -115,18 +122,22 @@ class Studio:
 
 
 def _frame_index(studio: Studio, value: Any) -> int:
+    """A frame index from a request: a whole number (JSON 3, 3.0 or 3e0) in [0, frames), 404 for a whole number
+    the bag has no frame for (-1, 4, 1e300), 400 for anything else (1.5, "3", null, true)."""
+    if isinstance(value, float) and value.is_integer():  # JSON has numbers, not integers: 1e300 is a whole one
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise RequestError(f"frame must be an integer index in [0, {len(studio.frames)}), got {value!r}")
+        raise RequestError(f"frame must be an integer index in [0, {len(studio.frames)}), got {shown(value)}")
     if not 0 <= value < len(studio.frames):
-        raise RequestError(f"frame must be an index in [0, {len(studio.frames)}), got {value!r}", 404)
+        raise RequestError(f"frame must be an index in [0, {len(studio.frames)}), got {shown(value)}", 404)
     return value
 
 
 def _tolerance(value: Any) -> float:
-    if value is None:
+    if value is None:  # null is the field left out, as for every optional field of a request
         return 1.0
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 50.0:
-        raise RequestError(f"tolerance must be a number of pixels in [0, 50], got {value!r}")
+        raise RequestError(f"tolerance must be a number of pixels in [0, 50], got {shown(value)}")
     return float(value)
 
 
@@ -139,9 +150,9 @@ def _pixels(value: Any, name: str, shape: tuple[int, ...], minimum: int, maximum
     for k, point in enumerate(value):
         if (not isinstance(point, list) or len(point) != 2
                 or any(isinstance(v, bool) or not isinstance(v, int | float) for v in point)):
-            raise RequestError(f"{name}[{k}] must be [x, y] numbers, got {point!r}", 422)
+            raise RequestError(f"{name}[{k}] must be [x, y] numbers, got {shown(point)}", 422)
         if not (0 <= point[0] <= width - 1 and 0 <= point[1] <= height - 1):
-            raise RequestError(f"{name}[{k}] {point} is outside the {width}x{height} image", 422)
+            raise RequestError(f"{name}[{k}] {shown(point)} is outside the {width}x{height} image", 422)
         points.append([float(point[0]), float(point[1])])
     return points
 
@@ -174,10 +185,10 @@ class RequestGuard:
         """(reason, status, counter) when the request is refused before it reaches a route, else None."""
         host = headers.get("host", "")
         if host not in self.allowed_hosts:
-            return f"unknown Host {host!r}", 403, "refused_host"
+            return f"unknown Host {shown(host)}", 403, "refused_host"
         origin = headers.get("origin")
         if origin is not None and origin not in self.allowed_origins:
-            return f"cross-site request from {origin!r}", 403, "refused_origin"
+            return f"cross-site request from {shown(origin)}", 403, "refused_origin"
         if method not in ("GET", "HEAD"):
             if headers.get("content-type", "").split(";")[0].strip() != "application/json":
                 return "writes must be application/json", 415, "refused_content_type"
@@ -329,6 +340,10 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
 
     def save_objects(index: int, body: dict) -> dict:
         frame = frame_or_error(_frame_index(studio, index))
+        base_version = body.get("base_version")
+        if isinstance(base_version, bool) or not isinstance(base_version, int):  # not a version: not a conflict
+            raise RequestError(f"base_version must be the session version the change was made on (an integer), got "
+                               f"{shown(base_version)}")
         inside_image(body.get("objects"), frame.rgb.shape)
         try:
             version = studio.session.set_objects(index, frame.stamp_ns, body.get("objects"), body.get("base_version"))
@@ -422,7 +437,8 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
 
     def propagate_to(index: int, body: dict) -> dict:
         target = frame_or_error(_frame_index(studio, index))
-        source_index = _frame_index(studio, body.get("source", index - 1))
+        source = body.get("source")  # null or left out: the previous frame
+        source_index = _frame_index(studio, index - 1 if source is None else source)
         objects = studio.session.objects(source_index)
         if not objects:
             raise RequestError(f"frame {source_index} has no objects to copy", 422)
@@ -442,9 +458,11 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
     @app.post("/api/export")
     async def export(request: Request) -> dict:
         body = await _json_body(request)
-        overwrite = body.get("overwrite", True)
+        overwrite = body.get("overwrite")
+        if overwrite is None:  # null or left out: the default
+            overwrite = True
         if not isinstance(overwrite, bool):
-            raise RequestError(f"overwrite must be true or false, got {overwrite!r}")
+            raise RequestError(f"overwrite must be true or false, got {shown(overwrite)}")
         return await run_in_threadpool(export_session, studio, overwrite)
 
     return app

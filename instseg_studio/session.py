@@ -77,6 +77,19 @@ MAX_TRACK_ID = 10**9
 log = logging.getLogger("instseg_studio")
 
 
+MESSAGE_VALUE_CHARS = 60
+
+
+def shown(value: Any, limit: int = MESSAGE_VALUE_CHARS) -> str:
+    """repr(value) for a message, cut to about `limit` characters: a request's 4000-digit number or megabyte of text
+    is named, not echoed whole."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer past Python's 4300-digit conversion limit
+        return "a number of more than 4300 digits"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 class SessionError(ValueError):
     """A session file or a change that cannot be used; the message says what is wrong."""
 
@@ -87,7 +100,7 @@ class VersionConflictError(SessionError):
 
 def _number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value or abs(value) > 1e7:
-        raise SessionError(f"{where}: expected a finite number, got {value!r}")
+        raise SessionError(f"{where}: expected a finite number, got {shown(value)}")
     return float(value)
 
 
@@ -99,7 +112,7 @@ def _points(value: Any, where: str, count: int | None = None) -> list[list[float
     points = []
     for k, point in enumerate(value):
         if not isinstance(point, list) or len(point) != 2:
-            raise SessionError(f"{where}[{k}]: expected [x, y], got {point!r}")
+            raise SessionError(f"{where}[{k}]: expected [x, y], got {shown(point)}")
         points.append([_number(point[0], f"{where}[{k}]"), _number(point[1], f"{where}[{k}]")])
     return points
 
@@ -141,9 +154,9 @@ def _attributes(value: Any, offered: tuple[str, ...], where: str, strict: bool) 
     clean = dict.fromkeys(offered, False)
     for key, flag in value.items():
         if key not in ATTRIBUTE_NAMES:
-            raise SessionError(f"{where}: unknown attribute {key!r} (known: {', '.join(ATTRIBUTE_NAMES)})")
+            raise SessionError(f"{where}: unknown attribute {shown(key)} (known: {', '.join(ATTRIBUTE_NAMES)})")
         if not isinstance(flag, bool):
-            raise SessionError(f"{where}.{key}: expected true or false, got {flag!r}")
+            raise SessionError(f"{where}.{key}: expected true or false, got {shown(flag)}")
         if key in offered:
             clean[key] = flag
         elif flag and strict:
@@ -182,19 +195,19 @@ def validate_object(obj: Any, classes: tuple[str, ...], where: str,
         raise SessionError(f"{where}.id: expected a short string")
     name = obj.get("class")
     if name not in classes:
-        raise SessionError(f"{where}.class: {name!r} is not one of the studio's classes")
+        raise SessionError(f"{where}.class: {shown(name)} is not one of the studio's classes")
     polygon = _points(obj.get("polygon"), f"{where}.polygon")
     if len(polygon) < 3:
         raise SessionError(f"{where}.polygon: at least 3 vertices are needed")
     source = obj.get("source", "clicks")
     if source not in OBJECT_SOURCES:
-        raise SessionError(f"{where}.source: {source!r} is not one of {OBJECT_SOURCES}")
+        raise SessionError(f"{where}.source: {shown(source)} is not one of {OBJECT_SOURCES}")
     # view and export flags: missing or null is false; edited and carried: missing is false
     flags = {**{key: obj.get(key) or False for key in ("hidden", "excluded")},
              **{key: obj.get(key, False) for key in ("edited", "carried")}}
     for key, flag in flags.items():
         if not isinstance(flag, bool):
-            raise SessionError(f"{where}.{key}: expected true or false, got {flag!r}")
+            raise SessionError(f"{where}.{key}: expected true or false, got {shown(flag)}")
     offered = ATTRIBUTE_NAMES if attributes is None else attributes.get(name, ())
     clean = {"id": object_id, "class": name, "points": _points(obj.get("points"), f"{where}.points", 4),
              "polygon": [[round(x, 2), round(y, 2)] for x, y in polygon],
@@ -206,7 +219,7 @@ def validate_object(obj: Any, classes: tuple[str, ...], where: str,
     if track_id is not None:
         if isinstance(track_id, bool) or not isinstance(track_id, int) or not 1 <= track_id <= MAX_TRACK_ID:
             raise SessionError(f"{where}.track_id: expected a whole number from 1 to {MAX_TRACK_ID}, got "
-                               f"{track_id!r}")
+                               f"{shown(track_id)}")
         clean["track_id"] = track_id
     for key in ("score", "polygon_iou"):
         if obj.get(key) is not None:
@@ -219,7 +232,7 @@ def validate_proposal(proposal: Any, classes: tuple[str, ...], where: str) -> di
     if not isinstance(proposal, dict):
         raise SessionError(f"{where}: expected an object, got {type(proposal).__name__}")
     if proposal.get("class") not in classes:
-        raise SessionError(f"{where}.class: {proposal.get('class')!r} is not one of the studio's classes")
+        raise SessionError(f"{where}.class: {shown(proposal.get('class'))} is not one of the studio's classes")
     polygon = _points(proposal.get("polygon"), f"{where}.polygon")
     if len(polygon) < 3:
         raise SessionError(f"{where}.polygon: at least 3 vertices are needed")
@@ -239,7 +252,7 @@ def validate_mining(mining: Any, where: str) -> dict:
     clean: dict[str, Any] = {}
     for key, value in mining.items():
         if not isinstance(key, str) or len(key) > 64:
-            raise SessionError(f"{where}: bad key {key!r}")
+            raise SessionError(f"{where}: bad key {shown(key)}")
         clean[key] = value[:1000] if isinstance(value, str) else _number(value, f"{where}.{key}")
     return clean
 
