@@ -1,7 +1,9 @@
-"""Camera bags written with rosbags: read back by rosbags, deserialised by rclpy, replayed over DDS."""
+"""Camera bags (instseg_core.data.bags): read back by rosbags, deserialised by rclpy, replayed over DDS; chunk
+CRCs and atomic overwrites."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +88,46 @@ def test_bag_replays_through_rclpy_over_dds(tmp_path: Path, ros_processes) -> No
     assert result["frame_ids"] == ["camera_optical_frame"]
     assert result["shapes"] == [[512, 1024, 3]] * 4
     assert result["sums"] == [int(f.astype(np.int64).sum()) for f in source]
+
+
+def test_a_flipped_byte_in_a_frame_is_detected_when_read(tmp_path: Path) -> None:
+    """MCAP bags are written as the recorder writes them, with chunk CRCs: a damaged frame is refused by rosbags
+    (what the studio and instseg-label read with) and by verify_bag (before: rosbags' writer wrote no CRC, and the
+    studio served the frame with wrong pixels)."""
+    from instseg_core.data.recording import BagIntegrityError, verify_bag
+
+    source = [np.full((48, 64, 3), 40 * k + 7, np.uint8) for k in range(4)]
+    bag = write_image_bag(tmp_path / "bag", source, rate_hz=10.0, start_ns=START_NS).path
+    assert verify_bag(bag).verified and not verify_bag(bag).unchecked
+    mcap = next(bag.glob("*.mcap"))
+    data = bytearray(mcap.read_bytes())
+    data[data.index(bytes([87] * 64)) + 5] ^= 0x01  # inside frame 2's pixels
+    mcap.write_bytes(bytes(data))
+    with pytest.raises(BagIntegrityError, match="CRC does not match"):
+        verify_bag(bag)
+    with AnyReader([bag]) as reader, pytest.raises(Exception, match="Chunk checksum mismatch"):
+        for _ in reader.messages():
+            pass
+
+
+def test_overwrite_replaces_a_bag_only_with_a_complete_one(tmp_path: Path) -> None:
+    """A write that fails half-way leaves the old bag whole and no half-written folder behind."""
+    write_image_bag(tmp_path / "bag", frames(3), rate_hz=10.0)
+
+    def failing() -> Iterator[np.ndarray]:
+        yield from frames(2)
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        write_image_bag(tmp_path / "bag", failing(), rate_hz=10.0, overwrite=True)
+    with AnyReader([tmp_path / "bag"]) as reader:
+        assert reader.message_count == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bag"]
+    summary = write_image_bag(tmp_path / "bag", frames(5), rate_hz=10.0, overwrite=True)
+    with AnyReader([summary.path]) as reader:
+        assert reader.message_count == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bag"]
+    with pytest.raises(ValueError, match="no frame"):
+        write_image_bag(tmp_path / "empty", [])
+    assert not (tmp_path / "empty").exists()
+
