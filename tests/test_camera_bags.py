@@ -1,11 +1,14 @@
 """Camera bags (instseg_core.data.bags): read back by rosbags, deserialised by rclpy, replayed over DDS; chunk
-CRCs and atomic overwrites."""
+CRCs and atomic overwrites; bags from a video (instseg_core.data.video_bag)."""
 
 from __future__ import annotations
 
+import os
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from rclpy.serialization import deserialize_message
@@ -130,4 +133,93 @@ def test_overwrite_replaces_a_bag_only_with_a_complete_one(tmp_path: Path) -> No
     with pytest.raises(ValueError, match="no frame"):
         write_image_bag(tmp_path / "empty", [])
     assert not (tmp_path / "empty").exists()
+
+
+VIDEO_MTIME_NS = 1_600_000_000_123_456_000  # 2020-09-13 12:26:40 UTC
+
+
+def small_video(path: Path, count: int = 12, fps: float = 25.0) -> Path:
+    """An MP4 (mp4v) of `count` 64x48 frames, each of its own grey, with a fixed modification time; OpenCV's
+    writer records no creation time (0)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (64, 48))
+    for k in range(count):
+        writer.write(np.full((48, 64, 3), 20 * k, np.uint8))
+    writer.release()
+    os.utime(path, ns=(VIDEO_MTIME_NS, VIDEO_MTIME_NS))
+    return path
+
+
+def decoded(video: Path) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(video))
+    out = []
+    while True:
+        ok, bgr = capture.read()
+        if not ok:
+            return out
+        out.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+
+
+def test_a_video_becomes_a_bag_of_its_frames(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m instseg_core.data.video_bag VIDEO OUT --frames 5 --rate 12.5`: every 2nd frame of a 25 Hz video,
+    stamped from the file's modification time (the video records no creation time) at 80 ms, on the topic."""
+    from instseg_core.data import video_bag
+
+    video = small_video(tmp_path / "clip.mp4")
+    video_bag.main([str(video), str(tmp_path / "bag"), "--frames", "5", "--rate", "12.5", "--topic", "/cam/image"])
+    line = capsys.readouterr().out
+    assert "wrote 5 frames" in line and "64x48" in line and "2020-09-13 12:26:40 UTC" in line, line
+    assert "modification time" in line and "chunk CRCs" in line, line
+    source = decoded(video)
+    with AnyReader([tmp_path / "bag"]) as reader:
+        assert [c.topic for c in reader.connections] == ["/cam/image"]
+        messages = [(t, reader.deserialize(raw, c.msgtype)) for c, t, raw in reader.messages()]
+    assert [t for t, _ in messages] == [VIDEO_MTIME_NS + k * 80_000_000 for k in range(5)]
+    for k, (_, msg) in enumerate(messages):
+        assert (msg.encoding, msg.width, msg.height) == ("rgb8", 64, 48)
+        np.testing.assert_array_equal(msg.data.reshape(48, 64, 3), source[2 * k])
+    from instseg_core.data.recording import verify_bag
+
+    assert verify_bag(tmp_path / "bag").verified
+    with pytest.raises(SystemExit) as refused:  # an existing OUT is kept
+        video_bag.main([str(video), str(tmp_path / "bag")])
+    assert refused.value.code == 2 and "--overwrite" in str(refused.value)
+    with pytest.raises(SystemExit, match="above the video's 25"):
+        video_bag.main([str(video), str(tmp_path / "fast"), "--rate", "30"])
+    video_bag.main([str(video), str(tmp_path / "bag"), "--overwrite", "--start", "2024-05-01T14:00:00+02:00"])
+    with AnyReader([tmp_path / "bag"]) as reader:
+        stamps = [t for _, t, _ in reader.messages()]
+    assert len(stamps) == 12 and stamps[0] == 1_714_564_800 * 10**9 and stamps[1] - stamps[0] == 40_000_000
+
+
+def mp4_header(creation: int, version: int = 0) -> bytes:
+    """The boxes an MP4 starts with, enough for its movie header: ftyp, then moov holding mvhd."""
+    def box(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I4s", 8 + len(payload), kind) + payload
+
+    times = struct.pack(">II", creation, creation) if version == 0 else struct.pack(">QQ", creation, creation)
+    mvhd = box(b"mvhd", bytes([version, 0, 0, 0]) + times + bytes(80))
+    return box(b"ftyp", b"isom\0\0\2\0isomiso2mp41") + box(b"free", b"") + box(b"moov", mvhd + box(b"trak", b""))
+
+
+def test_the_start_is_the_videos_creation_time_else_the_files(tmp_path: Path) -> None:
+    from instseg_core.base.command_exit import InputError
+    from instseg_core.data.video_bag import mp4_creation_ns, resolve_start
+
+    created = 3_568_987_448  # 2017-02-03 17:24:08 UTC, seconds since 1904
+    for version in (0, 1):
+        (tmp_path / f"v{version}.mp4").write_bytes(mp4_header(created, version) + b"\0" * 64)
+        assert mp4_creation_ns(tmp_path / f"v{version}.mp4") == 1_486_142_648 * 10**9
+    (tmp_path / "none.mp4").write_bytes(mp4_header(0))
+    (tmp_path / "other.avi").write_bytes(b"RIFF\x10\0\0\0AVI LIST" + bytes(40))
+    for name in ("none.mp4", "other.avi"):
+        assert mp4_creation_ns(tmp_path / name) is None
+        os.utime(tmp_path / name, ns=(VIDEO_MTIME_NS, VIDEO_MTIME_NS))
+        assert resolve_start(tmp_path / name, "auto") == (VIDEO_MTIME_NS, "the video file's modification time")
+    assert resolve_start(tmp_path / "v0.mp4", "auto") == (1_486_142_648 * 10**9, "the video's creation time")
+    assert resolve_start(tmp_path / "v0.mp4", "2024-05-01T12:00:00")[0] == 1_714_564_800 * 10**9  # UTC
+    assert resolve_start(tmp_path / "v0.mp4", "2024-05-01T12:00:00.5Z")[0] == 1_714_564_800_500_000_000
+    with pytest.raises(InputError, match="no creation time"):
+        resolve_start(tmp_path / "none.mp4", "video")
+    with pytest.raises(InputError, match="ISO 8601"):
+        resolve_start(tmp_path / "v0.mp4", "yesterday")
 
