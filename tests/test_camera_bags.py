@@ -1,12 +1,14 @@
 """Camera bags (instseg_core.data.bags): read back by rosbags, deserialised by rclpy, replayed over DDS; chunk
-CRCs and atomic overwrites; bags from a video (instseg_core.data.video_bag)."""
+CRCs and atomic overwrites; bags from a video (instseg_core.data.video_bag) and their reuse by tools/demo.py."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import cv2
 import numpy as np
@@ -20,6 +22,7 @@ from instseg_core.data.bags import write_image_bag
 from instseg_ros.image_codec import compressed_to_numpy, image_to_numpy
 
 START_NS = 1_700_000_000_000_000_000
+REPO = Path(__file__).resolve().parents[1]
 
 
 def frames(count: int = 5, height: int = 48, width: int = 64) -> list[np.ndarray]:
@@ -223,3 +226,62 @@ def test_the_start_is_the_videos_creation_time_else_the_files(tmp_path: Path) ->
     with pytest.raises(InputError, match="ISO 8601"):
         resolve_start(tmp_path / "v0.mp4", "yesterday")
 
+
+def demo_tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("demo_tool", REPO / "tools" / "demo.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_reuses_a_video_bag_only_when_it_matches_what_is_asked(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`tools/demo.py --video clip.mp4 --frames 3`, then `--frames 5`: the second run rewrites the bag with 5 frames
+    and says why (before: it kept the 3-frame bag silently); the same request again reuses it; a changed video is
+    written again."""
+    demo = demo_tool()
+    video = small_video(tmp_path / "clip.mp4")
+
+    def frames_in(bag: Path) -> int:
+        with AnyReader([bag]) as reader:
+            return reader.message_count
+
+    bag = demo.video_camera_bag(video, tmp_path / "demo", 3)
+    assert bag == tmp_path / "demo" / "video_clip" and frames_in(bag) == 3
+    assert "wrote 3 frames" in capsys.readouterr().out
+    mcap = next(bag.glob("*.mcap")).stat()
+    assert demo.video_camera_bag(video, tmp_path / "demo", 3) == bag
+    assert "reusing" in capsys.readouterr().out and next(bag.glob("*.mcap")).stat().st_ino == mcap.st_ino
+    demo.video_camera_bag(video, tmp_path / "demo", 5)
+    out = capsys.readouterr().out
+    assert frames_in(bag) == 5 and "frames = 3, and frames = 5 is asked" in out, out
+    small_video(video, count=8)
+    os.utime(video, ns=(VIDEO_MTIME_NS + 10**9,) * 2)
+    demo.video_camera_bag(video, tmp_path / "demo", 20)
+    out = capsys.readouterr().out
+    assert frames_in(bag) == 8 and "rewritten: it was written with video_bytes" in out, out
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["video_clip"]
+    with pytest.raises(SystemExit, match="does not exist"):
+        demo.video_camera_bag(tmp_path / "missing.mp4", tmp_path / "demo", 5)
+
+
+def test_demo_rate_is_a_factor_of_the_bags_own_rate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--rate's help names the bag's own rate (10 Hz synthetic, the video's with --video; before: "10 Hz" for
+    every bag, while a video bag plays at 25 Hz), and the rate the demo reports is read from the bag. The
+    synthetic camera bag is generated again when --frames asks for another number of frames."""
+    demo = demo_tool()
+    rate_help = next(a.help for a in demo.build_parser()._actions if "--rate" in a.option_strings)
+    assert "the video's frame rate" in rate_help and "10 Hz for the synthetic" in rate_help
+    bag = demo.video_camera_bag(small_video(tmp_path / "clip.mp4"), tmp_path / "demo", 6)
+    assert demo.bag_frames_and_rate(bag) == (6, pytest.approx(25.0))
+
+    from instseg_core.data import synth_cli
+
+    asked: list[list[str]] = []
+    monkeypatch.setattr(synth_cli, "main", asked.append)
+    write_image_bag(tmp_path / "demo" / "camera", frames(3), rate_hz=10.0)
+    assert demo.ensure_camera_bag(tmp_path / "demo", 3) == tmp_path / "demo" / "camera" and not asked
+    assert demo.bag_frames_and_rate(tmp_path / "demo" / "camera") == (3, pytest.approx(10.0))
+    demo.ensure_camera_bag(tmp_path / "demo", 4)
+    assert len(asked) == 1 and asked[0][asked[0].index("--sequence") + 1] == "4"

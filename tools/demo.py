@@ -5,12 +5,18 @@ overlay contact sheet (PNG), a short MP4 and a table (fps, latency p50/p95, drop
     .venv/bin/python tools/demo.py [--out data/demo] [--frames 60] [--rate 1.0] [--input 1024x512]
                                    [--video FILE.mp4]
 
-The camera bag (data/demo/camera, 1024x512 at 10 Hz, MCAP) is generated on the first run. The node keeps
-only the newest frame, so on 2 CPU cores it segments a few frames per second and drops the rest, as it
-would on a vehicle. The script isolates itself in a loopback-only network namespace before rclpy starts.
+The camera bag (data/demo/camera, 1024x512 at 10 Hz, MCAP) is generated on the first run, and again when
+--frames asks for another number of frames than it holds. The node keeps only the newest frame, so on 2 CPU
+cores it segments a few frames per second and drops the rest, as it would on a vehicle. The script isolates
+itself in a loopback-only network namespace before rclpy starts. `--rate` is a speed factor: 1.0 plays the
+bag at its own pace (10 Hz for the synthetic bag, the video's frame rate with --video), 2.0 twice as fast.
 
 `--video FILE` plays a video instead (any file OpenCV reads, e.g. a dashcam clip): its first `--frames` frames are
-written once into a camera bag (data/demo/video_<name>, the video's frame rate) and played the same way.
+written into a camera bag (data/demo/video_<name>, at the video's frame rate, frame 0 at the video's creation
+time, by `python -m instseg_core.data.video_bag`; see docs/data.md, "A bag from a video") and played the same
+way. A later run reuses that bag only when it was written from the same, unchanged video with the same
+--frames; otherwise it says why and writes it again (the old bag is replaced only by a complete new one). To
+make a bag from a video without running the node (e.g. for the labelling studio), use that command directly.
 """
 
 from __future__ import annotations
@@ -18,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +32,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
@@ -35,42 +41,51 @@ from benchlib import print_table, summarize  # noqa: E402
 
 from instseg_ros import isolation  # noqa: E402
 
+CAMERA_TOPIC = "/camera/image_raw"
+
+
+def bag_frames_and_rate(bag: Path) -> tuple[int, float]:
+    """(messages on /camera/image_raw, their rate in Hz) from a camera bag's metadata.yaml; (0, 0.0) when it has
+    none or cannot be read."""
+    try:
+        info = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+        counts = {t["topic_metadata"]["name"]: int(t["message_count"]) for t in info["topics_with_message_count"]}
+        duration = int(info["duration"]["nanoseconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0, 0.0
+    count = counts.get(CAMERA_TOPIC, 0)
+    return count, (count - 1) * 1e9 / duration if count > 1 and duration > 0 else 0.0
+
 
 def ensure_camera_bag(out: Path, frames: int) -> Path:
+    """The synthetic camera bag out/camera of `frames` frames: generated when missing or when it holds another
+    number of frames (saying so)."""
     bag = out / "camera"
-    if not (bag / "metadata.yaml").is_file():
-        from instseg_core.data.synth_cli import main as synth
+    held, _ = bag_frames_and_rate(bag)
+    if held == frames:
+        return bag
+    if (bag / "metadata.yaml").is_file():
+        print(f"the camera bag {bag} holds {held} frames and {frames} are asked: generating it again", flush=True)
+    from instseg_core.data.synth_cli import main as synth
 
-        print(f"generating the synthetic camera bag ({frames} frames, ~{frames * 0.8:.0f} s) ...", flush=True)
-        shutil.rmtree(bag, ignore_errors=True)
-        synth([str(out / "sequence"), "--sequence", str(frames), "--split", "val", "--width", "1024", "--height",
-               "512", "--fps", "10", "--seed", "2026", "--bag", str(bag)])
+    print(f"generating the synthetic camera bag ({frames} frames, ~{frames * 0.8:.0f} s) ...", flush=True)
+    synth([str(out / "sequence"), "--sequence", str(frames), "--split", "val", "--width", "1024", "--height",
+           "512", "--fps", "10", "--seed", "2026", "--bag", str(bag)])
     return bag
 
 
 def video_camera_bag(video: Path, out: Path, frames: int) -> Path:
-    """A camera bag (sensor_msgs/Image rgb8 on /camera/image_raw, the video's frame rate) of the first `frames`
-    frames of `video`, written on the first use. SystemExit naming the file when OpenCV cannot read it."""
-    from instseg_core.data.bags import write_image_bag
+    """The camera bag out/video_<name> (sensor_msgs/Image rgb8 on /camera/image_raw, the video's frame rate) of the
+    first `frames` frames of `video`: reused when it was written for this video and `frames`, else (re)written.
+    SystemExit naming the file when the video cannot be read."""
+    from instseg_core.base.command_exit import InputError
+    from instseg_core.data.video_bag import write_or_reuse
 
-    bag = out / f"video_{video.stem}"
-    if (bag / "metadata.yaml").is_file():
-        return bag
-    capture = cv2.VideoCapture(str(video))
-    if not capture.isOpened():
-        raise SystemExit(f"demo: cannot read the video {video}")
-    fps = capture.get(cv2.CAP_PROP_FPS) or 10.0
-    rgb_frames = []
-    while len(rgb_frames) < frames:
-        ok, bgr = capture.read()
-        if not ok:
-            break
-        rgb_frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    capture.release()
-    if not rgb_frames:
-        raise SystemExit(f"demo: no frame could be decoded from {video}")
-    print(f"writing {len(rgb_frames)} frames of {video} ({fps:.1f} Hz) into {bag}", flush=True)
-    write_image_bag(bag, rgb_frames, rate_hz=fps, overwrite=True)
+    try:
+        bag, line = write_or_reuse(video, out / f"video_{video.stem}", frames=frames, topic=CAMERA_TOPIC)
+    except InputError as exc:
+        raise SystemExit(f"demo: {exc}") from exc
+    print(line, flush=True)
     return bag
 
 
@@ -85,20 +100,28 @@ def contact_sheet(frames: list[np.ndarray], columns: int = 4, rows: int = 3, wid
 
 def write_mp4(frames: list[np.ndarray], path: Path, fps: float) -> None:
     height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (width, height))
     for frame in frames:
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "data" / "demo")
-    parser.add_argument("--frames", type=int, default=60)
-    parser.add_argument("--rate", type=float, default=1.0, help="playback rate (1.0 = real time, 10 Hz)")
+    parser.add_argument("--frames", type=int, default=60, help="frames of the camera bag (default 60)")
+    parser.add_argument("--rate", type=float, default=1.0,
+                        help="playback speed factor: 1.0 plays the camera bag at its own rate (10 Hz for the "
+                             "synthetic bag, the video's frame rate with --video), 2.0 twice as fast")
     parser.add_argument("--input", default="1024x512", help="network input WxH")
     parser.add_argument("--video", type=Path, default=None, help="play this video instead of the synthetic bag")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    if args.frames < 1 or args.rate <= 0:
+        sys.exit("demo: --frames must be at least 1 and --rate positive")
     isolation.ensure_isolated()
     os.environ.setdefault("ROS_DOMAIN_ID", "72")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -114,16 +137,17 @@ def main() -> None:
     recorded = args.out / f"outputs_{time.strftime('%Y%m%d_%H%M%S')}"
     rclpy.init()
     try:
-        observer = Observer(camera_topic="/camera/image_raw", keep_overlays=True)
+        observer = Observer(camera_topic=CAMERA_TOPIC, keep_overlays=True)
         node = NodeProcess(f"input_width:={width}", f"input_height:={height}",
-                           remaps=("image:=/camera/image_raw",)).start()
+                           remaps=(f"image:={CAMERA_TOPIC}",)).start()
         tool = [sys.executable, str(REPO / "instseg_ros" / "bag_tools.py")]
         recorder = subprocess.Popen([*tool, "record", str(recorded), "--topics", "/segmentation_node/instances",
                                      "/segmentation_node/instance_ids", "/diagnostics", "--wait", "30"],
                                     stdout=subprocess.PIPE, text=True)
         time.sleep(2.0)
-        print(f"playing {bag} at {args.rate}x into segmentation_node ({node.log[-1].split('] ')[-1].strip()})",
-              flush=True)
+        count, bag_hz = bag_frames_and_rate(bag)
+        print(f"playing {count} frames of {bag} at {args.rate:g}x its {bag_hz:.3g} Hz ({args.rate * bag_hz:.3g} "
+              f"frames/s) into segmentation_node ({node.log[-1].split('] ')[-1].strip()})", flush=True)
         player = subprocess.run([*tool, "play", str(bag), "--rate", str(args.rate), "--reliability", "best_effort",
                                  "--wait-for-subscribers", "30"], capture_output=True, text=True, check=True)
         time.sleep(3.0)
