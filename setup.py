@@ -47,6 +47,7 @@ setup(
             "segmentation_node = instseg_ros.segmentation_node:main",
             "segmentation_lifecycle_node = instseg_ros.segmentation_node:main_lifecycle",
             "instseg-bag = instseg_ros.bag_tools:main",
+            "instseg-video-bag = instseg_core.data.video_bag:main",
             "instseg-studio = instseg_studio.cli:main",
             "instseg-fleet = instseg_fleet.cli:main",
         ],

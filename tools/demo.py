@@ -13,7 +13,7 @@ bag at its own pace (10 Hz for the synthetic bag, the video's frame rate with --
 
 `--video FILE` plays a video instead (any file OpenCV reads, e.g. a dashcam clip): its first `--frames` frames are
 written into a camera bag (data/demo/video_<name>, at the video's frame rate, frame 0 at the video's creation
-time, by `python -m instseg_core.data.video_bag`; see docs/data.md, "A bag from a video") and played the same
+time, by `instseg-video-bag`; see docs/data.md, "A bag from a video") and played the same
 way. A later run reuses that bag only when it was written from the same, unchanged video with the same
 --frames; otherwise it says why and writes it again (the old bag is replaced only by a complete new one). To
 make a bag from a video without running the node (e.g. for the labelling studio), use that command directly.

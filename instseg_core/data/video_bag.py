@@ -1,9 +1,9 @@
-"""A camera bag from a video file: `python -m instseg_core.data.video_bag VIDEO OUT`, for the labelling studio,
-`instseg-label` and `instseg-bag play`. Nothing of ROS is started.
+"""A camera bag from a video file: `instseg-video-bag VIDEO OUT` (or `python -m instseg_core.data.video_bag`), for
+the labelling studio, `instseg-label` and `instseg-bag play`. Nothing of ROS is started.
 
-    python -m instseg_core.data.video_bag VIDEO OUT [--frames N] [--rate HZ] [--topic /camera/image_raw]
-                                          [--frame-id camera_optical_frame] [--start auto|video|file|TIME]
-                                          [--overwrite]
+    instseg-video-bag VIDEO OUT [--frames N] [--rate HZ] [--topic /camera/image_raw]
+                            [--frame-id camera_optical_frame] [--start auto|video|file|TIME]
+                            [--overwrite]
 
 OUT becomes a rosbag2 directory (metadata.yaml and one MCAP file, written as `instseg-bag record` writes: chunk
 CRCs, so a damaged frame is refused instead of shown) with one `sensor_msgs/msg/Image` (rgb8) per frame on the
@@ -44,7 +44,7 @@ import numpy as np
 from instseg_core.base.command_exit import InputError, add_debug_argument, debug_requested, run_command
 from instseg_core.data.bags import read_custom_data, write_image_bag
 
-COMMAND = "video_bag"
+COMMAND = "instseg-video-bag"
 DEFAULT_TOPIC = "/camera/image_raw"
 DEFAULT_FRAME_ID = "camera_optical_frame"
 CUSTOM_DATA_KEY = "instseg.video_bag"
@@ -291,7 +291,7 @@ def describe(bag: VideoBag, video: Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m instseg_core.data.video_bag",
+    parser = argparse.ArgumentParser(prog="instseg-video-bag",
                                      description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("video", type=Path, help="a video file OpenCV reads (MP4, MOV, AVI, MKV, ...)")
