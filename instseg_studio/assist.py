@@ -10,7 +10,7 @@
   its extreme points and class, for the operator to accept or reject; or, for a session pre-labelled by
   `instseg-fleet prelabel`, the proposals stored in the session (`StoredProposals`). `frame_proposals` leaves out
   those an object of the frame covers for more than half of their own mask (pycocotools on the polygons), and
-  `distinct` those that share more than half of the smaller mask with a better proposal.
+  `distinct` those a better proposal covers so.
 - `brush`: an object's polygon painted or erased with round strokes, the polygon recomputed from the mask.
 """
 
@@ -271,9 +271,9 @@ def proposals(streaming_segmenter: Any, frame: Frame, classes: tuple[str, ...], 
 
 
 SUPPRESS_COVERED = 0.5
-"""A proposal more than this share of whose mask an object of the frame covers is not offered (a whole object or a
-sliver of one already labelled); of two proposals overlapping by more than this share of the smaller one, only the
-better is offered (a sliver inside a bigger proposal, one car proposed as "car" and as "bus")."""
+"""A proposal more than this share of whose own mask an object of the frame covers is not offered (a whole object or
+a sliver of one already labelled), nor one a better proposal covers so (a sliver inside a bigger proposal, one car
+proposed as "car" and as a somewhat bigger "bus")."""
 
 
 def _rles(polygons: list[Any], image_shape: tuple[int, int]) -> list[dict]:
@@ -291,25 +291,16 @@ def polygon_ious(polygons: list[Any], others: list[Any], image_shape: tuple[int,
                       np.float64).reshape(len(polygons), len(others))
 
 
-def polygon_overlaps(polygons: list[Any], others: list[Any], image_shape: tuple[int, int],
-                     over: str = "first") -> np.ndarray:
-    """(len(polygons), len(others)) float: the pixels two filled polygons share (pycocotools masks, as
-    `polygon_ious`) over the area of the first one (`over` "first": how much of polygons[i] others[j] covers) or
-    of the smaller one (`over` "smaller"); 0 where a polygon has no pixel."""
+def polygon_coverage(polygons: list[Any], others: list[Any], image_shape: tuple[int, int]) -> np.ndarray:
+    """(len(polygons), len(others)) float: how much of polygons[i]'s mask others[j] covers (the pixels they share
+    over polygons[i]'s own area; pycocotools masks, as `polygon_ious`)."""
     from pycocotools import mask as mask_utils
 
     if not polygons or not others:
         return np.zeros((len(polygons), len(others)))
-    first, second = _rles(polygons, image_shape), _rles(others, image_shape)
     # pycocotools' IoU against a "crowd" region is the intersection over the first mask's own area
-    covered = np.asarray(mask_utils.iou(first, second, [1] * len(second)), np.float64).reshape(len(first),
-                                                                                                len(second))
-    if over == "first":
-        return covered
-    areas = np.asarray(mask_utils.area(first), np.float64)
-    other_areas = np.asarray(mask_utils.area(second), np.float64)
-    smaller = np.minimum(areas[:, None], other_areas[None, :])
-    return np.divide(covered * areas[:, None], smaller, out=np.zeros_like(covered), where=smaller > 0)
+    return np.asarray(mask_utils.iou(_rles(polygons, image_shape), _rles(others, image_shape), [1] * len(others)),
+                      np.float64).reshape(len(polygons), len(others))
 
 
 def suppress_overlapping(found: list[dict], existing: list[dict], image_shape: tuple[int, int],
@@ -319,21 +310,24 @@ def suppress_overlapping(found: list[dict], existing: list[dict], image_shape: t
     inside it) is left out too."""
     if not found or not existing:
         return list(found), 0
-    covered = polygon_overlaps([p["polygon"] for p in found], [o["polygon"] for o in existing], image_shape)
+    covered = polygon_coverage([p["polygon"] for p in found], [o["polygon"] for o in existing], image_shape)
     kept = [p for p, row in zip(found, covered, strict=True) if row.max() <= threshold]
     return kept, len(found) - len(kept)
 
 
 def distinct(found: list[dict], image_shape: tuple[int, int], threshold: float = SUPPRESS_COVERED) -> list[dict]:
-    """`found` (best score first) without the proposals that share more than `threshold` of the smaller one's mask
-    with a better one: one object proposed twice (an instance and the region around it, "car" and "bus", a sliver
-    inside it) is offered once, the best."""
+    """`found` (best score first) without the proposals more than `threshold` of whose own mask a better one covers:
+    one object proposed twice (an instance and the region around it, "car" and a somewhat bigger "bus", a sliver
+    inside it) is offered once, the best. A worse proposal much bigger than a better one inside it stays (over the
+    smaller of the two areas it would go, and with it real objects: on the bench's synthetic frames AP50 at score 0.3
+    fell from 0.451 to 0.367, on its COCO photographs recall at 0.5 from 0.097 to 0.086; over its own area neither
+    moved)."""
     if len(found) < 2:
         return list(found)
-    overlap = polygon_overlaps([p["polygon"] for p in found], [p["polygon"] for p in found], image_shape, "smaller")
+    covered = polygon_coverage([p["polygon"] for p in found], [p["polygon"] for p in found], image_shape)
     kept: list[int] = []
     for k in range(len(found)):
-        if all(overlap[k, j] <= threshold for j in kept):
+        if all(covered[k, j] <= threshold for j in kept):
             kept.append(k)
     return [found[k] for k in kept]
 

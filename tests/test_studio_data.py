@@ -287,8 +287,8 @@ def test_proposals_overlapping_objects_of_the_frame_are_left_out() -> None:
 def test_proposals_that_are_pieces_of_an_object_or_of_a_better_proposal_are_left_out() -> None:
     """Operator probe on a highway bag: after a whole car was labelled, P still offered two slivers of it (IoU with
     the car under 0.5, but all inside it). A proposal mostly covered by an object is left out (intersection over the
-    proposal's own area), and of two proposals one mostly inside the other (over the smaller area) only the better
-    one is offered."""
+    proposal's own area), and so is one a better proposal covers so; a worse proposal much bigger than a better
+    one inside it stays."""
     def box(x: int, w: int) -> list[list[int]]:
         return [[x, 10], [x + w - 1, 10], [x + w - 1, 29], [x, 29]]
 
@@ -297,10 +297,13 @@ def test_proposals_that_are_pieces_of_an_object_or_of_a_better_proposal_are_left
     half_out = {"polygon": box(50, 30), "score": 0.6}  # a third inside the car: another object beside it
     kept, suppressed = suppress_overlapping([*slivers, half_out], [car], (40, 200))
     assert kept == [half_out] and suppressed == 2
-    # a sliver inside a bigger, better proposal; one car proposed as "car" (better) and as a bigger "bus"
+    # a sliver inside a bigger, better proposal; one car proposed as "car" (better) and as a somewhat bigger "bus"
     big, piece = {"polygon": box(100, 50), "score": 0.9}, {"polygon": box(110, 12), "score": 0.8}
-    as_car, as_bus = {"polygon": box(160, 20), "score": 0.7}, {"polygon": box(156, 40), "score": 0.6}
+    as_car, as_bus = {"polygon": box(160, 20), "score": 0.7}, {"polygon": box(157, 26), "score": 0.6}
     assert distinct([big, piece, as_car, as_bus], (40, 200)) == [big, as_car]
+    # a worse region three times the size of a better proposal inside it is another object (two cars, say): offered
+    region = {"polygon": box(100, 60), "score": 0.5}
+    assert distinct([piece, region], (40, 200)) == [piece, region]
 
 
 # --- exports: COCO (pycocotools), Cityscapes (the project's reader and cityscapesscripts), tracks, attributes ---
