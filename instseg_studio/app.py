@@ -23,7 +23,7 @@ a message names is cut to about 60 characters):
                                            is "edited" (kept), others are added ({"objects", "updated",
                                            "added", "kept", "failures"}; not saved)
     POST /api/frames/{i}/proposals         {"objects" (as above)} -> the streaming segmenter's instances on frame
-                                           i, less those overlapping the objects ({"proposals", "suppressed"})
+                                           i, less those the objects mostly cover ({"proposals", "suppressed"})
     POST /api/export                       {"overwrite"} -> the export under OUT/export (all or nothing)
 
 A field a request may leave out may also be null: the same (tolerance null is 1.0 px, source null the previous
