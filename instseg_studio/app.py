@@ -120,6 +120,24 @@ class Studio:
                 self._streaming_instance = self.streaming()
             return self._streaming_instance
 
+    def prepare_proposals_in_background(self) -> threading.Thread | None:
+        """Build the proposal segmenter now, in a daemon thread, so that the operator's first P does not wait for
+        its models to load (about 2 s for the semantic source). A failure is logged and counted
+        (`proposals_prepare_failures`); the first P then tries again and reports it. None when proposals are off."""
+        if self.streaming is None:
+            return None
+
+        def prepare() -> None:
+            try:
+                self.streaming_segmenter()
+            except Exception as exc:  # any failure: reported again, with its message, by the first P
+                self.counters["proposals_prepare_failures"] += 1
+                log.warning("proposals could not be prepared: %s", exc)
+
+        thread = threading.Thread(target=prepare, name="prepare-proposals", daemon=True)
+        thread.start()
+        return thread
+
 
 def _frame_index(studio: Studio, value: Any) -> int:
     """A frame index from a request: a whole number (JSON 3, 3.0 or 3e0) in [0, frames), 404 for a whole number

@@ -228,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"instseg-studio: {len(studio.frames)} frames of {studio.frames.topic}, segmenter "  # type: ignore[attr-defined]
           f"{studio.segmenter.name}; serving http://{shown}:{port}/", flush=True)  # type: ignore[attr-defined]
+    studio.prepare_proposals_in_background()  # type: ignore[attr-defined]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     # uvicorn stops on SIGINT/SIGTERM and then raises the signal again with the handler it found: with these, a
     # requested stop ends here with status 0 instead of a KeyboardInterrupt traceback or death by SIGTERM

@@ -472,3 +472,36 @@ def test_a_bad_attributes_option_stops_the_studio_with_one_line(sequence: tuple[
     err = capsys.readouterr().err
     assert ended.value.code == 2 and "unknown attribute 'shiny'" in err and "Traceback" not in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_proposals_are_prepared_in_the_background_once_and_a_failure_is_counted() -> None:
+    """Studio.prepare_proposals_in_background builds the proposal segmenter before the first P (its models take
+    seconds to load); P then gets that same instance. A source that fails to build is counted and logged, and the
+    first P reports the failure itself."""
+    from instseg_studio.app import RequestError, Studio
+
+    built: list[object] = []
+
+    def build() -> object:
+        built.append(object())
+        return built[-1]
+
+    studio = Studio(None, None, None, Path("."), build)  # type: ignore[arg-type]
+    thread = studio.prepare_proposals_in_background()
+    assert thread is not None
+    thread.join(10)
+    assert len(built) == 1 and studio.streaming_segmenter() is built[0] and len(built) == 1
+
+    def broken() -> object:
+        raise FileNotFoundError("espnetv2 weights missing")
+
+    failing = Studio(None, None, None, Path("."), broken)  # type: ignore[arg-type]
+    failed = failing.prepare_proposals_in_background()
+    assert failed is not None
+    failed.join(10)
+    assert failing.counters["proposals_prepare_failures"] == 1
+    with pytest.raises(FileNotFoundError, match="weights missing"):
+        failing.streaming_segmenter()
+    assert Studio(None, None, None, Path(".")).prepare_proposals_in_background() is None  # type: ignore[arg-type]
+    with pytest.raises(RequestError, match="proposals are off"):
+        Studio(None, None, None, Path(".")).streaming_segmenter()  # type: ignore[arg-type]
