@@ -68,6 +68,24 @@ def object_motion(previous_gray: np.ndarray, current_gray: np.ndarray, polygon: 
     return np.median((moved - start).reshape(-1, 2)[good], axis=0).astype(np.float32)
 
 
+BORDER_TOLERANCE = 1.0
+"""Pixels from the image's edge within which a point or vertex counts as lying on it (shift_within_frame)."""
+
+
+def shift_within_frame(coordinates: np.ndarray, shift: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(N, 2) float64 image x, y `coordinates` moved by `shift` (2,) and clipped to the frame, except that a
+    coordinate on an edge of the frame (within BORDER_TOLERANCE) stays on that edge: an object cut by the edge goes
+    on beyond it, and the motion says nothing about where its hidden part ends (a car entering the frame at x = 0
+    still starts at x = 0 in the next frame, not 16 px inside it)."""
+    original = np.asarray(coordinates, np.float64).reshape(-1, 2)
+    moved = original + np.asarray(shift, np.float64).reshape(1, 2)
+    for axis, size in ((0, width), (1, height)):
+        moved[:, axis] = np.clip(moved[:, axis], 0, size - 1)
+        moved[original[:, axis] <= BORDER_TOLERANCE, axis] = 0
+        moved[original[:, axis] >= size - 1 - BORDER_TOLERANCE, axis] = size - 1
+    return moved
+
+
 def propagate(objects: list[dict], previous: Frame, current: Frame, segmenter: StudioSegmenter) -> tuple[
         list[dict], list[dict]]:
     """(objects on `current`, failures): each of `objects` (session objects of `previous`) moved by its optical
@@ -76,8 +94,8 @@ def propagate(objects: list[dict], previous: Frame, current: Frame, segmenter: S
     "track_id", "reason"}) instead. An object edited by hand ("edited" true, or source "brush") or a carried copy
     of one ("carried" true) is not segmented again, which would lose the edit: its polygon is carried, shifted by
     the same motion and clipped to the frame (its score and polygon_iou stay the source's), and the copy has
-    "carried" true. The moved objects have source "propagated" and "edited" false and keep every other field
-    (track id, class, attributes)."""
+    "carried" true. Points and vertices on an edge of the frame stay on it (shift_within_frame). The moved objects
+    have source "propagated" and "edited" false and keep every other field (track id, class, attributes)."""
     previous_gray = cv2.cvtColor(previous.rgb, cv2.COLOR_RGB2GRAY)
     current_gray = cv2.cvtColor(current.rgb, cv2.COLOR_RGB2GRAY)
     height, width = current.rgb.shape[:2]
@@ -85,18 +103,14 @@ def propagate(objects: list[dict], previous: Frame, current: Frame, segmenter: S
     for obj in objects:
         points = np.asarray(obj["points"], np.float32)
         shift = object_motion(previous_gray, current_gray, np.asarray(obj["polygon"], np.float32))
-        shifted = points + shift
-        shifted[:, 0] = np.clip(shifted[:, 0], 0, width - 1)
-        shifted[:, 1] = np.clip(shifted[:, 1], 0, height - 1)
+        shifted = shift_within_frame(points, shift, width, height).astype(np.float32)
         clicks = {key: [[x + float(shift[0]), y + float(shift[1])] for x, y in obj.get("clicks", {}).get(key, [])]
                   for key in ("positive", "negative")}
         clicks = {key: [[round(x, 2), round(y, 2)] for x, y in value if 0 <= x < width and 0 <= y < height]
                   for key, value in clicks.items()}
         copy = {"source": "propagated", "edited": False, "clicks": clicks, "motion": [float(shift[0]), float(shift[1])]}
         if obj.get("edited") or obj.get("carried") or obj.get("source") == "brush":
-            polygon = np.asarray(obj["polygon"], np.float64) + shift
-            polygon[:, 0] = np.clip(polygon[:, 0], 0, width - 1)
-            polygon[:, 1] = np.clip(polygon[:, 1], 0, height - 1)
+            polygon = shift_within_frame(np.asarray(obj["polygon"], np.float64), shift, width, height)
             if cv2.contourArea(polygon.astype(np.float32)) < 1.0:
                 failures.append({"id": obj["id"], "track_id": obj.get("track_id"),
                                  "reason": "the hand-edited outline moved out of the frame"})

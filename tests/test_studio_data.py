@@ -505,3 +505,50 @@ def test_proposals_are_prepared_in_the_background_once_and_a_failure_is_counted(
     assert Studio(None, None, None, Path(".")).prepare_proposals_in_background() is None  # type: ignore[arg-type]
     with pytest.raises(RequestError, match="proposals are off"):
         Studio(None, None, None, Path(".")).streaming_segmenter()  # type: ignore[arg-type]
+
+
+def test_copying_keeps_an_object_cut_by_the_frame_edge_on_that_edge() -> None:
+    """A car entering the frame at x = 0 and moving right by the flow: its copy's left point and its carried outline
+    stay at x = 0 (the hidden part goes on beyond the edge), the other points move; clipping still holds."""
+    import cv2 as cv
+
+    from instseg_studio.assist import propagate, shift_within_frame
+    from instseg_studio.bag_frames import Frame
+    from instseg_studio.segmenters import Segmentation
+
+    moved = shift_within_frame(np.array([[0.0, 50], [20, 10], [40, 50], [639, 90], [20, 119.5]]), np.array([16, -3]),
+                               640, 120)
+    assert moved.tolist() == [[0, 47], [36, 7], [56, 47], [639, 87], [36, 119]]
+
+    rng = np.random.default_rng(0)
+    background = rng.integers(0, 60, (120, 640, 3), np.uint8)
+    texture = rng.integers(120, 255, (60, 80, 3), np.uint8)
+    first, second = background.copy(), background.copy()
+    first[30:90, 0:40] = texture[:, 40:]  # the car's right half is in view
+    second[30:90, 0:56] = texture[:, 24:]  # 16 px more of it, one frame later
+    frames = [Frame(i, 0, 0, "cam", cv.GaussianBlur(rgb, (3, 3), 0)) for i, rgb in enumerate((first, second))]
+
+    class Recording:
+        name = "recording"
+
+        def __init__(self) -> None:
+            self.points: list[np.ndarray] = []
+
+        def segment(self, frame: Frame, points: object, tolerance: float, positive: object = None,
+                    negative: object = None) -> Segmentation:
+            array = np.asarray(points, np.float64)
+            self.points.append(array)
+            box = np.array([[array[:, 0].min(), array[:, 1].min()], [array[:, 0].max(), array[:, 1].min()],
+                            [array[:, 0].max(), array[:, 1].max()], [array[:, 0].min(), array[:, 1].max()]])
+            return Segmentation(box.astype(np.int32), 0.9, 1.0, 1, array.astype(np.int32), 1.0)
+
+    segmenter = Recording()
+    car = {"id": "o1", "track_id": 1, "class": "car", "points": [[0, 60], [20, 30], [39, 60], [20, 89]],
+           "polygon": [[0, 30], [39, 30], [39, 89], [0, 89]]}
+    edited = {**car, "id": "o2", "track_id": 2, "edited": True}
+    objects, failures = propagate([car, edited], frames[0], frames[1], segmenter)  # type: ignore[arg-type]
+    assert not failures
+    left, top, right, _ = segmenter.points[0]
+    assert left[0] == 0 and right[0] > 39 and top[0] > 20  # the flow moved the car right; its left end stays
+    carried = np.asarray(objects[1]["polygon"])
+    assert carried[:, 0].min() == 0 and carried[:, 0].max() > 39
