@@ -3,6 +3,7 @@ them, propagation that updates tracks, and the exports read back by pycocotools 
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 from collections import Counter
@@ -334,6 +335,8 @@ def test_export_carries_tracks_attributes_crowd_and_leaves_excluded_out(sequence
 
     coco = COCO(str(tmp_path / "export" / "annotations_coco.json"))
     assert {"info", "licenses"} <= coco.dataset.keys() and coco.dataset["info"]["bag"] == bag
+    for image in coco.dataset["images"]:  # one format for every frame, whole seconds or not
+        datetime.datetime.strptime(image["date_captured"], "%Y-%m-%dT%H:%M:%S.%f%z")
     prefix = f"leftImg8bit/train/{city}/{city}_000000_"
     assert all(img["file_name"].startswith(prefix) for img in coco.dataset["images"])
     by_track: dict[int, list[dict]] = {}

@@ -268,7 +268,9 @@ def _write_into(root: Path, frames: Iterable[LabelledFrame], split: str, city: s
         captured = datetime.datetime.fromtimestamp(frame.stamp_ns / 1e9, datetime.UTC) if frame.stamp_ns else None
         images.append({"id": image_id, "file_name": f"leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png",
                        "height": int(height), "width": int(width), "license": license_id,
-                       "date_captured": captured.isoformat() if captured else "", "frame_index": frame.index,
+                       # one fixed form (microseconds always written) that a format string can parse
+                       "date_captured": captured.isoformat(timespec="microseconds") if captured else "",
+                       "frame_index": frame.index,
                        "stamp_ns": frame.stamp_ns, "frame_id": frame.frame_id})
         clicks[str(frame.index)] = [{"points": np.asarray(o.extreme_points, float).tolist(), "class": o.class_name}
                                     for o in objects]
