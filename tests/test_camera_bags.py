@@ -285,3 +285,111 @@ def test_demo_rate_is_a_factor_of_the_bags_own_rate(tmp_path: Path, monkeypatch:
     assert demo.bag_frames_and_rate(tmp_path / "demo" / "camera") == (3, pytest.approx(10.0))
     demo.ensure_camera_bag(tmp_path / "demo", 4)
     assert len(asked) == 1 and asked[0][asked[0].index("--sequence") + 1] == "4"
+
+
+def truncated_video(path: Path) -> tuple[Path, int]:
+    """A Matroska (MJPG) video whose header declares 20 frames, cut to 60 % of its bytes: (its path, the frames
+    OpenCV still decodes from it)."""
+    whole = path.with_suffix(".whole.mkv")
+    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter.fourcc(*"MJPG"), 25.0, (64, 48))
+    for k in range(20):
+        writer.write(np.full((48, 64, 3), 10 * k, np.uint8))
+    writer.release()
+    data = whole.read_bytes()
+    whole.unlink()
+    path.write_bytes(data[: len(data) * 6 // 10])
+    capture = cv2.VideoCapture(str(path))
+    assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == 20
+    capture.release()
+    readable = len(decoded(path))
+    assert 3 <= readable <= 15, readable
+    return path, readable
+
+
+def test_a_truncated_video_is_refused_unless_frames_keeps_what_can_be_read(tmp_path: Path) -> None:
+    """A video that ends before the frames asked for and clearly before the frame count its header declares is
+    refused with one line (exit 2) and nothing at OUT (before: the readable part was written, exit 0);
+    `--frames K` keeps the part that can be read."""
+    from instseg_core.data import video_bag
+
+    video, readable = truncated_video(tmp_path / "cut.mkv")
+    for extra in ([], ["--frames", str(readable + 1)], ["--rate", "12.5"], ["--overwrite"]):
+        with pytest.raises(SystemExit) as refused:
+            video_bag.main([str(video), str(tmp_path / "bag"), *extra])
+        line = str(refused.value)
+        assert refused.value.code == 2 and "\n" not in line, (extra, line)
+        assert f"after {readable} of the 20 frames its header declares" in line, (extra, line)
+        kept = readable if "--rate" not in extra else (readable + 1) // 2  # bag frames 0, 2, 4, ... of the video
+        assert line.endswith(f"--frames {kept} writes the {kept} frames before that"), (extra, line)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.mkv"], extra  # nothing at OUT, no staging
+    video_bag.main([str(video), str(tmp_path / "bag"), "--frames", str(readable)])
+    with AnyReader([tmp_path / "bag"]) as reader:
+        assert reader.message_count == readable
+    assert video_bag.short_of_declared(3, 221) and video_bag.short_of_declared(12, 20)
+    for decodable, declared in ((221, 221), (219, 221), (210, 221), (18, 20), (5, 0), (7, -1)):
+        assert not video_bag.short_of_declared(decodable, declared), (decodable, declared)
+
+
+def test_an_out_below_a_file_is_named_as_such(tmp_path: Path) -> None:
+    """OUT whose parent is a regular file: the line says so (before: "OUT exists; pass --overwrite", also with
+    --overwrite)."""
+    from instseg_core.data import video_bag
+
+    video = small_video(tmp_path / "clip.mp4", count=2)
+    (tmp_path / "notes.txt").write_text("not a folder\n")
+    for out, extra in ((tmp_path / "notes.txt" / "bag", []), (tmp_path / "notes.txt" / "bag", ["--overwrite"]),
+                       (tmp_path / "notes.txt" / "deeper" / "bag", [])):
+        with pytest.raises(SystemExit) as refused:
+            video_bag.main([str(video), str(out), *extra])
+        line = str(refused.value)
+        assert refused.value.code == 2 and "--overwrite" not in line and "exists" not in line, line
+        assert f"cannot write {out}: {tmp_path / 'notes.txt'} is a file, not a folder" in line, line
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_failed_write_names_out_and_missing_parents_are_created(tmp_path: Path) -> None:
+    """A write that fails names OUT as given (before: the hidden staging folder beside it); missing parent folders
+    of OUT are created, as mkdir -p does."""
+    from instseg_core.data import video_bag
+
+    video = small_video(tmp_path / "clip.mp4", count=2)
+    for out in (Path("/proc") / "instseg-video-bag-test", Path("/proc") / "instseg-video-bag-test" / "a" / "bag"):
+        with pytest.raises(SystemExit) as refused:
+            video_bag.main([str(video), str(out)])
+        line = str(refused.value)
+        assert refused.value.code == 2 and line.startswith(f"instseg-video-bag: cannot write {out}: [Errno "), line
+    video_bag.main([str(video), str(tmp_path / "new" / "deeper" / "bag")])
+    with AnyReader([tmp_path / "new" / "deeper" / "bag"]) as reader:
+        assert reader.message_count == 2
+
+
+def test_ffmpeg_prints_nothing_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`instseg-video-bag notvideo.mp4 OUT` and a truncated video: stderr holds the command's one line each
+    (before, FFmpeg's "[mov,mp4,...] moov atom not found" and "[matroska,webm ...] File ended prematurely" came
+    first); OPENCV_FFMPEG_LOGLEVEL is restored after the command, and one the user set is left as it is."""
+    import subprocess
+    import sys
+
+    from instseg_core.data import video_bag
+
+    (tmp_path / "notvideo.mp4").write_text("hello\n")
+    video, _ = truncated_video(tmp_path / "cut.mkv")
+    driver = ("import os, sys\nfrom instseg_core.data import video_bag\n"
+              "for argv in (sys.argv[1:3], sys.argv[3:5]):\n"
+              "    try:\n        video_bag.main(argv)\n"
+              "    except SystemExit as exc:\n        print(exc.code, os.environ.get('OPENCV_FFMPEG_LOGLEVEL'))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENCV_FFMPEG_LOGLEVEL", "OPENCV_FFMPEG_DEBUG")}
+    done = subprocess.run([sys.executable, "-c", driver, str(tmp_path / "notvideo.mp4"), str(tmp_path / "a"),
+                           str(video), str(tmp_path / "b")], capture_output=True, text=True, env=env, timeout=60,
+                          cwd=REPO)
+    lines = done.stderr.splitlines()
+    assert lines[0] == (f"instseg-video-bag: cannot read the video {tmp_path / 'notvideo.mp4'}: "
+                        "OpenCV opens no video stream in it"), done.stderr
+    assert len(lines) == 2 and lines[1].startswith(f"instseg-video-bag: {video} cannot be decoded after "), done
+    assert done.stdout == "2 None\n2 None\n", done
+    monkeypatch.setenv("OPENCV_FFMPEG_LOGLEVEL", "24")
+    with video_bag.ffmpeg_quiet():
+        assert os.environ["OPENCV_FFMPEG_LOGLEVEL"] == "24"
+    monkeypatch.delenv("OPENCV_FFMPEG_LOGLEVEL")
+    with video_bag.ffmpeg_quiet(enabled=False):
+        assert "OPENCV_FFMPEG_LOGLEVEL" not in os.environ

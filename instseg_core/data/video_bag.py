@@ -21,15 +21,29 @@ The request (video path, size and modification time, frames, rate, topic, frame 
 metadata.yaml's `custom_data` (`instseg.video_bag`), so a later run can tell whether a bag is the one it would
 write (`write_or_reuse`, used by `tools/demo.py --video`). The bag is written beside OUT and renamed into place
 when complete; an existing OUT is refused unless `--overwrite`, which replaces it only with a complete new bag.
+Missing folders above OUT are created (as `mkdir -p` does); they stay when the write fails.
 
-Exit status 0 when the bag was written; 2 with one line for a video that cannot be read, a bad option, an existing
-OUT or a write that fails (instseg_core.base.command_exit).
+A video that ends while frames are still asked for (all of them, or `--frames N`) is refused when it ends clearly
+before the frame count its header declares: the header declares a positive count and decoding stopped more than
+2 frames and more than 5 % short of it (`short_of_declared`; the margin because that count is estimated from the
+duration in some containers). The line says where it stopped and suggests the `--frames K` that keeps the part
+that can be read. A video whose header declares no count, or one that ends within the margin, gives the frames
+that could be decoded.
+
+FFmpeg's own messages (OpenCV's FFmpeg backend prints them on stderr: "moov atom not found", decoder errors) are
+kept off stderr (OPENCV_FFMPEG_LOGLEVEL=-8 while the command runs, `ffmpeg_quiet`), unless `--debug` or the user
+set OPENCV_FFMPEG_LOGLEVEL or OPENCV_FFMPEG_DEBUG.
+
+Exit status 0 when the bag was written; 2 with one line for a video that cannot be read or ends early, a bad
+option, an existing OUT or a write that fails, naming OUT (instseg_core.base.command_exit).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import struct
 import sys
 from collections.abc import Iterator, Sequence
@@ -41,7 +55,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from instseg_core.base.command_exit import InputError, add_debug_argument, debug_requested, run_command
+from instseg_core.base.command_exit import InputError, add_debug_argument, debug_requested, os_error_line, run_command
 from instseg_core.data.bags import read_custom_data, write_image_bag
 
 COMMAND = "instseg-video-bag"
@@ -51,6 +65,16 @@ CUSTOM_DATA_KEY = "instseg.video_bag"
 REQUEST_FORMAT = 1
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MP4_EPOCH_OFFSET_S = 2_082_844_800  # seconds from 1904-01-01 (the MP4 epoch) to 1970-01-01
+# A video that ends early is refused when it stops more than this many frames, and more than this fraction of its
+# declared frames, before the count its header declares (`short_of_declared`).
+SHORT_BY_FRAMES = 2
+SHORT_BY_FRACTION = 0.05
+# OpenCV's FFmpeg backend reads these from the environment (cap_ffmpeg_impl.hpp, InternalFFMpegRegister): the
+# log level of FFmpeg (an av_log level, -8 = AV_LOG_QUIET) and its debug switch. The OpenCV of this project
+# (opencv-python-headless 5.0) reads them once, when FFmpeg is first used in the process.
+FFMPEG_LOGLEVEL_VARIABLE = "OPENCV_FFMPEG_LOGLEVEL"
+FFMPEG_DEBUG_VARIABLE = "OPENCV_FFMPEG_DEBUG"
+FFMPEG_QUIET = "-8"
 
 
 @dataclass(frozen=True)
@@ -143,30 +167,80 @@ def resolve_start(video: Path, start: str) -> tuple[int, str]:
 
 # --- the frames ----------------------------------------------------------------------------------------------
 
-def _open(video: Path) -> tuple[Any, float]:
+@contextlib.contextmanager
+def ffmpeg_quiet(enabled: bool = True) -> Iterator[None]:
+    """The command's run: OPENCV_FFMPEG_LOGLEVEL is set to quiet within the block and restored after it, so that
+    FFmpeg's own lines ("moov atom not found", "File ended prematurely", decoder errors), which OpenCV's FFmpeg
+    backend otherwise prints on stderr, do not come before the command's one line. Nothing is changed when not
+    `enabled` (`--debug`) or when the user set OPENCV_FFMPEG_LOGLEVEL or OPENCV_FFMPEG_DEBUG.
+
+    OpenCV reads the variable when FFmpeg is first used in the process: the `instseg-video-bag` process is quiet
+    throughout; where FFmpeg was used before in the same process (a caller of `main`), the block changes
+    nothing; and where the block is that first use, FFmpeg stays quiet in that process after it (OpenCV offers
+    no means to set the level back)."""
+    if not enabled or FFMPEG_LOGLEVEL_VARIABLE in os.environ or FFMPEG_DEBUG_VARIABLE in os.environ:
+        yield
+        return
+    os.environ[FFMPEG_LOGLEVEL_VARIABLE] = FFMPEG_QUIET
+    try:
+        yield
+    finally:
+        os.environ.pop(FFMPEG_LOGLEVEL_VARIABLE, None)
+
+
+def _open(video: Path) -> tuple[Any, float, int]:
+    """(capture, frames per second or 0.0, frame count the header declares or 0)."""
     if not video.is_file():
         raise InputError(f"video {video} does not exist" if not video.exists() else f"{video} is not a file")
     capture = cv2.VideoCapture(str(video))
     if not capture.isOpened():
         raise InputError(f"cannot read the video {video}: OpenCV opens no video stream in it")
     fps = capture.get(cv2.CAP_PROP_FPS)
-    return capture, float(fps) if fps and np.isfinite(fps) and fps > 0 else 0.0
+    declared = capture.get(cv2.CAP_PROP_FRAME_COUNT)
+    return (capture, float(fps) if fps and np.isfinite(fps) and fps > 0 else 0.0,
+            int(declared) if declared and np.isfinite(declared) and declared > 0 else 0)
+
+
+def short_of_declared(decoded: int, declared: int) -> bool:
+    """Whether a video that could be decoded up to `decoded` frames stopped clearly short of the `declared` frame
+    count of its header: the header declares a positive count, and decoding stopped more than SHORT_BY_FRAMES
+    frames and more than SHORT_BY_FRACTION of it before that count. The margin is there because that count is
+    not always exact: OpenCV takes the stream's frame count where the container records one (MP4, MOV, AVI) and
+    otherwise estimates it from the duration and the frame rate (Matroska, WebM, MPEG-TS), where an audio track
+    that lasts longer or a variable frame rate moves it; 0 means it knows none."""
+    return declared > 0 and declared - decoded > max(SHORT_BY_FRAMES, SHORT_BY_FRACTION * declared)
 
 
 def _frames(capture: Any, step: float, limit: int | None, shape: list[tuple[int, ...]],
-            video: Path) -> Iterator[np.ndarray]:
-    """RGB frames: bag frame k is video frame round(k * step), until the video ends or `limit` frames."""
+            video: Path, declared: int = 0) -> Iterator[np.ndarray]:
+    """RGB frames: bag frame k is video frame round(k * step), until the video ends or `limit` frames.
+    InputError when the video ends while frames are still asked for, clearly short of the `declared` frame count
+    (`short_of_declared`): a truncated or damaged file."""
     position = -1  # the video frame last decoded
     count = 0
+
+    def ended() -> None:
+        decoded = position + 1
+        if not short_of_declared(decoded, declared):
+            return
+        if not count:
+            raise InputError(f"no frame could be decoded from {video}, while its header declares {declared} (a "
+                             "truncated or damaged file); nothing was written")
+        raise InputError(f"{video} cannot be decoded after {decoded} of the {declared} frames its header declares "
+                         f"(a truncated or damaged file); nothing was written; --frames {count} writes the {count} "
+                         f"frame{'s' if count > 1 else ''} before that")
+
     try:
         while limit is None or count < limit:
             wanted = round(count * step)
             while position < wanted - 1:
                 if not capture.grab():
+                    ended()
                     return
                 position += 1
             ok, bgr = capture.read()
             if not ok:
+                ended()
                 return
             position += 1
             if not shape:
@@ -196,7 +270,8 @@ def write_video_bag(video: str | Path, out: str | Path, *, frames: int | None = 
                     topic: str = DEFAULT_TOPIC, frame_id: str = DEFAULT_FRAME_ID, start: str = "auto",
                     overwrite: bool = False) -> VideoBag:
     """Write the bag OUT of `video` (module docstring); InputError naming the problem for a video that cannot be
-    read, a bad argument or an existing `out` without `overwrite`."""
+    read (or ends clearly before the frames its header declares), a bad argument, an existing `out` without
+    `overwrite`, or a write that fails (naming `out`)."""
     video, out = Path(video), Path(out)
     if frames is not None and frames < 1:
         raise InputError(f"--frames must be at least 1, got {frames}")
@@ -204,7 +279,7 @@ def write_video_bag(video: str | Path, out: str | Path, *, frames: int | None = 
         raise InputError(f"--rate must be a positive number of frames per second, got {rate_hz}")
     if not topic.startswith("/"):
         raise InputError(f"--topic must start with '/', got {topic!r}")
-    capture, fps = _open(video)
+    capture, fps, declared = _open(video)
     try:
         if fps == 0.0 and rate_hz is None:
             raise InputError(f"{video} records no frame rate; give one with --rate")
@@ -217,21 +292,37 @@ def write_video_bag(video: str | Path, out: str | Path, *, frames: int | None = 
         request = video_request(video, frames=frames, rate_hz=rate_hz, topic=topic, frame_id=frame_id, start=start)
         if out.exists() and not overwrite:
             raise InputError(f"{out} exists; pass --overwrite to replace it, or choose another OUT")
+        _check_out_folder(out)
     except BaseException:
         capture.release()
         raise
     shape: list[tuple[int, ...]] = []
     try:
-        summary = write_image_bag(out, _frames(capture, step, frames, shape, video), rate_hz=rate, topic=topic,
-                                  frame_id=frame_id, start_ns=start_ns, overwrite=overwrite,
+        summary = write_image_bag(out, _frames(capture, step, frames, shape, video, declared), rate_hz=rate,
+                                  topic=topic, frame_id=frame_id, start_ns=start_ns, overwrite=overwrite,
                                   custom_data={CUSTOM_DATA_KEY: json.dumps(request, sort_keys=True)})
     except ValueError as exc:
         if shape:
             raise
         raise InputError(f"no frame could be decoded from {video}") from exc
-    except FileExistsError as exc:  # created meanwhile by someone else
-        raise InputError(f"{out} exists; pass --overwrite to replace it, or choose another OUT") from exc
+    except FileExistsError as exc:
+        if out.exists() and not overwrite:  # created meanwhile by someone else
+            raise InputError(f"{out} exists; pass --overwrite to replace it, or choose another OUT") from exc
+        raise InputError(f"cannot write {out}: {os_error_line(exc)}") from exc
+    except OSError as exc:  # the error names the hidden staging folder beside OUT: name OUT first
+        raise InputError(f"cannot write {out}: {os_error_line(exc)}") from exc
     return VideoBag(summary.path, summary.counts[topic], shape[0][1], shape[0][0], rate, start_ns, start_source, fps)
+
+
+def _check_out_folder(out: Path) -> None:
+    """InputError when the nearest existing folder above `out` is not a folder (a regular file: `mkdir -p` would
+    fail on it); missing folders below it are created by the write."""
+    for folder in out.parents:
+        if folder.is_dir():
+            return
+        if folder.exists() or folder.is_symlink():
+            what = "a file" if folder.is_file() else "a broken link" if not folder.exists() else "a special file"
+            raise InputError(f"cannot write {out}: {folder} is {what}, not a folder")
 
 
 def mismatch(out: str | Path, request: dict) -> str | None:
@@ -313,7 +404,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                               frame_id=args.frame_id, start=args.start, overwrite=args.overwrite)
         print(describe(bag, args.video), flush=True)
 
-    run_command(COMMAND, run, debug=debug_requested(args))
+    with ffmpeg_quiet(not debug_requested(args)):
+        run_command(COMMAND, run, debug=debug_requested(args))
 
 
 if __name__ == "__main__":
