@@ -136,6 +136,9 @@ def test_overwrite_replaces_a_bag_only_with_a_complete_one(tmp_path: Path) -> No
     with pytest.raises(ValueError, match="no frame"):
         write_image_bag(tmp_path / "empty", [])
     assert not (tmp_path / "empty").exists()
+    (tmp_path / "afile").write_text("x")  # overwrite onto a regular file: replaced, nothing hidden left behind
+    write_image_bag(tmp_path / "afile", frames(2), rate_hz=10.0, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "bag"] and (tmp_path / "afile").is_dir()
 
 
 VIDEO_MTIME_NS = 1_600_000_000_123_456_000  # 2020-09-13 12:26:40 UTC

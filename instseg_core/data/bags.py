@@ -211,7 +211,10 @@ def _move_into_place(bag: Path, path: Path) -> None:
     except OSError:
         os.rename(old, path)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:  # --overwrite onto a regular file (or a link): it is replaced too, nothing hidden left behind
+        old.unlink(missing_ok=True)
 
 
 def read_custom_data(path: str | Path) -> dict[str, str]:
