@@ -407,3 +407,30 @@ def test_frame_cache_never_answers_on_an_ambiguous_frame() -> None:
     assert cache.lookup((19, 0, "camera")) is second and len(cache) == 2
     with pytest.raises(FrameCacheMissError, match="off"):
         FrameCache(0).lookup(key)
+
+
+def test_points_in_any_order_give_the_mask_of_the_right_order() -> None:
+    """validate_points keeps left, top, right, bottom as given and reorders a crossed order (the colour prior fills
+    the points' quadrilateral in their order, so left, right, top, bottom drew a bow tie); the shipped pipeline then
+    answers a crossed order exactly as the right one. Also: no objects is [], a non-array image and clicks passed
+    by position (where polygon_tolerance goes) are refused clearly."""
+    import cv2
+
+    right_order = np.array([[40, 60], [100, 20], [160, 60], [100, 110]], np.float64)
+    assert validate_points(right_order, (140, 200)) is not None
+    np.testing.assert_array_equal(validate_points(right_order, (140, 200)), right_order)
+    for order in ([0, 2, 1, 3], [3, 1, 0, 2], [1, 2, 3, 0]):
+        np.testing.assert_array_equal(validate_points(right_order[order], (140, 200)), right_order)
+
+    rgb = np.random.default_rng(0).integers(0, 90, (140, 200, 3), np.uint8)
+    cv2.ellipse(rgb, (100, 65), (60, 45), 0, 0, 360, (200, 200, 200), -1)
+    segmenter = create_annotation_segmenter(threads=1)
+    expected = segmenter.segment(rgb, right_order).mask
+    np.testing.assert_array_equal(segmenter.segment(rgb, right_order[[0, 2, 1, 3]]).mask, expected)
+    assert segmenter.segment_batch(rgb, []) == []
+    with pytest.raises(AnnotationError, match="numpy array") as info:
+        segmenter.segment(rgb.tolist(), right_order)  # type: ignore[arg-type]
+    assert info.value.code == ErrorCode.BAD_IMAGE
+    with pytest.raises(AnnotationError, match="positive=") as info:
+        segmenter.segment(rgb, right_order, [[100, 65]])  # type: ignore[arg-type]
+    assert info.value.code == ErrorCode.BAD_POINTS

@@ -35,6 +35,7 @@ from instseg_core.annotate.encoding import (
     crop,
     crop_box,
     encode,
+    order_extreme_points,
     paste_back,
     points_in_crop,
 )
@@ -114,7 +115,11 @@ def _outside(array: np.ndarray, image_shape: tuple[int, int]) -> list[int]:
 
 def validate_points(points: Sequence[Sequence[float]] | np.ndarray, image_shape: tuple[int, int],
                     min_box: float = 2.0) -> np.ndarray:
-    """(4, 2) float64 points, or AnnotationError: not 4 points, outside the image, or a degenerate box."""
+    """(4, 2) float64 points in the order left, top, right, bottom, or AnnotationError: not 4 points, outside the
+    image, or a degenerate box. Points given in another order are reordered (encoding.order_extreme_points) unless
+    their order already spans the box as well as any (the network's colour prior fills the quadrilateral of the
+    points in their order: a crossed order, e.g. left, right, top, bottom, lost 0.02 mean IoU on real photographs);
+    a rotation of the right order gives the same mask either way."""
     try:
         array = np.asarray(points, dtype=np.float64)
     except (TypeError, ValueError, OverflowError) as exc:  # text, ragged lists, objects
@@ -135,6 +140,9 @@ def validate_points(points: Sequence[Sequence[float]] | np.ndarray, image_shape:
         raise AnnotationError(ErrorCode.DEGENERATE_BOX,
                               f"the points span {span[0]:g} x {span[1]:g} pixels; at least {min_box:g} x {min_box:g} "
                               "is needed")
+    spread = array[2, 0] - array[0, 0] + array[3, 1] - array[1, 1]
+    if spread < span.sum():  # not left, top, right, bottom (or as good): put them in that order
+        return order_extreme_points(array)
     return array
 
 
@@ -259,10 +267,20 @@ class ExtremePointSegmenter:
                       polygon_tolerance: float | None = None, *, positive: Sequence[Clicks] | None = None,
                       negative: Sequence[Clicks] | None = None) -> list[AnnotationResult]:
         """Segment several objects of one image with one network call; `positive` and `negative`, when given, hold
-        one click list per object (None or [] for an object without)."""
+        one click list per object (None or [] for an object without). No objects: []."""
+        if not isinstance(image, np.ndarray):
+            raise AnnotationError(ErrorCode.BAD_IMAGE, f"expected an (H, W, 3) uint8 RGB numpy array, got "
+                                                       f"{type(image).__name__} (np.asarray(image) converts a PIL "
+                                                       "image)")
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise AnnotationError(ErrorCode.BAD_IMAGE, f"expected an (H, W, 3) uint8 RGB image, got "
                                                        f"{image.dtype} {image.shape}")
+        if polygon_tolerance is not None and not isinstance(polygon_tolerance, (int, float, np.number)):
+            raise AnnotationError(ErrorCode.BAD_POINTS, f"polygon_tolerance must be a number of pixels, got "
+                                                        f"{type(polygon_tolerance).__name__}; correction clicks go "
+                                                        "by name: positive=[[x, y], ...], negative=[[x, y], ...]")
+        if not len(objects):
+            return []
         tolerance = self.polygon_tolerance if polygon_tolerance is None or polygon_tolerance <= 0 else polygon_tolerance
         start = time.perf_counter()
         validated = [validate_points(p, image.shape[:2]) for p in objects]
