@@ -600,7 +600,11 @@ def test_defect_6_a_dead_server_never_shows_saved_and_the_edits_are_saved_in_ord
     the restart that edit went out silently with the next change, outside the undo history. Now the status says
     NOT SAVED – retrying, the edits are retried in order once the server is back, and undo takes them back; a server
     that hangs instead is given 5 s per save. Operator probe: a frame change while the server is away keeps the
-    frame's kept points, and the messages about the server being away go once it answers again."""
+    frame's kept points, and the messages about the server being away go once it answers again. Every other
+    request of the page has a time limit too (the 4th click, a frame change, P, a correction click, a brush
+    stroke, C; the export is watched instead): past it the page says that the server does not answer and keeps
+    everything as it was, and the answers that come once the server wakes up are not applied."""
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
 
     gt = bag[1]
@@ -655,16 +659,81 @@ def test_defect_6_a_dead_server_never_shows_saved_and_the_edits_are_saved_in_ord
     page.keys(Keys.CONTROL, "z")
     page.idle()
     assert [(o["hidden"], o["class"]) for o in page.saved(0)] == [(False, "person")]
-    # a server that hangs (stopped, not dead) answers nothing: after 5 s the page says so and retries
+    # a server that hangs (stopped, not dead) answers nothing: past 5 s a save says so and is retried. Every other
+    # request has a time limit of its own (docs/studio.md, Saving; 0.5 s here while the server is stopped), after
+    # which the page says that the server does not answer and is exactly as it was; the export has none, but the
+    # page checks that the server answers while it runs. A late answer (the server woken) is never applied
+    gone = "the studio server does not answer"
+    limits = browser.execute_script("return Object.assign({}, window.studioLimits)")
+    assert limits == {"save": 5000, "segment": 5000, "frame": 10000, "brush": 10000, "propagate": 30000,
+                      "proposals": 30000, "background": 10000, "alive": 5000, "aliveEvery": 5000}, limits
+    short = {"save": 500, "segment": 500, "frame": 500, "brush": 500, "proposals": 500, "propagate": 500,
+             "alive": 500, "aliveEvery": 200}
+    browser.execute_script("Object.assign(window.studioLimits || {}, arguments[0])", short)
+    version = again.http.get("/api/info").json()["version"]
+    ys, xs = np.nonzero(gt.objects[0][3][1])
+    inside = [int(np.median(xs)), int(np.median(ys))]
+    snapshot = "return JSON.stringify([s.index, s.frame.index, s.objects, s.clicks, s.proposals, s.undo.length])" \
+        .replace("s.", "window.studioState.")
     os.kill(again.proc.pid, signal.SIGSTOP)
     try:
-        page.keys(Keys.CONTROL, Keys.SHIFT, "z")  # redo the hiding
-        page.wait.until(lambda d: "did not answer within 5 s" in page.text("unsaved"))
+        page.keys(Keys.CONTROL, Keys.SHIFT, "z")  # redo the hiding: its save hangs while the rest goes on
+        for point in second:  # a new object: the 4th click is not answered, the first three are kept
+            page.click(*point)
+        page.wait.until(lambda d: f"{gone} (no answer within 0.5 s): the first three points are kept" in
+                        page.text("message"))
+        assert page.state("clicks.length") == 3 and page.state("objects.length") == 1
+        page.keys(Keys.ARROW_RIGHT)  # a frame change: the page stays on its frame, as it was
+        page.wait.until(lambda d: "frame 2 could not be shown" in page.text("message"))
+        assert page.state("index") == 0 and page.state("frame.index") == 0 and page.state("clicks.length") == 3
+        page.keys("p")
+        page.wait.until(lambda d: gone in page.text("message") and "P showed nothing" in page.text("message"))
+        browser.find_element(page.by.CSS_SELECTOR, f"#object-list li[data-id='{made['id']}'] .name").click()
+        page.click(*inside, modifier=Keys.SHIFT)  # a correction click
+        page.wait.until(lambda d: "the correction click was not applied" in page.text("message"))
+        page.keys("b")  # a brush stroke
+        overlay = browser.find_element(page.by.ID, "overlay")
+        scale = overlay.size["width"] / page.width
+        ActionChains(browser).move_to_element_with_offset(
+            overlay, math.floor((inside[0] - 8.5) * scale - overlay.size["width"] / 2),
+            math.floor((inside[1] + 0.5) * scale - overlay.size["height"] / 2)).click_and_hold() \
+            .move_by_offset(round(16 * scale), 0).release().perform()
+        page.wait.until(lambda d: "the stroke was not applied" in page.text("message"))
+        page.keys("b")
+        page.keys("e")  # the export waits (no limit), and the page says that the server does not answer
+        page.wait.until(lambda d: f"export: {gone}" in page.text("message"))
+        page.wait.until(lambda d: "did not answer within 0.5 s" in page.text("unsaved"))
         assert "NOT SAVED – retrying" in page.text("status")
+        before = browser.execute_script(snapshot)
     finally:
         os.kill(again.proc.pid, signal.SIGCONT)
+    browser.execute_script("Object.assign(window.studioLimits || {}, arguments[0])", limits)
+    page.wait.until(lambda d: "exported 1 objects on 1 frames" in page.text("message"))  # the export's late answer
     page.idle()  # the first attempt is saved when the server wakes up; its retry finds it saved, not another tab's
     assert [(o["hidden"], o["class"]) for o in page.saved(0)] == [(True, "person")] and not page.state("stale")
+    # the server has answered everything it was sent: only the redo was saved, nothing else came late
+    assert again.http.get("/api/info").json()["version"] == version + 1
+    assert browser.execute_script(snapshot) == before and gone not in page.text("message")
+    page.click(*second[3])  # the 4th point again: the object is made, once
+    page.wait.until(lambda d: page.state("objects.length") == 2)
+    page.idle()
+    assert len(page.saved(0)) == 2 and again.http.get("/api/info").json()["version"] == version + 2
+    # C on a hung server copies nothing, and its late answer is not applied: C again copies both objects
+    page.keys(Keys.ARROW_RIGHT)
+    page.frame(1)
+    browser.execute_script("Object.assign(window.studioLimits || {}, arguments[0])", short)
+    os.kill(again.proc.pid, signal.SIGSTOP)
+    try:
+        page.keys("c")
+        page.wait.until(lambda d: gone in page.text("message") and "C copied nothing" in page.text("message"))
+    finally:
+        os.kill(again.proc.pid, signal.SIGCONT)
+    browser.execute_script("Object.assign(window.studioLimits || {}, arguments[0])", limits)
+    assert page.state("index") == 1 and page.state("objects.length") == 0 and page.state("writes.length") == 0
+    page.keys("c")
+    page.wait.until(lambda d: "copied from frame 1: 2 added, 0 updated" in page.text("message"))
+    page.idle()
+    assert len(page.saved(1)) == 2 and again.http.get("/api/info").json()["version"] == version + 3
 
 
 def test_a_save_whose_answer_was_lost_is_not_taken_for_another_tab(bag: tuple[Path, GroundTruth], browser: Any,

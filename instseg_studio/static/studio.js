@@ -11,7 +11,25 @@ const SAME_POINT_PX = 3;         // ... and this close (screen pixels) to the la
 const DISTINCT_PX = 2;           // extreme points closer than this (image pixels) are one point, whatever the zoom
                                  // (the server's segmenters.MIN_POINT_DISTANCE: it refuses them too)
 const RETRY_MS = [250, 500, 1000, 2000];   // back-off between attempts to save after a lost connection
-const SAVE_TIMEOUT_MS = 5000;              // a save not answered by then is retried (the server may hang)
+// How long the page waits for each kind of request (ms). A server that hangs (stopped, deadlocked) answers nothing,
+// ever: past its limit a request is abandoned – its fetch aborted, so a late answer never reaches the page – and
+// the page says that the server does not answer, with everything as it was before the request. Generous against
+// the normal durations (docs/studio.md, Speed); the browser tests shorten them (window.studioLimits).
+const LIMITS = {
+  save: 5000,         // PUT of a frame's objects (~10 ms): then retried in order (Saving, docs/studio.md)
+  segment: 5000,      // 4th click, correction click, moved extreme point, tolerance: ~20 ms in-process; the
+                      // service node's own limit is 10 s, so 12 s with it (start())
+  frame: 10000,       // a frame change: its objects and its image (~20-60 ms, goal 100 ms)
+  brush: 10000,       // a brush or eraser stroke (milliseconds)
+  propagate: 30000,   // C: every object of the previous frame segmented again (~20 ms each)
+  proposals: 30000,   // P: ~1 s per 2 MP frame for a streaming model on the CPU, more the first time
+  background: 10000,  // start, warming a frame, the track list, a frame read again
+  // export: no limit (a big session takes long, and the server finishes it anyway); while it runs the page asks
+  // the server every `aliveEvery` ms whether it answers (within `alive` ms) and says so when it does not
+  alive: 5000,
+  aliveEvery: 5000,
+};
+window.studioLimits = LIMITS;
 const ATTRIBUTES = ["occluded", "truncated", "crowd"];
 // ?warm=0: the page before issue 36 (no warming, the next frame prefetched at once), bench_studio's baseline
 const WARM = new URLSearchParams(window.location.search).get("warm") !== "0";
@@ -33,9 +51,13 @@ class ApiError extends Error {
   constructor(status, message) { super(message); this.status = status; }
 }
 class ConnectionError extends Error {}   // no answer at all: the server is away (killed, restarting, unreachable)
+class NoAnswerError extends ConnectionError {   // no answer within the request's time limit: the server may hang
+  constructor(ms) { super(`no answer within ${ms / 1000} s`); this.ms = ms; }
+}
 
 async function api(method, path, body, timeoutMs = 0) {
-  // timeoutMs: give up waiting (a server that hangs answers nothing, ever); the caller sees a failed request
+  // timeoutMs: give up waiting (a server that hangs answers nothing, ever): the fetch is aborted, so its answer,
+  // should it come later, is never seen (nothing is applied late, twice or out of order); NoAnswerError
   const options = { method, headers: {} };
   if (body !== undefined) {
     options.headers["Content-Type"] = "application/json";
@@ -47,14 +69,22 @@ async function api(method, path, body, timeoutMs = 0) {
   try {
     let response;
     try { response = await fetch(path, options); } catch (error) {
-      if (error.name === "AbortError") throw error;   // our own timeout (the caller says so)
+      if (abort && abort.signal.aborted) throw new NoAnswerError(timeoutMs);
       throw new ConnectionError(error.message || "no connection");
     }
-    serverAnswered();
     const data = await response.json().catch(() => ({}));
+    // the limit passed while the body was read: an answer cut short is no answer (never taken as an empty one)
+    if (abort && abort.signal.aborted) throw new NoAnswerError(timeoutMs);
+    serverAnswered();
     if (!response.ok) throw new ApiError(response.status, data.error || response.statusText);
     return data;
   } finally { clearTimeout(timer); }
+}
+
+function withinLimit(promise, ms) {   // `promise`, or NoAnswerError once `ms` have passed (for what fetch does not load)
+  let timer;
+  const limit = new Promise((_, reject) => { timer = setTimeout(() => reject(new NoAnswerError(ms)), ms); });
+  return Promise.race([promise, limit]).finally(() => clearTimeout(timer));
 }
 
 function showMessage(text, kind = "error", connection = false) {
@@ -70,9 +100,12 @@ function serverAnswered() {   // any answer: what was said about an unreachable 
   if ($("message").dataset.connection === "true") showMessage("");
 }
 
-function showError(error) {   // a refusal says why; no answer at all is a connection message
-  if (error instanceof ConnectionError || error.name === "AbortError") {
-    showMessage(`the studio server does not answer (${error.message})`, "error", true);
+function showError(error, notDone = "") {
+  // a refusal says why; no answer at all is a connection message, with what was not done (`notDone`: "C copied
+  // nothing; press C again") once it answers
+  if (error instanceof ConnectionError) {
+    showMessage(`the studio server does not answer (${error.message})` +
+                (notDone ? `: ${notDone} once it answers` : ""), "error", true);
   } else showMessage(error.message || String(error));
 }
 
@@ -210,7 +243,7 @@ async function landed(write) {
   // after a lost answer, a 409 may be this write itself: it reached the disk, its answer did not reach the page.
   // It did when the session is exactly one version on and the frame holds exactly what was sent
   try {
-    const frame = await api("GET", `/api/frames/${write.index}`);
+    const frame = await api("GET", `/api/frames/${write.index}`, undefined, LIMITS.background);
     return frame.version === state.version + 1 && sameObjects(frame.objects, write.objects) ? frame.version : null;
   } catch (error) { return null; }
 }
@@ -222,7 +255,7 @@ async function writeLoop() {
     busy(1);
     try {
       const result = await api("PUT", `/api/frames/${write.index}/objects`,
-                               { base_version: state.version, objects: write.objects }, SAVE_TIMEOUT_MS);
+                               { base_version: state.version, objects: write.objects }, LIMITS.save);
       savedAs(write, result.version, result.next_track_id);
       attempt = 0;
     } catch (error) {
@@ -244,7 +277,7 @@ async function writeLoop() {
         return;
       } else {   // a lost connection, a server that is restarting or failing: kept and retried in order
         const reason = error instanceof ApiError ? `not saved: ${error.message}`
-          : error.name === "AbortError" ? `not saved: the studio server did not answer within ${SAVE_TIMEOUT_MS / 1000} s`
+          : error instanceof NoAnswerError ? `not saved: the studio server did not answer within ${error.ms / 1000} s`
             : "not saved: the studio server does not answer";
         write.unanswered = true;
         state.failure = { reason, retrying: true };
@@ -268,7 +301,7 @@ function retryUnsaved() {
 }
 
 async function refreshObjects() {
-  const frame = await api("GET", `/api/frames/${state.index}`).catch(() => null);
+  const frame = await api("GET", `/api/frames/${state.index}`, undefined, LIMITS.background).catch(() => null);
   if (frame && frame.index === state.index && !pendingObjects(state.index)) { state.objects = frame.objects; render(); }
 }
 
@@ -330,9 +363,11 @@ async function goTo(index) {
       image.onerror = () => reject(new ConnectionError("its image did not load"));
     });
     // both settled before a failure is shown: the server's reason (a frame it cannot read) is preferred to the
-    // image's, and no answer arrives after the message (which would take a connection message away again)
-    const settled = await Promise.allSettled([api("GET", `/api/frames/${index}`),
-                                              (image.src = `/api/frames/${index}/image`, loaded)]);
+    // image's, and no answer arrives after the message (which would take a connection message away again). Both
+    // within the frame's time limit: an image still loading then is cancelled below (its src set back)
+    const settled = await Promise.allSettled([api("GET", `/api/frames/${index}`, undefined, LIMITS.frame),
+                                              (image.src = `/api/frames/${index}/image`,
+                                               withinLimit(loaded, LIMITS.frame))]);
     const failures = settled.filter((s) => s.status === "rejected").map((s) => s.reason);
     if (failures.length) throw failures.find((e) => e instanceof ApiError) || failures[0];
     const frame = settled[0].value;
@@ -354,7 +389,7 @@ async function goTo(index) {
     window.studioTimings.push({ what: "frame", ms: performance.now() - started });
     // warm the server for this frame (decoded frame, the network) before the first click; the next frame's image
     // is prefetched once the operator pauses (prefetchWhenIdle)
-    if (WARM) api("POST", `/api/frames/${index}/warm`, {}).catch(() => {});
+    if (WARM) api("POST", `/api/frames/${index}/warm`, {}, LIMITS.background).catch(() => {});
     prefetchWhenIdle();
   } catch (error) {
     if (error instanceof ApiError) showMessage(error.message);
@@ -600,7 +635,7 @@ function highlightProposals() {   // hovering an entry lights its outline withou
 
 async function drawTracks() {
   let tracks;
-  try { tracks = (await api("GET", "/api/tracks")).tracks; } catch (error) { return; }
+  try { tracks = (await api("GET", "/api/tracks", undefined, LIMITS.background)).tracks; } catch (error) { return; }
   const list = $("track-list");
   list.replaceChildren();
   for (const track of tracks) {
@@ -662,7 +697,7 @@ async function segment(points, tolerance, clicks) {
   try {
     const body = { frame: state.index, points, tolerance };
     if (clicks && (clicks.positive.length || clicks.negative.length)) Object.assign(body, clicks);
-    const result = await api("POST", "/api/segment", body);
+    const result = await api("POST", "/api/segment", body, LIMITS.segment);
     window.studioTimings.push({ what: "segment", ms: performance.now() - started });
     return result;
   } finally { busy(-1); }
@@ -715,23 +750,30 @@ async function addClick(raw, event) {
     render();
     if (error instanceof ApiError) showMessage(error.message);
     else {
-      showMessage("the studio server does not answer: the first three points are kept; click the 4th again once " +
-                  "it is back", "error", true);
+      showMessage(`the studio server does not answer (${error.message}): the first three points are kept; click ` +
+                  "the 4th again once it answers", "error", true);
     }
   }
 }
 
+const NOT_APPLIED = {   // what a re-segmentation the server did not answer leaves undone, and how to redo it
+  resegment: "the moved point was not applied; move it again", correction: "the correction click was not " +
+    "applied; click again", tolerance: "the new tolerance was not applied; set it again",
+};
+
 async function resegment(obj, points, tolerance, clicks, what = "resegment", byHand = true) {
   const started = performance.now();
+  const index = state.index;
   try {
     const result = await segment(points, tolerance, clicks);
+    if (state.index !== index) return;   // an answer for a frame no longer shown (the operator moved on)
     const change = { points: result.points, polygon: result.polygon, tolerance, score: result.score,
                      polygon_iou: result.polygon_iou, carried: false };   // segmented from its points again
     if (clicks) change.clicks = clicks;
     const saved = (byHand ? updateByHand : updateObject)(obj.id, change);
     window.studioTimings.push({ what, ms: performance.now() - started, server_ms: result.milliseconds });
     await saved;
-  } catch (error) { showError(error); render(); }
+  } catch (error) { showError(error, NOT_APPLIED[what]); render(); }
 }
 
 async function correctionClick(raw, kind) {
@@ -854,14 +896,16 @@ async function finishStroke() {
   const obj = state.objects.find((o) => o.id === state.selected);
   if (!obj) { render(); return; }
   const started = performance.now();
+  const index = state.index;
   busy(1);
   try {
-    const result = await api("POST", `/api/frames/${state.index}/brush`, {
+    const result = await api("POST", `/api/frames/${index}/brush`, {
       polygon: obj.polygon, strokes: [{ mode: stroke.mode, radius: state.brushRadius, points: stroke.path }],
-      tolerance: obj.tolerance });
+      tolerance: obj.tolerance }, LIMITS.brush);
     window.studioTimings.push({ what: "brush", ms: performance.now() - started });
+    if (state.index !== index) return;   // an answer for a frame no longer shown
     updateByHand(obj.id, { polygon: result.polygon, polygon_iou: result.polygon_iou, source: "brush" });   // saved in turn
-  } catch (error) { showError(error); render(); }
+  } catch (error) { showError(error, "the stroke was not applied; draw it again"); render(); }
   finally { busy(-1); }
 }
 
@@ -872,7 +916,8 @@ async function copyPrevious() {
   busy(1);
   try {
     const index = state.index, source = state.index - 1;
-    const result = await api("POST", `/api/frames/${index}/propagate`, { source, objects: state.objects });
+    const result = await api("POST", `/api/frames/${index}/propagate`, { source, objects: state.objects },
+                             LIMITS.propagate);
     if (result.failures.length) {
       showMessage(`${result.failures.length} object(s) not copied: ` + result.failures.map((f) => f.reason).join("; "));
     }
@@ -893,13 +938,15 @@ async function copyPrevious() {
       showMessage(`copied from frame ${source + 1}: ${result.added.length} added, ${result.updated.length} ` +
                   `updated (same track)${kept}`, "info");
     }
-  } catch (error) { showError(error); } finally { busy(-1); }
+  } catch (error) { showError(error, "C copied nothing; press C again"); } finally { busy(-1); }
 }
 
 async function loadProposals() {
   busy(1);
+  const index = state.index;
   try {
-    const result = await api("POST", `/api/frames/${state.index}/proposals`, { objects: state.objects });
+    const result = await api("POST", `/api/frames/${index}/proposals`, { objects: state.objects }, LIMITS.proposals);
+    if (state.index !== index) return;   // proposals for a frame no longer shown
     state.proposals = result.proposals;
     state.suppressed = result.suppressed || 0;
     state.proposal = null;
@@ -910,7 +957,7 @@ async function loadProposals() {
     } else {
       showMessage("choose a proposal (click it in the list, or ↓ / ↑), then Enter accepts it; R rejects it", "info");
     }
-  } catch (error) { showError(error); } finally { busy(-1); }
+  } catch (error) { showError(error, "P showed nothing; press P again"); } finally { busy(-1); }
 }
 
 function chooseProposal(k) { state.proposal = k; render(); }
@@ -959,12 +1006,49 @@ function rejectProposal(k) {
   render();
 }
 
+let exporting = null;   // the running export: {started}
+
 async function exportSession() {
+  // no time limit: a big session takes long and the server finishes the export whatever the page does. While it
+  // runs, the page asks the server whether it answers at all (GET /api/info within LIMITS.alive, every
+  // LIMITS.aliveEvery) and says so when it does not; the export's answer is still awaited and shown when it comes.
+  // One export at a time from this page (a second one would write into the first one's staging folder)
+  if (exporting) {
+    showMessage(`an export is running (since ${Math.round((performance.now() - exporting.started) / 1000)} s); ` +
+                "its result shows here when the server answers", "warning");
+    return;
+  }
+  exporting = { started: performance.now() };
   busy(1);
+  const alive = watchExport(exporting);
   try {
     const result = await api("POST", "/api/export", { overwrite: true });
     showMessage(`exported ${result.objects} objects on ${result.frames} frames to ${result.out}`, "info");
-  } catch (error) { showError(error); } finally { busy(-1); }
+  } catch (error) { showError(error, "the export may not have been written; press E again"); } finally {
+    exporting.done = true;
+    exporting = null;
+    alive.stop();
+    busy(-1);
+  }
+}
+
+function watchExport(run) {   // while `run` lasts: a connection message when the server stops answering
+  let timer = null, silent = false;
+  const check = async () => {
+    try {
+      await api("GET", "/api/info", undefined, LIMITS.alive);
+      silent = false;   // (serverAnswered took the message away)
+    } catch (error) {
+      if (!run.done && !silent && error instanceof ConnectionError) {
+        silent = true;
+        showMessage(`export: the studio server does not answer (${error.message}); the export is still awaited, ` +
+                    "its result shows here if the server answers again", "error", true);
+      }
+    }
+    if (!run.done) timer = setTimeout(check, LIMITS.aliveEvery);
+  };
+  timer = setTimeout(check, LIMITS.aliveEvery);
+  return { stop: () => clearTimeout(timer) };
 }
 
 // ---- keys -----------------------------------------------------------------------------------------------
@@ -1104,8 +1188,8 @@ function onPanEnd(event) {
 
 async function start() {
   try {
-    state.info = await api("GET", "/api/info");
-    const timeline = await api("GET", "/api/timeline");
+    state.info = await api("GET", "/api/info", undefined, LIMITS.background);
+    const timeline = await api("GET", "/api/timeline", undefined, LIMITS.background);
     state.timestamps = timeline.timestamps_ns;
     state.labelled = new Set(timeline.labelled);
     state.version = timeline.version;
@@ -1115,6 +1199,7 @@ async function start() {
     showMessage(`the studio cannot start: ${error.message}`);
     return;
   }
+  if (state.info.segmenter === "service" && LIMITS.segment < 12000) LIMITS.segment = 12000;   // its own limit: 10 s
   $("bag-name").textContent = `${state.info.bag} ${state.info.topic} · ${state.info.segmenter}`;
   for (const id of ["class-select", "object-class"]) {
     for (const name of state.info.classes) {
@@ -1133,7 +1218,7 @@ async function start() {
   });
   $("tolerance").addEventListener("change", (event) => {
     const obj = state.objects.find((o) => o.id === state.selected);
-    if (obj) resegment(obj, obj.points, Number(event.target.value), obj.clicks, "resegment", false);
+    if (obj) resegment(obj, obj.points, Number(event.target.value), obj.clicks, "tolerance", false);
     event.target.blur();
   });
   for (const name of ATTRIBUTES) {
