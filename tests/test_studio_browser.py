@@ -603,7 +603,8 @@ def test_defect_6_a_dead_server_never_shows_saved_and_the_edits_are_saved_in_ord
     frame's kept points, and the messages about the server being away go once it answers again. Every other
     request of the page has a time limit too (the 4th click, a frame change, P, a correction click, a brush
     stroke, C; the export is watched instead): past it the page says that the server does not answer and keeps
-    everything as it was, and the answers that come once the server wakes up are not applied."""
+    everything as it was, and the answers that come once the server wakes up are not applied. An undo whose frame
+    cannot be shown is not done (it wrote the other frame's objects onto the frame shown)."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
 
@@ -718,18 +719,25 @@ def test_defect_6_a_dead_server_never_shows_saved_and_the_edits_are_saved_in_ord
     page.wait.until(lambda d: page.state("objects.length") == 2)
     page.idle()
     assert len(page.saved(0)) == 2 and again.http.get("/api/info").json()["version"] == version + 2
-    # C on a hung server copies nothing, and its late answer is not applied: C again copies both objects
+    # C on a hung server copies nothing, and its late answer is not applied: C again copies both objects. An undo
+    # whose frame cannot be shown is not done (it wrote frame 1's objects onto frame 2)
     page.keys(Keys.ARROW_RIGHT)
     page.frame(1)
+    undo = page.state("undo.length")
     browser.execute_script("Object.assign(window.studioLimits || {}, arguments[0])", short)
     os.kill(again.proc.pid, signal.SIGSTOP)
     try:
         page.keys("c")
         page.wait.until(lambda d: gone in page.text("message") and "C copied nothing" in page.text("message"))
+        page.keys(Keys.CONTROL, "z")
+        page.wait.until(lambda d: re.search("undo (not done|on frame)", page.text("message")))
+        assert page.state("index") == 1 and page.state("objects.length") == 0, "nothing undone on frame 2"
+        assert "undo not done: frame 1 could not be shown" in page.text("message")
     finally:
         os.kill(again.proc.pid, signal.SIGCONT)
     browser.execute_script("Object.assign(window.studioLimits || {}, arguments[0])", limits)
     assert page.state("index") == 1 and page.state("objects.length") == 0 and page.state("writes.length") == 0
+    assert page.state("undo.length") == undo
     page.keys("c")
     page.wait.until(lambda d: "copied from frame 1: 2 added, 0 updated" in page.text("message"))
     page.idle()

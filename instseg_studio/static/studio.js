@@ -310,9 +310,18 @@ async function undoRedo(from, to, pick, what) {
   const entry = from.pop();
   if (!entry) { showMessage(`nothing to ${what}`, "info"); return; }
   if (entry.index !== state.index) await goTo(entry.index);
+  if (state.index !== entry.index || !state.frame || state.frame.index !== entry.index) {
+    // its frame could not be shown (the server does not answer): nothing is done, the entry stays to be done
+    // again (before, the other frame's objects were written onto the frame shown)
+    from.push(entry);
+    if ($("message").dataset.connection === "true") {
+      showMessage(`${what} not done: ${$("message").textContent}; press it again once it answers`, "error", true);
+    }
+    return;
+  }
   to.push(entry);
   showMessage(`${what} on frame ${entry.index + 1}`, "info");
-  await commit(pick(entry), { record: false });
+  await commit(pick(entry), { record: false, index: entry.index });
 }
 const undo = () => undoRedo(state.undo, state.redo, (e) => e.before, "undo");
 const redo = () => undoRedo(state.redo, state.undo, (e) => e.after, "redo");
@@ -653,6 +662,7 @@ async function drawTracks() {
 async function showTrack(track) {
   const frame = track.frames.find((k) => k > state.index) ?? track.frames[0];
   if (frame !== state.index) await goTo(frame);
+  if (state.index !== frame) return;   // its frame could not be shown
   const obj = state.objects.find((o) => o.track_id === track.track_id);
   if (obj) select(obj.id);
 }
