@@ -555,3 +555,35 @@ def test_copying_keeps_an_object_cut_by_the_frame_edge_on_that_edge() -> None:
     assert left[0] == 0 and right[0] > 39 and top[0] > 20  # the flow moved the car right; its left end stays
     carried = np.asarray(objects[1]["polygon"])
     assert carried[:, 0].min() == 0 and carried[:, 0].max() > 39
+
+
+def test_two_exports_at_once_both_finish_and_leave_one_whole_tree(tmp_path: Path) -> None:
+    """Two exports of one session at the same time (two tabs, an API client): each is complete and the published
+    tree is whole, with nothing left beside it (they shared one staging folder, and one published half a tree)."""
+    import threading
+
+    from instseg_core.data.label_export import LabelledFrame, LabelledObject, write_label_tree
+
+    rgb = np.random.default_rng(0).integers(0, 255, (96, 128, 3), np.uint8)
+    polygon = np.array([[10, 10], [60, 10], [60, 50], [10, 50]])
+    frames = [LabelledFrame(k, 10**9 * (k + 1), "cam", rgb, [LabelledObject("car", polygon, polygon, track_id=1)])
+              for k in range(3)]
+    out = tmp_path / "export"
+    results: list[object] = []
+    start = threading.Barrier(2)
+
+    def export() -> None:
+        start.wait()
+        try:
+            results.append(write_label_tree(out, frames, city="drive", overwrite=True))
+        except Exception as exc:  # a failure is the defect this test is about: collect it, assert below
+            results.append(exc)
+
+    threads = [threading.Thread(target=export) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert all(isinstance(r, dict) and r["frames"] == 3 for r in results), results
+    assert len(list((out / "leftImg8bit").rglob("*.png"))) == 3 and (out / "annotations_coco.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]

@@ -33,6 +33,8 @@ import json
 import os
 import re
 import shutil
+import threading
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,27 +217,30 @@ def write_label_tree(out: str | os.PathLike, frames: Iterable[LabelledFrame], *,
         raise LabelExportError(f"city name {city!r}: must be non-empty without '_' or '/' (Cityscapes file names "
                                "split on '_')")
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise LabelExportError(f"{out} exists; choose a new folder or allow overwriting (it is replaced only if "
-                               "the whole export succeeds)")
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    now = datetime.datetime.now(datetime.UTC)
-    coco_info = {"description": f"instseg labels ({city})", "version": "1.0", "year": now.year,
-                 "date_created": now.isoformat(timespec="seconds"), "contributor": "", "url": "", **(info or {})}
-    try:
-        summary = _write_into(staging, frames, split, city, coco_info,
-                              COCO_LICENSES if licenses is None else licenses)
-        _publish(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with _EXPORT_LOCK:  # one export at a time in this process: two at once shared a folder and published half a tree
+        if out.exists() and not overwrite:
+            raise LabelExportError(f"{out} exists; choose a new folder or allow overwriting (it is replaced only if "
+                                   "the whole export succeeds)")
+        staging = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir(parents=True)
+        now = datetime.datetime.now(datetime.UTC)
+        coco_info = {"description": f"instseg labels ({city})", "version": "1.0", "year": now.year,
+                     "date_created": now.isoformat(timespec="seconds"), "contributor": "", "url": "", **(info or {})}
+        try:
+            summary = _write_into(staging, frames, split, city, coco_info,
+                                  COCO_LICENSES if licenses is None else licenses)
+            _publish(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return {**summary, "city": city, "out": str(out)}
+
+
+_EXPORT_LOCK = threading.Lock()
 
 
 def _publish(staging: Path, out: Path) -> None:
     """Replace `out` by `staging` with renames (an existing `out` goes only once the new one is in place)."""
-    previous = out.parent / f".{out.name}.previous-{os.getpid()}"
+    previous = out.parent / f".{out.name}.previous-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     if out.exists():
         os.replace(out, previous)
     os.replace(staging, out)
