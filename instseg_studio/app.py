@@ -71,9 +71,8 @@ from instseg_studio.assist import brush, frame_proposals, merge_propagated, prop
 from instseg_studio.bag_frames import BagFrames, BagFramesError
 from instseg_studio.segmenters import StudioSegmenter
 from instseg_studio.session import (
-    MAX_CORRECTION_CLICKS,
     MAX_OBJECTS_PER_FRAME,
-    MAX_POLYGON_VERTICES,
+    OutsideImageError,
     Session,
     SessionError,
     VersionConflictError,
@@ -362,12 +361,14 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
         if isinstance(base_version, bool) or not isinstance(base_version, int):  # not a version: not a conflict
             raise RequestError(f"base_version must be the session version the change was made on (an integer), got "
                                f"{shown(base_version)}")
-        inside_image(body.get("objects"), frame.rgb.shape)
         try:
-            version = studio.session.set_objects(index, frame.stamp_ns, body.get("objects"), body.get("base_version"))
+            version = studio.session.set_objects(index, frame.stamp_ns, body.get("objects"), base_version,
+                                                 frame.rgb.shape)
         except VersionConflictError as exc:
             studio.counters["version_conflicts"] += 1
             raise RequestError(str(exc), 409) from exc
+        except OutsideImageError as exc:  # as /api/segment and the brush refuse such pixels
+            raise RequestError(str(exc), 422) from exc
         except SessionError as exc:
             raise RequestError(str(exc)) from exc
         except OSError as exc:  # a full or read-only disk: nothing changed, the page keeps the change as unsaved
@@ -376,23 +377,6 @@ def create_app(studio: Studio, allowed_hosts: set[str]) -> FastAPI:
             log.warning("frame %d not saved: %s", index, reason)  # the session file, not its temporary file
             raise RequestError(f"not saved: {reason}", 507) from exc
         return {"version": version, "next_track_id": studio.session.next_track_id}
-
-    def inside_image(objects: Any, shape: tuple[int, ...]) -> None:
-        """RequestError 422 naming the object and the coordinate when a polygon vertex, extreme point or correction
-        click of `objects` lies outside the (H, W) image, as /api/segment and the brush refuse them (the session
-        refuses malformed objects first: 400)."""
-        if not isinstance(objects, list) or len(objects) > MAX_OBJECTS_PER_FRAME:
-            return  # the session says why (400)
-        for k, obj in enumerate(objects):
-            try:
-                clean = validate_object(obj, studio.session.classes, f"objects[{k}]", studio.session.attributes)
-            except SessionError as exc:
-                raise RequestError(str(exc)) from exc
-            where = f"objects[{k}] (id {clean['id']!r}, {clean['class']})"
-            _pixels(clean["polygon"], f"{where}.polygon", shape, 3, MAX_POLYGON_VERTICES)
-            _pixels(clean["points"], f"{where}.points", shape, 4, 4)
-            for kind in ("positive", "negative"):
-                _pixels(clean["clicks"][kind], f"{where}.clicks.{kind}", shape, 0, MAX_CORRECTION_CLICKS)
 
     @app.post("/api/segment")
     async def segment(request: Request) -> dict:

@@ -94,6 +94,24 @@ class SessionError(ValueError):
     """A session file or a change that cannot be used; the message says what is wrong."""
 
 
+class OutsideImageError(SessionError):
+    """A vertex, extreme point or correction click of an object lies outside its frame's image."""
+
+
+def check_inside_image(objects: list[dict], image_shape: tuple[int, ...]) -> None:
+    """OutsideImageError naming the object and the coordinate when a polygon vertex, extreme point or correction
+    click of the validated `objects` (validate_object's form) lies outside an (H, W[, C]) image."""
+    height, width = image_shape[:2]
+    for k, obj in enumerate(objects):
+        parts = (("polygon", obj["polygon"]), ("points", obj["points"]),
+                 *((f"clicks.{kind}", obj["clicks"][kind]) for kind in ("positive", "negative")))
+        for name, points in parts:
+            for j, (x, y) in enumerate(points):
+                if not (0 <= x <= width - 1 and 0 <= y <= height - 1):
+                    raise OutsideImageError(f"objects[{k}] (id {obj['id']!r}, {obj['class']}).{name}[{j}] "
+                                            f"{shown([x, y])} is outside the {width}x{height} image")
+
+
 class VersionConflictError(SessionError):
     """The change was made on an older version of the session than the one saved."""
 
@@ -430,17 +448,22 @@ class Session:
         with self._lock:
             return sorted(k for k, f in self.frames.items() if _has_content(f))
 
-    def set_objects(self, index: int, stamp_ns: int, objects: Any, base_version: Any) -> int:
-        """Replace frame `index`'s objects (validated) if `base_version` is the saved version; save; return the
-        new version. VersionConflictError when another change was saved since `base_version`."""
-        return self.save_objects(index, stamp_ns, objects, base_version)[0]
+    def set_objects(self, index: int, stamp_ns: int, objects: Any, base_version: Any,
+                    image_shape: tuple[int, ...] | None = None) -> int:
+        """Replace frame `index`'s objects (validated; with `image_shape`, every coordinate inside that image:
+        check_inside_image) if `base_version` is the saved version; save; return the new version.
+        VersionConflictError when another change was saved since `base_version`."""
+        return self.save_objects(index, stamp_ns, objects, base_version, image_shape)[0]
 
-    def save_objects(self, index: int, stamp_ns: int, objects: Any, base_version: Any) -> tuple[int, list[dict]]:
+    def save_objects(self, index: int, stamp_ns: int, objects: Any, base_version: Any,
+                     image_shape: tuple[int, ...] | None = None) -> tuple[int, list[dict]]:
         """`set_objects`, returning (new version, the frame's objects as saved): objects sent without a track id
         have the one the session gave them. Two objects of the frame with one id or one track id are refused."""
         if not isinstance(objects, list) or len(objects) > MAX_OBJECTS_PER_FRAME:
             raise SessionError(f"objects: expected a list of at most {MAX_OBJECTS_PER_FRAME} objects")
         clean = [validate_object(o, self.classes, f"objects[{k}]", self.attributes) for k, o in enumerate(objects)]
+        if image_shape is not None:
+            check_inside_image(clean, image_shape)
         if len({o["id"] for o in clean}) != len(clean):
             raise SessionError("objects: two objects share an id")
         tracks = [o["track_id"] for o in clean if "track_id" in o]
