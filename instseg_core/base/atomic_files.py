@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,3 +76,24 @@ def check_writable_folder(folder: str | os.PathLike) -> Path:
     os.close(handle)
     os.unlink(name)
     return folder
+
+
+def replace_with(finished: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Put `finished` (a complete folder or file, written beside `path`) in place of `path` by renames: an existing
+    `path` is moved aside first and removed after, or put back when the rename fails, so that a reader never finds
+    a half-written `path`, and a failure leaves the old one. What was at `path` may be a folder or a file."""
+    finished, path = Path(finished), Path(path)
+    if not path.exists() and not path.is_symlink():
+        os.rename(finished, path)
+        return
+    old = path.parent / f".{path.name}.replaced-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    os.rename(path, old)
+    try:
+        os.rename(finished, path)
+    except OSError:
+        os.rename(old, path)
+        raise
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:  # a regular file (or a link) was there: nothing hidden left behind
+        old.unlink(missing_ok=True)

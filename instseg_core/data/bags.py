@@ -29,6 +29,7 @@ import yaml
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
+from instseg_core.base.atomic_files import replace_with
 from instseg_core.base.model_files import share_directories, source_tree
 from instseg_core.data.recording import SplitBagWriter
 
@@ -127,7 +128,7 @@ def write_image_bag(
         write = _write_mcap if storage == "mcap" else _write_sqlite3
         counts, end_ns = write(bag, frames, rate_hz=rate_hz, topic=topic, frame_id=frame_id, encoding=encoding,
                                compressed_topic=compressed_topic, start_ns=start_ns, custom_data=custom_data or {})
-        _move_into_place(bag, path)
+        replace_with(bag, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return BagSummary(path, storage, counts, start_ns, end_ns)
@@ -196,25 +197,6 @@ def _write_sqlite3(bag: Path, frames: Iterable[np.ndarray], *, rate_hz: float, t
         if not counts[topic]:
             raise ValueError(f"no frame to write into {bag.name}")
     return counts, stamp
-
-
-def _move_into_place(bag: Path, path: Path) -> None:
-    """Rename the finished `bag` to `path`; an existing `path` is moved aside first and removed after, or put back
-    when the rename fails."""
-    if not path.exists():
-        os.rename(bag, path)
-        return
-    old = path.parent / f".{path.name}.replaced-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    os.rename(path, old)
-    try:
-        os.rename(bag, path)
-    except OSError:
-        os.rename(old, path)
-        raise
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old, ignore_errors=True)
-    else:  # --overwrite onto a regular file (or a link): it is replaced too, nothing hidden left behind
-        old.unlink(missing_ok=True)
 
 
 def read_custom_data(path: str | Path) -> dict[str, str]:

@@ -43,7 +43,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from instseg_core.base.atomic_files import write_text_atomically
+from instseg_core.base.atomic_files import replace_with, write_text_atomically
 from instseg_core.data.cityscapes import GROUP_SUFFIX, name2label, write_sample
 
 COCO_LICENSES = [{"id": 0, "name": "", "url": ""}]
@@ -229,22 +229,13 @@ def write_label_tree(out: str | os.PathLike, frames: Iterable[LabelledFrame], *,
         try:
             summary = _write_into(staging, frames, split, city, coco_info,
                                   COCO_LICENSES if licenses is None else licenses)
-            _publish(staging, out)
+            replace_with(staging, out)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return {**summary, "city": city, "out": str(out)}
 
 
 _EXPORT_LOCK = threading.Lock()
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """Replace `out` by `staging` with renames (an existing `out` goes only once the new one is in place)."""
-    previous = out.parent / f".{out.name}.previous-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    if out.exists():
-        os.replace(out, previous)
-    os.replace(staging, out)
-    shutil.rmtree(previous, ignore_errors=True)
 
 
 def _write_into(root: Path, frames: Iterable[LabelledFrame], split: str, city: str, info: dict,
