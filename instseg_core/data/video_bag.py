@@ -188,10 +188,15 @@ def ffmpeg_quiet(enabled: bool = True) -> Iterator[None]:
         os.environ.pop(FFMPEG_LOGLEVEL_VARIABLE, None)
 
 
-def _open(video: Path) -> tuple[Any, float, int]:
-    """(capture, frames per second or 0.0, frame count the header declares or 0)."""
+def _require_video(video: Path) -> None:
+    """InputError when `video` is missing or not a file."""
     if not video.is_file():
         raise InputError(f"video {video} does not exist" if not video.exists() else f"{video} is not a file")
+
+
+def _open(video: Path) -> tuple[Any, float, int]:
+    """(capture, frames per second or 0.0, frame count the header declares or 0)."""
+    _require_video(video)
     capture = cv2.VideoCapture(str(video))
     if not capture.isOpened():
         raise InputError(f"cannot read the video {video}: OpenCV opens no video stream in it")
@@ -358,8 +363,7 @@ def write_or_reuse(video: str | Path, out: str | Path, *, frames: int | None = N
     unchanged, and the same options), else written (replacing an old one only once the new one is complete).
     Returns (out, a line saying which and why)."""
     video, out = Path(video), Path(out)
-    if not video.is_file():
-        raise InputError(f"video {video} does not exist" if not video.exists() else f"{video} is not a file")
+    _require_video(video)
     request = video_request(video, frames=frames, rate_hz=rate_hz, topic=topic, frame_id=frame_id, start=start)
     reason = mismatch(out, request) if out.exists() else None
     if out.exists() and reason is None:
