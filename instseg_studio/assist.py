@@ -294,26 +294,23 @@ def _rles(polygons: list[Any], image_shape: tuple[int, int]) -> list[dict]:
     return [polygon_rle(np.asarray(p, np.float64).reshape(-1, 2), image_shape) for p in polygons]
 
 
-def polygon_ious(polygons: list[Any], others: list[Any], image_shape: tuple[int, int]) -> np.ndarray:
-    """(len(polygons), len(others)) float mask IoU of filled polygons ([[x, y], ...] image pixels) in an image of
-    `image_shape` (H, W), computed by pycocotools on run-length encodings."""
+OVERLAP_MEASURES = ("iou", "coverage")
+
+
+def polygon_overlaps(polygons: list[Any], others: list[Any], image_shape: tuple[int, int],
+                     measure: str = "coverage") -> np.ndarray:
+    """(len(polygons), len(others)) float overlaps of filled polygons ([[x, y], ...] image pixels) in an image of
+    `image_shape` (H, W), by pycocotools on run-length encodings: "coverage", how much of polygons[i]'s mask
+    others[j] covers (the pixels they share over polygons[i]'s own area); "iou", the masks' IoU."""
     from pycocotools import mask as mask_utils
 
-    if not polygons or not others:
-        return np.zeros((len(polygons), len(others)))
-    return np.asarray(mask_utils.iou(_rles(polygons, image_shape), _rles(others, image_shape), [0] * len(others)),
-                      np.float64).reshape(len(polygons), len(others))
-
-
-def polygon_coverage(polygons: list[Any], others: list[Any], image_shape: tuple[int, int]) -> np.ndarray:
-    """(len(polygons), len(others)) float: how much of polygons[i]'s mask others[j] covers (the pixels they share
-    over polygons[i]'s own area; pycocotools masks, as `polygon_ious`)."""
-    from pycocotools import mask as mask_utils
-
+    if measure not in OVERLAP_MEASURES:
+        raise ValueError(f"measure must be one of {OVERLAP_MEASURES}, not {measure!r}")
     if not polygons or not others:
         return np.zeros((len(polygons), len(others)))
     # pycocotools' IoU against a "crowd" region is the intersection over the first mask's own area
-    return np.asarray(mask_utils.iou(_rles(polygons, image_shape), _rles(others, image_shape), [1] * len(others)),
+    crowd = [int(measure == "coverage")] * len(others)
+    return np.asarray(mask_utils.iou(_rles(polygons, image_shape), _rles(others, image_shape), crowd),
                       np.float64).reshape(len(polygons), len(others))
 
 
@@ -324,7 +321,7 @@ def suppress_overlapping(found: list[dict], existing: list[dict], image_shape: t
     inside it) is left out too."""
     if not found or not existing:
         return list(found), 0
-    covered = polygon_coverage([p["polygon"] for p in found], [o["polygon"] for o in existing], image_shape)
+    covered = polygon_overlaps([p["polygon"] for p in found], [o["polygon"] for o in existing], image_shape)
     kept = [p for p, row in zip(found, covered, strict=True) if row.max() <= threshold]
     return kept, len(found) - len(kept)
 
@@ -338,7 +335,7 @@ def distinct(found: list[dict], image_shape: tuple[int, int], threshold: float =
     moved)."""
     if len(found) < 2:
         return list(found)
-    covered = polygon_coverage([p["polygon"] for p in found], [p["polygon"] for p in found], image_shape)
+    covered = polygon_overlaps([p["polygon"] for p in found], [p["polygon"] for p in found], image_shape)
     kept: list[int] = []
     for k in range(len(found)):
         if all(covered[k, j] <= threshold for j in kept):

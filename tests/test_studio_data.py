@@ -29,7 +29,7 @@ from instseg_studio.assist import (
     distinct,
     frame_proposals,
     merge_propagated,
-    polygon_ious,
+    polygon_overlaps,
     propagate,
     suppress_overlapping,
 )
@@ -275,7 +275,7 @@ def test_proposals_overlapping_objects_of_the_frame_are_left_out() -> None:
 
     found = [{"polygon": box(0), "score": 0.9}, {"polygon": box(50), "score": 0.8}, {"polygon": box(100), "score": 0.7}]
     existing = [{"polygon": box(2)}, {"polygon": box(62)}]  # IoU 17/21 with the first, 7/31 with the second
-    ious = polygon_ious([p["polygon"] for p in found], [o["polygon"] for o in existing], (40, 200))
+    ious = polygon_overlaps([p["polygon"] for p in found], [o["polygon"] for o in existing], (40, 200), "iou")
     # pycocotools fills polygons as continuous shapes: [0, 19] is 19 pixels wide
     assert ious[0, 0] == pytest.approx(17 / 21) and ious[1, 1] == pytest.approx(7 / 31) and ious[2].max() == 0
     kept, suppressed = suppress_overlapping(found, existing, (40, 200))
