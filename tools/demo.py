@@ -32,7 +32,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
@@ -45,15 +44,18 @@ CAMERA_TOPIC = "/camera/image_raw"
 
 
 def bag_frames_and_rate(bag: Path) -> tuple[int, float]:
-    """(messages on /camera/image_raw, their rate in Hz) from a camera bag's metadata.yaml; (0, 0.0) when it has
-    none or cannot be read."""
-    try:
-        info = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
-        counts = {t["topic_metadata"]["name"]: int(t["message_count"]) for t in info["topics_with_message_count"]}
-        duration = int(info["duration"]["nanoseconds"])
-    except (OSError, ValueError, KeyError, TypeError):
+    """(messages on /camera/image_raw, their rate in Hz) of a camera bag, from its metadata (rosbags' reader);
+    (0, 0.0) when there is no bag or it cannot be read."""
+    from rosbags.rosbag2 import Reader
+
+    if not (bag / "metadata.yaml").is_file():
         return 0, 0.0
-    count = counts.get(CAMERA_TOPIC, 0)
+    try:
+        with Reader(bag) as reader:
+            count = sum(c.msgcount for c in reader.connections if c.topic == CAMERA_TOPIC)
+            duration = reader.duration
+    except Exception:  # any unreadable bag (rosbags raises its own errors): generated again by the caller
+        return 0, 0.0
     return count, (count - 1) * 1e9 / duration if count > 1 and duration > 0 else 0.0
 
 
