@@ -1022,7 +1022,7 @@ async function exportSession() {
   // no time limit: a big session takes long and the server finishes the export whatever the page does. While it
   // runs, the page asks the server whether it answers at all (GET /api/info within LIMITS.alive, every
   // LIMITS.aliveEvery) and says so when it does not; the export's answer is still awaited and shown when it comes.
-  // One export at a time from this page (a second one would write into the first one's staging folder)
+  // One export at a time from this page (the server would run a second one after the first, for nothing)
   if (exporting) {
     showMessage(`an export is running (since ${Math.round((performance.now() - exporting.started) / 1000)} s); ` +
                 "its result shows here when the server answers", "warning");
