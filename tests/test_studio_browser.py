@@ -440,6 +440,17 @@ class Page:
     def saved(self, index: int) -> list[dict]:
         return self.studio.http.get(f"/api/frames/{index}").json()["objects"]
 
+    def copy_to_next_frame(self, count: int) -> None:
+        """→ to the next frame, then C, until the page shows `count` objects there and everything is saved."""
+        from selenium.webdriver.common.keys import Keys
+
+        shown = self.state("index")
+        self.keys(Keys.ARROW_RIGHT)
+        self.frame(shown + 1)
+        self.keys("c")
+        self.wait.until(lambda d: self.state("objects.length") == count)
+        self.idle()
+
 
 def test_defect_1_a_stale_tab_is_told_and_never_writes_old_state(bag: tuple[Path, GroundTruth], browser: Any,
                                                                  shared_studio: StudioProcess) -> None:
@@ -538,17 +549,12 @@ def test_defect_5_copying_twice_updates_the_tracks(bag: tuple[Path, GroundTruth]
                                                    shared_studio: StudioProcess) -> None:
     """Issue 36, 5: C twice stacked duplicates (5 -> 10 -> 15 objects). Now the copy of a track the frame already
     has updates it, and a copy that changes nothing says so."""
-    from selenium.webdriver.common.keys import Keys
 
     gt = bag[1]
     page = Page(browser, shared_studio)
     page.make_object(gt, 0, 3)
     page.make_object(gt, 0, 1)
-    page.keys(Keys.ARROW_RIGHT)
-    page.frame(1)
-    page.keys("c")
-    page.wait.until(lambda d: page.state("objects.length") == 2)
-    page.idle()
+    page.copy_to_next_frame(2)
     page.keys("c")
     page.idle()
     source, copied = page.saved(0), page.saved(1)
@@ -563,16 +569,11 @@ def test_copying_again_keeps_a_vertex_dragged_on_the_copy(bag: tuple[Path, Groun
     segmented again: "0 added, 1 updated"). Now the drag marks the object edited (and "clicks", no longer
     "propagated"), and C keeps it: "1 kept (edited by hand)"."""
     from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.keys import Keys
 
     gt = bag[1]
     page = Page(browser, shared_studio)
     page.make_object(gt, 0, 3)
-    page.keys(Keys.ARROW_RIGHT)
-    page.frame(1)
-    page.keys("c")
-    page.wait.until(lambda d: page.state("objects.length") == 1)
-    page.idle()
+    page.copy_to_next_frame(1)
     copied = page.saved(1)[0]
     assert copied["source"] == "propagated" and copied["edited"] is False
     browser.find_element(page.by.CSS_SELECTOR, f"#object-list li[data-id='{copied['id']}'] .name").click()
