@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -335,34 +336,45 @@ class _SemanticLabels:
         return Labels().eval()
 
 
+def _cached_graph(source: Path, stem: str, cache_dir: str | Path | None, build: Callable[[], Any],
+                  outputs: list[str]) -> Path:
+    """The ONNX export of the module `build()` makes from `source`, kept in `cache_dir` (default
+    $XDG_CACHE_HOME/instseg or ~/.cache/instseg) as <stem>_<sha256 of source>.onnx: exported once (written
+    atomically), reused after. Input "image" (1, 3, H, W) with dynamic height and width; `outputs` named in order,
+    the image-sized ones ("raw") and the label-sized ones ("label", "confidence") dynamic too."""
+    import hashlib
+    import os
+    import warnings
+
+    from instseg_core.base.atomic_files import atomic_path
+
+    digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16]
+    folder = Path(cache_dir or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "instseg")
+    path = folder / f"{stem}_{digest}.onnx"
+    if path.is_file():
+        return path
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    axes = {"image": {2: "height", 3: "width"}, "raw": {2: "height", 3: "width"}, "label": {1: "h", 2: "w"},
+            "confidence": {1: "h", 2: "w"}}
+    with atomic_path(path) as staging, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated (as in training.common.export_graph)
+        torch.onnx.export(build().eval(), (torch.zeros(1, 3, 256, 512),), str(staging), input_names=["image"],
+                          output_names=outputs, opset_version=17, dynamo=False,
+                          dynamic_axes={name: axes[name] for name in ["image", *outputs]})
+    return path
+
+
 def semantic_graph(weights: str | Path | None = None, cache_dir: str | Path | None = None) -> Path:
     """The ONNX graph of `_SemanticLabels` for `weights` (default: the shipped ESPNetv2 Cityscapes weights),
     exported once (about half a minute) into `cache_dir` (default $XDG_CACHE_HOME/instseg or ~/.cache/instseg) under
     a name holding the weights' sha256, and reused after; height and width dynamic (multiples of 16)."""
-    import hashlib
-    import os
-
-    from instseg_core.base.atomic_files import atomic_path
     from instseg_core.base.model_files import find_model
 
-    source = find_model(str(weights or SEMANTIC_WEIGHTS))
-    digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16]
-    folder = Path(cache_dir or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "instseg")
-    path = folder / f"espnetv2_labels_{digest}.onnx"
-    if path.is_file():
-        return path
-    import warnings
-
-    import torch
-
-    folder.mkdir(parents=True, exist_ok=True)
-    axes = {"image": {2: "height", 3: "width"}, "label": {1: "h", 2: "w"}, "confidence": {1: "h", 2: "w"}}
-    with atomic_path(path) as staging, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated (as in training.common.export_graph)
-        torch.onnx.export(_SemanticLabels(Path(source)), (torch.zeros(1, 3, 256, 512),), str(staging),
-                          input_names=["image"], output_names=["label", "confidence"], opset_version=17,
-                          dynamo=False, dynamic_axes=axes)
-    return path
+    source = Path(find_model(str(weights or SEMANTIC_WEIGHTS)))
+    return _cached_graph(source, "espnetv2_labels", cache_dir, lambda: _SemanticLabels(source),
+                         ["label", "confidence"])
 
 
 def _plausible(window: np.ndarray, scale: float) -> bool:
@@ -530,19 +542,15 @@ def combined_graph(checkpoint: str | Path | None = None, cache_dir: str | Path |
     spatial_embeddings.pt) that also outputs its semantic branch's labels: "raw" (the model's own output, decoded by
     its adapter) plus "label" and "confidence" as `_SemanticLabels` makes them, from the same ESPNetv2 pass (captured
     by a forward hook on the branch's last decoder stage). Exported once into `cache_dir` (see semantic_graph)."""
-    import hashlib
-    import os
-    import warnings
-
-    from instseg_core.base.atomic_files import atomic_path
     from instseg_core.base.model_files import find_model
 
-    source = find_model(str(checkpoint or "spatial_embeddings.pt"))
-    digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16]
-    folder = Path(cache_dir or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "instseg")
-    path = folder / f"spatial_embeddings_labels_{digest}.onnx"
-    if path.is_file():
-        return path
+    source = Path(find_model(str(checkpoint or "spatial_embeddings.pt")))
+    return _cached_graph(source, "spatial_embeddings_labels", cache_dir, lambda: _with_labels(source),
+                         ["raw", "label", "confidence"])
+
+
+def _with_labels(source: Path) -> Any:
+    """The torch module of combined_graph: (raw, label, confidence) of the Spatial Embeddings checkpoint `source`."""
     import torch
 
     from instseg_core.runtime.adapters import model_adapter
@@ -567,15 +575,7 @@ def combined_graph(checkpoint: str | Path | None = None, cache_dir: str | Path |
             confidence, label = torch.softmax(self.captured[-1][:, :19], 1).max(1)
             return raw, label, confidence
 
-    folder.mkdir(parents=True, exist_ok=True)
-    axes = {"image": {2: "height", 3: "width"}, "raw": {2: "height", 3: "width"}, "label": {1: "h", 2: "w"},
-            "confidence": {1: "h", 2: "w"}}
-    with atomic_path(path) as staging, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(WithLabels().eval(), (torch.zeros(1, 3, 256, 512),), str(staging), input_names=["image"],
-                          output_names=["raw", "label", "confidence"], opset_version=17, dynamo=False,
-                          dynamic_axes=axes)
-    return path
+    return WithLabels()
 
 
 def prepare_combined_graph(cache_dir: str | Path | None = None) -> threading.Thread:
