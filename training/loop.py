@@ -174,9 +174,8 @@ def setup_runtime(args: argparse.Namespace) -> Runtime:
         args.threads = 2 if world_size == 1 else max(1, (os.cpu_count() or 2) // local)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo",
-                                timeout=datetime.timedelta(minutes=getattr(args, "dist_timeout", 60.0)))
+    if world_size > 1:
+        start_process_group(use_cuda, getattr(args, "dist_timeout", 60.0))
     dtype = amp_dtype(device) if getattr(args, "amp", False) else None
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16) if dtype is not None else None
     torch.manual_seed(args.seed)
@@ -188,6 +187,14 @@ def setup_runtime(args: argparse.Namespace) -> Runtime:
     if not runtime.main:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - rank 0 alone reports
     return runtime
+
+
+def start_process_group(use_cuda: bool, timeout_minutes: float) -> None:
+    """Join torchrun's process group, NCCL on CUDA (after torch.cuda.set_device) or gloo on the CPU, waiting at most
+    `timeout_minutes` for the others in a collective; nothing when this process has joined one already (the
+    studio fine-tune joins before the model's training does)."""
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=timeout_minutes))
 
 
 def set_rank_seed(seed: int, epoch: int, rank: int) -> None:

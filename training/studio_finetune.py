@@ -158,11 +158,15 @@ def finetune(args: argparse.Namespace, extra: list[str]) -> dict:
         import torch
         import torch.distributed as dist
 
-        if not dist.is_initialized():
-            cuda = torch.cuda.is_available() and _wanted_device(extra) != "cpu"
-            if cuda:
-                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
+        from training.loop import add_scale_arguments, start_process_group
+
+        scale = argparse.ArgumentParser(add_help=False)
+        add_scale_arguments(scale)  # the --device and --dist-timeout the model's train will get
+        wanted, _ = scale.parse_known_args(extra)
+        cuda = wanted.device == "cuda" or (wanted.device == "auto" and torch.cuda.is_available())
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        start_process_group(cuda, wanted.dist_timeout)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     failed: BaseException | None = None
     if main_rank:
@@ -219,16 +223,6 @@ def finetune(args: argparse.Namespace, extra: list[str]) -> dict:
     print(f"  e.g. segmentation_node --ros-args -r image:=/camera/image_raw -p model:={model} "
           f"-p model_file:={int8.resolve()}  (docs/ros.md)")
     return summary
-
-
-def _wanted_device(extra: list[str]) -> str:
-    """The --device the model's train will get (auto when not given)."""
-    for k, word in enumerate(extra):
-        if word == "--device" and k + 1 < len(extra):
-            return extra[k + 1]
-        if word.startswith("--device="):
-            return word.split("=", 1)[1]
-    return "auto"
 
 
 def _scores(result: dict) -> dict:
