@@ -414,19 +414,6 @@ class Progress:
         return (self.total_steps - self.done) * self.seconds / self.done if self.done else 0.0
 
 
-def overlay_images(segmenter: object, data: str, count: int = 3, skip: set[str] | frozenset[str] = frozenset(),
-                   limit: int | None = None) -> list[np.ndarray]:
-    """(H, W, 3) uint8 RGB overlays (instseg_core.postprocess.overlay.render_overlay, as the node draws them) of the
-    first `count` of the first `limit` val frames (those evaluated: frames named "city/stem" in `skip` left out)
-    with their predicted instances."""
-    from instseg_core.data.cityscapes import CityscapesDataset
-    from instseg_core.postprocess.overlay import render_overlay
-
-    samples = [s for s in list(CityscapesDataset(data, "val"))[:limit] if f"{s.city}/{s.stem}" not in skip]
-    return [render_overlay(s.image, segmenter(s.image).instances.id_image)  # type: ignore[operator]
-            for s in samples[:count]]
-
-
 def trainer_epoch_hooks(run: RunStart, args: argparse.Namespace, network: torch.nn.Module,
                         loss: torch.nn.Module, compute: Callable[[object, object], tuple[torch.Tensor, dict]],
                         collate: Callable, optimizer: torch.optim.Optimizer, steps: int,
@@ -546,10 +533,8 @@ def evaluation_hook(run: RunStart, args: argparse.Namespace, network: torch.nn.M
         model = copy.deepcopy(network).float().eval()
         device = str(run.runtime.device) if run.runtime.device.type == "cuda" else "cpu"
         segmenter = segmenter_for(model_config, model, device)
-        result = evaluate_network(segmenter, args.data, run.out / "evaluation" / f"epoch_{epoch:03d}",
-                                  limit=args.eval_limit, multiple=multiple, skip=run.val_skipped)
-        result["overlays"] = overlay_images(segmenter, args.data, 3, run.val_skipped, args.eval_limit)
-        return result
+        return evaluate_network(segmenter, args.data, run.out / "evaluation" / f"epoch_{epoch:03d}",
+                                limit=args.eval_limit, multiple=multiple, skip=run.val_skipped, overlays=3)
 
     return evaluate
 
